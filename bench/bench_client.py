@@ -1,0 +1,120 @@
+"""collector.API beside krakenex.API, on the same strict fake, in the same run.
+
+    python bench/bench_client.py            # ~1 minute
+    python bench/bench_client.py --quick    # fewer rounds
+
+1. Single-threaded calls per second, public (Time) and private (Balance), no rate limit at the fake.
+   Rounds alternate between the clients; the figure is the median round.
+2. 32 threads x 50 private calls through one shared client, with a tier counter on at the fake
+   (Kraken's pro shape, max 20, decay sped up 100x to 100/s so the run takes seconds, not hours).
+   collector.API runs with the same limit on; krakenex has no limiter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import threading
+import time
+from collections import Counter
+
+import krakenex
+
+import collector
+from collector.fake_exchange import FakeKraken
+from collector.ratelimit import RateLimit
+
+logging.getLogger("urllib3").setLevel(logging.ERROR)  # krakenex's pool overflows at 32 threads
+
+
+def make(kind: str, fake: FakeKraken, key: str, secret: str, **kw):
+    api = collector.API(key, secret, **kw) if kind == "collector" else krakenex.API(key, secret)
+    api.uri = fake.url
+    return api
+
+
+def single_thread(rounds: int, calls: int) -> tuple[dict[tuple[str, str], float], Counter[str]]:
+    rates: dict[tuple[str, str], list[float]] = {}
+    failed: Counter[str] = Counter()
+    with FakeKraken(tier=None) as fake:
+        # One key each: two clients on one key would fight over its nonce (Kraken: one key per
+        # process).
+        clients = {k: make(k, fake, *fake.add_key()) for k in ("krakenex", "collector")}
+        for scope, call in (("public", lambda a: a.query_public("Time")),
+                            ("private", lambda a: a.query_private("Balance"))):  # fmt: skip
+            for name, api in clients.items():
+                call(api)  # warm the connection
+            for _ in range(rounds):
+                for name, api in clients.items():
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        # krakenex's ms nonce repeats when one thread makes >1 call per ms
+                        failed[name] += bool(call(api)["error"])
+                    rates.setdefault((scope, name), []).append(
+                        calls / (time.perf_counter() - start)
+                    )
+    return {k: statistics.median(v) for k, v in rates.items()}, failed
+
+
+def contended(kind: str, threads: int, per_thread: int, limit: RateLimit) -> dict[str, object]:
+    with FakeKraken(tier=limit) as fake:
+        key, secret = fake.add_key()
+        api = make(
+            kind, fake, key, secret, **({"rate_limit": limit} if kind == "collector" else {})
+        )
+        outcomes: Counter[str] = Counter()
+        lock = threading.Lock()
+        barrier = threading.Barrier(threads)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(per_thread):
+                try:
+                    errors = api.query_private("Balance")["error"]
+                    result = errors[0] if errors else "ok"
+                except Exception as exc:  # krakenex may raise; count, don't stop
+                    result = type(exc).__name__
+                with lock:
+                    outcomes[result] += 1
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        start = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        elapsed = time.perf_counter() - start
+        return {"ok": outcomes["ok"], "nonce": outcomes["EAPI:Invalid nonce"],
+                "rate": outcomes["EAPI:Rate limit exceeded"],
+                "other": sum(v for k, v in outcomes.items()
+                             if k not in ("ok", "EAPI:Invalid nonce", "EAPI:Rate limit exceeded")),
+                "seconds": elapsed}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rounds, calls = (3, 300) if args.quick else (7, 1000)
+
+    rates, failed = single_thread(rounds, calls)
+    print(f"single-threaded calls/s against the fake (median of {rounds} rounds x {calls} calls)")
+    print(f"{'':10}{'krakenex':>12}{'collector':>12}{'ratio':>8}")
+    for scope in ("public", "private"):
+        k, c = rates[(scope, "krakenex")], rates[(scope, "collector")]
+        print(f"{scope:10}{k:12.0f}{c:12.0f}{c / k:8.2f}")
+    total = rounds * calls * 2
+    print(f"calls answered with an error: krakenex {failed['krakenex']}/{total}, "
+          f"collector {failed['collector']}/{total}")  # fmt: skip
+
+    limit = RateLimit(max=20, decay=100)
+    print("\n32 threads x 50 private calls, one shared client, fake counter max 20 decay 100/s")
+    print(f"{'':10}{'ok':>6}{'bad nonce':>11}{'rate limit':>12}{'other':>7}{'seconds':>9}")
+    for kind in ("krakenex", "collector"):
+        r = contended(kind, 32, 50, limit)
+        print(f"{kind:10}{r['ok']:6}{r['nonce']:11}{r['rate']:12}{r['other']:7}{r['seconds']:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

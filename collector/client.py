@@ -1,0 +1,338 @@
+"""``collector.API``: a drop-in for ``krakenex.API`` 2.x that is safe to share between threads.
+
+Same constructor, attributes and methods as krakenex (``key``, ``secret``, ``uri``, ``apiversion``,
+``session``, ``response``, ``load_key``, ``json_options``, ``query_public``, ``query_private``,
+``close``, and the internals ``_nonce``, ``_sign``, ``_query``). What it does better:
+
+* **Nonces never collide.** ``max(now, last + 1)`` under a lock, in ms by default (``nonce_unit``
+  for keys already used at µs or ns), above a ``nonce_floor`` that a restarted process passes in.
+* **Private calls arrive in nonce order.** Taking the nonce, signing and sending happen under one
+  lock per client, so thread B's nonce N+1 can never overtake thread A's N. Public calls stay
+  concurrent.
+* **It signs the bytes it sends.** The body is encoded once, signed and sent as those bytes: lists
+  are comma-joined (Kraken's convention), ``None`` values are dropped, booleans are ``true``/
+  ``false``. The caller's ``data`` dict is never modified.
+* **Optional rate limiting** shaped like Kraken's counter (``rate_limit=`` a tier name or a
+  :class:`~collector.ratelimit.RateLimit`; ``public_rate_limit=`` for public calls). A call waits
+  for budget instead of being refused. Off by default, as in krakenex.
+* **HTML error pages don't crash it.** A non-2xx answer raises :class:`~collector.errors.HTTPStatusError`
+  (a ``requests.HTTPError``) whose message holds the page's title, and a body that isn't JSON raises
+  :class:`~collector.errors.BadResponse` (a ``ValueError``).
+
+Beside the krakenex interface, :meth:`API.call` is the outcome model the collector uses: it returns
+a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass per failure kind.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import __version__
+from .auth import KrakenAuth
+from .errors import (
+    BadResponse,
+    ConnectionFailed,
+    CredentialsError,
+    HTTPStatusError,
+    KrakenAPIError,
+    RequestTimeout,
+)
+from .methods import cost, is_public
+from .nonce import NonceSource
+from .ratelimit import PUBLIC_DEFAULT, RateLimit, RateLimiter, tier
+
+DEFAULT_URI = "https://api.kraken.com"
+RATE_LIMIT_ERROR = "EAPI:Rate limit exceeded"
+#: Threads that may share one client's connection pool before connections are discarded.
+POOL_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful call: Kraken's ``result`` (``None`` when the answer had none, as an empty
+    account's Balance does), the HTTP status and any W-warnings Kraken sent along."""
+
+    method: str
+    result: Any
+    http_status: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def encode_params(data: Mapping[str, Any] | None) -> str:
+    """Url-encode request parameters once, the way both the signature and the wire see them.
+
+    ``None`` values are dropped, lists and tuples are comma-joined, booleans become
+    ``true``/``false``; everything else goes through ``str``.
+    """
+    if not data:
+        return ""
+    pairs = []
+    for name, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        pairs.append((name, value))
+    return urllib.parse.urlencode(pairs)
+
+
+def excerpt(response: requests.Response, limit: int = 200) -> str:
+    """A short, one-line description of a body: an HTML page's title, else its first characters."""
+    text = response.content[:65536].decode("utf-8", "replace")
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if match:
+        text = html.unescape(match.group(1))
+    elif "<" in text[:100] and "html" in text[:500].lower():
+        text = re.sub(r"<[^>]+>", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class API:
+    """Maintains a single session between this machine and Kraken; safe to share between threads.
+
+    :param key: (optional) the API key
+    :param secret: (optional) the API secret (base64)
+    :param rate_limit: (optional) a tier name (``"starter"``, ``"intermediate"``, ``"pro"``) or a
+        :class:`~collector.ratelimit.RateLimit`; private calls then wait for budget
+    :param public_rate_limit: (optional) the same for public calls; ``True`` means Kraken's ~1/s
+    :param nonce_unit: ``"ms"`` (default, as krakenex and ccxt), ``"us"`` or ``"ns"``
+    :param nonce_floor: every nonce is greater than this (the last one a previous process used)
+    :param timeout: default timeout in seconds for every call (krakenex: none)
+    :param clock: wall clock in integer ns, for nonces; a seam for tests
+    """
+
+    def __init__(
+        self,
+        key: str = "",
+        secret: str = "",
+        *,
+        rate_limit: str | RateLimit | None = None,
+        public_rate_limit: RateLimit | bool | None = None,
+        nonce_unit: str = "ms",
+        nonce_floor: int = 0,
+        timeout: float | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.key = key
+        self.secret = secret
+        self.uri = DEFAULT_URI
+        self.apiversion = "0"
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"User-Agent": f"collector/{__version__} (krakenex-compatible)"}
+        )
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.response: requests.Response | None = None
+        self.timeout = timeout
+        self.nonces = NonceSource(nonce_unit, nonce_floor, clock)
+        self.limiter = RateLimiter(tier(rate_limit)) if rate_limit else None
+        if public_rate_limit is True:
+            public_rate_limit = PUBLIC_DEFAULT
+        self.public_limiter = RateLimiter(public_rate_limit) if public_rate_limit else None
+        self._json_options: dict[str, Any] = {}
+        self._private_lock = threading.Lock()
+        self._auth_cache: tuple[str, str, KrakenAuth] | None = None
+
+    # -- krakenex interface -------------------------------------------------------------------
+
+    def json_options(self, **kwargs: Any) -> API:
+        """Set keyword arguments passed to JSON decoding; returns this instance for chaining."""
+        self._json_options = kwargs
+        return self
+
+    def close(self) -> None:
+        """Close this session."""
+        self.session.close()
+
+    def __enter__(self) -> API:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load_key(self, path: str) -> None:
+        """Load key and secret from a file: the key on the first line, the secret on the second."""
+        with open(path) as f:
+            self.key = f.readline().strip()
+            self.secret = f.readline().strip()
+
+    def query_public(
+        self, method: str, data: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """A public query (GET); returns the decoded JSON, Kraken's ``error`` list included.
+
+        :raises requests.HTTPError: on a non-2xx status (:class:`~collector.errors.HTTPStatusError`)
+        """
+        return self._decode(self._send_public(method, data, timeout), method)
+
+    def query_private(
+        self, method: str, data: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """A private query (signed POST); returns the decoded JSON, Kraken's ``error`` list included.
+
+        :raises CredentialsError: without a key and secret
+        :raises requests.HTTPError: on a non-2xx status (:class:`~collector.errors.HTTPStatusError`)
+        """
+        return self._decode(self._send_private(method, data, timeout), method)
+
+    def _nonce(self) -> int:
+        """The next nonce: strictly greater than every one this client issued, and the floor."""
+        return self.nonces.next()
+
+    def _sign(self, data: Mapping[str, Any], urlpath: str) -> str:
+        """Sign ``data`` (holding ``nonce``) for ``urlpath`` exactly as krakenex does."""
+        postdata = urllib.parse.urlencode(data)
+        return self._auth().signature(urlpath, data["nonce"], postdata)
+
+    def _query(
+        self,
+        urlpath: str,
+        data: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Low-level query: GET for public paths, POST otherwise, sent as given. Prefer
+        :meth:`query_public` / :meth:`query_private`, which take nonces and sign."""
+        method = urlpath.rsplit("/", 1)[-1]
+        body = None if "/public/" in urlpath else encode_params(data)
+        query = encode_params(data) if body is None else ""
+        response = self._http(method, urlpath, query, body, dict(headers or {}), None, timeout)
+        return self._decode(response, method)
+
+    # -- the collector's outcome model ---------------------------------------------------------
+
+    def call(
+        self, method: str, data: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Reply:
+        """Call ``method`` (public or private, decided by the method) and return its result.
+
+        :raises KrakenAPIError: the answer held E-errors (``EAPI:Rate limit exceeded`` also fills
+            the client's counter, so the next call waits)
+        :raises HTTPStatusError, RequestTimeout, ConnectionFailed, BadResponse: as their names say
+        """
+        if is_public(method):
+            response = self._send_public(method, data, timeout)
+        else:
+            response = self._send_private(method, data, timeout)
+        payload = self._decode(response, method)
+        status = response.status_code
+        errors = payload.get("error") if isinstance(payload, dict) else None
+        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+            raise BadResponse(
+                f"{method}: answer is not a Kraken envelope (no 'error' list)",
+                method=method,
+                http_status=status,
+            )
+        hard = [e for e in errors if not e.startswith("W")]
+        if hard:
+            if RATE_LIMIT_ERROR in hard and self.limiter and not is_public(method):
+                self.limiter.saturate()
+            raise KrakenAPIError(
+                f"{method}: {', '.join(hard)}", method=method, http_status=status, errors=errors
+            )
+        return Reply(method, payload.get("result"), status, errors)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _auth(self) -> KrakenAuth:
+        # key and secret are plain attributes (krakenex lets users set them at any time), so the
+        # auth object is rebuilt whenever they change.
+        cached = self._auth_cache
+        if cached is None or cached[0] != self.key or cached[1] != self.secret:
+            cached = (self.key, self.secret, KrakenAuth(self.key, self.secret))
+            self._auth_cache = cached
+        return cached[2]
+
+    def _send_public(
+        self, method: str, data: Mapping[str, Any] | None, timeout: float | None
+    ) -> requests.Response:
+        if self.public_limiter:
+            self.public_limiter.acquire(1)
+        urlpath = f"/{self.apiversion}/public/{method}"
+        return self._http(method, urlpath, encode_params(data), None, {}, None, timeout)
+
+    def _send_private(
+        self, method: str, data: Mapping[str, Any] | None, timeout: float | None
+    ) -> requests.Response:
+        auth = self._auth()
+        if data and "nonce" in data:
+            raise CredentialsError("do not pass 'nonce' in data; the client takes it")
+        params = encode_params(data)
+        urlpath = f"/{self.apiversion}/private/{method}"
+        # One lock from budget to answer: nonces reach the exchange in the order they were taken,
+        # and the budget is counted as close as possible to the moment the exchange counts it.
+        with self._private_lock:
+            if self.limiter:
+                self.limiter.acquire(cost(method))
+            nonce = self._nonce()
+            body = f"nonce={nonce}&{params}" if params else f"nonce={nonce}"
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            return self._http(method, urlpath, "", body, headers, auth, timeout)
+
+    def _http(
+        self,
+        method: str,
+        urlpath: str,
+        query: str,
+        body: str | None,
+        headers: dict[str, str],
+        auth: KrakenAuth | None,
+        timeout: float | None,
+    ) -> requests.Response:
+        url = self.uri + urlpath + (f"?{query}" if query else "")
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            if body is None:
+                response = self.session.get(url, headers=headers, timeout=timeout)
+            else:
+                response = self.session.post(
+                    url, data=body.encode("ascii"), headers=headers, auth=auth, timeout=timeout
+                )
+        except requests.Timeout as exc:
+            raise RequestTimeout(f"{method}: no answer within {timeout}s", method=method) from exc
+        except requests.RequestException as exc:
+            raise ConnectionFailed(
+                f"{method}: {type(exc).__name__}: {_short(exc)}", method=method
+            ) from exc
+        self.response = response
+        if response.status_code not in (200, 201, 202):
+            error = HTTPStatusError(
+                f"{method}: HTTP {response.status_code} {response.reason}: {excerpt(response)}",
+                method=method,
+                http_status=response.status_code,
+            )
+            error.response = response
+            raise error
+        return response
+
+    def _decode(self, response: requests.Response, method: str) -> Any:
+        try:
+            return response.json(**self._json_options)
+        except (ValueError, RecursionError) as exc:
+            raise BadResponse(
+                f"{method}: HTTP {response.status_code}: body is not JSON ({type(exc).__name__}): "
+                f"{excerpt(response)!r}",
+                method=method,
+                http_status=response.status_code,
+            ) from None
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,118 @@
+"""Every error collector raises, under one base.
+
+::
+
+    CollectorError
+     +-- ConfigError              a job file or setting is wrong (file, line and key)
+     +-- CredentialsError         a private call without a usable key/secret
+     +-- RequestError             one call to Kraken failed; carries method, http_status, errors
+          +-- KrakenAPIError      HTTP 200 whose ``error`` list holds an E-error   status "kraken_error"
+          +-- HTTPStatusError     a non-2xx answer (also a requests.HTTPError)     status "http_error"
+          +-- RequestTimeout      no answer in time (also a requests.Timeout)      status "timeout"
+          +-- ConnectionFailed    refused, reset, DNS (also requests.ConnectionError)
+          |                                                                        status "connection_error"
+          +-- BadResponse         a body that is not the JSON envelope (also a ValueError)
+                                                                                   status "bad_response"
+
+The transport errors also derive from the matching ``requests`` exception, so code written for
+krakenex (``except requests.HTTPError``) keeps working with :class:`collector.API`.
+
+``status`` is the value stored in the ``runs.status`` column. No message here ever holds the API
+secret, a signature or an ``otp``: messages are built from the method, the status and Kraken's
+error strings only.
+"""
+
+from __future__ import annotations
+
+import requests
+
+
+class CollectorError(Exception):
+    """Base of every error raised by collector."""
+
+
+class ConfigError(CollectorError):
+    """A job file or setting is invalid.
+
+    ``str()`` is one line: ``file:line: key: problem``, whatever parts are known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class CredentialsError(CollectorError, ValueError):
+    """A private call was attempted without a key, or with a secret that is not base64."""
+
+
+class RequestError(CollectorError):
+    """One call to Kraken failed.
+
+    :ivar method: the API method, e.g. ``"Balance"``
+    :ivar http_status: the HTTP status, or ``None`` when no answer came
+    :ivar errors: Kraken's error strings (empty when the failure was below the API)
+    :ivar status: the failure kind, as stored in ``runs.status``
+    """
+
+    status = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        http_status: int | None = None,
+        errors: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.http_status = http_status
+        self.errors = list(errors or [])
+
+
+class KrakenAPIError(RequestError):
+    """Kraken answered (usually HTTP 200) with a non-empty ``error`` list of E-errors."""
+
+    status = "kraken_error"
+
+
+class HTTPStatusError(RequestError, requests.HTTPError):
+    """A non-2xx HTTP answer. HTML error pages (Cloudflare's 5xx) are reduced to a short excerpt."""
+
+    status = "http_error"
+
+
+class RequestTimeout(RequestError, requests.Timeout):
+    """No complete answer within the timeout."""
+
+    status = "timeout"
+
+
+class ConnectionFailed(RequestError, requests.ConnectionError):
+    """The connection could not be made or was reset."""
+
+    status = "connection_error"
+
+
+class BadResponse(RequestError, ValueError):
+    """An answer that is not a JSON object with an ``error`` list: HTML, truncated JSON, junk."""
+
+    status = "bad_response"

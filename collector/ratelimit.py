@@ -1,0 +1,114 @@
+"""A client-side copy of Kraken's call counter, so calls wait for budget instead of being refused.
+
+Kraken keeps a counter per API key: each private call adds 1 (2 for Ledgers, QueryLedgers and
+TradesHistory) and the counter decays continuously at the tier's rate; a call that would take it over
+the maximum is refused with ``EAPI:Rate limit exceeded`` and extends the penalty. Public calls are
+limited per IP, roughly 1 a second with short bursts.
+
+:class:`RateLimiter` models the same bucket. :meth:`RateLimiter.acquire` reserves the cost at once and
+then sleeps until the reserved level has decayed under the maximum, so waiting callers are served in
+the order they asked and the counter the exchange sees never passes the maximum. ``headroom`` keeps
+the level a little under the exchange's maximum, because the exchange counts a call when it
+*arrives*, slightly after we counted it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A counter's size (``max``) and how fast it empties (``decay`` per second)."""
+
+    max: float
+    decay: float
+
+    def __post_init__(self) -> None:
+        if not self.max > 0:
+            raise ValueError(f"rate limit max must be > 0, not {self.max!r}")
+        if not self.decay > 0:
+            raise ValueError(f"rate limit decay must be > 0, not {self.decay!r}")
+
+
+#: Kraken's private-call tiers.
+TIERS: dict[str, RateLimit] = {
+    "starter": RateLimit(max=15, decay=0.33),
+    "intermediate": RateLimit(max=20, decay=0.5),
+    "pro": RateLimit(max=20, decay=1.0),
+}
+
+#: Public calls: about one a second per IP with short bursts.
+PUBLIC_DEFAULT = RateLimit(max=5, decay=1.0)
+
+#: How far under the exchange's maximum our copy of the counter stays (in call units).
+DEFAULT_HEADROOM = 0.5
+
+
+def tier(name_or_limit: str | RateLimit) -> RateLimit:
+    """A :class:`RateLimit` from a tier name or a limit."""
+    if isinstance(name_or_limit, RateLimit):
+        return name_or_limit
+    try:
+        return TIERS[name_or_limit.lower()]
+    except KeyError:
+        raise ValueError(f"unknown tier {name_or_limit!r}; use one of {', '.join(TIERS)}") from None
+
+
+class RateLimiter:
+    """A leaky bucket shaped like Kraken's counter. Thread-safe.
+
+    :param limit: the counter's max and decay
+    :param headroom: stay this many units under ``limit.max`` (never more than ``max - 1``)
+    :param clock: monotonic seconds; a seam for tests
+    :param sleep: how to wait; a seam for tests
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        headroom: float = DEFAULT_HEADROOM,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = limit
+        # A cost-1 call must always fit eventually, so the usable size is at least 1.
+        self._cap = max(1.0, limit.max - headroom)
+        self._clock = clock
+        self._sleep = sleep
+        self._level = 0.0
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def level(self) -> float:
+        """The counter as we believe it is now (may exceed the cap while callers wait)."""
+        with self._lock:
+            return self._decayed(self._clock())
+
+    def _decayed(self, now: float) -> float:
+        return max(0.0, self._level - (now - self._at) * self.limit.decay)
+
+    def reserve(self, cost: float = 1) -> float:
+        """Count a call of ``cost`` now and return how many seconds to wait before sending it."""
+        with self._lock:
+            now = self._clock()
+            level = self._decayed(now) + cost
+            self._level, self._at = level, now
+            return max(0.0, (level - self._cap) / self.limit.decay)
+
+    def acquire(self, cost: float = 1) -> float:
+        """Wait until a call of ``cost`` fits, count it, and return the seconds waited."""
+        wait = self.reserve(cost)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def saturate(self) -> None:
+        """Treat the counter as full: the exchange said so (``EAPI:Rate limit exceeded``)."""
+        with self._lock:
+            now = self._clock()
+            self._level, self._at = max(self._decayed(now), self.limit.max), now

@@ -1,0 +1,195 @@
+"""The fake must be as strict as Kraken, or the client tests prove nothing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+import requests
+
+import collector
+from collector.fake_exchange import FakeKraken, _Data
+from collector.ratelimit import RateLimit
+
+
+def post(fake: FakeKraken, path: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+    return requests.post(fake.url + path, data=body, headers=headers, timeout=5)
+
+
+def test_unknown_key_is_refused(fake) -> None:
+    api = collector.API("nobody", "c2VjcmV0")
+    api.uri = fake.url
+    assert api.query_private("Balance")["error"] == ["EAPI:Invalid key"]
+
+
+def test_signature_is_checked_over_the_raw_body(api, fake) -> None:
+    api.query_private("Balance")
+    sent = api.response.request
+    tampered = sent.body.replace(b"nonce=", b"nonce=9")  # a different body, the old signature
+    answer = post(fake, "/0/private/Balance", tampered, dict(sent.headers)).json()
+    assert answer == {"error": ["EAPI:Invalid signature"]}
+
+
+def test_signature_covers_the_path(api, fake) -> None:
+    api.query_private("Balance")
+    sent = api.response.request
+    answer = post(fake, "/0/private/Ledgers", sent.body, dict(sent.headers)).json()
+    assert answer == {"error": ["EAPI:Invalid signature"]}
+
+
+def test_a_replayed_or_equal_nonce_is_refused(api, fake, keypair) -> None:
+    api.query_private("Balance")
+    sent = api.response.request
+    answer = post(fake, "/0/private/Balance", sent.body, dict(sent.headers)).json()
+    assert answer == {"error": ["EAPI:Invalid nonce"]}
+    lower = collector.API(*keypair, clock=lambda: 10**18)  # far behind: 2001
+    lower.uri = fake.url
+    assert lower.query_private("Balance")["error"] == ["EAPI:Invalid nonce"]
+    assert fake.errors["EAPI:Invalid nonce"] == 2
+
+
+def test_counter_refuses_over_max_and_calls_while_over_extend_it() -> None:
+    clock = [0.0]
+    with FakeKraken(tier=RateLimit(max=3, decay=1), clock=lambda: clock[0]) as fake:
+        key, secret = fake.add_key()
+        api = collector.API(key, secret)
+        api.uri = fake.url
+        assert [api.query_private("Balance")["error"] for _ in range(4)] == [
+            [], [], [], ["EAPI:Rate limit exceeded"]
+        ]  # fmt: skip
+        clock[0] += 1.5  # 4 - 1.5 = 2.5: still over for one more call (2.5 + 1 > 3)
+        assert api.query_private("Balance")["error"] == ["EAPI:Rate limit exceeded"]
+        clock[0] += 3.5  # 3.5 - 3.5 = 0
+        assert api.query_private("Ledgers")["error"] == []
+        assert api.query_private("Ledgers")["error"] == ["EAPI:Rate limit exceeded"]  # 2 + 2 > 3
+
+
+def test_starter_tier_is_the_default() -> None:
+    fake = FakeKraken()
+    assert fake.limit == RateLimit(15, 0.33)
+    fake.close()
+
+
+def test_public_counter_per_ip() -> None:
+    with FakeKraken(public_limit=RateLimit(max=2, decay=0.01)) as fake:
+        api = collector.API()
+        api.uri = fake.url
+        assert [api.query_public("Time")["error"] for _ in range(3)] == [
+            [], [], ["EGeneral:Too many requests"]
+        ]  # fmt: skip
+
+
+def test_wrong_verb_is_405(fake) -> None:
+    assert requests.post(fake.url + "/0/public/Time", timeout=5).status_code == 405
+    assert requests.get(fake.url + "/0/private/Balance", timeout=5).status_code == 405
+    assert requests.get(fake.url + "/1/public/Time", timeout=5).status_code == 404
+
+
+def test_low_level_query_sends_as_given(fake) -> None:
+    api = collector.API()
+    api.uri = fake.url
+    assert api._query("/0/public/Time", None)["error"] == []
+    assert api._query("/0/private/Balance", {"nonce": 1}) == {"error": ["EAPI:Invalid key"]}
+
+
+def test_unknown_method(api) -> None:
+    assert api.query_public("Nope")["error"] == ["EGeneral:Unknown method"]
+    assert api.query_private("Time")["error"] == ["EGeneral:Unknown method"]
+
+
+def test_state_changing_calls_are_refused_and_counted(api, fake) -> None:
+    assert api.query_private("AddOrder", {"pair": "XBTUSD"})["error"] == [
+        "EGeneral:Permission denied"
+    ]
+    assert fake.state_changing_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "check"),
+    [
+        ("Time", {}, lambda r: isinstance(r["unixtime"], int) and r["rfc1123"].endswith("+0000")),
+        ("SystemStatus", {}, lambda r: r["status"] == "online"),
+        ("Assets", {}, lambda r: r["XXBT"]["altname"] == "XBT"),
+        ("AssetPairs", {"pair": "XBTUSD"}, lambda r: r["XXBTZUSD"]["altname"] == "XBTUSD"),
+        ("Ticker", {"pair": "XBTUSD,ETHUSD"},
+         lambda r: sorted(r) == ["XETHZUSD", "XXBTZUSD"] and len(r["XXBTZUSD"]["a"]) == 3),
+        ("OHLC", {"pair": "XBTUSD", "interval": 5},
+         lambda r: len(r["XXBTZUSD"]) == 720 and r["last"] == r["XXBTZUSD"][-2][0]),
+        ("Depth", {"pair": "XBTUSD", "count": 3},
+         lambda r: len(r["XXBTZUSD"]["asks"]) == 3 and len(r["XXBTZUSD"]["bids"]) == 3),
+        ("Trades", {"pair": "XBTUSD", "count": 5},
+         lambda r: len(r["XXBTZUSD"]) == 5 and isinstance(r["last"], str)),
+        ("Spread", {"pair": "XBTUSD"}, lambda r: len(r["XXBTZUSD"][0]) == 3),
+        ("Balance", {}, lambda r: r["XXBT"] == "1011.1908877900"),
+        ("BalanceEx", {}, lambda r: r["XXBT"]["balance"] == "1011.1908877900"),
+        ("TradeBalance", {}, lambda r: {"eb", "tb", "m", "n", "c", "v", "e", "mf"} <= set(r)),
+        ("OpenOrders", {}, lambda r: len(r["open"]) == 1),
+        ("ClosedOrders", {}, lambda r: len(r["closed"]) == 50 and r["count"] == 120),
+        ("TradesHistory", {}, lambda r: len(r["trades"]) == 50 and r["count"] == 120),
+        ("Ledgers", {}, lambda r: len(r["ledger"]) == 50 and r["count"] == 120),
+    ],
+)  # fmt: skip
+def test_response_shapes(api, method, params, check) -> None:
+    reply = api.call(method, params)
+    assert check(reply.result), json.dumps(reply.result)[:300]
+
+
+def test_all_amounts_are_decimal_strings(api) -> None:
+    ticker = api.call("Ticker", {"pair": "XBTUSD"}).result["XXBTZUSD"]
+    for price in (ticker["a"][0], ticker["c"][0], ticker["o"]):
+        assert isinstance(price, str) and Decimal(price) > 0
+    for amount in api.call("Balance").result.values():
+        assert isinstance(amount, str)
+        Decimal(amount)
+
+
+def test_ledgers_paginate_newest_first(api) -> None:
+    seen: dict[str, dict] = {}
+    ofs = 0
+    while True:
+        page = api.call("Ledgers", {"ofs": ofs}).result
+        if not page["ledger"]:
+            break
+        seen.update(page["ledger"])
+        ofs += len(page["ledger"])
+    assert len(seen) == 120 == page["count"]
+    times = [entry["time"] for entry in seen.values()]
+    assert times == sorted(times, reverse=True)
+
+
+def test_values_change_over_time(fake) -> None:
+    params = {"pair": "XBTUSD"}
+    now = 1_790_000_000.0
+    early = _Data.Ticker(fake, params, now)["XXBTZUSD"]["c"][0]
+    later = _Data.Ticker(fake, params, now + 300)["XXBTZUSD"]["c"][0]
+    assert early != later
+    assert _Data.Balance(fake, {}, now)["ZUSD"] != _Data.Balance(fake, {}, now + 60)["ZUSD"]
+
+
+def test_unknown_pair(api) -> None:
+    assert api.query_public("Ticker", {"pair": "DOGEXYZ"})["error"] == ["EQuery:Unknown asset pair"]
+
+
+def test_faults_can_target_one_method_and_run_out(api, fake) -> None:
+    fake.inject("http_502", method="Ticker", count=2)
+    assert api.query_public("Time")["error"] == []
+    for _ in range(2):
+        with pytest.raises(requests.HTTPError):
+            api.query_public("Ticker", {"pair": "XBTUSD"})
+    assert api.query_public("Ticker", {"pair": "XBTUSD"})["error"] == []
+
+
+def test_faults_over_http_for_a_fake_run_from_the_cli(api, fake) -> None:
+    answer = requests.post(
+        fake.url + "/_fake/fault?kind=kraken_error&error=EService:Busy", timeout=5
+    )
+    assert answer.json() == {"ok": True}
+    assert api.query_public("Time") == {"error": ["EService:Busy"]}
+    bad = requests.post(fake.url + "/_fake/fault?kind=meteor", timeout=5)
+    assert bad.status_code == 400 and "unknown fault 'meteor'" in bad.text
+
+
+def test_unknown_fault_kind_is_refused(fake) -> None:
+    with pytest.raises(ValueError, match="unknown fault 'meteor'"):
+        fake.inject("meteor")
