@@ -43,7 +43,7 @@ def single_thread(rounds: int, calls: int) -> tuple[dict[tuple[str, str], float]
         clients = {k: make(k, fake, *fake.add_key()) for k in ("krakenex", "collector")}
         for scope, call in (("public", lambda a: a.query_public("Time")),
                             ("private", lambda a: a.query_private("Balance"))):  # fmt: skip
-            for name, api in clients.items():
+            for api in clients.values():
                 call(api)  # warm the connection
             for _ in range(rounds):
                 for name, api in clients.items():
