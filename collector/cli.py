@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+import time
 from typing import Any
 
 import click
 
+from .config import DATABASE_ENV, DEFAULT_DATABASE, Config, load
+from .errors import CollectorError, ConfigError
 from .fake_exchange import FakeKraken, new_key_file
+from .methods import cost
 from .ratelimit import RateLimit, tier
 
 logger = logging.getLogger(__name__)
@@ -31,10 +36,200 @@ def _rate_limit_option(value: str | None) -> RateLimit | None:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Domain errors become one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except CollectorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="collector")
 def main() -> None:
-    """Run scheduled Kraken REST queries and keep every answer in SQL."""
+    """Run scheduled Kraken REST queries and keep every answer in SQL.
+
+    \b
+    Example:
+        collector check jobs.yaml
+        collector run jobs.yaml
+    """
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.Formatter.converter = time.gmtime  # log times in UTC, like the database
+    # APScheduler logs every run at INFO; the collector logs what matters itself.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _open_store(database: str, config_file: str | None) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .storage import Store
+
+    shown = _display_url(database)
+    try:
+        store = Store.from_url(database)
+        store.upgrade()
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"cannot use {shown}: missing driver {exc.name!r} "
+                          "(pip install 'collector[postgres]')", file=config_file,
+                          key="database") from None  # fmt: skip
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise ConfigError(f"cannot use database {shown}: {reason}", file=config_file,
+                          key="database") from None  # fmt: skip
+    return store
+
+
+def _display_url(database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database).render_as_string(hide_password=True)
+
+
+_jobfile = click.argument("jobfile", type=click.Path(dir_okay=False))
+_db = click.option("--db", "database", metavar="URL",
+                   help=f"Database URL; overrides the file and ${DATABASE_ENV}.")  # fmt: skip
+_log = click.option("--log-level", default="info", show_default=True,
+                    type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+
+
+@main.command()
+@_jobfile
+@_db
+@click.option(
+    "--once", is_flag=True, help="Run each job once and exit: 0 if all succeeded, else 1."
+)
+@click.option("--workers", default=16, show_default=True, help="Threads making calls.")
+@_log
+def run(jobfile: str, database: str | None, once: bool, workers: int, log_level: str) -> None:
+    """Run the jobs of JOBFILE on their schedules until SIGTERM or Ctrl-C.
+
+    Every run, success or failure, becomes a row in the database's `runs`
+    table. With --once, each job runs once (for system cron).
+
+    \b
+    Example:
+        collector run jobs.yaml
+        collector run --once --db sqlite:///prices.db jobs.yaml
+    """
+    from .scheduler import Service
+
+    _setup_logging(log_level)
+    config = load(jobfile, database=database)
+    service = Service(config, store=_open_store(config.database, jobfile), workers=workers)
+    if once:
+        try:
+            ok = service.run_once()
+        finally:
+            service.stop()
+        sys.exit(0 if ok else 1)
+    service.run_forever()
+
+
+@main.command()
+@_jobfile
+@_db
+def check(jobfile: str, database: str | None) -> None:
+    """Validate JOBFILE and show each job's schedule and next run.
+
+    Warns when the schedules need more calls than the rate limits allow.
+
+    \b
+    Example:
+        collector check jobs.yaml
+    """
+    from datetime import UTC, datetime
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    from .scheduler import calls_per_second
+
+    config = load(jobfile, database=database)
+    _check_database(config)
+    now = datetime.now(UTC)
+    click.echo(f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
+               f"exchange {config.kraken.url}")  # fmt: skip
+    width = max(len(j.name) for j in config.jobs)
+    for job in config.jobs:
+        if job.every is not None:
+            upcoming = "at start"
+        else:
+            trigger = CronTrigger.from_crontab(job.cron or "", timezone=job.timezone)
+            fire = trigger.get_next_fire_time(None, now)
+            upcoming = fire.astimezone(UTC).isoformat(timespec="seconds") if fire else "never"
+        kind = "private" if job.private else "public"
+        click.echo(f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
+                   f"next {upcoming}")  # fmt: skip
+    private = sum(calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.private)
+    public = sum(calls_per_second(j, now) for j in config.jobs if not j.private)
+    k = config.kraken
+    click.echo(f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
+               f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s")  # fmt: skip
+    if private > k.tier.decay:
+        click.echo(f"warning: needs {private:.2g} private calls/s, {k.tier_name} allows "
+                   f"{k.tier.decay:g}/s; runs will be late", err=True)  # fmt: skip
+    if public > k.public_rate_limit.decay:
+        click.echo(f"warning: needs {public:.2g} public calls/s, the public budget allows "
+                   f"{k.public_rate_limit.decay:g}/s; runs will be late", err=True)  # fmt: skip
+
+
+def _check_database(config: Config) -> None:
+    """The database must be usable: SQLite's folder exists; a server answers."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.database)
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        if (
+            path
+            and path != ":memory:"
+            and not os.path.isdir(os.path.dirname(os.path.abspath(path)))
+        ):
+            raise ConfigError(f"cannot use database {config.database_for_display()}: its folder "
+                              "does not exist", file=config.path, key="database")  # fmt: skip
+        return
+    _open_store(config.database, config.path).dispose()
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@click.argument("jobfile", required=False, type=click.Path(dir_okay=False))
+@_db
+def upgrade(jobfile: str | None, database: str | None) -> None:
+    """Apply the database migrations (also done automatically by `run`).
+
+    The database comes from --db, $COLLECTOR_DATABASE_URL, JOBFILE's
+    `database`, or sqlite:///collector.db.
+
+    \b
+    Example:
+        collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
+        collector db upgrade jobs.yaml
+    """
+    from .storage import current_revision
+
+    if jobfile:
+        url = load(jobfile, database=database).database
+    else:
+        url = database or os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE
+    store = _open_store(url, jobfile)
+    click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
+    store.dispose()
 
 
 @main.command("fake-exchange")

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +34,85 @@ def api(fake: FakeKraken, keypair: tuple[str, str]) -> Iterator[collector.API]:
     client.uri = fake.url
     with client:
         yield client
+
+
+# -- databases: real SQLite files and a real throwaway PostgreSQL server ---------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """initdb + pg_ctl in a temp folder, as the postgres user when the tests run as root."""
+
+    def __init__(self) -> None:
+        initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not self.pg_ctl:
+            raise RuntimeError(
+                "initdb/pg_ctl not found; install Debian's postgresql (.ci/run does)"
+            )
+        self.root = tempfile.mkdtemp(prefix="collector-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = _free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run([initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                   "--no-sync"])  # fmt: skip
+        self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "log"), "-w",
+                   "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start"])  # fmt: skip
+        self.count = 0
+
+    def _run(self, cmd: list[str]) -> None:
+        subprocess.run(self.as_user + cmd, check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import sqlalchemy
+
+        self.count += 1
+        name = f"test_{self.count}"
+        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        engine.dispose()
+        return self.url(name)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run([self.pg_ctl, "-D", self.data, "-m", "immediate", "stop"])
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'collector.db'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -1,0 +1,433 @@
+"""The job file: YAML in, frozen and validated dataclasses out, or one clear :class:`ConfigError`.
+
+Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``).
+Duplicate keys are refused (plain YAML loaders silently keep the last one), unknown keys get a
+did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment in every string
+(an unset variable expands to nothing). Secrets are validated but never repeated in a message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .auth import decode_secret
+from .errors import ConfigError, CredentialsError
+from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
+from .nonce import UNITS
+from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
+
+DEFAULT_DATABASE = "sqlite:///collector.db"
+DEFAULT_URL = "https://api.kraken.com"
+DEFAULT_TIMEOUT = 10.0
+DATABASE_ENV = "COLLECTOR_DATABASE_URL"
+KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
+
+TOP_KEYS = ("database", "kraken", "jobs")
+KRAKEN_KEYS = ("url", "key", "secret", "key_file", "tier", "rate_limit", "public_rate_limit",
+               "timeout", "nonce_unit")  # fmt: skip
+JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout")
+#: Parameters the client sets itself and which are never stored.
+RESERVED_PARAMS = ("nonce",)
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scheduled query. Exactly one of ``every`` and ``cron`` is set."""
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    every: timedelta | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    jitter: float | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    line: int = 0
+
+    @property
+    def private(self) -> bool:
+        return not is_public(self.method)
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"cron '{self.cron}' ({self.timezone})"
+
+
+@dataclass(frozen=True)
+class KrakenSettings:
+    url: str = DEFAULT_URL
+    key: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    tier: RateLimit = TIERS["starter"]
+    tier_name: str = "starter"
+    public_rate_limit: RateLimit = PUBLIC_DEFAULT
+    timeout: float = DEFAULT_TIMEOUT
+    nonce_unit: str = "ms"
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.key and self.secret)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    database: str
+    kraken: KrakenSettings
+    jobs: tuple[Job, ...]
+
+    def database_for_display(self) -> str:
+        return make_url(self.database).render_as_string(hide_password=True)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{int(seconds // size)}{unit}")
+            seconds %= size
+    if seconds or not parts:
+        parts.append(f"{seconds:g}s")
+    return "".join(parts)
+
+
+# -- YAML with lines and without silent duplicates ----------------------------------------------
+
+
+class _Map(dict):
+    """A mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    lines: dict[str, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    out.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, str):
+            raise ConfigError(f"keys must be text, not {key!r}", line=line)
+        if key in out:
+            raise ConfigError(
+                f"duplicate key (first at line {out.lines[key]}); YAML would silently keep the last",
+                line=line,
+                key=key,
+            )
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str], *, database: str | None = None,
+         environ: dict[str, str] | None = None) -> Config:  # fmt: skip
+    """Read and validate a job file.
+
+    :param database: overrides the file's ``database`` (the CLI's ``--db``)
+    :param environ: the environment for ``${VAR}`` and credentials (default ``os.environ``)
+    :raises ConfigError: with file, line and key
+    """
+    name = str(path)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the job file: {_reason(exc)}", file=name) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=name, line=exc.line, key=exc.key) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(
+            f"not valid YAML: {exc.problem}", file=name, line=mark.line + 1 if mark else None
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"not valid YAML: {type(exc).__name__}", file=name) from None
+    if not isinstance(raw, _Map):
+        raise ConfigError("the job file must be a mapping with a 'jobs' key", file=name, line=1)
+    return _Builder(name, env).config(raw, database)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+class _Builder:
+    def __init__(self, file: str, env: dict[str, str]) -> None:
+        self.file, self.env = file, env
+
+    def error(self, message: str, where: _Map, key: str | None, path: str) -> ConfigError:
+        line = where.lines.get(key, where.line) if key is not None else where.line
+        return ConfigError(message, file=self.file, line=line, key=path or None)
+
+    def check_keys(self, where: _Map, allowed: tuple[str, ...], prefix: str) -> None:
+        for key in where:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else f"; expected one of {', '.join(allowed)}"
+                )
+                raise self.error(f"unknown key{hint}", where, key, prefix + key)
+
+    def expand(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return _VAR.sub(lambda m: self.env.get(m.group(1)) or (m.group(2) or ""), value)
+        if isinstance(value, list):
+            return [self.expand(v) for v in value]
+        if isinstance(value, dict):
+            out = _Map({k: self.expand(v) for k, v in value.items()})
+            out.line, out.lines = getattr(value, "line", 0), getattr(value, "lines", {})
+            return out
+        return value
+
+    def mapping(self, parent: _Map, key: str, path: str) -> _Map:
+        value = parent.get(key)
+        if value is None:
+            out = _Map()
+            out.line, out.lines = parent.lines.get(key, parent.line), {}
+            return out
+        if not isinstance(value, _Map):
+            raise self.error("must be a mapping", parent, key, path)
+        return value
+
+    def duration(self, where: _Map, key: str, path: str) -> float:
+        value = where[key]
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise self.error(
+                f"bad duration {value!r}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+                where, key, path,
+            )  # fmt: skip
+        return seconds
+
+    def config(self, raw: _Map, database: str | None) -> Config:
+        self.check_keys(raw, TOP_KEYS, "")
+        raw = self.expand(raw)
+        kraken = self.kraken(self.mapping(raw, "kraken", "kraken"))
+        jobs_map = raw.get("jobs")
+        if not isinstance(jobs_map, _Map) or not jobs_map:
+            raise self.error("'jobs' must be a mapping from job name to job, with at least one job",
+                             raw, "jobs" if "jobs" in raw else None, "jobs")  # fmt: skip
+        jobs = tuple(self.job(name, jobs_map, kraken) for name in jobs_map)
+        db = database or self.env.get(DATABASE_ENV) or raw.get("database") or DEFAULT_DATABASE
+        if not isinstance(db, str):
+            raise self.error("must be a database URL", raw, "database", "database")
+        where_db = ("database", raw) if "database" in raw and not database else (None, raw)
+        try:
+            url = make_url(db)
+        except (ArgumentError, ValueError):
+            raise self.error(
+                "malformed database URL; e.g. sqlite:///collector.db or "
+                "postgresql+psycopg://user@host/db",
+                where_db[1], where_db[0], "database",
+            ) from None  # fmt: skip
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise self.error(f"unsupported database {url.get_backend_name()!r}: use sqlite or "
+                             "postgresql", where_db[1], where_db[0], "database")  # fmt: skip
+        return Config(self.file, _with_driver(url), kraken, jobs)
+
+    def kraken(self, k: _Map) -> KrakenSettings:
+        self.check_keys(k, KRAKEN_KEYS, "kraken.")
+        opts: dict[str, Any] = {}
+        if "url" in k:
+            url = k["url"]
+            if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+                raise self.error("must be an http(s) URL", k, "url", "kraken.url")
+            opts["url"] = url.rstrip("/")
+        if "tier" in k and "rate_limit" in k:
+            raise self.error("give either tier or rate_limit, not both", k, "rate_limit",
+                             "kraken.rate_limit")  # fmt: skip
+        if "tier" in k:
+            tier = str(k["tier"]).lower()
+            if tier not in TIERS:
+                close = difflib.get_close_matches(tier, TIERS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.error(f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
+                                 k, "tier", "kraken.tier")  # fmt: skip
+            opts["tier"], opts["tier_name"] = TIERS[tier], tier
+        if "rate_limit" in k:
+            opts["tier"] = self.rate_limit(k, "rate_limit")
+            opts["tier_name"] = f"max {opts['tier'].max:g}, decay {opts['tier'].decay:g}/s"
+        if "public_rate_limit" in k:
+            opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
+        if "timeout" in k:
+            opts["timeout"] = self.duration(k, "timeout", "kraken.timeout")
+        if "nonce_unit" in k:
+            if k["nonce_unit"] not in UNITS:
+                raise self.error(f"must be one of {', '.join(UNITS)}", k, "nonce_unit",
+                                 "kraken.nonce_unit")  # fmt: skip
+            opts["nonce_unit"] = k["nonce_unit"]
+        key, secret = self.credentials(k)
+        if key or secret:
+            try:
+                decode_secret(secret)
+            except CredentialsError as exc:
+                where = "secret" if "secret" in k else "key_file" if "key_file" in k else None
+                raise self.error(str(exc), k, where, f"kraken.{where or 'secret'}") from None
+        return KrakenSettings(key=key, secret=secret, **opts)
+
+    def credentials(self, k: _Map) -> tuple[str, str]:
+        if "key_file" in k:
+            if "key" in k or "secret" in k:
+                raise self.error("give key_file or key/secret, not both", k, "key_file",
+                                 "kraken.key_file")  # fmt: skip
+            path = Path(str(k["key_file"]))
+            if not path.is_absolute():
+                path = Path(self.file).parent / path
+            try:
+                with open(path, encoding="utf-8") as f:
+                    key, secret = f.readline().strip(), f.readline().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise self.error(f"cannot read key file {str(path)!r}: {_reason(exc)}", k,
+                                 "key_file", "kraken.key_file") from None  # fmt: skip
+            if not key or not secret:
+                raise self.error(f"key file {str(path)!r} must hold the key on line 1 and the "
+                                 "secret on line 2", k, "key_file", "kraken.key_file")  # fmt: skip
+            return key, secret
+        key = k.get("key") or self.env.get(KEY_ENV) or ""
+        secret = k.get("secret") or self.env.get(SECRET_ENV) or ""
+        for name, value in (("key", key), ("secret", secret)):
+            if not isinstance(value, str):
+                raise self.error("must be text", k, name, f"kraken.{name}")
+        if bool(key) != bool(secret):
+            missing = "secret" if key else "key"
+            raise self.error(f"an API key needs its {missing} too", k,
+                             "key" if "key" in k else "secret" if "secret" in k else None,
+                             f"kraken.{missing}")  # fmt: skip
+        return key, secret
+
+    def rate_limit(self, k: _Map, key: str) -> RateLimit:
+        value = k[key]
+        if not isinstance(value, _Map) or set(value) != {"max", "decay"}:
+            raise self.error(
+                "must be a mapping {max: N, decay: per-second}", k, key, f"kraken.{key}"
+            )
+        try:
+            return RateLimit(float(value["max"]), float(value["decay"]))
+        except (TypeError, ValueError) as exc:
+            raise self.error(str(exc), k, key, f"kraken.{key}") from None
+
+    def job(self, name: str, jobs: _Map, kraken: KrakenSettings) -> Job:
+        path = f"jobs.{name}"
+        spec = jobs[name]
+        if not isinstance(spec, _Map):
+            raise self.error(
+                "a job must be a mapping with method and every or cron", jobs, name, path
+            )
+        self.check_keys(spec, JOB_KEYS, path + ".")
+        method = spec.get("method")
+        if not isinstance(method, str) or not method:
+            raise self.error("needs a method, e.g. method: Ticker", spec,
+                             "method" if "method" in spec else None, path + ".method")  # fmt: skip
+        if method in STATE_CHANGING_METHODS:
+            raise self.error(f"{method} changes account state; collector is read-only and "
+                             "never calls it", spec, "method", path + ".method")  # fmt: skip
+        known = PUBLIC_METHODS | PRIVATE_READ_METHODS
+        if method not in known:
+            close = difflib.get_close_matches(method, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise self.error(f"unknown Kraken method {method!r}{hint}", spec, "method",
+                             path + ".method")  # fmt: skip
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise self.error("must be a mapping of request parameters", spec, "params",
+                             path + ".params")  # fmt: skip
+        for reserved in RESERVED_PARAMS:
+            if reserved in params:
+                raise self.error(f"'{reserved}' is set by the client, leave it out", params, reserved,
+                                 f"{path}.params.{reserved}")  # fmt: skip
+        opts: dict[str, Any] = {}
+        has_every, has_cron = "every" in spec, "cron" in spec
+        if has_every == has_cron:
+            raise self.error("needs exactly one of every: (e.g. 30s) or cron: (5 fields)" if not
+                             has_every else "has both every and cron; keep one", spec,
+                             "cron" if has_cron else None, path)  # fmt: skip
+        tz = spec.get("timezone", "UTC")
+        try:
+            ZoneInfo(str(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.error(
+                f"unknown timezone {tz!r}", spec, "timezone", path + ".timezone"
+            ) from None
+        if has_every:
+            seconds = self.duration(spec, "every", path + ".every")
+            opts["every"] = timedelta(seconds=seconds)
+        else:
+            cron = spec["cron"]
+            if not isinstance(cron, str) or len(cron.split()) != 5:
+                raise self.error(f"bad cron {cron!r}: needs 5 fields (minute hour day month "
+                                 "weekday), e.g. '0 * * * *'", spec, "cron", path + ".cron")  # fmt: skip
+            try:
+                CronTrigger.from_crontab(cron, timezone=str(tz))
+            except ValueError as exc:
+                raise self.error(
+                    f"bad cron {cron!r}: {exc}", spec, "cron", path + ".cron"
+                ) from None
+            opts["cron"] = cron
+        if "jitter" in spec:
+            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter")
+        opts["timeout"] = (self.duration(spec, "timeout", path + ".timeout") if "timeout" in spec
+                           else kraken.timeout)  # fmt: skip
+        job = Job(name=str(name), method=method, params=dict(params), timezone=str(tz),
+                  line=jobs.lines.get(name, 0), **opts)  # fmt: skip
+        if job.private and not kraken.has_credentials:
+            raise self.error(f"{method} is a private method and needs credentials: set kraken.key "
+                             f"and kraken.secret, kraken.key_file, or {KEY_ENV} and {SECRET_ENV}",
+                             spec, "method", path + ".method")  # fmt: skip
+        return job
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds in ``30s``, ``5m``, ``1h30m``, ``1d`` or a plain positive number; None if invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if not isinstance(value, str) or not value:
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    if not match or not any(match.groups()):
+        return None
+    d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    seconds = d * 86400 + h * 3600 + m * 60 + s
+    return seconds if seconds > 0 else None
+
+
+def _with_driver(url: URL) -> str:
+    """``postgresql://`` means psycopg 3 here (the ``postgres`` extra), not psycopg2."""
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,303 @@
+"""The collection service: APScheduler 3 runs every job through one shared, rate-limited client.
+
+What happens to a run that is late or missed (the surprising part):
+
+* **Interval jobs also run once at start**; cron jobs wait for their first time.
+* **A late run still runs, once.** A run can be late because its call waited for rate-limit budget,
+  or because the process was busy or suspended. It is never dropped for being late
+  (``misfire_grace_time=None``); if several of a job's times came due meanwhile, they are folded
+  into one run (coalesced), and the log says how many were folded.
+* **The same job never runs twice at the same time** (``max_instances=1``). A time that comes due
+  while the job's previous run is still going is skipped, and the log says so.
+* Every run, success or failure, is stored with the time it was scheduled for (``scheduled_at``),
+  when its call started and when it finished.
+
+Shutdown (SIGTERM or SIGINT): scheduling stops at once, calls waiting for budget give up, calls in
+flight finish (each has a timeout), every run is written, the session is closed, exit code 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from types import FrameType
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.base import run_job
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .client import API
+from .config import Config, Job, KrakenSettings
+from .errors import RequestError
+from .storage import RunRecord, Store, Writer
+
+logger = logging.getLogger(__name__)
+
+#: Threads that make calls. Private calls are serialised by the client anyway; public ones overlap.
+DEFAULT_WORKERS = 16
+#: A run that starts this much after its time is logged as late.
+LATE_AFTER = 1.0
+#: How long shutdown waits for the writer, beyond the calls' own timeouts.
+WRITE_GRACE = 30.0
+#: Parameters never stored (the client adds the nonce; an otp is a password).
+SECRET_PARAMS = frozenset({"nonce", "otp"})
+BALANCE_METHODS = frozenset({"Balance", "BalanceEx"})
+
+
+class ShuttingDown(Exception):
+    """Raised inside a call that was waiting for budget when the service began to stop."""
+
+
+def build_api(settings: KrakenSettings, *, nonce_floor: int = 0,
+              stopping: threading.Event | None = None) -> API:  # fmt: skip
+    """The one shared client: rate limits on, a timeout on every call."""
+    api = API(settings.key, settings.secret, rate_limit=settings.tier,
+              public_rate_limit=settings.public_rate_limit, nonce_unit=settings.nonce_unit,
+              nonce_floor=nonce_floor, timeout=settings.timeout)  # fmt: skip
+    api.uri = settings.url
+    if stopping is not None:
+        # A call waiting for budget must not hold up shutdown: its sleep ends when we stop.
+        def sleep(seconds: float) -> None:
+            if stopping.wait(seconds):
+                raise ShuttingDown
+
+        for limiter in (api.limiter, api.public_limiter):
+            if limiter is not None:
+                limiter._sleep = sleep
+    return api
+
+
+def balance_rows(method: str, result: Any) -> list[tuple[str, Decimal]]:
+    """``(asset, amount)`` pairs from a Balance or BalanceEx result, exactly.
+
+    An empty account's answer has no ``result`` at all: that is an empty snapshot.
+
+    :raises ValueError: when the result is not a mapping of assets to decimal amounts
+    """
+    if result is None:
+        return []
+    if not isinstance(result, dict):
+        raise ValueError(f"{method} result is a {type(result).__name__}, not a mapping of assets")
+    rows = []
+    for asset, value in result.items():
+        amount = (
+            value.get("balance") if method == "BalanceEx" and isinstance(value, dict) else value
+        )
+        if not isinstance(amount, str):
+            raise ValueError(f"{method} amount of {asset!r} is not a decimal string")
+        try:
+            number = Decimal(amount)
+        except InvalidOperation:
+            raise ValueError(f"{method} amount of {asset!r} is not a number") from None
+        if not number.is_finite():
+            raise ValueError(f"{method} amount of {asset!r} is not a finite number")
+        rows.append((str(asset)[:32], number))
+    return rows
+
+
+class _Executor(ThreadPoolExecutor):
+    """APScheduler's thread pool, telling each run the time it was scheduled for.
+
+    It also does the coalescing itself (the jobs are added with ``coalesce=False``) so that it can
+    log how many due times were folded into one run.
+    """
+
+    def __init__(self, service: Service, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self._service = service
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        if len(run_times) > 1:
+            logger.warning("job %s: %d runs came due while it was late; running once (coalesced)",
+                           job.id, len(run_times))  # fmt: skip
+            run_times = run_times[-1:]
+
+        def done(future: Any) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
+            else:
+                self._run_job_success(job.id, future.result())
+
+        self._pool.submit(self._run, job, run_times).add_done_callback(done)
+
+    def _run(self, job: Any, run_times: list[datetime]) -> Any:
+        self._service._scheduled.at = run_times[-1]
+        return run_job(job, job._jobstore_alias, run_times, self._logger.name)
+
+
+class Service:
+    """Runs a job file's jobs and stores every run.
+
+    :param config: the validated job file
+    :param store: where runs go (default: the config's database, migrated to the latest version)
+    :param api: the shared client (default: built from the config, its nonce floor from the store)
+    :param workers: threads making calls
+    :param clock: returns the current UTC datetime; a seam for tests
+    """
+
+    def __init__(self, config: Config, *, store: Store | None = None, api: API | None = None,
+                 workers: int = DEFAULT_WORKERS,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+        self.config = config
+        self.stopping = threading.Event()
+        self.store = store or Store.from_url(config.database)
+        self.store.upgrade()
+        self.api = api or build_api(config.kraken, nonce_floor=self.store.load_nonce(),
+                                    stopping=self.stopping)  # fmt: skip
+        self.writer = Writer(self.store, nonce=lambda: self.api.nonces.last)
+        self.workers = workers
+        self.clock = clock
+        self._scheduled = threading.local()
+        self._scheduler: BackgroundScheduler | None = None
+
+    # -- one run ------------------------------------------------------------------------------
+
+    def execute(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
+        """Call ``job``'s method once and hand the run to the writer. Never raises.
+
+        Returns None when the service began stopping before the call was sent.
+        """
+        started = self.clock()
+        scheduled = scheduled_at or getattr(self._scheduled, "at", None) or started
+        late = (started - scheduled).total_seconds()
+        if late > LATE_AFTER:
+            logger.info("job %s started %.1fs after its time", job.name, late)
+        record = RunRecord(job=job.name, method=job.method,
+                           params={k: v for k, v in job.params.items() if k not in SECRET_PARAMS},
+                           scheduled_at=scheduled, started_at=started, finished_at=started,
+                           status="ok")  # fmt: skip
+        try:
+            reply = self.api.call(job.method, job.params, timeout=job.timeout)
+            record.http_status, record.result = reply.http_status, reply.result
+            if reply.warnings:
+                record.error = ", ".join(reply.warnings)
+            if job.method in BALANCE_METHODS:
+                record.balances = balance_rows(job.method, reply.result)
+        except ShuttingDown:
+            logger.info("job %s: not run, the service is stopping", job.name)
+            return None
+        except RequestError as exc:
+            record.status, record.http_status = exc.status, exc.http_status
+            record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+        except ValueError as exc:  # a result we cannot store as promised (e.g. balances)
+            record.status, record.error, record.balances = "bad_response", str(exc), []
+        except Exception as exc:  # a bug must not kill the service; it becomes a stored row
+            logger.exception("job %s: unexpected error", job.name)
+            record.status, record.error = "bad_response", f"{type(exc).__name__}: {exc}"
+        record.finished_at = self.clock()
+        if record.status != "ok":
+            logger.warning("job %s: %s %s", job.name, record.status, record.error)
+        self.writer.submit(record)
+        return record
+
+    def _run_scheduled(self, job: Job) -> None:
+        self.execute(job)
+
+    # -- modes --------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Run every job once, in file order, store them, and say whether all succeeded."""
+        results = [self.execute(job) for job in self.config.jobs]
+        self.writer.flush()
+        return all(r is not None and r.status == "ok" for r in results)
+
+    def start(self) -> None:
+        """Start scheduling in background threads."""
+        scheduler = BackgroundScheduler(
+            executors={"default": _Executor(self, self.workers)},
+            job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+        now = datetime.now(UTC)
+        for job in self.config.jobs:
+            trigger: Any
+            if job.every is not None:
+                trigger = IntervalTrigger(seconds=job.every.total_seconds(), jitter=job.jitter,
+                                          timezone=job.timezone)  # fmt: skip
+                first = now  # interval jobs also run once at start
+            else:
+                assert job.cron is not None
+                trigger = CronTrigger.from_crontab(job.cron, timezone=job.timezone)
+                if job.jitter:
+                    trigger.jitter = int(job.jitter)
+                first = None
+            options = {"next_run_time": first} if first is not None else {}
+            scheduler.add_job(self._run_scheduled, trigger, args=[job], id=job.name,
+                              name=job.name, **options)  # fmt: skip
+        self._scheduler = scheduler
+        scheduler.start()
+        logger.info("collector started: %d jobs, database %s, exchange %s",
+                    len(self.config.jobs), self.config.database_for_display(),
+                    self.config.kraken.url)  # fmt: skip
+
+    def _skipped(self, event: JobSubmissionEvent) -> None:
+        logger.warning("job %s: skipped the run due at %s, its previous run is still going",
+                       event.job_id, event.scheduled_run_times[0].isoformat())  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop scheduling, let calls in flight finish, write everything, close the session."""
+        self.stopping.set()
+        try:
+            if self._scheduler is not None and self._scheduler.running:
+                # Waits for calls in flight; each has a timeout, and budget waits end at once.
+                self._scheduler.shutdown(wait=True)
+        finally:
+            try:
+                if not self.writer.close(WRITE_GRACE):
+                    logger.error("some runs could not be written before shutdown")
+            finally:
+                self.api.close()
+                self.store.dispose()
+        logger.info("collector stopped: %d runs written", self.writer.written)
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
+            if stop.is_set():  # a second Ctrl-C must not abort the writing of what we have
+                logger.info("received %s again; still stopping", name)
+            else:
+                logger.info("received %s, stopping", name)
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            try:
+                self.stop()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+
+def calls_per_second(job: Job, now: datetime | None = None) -> float:
+    """The average rate at which ``job`` fires (cron jobs: over their next 50 times)."""
+    if job.every is not None:
+        return 1.0 / job.every.total_seconds()
+    assert job.cron is not None
+    trigger = CronTrigger.from_crontab(job.cron, timezone=job.timezone)
+    t, previous, times = now or datetime.now(UTC), None, []
+    for _ in range(50):
+        fire = trigger.get_next_fire_time(previous, t)
+        if fire is None:
+            break
+        times.append(fire)
+        previous, t = fire, fire + timedelta(microseconds=1)
+    if len(times) < 2:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0]).total_seconds()

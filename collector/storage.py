@@ -1,0 +1,365 @@
+"""The database: tables people query, migrations, and a batching writer.
+
+Tables (see the README for example SQL):
+
+* ``runs``: one row per execution, success or failure.
+* ``balances``: one row per asset per successful Balance/BalanceEx run; amounts are exact decimals
+  (``NUMERIC`` on PostgreSQL, decimal text on SQLite, ``Decimal`` in Python; never floats).
+* ``collector_state``: the highest nonce used, so a restart starts above it.
+
+All timestamps are UTC and timezone-aware (``timestamptz`` on PostgreSQL; on SQLite, text ending in
+``+00:00``). SQLite runs in WAL mode with a busy timeout, so people can query while we write.
+
+Writes go through :class:`Writer`, a thread that commits runs in batches: one transaction per batch,
+a run and its balances always in the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.types import TypeDecorator
+
+logger = logging.getLogger(__name__)
+
+#: At most this many runs go into one transaction.
+BATCH_MAX = 500
+#: The writer commits at least this often (seconds) while runs are waiting.
+FLUSH_INTERVAL = 0.2
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+NONCE_KEY = "nonce_high_water"
+
+_SQLITE_TS = sqlite.DATETIME(
+    storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d"
+    ".%(microsecond)06d+00:00",
+    regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)\.(\d+)\+00:00",
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend; naive datetimes are refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLITE_TS)
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: collector stores timezone-aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Exact decimals: NUMERIC on PostgreSQL, decimal text on SQLite (whose NUMERIC is a float)."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(64))
+        return dialect.type_descriptor(Numeric(asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | str | None, dialect: Any) -> Any:
+        if value is None:
+            return None
+        value = Decimal(value)
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+RunId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", RunId, primary_key=True, autoincrement=True),
+    Column("job", String(200), nullable=False),
+    Column("method", String(100), nullable=False),
+    Column("params", JSONType, nullable=False),
+    Column("scheduled_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("http_status", Integer),
+    Column("error", Text),
+    Column("result", JSONType),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+)
+Index("ix_runs_job_started_at", runs.c.job, runs.c.started_at)
+Index("ix_runs_status", runs.c.status)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("run_id", RunId, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("asset", String(32), primary_key=True),
+    Column("job", String(200), nullable=False),
+    Column("taken_at", UTCDateTime(), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+)
+Index("ix_balances_asset_taken_at", balances.c.asset, balances.c.taken_at)
+
+state = Table(
+    "collector_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+STATUSES = ("ok", "kraken_error", "http_error", "timeout", "connection_error", "bad_response")
+
+
+@dataclass
+class RunRecord:
+    """One execution of a job, ready to store. ``balances`` are ``(asset, amount)`` pairs."""
+
+    job: str
+    method: str
+    params: dict[str, Any]
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    http_status: int | None = None
+    error: str | None = None
+    result: Any = None
+    attempts: int = 1
+    balances: list[tuple[str, Decimal]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job": self.job, "method": self.method, "params": self.params,
+            "scheduled_at": self.scheduled_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "status": self.status,
+            "http_status": self.http_status, "error": self.error, "result": self.result,
+            "attempts": self.attempts,
+        }  # fmt: skip
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode and a busy timeout."""
+    engine = create_engine(url, pool_pre_ping=True, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: inside the package when installed from a wheel, else the checkout's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("collector's migrations are missing from this installation")
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision``."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+class Store:
+    """Reads and writes the collector's tables through one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    def upgrade(self) -> None:
+        upgrade(self.engine)
+
+    def load_nonce(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(state.c.value).where(state.c.name == NONCE_KEY)).scalar()
+        return int(value) if value else 0
+
+    def write(self, records: Iterable[RunRecord], nonce: int | None = None) -> list[int]:
+        """Store runs, their balances and the nonce high-water mark in one transaction."""
+        records = list(records)
+        with self.engine.begin() as conn:
+            ids: list[int] = []
+            if records:
+                ids = list(
+                    conn.execute(
+                        insert(runs).returning(runs.c.id, sort_by_parameter_order=True),
+                        [r.row() for r in records],
+                    ).scalars()
+                )
+                rows = [{"run_id": run_id, "asset": asset, "job": r.job,
+                         "taken_at": r.finished_at, "amount": amount}
+                        for run_id, r in zip(ids, records, strict=True)
+                        for asset, amount in r.balances]  # fmt: skip
+                if rows:
+                    conn.execute(insert(balances), rows)
+            if nonce:
+                self._save_nonce(conn, nonce)
+        return ids
+
+    def _save_nonce(self, conn: Any, nonce: int) -> None:
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        stmt = dialect.insert(state).values(name=NONCE_KEY, value=str(nonce))
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["name"], set_={"value": str(nonce)})
+        )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Writer:
+    """A thread that stores runs in batches, so the run loop never waits on the database.
+
+    :meth:`submit` never blocks. When a write fails (the database is down, locked or full) the
+    batch is kept and retried with backoff; nothing is dropped while the process lives.
+    """
+
+    def __init__(self, store: Store, nonce: Any = None, *, batch_max: int = BATCH_MAX,
+                 flush_interval: float = FLUSH_INTERVAL) -> None:  # fmt: skip
+        self.store = store
+        self._nonce = nonce  # a callable giving the highest nonce used so far, or None
+        self._saved_nonce = 0
+        self._batch_max = batch_max
+        self._interval = flush_interval
+        self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
+        self.written = 0
+        self._thread.start()
+
+    def submit(self, record: RunRecord) -> None:
+        with self._cond:
+            self._pending += 1
+        self._queue.put(record)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is committed; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write everything, then stop the thread; False if it did not finish in time."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[RunRecord] = []
+            try:
+                item = self._queue.get(timeout=self._interval)
+                while item is not None:
+                    batch.append(item)
+                    if len(batch) >= self._batch_max:
+                        break
+                    item = self._queue.get_nowait()
+                stopping = item is None
+            except queue.Empty:
+                pass  # idle, or the queue is drained: write what we have
+            self._write(batch)  # an empty batch still persists a newer nonce
+
+    def _write(self, batch: list[RunRecord]) -> None:
+        nonce = self._nonce() if self._nonce else 0
+        if not batch and nonce <= self._saved_nonce:
+            return
+        delay = 0.5
+        while True:
+            try:
+                self.store.write(batch, nonce if nonce > self._saved_nonce else None)
+                break
+            except Exception as exc:  # the database is down, locked or full: keep the batch
+                logger.error("could not store %d runs (%s: %s); retrying in %.1fs",
+                             len(batch), type(exc).__name__, _first_line(exc), delay)  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self._saved_nonce = max(self._saved_nonce, nonce)
+        self.written += len(batch)
+        with self._cond:
+            self._pending -= len(batch)
+            self._cond.notify_all()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""

@@ -1,0 +1,156 @@
+"""The tables people query, on a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from collector.storage import RunRecord, Store, Writer, balances, current_revision, runs
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def record(job: str = "balances", method: str = "Balance", **kw) -> RunRecord:
+    base = dict(job=job, method=method, params={"asset": "ZUSD"}, scheduled_at=T0,
+                started_at=T0 + timedelta(milliseconds=3), finished_at=T0 + timedelta(milliseconds=9),
+                status="ok", http_status=200, result={"XXBT": "1011.1908877900"})  # fmt: skip
+    base.update(kw)
+    return RunRecord(**base)
+
+
+@pytest.fixture
+def store(database_url: str):
+    s = Store.from_url(database_url)
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+def test_migrations_create_the_tables_and_are_idempotent(store) -> None:
+    store.upgrade()  # again: nothing to do
+    assert current_revision(store.engine) == "0001"
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"runs", "balances", "collector_state", "alembic_version"} <= tables
+
+
+def test_runs_round_trip_with_utc_aware_times_and_json(store) -> None:
+    (run_id,) = store.write([record(error=None)])
+    with store.engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+    assert row.scheduled_at == T0 and row.scheduled_at.tzinfo is not None
+    assert row.scheduled_at.utcoffset() == timedelta(0)
+    assert row.finished_at - row.started_at == timedelta(milliseconds=6)
+    assert row.result == {"XXBT": "1011.1908877900"}
+    assert (row.params, row.status, row.http_status, row.attempts) == (
+        {"asset": "ZUSD"},
+        "ok",
+        200,
+        1,
+    )
+
+
+def test_naive_datetimes_are_refused(store) -> None:
+    with pytest.raises(Exception, match="naive datetime"):
+        store.write([record(scheduled_at=datetime(2026, 1, 1))])
+
+
+def test_balances_are_exact_and_the_latest_snapshot_query_works(store) -> None:
+    exact = Decimal("1011.190887790000000001")
+    store.write([record(balances=[("XXBT", Decimal("1.5")), ("ZUSD", Decimal("10"))])])
+    store.write([record(finished_at=T0 + timedelta(hours=1),
+                        balances=[("XXBT", exact), ("ZUSD", Decimal("0.0000"))])])  # fmt: skip
+    with store.engine.connect() as conn:
+        latest = conn.execute(text(
+            "SELECT asset, amount FROM balances WHERE run_id = (SELECT max(run_id) FROM balances) "
+            "ORDER BY asset")).all()  # fmt: skip
+        typed = conn.execute(select(balances.c.amount).where(balances.c.asset == "XXBT")
+                             .order_by(balances.c.run_id.desc())).scalars().first()  # fmt: skip
+    assert [(a, Decimal(str(v))) for a, v in latest] == [("XXBT", exact), ("ZUSD", Decimal("0"))]
+    assert isinstance(typed, Decimal) and typed == exact and str(typed) == str(exact)
+
+
+def test_a_run_and_its_balances_commit_together(store) -> None:
+    bad = record(balances=[("XXBT", Decimal("1")), ("XXBT", Decimal("2"))])  # duplicate key
+    with pytest.raises(Exception):  # noqa: B017 - any integrity error from the driver
+        store.write([record(job="other"), bad])
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM balances")).scalar() == 0
+
+
+def test_nonce_high_water_mark(store) -> None:
+    assert store.load_nonce() == 0
+    store.write([], nonce=1_790_000_000_123)
+    store.write([record()], nonce=1_790_000_000_456)
+    assert store.load_nonce() == 1_790_000_000_456
+
+
+def test_result_is_jsonb_on_postgresql(store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with store.engine.connect() as conn:
+        kinds = dict(
+            conn.execute(
+                text(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'runs' AND column_name IN ('result', 'params', 'started_at')"
+                )
+            ).all()
+        )
+        amount = conn.execute(text(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'balances' AND column_name = 'amount'")).scalar()  # fmt: skip
+    assert kinds == {"result": "jsonb", "params": "jsonb", "started_at": "timestamp with time zone"}
+    assert amount == "numeric"
+
+
+def test_sqlite_is_in_wal_mode_with_a_busy_timeout(tmp_path) -> None:
+    s = Store.from_url(f"sqlite:///{tmp_path / 'w.db'}")
+    s.upgrade()
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    s.dispose()
+
+
+def test_writer_batches_and_flushes(store) -> None:
+    nonce = [0]
+    writer = Writer(store, nonce=lambda: nonce[0], batch_max=7, flush_interval=0.05)
+    for i in range(30):
+        writer.submit(record(job=f"j{i}"))
+    nonce[0] = 1_790_000_000_999
+    assert writer.flush(timeout=30)
+    assert writer.close(timeout=30)
+    with store.engine.connect() as conn:
+        jobs = conn.execute(select(runs.c.job).order_by(runs.c.id)).scalars().all()
+    assert jobs == [f"j{i}" for i in range(30)]
+    assert store.load_nonce() == 1_790_000_000_999
+
+
+def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                    str(root)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = tmp_path.glob("collector-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "site")
+    assert "collector/migrations/env.py" in names
+    assert "collector/migrations/versions/0001_initial.py" in names
+    db = tmp_path / "from-wheel.db"
+    code = ("import collector.storage as s; print(s.migrations_dir()); "
+            f"st = s.Store.from_url('sqlite:///{db}'); st.upgrade(); "
+            "print(s.current_revision(st.engine))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={"PYTHONPATH": str(tmp_path / "site"),
+                                                   "PATH": "/usr/bin:/bin"})  # fmt: skip
+    where, revision = out.stdout.split()
+    assert where == str(tmp_path / "site" / "collector" / "migrations")
+    assert revision == "0001"
