@@ -371,10 +371,11 @@ class _Builder:
                                  f"{path}.params.{reserved}")  # fmt: skip
         opts: dict[str, Any] = {}
         has_every, has_cron = "every" in spec, "cron" in spec
-        if has_every == has_cron:
-            raise self.error("needs exactly one of every: (e.g. 30s) or cron: (5 fields)" if not
-                             has_every else "has both every and cron; keep one", spec,
-                             "cron" if has_cron else None, path)  # fmt: skip
+        if has_every and has_cron:
+            raise self.error("has both every and cron; keep one", spec, "cron", path)
+        if not has_every and not has_cron:
+            raise self.error("needs exactly one of every: (e.g. 30s) or cron: (5 fields)", jobs,
+                             name, path)  # fmt: skip
         tz = spec.get("timezone", "UTC")
         try:
             ZoneInfo(str(tz))

@@ -151,8 +151,9 @@ class Service:
         self.stopping = threading.Event()
         self.store = store or Store.from_url(config.database)
         self.store.upgrade()
-        self.api = api or build_api(config.kraken, nonce_floor=self.store.load_nonce(),
-                                    stopping=self.stopping)  # fmt: skip
+        self.api = api or build_api(config.kraken, stopping=self.stopping)
+        # A restart starts above the highest nonce ever used, even if the clock went back.
+        self.api.nonces.raise_floor(self.store.load_nonce())
         self.writer = Writer(self.store, nonce=lambda: self.api.nonces.last)
         self.workers = workers
         self.clock = clock

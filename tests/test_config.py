@@ -1,0 +1,254 @@
+"""Bad job files: one line naming file, line and key, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import os
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from collector.cli import main
+from collector.config import load, parse_duration
+from collector.errors import ConfigError
+
+SECRET = base64.b64encode(b"s" * 64).decode()
+
+
+def write(tmp_path: Path, body: str, name: str = "jobs.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body).lstrip("\n"))
+    return path
+
+
+def check(path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    env = {
+        "KRAKEN_API_KEY": "",
+        "KRAKEN_API_SECRET": "",
+        "COLLECTOR_DATABASE_URL": "",
+        **(env or {}),
+    }
+    result = CliRunner().invoke(main, ["check", *args, str(path)], env=env)
+    return result.exit_code, result.output
+
+
+GOOD_HEAD = """
+database: sqlite:///{db}
+kraken:
+  url: http://127.0.0.1:9
+"""
+
+CASES = [
+    pytest.param(
+        "jobs:\n  ticker:\n    method: Ticker\n    evry: 30s\n",
+        ":4: jobs.ticker.evry: unknown key; did you mean 'every'?",
+        id="unknown-key",
+    ),
+    pytest.param(
+        "databse: sqlite:///x.db\njobs:\n  t:\n    method: Time\n    every: 1s\n",
+        ":1: databse: unknown key; did you mean 'database'?",
+        id="unknown-top-key",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    every: 1s\n  t:\n    method: Ticker\n    every: 5s\n",
+        ":5: t: duplicate key (first at line 2); YAML would silently keep the last",
+        id="duplicate-job",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    every: 30x\n",
+        ":4: jobs.t.every: bad duration '30x': use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+        id="bad-duration",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    every: 0s\n",
+        ":4: jobs.t.every: bad duration '0s'",
+        id="zero-duration",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    cron: '61 * * * *'\n",
+        ":4: jobs.t.cron: bad cron '61 * * * *'",
+        id="bad-cron-value",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    cron: '* * * *'\n",
+        ":4: jobs.t.cron: bad cron '* * * *': needs 5 fields",
+        id="bad-cron-fields",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    every: 1s\n    cron: '* * * * *'\n",
+        ":5: jobs.t: has both every and cron; keep one",
+        id="both-schedules",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n",
+        ":2: jobs.t: needs exactly one of every: (e.g. 30s) or cron: (5 fields)",
+        id="no-schedule",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Tickr\n    every: 1s\n",
+        ":3: jobs.t.method: unknown Kraken method 'Tickr'; did you mean 'Ticker'?",
+        id="unknown-method",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: AddOrder\n    every: 1s\n",
+        ":3: jobs.t.method: AddOrder changes account state; collector is read-only",
+        id="state-changing",
+    ),
+    pytest.param(
+        "jobs:\n  b:\n    method: Balance\n    every: 1h\n",
+        ":3: jobs.b.method: Balance is a private method and needs credentials",
+        id="no-credentials",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Time\n    every: 1s\n    timezone: Mars/Olympus\n",
+        ":5: jobs.t.timezone: unknown timezone 'Mars/Olympus'",
+        id="bad-timezone",
+    ),
+    pytest.param(
+        "jobs:\n  t:\n    method: Balance\n    every: 1s\n    params: {nonce: 5}\n",
+        ":5: jobs.t.params.nonce: 'nonce' is set by the client",
+        id="nonce-param",
+    ),
+    pytest.param("jobs: [1, 2]\n", ":1: jobs: 'jobs' must be a mapping", id="jobs-not-mapping"),
+    pytest.param("- just\n- a list\n", ":1: the job file must be a mapping", id="not-a-mapping"),
+    pytest.param("jobs:\n  t: {method: Time\n", "not valid YAML", id="not-yaml"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), CASES)
+def test_bad_job_file(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, body)
+    code, output = check(path)
+    assert code == 2
+    assert output.startswith(f"error: {path}")
+    assert expected in output
+    assert output.count("\n") == 1 and "Traceback" not in output
+
+
+def test_bad_secret_is_named_but_not_shown(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        kraken:
+          key: abc
+          secret: "not base64 at all!!"
+        jobs:
+          b: {method: Balance, every: 1h}
+    """,
+    )
+    code, output = check(path)
+    assert code == 2
+    assert f"error: {path}:3: kraken.secret: the API secret is not valid base64" in output
+    assert "not base64 at all" not in output
+
+
+def test_unreadable_key_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "kraken:\n  key_file: missing.key\njobs:\n  t: {method: Time, every: 1s}\n"
+    )
+    code, output = check(path)
+    assert code == 2
+    assert f":2: kraken.key_file: cannot read key file '{tmp_path / 'missing.key'}'" in output
+
+
+def test_malformed_database_url(tmp_path: Path) -> None:
+    path = write(tmp_path, "database: 'sqlite//nope'\njobs:\n  t: {method: Time, every: 1s}\n")
+    code, output = check(path)
+    assert code == 2 and ":1: database: malformed database URL" in output
+
+
+def test_unsupported_database(tmp_path: Path) -> None:
+    path = write(tmp_path, "database: 'mysql://u@h/db'\njobs:\n  t: {method: Time, every: 1s}\n")
+    code, output = check(path)
+    assert code == 2 and "database: unsupported database 'mysql'" in output
+
+
+def test_unreachable_database(tmp_path: Path) -> None:
+    path = write(tmp_path, "database: 'postgresql://nobody@127.0.0.1:9/x'\n"
+                           "jobs:\n  t: {method: Time, every: 1s}\n")  # fmt: skip
+    for command in ("check", "run"):
+        result = CliRunner().invoke(main, [command, str(path)], env={"COLLECTOR_DATABASE_URL": ""})
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {path}: database: cannot use database "
+                                        "postgresql+psycopg://nobody@127.0.0.1:9/x")  # fmt: skip
+        assert "Traceback" not in result.output
+
+
+def test_sqlite_folder_must_exist(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "database: sqlite:////no/such/dir/c.db\njobs:\n  t: {method: Time, every: 1s}\n"
+    )
+    code, output = check(path)
+    assert code == 2 and "its folder does not exist" in output
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    code, output = check(tmp_path / "nope.yaml")
+    assert (
+        code == 2
+        and output
+        == f"error: {tmp_path / 'nope.yaml'}: cannot read the job file: No such file or directory\n"
+    )
+
+
+def test_env_expansion_credentials_and_database_override(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        database: ${DB_URL:-sqlite:///default.db}
+        kraken:
+          key: ${MY_KEY}
+          secret: ${MY_SECRET}
+          rate_limit: {max: 20, decay: 1}
+          public_rate_limit: {max: 2, decay: 0.5}
+        jobs:
+          b: {method: Balance, cron: "0 * * * *", params: {asset: ZUSD}}
+          t: {method: Ticker, every: 1h30m, jitter: 5s, timeout: 3s}
+    """,
+    )
+    config = load(path, environ={"MY_KEY": "k", "MY_SECRET": SECRET})
+    assert (config.kraken.key, config.kraken.secret) == ("k", SECRET)
+    assert SECRET not in repr(config)
+    assert config.database == "sqlite:///default.db"
+    assert (config.kraken.tier.max, config.kraken.public_rate_limit.decay) == (20, 0.5)
+    b, t = config.jobs
+    assert (b.private, b.cron, b.params, t.private) == (True, "0 * * * *", {"asset": "ZUSD"}, False)
+    assert (t.every, t.jitter, t.timeout) == (timedelta(hours=1, minutes=30), 5, 3)
+    env = {"MY_KEY": "k", "MY_SECRET": SECRET, "DB_URL": "sqlite:///env.db"}
+    assert load(path, environ=env).database == "sqlite:///env.db"
+    env["COLLECTOR_DATABASE_URL"] = "postgresql://u@h/db"
+    assert load(path, environ=env).database == "postgresql+psycopg://u@h/db"
+    assert load(path, environ=env, database="sqlite:///cli.db").database == "sqlite:///cli.db"
+
+
+def test_credentials_from_the_environment_and_key_file(tmp_path: Path) -> None:
+    body = "jobs:\n  b: {method: Balance, every: 1h}\n"
+    config = load(
+        write(tmp_path, body), environ={"KRAKEN_API_KEY": "k", "KRAKEN_API_SECRET": SECRET}
+    )
+    assert config.kraken.has_credentials
+    (tmp_path / "k.key").write_text(f"filekey\n{SECRET}\n")
+    config = load(write(tmp_path, "kraken: {key_file: k.key}\n" + body), environ={})
+    assert (config.kraken.key, config.kraken.secret) == ("filekey", SECRET)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400),
+                                               ("1d", 86400), (10, 10), ("0.5s", 0.5), ("1x", None),
+                                               ("", None), (True, None), (-1, None)])  # fmt: skip
+def test_durations(text: object, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_config_error_str_is_one_line() -> None:
+    assert str(ConfigError("bad", file="j.yaml", line=3, key="jobs.x")) == "j.yaml:3: jobs.x: bad"
+
+
+def test_example_job_file_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    config = load(root / "jobs.yaml", environ={})
+    assert [j.name for j in config.jobs] == ["ticker", "ohlc_hourly", "status"]
+    assert not any(j.private for j in config.jobs)
+    assert os.path.basename(config.path) == "jobs.yaml"

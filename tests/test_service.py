@@ -1,0 +1,302 @@
+"""The service end to end: fake exchange -> scheduler -> shared client -> rows, on both backends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+import collector
+from collector.cli import main
+from collector.config import Config, load
+from collector.fake_exchange import FakeKraken
+from collector.scheduler import Service, balance_rows
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll a condition until it holds (synchronisation on state, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def job_file(tmp_path: Path, fake: FakeKraken, keypair: tuple[str, str], database_url: str,
+             jobs: str, kraken_extra: str = "rate_limit: {max: 1000, decay: 1000}\n"
+             "  public_rate_limit: {max: 1000, decay: 1000}") -> Path:  # fmt: skip
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {database_url}\nkraken:\n  url: {fake.url}\n"
+                    f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  {kraken_extra}\njobs:\n"
+                    + textwrap.indent(textwrap.dedent(jobs).strip("\n"), "  ") + "\n")  # fmt: skip
+    return path
+
+
+def rows(url: str, sql: str = "SELECT job, method, status, http_status, error, params, attempts "
+                              "FROM runs ORDER BY id") -> list:  # fmt: skip
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def service_factory(tmp_path, fake, keypair, database_url):
+    made: list[Service] = []
+
+    def make(jobs: str, **kw) -> tuple[Service, Config]:
+        config = load(job_file(tmp_path, fake, keypair, database_url, jobs, **kw))
+        service = Service(config, workers=4)
+        made.append(service)
+        return service, config
+
+    yield make
+    for service in made:
+        if not service.stopping.is_set():
+            service.stop()
+
+
+FAULTS = [
+    ("http_500", "http_error", 500, "api.kraken.com | 500: Internal server error"),
+    ("http_502", "http_error", 502, "api.kraken.com | 502: Bad gateway"),
+    ("http_520", "http_error", 520, "520: Web server is returning an unknown error"),
+    ("slow", "timeout", None, "no answer within 0.5s"),
+    ("reset", "connection_error", None, "Connection reset by peer"),
+    ("truncated", "bad_response", 200, "body is not JSON"),
+    ("not_json", "bad_response", 200, "api.kraken.com | 200: Please wait"),
+    ("kraken_error", "kraken_error", 200, "EService:Unavailable"),
+]
+
+
+def test_each_fault_is_one_row_and_the_service_goes_on(service_factory, fake, database_url) -> None:
+    service, _ = service_factory("balances: {method: Balance, every: 0.1s, timeout: 0.5s}")
+    for kind, *_ in FAULTS:
+        fake.inject(kind, method="Balance", delay=1.0)
+    service.start()
+    wait_for(lambda: service.writer.written >= len(FAULTS) + 3)
+    service.stop()
+    stored = rows(database_url)
+    for (kind, status, http_status, error), row in zip(FAULTS, stored, strict=False):
+        assert (row.status, row.http_status) == (status, http_status), kind
+        assert error in row.error, (kind, row.error)
+        assert "<html" not in row.error.lower() and len(row.error) < 400
+    assert {r.status for r in stored[len(FAULTS) :]} == {"ok"}
+    assert fake.calls["Balance"] == len(stored)  # every call is one row, none lost or doubled
+    assert fake.state_changing_calls == 0
+
+
+def test_balances_are_stored_exactly(service_factory, fake, database_url) -> None:
+    service, config = service_factory("""
+        balance: {method: Balance, cron: "0 0 1 1 *"}
+        balance_ex: {method: BalanceEx, cron: "0 0 1 1 *"}
+    """)
+    assert service.run_once()
+    snapshot = rows(database_url, "SELECT job, asset, amount FROM balances ORDER BY job, asset")
+    expected = sorted(_live_balance(fake).items())
+    for job in ("balance", "balance_ex"):
+        got = [(a, Decimal(str(v))) for j, a, v in snapshot if j == job]
+        assert got == [(a, Decimal(v)) for a, v in expected]
+    latest = rows(database_url, "SELECT asset, amount FROM balances WHERE run_id = "
+                                "(SELECT max(run_id) FROM balances) ORDER BY asset")  # fmt: skip
+    assert [a for a, _ in latest] == [a for a, _ in expected]
+
+
+def _live_balance(fake: FakeKraken) -> dict[str, str]:
+    from collector.fake_exchange import _Data
+
+    return _Data.Balance(fake, {}, time.time())
+
+
+def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(service_factory, fake,
+                                                                      database_url) -> None:  # fmt: skip
+    service, config = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
+    fake.balance = None
+    assert service.run_once()
+    fake.balance = {"XXBT": "lots"}
+    assert not service.run_once()
+    stored = rows(database_url)
+    assert [r.status for r in stored] == ["ok", "bad_response"]
+    assert "amount of 'XXBT' is not a number" in stored[1].error
+    assert rows(database_url, "SELECT count(*) FROM balances")[0][0] == 0
+
+
+def test_balance_rows_reject_floats_and_odd_shapes() -> None:
+    assert balance_rows("Balance", {"ZUSD": "1.10"}) == [("ZUSD", Decimal("1.10"))]
+    assert balance_rows("BalanceEx", {"ZUSD": {"balance": "2.5", "hold_trade": "0"}}) == [
+        ("ZUSD", Decimal("2.5"))
+    ]
+    for bad in ({"ZUSD": 1.1}, {"ZUSD": "NaN"}, ["ZUSD"], {"ZUSD": None}):
+        with pytest.raises(ValueError):
+            balance_rows("Balance", bad)
+
+
+def test_params_never_hold_otp(service_factory, fake, database_url) -> None:
+    service, _ = service_factory(
+        'b: {method: Balance, cron: "0 0 1 1 *", params: {otp: "918273", asset: ZUSD}}'
+    )
+    assert service.run_once()
+    (row,) = rows(database_url)
+    assert row.params in ({"asset": "ZUSD"}, '{"asset": "ZUSD"}')
+    dump = repr(rows(database_url, "SELECT * FROM runs"))
+    assert "918273" not in dump
+
+
+def test_nonce_high_water_survives_a_restart_with_the_clock_behind(service_factory, fake, keypair,
+                                                                  database_url) -> None:  # fmt: skip
+    service, config = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
+    assert service.run_once()
+    service.stop()
+    used = fake.last_nonce[keypair[0]]
+    assert rows(database_url, "SELECT value FROM collector_state")[0][0] == str(used)
+    # A new process whose clock is a day behind: without the stored floor, Kraken would refuse it.
+    behind = collector.API(*keypair, clock=lambda: (used - 86_400_000) * 10**6)
+    behind.uri = fake.url
+    restarted = Service(config, api=behind)
+    try:
+        assert restarted.run_once()
+    finally:
+        restarted.stop()
+    assert fake.last_nonce[keypair[0]] == used + 1
+
+
+def test_a_job_never_overlaps_itself_and_skips_are_logged(service_factory, fake, database_url,
+                                                         caplog) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="collector")
+    service, _ = service_factory("t: {method: Time, every: 0.2s, timeout: 5s}")
+    fake.inject("slow", method="Time", count=2, delay=0.7)
+    service.start()
+    wait_for(lambda: service.writer.written >= 5)
+    service.stop()
+    spans = rows(database_url, "SELECT started_at, finished_at FROM runs ORDER BY id")
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert _utc(start) >= _utc(end)
+    assert "its previous run is still going" in caplog.text
+
+
+def _utc(value):  # SQLite hands raw text back through plain SQL
+    from datetime import datetime
+
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def test_private_jobs_wait_for_budget_and_are_never_refused(
+    tmp_path, keypair, database_url
+) -> None:
+    tight = collector.RateLimit(max=3, decay=4)
+    with FakeKraken(tier=tight) as fake:
+        fake.add_key(*keypair)
+        path = job_file(tmp_path, fake, keypair, database_url, """
+            a: {method: Balance, every: 0.1s}
+            b: {method: Ledgers, every: 0.1s}
+            c: {method: TradeBalance, every: 0.1s}
+        """, kraken_extra="rate_limit: {max: 3, decay: 4}")  # fmt: skip
+        service = Service(load(path), workers=4)
+        service.start()
+        wait_for(lambda: service.writer.written >= 12)
+        service.stop()
+    stored = rows(database_url)
+    assert {r.status for r in stored} == {"ok"}
+    assert fake.errors["EAPI:Rate limit exceeded"] == 0
+    assert fake.calls["Ledgers"] >= 2
+
+
+def test_run_once_exit_codes(tmp_path, fake, keypair, database_url) -> None:
+    good = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        database_url,
+        """
+        t: {method: Ticker, params: {pair: XBTUSD}, every: 1h}
+        b: {method: Balance, cron: "0 * * * *"}
+    """,
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--once", str(good)], env={"COLLECTOR_DATABASE_URL": ""}
+    )
+    assert result.exit_code == 0, result.output
+    bad = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        database_url,
+        "t: {method: Ticker, params: {pair: NOPE}, every: 1h}",
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--once", str(bad)], env={"COLLECTOR_DATABASE_URL": ""}
+    )
+    assert result.exit_code == 1
+    assert [(r.job, r.status) for r in rows(database_url)] == [
+        ("t", "ok"),
+        ("b", "ok"),
+        ("t", "kraken_error"),
+    ]
+    assert rows(database_url)[-1].error == "EQuery:Unknown asset pair"
+
+
+def test_sigterm_lets_the_call_in_flight_finish_and_writes_everything(tmp_path, fake, keypair,
+                                                                     database_url) -> None:  # fmt: skip
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        database_url,
+        """
+        t: {method: Ticker, params: {pair: XBTUSD}, every: 0.2s}
+        b: {method: Balance, every: 0.3s, timeout: 10s}
+    """,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: fake.calls["Balance"] >= 3)
+        fake.inject("slow", method="Balance", delay=1.5)
+        before = fake.calls["Balance"]
+        wait_for(lambda: fake.calls["Balance"] > before)  # the slow call has reached the exchange
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "received SIGTERM, stopping" in output and "collector stopped" in output
+    assert "Traceback" not in output
+    stored = rows(database_url)
+    assert len(stored) == fake.calls["Balance"] + fake.calls["Ticker"]
+    assert {r.status for r in stored} == {"ok"}  # the slow call finished and was written
+
+
+def test_check_prints_schedules_and_warns_over_budget(tmp_path, fake, keypair) -> None:
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        f"sqlite:///{tmp_path / 'c.db'}",
+        """
+        b: {method: Balance, every: 1s}
+        l: {method: Ledgers, every: 5s}
+        h: {method: Ticker, cron: "*/10 * * * *", timezone: Europe/Berlin}
+    """,
+        kraken_extra="tier: starter",
+    )
+    result = CliRunner().invoke(main, ["check", str(path)])
+    out = result.output  # stdout and stderr, interleaved (click >= 8.2)
+    assert result.exit_code == 0, out
+    assert "b  Balance" in out and "every 1s" in out and "next at start" in out
+    assert "cron '*/10 * * * *' (Europe/Berlin)" in out
+    assert "warning: needs 1.4 private calls/s, starter allows 0.33/s" in out
+    assert keypair[1] not in out
