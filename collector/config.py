@@ -361,8 +361,8 @@ class _Builder:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise self.error(f"unknown Kraken method {method!r}{hint}", spec, "method",
                              path + ".method")  # fmt: skip
-        params = spec.get("params") or {}
-        if not isinstance(params, dict):
+        params = spec.get("params") or _Map()
+        if not isinstance(params, _Map):
             raise self.error("must be a mapping of request parameters", spec, "params",
                              path + ".params")  # fmt: skip
         for reserved in RESERVED_PARAMS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -99,7 +100,7 @@ def test_each_fault_is_one_row_and_the_service_goes_on(service_factory, fake, da
 
 
 def test_balances_are_stored_exactly(service_factory, fake, database_url) -> None:
-    service, config = service_factory("""
+    service, _ = service_factory("""
         balance: {method: Balance, cron: "0 0 1 1 *"}
         balance_ex: {method: BalanceEx, cron: "0 0 1 1 *"}
     """)
@@ -122,7 +123,7 @@ def _live_balance(fake: FakeKraken) -> dict[str, str]:
 
 def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(service_factory, fake,
                                                                       database_url) -> None:  # fmt: skip
-    service, config = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
+    service, _ = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
     fake.balance = None
     assert service.run_once()
     fake.balance = {"XXBT": "lots"}
@@ -181,7 +182,7 @@ def test_a_job_never_overlaps_itself_and_skips_are_logged(service_factory, fake,
     wait_for(lambda: service.writer.written >= 5)
     service.stop()
     spans = rows(database_url, "SELECT started_at, finished_at FROM runs ORDER BY id")
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert _utc(start) >= _utc(end)
     assert "its previous run is still going" in caplog.text
 
