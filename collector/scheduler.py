@@ -3,6 +3,10 @@
 What happens to a run that is late or missed (the surprising part):
 
 * **Interval jobs also run once at start**; cron jobs wait for their first time.
+* **Jobs with the same interval are spread evenly across it** after that first run: with 100 jobs
+  ``every: 1s``, one starts every 10 ms instead of all 100 at the same instant, which would make
+  most of them late and burst past the exchange's rate limits. Each job keeps its phase for the
+  life of the process (use ``cron:`` when a run must land on the clock, e.g. on the hour).
 * **A late run still runs, once.** A run can be late because its call waited for rate-limit budget,
   or because the process was busy or suspended. It is never dropped for being late
   (``misfire_grace_time=None``); if several of a job's times came due meanwhile, they are folded
@@ -19,6 +23,7 @@ flight finish (each has a timeout), every run is written, the session is closed,
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -27,6 +32,7 @@ from decimal import Decimal, InvalidOperation
 from types import FrameType
 from typing import Any
 
+import requests
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -63,6 +69,13 @@ def build_api(settings: KrakenSettings, *, nonce_floor: int = 0,
               public_rate_limit=settings.public_rate_limit, nonce_unit=settings.nonce_unit,
               nonce_floor=nonce_floor, timeout=settings.timeout)  # fmt: skip
     api.uri = settings.url
+    # requests re-reads proxy variables and ~/.netrc on every request; a long-running service
+    # resolves them once here (a netrc login must never be sent to Kraken anyway).
+    api.session.proxies.update(requests.utils.get_environ_proxies(settings.url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        api.session.verify = bundle
+    api.session.trust_env = False
     if stopping is not None:
         # A call waiting for budget must not hold up shutdown: its sleep ends when we stop.
         def sleep(seconds: float) -> None:
@@ -101,6 +114,29 @@ def balance_rows(method: str, result: Any) -> list[tuple[str, Decimal]]:
             raise ValueError(f"{method} amount of {asset!r} is not a finite number")
         rows.append((str(asset)[:32], number))
     return rows
+
+
+class _GridInterval(IntervalTrigger):
+    """An interval trigger on a fixed grid, ``start_date + k * interval``.
+
+    APScheduler's own trigger adds the interval to the previous run time, so a job that ran at
+    start would take that instant as its phase; this one always returns to its grid.
+    """
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> Any:
+        if previous_fire_time is None:
+            return super().get_next_fire_time(None, now)
+        return super().get_next_fire_time(None, previous_fire_time + timedelta(microseconds=1))
+
+
+def _phases(jobs: tuple[Job, ...]) -> dict[str, timedelta]:
+    """Offsets that spread the jobs sharing an interval evenly across it."""
+    groups: dict[timedelta, list[str]] = {}
+    for job in jobs:
+        if job.every is not None:
+            groups.setdefault(job.every, []).append(job.name)
+    return {name: every * k / len(names)
+            for every, names in groups.items() for k, name in enumerate(names)}  # fmt: skip
 
 
 class _Executor(ThreadPoolExecutor):
@@ -220,11 +256,12 @@ class Service:
         )
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         now = datetime.now(UTC)
+        phases = _phases(self.config.jobs)
         for job in self.config.jobs:
             trigger: Any
             if job.every is not None:
-                trigger = IntervalTrigger(seconds=job.every.total_seconds(), jitter=job.jitter,
-                                          timezone=job.timezone)  # fmt: skip
+                trigger = _GridInterval(seconds=job.every.total_seconds(), jitter=job.jitter,
+                                        start_date=now + phases[job.name], timezone=job.timezone)  # fmt: skip
                 first = now  # interval jobs also run once at start
             else:
                 assert job.cron is not None

@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 BATCH_MAX = 500
 #: The writer commits at least this often (seconds) while runs are waiting.
 FLUSH_INTERVAL = 0.2
+#: Runs waiting to be written before :meth:`Writer.submit` makes callers wait (backpressure:
+#: when calls outpace the database, memory stays bounded and the scheduler coalesces instead).
+MAX_PENDING = 2 * BATCH_MAX
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 NONCE_KEY = "nonce_high_water"
 
@@ -283,17 +286,20 @@ class Store:
 class Writer:
     """A thread that stores runs in batches, so the run loop never waits on the database.
 
-    :meth:`submit` never blocks. When a write fails (the database is down, locked or full) the
-    batch is kept and retried with backoff; nothing is dropped while the process lives.
+    :meth:`submit` waits while ``max_pending`` runs are already waiting, so a process whose calls
+    outpace its database slows its calls down instead of growing without bound. When a write
+    fails (the database is down, locked or full) the batch is kept and retried with backoff;
+    nothing is dropped while the process lives.
     """
 
     def __init__(self, store: Store, nonce: Any = None, *, batch_max: int = BATCH_MAX,
-                 flush_interval: float = FLUSH_INTERVAL) -> None:  # fmt: skip
+                 flush_interval: float = FLUSH_INTERVAL, max_pending: int = MAX_PENDING) -> None:  # fmt: skip
         self.store = store
         self._nonce = nonce  # a callable giving the highest nonce used so far, or None
         self._saved_nonce = 0
         self._batch_max = batch_max
         self._interval = flush_interval
+        self._max_pending = max_pending
         self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
         self._pending = 0
         self._cond = threading.Condition()
@@ -303,6 +309,8 @@ class Writer:
 
     def submit(self, record: RunRecord) -> None:
         with self._cond:
+            while self._pending >= self._max_pending and self._thread.is_alive():
+                self._cond.wait(1.0)
             self._pending += 1
         self._queue.put(record)
 

@@ -154,3 +154,36 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
     where, revision = out.stdout.split()
     assert where == str(tmp_path / "site" / "collector" / "migrations")
     assert revision == "0001"
+
+
+def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> None:
+    import sqlite3
+    import threading
+
+    db = tmp_path / "slow.db"
+    store = Store.from_url(f"sqlite:///{db}")
+    store.upgrade()
+    writer = Writer(store, batch_max=1, flush_interval=0.01, max_pending=2)
+    blocker = sqlite3.connect(db, timeout=30)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database: writes wait
+    try:
+        writer.submit(record(job="a"))
+        writer.submit(record(job="b"))
+        third_done = threading.Event()
+        third = threading.Thread(target=lambda: (writer.submit(record(job="c")), third_done.set()))
+        third.start()
+        # Two runs are pending and the database is locked: the third caller must be held back.
+        assert not third_done.wait(0.5)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    third.join(30)
+    assert third_done.is_set()
+    assert writer.flush(30) and writer.close(30)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(runs.c.job).order_by(runs.c.id)).scalars().all() == [
+            "a",
+            "b",
+            "c",
+        ]
+    store.dispose()

@@ -1,0 +1,230 @@
+"""The collection service against the fake (in its own process) with SQLite, in one run.
+
+    python bench/bench_service.py          # about 2 minutes
+
+1. Capacity: stored runs/s end to end (schedule -> call -> row) with 1,000 public jobs every second
+   and the limits raised, beside a bare krakenex loop that only fetches Time from the same fake.
+   Target: >= 0.7x the loop.
+2. Memory: RSS with the 1,000 jobs loaded, then after ~2,000 and ~20,000 stored runs. Target:
+   <= 100 MB, and flat.
+3. Lateness: started_at - scheduled_at for 100 jobs every second. Target: p99 <= 50 ms.
+4. Budget use: 20 private jobs every second against a counter (max 10, decay 5/s) that allows
+   fewer. Target: >= 95% of the calls the counter allows are made, 0 refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import krakenex
+from sqlalchemy import create_engine, text
+
+from collector.config import load
+from collector.fake_exchange import new_key_file
+from collector.scheduler import Service
+
+
+def rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def start_fake(workdir: Path, tier: str) -> tuple[subprocess.Popen, str, Path]:
+    key_file = workdir / f"fake-{tier.replace('/', '_')}.key"
+    new_key_file(str(key_file))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "fake-exchange", "--port", "0", "--key-file",
+         str(key_file), "--tier", tier], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+    return proc, url, key_file
+
+
+def job_file(
+    workdir: Path, url: str, key_file: Path, db: str, jobs: list[str], kraken: str
+) -> Path:
+    path = workdir / "jobs.yaml"
+    path.write_text(f"database: {db}\nkraken:\n  url: {url}\n  key_file: {key_file}\n{kraken}\n"
+                    "jobs:\n" + "".join(f"  {j}\n" for j in jobs))  # fmt: skip
+    return path
+
+
+RAISED = "  rate_limit: {max: 1000000, decay: 1000000}\n  public_rate_limit: {max: 1000000, decay: 1000000}"
+
+
+def krakenex_loop(url: str, seconds: float) -> float:
+    api = krakenex.API()
+    api.uri = url
+    rates = []
+    for _ in range(3):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            api.query_public("Time")
+            n += 1
+        rates.append(n / (time.perf_counter() - start))
+    api.close()
+    return statistics.median(rates)
+
+
+def _rows(db: str, sql: str) -> list:
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        out = list(conn.execute(text(sql)))
+    engine.dispose()
+    return out
+
+
+def steady_and_memory(workdir: Path, url: str, key_file: Path, runs_target: int) -> dict:
+    """1,000 jobs every second: is all of it stored, none dropped, and does memory stay flat?"""
+    from datetime import datetime, timedelta
+
+    db = f"sqlite:///{workdir / 'steady.db'}"
+    jobs = [f"j{i}: {{method: Time, every: 1s}}" for i in range(1000)]
+    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
+    service.start()
+    out = {"rss_loaded": rss_mb()}
+    samples = []
+    while service.writer.written < runs_target:
+        time.sleep(0.25)
+        if service.writer.written >= 2000:
+            out.setdefault("rss_2k", rss_mb())
+            samples.append(rss_mb())
+    out["rss_end"], out["rss_max"], out["runs"] = rss_mb(), max(samples), service.writer.written
+    service.stop()
+    first = datetime.fromisoformat(_rows(db, "SELECT min(scheduled_at) FROM runs")[0][0])
+    last = datetime.fromisoformat(_rows(db, "SELECT max(scheduled_at) FROM runs")[0][0])
+    # A window of whole seconds after start-up and before shutdown: each job is due once a second.
+    lo, hi = first + timedelta(seconds=3), last - timedelta(seconds=2)
+    seconds = int((hi - lo).total_seconds())
+    hi = lo + timedelta(seconds=seconds)
+    stored = _rows(db, "SELECT count(*) FROM runs WHERE scheduled_at >= "
+                       f"'{lo.isoformat(sep=' ')}' AND scheduled_at < '{hi.isoformat(sep=' ')}'")[0][0]  # fmt: skip
+    out.update(steady_per_s=stored / seconds, due=1000 * seconds, stored=stored)
+    return out
+
+
+def capacity(workdir: Path, url: str, key_file: Path, seconds: float) -> float:
+    """1,000 jobs every 0.5 s (2,000 runs/s offered, more than one process does): runs/s stored."""
+    db = f"sqlite:///{workdir / 'capacity.db'}"
+    jobs = [f"j{i}: {{method: Time, every: 0.5s}}" for i in range(1000)]
+    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
+    service.start()
+    while service.writer.written < 3000:  # past the start-up burst
+        time.sleep(0.05)
+    t0, n0 = time.perf_counter(), service.writer.written
+    time.sleep(seconds)  # the measurement window
+    rate = (service.writer.written - n0) / (time.perf_counter() - t0)
+    service.stop()
+    return rate
+
+
+def lateness(workdir: Path, url: str, key_file: Path, seconds: float) -> dict:
+    db = f"sqlite:///{workdir / 'lateness.db'}"
+    jobs = [f"j{i}: {{method: Time, every: 1s}}" for i in range(100)]
+    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
+    service.start()
+    time.sleep(seconds)  # the measurement window itself, not synchronisation
+    service.stop()
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        pairs = conn.execute(text("SELECT scheduled_at, started_at FROM runs")).all()
+    engine.dispose()
+    from datetime import datetime
+
+    start = min(s1 for s1, _ in pairs)  # the once-at-start run of every job shares this time
+
+    def ms(s1: str, s2: str) -> float:
+        return (datetime.fromisoformat(s2) - datetime.fromisoformat(s1)).total_seconds() * 1000
+
+    steady = sorted(ms(s1, s2) for s1, s2 in pairs if s1 != start)
+    burst = sorted(ms(s1, s2) for s1, s2 in pairs if s1 == start)
+    return {"p50": steady[len(steady) // 2], "p99": steady[int(len(steady) * 0.99)],
+            "n": len(steady), "burst_p50": burst[len(burst) // 2], "burst_max": burst[-1]}  # fmt: skip
+
+
+def budget(workdir: Path, seconds: float) -> dict:
+    proc, url, key_file = start_fake(workdir, "10/5")
+    try:
+        db = f"sqlite:///{workdir / 'budget.db'}"
+        methods = ["Balance", "TradeBalance", "OpenOrders", "BalanceEx"]
+        jobs = [f"p{i}: {{method: {methods[i % 4]}, every: 1s}}" for i in range(20)]
+        service = Service(load(job_file(workdir, url, key_file, db, jobs,
+                                        "  rate_limit: {max: 10, decay: 5}")))  # fmt: skip
+        start = time.monotonic()
+        service.start()
+        time.sleep(seconds)  # the measurement window
+        service.stop()
+        elapsed = time.monotonic() - start
+        engine = create_engine(db)
+        with engine.connect() as conn:
+            counts = dict(
+                conn.execute(text("SELECT status, count(*) FROM runs GROUP BY status")).all()
+            )
+            refused = conn.execute(text("SELECT count(*) FROM runs WHERE error LIKE "
+                                        "'%Rate limit exceeded%'")).scalar()  # fmt: skip
+        engine.dispose()
+    finally:
+        proc.terminate()
+        proc.wait()
+    allowed = 10 + 5 * elapsed
+    made = sum(counts.values())
+    return {"allowed": allowed, "made": made, "refused": refused, "ok": counts.get("ok", 0),
+            "offered": 20 * elapsed}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20_000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    workdir = Path(tempfile.mkdtemp(prefix="collector-bench-"))
+    os.chdir(workdir)
+    proc, url, key_file = start_fake(workdir, "none")
+    try:
+        ref = krakenex_loop(url, 3.0)
+        cap = capacity(workdir, url, key_file, 10.0)
+        steady = steady_and_memory(workdir, url, key_file, args.runs)
+        late = lateness(workdir, url, key_file, 15.0)
+    finally:
+        proc.terminate()
+        proc.wait()
+    b = budget(workdir, 30.0)
+
+    print("capacity: 1,000 public jobs every 0.5 s (2,000 runs/s offered), limits raised, SQLite")
+    print(f"  bare krakenex loop (fetch only)  {ref:8.0f} calls/s")
+    print(
+        f"  collector (schedule->call->row)  {cap:8.0f} runs/s   ratio {cap / ref:.2f}  "
+        "(target >= 0.70)"
+    )
+    print(
+        f"steady: 1,000 public jobs every second: {steady['steady_per_s']:.0f} runs/s stored; "
+        f"{steady['stored']:,} of {steady['due']:,} due runs in whole seconds after start-up"
+    )
+    print(
+        f"memory: RSS {steady['rss_loaded']:.0f} MB with 1,000 jobs loaded; {steady['rss_2k']:.0f} MB "
+        f"after 2,000 runs; {steady['rss_end']:.0f} MB after {steady['runs']:,} runs "
+        f"(max {steady['rss_max']:.0f} MB; target <= 100 MB, flat)"
+    )
+    print(
+        f"lateness: 100 jobs every second, {late['n']:,} runs after the first: p50 "
+        f"{late['p50']:.1f} ms, p99 {late['p99']:.1f} ms (target p99 <= 50 ms); the 100 runs at "
+        f"start: p50 {late['burst_p50']:.0f} ms, max {late['burst_max']:.0f} ms"
+    )
+    print(
+        f"budget: 20 private jobs/s offered ({b['offered']:.0f} calls), counter max 10 decay 5/s "
+        f"allows {b['allowed']:.0f}: made {b['made']} ({b['made'] / b['allowed']:.1%}), "
+        f"refused {b['refused']}, ok {b['ok']} (target >= 95%, 0 refused)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The Dockerfile, replayed here (these machines have no Docker engine): its COPY and RUN steps
+build a fresh virtualenv from the repo's files, then its ENTRYPOINT and CMD run the service against
+the fake and stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import venv
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def instructions() -> list[tuple[str, str]]:
+    steps = []
+    for line in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            steps.append((word.upper(), rest.strip()))
+    return steps
+
+
+def test_dockerfile_is_plain_slim_and_unprivileged() -> None:
+    steps = dict(instructions())
+    assert steps["FROM"].startswith("python:3.1") and steps["FROM"].endswith("-slim")
+    assert steps["USER"] == "collector"
+    assert json.loads(steps["VOLUME"]) == ["/data"]
+    assert json.loads(steps["ENTRYPOINT"]) == ["collector"]
+    assert json.loads(steps["CMD"]) == ["run", "/config/jobs.yaml"]
+    assert steps["STOPSIGNAL"] == "SIGTERM"
+
+
+def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
+    src, data, config = tmp_path / "src", tmp_path / "data", tmp_path / "config"
+    for d in (src, data, config):
+        d.mkdir()
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    env = dict(os.environ, PATH=f"{env_dir / 'bin'}:{os.environ['PATH']}")
+    env.pop("COLLECTOR_DATABASE_URL", None)
+    env.pop("PYTHONPATH", None)
+    for word, rest in instructions():
+        if word == "COPY":
+            *sources, dest = shlex.split(rest)
+            for source in sources:
+                target = src / dest if dest not in ("./", ".") else src
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target)
+                else:
+                    shutil.copy(ROOT / source, src)
+        elif word == "RUN" and "pip install" in rest:
+            subprocess.run(rest, shell=True, cwd=src, env=env, check=True, capture_output=True,
+                           timeout=600)  # fmt: skip
+    entry = [str(env_dir / "bin" / "collector")]
+    (config / "jobs.yaml").write_text(
+        f"database: sqlite:///collector.db\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
+        f"  secret: {keypair[1]}\njobs:\n  time: {{method: Time, every: 0.2s}}\n"
+        "  balance: {method: Balance, every: 0.5s}\n"
+    )
+    cmd = [a.replace("/config/", f"{config}/") for a in ["run", "/config/jobs.yaml"]]
+    proc = subprocess.Popen(entry + cmd, cwd=data, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while fake.calls["Balance"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    # It ran from the installed package (migrations included), not from this checkout.
+    check = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import collector.storage as s; print(s.migrations_dir())"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert str(env_dir) in check.stdout
+    engine = create_engine(f"sqlite:///{data / 'collector.db'}")
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT method, count(*) FROM runs GROUP BY method")).all()
+    engine.dispose()
+    assert dict(stored) == {"Balance": fake.calls["Balance"], "Time": fake.calls["Time"]}
