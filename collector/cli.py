@@ -42,9 +42,6 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
         except CollectorError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -256,19 +253,27 @@ def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit:
         # then in jobs.yaml:  kraken: {url: http://127.0.0.1:8765, key_file: fake.key}
         # inject a fault:     curl -X POST 'http://127.0.0.1:8765/_fake/fault?kind=http_502'
     """
-    fake = FakeKraken(
-        tier=_rate_limit_option(tier_),
-        public_limit=_rate_limit_option(public_limit),
-        host=host,
-        port=port,
-    )
-    if os.path.exists(key_file):
-        with open(key_file) as f:
-            key, secret = f.readline().strip(), f.readline().strip()
-    else:
-        key, secret = new_key_file(key_file)
-        click.echo(f"wrote a new random key pair to {key_file}")
-    fake.add_key(key, secret)
+    try:
+        fake = FakeKraken(
+            tier=_rate_limit_option(tier_),
+            public_limit=_rate_limit_option(public_limit),
+            host=host,
+            port=port,
+        )
+    except OSError as exc:
+        raise CollectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        if os.path.exists(key_file):
+            with open(key_file) as f:
+                key, secret = f.readline().strip(), f.readline().strip()
+        else:
+            key, secret = new_key_file(key_file)
+            click.echo(f"wrote a new random key pair to {key_file}")
+        fake.add_key(key, secret)
+    except (OSError, ValueError) as exc:
+        fake.close()
+        reason = getattr(exc, "strerror", None) or "not a key file (key, then base64 secret)"
+        raise CollectorError(f"{key_file}: {reason}") from None
     click.echo(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -193,3 +193,23 @@ def test_faults_over_http_for_a_fake_run_from_the_cli(api, fake) -> None:
 def test_unknown_fault_kind_is_refused(fake) -> None:
     with pytest.raises(ValueError, match="unknown fault 'meteor'"):
         fake.inject("meteor")
+
+
+def test_cli_errors_are_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file",
+                                       str(tmp_path / "no" / "such" / "fake.key")])  # fmt: skip
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == f"error: {tmp_path / 'no' / 'such' / 'fake.key'}: No such file or directory\n"
+    )
+    (tmp_path / "bad.key").write_text("key\nnot base64!\n")
+    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file",
+                                       str(tmp_path / "bad.key")])  # fmt: skip
+    assert result.exit_code == 2 and "not a key file" in result.output
+    result = CliRunner().invoke(main, ["fake-exchange", "--tier", "gold"])
+    assert result.exit_code == 2 and "unknown tier 'gold'" in result.output
