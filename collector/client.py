@@ -313,7 +313,8 @@ class API:
         self.response = response
         if response.status_code not in (200, 201, 202):
             error = HTTPStatusError(
-                f"{method}: HTTP {response.status_code} {response.reason}: {excerpt(response)}",
+                f"{method}: HTTP {' '.join(filter(None, (str(response.status_code), response.reason)))}"
+                f": {excerpt(response)}",
                 method=method,
                 http_status=response.status_code,
             )

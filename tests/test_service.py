@@ -73,7 +73,7 @@ def service_factory(tmp_path, fake, keypair, database_url):
 FAULTS = [
     ("http_500", "http_error", 500, "api.kraken.com | 500: Internal server error"),
     ("http_502", "http_error", 502, "api.kraken.com | 502: Bad gateway"),
-    ("http_520", "http_error", 520, "520: Web server is returning an unknown error"),
+    ("http_520", "http_error", 520, "HTTP 520: api.kraken.com | 520: Web server is returning"),
     ("slow", "timeout", None, "no answer within 0.5s"),
     ("reset", "connection_error", None, "Connection reset by peer"),
     ("truncated", "bad_response", 200, "body is not JSON"),

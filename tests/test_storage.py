@@ -74,6 +74,11 @@ def test_balances_are_exact_and_the_latest_snapshot_query_works(store) -> None:
                              .order_by(balances.c.run_id.desc())).scalars().first()  # fmt: skip
     assert [(a, Decimal(str(v))) for a, v in latest] == [("XXBT", exact), ("ZUSD", Decimal("0"))]
     assert isinstance(typed, Decimal) and typed == exact and str(typed) == str(exact)
+    if store.engine.dialect.name == "sqlite":  # the text people see in SQL is plain notation
+        with store.engine.connect() as conn:
+            raw = conn.exec_driver_sql("SELECT amount FROM balances WHERE asset = 'ZUSD' "
+                                       "ORDER BY run_id DESC").scalars().first()  # fmt: skip
+        assert raw == "0.0000"
 
 
 def test_a_run_and_its_balances_commit_together(store) -> None:
