@@ -58,6 +58,16 @@ def job_file(
     return path
 
 
+def start_service(
+    workdir: Path, url: str, key_file: Path, name: str, jobs: list[str], kraken: str | None = None
+) -> tuple[Service, str]:
+    """A started service with ``jobs`` writing to ``<name>.db``; returns it and the DB URL."""
+    db = f"sqlite:///{workdir / (name + '.db')}"
+    service = Service(load(job_file(workdir, url, key_file, db, jobs, kraken or RAISED)))
+    service.start()
+    return service, db
+
+
 RAISED = "  rate_limit: {max: 1000000, decay: 1000000}\n  public_rate_limit: {max: 1000000, decay: 1000000}"
 
 
@@ -87,10 +97,8 @@ def steady_and_memory(workdir: Path, url: str, key_file: Path, runs_target: int)
     """1,000 jobs every second: is all of it stored, none dropped, and does memory stay flat?"""
     from datetime import datetime, timedelta
 
-    db = f"sqlite:///{workdir / 'steady.db'}"
     jobs = [f"j{i}: {{method: Time, every: 1s}}" for i in range(1000)]
-    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
-    service.start()
+    service, db = start_service(workdir, url, key_file, "steady", jobs)
     out = {"rss_loaded": rss_mb()}
     samples = []
     while service.writer.written < runs_target:
@@ -114,10 +122,8 @@ def steady_and_memory(workdir: Path, url: str, key_file: Path, runs_target: int)
 
 def capacity(workdir: Path, url: str, key_file: Path, seconds: float) -> float:
     """1,000 jobs every 0.5 s (2,000 runs/s offered, more than one process does): runs/s stored."""
-    db = f"sqlite:///{workdir / 'capacity.db'}"
     jobs = [f"j{i}: {{method: Time, every: 0.5s}}" for i in range(1000)]
-    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
-    service.start()
+    service, _ = start_service(workdir, url, key_file, "capacity", jobs)
     while service.writer.written < 3000:  # past the start-up burst
         time.sleep(0.05)
     t0, n0 = time.perf_counter(), service.writer.written
@@ -128,10 +134,8 @@ def capacity(workdir: Path, url: str, key_file: Path, seconds: float) -> float:
 
 
 def lateness(workdir: Path, url: str, key_file: Path, seconds: float) -> dict:
-    db = f"sqlite:///{workdir / 'lateness.db'}"
     jobs = [f"j{i}: {{method: Time, every: 1s}}" for i in range(100)]
-    service = Service(load(job_file(workdir, url, key_file, db, jobs, RAISED)))
-    service.start()
+    service, db = start_service(workdir, url, key_file, "lateness", jobs)
     time.sleep(seconds)  # the measurement window itself, not synchronisation
     service.stop()
     engine = create_engine(db)
@@ -154,13 +158,12 @@ def lateness(workdir: Path, url: str, key_file: Path, seconds: float) -> dict:
 def budget(workdir: Path, seconds: float) -> dict:
     proc, url, key_file = start_fake(workdir, "10/5")
     try:
-        db = f"sqlite:///{workdir / 'budget.db'}"
         methods = ["Balance", "TradeBalance", "OpenOrders", "BalanceEx"]
         jobs = [f"p{i}: {{method: {methods[i % 4]}, every: 1s}}" for i in range(20)]
-        service = Service(load(job_file(workdir, url, key_file, db, jobs,
-                                        "  rate_limit: {max: 10, decay: 5}")))  # fmt: skip
         start = time.monotonic()
-        service.start()
+        service, db = start_service(
+            workdir, url, key_file, "budget", jobs, "  rate_limit: {max: 10, decay: 5}"
+        )
         time.sleep(seconds)  # the measurement window
         service.stop()
         elapsed = time.monotonic() - start
@@ -185,6 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20_000)
     args = parser.parse_args()
+    if args.runs < 10_000:
+        parser.error("--runs must be at least 10000: the steady-state window needs whole seconds")
     logging.basicConfig(level=logging.ERROR)
     workdir = Path(tempfile.mkdtemp(prefix="collector-bench-"))
     os.chdir(workdir)
