@@ -27,6 +27,7 @@ from .errors import ConfigError, CredentialsError
 from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
+from .retry import DEFAULT_DEADLINE, LOCKOUT_PAUSE
 
 DEFAULT_DATABASE = "sqlite:///collector.db"
 DEFAULT_URL = "https://api.kraken.com"
@@ -36,8 +37,8 @@ KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
 
 TOP_KEYS = ("database", "kraken", "jobs")
 KRAKEN_KEYS = ("url", "key", "secret", "key_file", "tier", "rate_limit", "public_rate_limit",
-               "timeout", "nonce_unit")  # fmt: skip
-JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout")
+               "timeout", "nonce_unit", "lockout")  # fmt: skip
+JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout", "deadline")
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
 
@@ -57,6 +58,8 @@ class Job:
     timezone: str = "UTC"
     jitter: float | None = None
     timeout: float = DEFAULT_TIMEOUT
+    #: retries of one run end this many seconds after it started
+    deadline: float = DEFAULT_DEADLINE
     line: int = 0
 
     @property
@@ -79,6 +82,7 @@ class KrakenSettings:
     public_rate_limit: RateLimit = PUBLIC_DEFAULT
     timeout: float = DEFAULT_TIMEOUT
     nonce_unit: str = "ms"
+    lockout: float = LOCKOUT_PAUSE
 
     @property
     def has_credentials(self) -> bool:
@@ -285,6 +289,8 @@ class _Builder:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
             opts["timeout"] = self.duration(k, "timeout", "kraken.timeout")
+        if "lockout" in k:
+            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
         if "nonce_unit" in k:
             if k["nonce_unit"] not in UNITS:
                 raise self.error(f"must be one of {', '.join(UNITS)}", k, "nonce_unit",
@@ -402,6 +408,12 @@ class _Builder:
             opts["jitter"] = self.duration(spec, "jitter", path + ".jitter")
         opts["timeout"] = (self.duration(spec, "timeout", path + ".timeout") if "timeout" in spec
                            else kraken.timeout)  # fmt: skip
+        # Retries must not run into the next run: by default they end after one interval (or a
+        # minute, whichever is shorter).
+        if "deadline" in spec:
+            opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
+        elif "every" in opts:
+            opts["deadline"] = min(opts["every"].total_seconds(), DEFAULT_DEADLINE)
         job = Job(name=str(name), method=method, params=dict(params), timezone=str(tz),
                   line=jobs.lines.get(name, 0), **opts)  # fmt: skip
         if job.private and not kraken.has_credentials:

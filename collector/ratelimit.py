@@ -107,6 +107,13 @@ class RateLimiter:
             self._sleep(wait)
         return wait
 
+    def pause(self, seconds: float) -> None:
+        """Let no call through for ``seconds`` (Kraken locked the key out)."""
+        with self._lock:
+            now = self._clock()
+            level = self._cap + seconds * self.limit.decay
+            self._level, self._at = max(self._decayed(now), level), now
+
     def saturate(self) -> None:
         """Treat the counter as full: the exchange said so (``EAPI:Rate limit exceeded``)."""
         with self._lock:

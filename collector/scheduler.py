@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -43,6 +44,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .client import API
 from .config import Config, Job, KrakenSettings
 from .errors import RequestError
+from .retry import LOCKOUT, NONCE, TRANSIENT, RetryPolicy, classify
 from .storage import RunRecord, Store, Writer
 
 logger = logging.getLogger(__name__)
@@ -177,11 +179,12 @@ class Service:
     :param store: where runs go (default: the config's database, migrated to the latest version)
     :param api: the shared client (default: built from the config, its nonce floor from the store)
     :param workers: threads making calls
+    :param retry: backoff and lockout (default: from the config)
     :param clock: returns the current UTC datetime; a seam for tests
     """
 
     def __init__(self, config: Config, *, store: Store | None = None, api: API | None = None,
-                 workers: int = DEFAULT_WORKERS,
+                 workers: int = DEFAULT_WORKERS, retry: RetryPolicy | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
         self.config = config
         self.stopping = threading.Event()
@@ -193,6 +196,7 @@ class Service:
         self.writer = Writer(self.store, nonce=lambda: self.api.nonces.last)
         self.workers = workers
         self.clock = clock
+        self.retry = retry or RetryPolicy(lockout=config.kraken.lockout)
         self._scheduled = threading.local()
         self._scheduler: BackgroundScheduler | None = None
 
@@ -212,29 +216,61 @@ class Service:
                            params={k: v for k, v in job.params.items() if k not in SECRET_PARAMS},
                            scheduled_at=scheduled, started_at=started, finished_at=started,
                            status="ok")  # fmt: skip
-        try:
-            reply = self.api.call(job.method, job.params, timeout=job.timeout)
-            record.http_status, record.result = reply.http_status, reply.result
-            if reply.warnings:
-                record.error = ", ".join(reply.warnings)
-            if job.method in BALANCE_METHODS:
-                record.balances = balance_rows(job.method, reply.result)
-        except ShuttingDown:
-            logger.info("job %s: not run, the service is stopping", job.name)
-            return None
-        except RequestError as exc:
-            record.status, record.http_status = exc.status, exc.http_status
-            record.error = ", ".join(exc.errors) if exc.errors else str(exc)
-        except ValueError as exc:  # a result we cannot store as promised (e.g. balances)
-            record.status, record.error, record.balances = "bad_response", str(exc), []
-        except Exception as exc:  # a bug must not kill the service; it becomes a stored row
-            logger.exception("job %s: unexpected error", job.name)
-            record.status, record.error = "bad_response", f"{type(exc).__name__}: {exc}"
+        deadline = time.monotonic() + job.deadline
+        attempt = nonce_retries = 0
+        while True:
+            attempt += 1
+            kind = None
+            try:
+                reply = self.api.call(job.method, job.params, timeout=job.timeout)
+                record.status, record.http_status, record.result = (
+                    "ok",
+                    reply.http_status,
+                    reply.result,
+                )
+                record.error = ", ".join(reply.warnings) or None
+                if job.method in BALANCE_METHODS:
+                    record.balances = balance_rows(job.method, reply.result)
+            except ShuttingDown:
+                logger.info("job %s: not run, the service is stopping", job.name)
+                return None
+            except RequestError as exc:
+                record.status, record.http_status = exc.status, exc.http_status
+                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+                kind = classify(exc)
+            except ValueError as exc:  # a result we cannot store as promised (e.g. balances)
+                record.status, record.error, record.balances = "bad_response", str(exc), []
+            except Exception as exc:  # a bug must not kill the service; it becomes a stored row
+                logger.exception("job %s: unexpected error", job.name)
+                record.status, record.error = "bad_response", f"{type(exc).__name__}: {exc}"
+            if kind is None or not self._retry_after(job, kind, attempt, nonce_retries, deadline):
+                break
+            nonce_retries += kind == NONCE
+        record.attempts = attempt
         record.finished_at = self.clock()
         if record.status != "ok":
             logger.warning("job %s: %s %s", job.name, record.status, record.error)
         self.writer.submit(record)
         return record
+
+    def _retry_after(self, job: Job, kind: str, attempt: int, nonce_retries: int,
+                     deadline: float) -> bool:  # fmt: skip
+        """Wait before the next attempt if ``kind`` deserves one in time; False to give up."""
+        if kind == LOCKOUT and job.private and self.api.limiter is not None:
+            logger.error("Kraken locked the key out; private calls pause for %.0fs",
+                         self.retry.lockout)  # fmt: skip
+            self.api.limiter.pause(self.retry.lockout)
+        if not self.retry.should_retry(kind, attempt, nonce_retries):
+            return False
+        # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
+        # which the refusal has filled; transient failures back off.
+        wait = self.retry.backoff(attempt) if kind == TRANSIENT else 0.0
+        if time.monotonic() + wait >= deadline:
+            return False
+        logger.info(
+            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, kind, wait
+        )
+        return not self.stopping.wait(wait)
 
     def _run_scheduled(self, job: Job) -> None:
         self.execute(job)

@@ -22,6 +22,7 @@ import collector
 from collector.cli import main
 from collector.config import Config, load
 from collector.fake_exchange import FakeKraken
+from collector.retry import RetryPolicy
 from collector.scheduler import Service, balance_rows
 
 
@@ -58,9 +59,9 @@ def rows(url: str, sql: str = "SELECT job, method, status, http_status, error, p
 def service_factory(tmp_path, fake, keypair, database_url):
     made: list[Service] = []
 
-    def make(jobs: str, **kw) -> tuple[Service, Config]:
+    def make(jobs: str, retry: RetryPolicy | None = None, **kw) -> tuple[Service, Config]:
         config = load(job_file(tmp_path, fake, keypair, database_url, jobs, **kw))
-        service = Service(config, workers=4)
+        service = Service(config, workers=4, retry=retry)
         made.append(service)
         return service, config
 
@@ -83,7 +84,9 @@ FAULTS = [
 
 
 def test_each_fault_is_one_row_and_the_service_goes_on(service_factory, fake, database_url) -> None:
-    service, _ = service_factory("balances: {method: Balance, every: 0.1s, timeout: 0.5s}")
+    service, _ = service_factory(
+        "balances: {method: Balance, every: 0.1s, timeout: 0.5s}", retry=RetryPolicy(max_attempts=1)
+    )  # one row per fault
     for kind, *_ in FAULTS:
         fake.inject(kind, method="Balance", delay=1.0)
     service.start()
