@@ -124,6 +124,8 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
 
     _setup_logging(log_level)
     config = load(jobfile, database=database)
+    for warning in config.warnings:
+        logger.warning("%s", warning)
     service = Service(config, store=_open_store(config.database, jobfile), workers=workers)
     if once:
         try:
@@ -154,6 +156,8 @@ def check(jobfile: str, database: str | None) -> None:
 
     config = load(jobfile, database=database)
     _check_database(config)
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
     now = datetime.now(UTC)
     click.echo(f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
                f"exchange {config.kraken.url}")  # fmt: skip

@@ -26,6 +26,7 @@ a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass 
 from __future__ import annotations
 
 import html
+import logging
 import re
 import threading
 import time
@@ -50,6 +51,8 @@ from .errors import (
 from .methods import cost, is_public
 from .nonce import NonceSource
 from .ratelimit import PUBLIC_DEFAULT, RateLimit, RateLimiter, tier
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URI = "https://api.kraken.com"
 RATE_LIMIT_ERROR = "EAPI:Rate limit exceeded"
@@ -297,6 +300,7 @@ class API:
         url = self.uri + urlpath + (f"?{query}" if query else "")
         if timeout is None:
             timeout = self.timeout
+        started = time.monotonic()
         try:
             if body is None:
                 response = self.session.get(url, headers=headers, timeout=timeout)
@@ -311,6 +315,10 @@ class API:
                 f"{method}: {type(exc).__name__}: {_short(exc)}", method=method
             ) from exc
         self.response = response
+        # Path, status and time only: a private call's body and headers carry the nonce, the
+        # signature and any otp, and never go to a log.
+        logger.debug("%s %s -> HTTP %s in %.3fs", "GET" if body is None else "POST", urlpath,
+                     response.status_code, time.monotonic() - started)  # fmt: skip
         if response.status_code not in (200, 201, 202):
             error = HTTPStatusError(
                 f"{method}: HTTP {' '.join(filter(None, (str(response.status_code), response.reason)))}"

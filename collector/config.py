@@ -52,7 +52,8 @@ class Job:
 
     name: str
     method: str
-    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    # repr=False: params may hold an otp, and a Job's repr can end up in a log.
+    params: dict[str, Any] = field(default_factory=dict, hash=False, repr=False)
     every: timedelta | None = None
     cron: str | None = None
     timezone: str = "UTC"
@@ -95,6 +96,8 @@ class Config:
     database: str
     kraken: KrakenSettings
     jobs: tuple[Job, ...]
+    #: things worth saying that do not stop the file from loading
+    warnings: tuple[str, ...] = ()
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -190,6 +193,7 @@ def _reason(exc: BaseException) -> str:
 class _Builder:
     def __init__(self, file: str, env: dict[str, str]) -> None:
         self.file, self.env = file, env
+        self.warnings: list[str] = []
 
     def error(self, message: str, where: _Map, key: str | None, path: str) -> ConfigError:
         line = where.lines.get(key, where.line) if key is not None else where.line
@@ -261,7 +265,7 @@ class _Builder:
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise self.error(f"unsupported database {url.get_backend_name()!r}: use sqlite or "
                              "postgresql", where_db[1], where_db[0], "database")  # fmt: skip
-        return Config(self.file, _with_driver(url), kraken, jobs)
+        return Config(self.file, _with_driver(url), kraken, jobs, tuple(self.warnings))
 
     def kraken(self, k: _Map) -> KrakenSettings:
         self.check_keys(k, KRAKEN_KEYS, "kraken.")
@@ -322,6 +326,12 @@ class _Builder:
             if not key or not secret:
                 raise self.error(f"key file {str(path)!r} must hold the key on line 1 and the "
                                  "secret on line 2", k, "key_file", "kraken.key_file")  # fmt: skip
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                line = k.lines.get("key_file", k.line)
+                self.warnings.append(f"{self.file}:{line}: kraken.key_file: {str(path)!r} is "
+                                     f"readable by group or others (mode {mode:04o}); "
+                                     f"run: chmod 600 {path}")  # fmt: skip
             return key, secret
         key = k.get("key") or self.env.get(KEY_ENV) or ""
         secret = k.get("secret") or self.env.get(SECRET_ENV) or ""

@@ -36,7 +36,7 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -145,6 +145,8 @@ class FakeKraken:
         self.errors: Counter[str] = Counter()  # every Kraken error string answered
         self.accepted: Counter[str] = Counter()  # private calls that passed every check, by key
         self.state_changing_calls = 0
+        #: the last API-Sign values received (so tests can prove they never leak)
+        self.signatures: deque[str] = deque(maxlen=10_000)
         self._counters: dict[str, _Counter] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -243,6 +245,8 @@ class FakeKraken:
         expected = base64.b64encode(
             hmac.new(secret, path.encode() + digest, hashlib.sha512).digest()
         ).decode()
+        if sign:
+            self.signatures.append(sign)
         if not sign or not hmac.compare_digest(expected, sign):
             return "EAPI:Invalid signature"
         assert key is not None
