@@ -15,6 +15,7 @@ Same constructor, attributes and methods as krakenex (``key``, ``secret``, ``uri
 * **Optional rate limiting** shaped like Kraken's counter (``rate_limit=`` a tier name or a
   :class:`~collector.ratelimit.RateLimit`; ``public_rate_limit=`` for public calls). A call waits
   for budget instead of being refused. Off by default, as in krakenex.
+* **Answers are bounded** (``max_response``, 50 MB by default): a larger one is a ``BadResponse``.
 * **HTML error pages don't crash it.** A non-2xx answer raises :class:`~collector.errors.HTTPStatusError`
   (a ``requests.HTTPError``) whose message holds the page's title, and a body that isn't JSON raises
   :class:`~collector.errors.BadResponse` (a ``ValueError``).
@@ -26,6 +27,7 @@ a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import threading
@@ -58,6 +60,9 @@ DEFAULT_URI = "https://api.kraken.com"
 RATE_LIMIT_ERROR = "EAPI:Rate limit exceeded"
 #: Threads that may share one client's connection pool before connections are discarded.
 POOL_SIZE = 32
+#: The largest answer read (bytes); no Kraken answer comes near it.
+MAX_RESPONSE = 50 * 1024 * 1024
+CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class API:
     :param nonce_unit: ``"ms"`` (default, as krakenex and ccxt), ``"us"`` or ``"ns"``
     :param nonce_floor: every nonce is greater than this (the last one a previous process used)
     :param timeout: default timeout in seconds for every call (krakenex: none)
+    :param max_response: the largest answer read, in bytes (default 50 MB; 0: no limit)
     :param clock: wall clock in integer ns, for nonces; a seam for tests
     """
 
@@ -127,6 +133,7 @@ class API:
         nonce_unit: str = "ms",
         nonce_floor: int = 0,
         timeout: float | None = None,
+        max_response: int = MAX_RESPONSE,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.key = key
@@ -142,6 +149,7 @@ class API:
         self.session.mount("http://", adapter)
         self.response: requests.Response | None = None
         self.timeout = timeout
+        self.max_response = max_response
         self.nonces = NonceSource(nonce_unit, nonce_floor, clock)
         self.limiter = RateLimiter(tier(rate_limit)) if rate_limit else None
         if public_rate_limit is True:
@@ -303,11 +311,11 @@ class API:
         started = time.monotonic()
         try:
             if body is None:
-                response = self.session.get(url, headers=headers, timeout=timeout)
+                response = self.session.get(url, headers=headers, timeout=timeout, stream=True)
             else:
-                response = self.session.post(
-                    url, data=body.encode("ascii"), headers=headers, auth=auth, timeout=timeout
-                )
+                response = self.session.post(url, data=body.encode("ascii"), headers=headers,
+                                             auth=auth, timeout=timeout, stream=True)  # fmt: skip
+            self._read_body(response, method)
         except requests.Timeout as exc:
             raise RequestTimeout(f"{method}: no answer within {timeout}s", method=method) from exc
         except requests.RequestException as exc:
@@ -330,9 +338,27 @@ class API:
             raise error
         return response
 
+    def _read_body(self, response: requests.Response, method: str) -> None:
+        """Read the body, but no more than ``max_response`` bytes (decoded): a huge or endless
+        answer becomes a :class:`BadResponse` instead of filling memory."""
+        limit = self.max_response
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(CHUNK):
+                size += len(chunk)
+                if limit and size > limit:
+                    raise BadResponse(f"{method}: answer larger than {limit:,} bytes",
+                                      method=method, http_status=response.status_code)  # fmt: skip
+                chunks.append(chunk)
+        finally:
+            response.close()  # back to the pool when read to the end; dropped when cut short
+        response._content = b"".join(chunks)
+
     def _decode(self, response: requests.Response, method: str) -> Any:
         try:
-            return response.json(**self._json_options)
+            # Strictly UTF-8 (RFC 8259): requests would guess another encoding for a corrupt body
+            # and hand back mojibake as if it were an answer.
+            return json.loads(response.content.decode("utf-8-sig"), **self._json_options)
         except (ValueError, RecursionError) as exc:
             raise BadResponse(
                 f"{method}: HTTP {response.status_code}: body is not JSON ({type(exc).__name__}): "

@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .auth import decode_secret
+from .client import MAX_RESPONSE
 from .errors import ConfigError, CredentialsError
 from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
 from .nonce import UNITS
@@ -37,7 +38,7 @@ KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
 
 TOP_KEYS = ("database", "kraken", "jobs")
 KRAKEN_KEYS = ("url", "key", "secret", "key_file", "tier", "rate_limit", "public_rate_limit",
-               "timeout", "nonce_unit", "lockout")  # fmt: skip
+               "timeout", "nonce_unit", "lockout", "max_response_mb")  # fmt: skip
 JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout", "deadline")
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
@@ -84,6 +85,7 @@ class KrakenSettings:
     timeout: float = DEFAULT_TIMEOUT
     nonce_unit: str = "ms"
     lockout: float = LOCKOUT_PAUSE
+    max_response: int = MAX_RESPONSE
 
     @property
     def has_credentials(self) -> bool:
@@ -183,7 +185,10 @@ def load(path: str | os.PathLike[str], *, database: str | None = None,
         raise ConfigError(f"not valid YAML: {type(exc).__name__}", file=name) from None
     if not isinstance(raw, _Map):
         raise ConfigError("the job file must be a mapping with a 'jobs' key", file=name, line=1)
-    return _Builder(name, env).config(raw, database)
+    try:
+        return _Builder(name, env).config(raw, database)
+    except RecursionError:
+        raise ConfigError("nested too deeply", file=name) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -210,16 +215,25 @@ class _Builder:
                 )
                 raise self.error(f"unknown key{hint}", where, key, prefix + key)
 
-    def expand(self, value: Any) -> Any:
+    def expand(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
+        """``${VAR}`` in every string. Containers are expanded once each (YAML aliases share
+        them), so an alias bomb costs its size on disk, not its size expanded."""
         if isinstance(value, str):
             return _VAR.sub(lambda m: self.env.get(m.group(1)) or (m.group(2) or ""), value)
+        if not isinstance(value, list | dict):
+            return value
+        memo = {} if memo is None else memo
+        if id(value) in memo:
+            return memo[id(value)]
+        out: Any
         if isinstance(value, list):
-            return [self.expand(v) for v in value]
-        if isinstance(value, dict):
-            out = _Map({k: self.expand(v) for k, v in value.items()})
+            out = memo[id(value)] = []
+            out.extend(self.expand(v, memo) for v in value)
+        else:
+            out = memo[id(value)] = _Map()
+            out.update((k, self.expand(v, memo)) for k, v in value.items())
             out.line, out.lines = getattr(value, "line", 0), getattr(value, "lines", {})
-            return out
-        return value
+        return out
 
     def mapping(self, parent: _Map, key: str, path: str) -> _Map:
         value = parent.get(key)
@@ -293,10 +307,16 @@ class _Builder:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
             opts["timeout"] = self.duration(k, "timeout", "kraken.timeout")
+        if "max_response_mb" in k:
+            size = k["max_response_mb"]
+            if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
+                raise self.error("must be a positive number of megabytes", k, "max_response_mb",
+                                 "kraken.max_response_mb")  # fmt: skip
+            opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
             opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
         if "nonce_unit" in k:
-            if k["nonce_unit"] not in UNITS:
+            if not isinstance(k["nonce_unit"], str) or k["nonce_unit"] not in UNITS:
                 raise self.error(f"must be one of {', '.join(UNITS)}", k, "nonce_unit",
                                  "kraken.nonce_unit")  # fmt: skip
             opts["nonce_unit"] = k["nonce_unit"]
@@ -381,6 +401,11 @@ class _Builder:
         if not isinstance(params, _Map):
             raise self.error("must be a mapping of request parameters", spec, "params",
                              path + ".params")  # fmt: skip
+        for param, value in params.items():
+            values = value if isinstance(value, list) else [value]
+            if not all(v is None or isinstance(v, str | int | float | bool) for v in values):
+                raise self.error("a request parameter is a value or a list of values", params,
+                                 param, f"{path}.params.{param}")  # fmt: skip
         for reserved in RESERVED_PARAMS:
             if reserved in params:
                 raise self.error(f"'{reserved}' is set by the client, leave it out", params, reserved,

@@ -69,7 +69,8 @@ def build_api(settings: KrakenSettings, *, nonce_floor: int = 0,
     """The one shared client: rate limits on, a timeout on every call."""
     api = API(settings.key, settings.secret, rate_limit=settings.tier,
               public_rate_limit=settings.public_rate_limit, nonce_unit=settings.nonce_unit,
-              nonce_floor=nonce_floor, timeout=settings.timeout)  # fmt: skip
+              nonce_floor=nonce_floor, timeout=settings.timeout,
+              max_response=settings.max_response)  # fmt: skip
     api.uri = settings.url
     # requests re-reads proxy variables and ~/.netrc on every request; a long-running service
     # resolves them once here (a netrc login must never be sent to Kraken anyway).

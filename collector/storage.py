@@ -16,11 +16,13 @@ a run and its balances always in the same one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,6 +49,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 logger = logging.getLogger(__name__)
@@ -352,21 +355,53 @@ class Writer:
         nonce = self._nonce() if self._nonce else 0
         if not batch and nonce <= self._saved_nonce:
             return
+        new_nonce = nonce if nonce > self._saved_nonce else None
+        try:
+            self._until_stored(lambda: self.store.write(batch, new_nonce), len(batch))
+        except Exception as exc:
+            # Something in the batch cannot be stored (a result nested too deep to encode, a NUL
+            # character PostgreSQL's JSONB refuses): it must not stall every other run.
+            logger.error("a batch of %d runs was refused (%s: %s); storing them one by one",
+                         len(batch), type(exc).__name__, _first_line(exc))  # fmt: skip
+            for record in batch:
+                try:
+                    self._until_stored(functools.partial(self.store.write, [record]), 1)
+                except Exception as exc:
+                    logger.error("job %s: its answer could not be stored (%s: %s)", record.job,
+                                 type(exc).__name__, _first_line(exc))  # fmt: skip
+                    bare = _unstorable(record, exc)
+                    self._until_stored(functools.partial(self.store.write, [bare]), 1)
+            self._until_stored(lambda: self.store.write([], new_nonce), 0)
+        self._done(batch, nonce)
+
+    def _until_stored(self, write: Callable[[], object], count: int) -> None:
+        """Run ``write``, retrying with backoff while the database is unavailable (down, locked,
+        full); other errors are the data's fault and are raised."""
         delay = 0.5
         while True:
             try:
-                self.store.write(batch, nonce if nonce > self._saved_nonce else None)
-                break
-            except Exception as exc:  # the database is down, locked or full: keep the batch
+                write()
+                return
+            except (OperationalError, InterfaceError) as exc:
                 logger.error("could not store %d runs (%s: %s); retrying in %.1fs",
-                             len(batch), type(exc).__name__, _first_line(exc), delay)  # fmt: skip
+                             count, type(exc).__name__, _first_line(exc), delay)  # fmt: skip
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def _done(self, batch: list[RunRecord], nonce: int) -> None:
         self._saved_nonce = max(self._saved_nonce, nonce)
         self.written += len(batch)
         with self._cond:
             self._pending -= len(batch)
             self._cond.notify_all()
+
+
+def _unstorable(record: RunRecord, exc: BaseException) -> RunRecord:
+    """``record`` without what could not be stored, marked as a bad response."""
+    return dataclasses.replace(
+        record, status="bad_response", result=None, balances=[],
+        error=f"the answer could not be stored ({type(exc).__name__}: {_first_line(exc)[:200]})",
+    )  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:

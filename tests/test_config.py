@@ -112,6 +112,11 @@ CASES = [
         ":5: jobs.t.params.nonce: 'nonce' is set by the client",
         id="nonce-param",
     ),
+    pytest.param(
+        "jobs:\n  t: {method: Ticker, every: 1s, params: {pair: {a: 1}}}\n",
+        ":2: jobs.t.params.pair: a request parameter is a value or a list of values",
+        id="nested-param",
+    ),
     pytest.param("jobs: [1, 2]\n", ":1: jobs: 'jobs' must be a mapping", id="jobs-not-mapping"),
     pytest.param("- just\n- a list\n", ":1: the job file must be a mapping", id="not-a-mapping"),
     pytest.param("jobs:\n  t: {method: Time\n", "not valid YAML", id="not-yaml"),
