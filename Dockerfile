@@ -17,6 +17,8 @@ RUN pip install --no-cache-dir '.[postgres]'
 USER collector
 WORKDIR /data
 VOLUME ["/data"]
+# Runs wait here while the database can't be reached (the job file's folder is read-only).
+ENV COLLECTOR_SPOOL=/data/collector.spool
 # `docker stop` sends SIGTERM: calls in flight finish, every run is written, exit code 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["collector"]

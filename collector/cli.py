@@ -16,6 +16,7 @@ from .errors import CollectorError, ConfigError
 from .fake_exchange import FakeKraken, new_key_file
 from .methods import cost
 from .ratelimit import RateLimit, tier
+from .spool import peek as peek_spool
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,10 @@ def check(jobfile: str, database: str | None) -> None:
     _check_database(config)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
+    waiting = peek_spool(config.spool_path)
+    click.echo(f"spool: {config.spool_path}: "
+               + (f"{waiting:,} runs waiting" if waiting else "empty")
+               + f" (holds at most {config.spool_max_runs:,})")  # fmt: skip
     now = datetime.now(UTC)
     click.echo(f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
                f"exchange {config.kraken.url}")  # fmt: skip

@@ -29,6 +29,7 @@ from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHOD
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 from .retry import DEFAULT_DEADLINE, LOCKOUT_PAUSE
+from .spool import MAX_RUNS
 
 DEFAULT_DATABASE = "sqlite:///collector.db"
 DEFAULT_URL = "https://api.kraken.com"
@@ -36,7 +37,9 @@ DEFAULT_TIMEOUT = 10.0
 DATABASE_ENV = "COLLECTOR_DATABASE_URL"
 KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
 
-TOP_KEYS = ("database", "kraken", "jobs")
+TOP_KEYS = ("database", "kraken", "jobs", "spool")
+SPOOL_KEYS = ("path", "max_runs")
+SPOOL_ENV = "COLLECTOR_SPOOL"
 KRAKEN_KEYS = ("url", "key", "secret", "key_file", "tier", "rate_limit", "public_rate_limit",
                "timeout", "nonce_unit", "lockout", "max_response_mb")  # fmt: skip
 JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout", "deadline")
@@ -98,6 +101,9 @@ class Config:
     database: str
     kraken: KrakenSettings
     jobs: tuple[Job, ...]
+    #: where runs wait while the database can't be reached, and how many at most
+    spool_path: str = "collector.spool"
+    spool_max_runs: int = MAX_RUNS
     #: things worth saying that do not stop the file from loading
     warnings: tuple[str, ...] = ()
 
@@ -279,7 +285,22 @@ class _Builder:
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise self.error(f"unsupported database {url.get_backend_name()!r}: use sqlite or "
                              "postgresql", where_db[1], where_db[0], "database")  # fmt: skip
-        return Config(self.file, _with_driver(url), kraken, jobs, tuple(self.warnings))
+        spool = self.mapping(raw, "spool", "spool")
+        self.check_keys(spool, SPOOL_KEYS, "spool.")
+        max_runs = spool.get("max_runs", MAX_RUNS)
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+            raise self.error("must be a whole number of runs", spool, "max_runs", "spool.max_runs")
+        spool_path = self.env.get(SPOOL_ENV) or spool.get("path")
+        if spool_path is not None and not isinstance(spool_path, str):
+            raise self.error("must be a file path", spool, "path", "spool.path")
+        if not spool_path:
+            # Beside the SQLite file, or beside the job file for a database on a server.
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                spool_path = str(url.database) + ".spool"
+            else:
+                spool_path = str(Path(self.file).resolve().parent / "collector.spool")
+        return Config(self.file, _with_driver(url), kraken, jobs, spool_path, max_runs,
+                      tuple(self.warnings))  # fmt: skip
 
     def kraken(self, k: _Map) -> KrakenSettings:
         self.check_keys(k, KRAKEN_KEYS, "kraken.")

@@ -37,6 +37,16 @@ class NonceSource:
         self._clock = clock
         self._last = int(floor)
         self._lock = threading.Lock()
+        self._lease_size = 0
+        self._leased = 0
+        self._save_lease: Callable[[int], None] | None = None
+
+    def lease(self, size: int, save: Callable[[int], None]) -> None:
+        """Before issuing a nonce past the saved mark, move the mark ``size`` ahead and ``save``
+        it (synchronously), so a process killed at any moment has never used a nonce above what
+        it saved: a restart with the saved mark as floor cannot reuse one."""
+        with self._lock:
+            self._lease_size, self._save_lease, self._leased = size, save, self._last
 
     @property
     def last(self) -> int:
@@ -53,5 +63,8 @@ class NonceSource:
         now = self._clock() // self._per
         with self._lock:
             nonce = now if now > self._last else self._last + 1
+            if self._save_lease is not None and nonce > self._leased:
+                self._save_lease(nonce + self._lease_size)
+                self._leased = nonce + self._lease_size
             self._last = nonce
             return nonce

@@ -44,7 +44,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .client import API
 from .config import Config, Job, KrakenSettings
 from .errors import RequestError
+from .nonce import UNITS
 from .retry import LOCKOUT, NONCE, TRANSIENT, RetryPolicy, classify
+from .spool import Spool
 from .storage import RunRecord, Store, Writer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ WRITE_GRACE = 30.0
 #: Parameters never stored (the client adds the nonce; an otp is a password).
 SECRET_PARAMS = frozenset({"nonce", "otp"})
 BALANCE_METHODS = frozenset({"Balance", "BalanceEx"})
+#: How far ahead of the last nonce used the spool's lease is kept.
+NONCE_LEASE_SECONDS = 60
 
 
 class ShuttingDown(Exception):
@@ -192,9 +196,16 @@ class Service:
         self.store = store or Store.from_url(config.database)
         self.store.upgrade()
         self.api = api or build_api(config.kraken, stopping=self.stopping)
-        # A restart starts above the highest nonce ever used, even if the clock went back.
-        self.api.nonces.raise_floor(self.store.load_nonce())
-        self.writer = Writer(self.store, nonce=lambda: self.api.nonces.last)
+        self.spool = Spool(config.spool_path, config.spool_max_runs)
+        if len(self.spool):
+            logger.warning("%d runs wait in the spool %s; they are written first",
+                           len(self.spool), self.spool.path)  # fmt: skip
+        # A restart starts above every nonce the last process may have used, even after kill -9
+        # and with the clock gone back: the stored high-water mark and the spool's lease.
+        self.api.nonces.raise_floor(max(self.store.load_nonce(), self.spool.load_nonce()))
+        self.api.nonces.lease(NONCE_LEASE_SECONDS * 10**9 // UNITS[self.api.nonces.unit],
+                              self.spool.save_nonce)  # fmt: skip
+        self.writer = Writer(self.store, nonce=lambda: self.api.nonces.last, spool=self.spool)
         self.workers = workers
         self.clock = clock
         self.retry = retry or RetryPolicy(lockout=config.kraken.lockout)
@@ -333,6 +344,7 @@ class Service:
             finally:
                 self.api.close()
                 self.store.dispose()
+                self.spool.close()
         logger.info("collector stopped: %d runs written", self.writer.written)
 
     def run_forever(self) -> None:

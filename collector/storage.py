@@ -22,12 +22,13 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -52,6 +53,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
+if TYPE_CHECKING:
+    from .spool import Spool
+
 logger = logging.getLogger(__name__)
 
 #: At most this many runs go into one transaction.
@@ -61,6 +65,8 @@ FLUSH_INTERVAL = 0.2
 #: Runs waiting to be written before :meth:`Writer.submit` makes callers wait (backpressure:
 #: when calls outpace the database, memory stays bounded and the scheduler coalesces instead).
 MAX_PENDING = 2 * BATCH_MAX
+#: Retrying an unavailable database: first wait, and the cap of the doubling.
+RETRY_FIRST, RETRY_CAP = 0.5, 30.0
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 NONCE_KEY = "nonce_high_water"
 
@@ -139,6 +145,8 @@ runs = Table(
     Column("error", Text),
     Column("result", JSONType),
     Column("attempts", Integer, nullable=False, server_default="1"),
+    # A run's identity across a spool replay: replaying skips runs already stored (0002).
+    Column("uid", String(32), unique=True),
 )
 Index("ix_runs_job_started_at", runs.c.job, runs.c.started_at)
 Index("ix_runs_status", runs.c.status)
@@ -180,6 +188,7 @@ class RunRecord:
     result: Any = None
     attempts: int = 1
     balances: list[tuple[str, Decimal]] = field(default_factory=list)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -187,7 +196,7 @@ class RunRecord:
             "scheduled_at": self.scheduled_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "status": self.status,
             "http_status": self.http_status, "error": self.error, "result": self.result,
-            "attempts": self.attempts,
+            "attempts": self.attempts, "uid": self.uid,
         }  # fmt: skip
 
 
@@ -254,10 +263,18 @@ class Store:
             value = conn.execute(select(state.c.value).where(state.c.name == NONCE_KEY)).scalar()
         return int(value) if value else 0
 
-    def write(self, records: Iterable[RunRecord], nonce: int | None = None) -> list[int]:
-        """Store runs, their balances and the nonce high-water mark in one transaction."""
+    def write(self, records: Iterable[RunRecord], nonce: int | None = None, *,
+              skip_stored: bool = False) -> list[int]:  # fmt: skip
+        """Store runs, their balances and the nonce high-water mark in one transaction.
+
+        :param skip_stored: leave out runs whose ``uid`` is already stored (a spool replay)
+        """
         records = list(records)
         with self.engine.begin() as conn:
+            if skip_stored and records:
+                stored = set(conn.execute(select(runs.c.uid).where(
+                    runs.c.uid.in_([r.uid for r in records]))).scalars())  # fmt: skip
+                records = [r for r in records if r.uid not in stored]
             ids: list[int] = []
             if records:
                 ids = list(
@@ -291,14 +308,20 @@ class Writer:
     """A thread that stores runs in batches, so the run loop never waits on the database.
 
     :meth:`submit` waits while ``max_pending`` runs are already waiting, so a process whose calls
-    outpace its database slows its calls down instead of growing without bound. When a write
-    fails (the database is down, locked or full) the batch is kept and retried with backoff;
-    nothing is dropped while the process lives.
+    outpace its database slows its calls down instead of growing without bound.
+
+    When the database can't be reached (down, locked, full), batches go to the ``spool`` (durable,
+    bounded, on local disk) and are replayed in order once it answers; while runs wait in the
+    spool, new ones queue behind them. Without a spool, the batch is retried with backoff.
     """
 
     def __init__(self, store: Store, nonce: Any = None, *, batch_max: int = BATCH_MAX,
-                 flush_interval: float = FLUSH_INTERVAL, max_pending: int = MAX_PENDING) -> None:  # fmt: skip
+                 flush_interval: float = FLUSH_INTERVAL, max_pending: int = MAX_PENDING,
+                 spool: Spool | None = None) -> None:  # fmt: skip
         self.store = store
+        self.spool = spool
+        self._next_try = 0.0
+        self._retry_delay = RETRY_FIRST
         self._nonce = nonce  # a callable giving the highest nonce used so far, or None
         self._saved_nonce = 0
         self._batch_max = batch_max
@@ -353,11 +376,26 @@ class Writer:
 
     def _write(self, batch: list[RunRecord]) -> None:
         nonce = self._nonce() if self._nonce else 0
-        if not batch and nonce <= self._saved_nonce:
-            return
         new_nonce = nonce if nonce > self._saved_nonce else None
+        if self.spool is not None and len(self.spool):
+            self.spool.put(batch)  # behind the runs already waiting, to keep their order
+            self._drain(new_nonce)
+        elif batch or new_nonce:
+            try:
+                self._store(batch, new_nonce)
+            except _Unavailable:
+                assert self.spool is not None
+                self.spool.put(batch)
+                if new_nonce:
+                    self.spool.save_nonce(max(new_nonce, self.spool.load_nonce()))
+        self._done(batch, nonce)
+
+    def _store(self, batch: list[RunRecord], nonce: int | None, skip_stored: bool = False) -> None:
         try:
-            self._until_stored(lambda: self.store.write(batch, new_nonce), len(batch))
+            self._until_stored(functools.partial(self.store.write, batch, nonce,
+                                                 skip_stored=skip_stored), len(batch))  # fmt: skip
+        except _Unavailable:
+            raise
         except Exception as exc:
             # Something in the batch cannot be stored (a result nested too deep to encode, a NUL
             # character PostgreSQL's JSONB refuses): it must not stall every other run.
@@ -365,28 +403,60 @@ class Writer:
                          len(batch), type(exc).__name__, _first_line(exc))  # fmt: skip
             for record in batch:
                 try:
-                    self._until_stored(functools.partial(self.store.write, [record]), 1)
+                    self._until_stored(functools.partial(self.store.write, [record],
+                                                         skip_stored=skip_stored), 1)  # fmt: skip
+                except _Unavailable:
+                    raise
                 except Exception as exc:
                     logger.error("job %s: its answer could not be stored (%s: %s)", record.job,
                                  type(exc).__name__, _first_line(exc))  # fmt: skip
                     bare = _unstorable(record, exc)
-                    self._until_stored(functools.partial(self.store.write, [bare]), 1)
-            self._until_stored(lambda: self.store.write([], new_nonce), 0)
-        self._done(batch, nonce)
+                    self._until_stored(functools.partial(self.store.write, [bare],
+                                                         skip_stored=skip_stored), 1)  # fmt: skip
+            self._until_stored(functools.partial(self.store.write, [], nonce), 0)
 
     def _until_stored(self, write: Callable[[], object], count: int) -> None:
-        """Run ``write``, retrying with backoff while the database is unavailable (down, locked,
-        full); other errors are the data's fault and are raised."""
-        delay = 0.5
+        """Run ``write``. While the database is unavailable: with a spool, raise
+        :class:`_Unavailable` at once; without one, retry with backoff. Other errors are the
+        data's fault and are raised."""
+        delay = RETRY_FIRST
         while True:
             try:
                 write()
                 return
             except (OperationalError, InterfaceError) as exc:
+                if self.spool is not None:
+                    logger.error("database unavailable (%s: %s); %d runs go to the spool %s "
+                                 "(%d waiting)", type(exc).__name__, _first_line(exc), count,
+                                 self.spool.path, len(self.spool) + count)  # fmt: skip
+                    self._next_try = time.monotonic() + self._retry_delay
+                    raise _Unavailable from exc
                 logger.error("could not store %d runs (%s: %s); retrying in %.1fs",
                              count, type(exc).__name__, _first_line(exc), delay)  # fmt: skip
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, RETRY_CAP)
+
+    def _drain(self, nonce: int | None) -> None:
+        """Replay the spool into the database, oldest first, while it answers."""
+        assert self.spool is not None
+        if time.monotonic() < self._next_try:
+            return
+        replayed = 0
+        while len(self.spool):
+            chunk = self.spool.oldest(self._batch_max)
+            try:
+                self._store([r for _, r in chunk], nonce, skip_stored=True)
+            except _Unavailable:
+                self._retry_delay = min(self._retry_delay * 2, RETRY_CAP)
+                self._next_try = time.monotonic() + self._retry_delay
+                logger.warning("database still unavailable; %d runs wait in the spool, next try "
+                               "in %.0fs", len(self.spool), self._retry_delay)  # fmt: skip
+                return
+            self.spool.remove_through(chunk[-1][0])
+            replayed += len(chunk)
+            nonce = None
+        self._retry_delay = RETRY_FIRST
+        logger.warning("database is back: %d spooled runs written, the spool is empty", replayed)
 
     def _done(self, batch: list[RunRecord], nonce: int) -> None:
         self._saved_nonce = max(self._saved_nonce, nonce)
@@ -394,6 +464,10 @@ class Writer:
         with self._cond:
             self._pending -= len(batch)
             self._cond.notify_all()
+
+
+class _Unavailable(Exception):
+    """The database can't be reached and the runs should go to the spool."""
 
 
 def _unstorable(record: RunRecord, exc: BaseException) -> RunRecord:

@@ -35,7 +35,7 @@ def store(database_url: str):
 
 def test_migrations_create_the_tables_and_are_idempotent(store) -> None:
     store.upgrade()  # again: nothing to do
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "balances", "collector_state", "alembic_version"} <= tables
 
@@ -149,6 +149,7 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
         z.extractall(tmp_path / "site")
     assert "collector/migrations/env.py" in names
     assert "collector/migrations/versions/0001_initial.py" in names
+    assert "collector/migrations/versions/0002_run_uid.py" in names
     db = tmp_path / "from-wheel.db"
     code = ("import collector.storage as s; print(s.migrations_dir()); "
             f"st = s.Store.from_url('sqlite:///{db}'); st.upgrade(); "
@@ -158,7 +159,7 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
                                                    "PATH": "/usr/bin:/bin"})  # fmt: skip
     where, revision = out.stdout.split()
     assert where == str(tmp_path / "site" / "collector" / "migrations")
-    assert revision == "0001"
+    assert revision == "0002"
 
 
 def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> None:
