@@ -383,8 +383,10 @@ class Writer:
         elif batch or new_nonce:
             try:
                 self._store(batch, new_nonce)
-            except _Unavailable:
+            except _Unavailable as exc:
                 assert self.spool is not None
+                logger.error("database unavailable (%s); %d runs go to the spool %s (%d waiting)",
+                             exc, len(batch), self.spool.path, len(self.spool) + len(batch))  # fmt: skip
                 self.spool.put(batch)
                 if new_nonce:
                     self.spool.save_nonce(max(new_nonce, self.spool.load_nonce()))
@@ -426,11 +428,8 @@ class Writer:
                 return
             except (OperationalError, InterfaceError) as exc:
                 if self.spool is not None:
-                    logger.error("database unavailable (%s: %s); %d runs go to the spool %s "
-                                 "(%d waiting)", type(exc).__name__, _first_line(exc), count,
-                                 self.spool.path, len(self.spool) + count)  # fmt: skip
                     self._next_try = time.monotonic() + self._retry_delay
-                    raise _Unavailable from exc
+                    raise _Unavailable(f"{type(exc).__name__}: {_first_line(exc)}") from exc
                 logger.error("could not store %d runs (%s: %s); retrying in %.1fs",
                              count, type(exc).__name__, _first_line(exc), delay)  # fmt: skip
                 time.sleep(delay)
@@ -446,11 +445,12 @@ class Writer:
             chunk = self.spool.oldest(self._batch_max)
             try:
                 self._store([r for _, r in chunk], nonce, skip_stored=True)
-            except _Unavailable:
+            except _Unavailable as exc:
                 self._retry_delay = min(self._retry_delay * 2, RETRY_CAP)
                 self._next_try = time.monotonic() + self._retry_delay
-                logger.warning("database still unavailable; %d runs wait in the spool, next try "
-                               "in %.0fs", len(self.spool), self._retry_delay)  # fmt: skip
+                logger.warning("database still unavailable (%s); %d runs wait in the spool %s, "
+                               "next try in %.0fs", exc, len(self.spool), self.spool.path,
+                               self._retry_delay)  # fmt: skip
                 return
             self.spool.remove_through(chunk[-1][0])
             replayed += len(chunk)

@@ -71,9 +71,17 @@ class PostgresServer:
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self._run([initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                    "--no-sync"])  # fmt: skip
+        self.start()
+        self.count = 0
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`halt`: same data, same port)."""
         self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "log"), "-w",
                    "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start"])  # fmt: skip
-        self.count = 0
+
+    def halt(self) -> None:
+        """Stop the server, as a restart or a crash of the database host would."""
+        self._run([self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"])
 
     def _run(self, cmd: list[str]) -> None:
         subprocess.run(self.as_user + cmd, check=True, capture_output=True, timeout=120)

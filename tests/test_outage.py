@@ -1,0 +1,186 @@
+"""Nothing lost: a real PostgreSQL stopped mid-run, a process killed with SIGKILL, a full spool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from collector.config import load
+from collector.scheduler import Service
+from collector.spool import Spool, peek
+from collector.storage import RunRecord
+
+T0 = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def query(url: str, sql: str) -> list:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)))
+    except Exception:
+        return []
+    finally:
+        engine.dispose()
+
+
+def job_file(tmp_path, fake, keypair, url: str, jobs: str) -> str:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {url}\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
+                    f"  secret: {keypair[1]}\n  rate_limit: {{max: 1000, decay: 1000}}\n"
+                    "  public_rate_limit: {max: 1000, decay: 1000}\n"
+                    f"spool: {{path: {tmp_path / 'runs.spool'}}}\njobs:\n{jobs}")  # fmt: skip
+    return str(path)
+
+
+def test_postgres_down_for_ten_seconds_loses_nothing(tmp_path, fake, keypair, postgres,
+                                                     caplog) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="collector")
+    url = postgres.new_database()
+    path = job_file(tmp_path, fake, keypair, url, "  t: {method: Time, every: 0.1s}\n"
+                                                  "  b: {method: Balance, every: 0.3s}\n")  # fmt: skip
+    service = Service(load(path))
+    service.start()
+    try:
+        wait_for(lambda: service.writer.written >= 10)
+        postgres.halt()
+        down_at = datetime.now(UTC)
+        try:
+            wait_for(lambda: len(service.spool) >= 20)
+            time.sleep(10)  # the outage itself lasts at least ten seconds
+        finally:
+            up_at = datetime.now(UTC)
+            postgres.start()
+        wait_for(lambda: len(service.spool) == 0)
+    finally:
+        service.stop()
+    executed = fake.calls["Time"] + fake.calls["Balance"]
+    rows = query(url, "SELECT count(*), count(DISTINCT uid) FROM runs")[0]
+    assert tuple(rows) == (executed, executed)  # every run stored, none twice
+    during = query(url, f"SELECT count(*) FROM runs WHERE started_at > '{down_at.isoformat()}' "
+                        f"AND started_at < '{up_at.isoformat()}'")[0][0]  # fmt: skip
+    assert during >= 100  # ~10 runs/s through the outage window, all of them in the database
+    incomplete = query(url, "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
+                            "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5")[0][0]  # fmt: skip
+    assert incomplete == 0
+    assert "database unavailable" in caplog.text and "the spool is empty" in caplog.text
+
+
+def test_sigkill_mid_run_then_restart(tmp_path, fake, keypair, postgres) -> None:
+    url = postgres.new_database()
+    path = job_file(tmp_path, fake, keypair, url, "  b: {method: Balance, every: 0.1s}\n"
+                                                  "  l: {method: Ledgers, every: 0.2s}\n")  # fmt: skip
+    spool = tmp_path / "runs.spool"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("COLLECTOR_DATABASE_URL", "COLLECTOR_SPOOL")
+    }
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    first = start()
+    try:
+        wait_for(lambda: (query(url, "SELECT count(*) FROM runs") or [[0]])[0][0] >= 10)
+        postgres.halt()  # runs pile up in the spool...
+        wait_for(lambda: (peek(spool) or 0) >= 10)
+        first.send_signal(signal.SIGKILL)  # ...and the process dies mid-run, mid-everything
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        postgres.start()
+    spooled = peek(spool)
+    assert spooled and spooled >= 10
+    before = query(url, "SELECT count(*) FROM runs")[0][0]
+    second = start()
+    try:
+        wait_for(lambda: peek(spool) == 0)  # replayed
+        wait_for(lambda: query(url, "SELECT count(*) FROM runs")[0][0] >= before + spooled + 10)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert fake.errors["EAPI:Invalid nonce"] == 0  # no nonce reused across the kill
+    total, distinct = query(url, "SELECT count(*), count(DISTINCT uid) FROM runs")[0]
+    assert total == distinct  # none twice
+    incomplete = query(url, "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
+                            "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5")[0][0]  # fmt: skip
+    assert incomplete == 0  # no half-written run
+
+
+def record(job: str) -> RunRecord:
+    return RunRecord(job=job, method="Balance", params={}, scheduled_at=T0, started_at=T0,
+                     finished_at=T0, status="ok", http_status=200, result={"ZUSD": "1.50"},
+                     balances=[("ZUSD", Decimal("1.50"))])  # fmt: skip
+
+
+def test_spool_keeps_order_survives_reopening_and_keeps_the_oldest_when_full(
+    tmp_path, caplog
+) -> None:
+    path = tmp_path / "s.spool"
+    spool = Spool(path, max_runs=5)
+    assert spool.put([record(f"j{i}") for i in range(3)]) == 0
+    spool.close()
+    spool = Spool(path, max_runs=5)  # a new process finds them
+    assert len(spool) == 3
+    with caplog.at_level(logging.ERROR, logger="collector"):
+        assert spool.put([record(f"j{i}") for i in range(3, 8)]) == 3
+    assert "SPOOL FULL" in caplog.text and "dropped 3 new runs" in caplog.text
+    oldest = spool.oldest(10)
+    assert [r.job for _, r in oldest] == ["j0", "j1", "j2", "j3", "j4"]
+    first = oldest[0][1]
+    assert first.balances == [("ZUSD", Decimal("1.50"))] and first.scheduled_at == T0
+    spool.remove_through(oldest[1][0])
+    assert [r.job for _, r in spool.oldest(10)] == ["j2", "j3", "j4"]
+    assert peek(path) == 3 and peek(tmp_path / "none.spool") is None
+    spool.close()
+
+
+def test_check_shows_the_spool(tmp_path, fake, keypair) -> None:
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    path = job_file(tmp_path, fake, keypair, f"sqlite:///{tmp_path / 'c.db'}",
+                    "  t: {method: Time, every: 1s}\n")  # fmt: skip
+    spool = Spool(tmp_path / "runs.spool")
+    spool.put([record("a"), record("b")])
+    spool.close()
+    result = CliRunner().invoke(main, ["check", path], env={"COLLECTOR_SPOOL": ""})
+    assert (
+        f"spool: {tmp_path / 'runs.spool'}: 2 runs waiting (holds at most 100,000)" in result.output
+    )
+
+
+@pytest.mark.parametrize("url_kind", ["sqlite"])
+def test_default_spool_sits_beside_the_data(tmp_path, url_kind) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'd.db'}\njobs:\n  t: {{method: Time, every: 1s}}\n"
+    )
+    assert load(path, environ={}).spool_path == f"{tmp_path / 'd.db'}.spool"
+    path.write_text("database: postgresql://u@h/db\njobs:\n  t: {method: Time, every: 1s}\n")
+    assert load(path, environ={}).spool_path == str(tmp_path / "collector.spool")
+    assert load(path, environ={"COLLECTOR_SPOOL": "/data/x.spool"}).spool_path == "/data/x.spool"
