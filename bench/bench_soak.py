@@ -1,0 +1,118 @@
+"""Soak: the service against the fake with faults on and fast intervals, for 50,000+ runs.
+
+    python bench/bench_soak.py            # about 2 minutes
+
+Reports RSS, open file descriptors and threads at the start and every 10,000 runs, and the SQLite
+database's size per 10,000 runs. All of them should stay flat, apart from the data itself.
+Faults (HTTP 500/502/520, resets, truncated JSON, slow answers, Kraken errors) are injected ten
+times a second through the fake's control endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import random
+import re
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_service import RAISED, job_file, rss_mb, start_fake
+
+from collector.config import load
+from collector.scheduler import Service
+
+FAULTS = ["kind=http_500", "kind=http_502", "kind=http_520", "kind=reset", "kind=truncated",
+          "kind=not_json", "kind=slow&delay=0.3", "kind=kraken_error&error=EService:Busy",
+          "kind=kraken_error&error=EAPI:Invalid%20nonce",
+          "kind=kraken_error&error=EGeneral:Invalid%20arguments"]  # fmt: skip
+
+
+def threads() -> int:
+    return int(re.search(r"Threads:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))  # type: ignore[union-attr]
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def db_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=50_000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.CRITICAL)
+    workdir = Path(tempfile.mkdtemp(prefix="collector-soak-"))
+    os.chdir(workdir)
+    proc, url, key_file = start_fake(workdir, "none")
+    stop = threading.Event()
+
+    def inject() -> None:
+        while not stop.wait(0.1):
+            req = urllib.request.Request(
+                f"{url}/_fake/fault?{random.choice(FAULTS)}", method="POST"
+            )
+            with contextlib.suppress(OSError):  # a fault we could not inject is not the service's
+                urllib.request.urlopen(req, timeout=2).read()
+
+    injector = threading.Thread(target=inject, daemon=True)
+    db = workdir / "soak.db"
+    jobs = [f"p{i}: {{method: Time, every: 0.1s}}" for i in range(100)]
+    jobs += [f"b{i}: {{method: {m}, every: 0.5s}}"
+             for i, m in enumerate(["Balance", "Ledgers", "TradeBalance", "BalanceEx", "OpenOrders"])]  # fmt: skip
+    try:
+        service = Service(load(job_file(workdir, url, key_file, f"sqlite:///{db}", jobs, RAISED)))
+        injector.start()
+        service.start()
+        while service.writer.written < 1000:
+            time.sleep(0.1)
+        start = {
+            "rss": rss_mb(),
+            "fds": fds(),
+            "threads": threads(),
+            "db": db_mb(db),
+            "t": time.time(),
+        }
+        print(
+            f"{'runs':>8} {'RSS MB':>7} {'fds':>5} {'threads':>8} {'DB MB':>7} {'MB/10k runs':>12}"
+        )
+        print(f"{service.writer.written:8,} {start['rss']:7.1f} {start['fds']:5} {start['threads']:8} "
+              f"{start['db']:7.1f} {'':>12}")  # fmt: skip
+        mark, last_db = 10_000, start["db"]
+        while mark <= args.runs:
+            while service.writer.written < mark:
+                time.sleep(0.2)
+            size = db_mb(db)
+            print(f"{service.writer.written:8,} {rss_mb():7.1f} {fds():5} {threads():8} {size:7.1f} "
+                  f"{size - last_db:12.2f}")  # fmt: skip
+            mark, last_db = mark + 10_000, size
+        elapsed = time.time() - start["t"]
+        stop.set()
+        service.stop()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait()
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    statuses = dict(c.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+    retried = c.execute("SELECT count(*) FROM runs WHERE attempts > 1").fetchone()[0]
+    total = sum(statuses.values())
+    print(f"\n{total:,} runs in {elapsed:.0f} s; by status: "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items()))
+          + f"; {retried:,} needed a retry")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
