@@ -1,6 +1,6 @@
 """Soak: the service against the fake with faults on and fast intervals, for 50,000+ runs.
 
-    python bench/bench_soak.py            # about 2 minutes
+    python bench/bench_soak.py            # about a minute
 
 Reports RSS, open file descriptors and threads at the start and every 10,000 runs, and the SQLite
 database's size per 10,000 runs. All of them should stay flat, apart from the data itself.

@@ -340,7 +340,8 @@ class Service:
         finally:
             try:
                 if not self.writer.close(WRITE_GRACE):
-                    logger.error("some runs could not be written before shutdown")
+                    logger.critical("%d runs could not be written before shutdown and are lost",
+                                    self.writer.pending)  # fmt: skip
             finally:
                 self.api.close()
                 self.store.dispose()

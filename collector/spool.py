@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Runs the spool holds at most.
 MAX_RUNS = 100_000
+#: Seconds a spool write waits for a lock another process holds on the file.
+BUSY_TIMEOUT = 10.0
 DEFAULT_PATH = "collector.spool"
 
 
@@ -56,14 +58,17 @@ class Spool:
 
     :param path: the SQLite file (created if missing)
     :param max_runs: the bound
+    :param timeout: seconds a write waits for another process's lock on the file
     """
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, max_runs: int = MAX_RUNS) -> None:
+    def __init__(self, path: str | Path = DEFAULT_PATH, max_runs: int = MAX_RUNS, *,
+                 timeout: float = BUSY_TIMEOUT) -> None:  # fmt: skip
         self.path = Path(path)
         self.max_runs = max_runs
         self.dropped = 0
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
+                                   isolation_level=None)  # fmt: skip
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a spooled run must survive power loss
         self._db.execute("CREATE TABLE IF NOT EXISTS runs (seq INTEGER PRIMARY KEY, record TEXT)")

@@ -200,8 +200,12 @@ class RunRecord:
         }  # fmt: skip
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a busy timeout."""
+def make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode and a busy timeout.
+
+    :param busy_timeout_ms: how long a SQLite write waits for another process's lock before the
+        database counts as unavailable (and runs go to the spool)
+    """
     engine = create_engine(url, pool_pre_ping=True, future=True)
     if engine.dialect.name == "sqlite":
 
@@ -209,7 +213,7 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -252,8 +256,9 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, **engine_options: Any) -> Store:
+        """A store on a new engine; ``engine_options`` go to :func:`make_engine`."""
+        return cls(make_engine(url, **engine_options))
 
     def upgrade(self) -> None:
         upgrade(self.engine)
@@ -313,6 +318,10 @@ class Writer:
     When the database can't be reached (down, locked, full), batches go to the ``spool`` (durable,
     bounded, on local disk) and are replayed in order once it answers; while runs wait in the
     spool, new ones queue behind them. Without a spool, the batch is retried with backoff.
+
+    When neither can take a batch (the disk under both is full, the spool file is locked), the
+    thread does not die: the batch waits in memory and is retried with backoff, and callers are
+    held back by ``max_pending``. Only those runs are lost if the process then dies.
     """
 
     def __init__(self, store: Store, nonce: Any = None, *, batch_max: int = BATCH_MAX,
@@ -340,6 +349,12 @@ class Writer:
                 self._cond.wait(1.0)
             self._pending += 1
         self._queue.put(record)
+
+    @property
+    def pending(self) -> int:
+        """Runs submitted and not yet in the database or the spool."""
+        with self._cond:
+            return self._pending
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed; False on timeout."""
@@ -372,9 +387,24 @@ class Writer:
                 stopping = item is None
             except queue.Empty:
                 pass  # idle, or the queue is drained: write what we have
-            self._write(batch)  # an empty batch still persists a newer nonce
+            self._write_until_taken(batch)  # an empty batch still persists a newer nonce
 
-    def _write(self, batch: list[RunRecord]) -> None:
+    def _write_until_taken(self, batch: list[RunRecord]) -> None:
+        delay, again = RETRY_FIRST, False
+        while True:
+            try:
+                # After a failure, some of the batch may be stored already (the run-by-run path).
+                self._write(batch, skip_stored=again)
+                return
+            except Exception as exc:
+                logger.critical("neither the database nor the spool %s can take %d runs "
+                                "(%s: %s); they wait in memory, next try in %.1fs",
+                                self.spool.path if self.spool else "(none)", len(batch),
+                                type(exc).__name__, _first_line(exc), delay)  # fmt: skip
+                time.sleep(delay)
+                delay, again = min(delay * 2, RETRY_CAP), True
+
+    def _write(self, batch: list[RunRecord], skip_stored: bool = False) -> None:
         nonce = self._nonce() if self._nonce else 0
         new_nonce = nonce if nonce > self._saved_nonce else None
         if self.spool is not None and len(self.spool):
@@ -382,7 +412,7 @@ class Writer:
             self._drain(new_nonce)
         elif batch or new_nonce:
             try:
-                self._store(batch, new_nonce)
+                self._store(batch, new_nonce, skip_stored)
             except _Unavailable as exc:
                 assert self.spool is not None
                 logger.error("database unavailable (%s); %d runs go to the spool %s (%d waiting)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -184,3 +185,107 @@ def test_default_spool_sits_beside_the_data(tmp_path, url_kind) -> None:
     path.write_text("database: postgresql://u@h/db\njobs:\n  t: {method: Time, every: 1s}\n")
     assert load(path, environ={}).spool_path == str(tmp_path / "collector.spool")
     assert load(path, environ={"COLLECTOR_SPOOL": "/data/x.spool"}).spool_path == "/data/x.spool"
+
+
+def stored_jobs(store) -> list[str]:
+    from sqlalchemy import select
+
+    from collector.storage import runs
+
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(runs.c.job).order_by(runs.c.id)).scalars())
+
+
+def test_sqlite_locked_by_another_process_sends_runs_to_the_spool(tmp_path, caplog) -> None:
+    import sqlite3
+
+    from collector.storage import Store, Writer
+
+    db = tmp_path / "locked.db"
+    store = Store.from_url(f"sqlite:///{db}", busy_timeout_ms=200)
+    store.upgrade()
+    spool = Spool(tmp_path / "locked.db.spool")
+    writer = Writer(store, spool=spool, flush_interval=0.01)
+    blocker = sqlite3.connect(db, timeout=30)
+    blocker.execute("BEGIN EXCLUSIVE")  # a reader's long transaction, a backup, a stuck script
+    try:
+        with caplog.at_level(logging.WARNING, logger="collector"):
+            writer.submit(record("a"))
+            writer.submit(record("b"))
+            assert writer.flush(30)  # taken by the spool: the run loop is not held up
+            assert len(spool) == 2 and "database unavailable" in caplog.text
+            writer.submit(record("c"))  # queues behind the spooled runs
+            assert writer.flush(30) and len(spool) == 3
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_for(lambda: len(spool) == 0)
+    assert writer.close(30)
+    assert stored_jobs(store) == ["a", "b", "c"]  # in order, once each
+    spool.close()
+    store.dispose()
+
+
+def test_a_full_sqlite_disk_sends_runs_to_the_spool(tmp_path) -> None:
+    """SQLite's ``max_page_count`` gives the same SQLITE_FULL a full disk gives."""
+    from sqlalchemy import event
+
+    from collector.storage import Store, Writer
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'full.db'}")
+    store.upgrade()
+    with store.engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    disk = {"pages": pages}  # no room for one more page
+
+    @event.listens_for(store.engine, "checkout")
+    def _disk_size(dbapi_connection, _record, _proxy) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {disk['pages']}")
+
+    spool = Spool(tmp_path / "full.db.spool")
+    writer = Writer(store, spool=spool, flush_interval=0.01)
+    big = [dataclasses.replace(record(f"r{i}"), result={"blob": "x" * 20_000}) for i in range(5)]
+    for run in big:
+        writer.submit(run)
+    assert writer.flush(30)
+    assert len(spool) == 5 and stored_jobs(store) == []
+    disk["pages"] = 1_000_000  # space freed
+    wait_for(lambda: len(spool) == 0)
+    assert writer.close(30)
+    assert stored_jobs(store) == [f"r{i}" for i in range(5)]
+    spool.close()
+    store.dispose()
+
+
+def test_when_neither_the_database_nor_the_spool_can_take_runs_they_wait_in_memory(
+    tmp_path, caplog
+) -> None:
+    import sqlite3
+
+    from collector.storage import Store, Writer
+
+    db, spool_path = tmp_path / "d.db", tmp_path / "d.db.spool"
+    store = Store.from_url(f"sqlite:///{db}", busy_timeout_ms=100)
+    store.upgrade()
+    spool = Spool(spool_path, timeout=0.1)
+    writer = Writer(store, spool=spool, flush_interval=0.01, max_pending=3)
+    blockers = [sqlite3.connect(path, timeout=30) for path in (db, spool_path)]
+    for blocker in blockers:
+        blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="collector"):
+            for job in ("a", "b", "c"):
+                writer.submit(record(job))
+            wait_for(lambda: "they wait in memory" in caplog.text)
+            assert writer.pending == 3 and len(spool) == 0
+            assert not writer.flush(0.3)  # held, not dropped and not reported as written
+    finally:
+        for blocker in blockers:
+            blocker.rollback()
+            blocker.close()
+    assert writer.flush(60)  # the thread survived and wrote them once the locks went
+    wait_for(lambda: len(spool) == 0)
+    assert writer.close(30)
+    assert stored_jobs(store) == ["a", "b", "c"]
+    spool.close()
+    store.dispose()

@@ -66,6 +66,9 @@ def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keyp
     assert proc.returncode == 0, log[-2000:]
     check = CliRunner().invoke(main, ["check", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
     database = dump(database_url)
+    # The spool file too, raw bytes and all (its WAL, freed pages), wherever the default put it.
+    spool_files = [p for p in tmp_path.rglob("*.spool*") if p.is_file()]
+    spool = "".join(p.read_bytes().decode("latin-1") for p in spool_files)
 
     # The run really happened, with failures, at DEBUG (urllib3's and ours), so the search means something.
     assert " DEBUG " in log and "-> HTTP 502" in log and "/0/private/Balance" in log
@@ -73,7 +76,9 @@ def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keyp
     assert "EAPI:Invalid signature" in database and "bad_response" in database and "ok" in database
     assert len(fake.signatures) >= 14
 
-    for where, haystack in (("log", log), ("database", database), ("check", check.output)):
+    assert spool_files and "nonce_lease" in spool  # it exists, so searching it means something
+    for where, haystack in (("log", log), ("database", database), ("check", check.output),
+                            ("spool", spool)):  # fmt: skip
         assert secret not in haystack, where
         assert OTP not in haystack, where
         leaked = [s for s in fake.signatures if s in haystack]
