@@ -289,3 +289,48 @@ def test_when_neither_the_database_nor_the_spool_can_take_runs_they_wait_in_memo
     assert stored_jobs(store) == ["a", "b", "c"]
     spool.close()
     store.dispose()
+
+
+def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_behind(
+    tmp_path, fake, keypair
+) -> None:
+    """The database's nonce high-water mark trails the calls (here by a whole stuck write); the
+    spool's lease, saved before a nonce past it is issued, does not."""
+    import sqlite3
+
+    import collector
+
+    db = tmp_path / "k.db"
+    jobs = "".join(f"  b{i}: {{method: Balance, every: 0.05s}}\n" for i in range(5))
+    path = job_file(tmp_path, fake, keypair, f"sqlite:///{db}", jobs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    blocker = None
+    try:
+        wait_for(lambda: bool(query(f"sqlite:///{db}", "SELECT value FROM collector_state")))
+        blocker = sqlite3.connect(db, timeout=30)
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer's next commit waits out its busy timeout
+        calls = fake.calls["Balance"]
+        wait_for(lambda: fake.calls["Balance"] >= calls + 20)  # ...while calls go on
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+    stored = int(query(f"sqlite:///{db}", "SELECT value FROM collector_state")[0][0])
+    used = fake.last_nonce[keypair[0]]
+    assert used > stored  # the dead process used nonces the database never heard of
+    # A new process whose clock is an hour behind the nonces the dead one used.
+    behind = collector.API(*keypair, clock=lambda: (used - 3_600_000) * 10**6)
+    behind.uri = fake.url
+    restarted = Service(load(path, environ={}), api=behind)
+    try:
+        assert restarted.run_once()
+    finally:
+        restarted.stop()
+    assert fake.errors["EAPI:Invalid nonce"] == 0
+    assert fake.last_nonce[keypair[0]] > used
