@@ -10,11 +10,12 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 import venv
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+
+from .helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,9 +71,7 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
     proc = subprocess.Popen(entry + cmd, cwd=data, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while fake.calls["Balance"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: fake.calls["Balance"] >= 2)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     finally:

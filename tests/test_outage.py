@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -21,15 +20,9 @@ from collector.scheduler import Service
 from collector.spool import Spool, peek
 from collector.storage import RunRecord
 
+from .helpers import wait_for
+
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def query(url: str, sql: str) -> list:

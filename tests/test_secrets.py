@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +15,8 @@ from sqlalchemy import create_engine, inspect, text
 
 import collector
 from collector.cli import main
+
+from .helpers import wait_for
 
 OTP = "424242"
 
@@ -55,9 +56,7 @@ def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keyp
                              str(path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while fake.calls["Balance"] < 14 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: fake.calls["Balance"] >= 14)
         proc.send_signal(signal.SIGTERM)
         log, _ = proc.communicate(timeout=30)
     finally:

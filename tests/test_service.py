@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,14 +24,7 @@ from collector.fake_exchange import FakeKraken
 from collector.retry import RetryPolicy
 from collector.scheduler import Service, balance_rows
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll a condition until it holds (synchronisation on state, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from .helpers import wait_for
 
 
 def job_file(tmp_path: Path, fake: FakeKraken, keypair: tuple[str, str], database_url: str,
