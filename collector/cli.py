@@ -159,10 +159,6 @@ def check(jobfile: str, database: str | None) -> None:
     _check_database(config)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
-    waiting = peek_spool(config.spool_path)
-    click.echo(f"spool: {config.spool_path}: "
-               + (f"{waiting:,} runs waiting" if waiting else "empty")
-               + f" (holds at most {config.spool_max_runs:,})")  # fmt: skip
     now = datetime.now(UTC)
     click.echo(f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
                f"exchange {config.kraken.url}")  # fmt: skip
@@ -182,6 +178,10 @@ def check(jobfile: str, database: str | None) -> None:
     k = config.kraken
     click.echo(f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
                f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s")  # fmt: skip
+    waiting = peek_spool(config.spool_path)
+    click.echo(f"spool: {config.spool_path}: "
+               + (f"{waiting:,} runs waiting" if waiting else "empty")
+               + f" (holds at most {config.spool_max_runs:,})")  # fmt: skip
     if private > k.tier.decay:
         click.echo(f"warning: needs {private:.2g} private calls/s, {k.tier_name} allows "
                    f"{k.tier.decay:g}/s; runs will be late", err=True)  # fmt: skip
