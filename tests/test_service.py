@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -184,8 +186,6 @@ def test_a_job_never_overlaps_itself_and_skips_are_logged(service_factory, fake,
 
 
 def _utc(value):  # SQLite hands raw text back through plain SQL
-    from datetime import datetime
-
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
@@ -297,3 +297,30 @@ def test_check_prints_schedules_and_warns_over_budget(tmp_path, fake, keypair) -
     assert "cron '*/10 * * * *' (Europe/Berlin)" in out
     assert "warning: needs 1.4 private calls/s, starter allows 0.33/s" in out
     assert keypair[1] not in out
+
+
+def test_due_times_missed_while_the_scheduler_was_held_are_folded_into_one_run(
+    service_factory, fake, database_url, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="collector")
+    service, _ = service_factory("t: {method: Time, every: 0.1s}")
+    service.start()
+    assert service._scheduler is not None
+    wait_for(lambda: service.writer.written >= 2)
+    service._scheduler.pause()  # the process is held (a suspended laptop, a stopped container)
+    time.sleep(0.55)  # the outage being simulated: five or so due times pass unserved
+    calls = fake.calls["Time"]
+    resumed_at = datetime.now(UTC)
+    service._scheduler.resume()
+    wait_for(lambda: "running once (coalesced)" in caplog.text)
+    wait_for(lambda: fake.calls["Time"] >= calls + 1)
+    service.stop()
+    folded = int(re.search(r"job t: (\d+) runs came due while it was late", caplog.text)[1])
+    assert folded >= 4
+    spans = [(_utc(a), _utc(b)) for a, b in rows(database_url, "SELECT scheduled_at, started_at "
+                                                               "FROM runs ORDER BY id")]  # fmt: skip
+    backlog = [scheduled for scheduled, started in spans
+               if started >= resumed_at and scheduled < resumed_at]  # fmt: skip
+    # One run for all of them, stamped with the latest due time, not the oldest.
+    assert len(backlog) == 1
+    assert resumed_at - backlog[0] < timedelta(seconds=0.1)
