@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -69,24 +70,39 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _open_store(database: str, config_file: str | None) -> Any:
-    from sqlalchemy.exc import SQLAlchemyError
+def _open_store(database: str, config_file: str | None,
+                until: threading.Event | None = None) -> Any:  # fmt: skip
+    """The migrated store. A database that can't be reached is a one-line error, or, with
+    ``until``, waited for (a service started before its database) until the event is set:
+    then None."""
+    from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-    from .storage import Store
+    from .storage import RETRY_CAP, RETRY_FIRST, Store
 
     shown = _display_url(database)
-    try:
-        store = Store.from_url(database)
-        store.upgrade()
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot use {shown}: missing driver {exc.name!r} "
-                          "(pip install 'collector[postgres]')", file=config_file,
-                          key="database") from None  # fmt: skip
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise ConfigError(f"cannot use database {shown}: {reason}", file=config_file,
-                          key="database") from None  # fmt: skip
-    return store
+    delay = RETRY_FIRST
+    while True:
+        store = None
+        try:
+            store = Store.from_url(database)
+            store.upgrade()
+            return store
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"cannot use {shown}: missing driver {exc.name!r} "
+                              "(pip install 'collector[postgres]')", file=config_file,
+                              key="database") from None  # fmt: skip
+        except SQLAlchemyError as exc:
+            if store is not None:
+                store.dispose()
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+            if until is None or not isinstance(exc, OperationalError | InterfaceError):
+                raise ConfigError(f"cannot use database {shown}: {reason}", file=config_file,
+                                  key="database") from None  # fmt: skip
+            logger.error("database %s unavailable at start (%s); waiting for it, next try in "
+                         "%.0fs", shown, reason, delay)  # fmt: skip
+            if until.wait(delay):
+                return None
+            delay = min(delay * 2, RETRY_CAP)
 
 
 def _display_url(database: str) -> str:
@@ -114,27 +130,35 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
     """Run the jobs of JOBFILE on their schedules until SIGTERM or Ctrl-C.
 
     Every run, success or failure, becomes a row in the database's `runs`
-    table. With --once, each job runs once (for system cron).
+    table. A database that can't be reached at start is waited for (logged,
+    retried with backoff); with --once it is an error instead. With --once,
+    each job runs once (for system cron).
 
     \b
     Example:
         collector run jobs.yaml
         collector run --once --db sqlite:///prices.db jobs.yaml
     """
-    from .scheduler import Service
+    from .scheduler import Service, stop_signals
 
     _setup_logging(log_level)
     config = load(jobfile, database=database)
     for warning in config.warnings:
         logger.warning("%s", warning)
-    service = Service(config, store=_open_store(config.database, jobfile), workers=workers)
+    _check_sqlite_folder(config)
     if once:
+        service = Service(config, store=_open_store(config.database, jobfile), workers=workers)
         try:
             ok = service.run_once()
         finally:
             service.stop()
         sys.exit(0 if ok else 1)
-    service.run_forever()
+    with stop_signals() as stop:
+        store = _open_store(config.database, jobfile, until=stop)
+        if store is None:
+            logger.info("stopped while waiting for the database")
+            return
+        Service(config, store=store, workers=workers).run_forever(stop)
 
 
 @main.command()
@@ -192,20 +216,22 @@ def check(jobfile: str, database: str | None) -> None:
 
 def _check_database(config: Config) -> None:
     """The database must be usable: SQLite's folder exists; a server answers."""
+    if not _check_sqlite_folder(config):
+        _open_store(config.database, config.path).dispose()
+
+
+def _check_sqlite_folder(config: Config) -> bool:
+    """For SQLite, that the file's folder exists (waiting would not make it); False otherwise."""
     from sqlalchemy.engine import make_url
 
     url = make_url(config.database)
-    if url.get_backend_name() == "sqlite":
-        path = url.database or ""
-        if (
-            path
-            and path != ":memory:"
-            and not os.path.isdir(os.path.dirname(os.path.abspath(path)))
-        ):
-            raise ConfigError(f"cannot use database {config.database_for_display()}: its folder "
-                              "does not exist", file=config.path, key="database")  # fmt: skip
-        return
-    _open_store(config.database, config.path).dispose()
+    if url.get_backend_name() != "sqlite":
+        return False
+    path = url.database or ""
+    if path and path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ConfigError(f"cannot use database {config.database_for_display()}: its folder "
+                          "does not exist", file=config.path, key="database")  # fmt: skip
+    return True
 
 
 @main.group()

@@ -22,12 +22,13 @@ flight finish (each has a timeout), every run is written, the session is closed,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import FrameType
@@ -348,29 +349,38 @@ class Service:
                 self.spool.close()
         logger.info("collector stopped: %d runs written", self.writer.written)
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            name = signal.Signals(signum).name
-            if stop.is_set():  # a second Ctrl-C must not abort the writing of what we have
-                logger.info("received %s again; still stopping", name)
-            else:
-                logger.info("received %s, stopping", name)
-            stop.set()
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            while not stop.wait(1.0):
-                pass
-        finally:
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), then stop cleanly."""
+        with contextlib.ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(stop_signals())
             try:
-                self.stop()
+                self.start()
+                while not stop.wait(1.0):
+                    pass
             finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
+                self.stop()
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event that SIGTERM or SIGINT sets while inside; the previous handlers return after."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():  # a second Ctrl-C must not abort the writing of what we have
+            logger.info("received %s again; still stopping", name)
+        else:
+            logger.info("received %s, stopping", name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def calls_per_second(job: Job, now: datetime | None = None) -> float:

@@ -327,3 +327,45 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
         restarted.stop()
     assert fake.errors["EAPI:Invalid nonce"] == 0
     assert fake.last_nonce[keypair[0]] > used
+
+
+def test_run_started_before_its_database_waits_for_it(tmp_path, fake, keypair, postgres) -> None:
+    """docker compose starts both at once: the collector waits for PostgreSQL, it doesn't exit."""
+    url = postgres.new_database()
+    path = job_file(tmp_path, fake, keypair, url, "  t: {method: Time, every: 0.2s}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    log = tmp_path / "run.log"
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        with log.open("w") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path],
+                                          env=env, stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+        return procs[-1]
+
+    try:
+        postgres.halt()
+        try:
+            # Stopped while it waits: a clean exit, no traceback.
+            proc = start()
+            wait_for(lambda: "unavailable at start" in log.read_text())
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+            assert "stopped while waiting for the database" in log.read_text()
+            assert "Traceback" not in log.read_text()
+
+            proc = start()
+            wait_for(lambda: "unavailable at start" in log.read_text())
+            assert proc.poll() is None and fake.calls["Time"] == 0
+        finally:
+            postgres.start()
+        wait_for(lambda: (query(url, "SELECT count(*) FROM runs") or [[0]])[0][0] >= 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    text_ = log.read_text()
+    assert "waiting for it, next try in" in text_ and "collector started" in text_
+    assert "Traceback" not in text_ and query(url, "SELECT count(*) FROM runs")[0][0] >= 3
