@@ -182,7 +182,7 @@ class Service:
     """Runs a job file's jobs and stores every run.
 
     :param config: the validated job file
-    :param store: where runs go (default: the config's database, migrated to the latest version)
+    :param store: where runs go, already migrated (default: the config's database, migrated here)
     :param api: the shared client (default: built from the config, its nonce floor from the store)
     :param workers: threads making calls
     :param retry: backoff and lockout (default: from the config)
@@ -194,8 +194,10 @@ class Service:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
         self.config = config
         self.stopping = threading.Event()
-        self.store = store or Store.from_url(config.database)
-        self.store.upgrade()
+        if store is None:  # a store passed in is already migrated (the CLI does it, waiting)
+            store = Store.from_url(config.database)
+            store.upgrade()
+        self.store = store
         self.api = api or build_api(config.kraken, stopping=self.stopping)
         self.spool = Spool(config.spool_path, config.spool_max_runs)
         if len(self.spool):

@@ -8,14 +8,13 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import venv
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from .helpers import wait_for
+from .helpers import running, sigterm, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,15 +67,9 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
         "  balance: {method: Balance, every: 0.5s}\n"
     )
     cmd = [a.replace("/config/", f"{config}/") for a in ["run", "/config/jobs.yaml"]]
-    proc = subprocess.Popen(entry + cmd, cwd=data, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
+    with running(entry + cmd, cwd=data, env=env) as proc:
         wait_for(lambda: fake.calls["Balance"] >= 2)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        output = sigterm(proc)
     assert proc.returncode == 0, output
     # It ran from the installed package (migrations included), not from this checkout.
     check = subprocess.run([str(env_dir / "bin" / "python"), "-c",

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 import collector
 from collector.cli import main
 
-from .helpers import wait_for
+from .helpers import running, sigterm, wait_for
 
 OTP = "424242"
 
@@ -52,16 +50,10 @@ def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keyp
         fake.inject(kind, method="Balance", error=error, delay=1.0)
     fake.inject("kraken_error", method="Ledgers", count=3, error="EAPI:Invalid nonce")
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--log-level", "debug",
-                             str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
+    cmd = [sys.executable, "-m", "collector.cli", "run", "--log-level", "debug", str(path)]
+    with running(cmd, env=env) as proc:
         wait_for(lambda: fake.calls["Balance"] >= 14)
-        proc.send_signal(signal.SIGTERM)
-        log, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        log = sigterm(proc)
     assert proc.returncode == 0, log[-2000:]
     check = CliRunner().invoke(main, ["check", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
     database = dump(database_url)

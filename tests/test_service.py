@@ -6,8 +6,6 @@ import itertools
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -26,7 +24,7 @@ from collector.fake_exchange import FakeKraken
 from collector.retry import RetryPolicy
 from collector.scheduler import Service, balance_rows
 
-from .helpers import wait_for
+from .helpers import running, sigterm, wait_for
 
 
 def job_file(tmp_path: Path, fake: FakeKraken, keypair: tuple[str, str], database_url: str,
@@ -257,18 +255,12 @@ def test_sigterm_lets_the_call_in_flight_finish_and_writes_everything(tmp_path, 
     """,
     )
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", str(path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
+    with running([sys.executable, "-m", "collector.cli", "run", str(path)], env=env) as proc:
         wait_for(lambda: fake.calls["Balance"] >= 3)
         fake.inject("slow", method="Balance", delay=1.5)
         before = fake.calls["Balance"]
         wait_for(lambda: fake.calls["Balance"] > before)  # the slow call has reached the exchange
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        output = sigterm(proc)
     assert proc.returncode == 0, output
     assert "received SIGTERM, stopping" in output and "collector stopped" in output
     assert "Traceback" not in output
