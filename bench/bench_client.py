@@ -22,7 +22,7 @@ from collections import Counter
 import krakenex
 
 import collector
-from collector.fake_exchange import FakeKraken
+from collector.testing.fake_exchange import FakeKraken
 from collector.ratelimit import RateLimit
 
 logging.getLogger("urllib3").setLevel(logging.ERROR)  # krakenex's pool overflows at 32 threads

@@ -29,7 +29,7 @@ import krakenex
 from sqlalchemy import create_engine, text
 
 from collector.config import load
-from collector.fake_exchange import new_key_file
+from collector.testing.fake_exchange import new_key_file
 from collector.scheduler import Service
 
 

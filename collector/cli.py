@@ -14,7 +14,6 @@ import click
 
 from .config import DATABASE_ENV, DEFAULT_DATABASE, Config, load
 from .errors import CollectorError, ConfigError
-from .fake_exchange import FakeKraken, new_key_file
 from .methods import cost
 from .ratelimit import RateLimit, tier
 from .spool import peek as peek_spool
@@ -288,6 +287,8 @@ def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit:
         # then in jobs.yaml:  kraken: {url: http://127.0.0.1:8765, key_file: fake.key}
         # inject a fault:     curl -X POST 'http://127.0.0.1:8765/_fake/fault?kind=http_502'
     """
+    from .testing.fake_exchange import FakeKraken, new_key_file
+
     try:
         fake = FakeKraken(
             tier=_rate_limit_option(tier_),

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import collector
-from collector.fake_exchange import FakeKraken
+from collector.testing.fake_exchange import FakeKraken
 
 
 @pytest.fixture

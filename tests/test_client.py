@@ -18,7 +18,7 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
-from collector.fake_exchange import FakeKraken
+from collector.testing.fake_exchange import FakeKraken
 from collector.ratelimit import RateLimit
 
 

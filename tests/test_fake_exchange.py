@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import collector
-from collector.fake_exchange import FakeKraken, _Data
+from collector.testing.fake_exchange import FakeKraken, _Data
 from collector.ratelimit import RateLimit
 
 

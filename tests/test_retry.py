@@ -13,7 +13,7 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
-from collector.fake_exchange import FakeKraken
+from collector.testing.fake_exchange import FakeKraken
 from collector.retry import LOCKOUT, NEVER, NONCE, RATE_LIMIT, TRANSIENT, RetryPolicy, classify
 from collector.scheduler import Service
 

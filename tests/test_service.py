@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 import collector
 from collector.cli import main
 from collector.config import Config, load
-from collector.fake_exchange import FakeKraken
+from collector.testing.fake_exchange import FakeKraken
 from collector.retry import RetryPolicy
 from collector.scheduler import Service, balance_rows
 
@@ -111,7 +111,7 @@ def test_balances_are_stored_exactly(service_factory, fake, database_url) -> Non
 
 
 def _live_balance(fake: FakeKraken) -> dict[str, str]:
-    from collector.fake_exchange import _Data
+    from collector.testing.fake_exchange import _Data
 
     return _Data.Balance(fake, {}, time.time())
 

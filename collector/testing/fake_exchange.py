@@ -44,8 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .methods import COSTLY_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS
-from .ratelimit import RateLimit, tier
+from ..methods import COSTLY_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS
+from ..ratelimit import RateLimit, tier
 
 logger = logging.getLogger(__name__)
 
