@@ -22,8 +22,8 @@ from collections import Counter
 import krakenex
 
 import collector
-from collector.testing.fake_exchange import FakeKraken
 from collector.ratelimit import RateLimit
+from collector.testing.fake_exchange import FakeKraken
 
 logging.getLogger("urllib3").setLevel(logging.ERROR)  # krakenex's pool overflows at 32 threads
 

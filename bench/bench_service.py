@@ -29,8 +29,8 @@ import krakenex
 from sqlalchemy import create_engine, text
 
 from collector.config import load
-from collector.testing.fake_exchange import new_key_file
 from collector.scheduler import Service
+from collector.testing.fake_exchange import new_key_file
 
 
 def rss_mb() -> float:

@@ -18,8 +18,8 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
-from collector.testing.fake_exchange import FakeKraken
 from collector.ratelimit import RateLimit
+from collector.testing.fake_exchange import FakeKraken
 
 
 def run_threads(n: int, target: Callable[[int], None]) -> None:

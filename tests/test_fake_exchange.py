@@ -9,8 +9,8 @@ import pytest
 import requests
 
 import collector
-from collector.testing.fake_exchange import FakeKraken, _Data
 from collector.ratelimit import RateLimit
+from collector.testing.fake_exchange import FakeKraken, _Data
 
 
 def post(fake: FakeKraken, path: str, body: bytes, headers: dict[str, str]) -> requests.Response:

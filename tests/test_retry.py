@@ -13,9 +13,9 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
-from collector.testing.fake_exchange import FakeKraken
 from collector.retry import LOCKOUT, NEVER, NONCE, RATE_LIMIT, TRANSIENT, RetryPolicy, classify
 from collector.scheduler import Service
+from collector.testing.fake_exchange import FakeKraken
 
 NO_WAIT = RetryPolicy(rng=lambda low, high: 0.0)
 

@@ -20,9 +20,9 @@ from sqlalchemy import create_engine, text
 import collector
 from collector.cli import main
 from collector.config import Config, load
-from collector.testing.fake_exchange import FakeKraken
 from collector.retry import RetryPolicy
 from collector.scheduler import Service, balance_rows
+from collector.testing.fake_exchange import FakeKraken
 
 from .helpers import running, sigterm, wait_for
 
