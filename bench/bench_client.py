@@ -41,8 +41,10 @@ def single_thread(rounds: int, calls: int) -> tuple[dict[tuple[str, str], float]
         # One key each: two clients on one key would fight over its nonce (Kraken: one key per
         # process).
         clients = {k: make(k, fake, *fake.add_key()) for k in ("krakenex", "collector")}
-        for scope, call in (("public", lambda a: a.query_public("Time")),
-                            ("private", lambda a: a.query_private("Balance"))):  # fmt: skip
+        for scope, call in (
+            ("public", lambda a: a.query_public("Time")),
+            ("private", lambda a: a.query_private("Balance")),
+        ):
             for api in clients.values():
                 call(api)  # warm the connection
             for _ in range(rounds):
@@ -85,11 +87,17 @@ def contended(kind: str, threads: int, per_thread: int, limit: RateLimit) -> dic
         for t in pool:
             t.join()
         elapsed = time.perf_counter() - start
-        return {"ok": outcomes["ok"], "nonce": outcomes["EAPI:Invalid nonce"],
-                "rate": outcomes["EAPI:Rate limit exceeded"],
-                "other": sum(v for k, v in outcomes.items()
-                             if k not in ("ok", "EAPI:Invalid nonce", "EAPI:Rate limit exceeded")),
-                "seconds": elapsed}  # fmt: skip
+        return {
+            "ok": outcomes["ok"],
+            "nonce": outcomes["EAPI:Invalid nonce"],
+            "rate": outcomes["EAPI:Rate limit exceeded"],
+            "other": sum(
+                v
+                for k, v in outcomes.items()
+                if k not in ("ok", "EAPI:Invalid nonce", "EAPI:Rate limit exceeded")
+            ),
+            "seconds": elapsed,
+        }
 
 
 def main() -> None:
@@ -105,8 +113,10 @@ def main() -> None:
         k, c = rates[(scope, "krakenex")], rates[(scope, "collector")]
         print(f"{scope:10}{k:12.0f}{c:12.0f}{c / k:8.2f}")
     total = rounds * calls * 2
-    print(f"calls answered with an error: krakenex {failed['krakenex']}/{total}, "
-          f"collector {failed['collector']}/{total}")  # fmt: skip
+    print(
+        f"calls answered with an error: krakenex {failed['krakenex']}/{total}, "
+        f"collector {failed['collector']}/{total}"
+    )
 
     limit = RateLimit(max=20, decay=100)
     print("\n32 threads x 50 private calls, one shared client, fake counter max 20 decay 100/s")

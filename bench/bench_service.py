@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import krakenex
+from collector.service import Service
 from sqlalchemy import create_engine, text
 
 from collector.config import load
-from collector.scheduler import Service
 from collector.testing.fake_exchange import new_key_file
 
 
@@ -42,8 +42,21 @@ def start_fake(workdir: Path, tier: str) -> tuple[subprocess.Popen, str, Path]:
     key_file = workdir / f"fake-{tier.replace('/', '_')}.key"
     new_key_file(str(key_file))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "fake-exchange", "--port", "0", "--key-file",
-         str(key_file), "--tier", tier], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "fake-exchange",
+            "--port",
+            "0",
+            "--key-file",
+            str(key_file),
+            "--tier",
+            tier,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()  # type: ignore[union-attr]
     url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
     return proc, url, key_file
@@ -53,8 +66,10 @@ def job_file(
     workdir: Path, url: str, key_file: Path, db: str, jobs: list[str], kraken: str
 ) -> Path:
     path = workdir / "jobs.yaml"
-    path.write_text(f"database: {db}\nkraken:\n  url: {url}\n  key_file: {key_file}\n{kraken}\n"
-                    "jobs:\n" + "".join(f"  {j}\n" for j in jobs))  # fmt: skip
+    path.write_text(
+        f"database: {db}\nkraken:\n  url: {url}\n  key_file: {key_file}\n{kraken}\n"
+        "jobs:\n" + "".join(f"  {j}\n" for j in jobs)
+    )
     return path
 
 
@@ -114,8 +129,11 @@ def steady_and_memory(workdir: Path, url: str, key_file: Path, runs_target: int)
     lo, hi = first + timedelta(seconds=3), last - timedelta(seconds=2)
     seconds = int((hi - lo).total_seconds())
     hi = lo + timedelta(seconds=seconds)
-    stored = _rows(db, "SELECT count(*) FROM runs WHERE scheduled_at >= "
-                       f"'{lo.isoformat(sep=' ')}' AND scheduled_at < '{hi.isoformat(sep=' ')}'")[0][0]  # fmt: skip
+    stored = _rows(
+        db,
+        "SELECT count(*) FROM runs WHERE scheduled_at >= "
+        f"'{lo.isoformat(sep=' ')}' AND scheduled_at < '{hi.isoformat(sep=' ')}'",
+    )[0][0]
     out.update(steady_per_s=stored / seconds, due=1000 * seconds, stored=stored)
     return out
 
@@ -151,8 +169,13 @@ def lateness(workdir: Path, url: str, key_file: Path, seconds: float) -> dict:
 
     steady = sorted(ms(s1, s2) for s1, s2 in pairs if s1 != start)
     burst = sorted(ms(s1, s2) for s1, s2 in pairs if s1 == start)
-    return {"p50": steady[len(steady) // 2], "p99": steady[int(len(steady) * 0.99)],
-            "n": len(steady), "burst_p50": burst[len(burst) // 2], "burst_max": burst[-1]}  # fmt: skip
+    return {
+        "p50": steady[len(steady) // 2],
+        "p99": steady[int(len(steady) * 0.99)],
+        "n": len(steady),
+        "burst_p50": burst[len(burst) // 2],
+        "burst_max": burst[-1],
+    }
 
 
 def budget(workdir: Path, seconds: float) -> dict:
@@ -172,16 +195,22 @@ def budget(workdir: Path, seconds: float) -> dict:
             counts = dict(
                 conn.execute(text("SELECT status, count(*) FROM runs GROUP BY status")).all()
             )
-            refused = conn.execute(text("SELECT count(*) FROM runs WHERE error LIKE "
-                                        "'%Rate limit exceeded%'")).scalar()  # fmt: skip
+            refused = conn.execute(
+                text("SELECT count(*) FROM runs WHERE error LIKE '%Rate limit exceeded%'")
+            ).scalar()
         engine.dispose()
     finally:
         proc.terminate()
         proc.wait()
     allowed = 10 + 5 * elapsed
     made = sum(counts.values())
-    return {"allowed": allowed, "made": made, "refused": refused, "ok": counts.get("ok", 0),
-            "offered": 20 * elapsed}  # fmt: skip
+    return {
+        "allowed": allowed,
+        "made": made,
+        "refused": refused,
+        "ok": counts.get("ok", 0),
+        "offered": 20 * elapsed,
+    }
 
 
 def main() -> None:

@@ -25,14 +25,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RAISED, job_file, rss_mb, start_fake
+from collector.service import Service
 
 from collector.config import load
-from collector.scheduler import Service
 
-FAULTS = ["kind=http_500", "kind=http_502", "kind=http_520", "kind=reset", "kind=truncated",
-          "kind=not_json", "kind=slow&delay=0.3", "kind=kraken_error&error=EService:Busy",
-          "kind=kraken_error&error=EAPI:Invalid%20nonce",
-          "kind=kraken_error&error=EGeneral:Invalid%20arguments"]  # fmt: skip
+FAULTS = [
+    "kind=http_500",
+    "kind=http_502",
+    "kind=http_520",
+    "kind=reset",
+    "kind=truncated",
+    "kind=not_json",
+    "kind=slow&delay=0.3",
+    "kind=kraken_error&error=EService:Busy",
+    "kind=kraken_error&error=EAPI:Invalid%20nonce",
+    "kind=kraken_error&error=EGeneral:Invalid%20arguments",
+]
 
 
 def threads() -> int:
@@ -68,8 +76,10 @@ def main() -> None:
     injector = threading.Thread(target=inject, daemon=True)
     db = workdir / "soak.db"
     jobs = [f"p{i}: {{method: Time, every: 0.1s}}" for i in range(100)]
-    jobs += [f"b{i}: {{method: {m}, every: 0.5s}}"
-             for i, m in enumerate(["Balance", "Ledgers", "TradeBalance", "BalanceEx", "OpenOrders"])]  # fmt: skip
+    jobs += [
+        f"b{i}: {{method: {m}, every: 0.5s}}"
+        for i, m in enumerate(["Balance", "Ledgers", "TradeBalance", "BalanceEx", "OpenOrders"])
+    ]
     try:
         service = Service(load(job_file(workdir, url, key_file, f"sqlite:///{db}", jobs, RAISED)))
         injector.start()
@@ -86,15 +96,19 @@ def main() -> None:
         print(
             f"{'runs':>8} {'RSS MB':>7} {'fds':>5} {'threads':>8} {'DB MB':>7} {'MB/10k runs':>12}"
         )
-        print(f"{service.writer.written:8,} {start['rss']:7.1f} {start['fds']:5} {start['threads']:8} "
-              f"{start['db']:7.1f} {'':>12}")  # fmt: skip
+        print(
+            f"{service.writer.written:8,} {start['rss']:7.1f} {start['fds']:5} {start['threads']:8} "
+            f"{start['db']:7.1f} {'':>12}"
+        )
         mark, last_db = 10_000, start["db"]
         while mark <= args.runs:
             while service.writer.written < mark:
                 time.sleep(0.2)
             size = db_mb(db)
-            print(f"{service.writer.written:8,} {rss_mb():7.1f} {fds():5} {threads():8} {size:7.1f} "
-                  f"{size - last_db:12.2f}")  # fmt: skip
+            print(
+                f"{service.writer.written:8,} {rss_mb():7.1f} {fds():5} {threads():8} {size:7.1f} "
+                f"{size - last_db:12.2f}"
+            )
             mark, last_db = mark + 10_000, size
         elapsed = time.time() - start["t"]
         stop.set()
@@ -109,9 +123,11 @@ def main() -> None:
     statuses = dict(c.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
     retried = c.execute("SELECT count(*) FROM runs WHERE attempts > 1").fetchone()[0]
     total = sum(statuses.values())
-    print(f"\n{total:,} runs in {elapsed:.0f} s; by status: "
-          + ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items()))
-          + f"; {retried:,} needed a retry")  # fmt: skip
+    print(
+        f"\n{total:,} runs in {elapsed:.0f} s; by status: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items()))
+        + f"; {retried:,} needed a retry"
+    )
 
 
 if __name__ == "__main__":

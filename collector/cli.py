@@ -12,7 +12,10 @@ from typing import Any
 
 import click
 
-from .config import DATABASE_ENV, DEFAULT_DATABASE, Config, load
+from . import defaults
+from .backoff import Backoff
+from .config import Config, load
+from .defaults import DATABASE_ENV
 from .errors import CollectorError, ConfigError
 from .methods import cost
 from .ratelimit import RateLimit, tier
@@ -61,25 +64,27 @@ def main() -> None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.Formatter.converter = time.gmtime  # log times in UTC, like the database
     # APScheduler logs every run at INFO; the collector logs what matters itself.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _open_store(database: str, config_file: str | None,
-                until: threading.Event | None = None) -> Any:  # fmt: skip
+def _open_store(
+    database: str, config_file: str | None, until: threading.Event | None = None
+) -> Any:
     """The migrated store. A database that can't be reached is a one-line error, or, with
     ``until``, waited for (a service started before its database) until the event is set:
     then None."""
     from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-    from .storage import RETRY_CAP, RETRY_FIRST, Store
+    from .store import Store
 
     shown = _display_url(database)
-    delay = RETRY_FIRST
+    delays = Backoff().delays()
     while True:
         store = None
         try:
@@ -87,21 +92,29 @@ def _open_store(database: str, config_file: str | None,
             store.upgrade()
             return store
         except ModuleNotFoundError as exc:
-            raise ConfigError(f"cannot use {shown}: missing driver {exc.name!r} "
-                              "(pip install 'collector[postgres]')", file=config_file,
-                              key="database") from None  # fmt: skip
+            raise ConfigError(
+                f"cannot use {shown}: missing driver {exc.name!r} "
+                "(pip install 'collector[postgres]')",
+                file=config_file,
+                key="database",
+            ) from None
         except SQLAlchemyError as exc:
             if store is not None:
                 store.dispose()
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
             if until is None or not isinstance(exc, OperationalError | InterfaceError):
-                raise ConfigError(f"cannot use database {shown}: {reason}", file=config_file,
-                                  key="database") from None  # fmt: skip
-            logger.error("database %s unavailable at start (%s); waiting for it, next try in "
-                         "%.0fs", shown, reason, delay)  # fmt: skip
+                raise ConfigError(
+                    f"cannot use database {shown}: {reason}", file=config_file, key="database"
+                ) from None
+            delay = next(delays)
+            logger.error(
+                "database %s unavailable at start (%s); waiting for it, next try in %.0fs",
+                shown,
+                reason,
+                delay,
+            )
             if until.wait(delay):
                 return None
-            delay = min(delay * 2, RETRY_CAP)
 
 
 def _display_url(database: str) -> str:
@@ -111,10 +124,15 @@ def _display_url(database: str) -> str:
 
 
 _jobfile = click.argument("jobfile", type=click.Path(dir_okay=False))
-_db = click.option("--db", "database", metavar="URL",
-                   help=f"Database URL; overrides the file and ${DATABASE_ENV}.")  # fmt: skip
-_log = click.option("--log-level", default="info", show_default=True,
-                    type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+_db = click.option(
+    "--db", "database", metavar="URL", help=f"Database URL; overrides the file and ${DATABASE_ENV}."
+)
+_log = click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 
 
 @main.command()
@@ -123,7 +141,9 @@ _log = click.option("--log-level", default="info", show_default=True,
 @click.option(
     "--once", is_flag=True, help="Run each job once and exit: 0 if all succeeded, else 1."
 )
-@click.option("--workers", default=16, show_default=True, help="Threads making calls.")
+@click.option(
+    "--workers", default=defaults.WORKERS, show_default=True, help="Threads making calls."
+)
 @_log
 def run(jobfile: str, database: str | None, once: bool, workers: int, log_level: str) -> None:
     """Run the jobs of JOBFILE on their schedules until SIGTERM or Ctrl-C.
@@ -138,7 +158,7 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
         collector run jobs.yaml
         collector run --once --db sqlite:///prices.db jobs.yaml
     """
-    from .scheduler import Service, stop_signals
+    from .service import Service, stop_signals
 
     _setup_logging(log_level)
     config = load(jobfile, database=database)
@@ -176,15 +196,17 @@ def check(jobfile: str, database: str | None) -> None:
 
     from apscheduler.triggers.cron import CronTrigger
 
-    from .scheduler import calls_per_second
+    from .schedule import calls_per_second
 
     config = load(jobfile, database=database)
     _check_database(config)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     now = datetime.now(UTC)
-    click.echo(f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
-               f"exchange {config.kraken.url}")  # fmt: skip
+    click.echo(
+        f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
+        f"exchange {config.kraken.url}"
+    )
     width = max(len(j.name) for j in config.jobs)
     for job in config.jobs:
         if job.every is not None:
@@ -194,23 +216,35 @@ def check(jobfile: str, database: str | None) -> None:
             fire = trigger.get_next_fire_time(None, now)
             upcoming = fire.astimezone(UTC).isoformat(timespec="seconds") if fire else "never"
         kind = "private" if job.private else "public"
-        click.echo(f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
-                   f"next {upcoming}")  # fmt: skip
+        click.echo(
+            f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
+            f"next {upcoming}"
+        )
     private = sum(calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.private)
     public = sum(calls_per_second(j, now) for j in config.jobs if not j.private)
     k = config.kraken
-    click.echo(f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
-               f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s")  # fmt: skip
+    click.echo(
+        f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
+        f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s"
+    )
     waiting = peek_spool(config.spool_path)
-    click.echo(f"spool: {config.spool_path}: "
-               + (f"{waiting:,} runs waiting" if waiting else "empty")
-               + f" (holds at most {config.spool_max_runs:,})")  # fmt: skip
+    click.echo(
+        f"spool: {config.spool_path}: "
+        + (f"{waiting:,} runs waiting" if waiting else "empty")
+        + f" (holds at most {config.spool_max_runs:,})"
+    )
     if private > k.tier.decay:
-        click.echo(f"warning: needs {private:.2g} private calls/s, {k.tier_name} allows "
-                   f"{k.tier.decay:g}/s; runs will be late", err=True)  # fmt: skip
+        click.echo(
+            f"warning: needs {private:.2g} private calls/s, {k.tier_name} allows "
+            f"{k.tier.decay:g}/s; runs will be late",
+            err=True,
+        )
     if public > k.public_rate_limit.decay:
-        click.echo(f"warning: needs {public:.2g} public calls/s, the public budget allows "
-                   f"{k.public_rate_limit.decay:g}/s; runs will be late", err=True)  # fmt: skip
+        click.echo(
+            f"warning: needs {public:.2g} public calls/s, the public budget allows "
+            f"{k.public_rate_limit.decay:g}/s; runs will be late",
+            err=True,
+        )
 
 
 def _check_database(config: Config) -> None:
@@ -228,8 +262,11 @@ def _check_sqlite_folder(config: Config) -> bool:
         return False
     path = url.database or ""
     if path and path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise ConfigError(f"cannot use database {config.database_for_display()}: its folder "
-                          "does not exist", file=config.path, key="database")  # fmt: skip
+        raise ConfigError(
+            f"cannot use database {config.database_for_display()}: its folder does not exist",
+            file=config.path,
+            key="database",
+        )
     return True
 
 
@@ -252,12 +289,12 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
         collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
         collector db upgrade jobs.yaml
     """
-    from .storage import current_revision
+    from .store import current_revision
 
     if jobfile:
         url = load(jobfile, database=database).database
     else:
-        url = database or os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE
+        url = database or os.environ.get(DATABASE_ENV) or defaults.DATABASE
     store = _open_store(url, jobfile)
     click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
@@ -273,11 +310,18 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     help="krakenex-format key file to accept; created with a random key if missing.",
 )
 @click.option(
-    "--tier", "tier_", default="starter", show_default=True,
+    "--tier",
+    "tier_",
+    default="starter",
+    show_default=True,
     help="Private counter: starter, intermediate, pro, MAX/DECAY (e.g. 20/1) or none.",
-)  # fmt: skip
-@click.option("--public-limit", default="none", show_default=True,
-              help="Per-IP public counter, MAX/DECAY (e.g. 5/1) or none.")  # fmt: skip
+)
+@click.option(
+    "--public-limit",
+    default="none",
+    show_default=True,
+    help="Per-IP public counter, MAX/DECAY (e.g. 5/1) or none.",
+)
 def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit: str) -> None:
     """Serve a strict local stand-in for Kraken's REST API, to try a job file offline.
 

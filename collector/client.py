@@ -40,7 +40,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from . import __version__, defaults
 from .auth import KrakenAuth
 from .errors import (
     BadResponse,
@@ -56,13 +56,7 @@ from .ratelimit import PUBLIC_DEFAULT, RateLimit, RateLimiter, tier
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_URI = "https://api.kraken.com"
 RATE_LIMIT_ERROR = "EAPI:Rate limit exceeded"
-#: Threads that may share one client's connection pool before connections are discarded.
-POOL_SIZE = 32
-#: The largest answer read (bytes); no Kraken answer comes near it.
-MAX_RESPONSE = 50 * 1024 * 1024
-CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -121,6 +115,8 @@ class API:
     :param timeout: default timeout in seconds for every call (krakenex: none)
     :param max_response: the largest answer read, in bytes (default 50 MB; 0: no limit)
     :param clock: wall clock in integer ns, for nonces; a seam for tests
+    :param cancel: when this event is set, calls waiting for rate-limit budget give up with
+        :class:`~collector.errors.Cancelled` (a service that is stopping)
     """
 
     def __init__(
@@ -130,21 +126,22 @@ class API:
         *,
         rate_limit: str | RateLimit | None = None,
         public_rate_limit: RateLimit | bool | None = None,
-        nonce_unit: str = "ms",
+        nonce_unit: str = defaults.NONCE_UNIT,
         nonce_floor: int = 0,
         timeout: float | None = None,
-        max_response: int = MAX_RESPONSE,
+        max_response: int = defaults.MAX_RESPONSE,
         clock: Callable[[], int] = time.time_ns,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.key = key
         self.secret = secret
-        self.uri = DEFAULT_URI
+        self.uri = defaults.KRAKEN_URL
         self.apiversion = "0"
         self.session = requests.Session()
         self.session.headers.update(
             {"User-Agent": f"collector/{__version__} (krakenex-compatible)"}
         )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=defaults.POOL_SIZE)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.response: requests.Response | None = None
@@ -155,6 +152,7 @@ class API:
         if public_rate_limit is True:
             public_rate_limit = PUBLIC_DEFAULT
         self.public_limiter = RateLimiter(public_rate_limit) if public_rate_limit else None
+        self.cancel = cancel
         self._json_options: dict[str, Any] = {}
         self._private_lock = threading.Lock()
         self._auth_cache: tuple[str, str, KrakenAuth] | None = None
@@ -273,7 +271,7 @@ class API:
         self, method: str, data: Mapping[str, Any] | None, timeout: float | None
     ) -> requests.Response:
         if self.public_limiter:
-            self.public_limiter.acquire(1)
+            self.public_limiter.acquire(1, self.cancel)
         urlpath = f"/{self.apiversion}/public/{method}"
         return self._http(method, urlpath, encode_params(data), None, {}, None, timeout)
 
@@ -289,7 +287,7 @@ class API:
         # and the budget is counted as close as possible to the moment the exchange counts it.
         with self._private_lock:
             if self.limiter:
-                self.limiter.acquire(cost(method))
+                self.limiter.acquire(cost(method), self.cancel)
             nonce = self._nonce()
             body = f"nonce={nonce}&{params}" if params else f"nonce={nonce}"
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -313,8 +311,14 @@ class API:
             if body is None:
                 response = self.session.get(url, headers=headers, timeout=timeout, stream=True)
             else:
-                response = self.session.post(url, data=body.encode("ascii"), headers=headers,
-                                             auth=auth, timeout=timeout, stream=True)  # fmt: skip
+                response = self.session.post(
+                    url,
+                    data=body.encode("ascii"),
+                    headers=headers,
+                    auth=auth,
+                    timeout=timeout,
+                    stream=True,
+                )
             self._read_body(response, method)
         except requests.Timeout as exc:
             raise RequestTimeout(f"{method}: no answer within {timeout}s", method=method) from exc
@@ -325,8 +329,13 @@ class API:
         self.response = response
         # Path, status and time only: a private call's body and headers carry the nonce, the
         # signature and any otp, and never go to a log.
-        logger.debug("%s %s -> HTTP %s in %.3fs", "GET" if body is None else "POST", urlpath,
-                     response.status_code, time.monotonic() - started)  # fmt: skip
+        logger.debug(
+            "%s %s -> HTTP %s in %.3fs",
+            "GET" if body is None else "POST",
+            urlpath,
+            response.status_code,
+            time.monotonic() - started,
+        )
         if response.status_code not in (200, 201, 202):
             error = HTTPStatusError(
                 f"{method}: HTTP {' '.join(filter(None, (str(response.status_code), response.reason)))}"
@@ -340,19 +349,18 @@ class API:
 
     def _read_body(self, response: requests.Response, method: str) -> None:
         """Read the body, but no more than ``max_response`` bytes (decoded): a huge or endless
-        answer becomes a :class:`BadResponse` instead of filling memory."""
-        limit = self.max_response
-        chunks, size = [], 0
+        answer becomes a :class:`BadResponse` instead of filling memory.
+
+        The cap sits between ``requests`` and the socket (``response.raw``), so the body is read
+        the ordinary way and ``response.content`` works afterwards, as krakenex users expect."""
+        if self.max_response:
+            response.raw = _CappedStream(
+                response.raw, self.max_response, method, response.status_code
+            )
         try:
-            for chunk in response.iter_content(CHUNK):
-                size += len(chunk)
-                if limit and size > limit:
-                    raise BadResponse(f"{method}: answer larger than {limit:,} bytes",
-                                      method=method, http_status=response.status_code)  # fmt: skip
-                chunks.append(chunk)
+            response.content  # noqa: B018 - reads the body (through the cap) and keeps it
         finally:
             response.close()  # back to the pool when read to the end; dropped when cut short
-        response._content = b"".join(chunks)
 
     def _decode(self, response: requests.Response, method: str) -> Any:
         try:
@@ -366,6 +374,28 @@ class API:
                 method=method,
                 http_status=response.status_code,
             ) from None
+
+
+class _CappedStream:
+    """A response's raw stream that raises :class:`BadResponse` past ``limit`` decoded bytes."""
+
+    def __init__(self, raw: Any, limit: int, method: str, status: int) -> None:
+        self._raw, self._limit, self._method, self._status = raw, limit, method, status
+
+    def stream(self, amt: int = defaults.READ_CHUNK, decode_content: bool = True) -> Any:
+        size = 0
+        for chunk in self._raw.stream(amt, decode_content=decode_content):
+            size += len(chunk)
+            if size > self._limit:
+                raise BadResponse(
+                    f"{self._method}: answer larger than {self._limit:,} bytes",
+                    method=self._method,
+                    http_status=self._status,
+                )
+            yield chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

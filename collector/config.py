@@ -22,26 +22,29 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import defaults
 from .auth import decode_secret
-from .client import MAX_RESPONSE
+from .defaults import DATABASE_ENV, KEY_ENV, SECRET_ENV, SPOOL_ENV
 from .errors import ConfigError, CredentialsError
 from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
-from .retry import DEFAULT_DEADLINE, LOCKOUT_PAUSE
-from .spool import MAX_RUNS
-
-DEFAULT_DATABASE = "sqlite:///collector.db"
-DEFAULT_URL = "https://api.kraken.com"
-DEFAULT_TIMEOUT = 10.0
-DATABASE_ENV = "COLLECTOR_DATABASE_URL"
-KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
 
 TOP_KEYS = ("database", "kraken", "jobs", "spool")
 SPOOL_KEYS = ("path", "max_runs")
-SPOOL_ENV = "COLLECTOR_SPOOL"
-KRAKEN_KEYS = ("url", "key", "secret", "key_file", "tier", "rate_limit", "public_rate_limit",
-               "timeout", "nonce_unit", "lockout", "max_response_mb")  # fmt: skip
+KRAKEN_KEYS = (
+    "url",
+    "key",
+    "secret",
+    "key_file",
+    "tier",
+    "rate_limit",
+    "public_rate_limit",
+    "timeout",
+    "nonce_unit",
+    "lockout",
+    "max_response_mb",
+)
 JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout", "deadline")
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
@@ -62,9 +65,9 @@ class Job:
     cron: str | None = None
     timezone: str = "UTC"
     jitter: float | None = None
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = defaults.TIMEOUT
     #: retries of one run end this many seconds after it started
-    deadline: float = DEFAULT_DEADLINE
+    deadline: float = defaults.DEADLINE
     line: int = 0
 
     @property
@@ -79,16 +82,16 @@ class Job:
 
 @dataclass(frozen=True)
 class KrakenSettings:
-    url: str = DEFAULT_URL
+    url: str = defaults.KRAKEN_URL
     key: str = field(default="", repr=False)
     secret: str = field(default="", repr=False)
-    tier: RateLimit = TIERS["starter"]
-    tier_name: str = "starter"
+    tier: RateLimit = TIERS[defaults.TIER]
+    tier_name: str = defaults.TIER
     public_rate_limit: RateLimit = PUBLIC_DEFAULT
-    timeout: float = DEFAULT_TIMEOUT
-    nonce_unit: str = "ms"
-    lockout: float = LOCKOUT_PAUSE
-    max_response: int = MAX_RESPONSE
+    timeout: float = defaults.TIMEOUT
+    nonce_unit: str = defaults.NONCE_UNIT
+    lockout: float = defaults.LOCKOUT_PAUSE
+    max_response: int = defaults.MAX_RESPONSE
 
     @property
     def has_credentials(self) -> bool:
@@ -102,8 +105,8 @@ class Config:
     kraken: KrakenSettings
     jobs: tuple[Job, ...]
     #: where runs wait while the database can't be reached, and how many at most
-    spool_path: str = "collector.spool"
-    spool_max_runs: int = MAX_RUNS
+    spool_path: str = defaults.SPOOL_NAME
+    spool_max_runs: int = defaults.SPOOL_MAX_RUNS
     #: things worth saying that do not stop the file from loading
     warnings: tuple[str, ...] = ()
 
@@ -164,8 +167,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike[str], *, database: str | None = None,
-         environ: dict[str, str] | None = None) -> Config:  # fmt: skip
+def load(
+    path: str | os.PathLike[str],
+    *,
+    database: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
     """Read and validate a job file.
 
     :param database: overrides the file's ``database`` (the CLI's ``--db``)
@@ -257,8 +264,10 @@ class _Builder:
         if seconds is None:
             raise self.error(
                 f"bad duration {value!r}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
-                where, key, path,
-            )  # fmt: skip
+                where,
+                key,
+                path,
+            )
         return seconds
 
     def config(self, raw: _Map, database: str | None) -> Config:
@@ -267,10 +276,14 @@ class _Builder:
         kraken = self.kraken(self.mapping(raw, "kraken", "kraken"))
         jobs_map = raw.get("jobs")
         if not isinstance(jobs_map, _Map) or not jobs_map:
-            raise self.error("'jobs' must be a mapping from job name to job, with at least one job",
-                             raw, "jobs" if "jobs" in raw else None, "jobs")  # fmt: skip
+            raise self.error(
+                "'jobs' must be a mapping from job name to job, with at least one job",
+                raw,
+                "jobs" if "jobs" in raw else None,
+                "jobs",
+            )
         jobs = tuple(self.job(name, jobs_map, kraken) for name in jobs_map)
-        db = database or self.env.get(DATABASE_ENV) or raw.get("database") or DEFAULT_DATABASE
+        db = database or self.env.get(DATABASE_ENV) or raw.get("database") or defaults.DATABASE
         if not isinstance(db, str):
             raise self.error("must be a database URL", raw, "database", "database")
         where_db = ("database", raw) if "database" in raw and not database else (None, raw)
@@ -280,14 +293,20 @@ class _Builder:
             raise self.error(
                 "malformed database URL; e.g. sqlite:///collector.db or "
                 "postgresql+psycopg://user@host/db",
-                where_db[1], where_db[0], "database",
-            ) from None  # fmt: skip
+                where_db[1],
+                where_db[0],
+                "database",
+            ) from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise self.error(f"unsupported database {url.get_backend_name()!r}: use sqlite or "
-                             "postgresql", where_db[1], where_db[0], "database")  # fmt: skip
+            raise self.error(
+                f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql",
+                where_db[1],
+                where_db[0],
+                "database",
+            )
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
-        max_runs = spool.get("max_runs", MAX_RUNS)
+        max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
         if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
             raise self.error("must be a whole number of runs", spool, "max_runs", "spool.max_runs")
         spool_path = self.env.get(SPOOL_ENV) or spool.get("path")
@@ -298,9 +317,10 @@ class _Builder:
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 spool_path = str(url.database) + ".spool"
             else:
-                spool_path = str(Path(self.file).resolve().parent / "collector.spool")
-        return Config(self.file, _with_driver(url), kraken, jobs, spool_path, max_runs,
-                      tuple(self.warnings))  # fmt: skip
+                spool_path = str(Path(self.file).resolve().parent / defaults.SPOOL_NAME)
+        return Config(
+            self.file, _with_driver(url), kraken, jobs, spool_path, max_runs, tuple(self.warnings)
+        )
 
     def kraken(self, k: _Map) -> KrakenSettings:
         self.check_keys(k, KRAKEN_KEYS, "kraken.")
@@ -311,15 +331,20 @@ class _Builder:
                 raise self.error("must be an http(s) URL", k, "url", "kraken.url")
             opts["url"] = url.rstrip("/")
         if "tier" in k and "rate_limit" in k:
-            raise self.error("give either tier or rate_limit, not both", k, "rate_limit",
-                             "kraken.rate_limit")  # fmt: skip
+            raise self.error(
+                "give either tier or rate_limit, not both", k, "rate_limit", "kraken.rate_limit"
+            )
         if "tier" in k:
             tier = str(k["tier"]).lower()
             if tier not in TIERS:
                 close = difflib.get_close_matches(tier, TIERS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.error(f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
-                                 k, "tier", "kraken.tier")  # fmt: skip
+                raise self.error(
+                    f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
+                    k,
+                    "tier",
+                    "kraken.tier",
+                )
             opts["tier"], opts["tier_name"] = TIERS[tier], tier
         if "rate_limit" in k:
             opts["tier"] = self.rate_limit(k, "rate_limit")
@@ -331,15 +356,20 @@ class _Builder:
         if "max_response_mb" in k:
             size = k["max_response_mb"]
             if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
-                raise self.error("must be a positive number of megabytes", k, "max_response_mb",
-                                 "kraken.max_response_mb")  # fmt: skip
+                raise self.error(
+                    "must be a positive number of megabytes",
+                    k,
+                    "max_response_mb",
+                    "kraken.max_response_mb",
+                )
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
             opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
         if "nonce_unit" in k:
             if not isinstance(k["nonce_unit"], str) or k["nonce_unit"] not in UNITS:
-                raise self.error(f"must be one of {', '.join(UNITS)}", k, "nonce_unit",
-                                 "kraken.nonce_unit")  # fmt: skip
+                raise self.error(
+                    f"must be one of {', '.join(UNITS)}", k, "nonce_unit", "kraken.nonce_unit"
+                )
             opts["nonce_unit"] = k["nonce_unit"]
         key, secret = self.credentials(k)
         if key or secret:
@@ -353,8 +383,9 @@ class _Builder:
     def credentials(self, k: _Map) -> tuple[str, str]:
         if "key_file" in k:
             if "key" in k or "secret" in k:
-                raise self.error("give key_file or key/secret, not both", k, "key_file",
-                                 "kraken.key_file")  # fmt: skip
+                raise self.error(
+                    "give key_file or key/secret, not both", k, "key_file", "kraken.key_file"
+                )
             path = Path(str(k["key_file"]))
             if not path.is_absolute():
                 path = Path(self.file).parent / path
@@ -362,17 +393,27 @@ class _Builder:
                 with open(path, encoding="utf-8") as f:
                     key, secret = f.readline().strip(), f.readline().strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise self.error(f"cannot read key file {str(path)!r}: {_reason(exc)}", k,
-                                 "key_file", "kraken.key_file") from None  # fmt: skip
+                raise self.error(
+                    f"cannot read key file {str(path)!r}: {_reason(exc)}",
+                    k,
+                    "key_file",
+                    "kraken.key_file",
+                ) from None
             if not key or not secret:
-                raise self.error(f"key file {str(path)!r} must hold the key on line 1 and the "
-                                 "secret on line 2", k, "key_file", "kraken.key_file")  # fmt: skip
+                raise self.error(
+                    f"key file {str(path)!r} must hold the key on line 1 and the secret on line 2",
+                    k,
+                    "key_file",
+                    "kraken.key_file",
+                )
             mode = path.stat().st_mode & 0o777
             if mode & 0o077:
                 line = k.lines.get("key_file", k.line)
-                self.warnings.append(f"{self.file}:{line}: kraken.key_file: {str(path)!r} is "
-                                     f"readable by group or others (mode {mode:04o}); "
-                                     f"run: chmod 600 {path}")  # fmt: skip
+                self.warnings.append(
+                    f"{self.file}:{line}: kraken.key_file: {str(path)!r} is "
+                    f"readable by group or others (mode {mode:04o}); "
+                    f"run: chmod 600 {path}"
+                )
             return key, secret
         key = k.get("key") or self.env.get(KEY_ENV) or ""
         secret = k.get("secret") or self.env.get(SECRET_ENV) or ""
@@ -381,9 +422,12 @@ class _Builder:
                 raise self.error("must be text", k, name, f"kraken.{name}")
         if bool(key) != bool(secret):
             missing = "secret" if key else "key"
-            raise self.error(f"an API key needs its {missing} too", k,
-                             "key" if "key" in k else "secret" if "secret" in k else None,
-                             f"kraken.{missing}")  # fmt: skip
+            raise self.error(
+                f"an API key needs its {missing} too",
+                k,
+                "key" if "key" in k else "secret" if "secret" in k else None,
+                f"kraken.{missing}",
+            )
         return key, secret
 
     def rate_limit(self, k: _Map, key: str) -> RateLimit:
@@ -407,37 +451,56 @@ class _Builder:
         self.check_keys(spec, JOB_KEYS, path + ".")
         method = spec.get("method")
         if not isinstance(method, str) or not method:
-            raise self.error("needs a method, e.g. method: Ticker", spec,
-                             "method" if "method" in spec else None, path + ".method")  # fmt: skip
+            raise self.error(
+                "needs a method, e.g. method: Ticker",
+                spec,
+                "method" if "method" in spec else None,
+                path + ".method",
+            )
         if method in STATE_CHANGING_METHODS:
-            raise self.error(f"{method} changes account state; collector is read-only and "
-                             "never calls it", spec, "method", path + ".method")  # fmt: skip
+            raise self.error(
+                f"{method} changes account state; collector is read-only and never calls it",
+                spec,
+                "method",
+                path + ".method",
+            )
         known = PUBLIC_METHODS | PRIVATE_READ_METHODS
         if method not in known:
             close = difflib.get_close_matches(method, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise self.error(f"unknown Kraken method {method!r}{hint}", spec, "method",
-                             path + ".method")  # fmt: skip
+            raise self.error(
+                f"unknown Kraken method {method!r}{hint}", spec, "method", path + ".method"
+            )
         params = spec.get("params") or _Map()
         if not isinstance(params, _Map):
-            raise self.error("must be a mapping of request parameters", spec, "params",
-                             path + ".params")  # fmt: skip
+            raise self.error(
+                "must be a mapping of request parameters", spec, "params", path + ".params"
+            )
         for param, value in params.items():
             values = value if isinstance(value, list) else [value]
             if not all(v is None or isinstance(v, str | int | float | bool) for v in values):
-                raise self.error("a request parameter is a value or a list of values", params,
-                                 param, f"{path}.params.{param}")  # fmt: skip
+                raise self.error(
+                    "a request parameter is a value or a list of values",
+                    params,
+                    param,
+                    f"{path}.params.{param}",
+                )
         for reserved in RESERVED_PARAMS:
             if reserved in params:
-                raise self.error(f"'{reserved}' is set by the client, leave it out", params, reserved,
-                                 f"{path}.params.{reserved}")  # fmt: skip
+                raise self.error(
+                    f"'{reserved}' is set by the client, leave it out",
+                    params,
+                    reserved,
+                    f"{path}.params.{reserved}",
+                )
         opts: dict[str, Any] = {}
         has_every, has_cron = "every" in spec, "cron" in spec
         if has_every and has_cron:
             raise self.error("has both every and cron; keep one", spec, "cron", path)
         if not has_every and not has_cron:
-            raise self.error("needs exactly one of every: (e.g. 30s) or cron: (5 fields)", jobs,
-                             name, path)  # fmt: skip
+            raise self.error(
+                "needs exactly one of every: (e.g. 30s) or cron: (5 fields)", jobs, name, path
+            )
         tz = spec.get("timezone", "UTC")
         try:
             ZoneInfo(str(tz))
@@ -451,8 +514,13 @@ class _Builder:
         else:
             cron = spec["cron"]
             if not isinstance(cron, str) or len(cron.split()) != 5:
-                raise self.error(f"bad cron {cron!r}: needs 5 fields (minute hour day month "
-                                 "weekday), e.g. '0 * * * *'", spec, "cron", path + ".cron")  # fmt: skip
+                raise self.error(
+                    f"bad cron {cron!r}: needs 5 fields (minute hour day month "
+                    "weekday), e.g. '0 * * * *'",
+                    spec,
+                    "cron",
+                    path + ".cron",
+                )
             try:
                 CronTrigger.from_crontab(cron, timezone=str(tz))
             except ValueError as exc:
@@ -462,20 +530,33 @@ class _Builder:
             opts["cron"] = cron
         if "jitter" in spec:
             opts["jitter"] = self.duration(spec, "jitter", path + ".jitter")
-        opts["timeout"] = (self.duration(spec, "timeout", path + ".timeout") if "timeout" in spec
-                           else kraken.timeout)  # fmt: skip
+        opts["timeout"] = (
+            self.duration(spec, "timeout", path + ".timeout")
+            if "timeout" in spec
+            else kraken.timeout
+        )
         # Retries must not run into the next run: by default they end after one interval (or a
         # minute, whichever is shorter).
         if "deadline" in spec:
             opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
         elif "every" in opts:
-            opts["deadline"] = min(opts["every"].total_seconds(), DEFAULT_DEADLINE)
-        job = Job(name=str(name), method=method, params=dict(params), timezone=str(tz),
-                  line=jobs.lines.get(name, 0), **opts)  # fmt: skip
+            opts["deadline"] = min(opts["every"].total_seconds(), defaults.DEADLINE)
+        job = Job(
+            name=str(name),
+            method=method,
+            params=dict(params),
+            timezone=str(tz),
+            line=jobs.lines.get(name, 0),
+            **opts,
+        )
         if job.private and not kraken.has_credentials:
-            raise self.error(f"{method} is a private method and needs credentials: set kraken.key "
-                             f"and kraken.secret, kraken.key_file, or {KEY_ENV} and {SECRET_ENV}",
-                             spec, "method", path + ".method")  # fmt: skip
+            raise self.error(
+                f"{method} is a private method and needs credentials: set kraken.key "
+                f"and kraken.secret, kraken.key_file, or {KEY_ENV} and {SECRET_ENV}",
+                spec,
+                "method",
+                path + ".method",
+            )
         return job
 
 

@@ -5,6 +5,7 @@
     CollectorError
      +-- ConfigError              a job file or setting is wrong (file, line and key)
      +-- CredentialsError         a private call without a usable key/secret
+     +-- Cancelled                a call waiting for budget gave up: the service is stopping
      +-- RequestError             one call to Kraken failed; carries method, http_status, errors
           +-- KrakenAPIError      HTTP 200 whose ``error`` list holds an E-error   status "kraken_error"
           +-- HTTPStatusError     a non-2xx answer (also a requests.HTTPError)     status "http_error"
@@ -17,14 +18,27 @@
 The transport errors also derive from the matching ``requests`` exception, so code written for
 krakenex (``except requests.HTTPError``) keeps working with :class:`collector.API`.
 
-``status`` is the value stored in the ``runs.status`` column. No message here ever holds the API
-secret, a signature or an ``otp``: messages are built from the method, the status and Kraken's
-error strings only.
+``status`` is the value stored in the ``runs.status`` column, one :class:`Status` per class. No
+message here ever holds the API secret, a signature or an ``otp``: messages are built from the
+method, the status and Kraken's error strings only.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import requests
+
+
+class Status(StrEnum):
+    """A run's outcome, as stored in ``runs.status`` (a ``str``, so the stored text is the value)."""
+
+    OK = "ok"
+    KRAKEN_ERROR = "kraken_error"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    BAD_RESPONSE = "bad_response"
 
 
 class CollectorError(Exception):
@@ -63,6 +77,10 @@ class CredentialsError(CollectorError, ValueError):
     """A private call was attempted without a key, or with a secret that is not base64."""
 
 
+class Cancelled(CollectorError):
+    """A call waiting for rate-limit budget gave up because its ``cancel`` event was set."""
+
+
 class RequestError(CollectorError):
     """One call to Kraken failed.
 
@@ -72,7 +90,7 @@ class RequestError(CollectorError):
     :ivar status: the failure kind, as stored in ``runs.status``
     """
 
-    status = "error"
+    status: Status = Status.BAD_RESPONSE
 
     def __init__(
         self,
@@ -91,28 +109,28 @@ class RequestError(CollectorError):
 class KrakenAPIError(RequestError):
     """Kraken answered (usually HTTP 200) with a non-empty ``error`` list of E-errors."""
 
-    status = "kraken_error"
+    status = Status.KRAKEN_ERROR
 
 
 class HTTPStatusError(RequestError, requests.HTTPError):
     """A non-2xx HTTP answer. HTML error pages (Cloudflare's 5xx) are reduced to a short excerpt."""
 
-    status = "http_error"
+    status = Status.HTTP_ERROR
 
 
 class RequestTimeout(RequestError, requests.Timeout):
     """No complete answer within the timeout."""
 
-    status = "timeout"
+    status = Status.TIMEOUT
 
 
 class ConnectionFailed(RequestError, requests.ConnectionError):
     """The connection could not be made or was reset."""
 
-    status = "connection_error"
+    status = Status.CONNECTION_ERROR
 
 
 class BadResponse(RequestError, ValueError):
     """An answer that is not a JSON object with an ``error`` list: HTML, truncated JSON, junk."""
 
-    status = "bad_response"
+    status = Status.BAD_RESPONSE

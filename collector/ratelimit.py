@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import defaults
+from .errors import Cancelled
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -42,10 +45,7 @@ TIERS: dict[str, RateLimit] = {
 }
 
 #: Public calls: about one a second per IP with short bursts.
-PUBLIC_DEFAULT = RateLimit(max=5, decay=1.0)
-
-#: How far under the exchange's maximum our copy of the counter stays (in call units).
-DEFAULT_HEADROOM = 0.5
+PUBLIC_DEFAULT = RateLimit(max=defaults.PUBLIC_MAX, decay=defaults.PUBLIC_DECAY)
 
 
 def tier(name_or_limit: str | RateLimit) -> RateLimit:
@@ -64,14 +64,14 @@ class RateLimiter:
     :param limit: the counter's max and decay
     :param headroom: stay this many units under ``limit.max`` (never more than ``max - 1``)
     :param clock: monotonic seconds; a seam for tests
-    :param sleep: how to wait; a seam for tests
+    :param sleep: how to wait when no ``cancel`` event is given; a seam for tests
     """
 
     def __init__(
         self,
         limit: RateLimit,
         *,
-        headroom: float = DEFAULT_HEADROOM,
+        headroom: float = defaults.HEADROOM,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -100,11 +100,18 @@ class RateLimiter:
             self._level, self._at = level, now
             return max(0.0, (level - self._cap) / self.limit.decay)
 
-    def acquire(self, cost: float = 1) -> float:
-        """Wait until a call of ``cost`` fits, count it, and return the seconds waited."""
+    def acquire(self, cost: float = 1, cancel: threading.Event | None = None) -> float:
+        """Wait until a call of ``cost`` fits, count it, and return the seconds waited.
+
+        :param cancel: the wait ends early when this event is set, raising
+            :class:`~collector.errors.Cancelled` (the budget stays reserved: the caller is stopping)
+        """
         wait = self.reserve(cost)
         if wait > 0:
-            self._sleep(wait)
+            if cancel is None:
+                self._sleep(wait)
+            elif cancel.wait(wait):
+                raise Cancelled("stopped while waiting for rate-limit budget")
         return wait
 
     def pause(self, seconds: float) -> None:

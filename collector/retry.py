@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
+from . import defaults
+from .backoff import Backoff
 from .errors import (
     ConnectionFailed,
     HTTPStatusError,
@@ -29,63 +32,63 @@ from .errors import (
     RequestTimeout,
 )
 
-TRANSIENT, RATE_LIMIT, NONCE, LOCKOUT, NEVER = (
-    "transient",
-    "rate_limit",
-    "nonce",
-    "lockout",
-    "never",
-)
 
-#: First backoff (seconds); each attempt doubles it, up to BACKOFF_CAP.
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
-#: How long private calls pause after ``EGeneral:Temporary lockout``.
-LOCKOUT_PAUSE = 15 * 60.0
-#: A run's retries end this long after it started, unless the job says otherwise.
-DEFAULT_DEADLINE = 60.0
+class Kind(StrEnum):
+    """What kind of failure a :class:`~collector.errors.RequestError` is, for retrying."""
 
-_TRANSIENT_ERRORS = ("EGeneral:Internal error", "EGeneral:Too many requests")
+    TRANSIENT = "transient"
+    RATE_LIMIT = "rate_limit"
+    NONCE = "nonce"
+    LOCKOUT = "lockout"
+    NEVER = "never"
 
 
-def classify(error: RequestError) -> str:
+TRANSIENT, RATE_LIMIT, NONCE, LOCKOUT, NEVER = Kind
+
+_TRANSIENT_ERRORS = ("EService:", "EGeneral:Internal error", "EGeneral:Too many requests")
+
+
+def classify(error: RequestError) -> Kind:
     """What kind of failure ``error`` is, for retrying."""
     if isinstance(error, RequestTimeout | ConnectionFailed):
-        return TRANSIENT
+        return Kind.TRANSIENT
     if isinstance(error, HTTPStatusError):
-        return TRANSIENT if (error.http_status or 0) >= 500 else NEVER
+        return Kind.TRANSIENT if (error.http_status or 0) >= 500 else Kind.NEVER
     if isinstance(error, KrakenAPIError):
         errors = [e for e in error.errors if not e.startswith("W")]
         if any(e.startswith("EGeneral:Temporary lockout") for e in errors):
-            return LOCKOUT
+            return Kind.LOCKOUT
         if "EAPI:Rate limit exceeded" in errors:
-            return RATE_LIMIT
+            return Kind.RATE_LIMIT
         if "EAPI:Invalid nonce" in errors:
-            return NONCE
-        if errors and all(e.startswith("EService:") or e.startswith(_TRANSIENT_ERRORS)
-                          for e in errors):  # fmt: skip
-            return TRANSIENT
-    return NEVER
+            return Kind.NONCE
+        if errors and all(e.startswith(_TRANSIENT_ERRORS) for e in errors):
+            return Kind.TRANSIENT
+    return Kind.NEVER
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff shape, the lockout pause, and an optional cap on attempts (beside the deadline).
-    ``rng`` is a seam for tests."""
+    ``rng`` is a seam for tests: ``(low, high) -> float``, by default ``random.uniform``."""
 
-    base: float = BACKOFF_BASE
-    cap: float = BACKOFF_CAP
-    lockout: float = LOCKOUT_PAUSE
+    base: float = defaults.BACKOFF_FIRST
+    cap: float = defaults.BACKOFF_CAP
+    lockout: float = defaults.LOCKOUT_PAUSE
     rng: Callable[[float, float], float] = random.uniform
     max_attempts: int | None = None
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_backoff", Backoff(self.base, self.cap, jitter=self.rng))
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based): full jitter."""
-        return self.rng(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        return self._backoff.delay(attempt)
 
-    def should_retry(self, kind: str, attempt: int, nonce_retries: int) -> bool:
+    def should_retry(self, kind: Kind, attempt: int, nonce_retries: int) -> bool:
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return False
-        if kind in (TRANSIENT, RATE_LIMIT):
+        if kind in (Kind.TRANSIENT, Kind.RATE_LIMIT):
             return True
-        return kind == NONCE and nonce_retries == 0
+        return kind == Kind.NONCE and nonce_retries == 0

@@ -1,126 +1,151 @@
-"""A bounded, durable queue of runs on local disk, for while the database can't be reached.
+"""A bounded, durable queue of encoded runs on local disk, for while the database can't be reached.
 
 When PostgreSQL restarts, the disk under the database fills up or SQLite stays locked, the writer
 puts runs here instead (a SQLite file written with ``synchronous=FULL``, so a run in the spool
 survives a crash or power loss) and replays them, oldest first, once the database answers again.
-Each run carries a ``uid``; a replay skips runs the database already has, so a crash between
-"stored" and "removed from the spool" never stores a run twice.
+The spool holds text (the writer encodes and decodes runs); it knows nothing of what a run is.
 
 The spool is bounded (``max_runs``). When it is full, the oldest runs are kept and new ones are
 dropped, loudly: the log says how many.
 
-The file also holds the nonce *lease*: before the client issues a nonce past the leased mark, the
-mark moves a minute ahead and is written here, so a restart after ``kill -9`` starts above every
-nonce the dead process may have used, whatever the clock did meanwhile.
+The file is created only when it is first needed. Beside the queue it keeps a few named values
+(:meth:`get` / :meth:`set`), written durably.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
-from dataclasses import asdict
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from .storage import RunRecord
+from . import defaults
 
 logger = logging.getLogger(__name__)
 
-#: Runs the spool holds at most.
-MAX_RUNS = 100_000
-#: Seconds a spool write waits for a lock another process holds on the file.
-BUSY_TIMEOUT = 10.0
-DEFAULT_PATH = "collector.spool"
-
-
-def _encode(record: RunRecord) -> str:
-    data = asdict(record)
-    for name in ("scheduled_at", "started_at", "finished_at"):
-        data[name] = data[name].isoformat()
-    data["balances"] = [[asset, str(amount)] for asset, amount in record.balances]
-    return json.dumps(data)
-
-
-def _decode(text: str) -> RunRecord:
-    data: dict[str, Any] = json.loads(text)
-    for name in ("scheduled_at", "started_at", "finished_at"):
-        data[name] = datetime.fromisoformat(data[name])
-    data["balances"] = [(asset, Decimal(amount)) for asset, amount in data["balances"]]
-    return RunRecord(**data)
-
 
 class Spool:
-    """The spool file. Thread-safe.
+    """The spool file. Thread-safe. Constructing one touches no file.
 
-    :param path: the SQLite file (created if missing)
+    :param path: the SQLite file (created when first written)
     :param max_runs: the bound
     :param timeout: seconds a write waits for another process's lock on the file
     """
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, max_runs: int = MAX_RUNS, *,
-                 timeout: float = BUSY_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path = defaults.SPOOL_NAME,
+        max_runs: int = defaults.SPOOL_MAX_RUNS,
+        *,
+        timeout: float = defaults.SPOOL_BUSY_TIMEOUT,
+    ) -> None:
         self.path = Path(path)
         self.max_runs = max_runs
+        self.timeout = timeout
         self.dropped = 0
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
-                                   isolation_level=None)  # fmt: skip
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a spooled run must survive power loss
-        self._db.execute("CREATE TABLE IF NOT EXISTS runs (seq INTEGER PRIMARY KEY, record TEXT)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT)")
-        self._count = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        self._db: sqlite3.Connection | None = None
+        self._count = 0
+
+    def open(self, create: bool = False) -> bool:
+        """Open the file if it exists (or, with ``create``, make it); True when it is open."""
+        with self._lock:
+            return self._open(create)
+
+    def _open(self, create: bool) -> bool:
+        if self._db is not None:
+            return True
+        if not create and not self.path.exists():
+            return False
+        db = sqlite3.connect(
+            self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a spooled run must survive power loss
+            db.execute("CREATE TABLE IF NOT EXISTS runs (seq INTEGER PRIMARY KEY, record TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT)")
+            self._count = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return True
 
     def __len__(self) -> int:
+        """Runs waiting (0 when the file was never opened)."""
         return self._count
 
-    def put(self, records: list[RunRecord]) -> int:
-        """Append runs, oldest first; returns how many were dropped because the spool is full."""
+    def put(self, items: list[str]) -> int:
+        """Append encoded runs, oldest first; returns how many were dropped because it is full."""
         with self._lock:
+            self._open(create=True)
+            assert self._db is not None
             room = max(0, self.max_runs - self._count)
-            kept, dropped = records[:room], len(records) - min(room, len(records))
+            kept, dropped = items[:room], len(items) - min(room, len(items))
             if kept:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany("INSERT INTO runs (record) VALUES (?)",
-                                         [(_encode(r),) for r in kept])  # fmt: skip
+                    self._db.executemany(
+                        "INSERT INTO runs (record) VALUES (?)", [(item,) for item in kept]
+                    )
                 self._count += len(kept)
             if dropped:
                 self.dropped += dropped
-                logger.error("SPOOL FULL (%d runs in %s): dropped %d new runs, %d so far; the "
-                             "database has been unreachable too long", self._count, self.path,
-                             dropped, self.dropped)  # fmt: skip
+                logger.error(
+                    "SPOOL FULL (%d runs in %s): dropped %d new runs, %d so far; the database "
+                    "has been unreachable too long",
+                    self._count,
+                    self.path,
+                    dropped,
+                    self.dropped,
+                )
             return dropped
 
-    def oldest(self, limit: int) -> list[tuple[int, RunRecord]]:
+    def oldest(self, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` of the oldest runs, as ``(seq, item)``."""
         with self._lock:
+            if self._db is None:
+                return []
             rows = self._db.execute("SELECT seq, record FROM runs ORDER BY seq LIMIT ?", (limit,))
-            return [(seq, _decode(text)) for seq, text in rows.fetchall()]
+            return rows.fetchall()
 
     def remove_through(self, seq: int) -> None:
         """Forget every run up to and including ``seq`` (they are in the database now)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM runs WHERE seq <= ?", (seq,))
-            self._count = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
-
-    def load_nonce(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT value FROM state WHERE name = 'nonce_lease'").fetchone()
-        return int(row[0]) if row else 0
+            if self._db is None:
+                return
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM runs WHERE seq <= ?", (seq,))
+                self._count = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
 
-    def save_nonce(self, nonce: int) -> None:
-        with self._lock, self._db:
-            self._db.execute("INSERT INTO state VALUES ('nonce_lease', ?) ON CONFLICT(name) "
-                             "DO UPDATE SET value = excluded.value", (str(nonce),))  # fmt: skip
+    def get(self, name: str) -> str | None:
+        """A named value kept in the file (None if unset or the file does not exist)."""
+        with self._lock:
+            if not self._open(create=False):
+                return None
+            assert self._db is not None
+            row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set(self, name: str, value: str) -> None:
+        """Keep ``value`` under ``name``, durably (the file is created if needed)."""
+        with self._lock:
+            self._open(create=True)
+            assert self._db is not None
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO state VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def peek(path: str | Path) -> int | None:

@@ -69,15 +69,27 @@ class PostgresServer:
         if os.geteuid() == 0:  # initdb refuses root
             shutil.chown(self.root, "postgres", "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._run([initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                   "--no-sync"])  # fmt: skip
+        self._run(
+            [initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        )
         self.start()
         self.count = 0
 
     def start(self) -> None:
         """Start the server (again, after :meth:`halt`: same data, same port)."""
-        self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "log"), "-w",
-                   "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start"])  # fmt: skip
+        self._run(
+            [
+                self.pg_ctl,
+                "-D",
+                self.data,
+                "-l",
+                os.path.join(self.root, "log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -k {self.root} -h 127.0.0.1 -F",
+                "start",
+            ]
+        )
 
     def halt(self) -> None:
         """Stop the server, as a restart or a crash of the database host would."""

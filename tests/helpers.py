@@ -22,8 +22,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 @contextlib.contextmanager
 def running(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
     """A process whose output is captured as text, killed on the way out if it is still there."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
     try:
         yield proc
     finally:

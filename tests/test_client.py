@@ -42,8 +42,11 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
 def test_constructor_and_attributes_match_krakenex() -> None:
     api = collector.API("k", "c2VjcmV0")
     assert (api.key, api.secret, api.uri, api.apiversion) == (
-        "k", "c2VjcmV0", "https://api.kraken.com", "0"
-    )  # fmt: skip
+        "k",
+        "c2VjcmV0",
+        "https://api.kraken.com",
+        "0",
+    )
     assert isinstance(api.session, requests.Session)
     assert api.response is None
     assert collector.API().key == "" and collector.API().secret == ""
@@ -156,8 +159,11 @@ def test_nonce_floor_makes_a_restarted_client_start_above_it(fake, keypair) -> N
     first.uri = fake.url
     first.query_private("Balance")
     # A second process whose clock is an hour behind, told the first one's high-water mark.
-    behind = collector.API(*keypair, nonce_floor=first.nonces.last,
-                           clock=lambda: (fake.last_nonce[keypair[0]] - 3_600_000) * 10**6)  # fmt: skip
+    behind = collector.API(
+        *keypair,
+        nonce_floor=first.nonces.last,
+        clock=lambda: (fake.last_nonce[keypair[0]] - 3_600_000) * 10**6,
+    )
     behind.uri = fake.url
     assert behind.query_private("Balance")["error"] == []
     assert fake.last_nonce[keypair[0]] == first.nonces.last + 1
@@ -201,8 +207,9 @@ def test_rate_limit_waits_instead_of_being_refused() -> None:
         limited = collector.API(key, secret, rate_limit=fast)
         limited.uri = fake.url
         errors: list[list[str]] = []
-        run_threads(6, lambda i: errors.extend(limited.query_private("Balance")["error"]
-                                               for _ in range(10)))  # fmt: skip
+        run_threads(
+            6, lambda i: errors.extend(limited.query_private("Balance")["error"] for _ in range(10))
+        )
         assert [e for e in errors if e] == []
         assert fake.errors["EAPI:Rate limit exceeded"] == 0
         assert fake.accepted[key] == 60
@@ -227,8 +234,11 @@ def test_ledgers_cost_two_on_both_sides() -> None:
 
 
 def test_public_budget_is_separate_from_the_private_one(fake, keypair) -> None:
-    api = collector.API(*keypair, rate_limit=RateLimit(max=20, decay=1),
-                        public_rate_limit=RateLimit(max=4, decay=0.01))  # fmt: skip
+    api = collector.API(
+        *keypair,
+        rate_limit=RateLimit(max=20, decay=1),
+        public_rate_limit=RateLimit(max=4, decay=0.01),
+    )
     api.uri = fake.url
     for _ in range(3):
         api.call("Time")
@@ -258,8 +268,9 @@ def test_rate_limit_is_off_by_default_like_krakenex() -> None:
         ("not_json", BadResponse, "bad_response", 200, ValueError),
     ],
 )
-def test_each_fault_is_its_own_error(api, fake, kind, error_type, status, http_status,
-                                     requests_type) -> None:  # fmt: skip
+def test_each_fault_is_its_own_error(
+    api, fake, kind, error_type, status, http_status, requests_type
+) -> None:
     fake.inject(kind, method="Balance")
     with pytest.raises(error_type) as info:
         api.call("Balance")

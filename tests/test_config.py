@@ -172,14 +172,18 @@ def test_unsupported_database(tmp_path: Path) -> None:
 
 
 def test_unreachable_database(tmp_path: Path) -> None:
-    path = write(tmp_path, "database: 'postgresql://nobody@127.0.0.1:9/x'\n"
-                           "jobs:\n  t: {method: Time, every: 1s}\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "database: 'postgresql://nobody@127.0.0.1:9/x'\njobs:\n  t: {method: Time, every: 1s}\n",
+    )
     # (`run` without --once waits for the database instead: test_outage.py)
     for command in (["check"], ["run", "--once"]):
         result = CliRunner().invoke(main, [*command, str(path)], env={"COLLECTOR_DATABASE_URL": ""})
         assert result.exit_code == 2, result.output
-        assert result.output.startswith(f"error: {path}: database: cannot use database "
-                                        "postgresql+psycopg://nobody@127.0.0.1:9/x")  # fmt: skip
+        assert result.output.startswith(
+            f"error: {path}: database: cannot use database "
+            "postgresql+psycopg://nobody@127.0.0.1:9/x"
+        )
         assert "Traceback" not in result.output
 
 
@@ -244,9 +248,21 @@ def test_credentials_from_the_environment_and_key_file(tmp_path: Path) -> None:
     assert (config.kraken.key, config.kraken.secret) == ("filekey", SECRET)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400),
-                                               ("1d", 86400), (10, 10), ("0.5s", 0.5), ("1x", None),
-                                               ("", None), (True, None), (-1, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("1d", 86400),
+        (10, 10),
+        ("0.5s", 0.5),
+        ("1x", None),
+        ("", None),
+        (True, None),
+        (-1, None),
+    ],
+)
 def test_durations(text: object, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
 

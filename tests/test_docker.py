@@ -58,8 +58,9 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
                 else:
                     shutil.copy(ROOT / source, src)
         elif word == "RUN" and "pip install" in rest:
-            subprocess.run(rest, shell=True, cwd=src, env=env, check=True, capture_output=True,
-                           timeout=600)  # fmt: skip
+            subprocess.run(
+                rest, shell=True, cwd=src, env=env, check=True, capture_output=True, timeout=600
+            )
     entry = [str(env_dir / "bin" / "collector")]
     (config / "jobs.yaml").write_text(
         f"database: sqlite:///collector.db\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
@@ -72,9 +73,18 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
         output = sigterm(proc)
     assert proc.returncode == 0, output
     # It ran from the installed package (migrations included), not from this checkout.
-    check = subprocess.run([str(env_dir / "bin" / "python"), "-c",
-                            "import collector.storage as s; print(s.migrations_dir())"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    check = subprocess.run(
+        [
+            str(env_dir / "bin" / "python"),
+            "-c",
+            "import collector.store as s; print(s.migrations_dir())",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert str(env_dir) in check.stdout
     engine = create_engine(f"sqlite:///{data / 'collector.db'}")
     with engine.connect() as conn:

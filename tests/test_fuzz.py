@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from collector.config import JOB_KEYS, KRAKEN_KEYS, TOP_KEYS, load
-from collector.errors import ConfigError
+from collector.errors import ConfigError, Status
 from collector.retry import RetryPolicy
-from collector.scheduler import Service
-from collector.storage import STATUSES
+from collector.service import Service
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def load_or_error(body: str | bytes) -> None:
@@ -40,13 +42,34 @@ def test_loader_survives_any_text(body) -> None:
     load_or_error(body)
 
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["30s", "1h30m", "0s", "* * * * *",
-                    "Ticker", "Balance", "AddOrder", "UTC", "Mars/Olympus", "starter", "${X}"]))  # fmt: skip
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "30s",
+            "1h30m",
+            "0s",
+            "* * * * *",
+            "Ticker",
+            "Balance",
+            "AddOrder",
+            "UTC",
+            "Mars/Olympus",
+            "starter",
+            "${X}",
+        ]
+    ),
+)
 keys = st.sampled_from([*TOP_KEYS, *KRAKEN_KEYS, *JOB_KEYS, "max", "decay", "pair", "t", "b"])
-trees = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(keys, inner, max_size=5)),
-                     max_leaves=25)  # fmt: skip
+trees = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)),
+    max_leaves=25,
+)
 
 
 @FUZZ
@@ -84,26 +107,33 @@ def test_loader_survives_deep_nesting_and_alias_bombs() -> None:
 # -- answers from the exchange ---------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 bodies = st.one_of(
     st.binary(max_size=300),
     json_values.map(lambda v: json.dumps(v).encode()),
     json_values.map(lambda v: json.dumps({"error": [], "result": v}).encode()),
     json_values.map(lambda v: json.dumps({"error": v}).encode()),
     st.dictionaries(st.text(max_size=6), json_values, max_size=5).map(
-        lambda v: json.dumps({"error": [], "result": v}).encode()),
-)  # fmt: skip
+        lambda v: json.dumps({"error": [], "result": v}).encode()
+    ),
+)
 
 
 @pytest.fixture
 def balance_service(tmp_path, fake, keypair, database_url):
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: {database_url}\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
-                    f"  secret: {keypair[1]}\n  rate_limit: {{max: 100000, decay: 100000}}\n"
-                    "  max_response_mb: 1\njobs:\n  b: {method: Balance, every: 1h}\n")  # fmt: skip
+    path.write_text(
+        f"database: {database_url}\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
+        f"  secret: {keypair[1]}\n  rate_limit: {{max: 100000, decay: 100000}}\n"
+        "  max_response_mb: 1\njobs:\n  b: {method: Balance, every: 1h}\n"
+    )
     service = Service(load(path), retry=RetryPolicy(max_attempts=1))
     yield service
     service.stop()
@@ -122,22 +152,29 @@ def stored(url: str) -> list:
 def test_any_answer_becomes_a_row(balance_service, fake, body, status) -> None:
     fake.inject("raw", method="Balance", body=body, status=status)
     record = balance_service.execute(balance_service.config.jobs[0])
-    assert record is not None and record.status in STATUSES
+    assert record is not None and record.status in set(Status)
     if status != 200:
         assert record.status == "http_error"
 
 
-@pytest.mark.parametrize(("body", "status", "error"), [
-    (b"[" * 100_000 + b"]" * 100_000, "bad_response", "body is not JSON"),
-    (b'{"error": [], "result": {"ZUSD": "1\xff\xfe"}}', "bad_response", "body is not JSON"),
-    (b"\xff\xfe\x00{", "bad_response", "body is not JSON"),
-    (b'{"error": [], "result": "' + b"x" * (2 * 1024 * 1024) + b'"}', "bad_response", "answer larger than 1,048,576 bytes"),
-    (b'{"result": {"ZUSD": "1"}}', "bad_response", "not a Kraken envelope"),
-    (b'{"error": [], "result": ["ZUSD", "1"]}', "bad_response", "not a mapping of assets"),
-    (b'{"error": [], "result": {"ZUSD": 1.5}}', "bad_response", "is not a decimal string"),
-    (b'{"error": [], "result": {"ZUSD": "twelve"}}', "bad_response", "is not a number"),
-    (b'{"error": []}', "ok", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "bad_response", "body is not JSON"),
+        (b'{"error": [], "result": {"ZUSD": "1\xff\xfe"}}', "bad_response", "body is not JSON"),
+        (b"\xff\xfe\x00{", "bad_response", "body is not JSON"),
+        (
+            b'{"error": [], "result": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+            "bad_response",
+            "answer larger than 1,048,576 bytes",
+        ),
+        (b'{"result": {"ZUSD": "1"}}', "bad_response", "not a Kraken envelope"),
+        (b'{"error": [], "result": ["ZUSD", "1"]}', "bad_response", "not a mapping of assets"),
+        (b'{"error": [], "result": {"ZUSD": 1.5}}', "bad_response", "is not a decimal string"),
+        (b'{"error": [], "result": {"ZUSD": "twelve"}}', "bad_response", "is not a number"),
+        (b'{"error": []}', "ok", None),
+    ],
+)
 def test_hostile_answers(balance_service, fake, database_url, body, status, error) -> None:
     fake.inject("raw", method="Balance", body=body)
     record = balance_service.execute(balance_service.config.jobs[0])
@@ -149,8 +186,9 @@ def test_hostile_answers(balance_service, fake, database_url, body, status, erro
     assert [r.status for r in stored(database_url)] == [status, "ok"]
 
 
-def test_an_answer_the_database_cannot_hold_does_not_stall_the_others(balance_service, fake,
-                                                                      database_url) -> None:  # fmt: skip
+def test_an_answer_the_database_cannot_hold_does_not_stall_the_others(
+    balance_service, fake, database_url
+) -> None:
     deep = {"error": [], "result": {"k": "v"}}
     inner: dict = deep["result"]
     for _ in range(700):  # decodes fine, but too deep for the JSON encoder to store

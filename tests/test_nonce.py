@@ -23,8 +23,11 @@ def test_same_millisecond_gives_increasing_nonces() -> None:
     clock = SteppingClock(1_700_000_000_000_000_000)
     source = NonceSource(clock=clock)
     assert [source.next() for _ in range(4)] == [
-        1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002, 1_700_000_000_003
-    ]  # fmt: skip
+        1_700_000_000_000,
+        1_700_000_000_001,
+        1_700_000_000_002,
+        1_700_000_000_003,
+    ]
 
 
 def test_clock_stepping_back_never_lowers_the_nonce() -> None:
@@ -47,9 +50,10 @@ def test_floor_from_a_previous_process_is_respected() -> None:
     assert source.next() == 9_000_000_000_002
 
 
-@pytest.mark.parametrize(("unit", "expected"), [("ms", 1_700_000_000_123),
-                                                ("us", 1_700_000_000_123_456),
-                                                ("ns", 1_700_000_000_123_456_789)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [("ms", 1_700_000_000_123), ("us", 1_700_000_000_123_456), ("ns", 1_700_000_000_123_456_789)],
+)
 def test_units(unit: str, expected: int) -> None:
     source = NonceSource(unit, clock=lambda: 1_700_000_000_123_456_789)
     assert source.next() == expected

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from collector.config import load
-from collector.scheduler import Service
+from collector.records import RunRecord, decode, encode
+from collector.service import Service
 from collector.spool import Spool, peek
-from collector.storage import RunRecord
 
 from .helpers import wait_for
 
@@ -38,19 +38,27 @@ def query(url: str, sql: str) -> list:
 
 def job_file(tmp_path, fake, keypair, url: str, jobs: str) -> str:
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: {url}\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
-                    f"  secret: {keypair[1]}\n  rate_limit: {{max: 1000, decay: 1000}}\n"
-                    "  public_rate_limit: {max: 1000, decay: 1000}\n"
-                    f"spool: {{path: {tmp_path / 'runs.spool'}}}\njobs:\n{jobs}")  # fmt: skip
+    path.write_text(
+        f"database: {url}\nkraken:\n  url: {fake.url}\n  key: {keypair[0]}\n"
+        f"  secret: {keypair[1]}\n  rate_limit: {{max: 1000, decay: 1000}}\n"
+        "  public_rate_limit: {max: 1000, decay: 1000}\n"
+        f"spool: {{path: {tmp_path / 'runs.spool'}}}\njobs:\n{jobs}"
+    )
     return str(path)
 
 
-def test_postgres_down_for_ten_seconds_loses_nothing(tmp_path, fake, keypair, postgres,
-                                                     caplog) -> None:  # fmt: skip
+def test_postgres_down_for_ten_seconds_loses_nothing(
+    tmp_path, fake, keypair, postgres, caplog
+) -> None:
     caplog.set_level(logging.WARNING, logger="collector")
     url = postgres.new_database()
-    path = job_file(tmp_path, fake, keypair, url, "  t: {method: Time, every: 0.1s}\n"
-                                                  "  b: {method: Balance, every: 0.3s}\n")  # fmt: skip
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        url,
+        "  t: {method: Time, every: 0.1s}\n  b: {method: Balance, every: 0.3s}\n",
+    )
     service = Service(load(path))
     service.start()
     try:
@@ -69,19 +77,30 @@ def test_postgres_down_for_ten_seconds_loses_nothing(tmp_path, fake, keypair, po
     executed = fake.calls["Time"] + fake.calls["Balance"]
     rows = query(url, "SELECT count(*), count(DISTINCT uid) FROM runs")[0]
     assert tuple(rows) == (executed, executed)  # every run stored, none twice
-    during = query(url, f"SELECT count(*) FROM runs WHERE started_at > '{down_at.isoformat()}' "
-                        f"AND started_at < '{up_at.isoformat()}'")[0][0]  # fmt: skip
+    during = query(
+        url,
+        f"SELECT count(*) FROM runs WHERE started_at > '{down_at.isoformat()}' "
+        f"AND started_at < '{up_at.isoformat()}'",
+    )[0][0]
     assert during >= 100  # ~10 runs/s through the outage window, all of them in the database
-    incomplete = query(url, "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
-                            "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5")[0][0]  # fmt: skip
+    incomplete = query(
+        url,
+        "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
+        "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5",
+    )[0][0]
     assert incomplete == 0
     assert "database unavailable" in caplog.text and "the spool is empty" in caplog.text
 
 
 def test_sigkill_mid_run_then_restart(tmp_path, fake, keypair, postgres) -> None:
     url = postgres.new_database()
-    path = job_file(tmp_path, fake, keypair, url, "  b: {method: Balance, every: 0.1s}\n"
-                                                  "  l: {method: Ledgers, every: 0.2s}\n")  # fmt: skip
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        url,
+        "  b: {method: Balance, every: 0.1s}\n  l: {method: Ledgers, every: 0.2s}\n",
+    )
     spool = tmp_path / "runs.spool"
     env = {
         k: v
@@ -90,8 +109,12 @@ def test_sigkill_mid_run_then_restart(tmp_path, fake, keypair, postgres) -> None
     }
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "run", path],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     first = start()
     try:
@@ -119,15 +142,29 @@ def test_sigkill_mid_run_then_restart(tmp_path, fake, keypair, postgres) -> None
     assert fake.errors["EAPI:Invalid nonce"] == 0  # no nonce reused across the kill
     total, distinct = query(url, "SELECT count(*), count(DISTINCT uid) FROM runs")[0]
     assert total == distinct  # none twice
-    incomplete = query(url, "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
-                            "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5")[0][0]  # fmt: skip
+    incomplete = query(
+        url,
+        "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
+        "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5",
+    )[0][0]
     assert incomplete == 0  # no half-written run
 
 
 def record(job: str) -> RunRecord:
-    return RunRecord(job=job, method="Balance", params={}, scheduled_at=T0, started_at=T0,
-                     finished_at=T0, status="ok", http_status=200, result={"ZUSD": "1.50"},
-                     balances=[("ZUSD", Decimal("1.50"))])  # fmt: skip
+    return RunRecord(
+        job=job,
+        method="Balance",
+        params={},
+        scheduled_at=T0,
+        started_at=T0,
+        finished_at=T0,
+        status="ok",
+        http_status=200,
+        result={"ZUSD": "1.50"},
+        rows={
+            "balances": [{"asset": "ZUSD", "amount": Decimal("1.50"), "job": job, "taken_at": T0}]
+        },
+    )
 
 
 def test_spool_keeps_order_survives_reopening_and_keeps_the_oldest_when_full(
@@ -135,19 +172,19 @@ def test_spool_keeps_order_survives_reopening_and_keeps_the_oldest_when_full(
 ) -> None:
     path = tmp_path / "s.spool"
     spool = Spool(path, max_runs=5)
-    assert spool.put([record(f"j{i}") for i in range(3)]) == 0
+    assert spool.put([encode(record(f"j{i}")) for i in range(3)]) == 0
     spool.close()
     spool = Spool(path, max_runs=5)  # a new process finds them
-    assert len(spool) == 3
+    assert spool.open() and len(spool) == 3
     with caplog.at_level(logging.ERROR, logger="collector"):
-        assert spool.put([record(f"j{i}") for i in range(3, 8)]) == 3
+        assert spool.put([encode(record(f"j{i}")) for i in range(3, 8)]) == 3
     assert "SPOOL FULL" in caplog.text and "dropped 3 new runs" in caplog.text
-    oldest = spool.oldest(10)
+    oldest = [(seq, decode(item)) for seq, item in spool.oldest(10)]
     assert [r.job for _, r in oldest] == ["j0", "j1", "j2", "j3", "j4"]
     first = oldest[0][1]
-    assert first.balances == [("ZUSD", Decimal("1.50"))] and first.scheduled_at == T0
+    assert first.rows["balances"][0]["amount"] == Decimal("1.50") and first.scheduled_at == T0
     spool.remove_through(oldest[1][0])
-    assert [r.job for _, r in spool.oldest(10)] == ["j2", "j3", "j4"]
+    assert [decode(item).job for _, item in spool.oldest(10)] == ["j2", "j3", "j4"]
     assert peek(path) == 3 and peek(tmp_path / "none.spool") is None
     spool.close()
 
@@ -157,10 +194,15 @@ def test_check_shows_the_spool(tmp_path, fake, keypair) -> None:
 
     from collector.cli import main
 
-    path = job_file(tmp_path, fake, keypair, f"sqlite:///{tmp_path / 'c.db'}",
-                    "  t: {method: Time, every: 1s}\n")  # fmt: skip
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        f"sqlite:///{tmp_path / 'c.db'}",
+        "  t: {method: Time, every: 1s}\n",
+    )
     spool = Spool(tmp_path / "runs.spool")
-    spool.put([record("a"), record("b")])
+    spool.put([encode(record("a")), encode(record("b"))])
     spool.close()
     result = CliRunner().invoke(main, ["check", path], env={"COLLECTOR_SPOOL": ""})
     assert (
@@ -183,7 +225,7 @@ def test_default_spool_sits_beside_the_data(tmp_path, url_kind) -> None:
 def stored_jobs(store) -> list[str]:
     from sqlalchemy import select
 
-    from collector.storage import runs
+    from collector.schema import runs
 
     with store.engine.connect() as conn:
         return list(conn.execute(select(runs.c.job).order_by(runs.c.id)).scalars())
@@ -192,13 +234,15 @@ def stored_jobs(store) -> list[str]:
 def test_sqlite_locked_by_another_process_sends_runs_to_the_spool(tmp_path, caplog) -> None:
     import sqlite3
 
-    from collector.storage import Store, Writer
+    from collector.store import Store
+    from collector.writer import Writer
 
     db = tmp_path / "locked.db"
     store = Store.from_url(f"sqlite:///{db}", busy_timeout_ms=200)
     store.upgrade()
     spool = Spool(tmp_path / "locked.db.spool")
     writer = Writer(store, spool=spool, flush_interval=0.01)
+    writer.start()
     blocker = sqlite3.connect(db, timeout=30)
     blocker.execute("BEGIN EXCLUSIVE")  # a reader's long transaction, a backup, a stuck script
     try:
@@ -223,7 +267,8 @@ def test_a_full_sqlite_disk_sends_runs_to_the_spool(tmp_path) -> None:
     """SQLite's ``max_page_count`` gives the same SQLITE_FULL a full disk gives."""
     from sqlalchemy import event
 
-    from collector.storage import Store, Writer
+    from collector.store import Store
+    from collector.writer import Writer
 
     store = Store.from_url(f"sqlite:///{tmp_path / 'full.db'}")
     store.upgrade()
@@ -237,6 +282,7 @@ def test_a_full_sqlite_disk_sends_runs_to_the_spool(tmp_path) -> None:
 
     spool = Spool(tmp_path / "full.db.spool")
     writer = Writer(store, spool=spool, flush_interval=0.01)
+    writer.start()
     big = [dataclasses.replace(record(f"r{i}"), result={"blob": "x" * 20_000}) for i in range(5)]
     for run in big:
         writer.submit(run)
@@ -255,13 +301,15 @@ def test_when_neither_the_database_nor_the_spool_can_take_runs_they_wait_in_memo
 ) -> None:
     import sqlite3
 
-    from collector.storage import Store, Writer
+    from collector.store import Store
+    from collector.writer import Writer
 
     db, spool_path = tmp_path / "d.db", tmp_path / "d.db.spool"
     store = Store.from_url(f"sqlite:///{db}", busy_timeout_ms=100)
     store.upgrade()
     spool = Spool(spool_path, timeout=0.1)
     writer = Writer(store, spool=spool, flush_interval=0.01, max_pending=3)
+    writer.start()
     blockers = [sqlite3.connect(path, timeout=30) for path in (db, spool_path)]
     for blocker in blockers:
         blocker.execute("BEGIN EXCLUSIVE")
@@ -297,8 +345,12 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
     jobs = "".join(f"  b{i}: {{method: Balance, every: 0.05s}}\n" for i in range(5))
     path = job_file(tmp_path, fake, keypair, f"sqlite:///{db}", jobs)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "run", path],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     blocker = None
     try:
         wait_for(lambda: bool(query(f"sqlite:///{db}", "SELECT value FROM collector_state")))
@@ -339,8 +391,14 @@ def test_run_started_before_its_database_waits_for_it(tmp_path, fake, keypair, p
 
     def start() -> subprocess.Popen:
         with log.open("w") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "run", path],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "collector.cli", "run", path],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         return procs[-1]
 
     try:

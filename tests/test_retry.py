@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import collector
 from collector.config import load
 from collector.errors import (
     BadResponse,
@@ -13,8 +12,9 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
+from collector.records import RunRecord
 from collector.retry import LOCKOUT, NEVER, NONCE, RATE_LIMIT, TRANSIENT, RetryPolicy, classify
-from collector.scheduler import Service
+from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
 
 NO_WAIT = RetryPolicy(rng=lambda low, high: 0.0)
@@ -24,26 +24,29 @@ def kraken(*errors: str) -> KrakenAPIError:
     return KrakenAPIError("x", method="Balance", http_status=200, errors=list(errors))
 
 
-@pytest.mark.parametrize(("error", "kind"), [
-    (RequestTimeout("t"), TRANSIENT),
-    (ConnectionFailed("c"), TRANSIENT),
-    (HTTPStatusError("h", http_status=502), TRANSIENT),
-    (HTTPStatusError("h", http_status=520), TRANSIENT),
-    (HTTPStatusError("h", http_status=404), NEVER),
-    (kraken("EService:Unavailable"), TRANSIENT),
-    (kraken("EService:Throttled:1700000000"), TRANSIENT),
-    (kraken("EGeneral:Internal error"), TRANSIENT),
-    (kraken("EGeneral:Too many requests"), TRANSIENT),
-    (kraken("EAPI:Rate limit exceeded"), RATE_LIMIT),
-    (kraken("EAPI:Invalid nonce"), NONCE),
-    (kraken("EGeneral:Temporary lockout"), LOCKOUT),
-    (kraken("EAPI:Invalid key"), NEVER),
-    (kraken("EAPI:Invalid signature"), NEVER),
-    (kraken("EGeneral:Permission denied"), NEVER),
-    (kraken("EGeneral:Invalid arguments:pair"), NEVER),
-    (kraken("EQuery:Unknown asset pair"), NEVER),
-    (BadResponse("b"), NEVER),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (RequestTimeout("t"), TRANSIENT),
+        (ConnectionFailed("c"), TRANSIENT),
+        (HTTPStatusError("h", http_status=502), TRANSIENT),
+        (HTTPStatusError("h", http_status=520), TRANSIENT),
+        (HTTPStatusError("h", http_status=404), NEVER),
+        (kraken("EService:Unavailable"), TRANSIENT),
+        (kraken("EService:Throttled:1700000000"), TRANSIENT),
+        (kraken("EGeneral:Internal error"), TRANSIENT),
+        (kraken("EGeneral:Too many requests"), TRANSIENT),
+        (kraken("EAPI:Rate limit exceeded"), RATE_LIMIT),
+        (kraken("EAPI:Invalid nonce"), NONCE),
+        (kraken("EGeneral:Temporary lockout"), LOCKOUT),
+        (kraken("EAPI:Invalid key"), NEVER),
+        (kraken("EAPI:Invalid signature"), NEVER),
+        (kraken("EGeneral:Permission denied"), NEVER),
+        (kraken("EGeneral:Invalid arguments:pair"), NEVER),
+        (kraken("EQuery:Unknown asset pair"), NEVER),
+        (BadResponse("b"), NEVER),
+    ],
+)
 def test_classify(error, kind) -> None:
     assert classify(error) == kind
 
@@ -59,11 +62,13 @@ def run(tmp_path, fake, keypair):
     """Run one job once with a retry policy; returns the stored record."""
     services = []
 
-    def go(job: str, retry: RetryPolicy = NO_WAIT, extra: str = "") -> collector.storage.RunRecord:
+    def go(job: str, retry: RetryPolicy = NO_WAIT, extra: str = "") -> RunRecord:
         path = tmp_path / "jobs.yaml"
-        path.write_text(f"database: sqlite:///{tmp_path / 'r.db'}\nkraken:\n  url: {fake.url}\n"
-                        f"  key: {keypair[0]}\n  secret: {keypair[1]}\n"
-                        f"  rate_limit: {{max: 5, decay: 10}}\n{extra}jobs:\n  {job}\n")  # fmt: skip
+        path.write_text(
+            f"database: sqlite:///{tmp_path / 'r.db'}\nkraken:\n  url: {fake.url}\n"
+            f"  key: {keypair[0]}\n  secret: {keypair[1]}\n"
+            f"  rate_limit: {{max: 5, decay: 10}}\n{extra}jobs:\n  {job}\n"
+        )
         service = Service(load(path), retry=retry)
         services.append(service)
         record = service.execute(service.config.jobs[0])
@@ -75,13 +80,19 @@ def run(tmp_path, fake, keypair):
         service.stop()
 
 
-@pytest.mark.parametrize(("kind", "options"), [
-    ("http_500", {}), ("http_502", {}), ("http_520", {}), ("reset", {}),
-    ("slow", {"delay": 1.0}),
-    ("kraken_error", {"error": "EService:Busy"}),
-    ("kraken_error", {"error": "EGeneral:Internal error"}),
-    ("kraken_error", {"error": "EGeneral:Too many requests"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("http_500", {}),
+        ("http_502", {}),
+        ("http_520", {}),
+        ("reset", {}),
+        ("slow", {"delay": 1.0}),
+        ("kraken_error", {"error": "EService:Busy"}),
+        ("kraken_error", {"error": "EGeneral:Internal error"}),
+        ("kraken_error", {"error": "EGeneral:Too many requests"}),
+    ],
+)
 def test_transient_failures_are_retried_in_the_run(run, fake, kind, options) -> None:
     fake.inject(kind, method="Balance", count=2, **options)
     record = run("b: {method: Balance, every: 1h, timeout: 0.3s, deadline: 20s}")
@@ -89,13 +100,16 @@ def test_transient_failures_are_retried_in_the_run(run, fake, kind, options) -> 
     assert fake.calls["Balance"] == 3
 
 
-@pytest.mark.parametrize(("kind", "error", "status"), [
-    ("kraken_error", "EAPI:Invalid key", "kraken_error"),
-    ("kraken_error", "EAPI:Invalid signature", "kraken_error"),
-    ("kraken_error", "EGeneral:Permission denied", "kraken_error"),
-    ("kraken_error", "EGeneral:Invalid arguments:asset", "kraken_error"),
-    ("truncated", "", "bad_response"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "error", "status"),
+    [
+        ("kraken_error", "EAPI:Invalid key", "kraken_error"),
+        ("kraken_error", "EAPI:Invalid signature", "kraken_error"),
+        ("kraken_error", "EGeneral:Permission denied", "kraken_error"),
+        ("kraken_error", "EGeneral:Invalid arguments:asset", "kraken_error"),
+        ("truncated", "", "bad_response"),
+    ],
+)
 def test_hopeless_failures_are_never_retried(run, fake, kind, error, status) -> None:
     fake.inject(kind, method="Balance", count=5, error=error)
     record = run("b: {method: Balance, every: 1h}")
@@ -136,12 +150,14 @@ def test_temporary_lockout_is_recorded_not_retried(run, fake) -> None:
 
 def test_lockout_pause_on_the_shared_client(tmp_path, fake, keypair) -> None:
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: sqlite:///{tmp_path / 'l.db'}\nkraken:\n  url: {fake.url}\n"
-                    f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  rate_limit: {{max: 5, decay: 10}}\n"
-                    "  lockout: 1s\njobs:\n  b: {method: Balance, every: 1h}\n"
-                    "  t: {method: Time, every: 1h}\n")  # fmt: skip
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'l.db'}\nkraken:\n  url: {fake.url}\n"
+        f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  rate_limit: {{max: 5, decay: 10}}\n"
+        "  lockout: 1s\njobs:\n  b: {method: Balance, every: 1h}\n"
+        "  t: {method: Time, every: 1h}\n"
+    )
     probe = Service(load(path))
-    assert probe.retry.lockout == 1.0  # kraken.lockout sets the default policy
+    assert probe.runner.retry.lockout == 1.0  # kraken.lockout sets the default policy
     probe.stop()
     service = Service(load(path), retry=RetryPolicy(rng=lambda low, high: 0.0, lockout=1.0))
     try:
@@ -189,9 +205,11 @@ def test_the_exchange_counts_no_extra_calls_over_a_failing_run(tmp_path, keypair
         fake.add_key(*keypair)
         fake.inject("kraken_error", method="Balance", count=100, error="EAPI:Invalid key")
         path = tmp_path / "jobs.yaml"
-        path.write_text(f"database: sqlite:///{tmp_path / 'x.db'}\nkraken: {{url: '{fake.url}', "
-                        f"key: '{keypair[0]}', secret: '{keypair[1]}'}}\n"
-                        "jobs:\n  b: {method: Balance, every: 0.1s}\n")  # fmt: skip
+        path.write_text(
+            f"database: sqlite:///{tmp_path / 'x.db'}\nkraken: {{url: '{fake.url}', "
+            f"key: '{keypair[0]}', secret: '{keypair[1]}'}}\n"
+            "jobs:\n  b: {method: Balance, every: 0.1s}\n"
+        )
         service = Service(load(path))
         try:
             for _ in range(3):

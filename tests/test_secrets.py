@@ -31,22 +31,31 @@ def dump(url: str) -> str:
     return "\n".join(out)
 
 
-def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keypair,
-                                                            database_url) -> None:  # fmt: skip
+def test_service_at_debug_level_with_failures_leaks_nothing(
+    tmp_path, fake, keypair, database_url
+) -> None:
     key, secret = keypair
     key_file = tmp_path / "kraken.key"
     key_file.write_text(f"{key}\n{secret}\n")
     key_file.chmod(0o600)
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: {database_url}\nkraken:\n  url: {fake.url}\n  key_file: kraken.key\n"
-                    "  rate_limit: {max: 1000, decay: 1000}\n"
-                    "jobs:\n"
-                    f"  b: {{method: Balance, every: 0.2s, timeout: 0.5s, params: {{otp: '{OTP}'}}}}\n"
-                    f"  l: {{method: Ledgers, every: 0.3s, params: {{otp: '{OTP}', ofs: 0}}}}\n"
-                    "  t: {method: Ticker, params: {pair: XBTUSD}, every: 0.3s}\n")  # fmt: skip
-    for kind, error in [("http_502", ""), ("reset", ""), ("truncated", ""), ("not_json", ""),
-                        ("kraken_error", "EAPI:Invalid signature"),
-                        ("kraken_error", "EGeneral:Invalid arguments:otp"), ("slow", "")]:  # fmt: skip
+    path.write_text(
+        f"database: {database_url}\nkraken:\n  url: {fake.url}\n  key_file: kraken.key\n"
+        "  rate_limit: {max: 1000, decay: 1000}\n"
+        "jobs:\n"
+        f"  b: {{method: Balance, every: 0.2s, timeout: 0.5s, params: {{otp: '{OTP}'}}}}\n"
+        f"  l: {{method: Ledgers, every: 0.3s, params: {{otp: '{OTP}', ofs: 0}}}}\n"
+        "  t: {method: Ticker, params: {pair: XBTUSD}, every: 0.3s}\n"
+    )
+    for kind, error in [
+        ("http_502", ""),
+        ("reset", ""),
+        ("truncated", ""),
+        ("not_json", ""),
+        ("kraken_error", "EAPI:Invalid signature"),
+        ("kraken_error", "EGeneral:Invalid arguments:otp"),
+        ("slow", ""),
+    ]:
         fake.inject(kind, method="Balance", error=error, delay=1.0)
     fake.inject("kraken_error", method="Ledgers", count=3, error="EAPI:Invalid nonce")
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
@@ -68,8 +77,12 @@ def test_service_at_debug_level_with_failures_leaks_nothing(tmp_path, fake, keyp
     assert len(fake.signatures) >= 14
 
     assert spool_files and "nonce_lease" in spool  # it exists, so searching it means something
-    for where, haystack in (("log", log), ("database", database), ("check", check.output),
-                            ("spool", spool)):  # fmt: skip
+    for where, haystack in (
+        ("log", log),
+        ("database", database),
+        ("check", check.output),
+        ("spool", spool),
+    ):
         assert secret not in haystack, where
         assert OTP not in haystack, where
         leaked = [s for s in fake.signatures if s in haystack]
@@ -102,8 +115,10 @@ def test_group_or_world_readable_key_file_gets_a_warning(tmp_path, keypair) -> N
     key_file = tmp_path / "kraken.key"
     key_file.write_text(f"{keypair[0]}\n{keypair[1]}\n")
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: sqlite:///{tmp_path / 'k.db'}\nkraken:\n  key_file: kraken.key\n"
-                    "jobs:\n  b: {method: Balance, every: 1h}\n")  # fmt: skip
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'k.db'}\nkraken:\n  key_file: kraken.key\n"
+        "jobs:\n  b: {method: Balance, every: 1h}\n"
+    )
     key_file.chmod(0o644)
     result = CliRunner().invoke(main, ["check", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
     assert result.exit_code == 0

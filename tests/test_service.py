@@ -20,25 +20,39 @@ from sqlalchemy import create_engine, text
 import collector
 from collector.cli import main
 from collector.config import Config, load
+from collector.datasets import Balances
+from collector.records import RunRecord
 from collector.retry import RetryPolicy
-from collector.scheduler import Service, balance_rows
+from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
 
 from .helpers import running, sigterm, wait_for
 
 
-def job_file(tmp_path: Path, fake: FakeKraken, keypair: tuple[str, str], database_url: str,
-             jobs: str, kraken_extra: str = "rate_limit: {max: 1000, decay: 1000}\n"
-             "  public_rate_limit: {max: 1000, decay: 1000}") -> Path:  # fmt: skip
+def job_file(
+    tmp_path: Path,
+    fake: FakeKraken,
+    keypair: tuple[str, str],
+    database_url: str,
+    jobs: str,
+    kraken_extra: str = "rate_limit: {max: 1000, decay: 1000}\n"
+    "  public_rate_limit: {max: 1000, decay: 1000}",
+) -> Path:
     path = tmp_path / "jobs.yaml"
-    path.write_text(f"database: {database_url}\nkraken:\n  url: {fake.url}\n"
-                    f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  {kraken_extra}\njobs:\n"
-                    + textwrap.indent(textwrap.dedent(jobs).strip("\n"), "  ") + "\n")  # fmt: skip
+    path.write_text(
+        f"database: {database_url}\nkraken:\n  url: {fake.url}\n"
+        f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  {kraken_extra}\njobs:\n"
+        + textwrap.indent(textwrap.dedent(jobs).strip("\n"), "  ")
+        + "\n"
+    )
     return path
 
 
-def rows(url: str, sql: str = "SELECT job, method, status, http_status, error, params, attempts "
-                              "FROM runs ORDER BY id") -> list:  # fmt: skip
+def rows(
+    url: str,
+    sql: str = "SELECT job, method, status, http_status, error, params, attempts "
+    "FROM runs ORDER BY id",
+) -> list:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -105,8 +119,11 @@ def test_balances_are_stored_exactly(service_factory, fake, database_url) -> Non
     for job in ("balance", "balance_ex"):
         got = [(a, Decimal(str(v))) for j, a, v in snapshot if j == job]
         assert got == [(a, Decimal(v)) for a, v in expected]
-    latest = rows(database_url, "SELECT asset, amount FROM balances WHERE run_id = "
-                                "(SELECT max(run_id) FROM balances) ORDER BY asset")  # fmt: skip
+    latest = rows(
+        database_url,
+        "SELECT asset, amount FROM balances WHERE run_id = "
+        "(SELECT max(run_id) FROM balances) ORDER BY asset",
+    )
     assert [a for a, _ in latest] == [a for a, _ in expected]
 
 
@@ -116,8 +133,9 @@ def _live_balance(fake: FakeKraken) -> dict[str, str]:
     return _Data.Balance(fake, {}, time.time())
 
 
-def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(service_factory, fake,
-                                                                      database_url) -> None:  # fmt: skip
+def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(
+    service_factory, fake, database_url
+) -> None:
     service, _ = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
     fake.balance = None
     assert service.run_once()
@@ -127,6 +145,12 @@ def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(service_f
     assert [r.status for r in stored] == ["ok", "bad_response"]
     assert "amount of 'XXBT' is not a number" in stored[1].error
     assert rows(database_url, "SELECT count(*) FROM balances")[0][0] == 0
+
+
+def balance_rows(method: str, result: object) -> list[tuple[str, Decimal]]:
+    now = datetime.now(UTC)
+    run = RunRecord("b", method, {}, scheduled_at=now, started_at=now, finished_at=now)
+    return [(r["asset"], r["amount"]) for r in Balances().rows(run, result)]
 
 
 def test_balance_rows_reject_floats_and_odd_shapes() -> None:
@@ -150,8 +174,9 @@ def test_params_never_hold_otp(service_factory, fake, database_url) -> None:
     assert "918273" not in dump
 
 
-def test_nonce_high_water_survives_a_restart_with_the_clock_behind(service_factory, fake, keypair,
-                                                                  database_url) -> None:  # fmt: skip
+def test_nonce_high_water_survives_a_restart_with_the_clock_behind(
+    service_factory, fake, keypair, database_url
+) -> None:
     service, config = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
     assert service.run_once()
     service.stop()
@@ -169,8 +194,9 @@ def test_nonce_high_water_survives_a_restart_with_the_clock_behind(service_facto
     assert fake.last_nonce[keypair[0]] == used + 60_000 + 1
 
 
-def test_a_job_never_overlaps_itself_and_skips_are_logged(service_factory, fake, database_url,
-                                                         caplog) -> None:  # fmt: skip
+def test_a_job_never_overlaps_itself_and_skips_are_logged(
+    service_factory, fake, database_url, caplog
+) -> None:
     caplog.set_level(logging.INFO, logger="collector")
     service, _ = service_factory("t: {method: Time, every: 0.2s, timeout: 5s}")
     fake.inject("slow", method="Time", count=2, delay=0.7)
@@ -193,11 +219,18 @@ def test_private_jobs_wait_for_budget_and_are_never_refused(
     tight = collector.RateLimit(max=3, decay=4)
     with FakeKraken(tier=tight) as fake:
         fake.add_key(*keypair)
-        path = job_file(tmp_path, fake, keypair, database_url, """
+        path = job_file(
+            tmp_path,
+            fake,
+            keypair,
+            database_url,
+            """
             a: {method: Balance, every: 0.1s}
             b: {method: Ledgers, every: 0.1s}
             c: {method: TradeBalance, every: 0.1s}
-        """, kraken_extra="rate_limit: {max: 3, decay: 4}")  # fmt: skip
+        """,
+            kraken_extra="rate_limit: {max: 3, decay: 4}",
+        )
         service = Service(load(path), workers=4)
         service.start()
         wait_for(lambda: service.writer.written >= 12)
@@ -242,8 +275,9 @@ def test_run_once_exit_codes(tmp_path, fake, keypair, database_url) -> None:
     assert rows(database_url)[-1].error == "EQuery:Unknown asset pair"
 
 
-def test_sigterm_lets_the_call_in_flight_finish_and_writes_everything(tmp_path, fake, keypair,
-                                                                     database_url) -> None:  # fmt: skip
+def test_sigterm_lets_the_call_in_flight_finish_and_writes_everything(
+    tmp_path, fake, keypair, database_url
+) -> None:
     path = job_file(
         tmp_path,
         fake,
@@ -297,22 +331,26 @@ def test_due_times_missed_while_the_scheduler_was_held_are_folded_into_one_run(
     caplog.set_level(logging.WARNING, logger="collector")
     service, _ = service_factory("t: {method: Time, every: 0.1s}")
     service.start()
-    assert service._scheduler is not None
     wait_for(lambda: service.writer.written >= 2)
-    service._scheduler.pause()  # the process is held (a suspended laptop, a stopped container)
+    service.schedule.pause()  # the process is held (a suspended laptop, a stopped container)
     time.sleep(0.55)  # the outage being simulated: five or so due times pass unserved
     calls = fake.calls["Time"]
     resumed_at = datetime.now(UTC)
-    service._scheduler.resume()
+    service.schedule.resume()
     wait_for(lambda: "running once (coalesced)" in caplog.text)
     wait_for(lambda: fake.calls["Time"] >= calls + 1)
     service.stop()
     folded = int(re.search(r"job t: (\d+) runs came due while it was late", caplog.text)[1])
     assert folded >= 4
-    spans = [(_utc(a), _utc(b)) for a, b in rows(database_url, "SELECT scheduled_at, started_at "
-                                                               "FROM runs ORDER BY id")]  # fmt: skip
-    backlog = [scheduled for scheduled, started in spans
-               if started >= resumed_at and scheduled < resumed_at]  # fmt: skip
+    spans = [
+        (_utc(a), _utc(b))
+        for a, b in rows(database_url, "SELECT scheduled_at, started_at FROM runs ORDER BY id")
+    ]
+    backlog = [
+        scheduled
+        for scheduled, started in spans
+        if started >= resumed_at and scheduled < resumed_at
+    ]
     # One run for all of them, stamped with the latest due time, not the oldest.
     assert len(backlog) == 1
     assert resumed_at - backlog[0] < timedelta(seconds=0.1)

@@ -24,8 +24,14 @@ VECTOR_SIGN = (
 
 def test_sign_passes_krakens_test_vector() -> None:
     api = collector.API("key", VECTOR_SECRET)
-    data = {"nonce": "1616492376594", "ordertype": "limit", "pair": "XBTUSD",
-            "price": 37500, "type": "buy", "volume": 1.25}  # fmt: skip
+    data = {
+        "nonce": "1616492376594",
+        "ordertype": "limit",
+        "pair": "XBTUSD",
+        "price": 37500,
+        "type": "buy",
+        "volume": 1.25,
+    }
     assert api._sign(data, "/0/private/AddOrder") == VECTOR_SIGN
 
 

@@ -12,17 +12,37 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
-from collector.storage import RunRecord, Store, Writer, balances, current_revision, runs
+from collector.datasets.balances import table as balances
+from collector.records import RunRecord
+from collector.schema import runs
+from collector.store import Store, current_revision
+from collector.writer import Writer
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def record(job: str = "balances", method: str = "Balance", **kw) -> RunRecord:
-    base = dict(job=job, method=method, params={"asset": "ZUSD"}, scheduled_at=T0,
-                started_at=T0 + timedelta(milliseconds=3), finished_at=T0 + timedelta(milliseconds=9),
-                status="ok", http_status=200, result={"XXBT": "1011.1908877900"})  # fmt: skip
+def record(job: str = "balances", method: str = "Balance", balances=(), **kw) -> RunRecord:
+    base = dict(
+        job=job,
+        method=method,
+        params={"asset": "ZUSD"},
+        scheduled_at=T0,
+        started_at=T0 + timedelta(milliseconds=3),
+        finished_at=T0 + timedelta(milliseconds=9),
+        status="ok",
+        http_status=200,
+        result={"XXBT": "1011.1908877900"},
+    )
     base.update(kw)
-    return RunRecord(**base)
+    run = RunRecord(**base)
+    if balances:
+        run.rows = {
+            "balances": [
+                {"asset": a, "amount": x, "job": run.job, "taken_at": run.finished_at}
+                for a, x in balances
+            ]
+        }
+    return run
 
 
 @pytest.fixture
@@ -35,9 +55,9 @@ def store(database_url: str):
 
 def test_migrations_create_the_tables_and_are_idempotent(store) -> None:
     store.upgrade()  # again: nothing to do
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     tables = set(inspect(store.engine).get_table_names())
-    assert {"runs", "balances", "collector_state", "alembic_version"} <= tables
+    assert {"runs", "balances", "cursors", "collector_state", "alembic_version"} <= tables
 
 
 def test_runs_round_trip_with_utc_aware_times_and_json(store) -> None:
@@ -64,25 +84,46 @@ def test_naive_datetimes_are_refused(store) -> None:
 def test_balances_are_exact_and_the_latest_snapshot_query_works(store) -> None:
     exact = Decimal("1011.190887790000000001")
     store.write([record(balances=[("XXBT", Decimal("1.5")), ("ZUSD", Decimal("10"))])])
-    store.write([record(finished_at=T0 + timedelta(hours=1),
-                        balances=[("XXBT", exact), ("ZUSD", Decimal("0.0000"))])])  # fmt: skip
+    store.write(
+        [
+            record(
+                finished_at=T0 + timedelta(hours=1),
+                balances=[("XXBT", exact), ("ZUSD", Decimal("0.0000"))],
+            )
+        ]
+    )
     with store.engine.connect() as conn:
-        latest = conn.execute(text(
-            "SELECT asset, amount FROM balances WHERE run_id = (SELECT max(run_id) FROM balances) "
-            "ORDER BY asset")).all()  # fmt: skip
-        typed = conn.execute(select(balances.c.amount).where(balances.c.asset == "XXBT")
-                             .order_by(balances.c.run_id.desc())).scalars().first()  # fmt: skip
+        latest = conn.execute(
+            text(
+                "SELECT asset, amount FROM balances WHERE run_id = (SELECT max(run_id) FROM balances) "
+                "ORDER BY asset"
+            )
+        ).all()
+        typed = (
+            conn.execute(
+                select(balances.c.amount)
+                .where(balances.c.asset == "XXBT")
+                .order_by(balances.c.run_id.desc())
+            )
+            .scalars()
+            .first()
+        )
     assert [(a, Decimal(str(v))) for a, v in latest] == [("XXBT", exact), ("ZUSD", Decimal("0"))]
     assert isinstance(typed, Decimal) and typed == exact and str(typed) == str(exact)
     if store.engine.dialect.name == "sqlite":  # the text people see in SQL is plain notation
         with store.engine.connect() as conn:
-            raw = conn.exec_driver_sql("SELECT amount FROM balances WHERE asset = 'ZUSD' "
-                                       "ORDER BY run_id DESC").scalars().first()  # fmt: skip
+            raw = (
+                conn.exec_driver_sql(
+                    "SELECT amount FROM balances WHERE asset = 'ZUSD' ORDER BY run_id DESC"
+                )
+                .scalars()
+                .first()
+            )
         assert raw == "0.0000"
 
 
 def test_a_run_and_its_balances_commit_together(store) -> None:
-    bad = record(balances=[("XXBT", Decimal("1")), ("XXBT", Decimal("2"))])  # duplicate key
+    bad = record(balances=[("XXBT", Decimal("1")), ("ZUSD", "not a number")])
     with pytest.raises(Exception):  # noqa: B017 - any integrity error from the driver
         store.write([record(job="other"), bad])
     with store.engine.connect() as conn:
@@ -109,9 +150,12 @@ def test_result_is_jsonb_on_postgresql(store) -> None:
                 )
             ).all()
         )
-        amount = conn.execute(text(
-            "SELECT data_type FROM information_schema.columns "
-            "WHERE table_name = 'balances' AND column_name = 'amount'")).scalar()  # fmt: skip
+        amount = conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'balances' AND column_name = 'amount'"
+            )
+        ).scalar()
     assert kinds == {"result": "jsonb", "params": "jsonb", "started_at": "timestamp with time zone"}
     assert amount == "numeric"
 
@@ -128,6 +172,7 @@ def test_sqlite_is_in_wal_mode_with_a_busy_timeout(tmp_path) -> None:
 def test_writer_batches_and_flushes(store) -> None:
     nonce = [0]
     writer = Writer(store, nonce=lambda: nonce[0], batch_max=7, flush_interval=0.05)
+    writer.start()
     for i in range(30):
         writer.submit(record(job=f"j{i}"))
     nonce[0] = 1_790_000_000_999
@@ -141,8 +186,12 @@ def test_writer_batches_and_flushes(store) -> None:
 
 def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                    str(root)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("collector-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
@@ -151,15 +200,22 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
     assert "collector/migrations/versions/0001_initial.py" in names
     assert "collector/migrations/versions/0002_run_uid.py" in names
     db = tmp_path / "from-wheel.db"
-    code = ("import collector.storage as s; print(s.migrations_dir()); "
-            f"st = s.Store.from_url('sqlite:///{db}'); st.upgrade(); "
-            "print(s.current_revision(st.engine))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
-                         capture_output=True, env={"PYTHONPATH": str(tmp_path / "site"),
-                                                   "PATH": "/usr/bin:/bin"})  # fmt: skip
+    code = (
+        "import collector.store as s; print(s.migrations_dir()); "
+        f"st = s.Store.from_url('sqlite:///{db}'); st.upgrade(); "
+        "print(s.current_revision(st.engine))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        check=True,
+        text=True,
+        capture_output=True,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+    )
     where, revision = out.stdout.split()
     assert where == str(tmp_path / "site" / "collector" / "migrations")
-    assert revision == "0002"
+    assert revision == "0003"
 
 
 def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> None:
@@ -170,6 +226,7 @@ def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> N
     store = Store.from_url(f"sqlite:///{db}")
     store.upgrade()
     writer = Writer(store, batch_max=1, flush_interval=0.01, max_pending=2)
+    writer.start()
     blocker = sqlite3.connect(db, timeout=30)
     blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database: writes wait
     try:

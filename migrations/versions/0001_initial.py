@@ -8,7 +8,7 @@ Create Date: 2026-11-24
 import sqlalchemy as sa
 from alembic import op
 
-from collector.storage import ExactDecimal, JSONType, RunId, UTCDateTime
+from collector.schema import ExactDecimal, JSONType, RunId, UTCDateTime
 
 revision = "0001"
 down_revision = None

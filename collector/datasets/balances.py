@@ -1,0 +1,65 @@
+"""``balances``: one row per asset per Balance or BalanceEx run, the amount exact."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import Column, ForeignKey, Index, String, Table
+
+from ..errors import BadResponse
+from ..records import RunRecord
+from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
+from .base import Dataset
+
+table = Table(
+    "balances",
+    metadata,
+    Column("run_id", RunId, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("asset", String(32), primary_key=True),
+    Column("job", String(200), nullable=False),
+    Column("taken_at", UTCDateTime(), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+)
+Index("ix_balances_asset_taken_at", table.c.asset, table.c.taken_at)
+
+
+class Balances(Dataset):
+    """A snapshot per run. An empty account's answer has no ``result`` at all: an empty snapshot."""
+
+    name = "balances"
+    table = table
+    methods = frozenset({"Balance", "BalanceEx"})
+    key = ("run_id", "asset")
+
+    def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
+        method = record.method
+        if result is None:
+            return []
+        if not isinstance(result, dict):
+            raise self._bad(method, f"result is a {type(result).__name__}, not a mapping of assets")
+        rows = []
+        for asset, value in result.items():
+            nested = method == "BalanceEx" and isinstance(value, dict)
+            amount = value.get("balance") if nested else value
+            if not isinstance(amount, str):
+                raise self._bad(method, f"amount of {asset!r} is not a decimal string")
+            try:
+                number = Decimal(amount)
+            except InvalidOperation:
+                raise self._bad(method, f"amount of {asset!r} is not a number") from None
+            if not number.is_finite():
+                raise self._bad(method, f"amount of {asset!r} is not a finite number")
+            rows.append(
+                {
+                    "asset": str(asset)[:32],
+                    "amount": number,
+                    "job": record.job,
+                    "taken_at": record.finished_at,
+                }
+            )
+        return rows
+
+    @staticmethod
+    def _bad(method: str, problem: str) -> BadResponse:
+        return BadResponse(f"{method} {problem}", method=method)

@@ -1,0 +1,82 @@
+"""Every default in one place, each with the reason it has the value it has.
+
+A leaf module: nothing here imports the rest of the package, so any module can use it. The job file
+overrides most of these (see the README's table of keys); the rest are tuning a user never needs.
+"""
+
+from __future__ import annotations
+
+# -- the exchange -------------------------------------------------------------------------------
+
+#: Kraken's REST endpoint; the fake exchange and proxies are set through ``kraken.url``.
+KRAKEN_URL = "https://api.kraken.com"
+#: Seconds a call may take. krakenex has no timeout, and a call without one can hold a worker forever.
+TIMEOUT = 10.0
+#: Nonces in milliseconds, as krakenex and ccxt send them, so a key can move between the three.
+NONCE_UNIT = "ms"
+#: The smallest private tier: a key whose tier nobody wrote down is never driven over its limit.
+TIER = "starter"
+#: Public calls are limited per IP to about one a second with short bursts (Kraken's docs).
+PUBLIC_MAX, PUBLIC_DECAY = 5.0, 1.0
+#: How far under the exchange's maximum our copy of the counter stays: the exchange counts a call
+#: when it arrives, slightly after we counted it.
+HEADROOM = 0.5
+#: Threads sharing one client's connection pool; more would discard connections.
+POOL_SIZE = 32
+#: The largest answer read (bytes). No Kraken answer comes near it; a larger one is hostile.
+MAX_RESPONSE = 50 * 1024 * 1024
+#: How much of an answer is read at a time while counting it against ``MAX_RESPONSE``.
+READ_CHUNK = 64 * 1024
+
+# -- retries ------------------------------------------------------------------------------------
+
+#: The first backoff (seconds); each failure doubles it, up to ``BACKOFF_CAP``. Short enough that a
+#: blip costs a second, capped so a long outage is still retried every half minute.
+BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
+#: Kraken's ``EGeneral:Temporary lockout`` lasts about 15 minutes; calling sooner extends it.
+LOCKOUT_PAUSE = 15 * 60.0
+#: A run's retries end this long after it started, unless the job says otherwise (and never after
+#: the job's next run for an interval job), so retries never pile onto the next run.
+DEADLINE = 60.0
+
+# -- the database -------------------------------------------------------------------------------
+
+#: SQLite beside the job file: works with no server and no setup.
+DATABASE = "sqlite:///collector.db"
+#: How long a SQLite write waits for another process's lock before the database counts as
+#: unavailable and runs go to the spool.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: At most this many runs go into one transaction: large enough to amortise the commit, small
+#: enough that a refused batch is cheap to retry run by run.
+BATCH_MAX = 500
+#: The writer commits at least this often (seconds) while runs are waiting: rows show up fast.
+FLUSH_INTERVAL = 0.2
+#: Runs waiting to be written before submitting one waits (backpressure): when calls outpace the
+#: database, memory stays bounded and the scheduler folds late runs instead.
+MAX_PENDING = 2 * BATCH_MAX
+
+# -- the spool ----------------------------------------------------------------------------------
+
+#: Runs the spool holds at most: about a day of a busy job file, a few hundred MB at most.
+SPOOL_MAX_RUNS = 100_000
+#: Seconds a spool write waits for another process's lock on the file.
+SPOOL_BUSY_TIMEOUT = 10.0
+#: The spool's file name when it sits beside the job file (a database on a server).
+SPOOL_NAME = "collector.spool"
+
+# -- the service --------------------------------------------------------------------------------
+
+#: Threads making calls. Private calls are serialised by the client anyway; public ones overlap.
+WORKERS = 16
+#: A run that starts this much after its time is logged as late.
+LATE_AFTER = 1.0
+#: How long shutdown waits for the writer, beyond the calls' own timeouts.
+WRITE_GRACE = 30.0
+#: How far ahead of the last nonce used the crash lease is kept (seconds of nonces).
+NONCE_LEASE_SECONDS = 60
+
+# -- the environment ----------------------------------------------------------------------------
+
+DATABASE_ENV = "COLLECTOR_DATABASE_URL"
+SPOOL_ENV = "COLLECTOR_SPOOL"
+KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"

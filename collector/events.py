@@ -1,0 +1,87 @@
+"""What happened, for whoever wants to know: components publish events, subscribers listen.
+
+The runner and the writer publish (a run finished, a batch was stored, runs were spooled or
+replayed); logs, metrics and tests subscribe, instead of reaching into the components.
+
+Subscribers run synchronously in the publisher's thread (the runner's worker, the writer's
+thread), so they must be quick. One that raises is logged and skipped: it never breaks a run or a
+write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .records import RunRecord
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """A run ended (success or failure) and was handed to the writer."""
+
+    record: RunRecord
+
+
+@dataclass(frozen=True)
+class BatchStored:
+    """Runs committed to the database (``replayed``: they came from the spool)."""
+
+    records: list[RunRecord]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """The database could not take ``count`` runs; they wait in the spool (``waiting`` in all)."""
+
+    count: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class SpoolDrained:
+    """The spool was replayed into the database and is empty again."""
+
+    replayed: int
+
+
+@dataclass(frozen=True)
+class WriteStalled:
+    """Neither the database nor the spool took ``count`` runs; they wait in memory."""
+
+    count: int
+    reason: str
+
+
+class Events:
+    """A registry of subscribers by event type. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Callable[[Any], None]]] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> Callable[[], None]:
+        """Call ``handler(event)`` for every ``kind`` published; returns a function to unsubscribe."""
+        with self._lock:
+            self._handlers[kind] = [*self._handlers.get(kind, []), handler]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._handlers[kind] = [h for h in self._handlers.get(kind, []) if h is not handler]
+
+        return unsubscribe
+
+    def publish(self, event: object) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("a subscriber to %s failed", type(event).__name__)

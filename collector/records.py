@@ -1,0 +1,117 @@
+"""One run, ready to store, and its JSON-safe codec (for the spool).
+
+A leaf: a :class:`RunRecord` carries any dataset's rows (``rows``, by table) and the job's new
+cursor, so the store and the spool need to know nothing about balances, ledgers or candles.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from .errors import Status
+
+#: Run fields that are timestamps (ISO text in the codec).
+_TIMES = ("scheduled_at", "started_at", "finished_at")
+
+
+@dataclass
+class RunRecord:
+    """One execution of a job.
+
+    :ivar rows: derived rows by table name (``{"balances": [{"asset": ..., "amount": ...}]}``);
+        the store adds each row's ``run_id``
+    :ivar dataset: the job's dataset, when it keeps a cursor
+    :ivar cursor: the job's cursor after this run (stored with the rows), or None to keep it
+    """
+
+    job: str
+    method: str
+    params: dict[str, Any]
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    status: Status = Status.OK
+    http_status: int | None = None
+    error: str | None = None
+    result: Any = None
+    attempts: int = 1
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dataset: str | None = None
+    cursor: Any = None
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def row(self) -> dict[str, Any]:
+        """The ``runs`` row."""
+        return {
+            "job": self.job,
+            "method": self.method,
+            "params": self.params,
+            "scheduled_at": self.scheduled_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "status": str(self.status),
+            "http_status": self.http_status,
+            "error": self.error,
+            "result": self.result,
+            "attempts": self.attempts,
+            "uid": self.uid,
+        }
+
+
+def encode(record: RunRecord) -> str:
+    """``record`` as JSON text. Row values keep their types (``Decimal``, ``datetime``) exactly."""
+    data = {
+        **record.row(),
+        "rows": {table: [_encode_row(r) for r in rows] for table, rows in record.rows.items()},
+        "dataset": record.dataset,
+        "cursor": record.cursor,
+    }
+    for name in _TIMES:
+        data[name] = data[name].isoformat()
+    return json.dumps(data)
+
+
+def decode(text: str) -> RunRecord:
+    """The record :func:`encode` wrote (or the spool of an older version wrote)."""
+    data: dict[str, Any] = json.loads(text)
+    for name in _TIMES:
+        data[name] = datetime.fromisoformat(data[name])
+    data["status"] = Status(data["status"])
+    rows = {table: [_decode_row(r) for r in rs] for table, rs in data.pop("rows", {}).items()}
+    if "balances" in data:  # before datasets: [[asset, amount], ...]
+        rows["balances"] = [
+            {"asset": a, "amount": Decimal(x), "job": data["job"], "taken_at": data["finished_at"]}
+            for a, x in data.pop("balances")
+        ]
+    return RunRecord(**data, rows=rows)
+
+
+# A row value is tagged with its type, so that no value (a JSON column holding {"$d": ...}, say)
+# can be mistaken for another: ["d", "1.50"] a Decimal, ["t", iso] a datetime, ["j", v] plain JSON.
+def _encode_row(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, Decimal):
+            out[name] = ["d", str(value)]
+        elif isinstance(value, datetime):
+            out[name] = ["t", value.isoformat()]
+        else:
+            out[name] = ["j", value]
+    return out
+
+
+def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (tag, value) in row.items():
+        if tag == "d":
+            out[name] = Decimal(value)
+        elif tag == "t":
+            out[name] = datetime.fromisoformat(value)
+        else:
+            out[name] = value
+    return out

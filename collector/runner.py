@@ -1,0 +1,173 @@
+"""One run of a job: call, retry what deserves it, turn the answer into rows, hand the record over.
+
+:meth:`Runner.run` never raises: every outcome, a bug included, becomes a stored run. Retries stay
+within the job's ``deadline``; ``EGeneral:Temporary lockout`` pauses the client's private calls
+for the lockout period (public calls go on).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from . import defaults
+from .client import API
+from .config import Job
+from .datasets import DEFAULT, Dataset, by_method
+from .errors import BadResponse, Cancelled, RequestError, Status
+from .events import Events, RunFinished
+from .records import RunRecord
+from .retry import Kind, RetryPolicy, classify
+
+logger = logging.getLogger(__name__)
+
+#: Parameters never stored (the client adds the nonce; an otp is a password).
+SECRET_PARAMS = frozenset({"nonce", "otp"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Runner:
+    """Runs jobs through one shared client.
+
+    :param submit: where finished runs go (the writer's ``submit``)
+    :param datasets: the derived tables; a job whose method one of them reads fills it
+    :param load_cursor: ``(job, dataset) -> cursor`` from the store, for incremental datasets
+    :param events: :class:`~collector.events.RunFinished` is published here after each run
+    :param clock: the current UTC datetime; a seam for tests
+    :param stopping: when set, waits between attempts end and no new attempt starts
+    """
+
+    def __init__(
+        self,
+        api: API,
+        submit: Callable[[RunRecord], None],
+        *,
+        datasets: Sequence[Dataset] = DEFAULT,
+        load_cursor: Callable[[str, str], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        events: Events | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.api = api
+        self.submit = submit
+        self.datasets = by_method(datasets)
+        self.retry = retry or RetryPolicy()
+        self.events = events or Events()
+        self.clock = clock
+        self.stopping = stopping or threading.Event()
+        self._load_cursor = load_cursor
+        self._cursors: dict[tuple[str, str], Any] = {}
+        self._cursor_lock = threading.Lock()
+
+    def run(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
+        """Call ``job``'s method (retrying within its deadline) and submit the run. Never raises.
+
+        Returns None when the service began stopping before the call was sent.
+        """
+        started = self.clock()
+        scheduled = scheduled_at or started
+        late = (started - scheduled).total_seconds()
+        if late > defaults.LATE_AFTER:
+            logger.info("job %s started %.1fs after its time", job.name, late)
+        dataset = self.datasets.get(job.method)
+        cursor = self._cursor(job, dataset)
+        params = dataset.params(job.params, cursor) if dataset else dict(job.params)
+        record = RunRecord(
+            job=job.name,
+            method=job.method,
+            params={k: v for k, v in params.items() if k not in SECRET_PARAMS},
+            scheduled_at=scheduled,
+            started_at=started,
+            finished_at=started,
+            dataset=dataset.name if dataset and dataset.incremental else None,
+        )
+        deadline = time.monotonic() + job.deadline
+        attempt = nonce_retries = 0
+        result: Any = None
+        while True:
+            attempt += 1
+            kind = None
+            try:
+                reply = self.api.call(job.method, params, timeout=job.timeout)
+                record.status, record.http_status = Status.OK, reply.http_status
+                record.error = ", ".join(reply.warnings) or None
+                result = reply.result
+            except Cancelled:
+                logger.info("job %s: not run, the service is stopping", job.name)
+                return None
+            except RequestError as exc:
+                record.status, record.http_status = exc.status, exc.http_status
+                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+                kind = classify(exc)
+            except Exception as exc:  # a bug must not kill the service; it becomes a stored row
+                logger.exception("job %s: unexpected error", job.name)
+                record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
+            if kind is None or not self._retry_after(job, kind, attempt, nonce_retries, deadline):
+                break
+            nonce_retries += kind == Kind.NONCE
+        record.attempts = attempt
+        record.finished_at = self.clock()
+        if record.status == Status.OK:
+            record.result = result
+            if dataset is not None:
+                self._derive(record, dataset, params, result, cursor)
+        if record.status != Status.OK:
+            logger.warning("job %s: %s %s", job.name, record.status, record.error)
+        self.events.publish(RunFinished(record))
+        self.submit(record)
+        return record
+
+    def _derive(
+        self, record: RunRecord, dataset: Dataset, params: dict[str, Any], result: Any, cursor: Any
+    ) -> None:
+        """Fill ``record``'s rows and cursor; an answer that doesn't hold them is a bad response."""
+        try:
+            record.rows = {dataset.name: dataset.rows(record, result)}
+            record.cursor = dataset.cursor(params, result, cursor)
+        except (BadResponse, ValueError) as exc:
+            record.status, record.error, record.rows = Status.BAD_RESPONSE, str(exc), {}
+            return
+        if record.cursor is not None:
+            with self._cursor_lock:
+                self._cursors[(record.job, dataset.name)] = record.cursor
+
+    def _cursor(self, job: Job, dataset: Dataset | None) -> Any:
+        """The job's cursor: the last one this process made, else the stored one."""
+        if dataset is None or not dataset.incremental:
+            return None
+        key = (job.name, dataset.name)
+        with self._cursor_lock:
+            if key in self._cursors:
+                return self._cursors[key]
+        stored = self._load_cursor(*key) if self._load_cursor else None
+        with self._cursor_lock:
+            return self._cursors.setdefault(key, stored)
+
+    def _retry_after(
+        self, job: Job, kind: Kind, attempt: int, nonce_retries: int, deadline: float
+    ) -> bool:
+        """Wait before the next attempt if ``kind`` deserves one in time; False to give up."""
+        if kind == Kind.LOCKOUT and job.private and self.api.limiter is not None:
+            logger.error(
+                "Kraken locked the key out; private calls pause for %.0fs", self.retry.lockout
+            )
+            self.api.limiter.pause(self.retry.lockout)
+        if not self.retry.should_retry(kind, attempt, nonce_retries):
+            return False
+        # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
+        # which the refusal has filled; transient failures back off.
+        wait = self.retry.backoff(attempt) if kind == Kind.TRANSIENT else 0.0
+        if time.monotonic() + wait >= deadline:
+            return False
+        logger.info(
+            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, kind, wait
+        )
+        return not self.stopping.wait(wait)

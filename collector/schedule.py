@@ -1,0 +1,197 @@
+"""When jobs run: APScheduler 3 triggers, phases, and an executor that says when a run was due.
+
+What happens to a run that is late or missed (the surprising part):
+
+* **Interval jobs also run once at start**; cron jobs wait for their first time.
+* **Jobs with the same interval are spread evenly across it** after that first run: with 100 jobs
+  ``every: 1s``, one starts every 10 ms instead of all 100 at the same instant, which would make
+  most of them late and burst past the exchange's rate limits. Each job keeps its phase for the
+  life of the process (use ``cron:`` when a run must land on the clock, e.g. on the hour).
+* **A late run still runs, once.** A run can be late because its call waited for rate-limit budget,
+  or because the process was busy or suspended. It is never dropped for being late
+  (``misfire_grace_time=None``); if several of a job's times came due meanwhile, they are folded
+  into one run (coalesced), stamped with the latest of them, and the log says how many.
+* **The same job never runs twice at the same time** (``max_instances=1``). A time that comes due
+  while the job's previous run is still going is skipped, and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import defaults
+from .config import Job
+
+logger = logging.getLogger(__name__)
+
+
+class GridInterval(IntervalTrigger):
+    """An interval trigger on a fixed grid, ``start_date + k * interval``.
+
+    APScheduler's own trigger adds the interval to the previous run time, so a job that ran at
+    start would take that instant as its phase; this one always returns to its grid.
+    """
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> Any:
+        if previous_fire_time is None:
+            return super().get_next_fire_time(None, now)
+        return super().get_next_fire_time(None, previous_fire_time + timedelta(microseconds=1))
+
+
+def phases(jobs: Sequence[Job]) -> dict[str, timedelta]:
+    """Offsets that spread the jobs sharing an interval evenly across it."""
+    groups: dict[timedelta, list[str]] = {}
+    for job in jobs:
+        if job.every is not None:
+            groups.setdefault(job.every, []).append(job.name)
+    return {
+        name: every * k / len(names)
+        for every, names in groups.items()
+        for k, name in enumerate(names)
+    }
+
+
+def trigger(job: Job, start: datetime | None = None) -> BaseTrigger:
+    """``job``'s trigger; an interval job's grid starts at ``start``."""
+    if job.every is not None:
+        return GridInterval(
+            seconds=job.every.total_seconds(),
+            jitter=job.jitter,
+            start_date=start or datetime.now(UTC),
+            timezone=job.timezone,
+        )
+    assert job.cron is not None
+    cron = CronTrigger.from_crontab(job.cron, timezone=job.timezone)
+    cron.jitter = job.jitter  # from_crontab takes no jitter; the trigger uses it as seconds
+    return cron
+
+
+def calls_per_second(job: Job, now: datetime | None = None) -> float:
+    """The average rate at which ``job`` fires (cron jobs: over their next 50 times)."""
+    if job.every is not None:
+        return 1.0 / job.every.total_seconds()
+    assert job.cron is not None
+    cron = CronTrigger.from_crontab(job.cron, timezone=job.timezone)
+    t, previous, times = now or datetime.now(UTC), None, []
+    for _ in range(50):
+        fire = cron.get_next_fire_time(previous, t)
+        if fire is None:
+            break
+        times.append(fire)
+        previous, t = fire, fire + timedelta(microseconds=1)
+    if len(times) < 2:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0]).total_seconds()
+
+
+class RunExecutor(BaseExecutor):
+    """A thread pool that calls each due job as ``func(*args, scheduled_at=<its due time>)``.
+
+    It also does the coalescing itself (the jobs are added with ``coalesce=False``) so that it can
+    log how many due times were folded into one run.
+    """
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="collector-run")
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        if len(run_times) > 1:
+            logger.warning(
+                "job %s: %d runs came due while it was late; running once (coalesced)",
+                job.id,
+                len(run_times),
+            )
+        future = self._threads.submit(job.func, *job.args, scheduled_at=run_times[-1])
+        future.add_done_callback(lambda f: self._finished(job.id, f))
+
+    def _finished(self, job_id: str, future: Future[Any]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._run_job_error(job_id, exc, exc.__traceback__)
+        else:
+            self._run_job_success(job_id, [])
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._threads.shutdown(wait)
+
+
+class Schedule:
+    """The jobs on an APScheduler background scheduler, each run handed to ``run``.
+
+    :param run: called as ``run(job, scheduled_at=...)`` in a worker thread
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        run: Callable[..., Any],
+        workers: int = defaults.WORKERS,
+    ) -> None:
+        self.jobs = tuple(jobs)
+        self._run = run
+        self._workers = workers
+        self._scheduler: BackgroundScheduler | None = None
+
+    def start(self) -> None:
+        """Add the jobs and start the scheduler thread; interval jobs run once now."""
+        scheduler = BackgroundScheduler(
+            executors={"default": RunExecutor(self._workers)},
+            job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
+        now = datetime.now(UTC)
+        offsets = phases(self.jobs)
+        for job in self.jobs:
+            options = {}
+            if job.every is not None:
+                options["next_run_time"] = now  # interval jobs also run once at start
+            scheduler.add_job(
+                self._run,
+                trigger(job, now + offsets.get(job.name, timedelta(0))),
+                args=[job],
+                id=job.name,
+                name=job.name,
+                **options,
+            )
+        self._scheduler = scheduler
+        scheduler.start()
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running
+
+    def pause(self) -> None:
+        """Hold every job (as a suspended process would be held); due times pile up."""
+        if self._scheduler is not None:
+            self._scheduler.pause()
+
+    def resume(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.resume()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop scheduling; with ``wait``, let the runs in flight finish."""
+        if self.running:
+            assert self._scheduler is not None
+            self._scheduler.shutdown(wait=wait)
+
+
+def _skipped(event: JobSubmissionEvent) -> None:
+    logger.warning(
+        "job %s: skipped the run due at %s, its previous run is still going",
+        event.job_id,
+        event.scheduled_run_times[0].isoformat(),
+    )

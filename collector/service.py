@@ -1,0 +1,208 @@
+"""The collection service: the wiring of client, runner, writer, spool and schedule.
+
+Constructing a :class:`Service` opens no file, socket or database; :meth:`Service.open` does (the
+nonce floor, the spool, the writer's thread), and :meth:`Service.start` opens and starts the
+schedule. :meth:`Service.stop` undoes all of it, whatever failed on the way.
+
+Shutdown (SIGTERM or SIGINT): scheduling stops at once, calls waiting for budget give up, calls in
+flight finish (each has a timeout), every run is written, the session is closed, exit code 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from types import FrameType
+
+import requests
+
+from . import defaults
+from .client import API
+from .config import Config, Job, KrakenSettings
+from .datasets import DEFAULT, Dataset
+from .events import Events
+from .nonce import UNITS
+from .records import RunRecord
+from .retry import RetryPolicy
+from .runner import Runner, utcnow
+from .schedule import Schedule
+from .spool import Spool
+from .store import Store
+from .writer import Writer
+
+logger = logging.getLogger(__name__)
+
+#: The spool's state entry holding the nonce lease.
+NONCE_LEASE = "nonce_lease"
+
+
+def build_api(settings: KrakenSettings, *, cancel: threading.Event | None = None) -> API:
+    """The one shared client: rate limits on, a timeout on every call, proxies resolved once."""
+    api = API(
+        settings.key,
+        settings.secret,
+        rate_limit=settings.tier,
+        public_rate_limit=settings.public_rate_limit,
+        nonce_unit=settings.nonce_unit,
+        timeout=settings.timeout,
+        max_response=settings.max_response,
+        cancel=cancel,
+    )
+    api.uri = settings.url
+    # requests re-reads proxy variables and ~/.netrc on every request; a long-running service
+    # resolves them once here (a netrc login must never be sent to Kraken anyway).
+    api.session.proxies.update(requests.utils.get_environ_proxies(settings.url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        api.session.verify = bundle
+    api.session.trust_env = False
+    return api
+
+
+class Service:
+    """Runs a job file's jobs and stores every run.
+
+    :param config: the validated job file
+    :param store: where runs go, already migrated (default: the config's database, migrated by
+        :meth:`open`)
+    :param api: the shared client (default: built from the config)
+    :param workers: threads making calls
+    :param retry: backoff and lockout (default: from the config)
+    :param clock: returns the current UTC datetime; a seam for tests
+    :param datasets: the derived tables (default: all of :mod:`collector.datasets`)
+    :param events: where the runner and the writer publish what happened
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        api: API | None = None,
+        workers: int = defaults.WORKERS,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        datasets: Sequence[Dataset] = DEFAULT,
+        events: Events | None = None,
+    ) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self.events = events or Events()
+        self._owns_store = store is None  # a store passed in is migrated by whoever made it
+        self.store = store or Store.from_url(config.database, datasets)
+        self.api = api or build_api(config.kraken, cancel=self.stopping)
+        self.spool = Spool(config.spool_path, config.spool_max_runs)
+        self.writer = Writer(
+            self.store, nonce=lambda: self.api.nonces.last, spool=self.spool, events=self.events
+        )
+        self.runner = Runner(
+            self.api,
+            self.writer.submit,
+            datasets=datasets,
+            load_cursor=self.store.load_cursor,
+            retry=retry or RetryPolicy(lockout=config.kraken.lockout),
+            events=self.events,
+            clock=clock,
+            stopping=self.stopping,
+        )
+        self.schedule = Schedule(config.jobs, self.runner.run, workers)
+        self._opened = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Migrate (a store of its own), set the nonce floor and lease, start the writer."""
+        if self._opened:
+            return
+        if self._owns_store:
+            self.store.upgrade()
+        # A restart starts above every nonce the last process may have used, even after kill -9
+        # and with the clock gone back: the stored high-water mark and the spool's lease.
+        lease = self.spool.get(NONCE_LEASE)
+        self.api.nonces.raise_floor(max(self.store.load_nonce(), int(lease or 0)))
+        self.api.nonces.lease(
+            defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[self.api.nonces.unit],
+            lambda mark: self.spool.set(NONCE_LEASE, str(mark)),
+        )
+        self.writer.start()
+        self._opened = True
+
+    def run_once(self) -> bool:
+        """Run every job once, in file order, store them, and say whether all succeeded."""
+        self.open()
+        results = [self.runner.run(job) for job in self.config.jobs]
+        self.writer.flush()
+        return all(r is not None and r.status == "ok" for r in results)
+
+    def start(self) -> None:
+        """Open, then start scheduling in background threads."""
+        self.open()
+        self.schedule.start()
+        logger.info(
+            "collector started: %d jobs, database %s, exchange %s",
+            len(self.config.jobs),
+            self.config.database_for_display(),
+            self.config.kraken.url,
+        )
+
+    def stop(self) -> None:
+        """Stop scheduling, let calls in flight finish, write everything, close the session."""
+        self.stopping.set()
+        try:
+            # Waits for calls in flight; each has a timeout, and budget waits end at once.
+            self.schedule.shutdown(wait=True)
+        finally:
+            try:
+                if not self.writer.close(defaults.WRITE_GRACE):
+                    logger.critical(
+                        "%d runs could not be written before shutdown and are lost",
+                        self.writer.pending,
+                    )
+            finally:
+                self.api.close()
+                self.store.dispose()
+                self.spool.close()
+        logger.info("collector stopped: %d runs written", self.writer.written)
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), then stop cleanly."""
+        with contextlib.ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(stop_signals())
+            try:
+                self.start()
+                while not stop.wait(1.0):
+                    pass
+            finally:
+                self.stop()
+
+    def execute(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
+        """Run ``job`` once now, outside its schedule (opening the service first if needed)."""
+        self.open()
+        return self.runner.run(job, scheduled_at)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event that SIGTERM or SIGINT sets while inside; the previous handlers return after."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():  # a second Ctrl-C must not abort the writing of what we have
+            logger.info("received %s again; still stopping", name)
+        else:
+            logger.info("received %s, stopping", name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

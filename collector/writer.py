@@ -1,0 +1,316 @@
+"""A thread that stores runs in batches, so no run waits on the database, and that loses none.
+
+Its states (:class:`State`):
+
+* **direct** — each batch is committed to the database.
+* **spooling** — the database can't be reached (down, locked, full): batches go to the spool, a
+  durable file on local disk, until the next try (backoff up to 30 s).
+* **draining** — the spool is replayed into the database, oldest first; new batches queue behind
+  it so the order holds. When it is empty, back to direct.
+
+Without a spool, a batch the database can't take is retried with backoff in memory. When neither
+the database nor the spool can take a batch (the disk under both is full, the spool is locked),
+the thread does not die: the batch waits in memory and is retried with backoff (logged as CRITICAL),
+and callers are held back by ``max_pending``. Only those runs are lost if the process then dies.
+
+A batch the database *refuses* (a result nested too deep to encode, a NUL character PostgreSQL's
+JSONB rejects) is stored run by run; a run that still can't be stored is kept as a
+``bad_response`` row without its answer. It never stalls the runs around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from . import defaults
+from .backoff import Backoff
+from .errors import Status
+from .events import BatchStored, Events, SpoolDrained, Spooled, WriteStalled
+from .records import RunRecord, decode, encode
+from .spool import Spool
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    DIRECT = "direct"
+    SPOOLING = "spooling"
+    DRAINING = "draining"
+
+
+class Unavailable(Exception):
+    """The database can't be reached (as opposed to refusing what it was given)."""
+
+
+class Writer:
+    """Batches runs into the store. Constructing one starts nothing; :meth:`start` does.
+
+    :param nonce: returns the highest nonce used so far; it is saved with each batch
+    :param spool: where runs wait while the database can't be reached (None: wait in memory)
+    :param events: where :class:`~collector.events.BatchStored` and friends are published
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        nonce: Callable[[], int] | None = None,
+        spool: Spool | None = None,
+        events: Events | None = None,
+        batch_max: int = defaults.BATCH_MAX,
+        flush_interval: float = defaults.FLUSH_INTERVAL,
+        max_pending: int = defaults.MAX_PENDING,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.events = events or Events()
+        self.state = State.DIRECT
+        self.written = 0
+        self._nonce = nonce
+        self._saved_nonce = 0
+        self._batch_max = batch_max
+        self._interval = flush_interval
+        self._max_pending = max_pending
+        self._backoff = backoff or Backoff()
+        self._delays: Iterator[float] | None = None  # the current outage's backoff
+        self._next_try = 0.0
+        self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
+
+    # -- the callers' side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread; runs left in the spool by an earlier process are replayed first."""
+        if self.spool is not None and self.spool.open() and len(self.spool):
+            logger.warning(
+                "%d runs wait in the spool %s; they are written first",
+                len(self.spool),
+                self.spool.path,
+            )
+            self.state = State.SPOOLING
+        self._thread.start()
+
+    def submit(self, record: RunRecord) -> None:
+        """Queue a run; waits while ``max_pending`` runs are already waiting."""
+        with self._cond:
+            while self._pending >= self._max_pending and self._thread.is_alive():
+                self._cond.wait(1.0)
+            self._pending += 1
+        self._queue.put(record)
+
+    @property
+    def pending(self) -> int:
+        """Runs submitted and not yet in the database or the spool."""
+        with self._cond:
+            return self._pending
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is stored or spooled; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write everything, then stop the thread; False if it did not finish in time."""
+        if not self._thread.is_alive():
+            return True
+        self._queue.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[RunRecord] = []
+            try:
+                item = self._queue.get(timeout=self._interval)
+                while item is not None:
+                    batch.append(item)
+                    if len(batch) >= self._batch_max:
+                        break
+                    item = self._queue.get_nowait()
+                stopping = item is None
+            except queue.Empty:
+                pass  # idle, or the queue is drained: write what we have
+            self._persist(batch)  # an empty batch still saves a newer nonce, or drains the spool
+
+    def _persist(self, batch: list[RunRecord]) -> None:
+        """Put ``batch`` in the database or the spool, retrying in memory until one takes it."""
+        delays = self._backoff.delays()
+        retry = False
+        while True:
+            try:
+                self._take(batch, retry)
+                break
+            except Exception as exc:
+                delay = next(delays)
+                reason = f"{type(exc).__name__}: {_first_line(exc)}"
+                where = (
+                    f"the database and the spool {self.spool.path}"
+                    if self.spool
+                    else "the database"
+                )
+                logger.critical(
+                    "%s can't take %d runs (%s); they wait in memory, next try in %.1fs",
+                    where,
+                    len(batch),
+                    reason,
+                    delay,
+                )
+                self.events.publish(WriteStalled(len(batch), reason))
+                time.sleep(delay)
+                retry = True  # some of the batch may be stored already (the run-by-run path)
+        self.written += len(batch)
+        with self._cond:
+            self._pending -= len(batch)
+            self._cond.notify_all()
+
+    def _take(self, batch: list[RunRecord], retry: bool) -> None:
+        if self.state is State.DIRECT:
+            nonce = self._new_nonce()
+            if not batch and nonce is None:
+                return
+            try:
+                self._store(batch, nonce, skip_stored=retry)
+            except Unavailable as exc:
+                if self.spool is None:
+                    raise
+                self._unavailable(exc, len(batch))
+            else:
+                self._saved_nonce = max(self._saved_nonce, nonce or 0)
+                if batch:
+                    self.events.publish(BatchStored(batch))
+                return
+        assert self.spool is not None
+        if batch:
+            self.spool.put([encode(r) for r in batch])  # behind the runs waiting, in order
+            self.events.publish(Spooled(len(batch), len(self.spool)))
+        if time.monotonic() >= self._next_try:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Replay the spool into the database, oldest first, while it answers."""
+        assert self.spool is not None
+        self.state = State.DRAINING
+        replayed = 0
+        while len(self.spool):
+            chunk = self.spool.oldest(self._batch_max)
+            records = [decode(item) for _, item in chunk]
+            nonce = self._new_nonce()
+            try:
+                self._store(records, nonce, skip_stored=True)
+            except Unavailable as exc:
+                self._unavailable(exc, 0)
+                return
+            self._saved_nonce = max(self._saved_nonce, nonce or 0)
+            self.spool.remove_through(chunk[-1][0])
+            replayed += len(records)
+            self.events.publish(BatchStored(records, replayed=True))
+        self.state, self._delays = State.DIRECT, None
+        logger.warning("database is back: %d spooled runs written, the spool is empty", replayed)
+        self.events.publish(SpoolDrained(replayed))
+
+    def _unavailable(self, exc: Unavailable, count: int) -> None:
+        """Enter (or stay in) the spooling state, with the next try after a backoff."""
+        assert self.spool is not None
+        first = self.state is State.DIRECT
+        if self._delays is None:
+            self._delays = self._backoff.delays()
+        delay = next(self._delays)
+        self.state, self._next_try = State.SPOOLING, time.monotonic() + delay
+        if first:
+            logger.error(
+                "database unavailable (%s); %d runs go to the spool %s (%d waiting)",
+                exc,
+                count,
+                self.spool.path,
+                len(self.spool) + count,
+            )
+        else:
+            logger.warning(
+                "database still unavailable (%s); %d runs wait in the spool %s, next try in %.0fs",
+                exc,
+                len(self.spool),
+                self.spool.path,
+                delay,
+            )
+
+    def _store(self, batch: list[RunRecord], nonce: int | None, skip_stored: bool) -> None:
+        """Write ``batch``; :class:`Unavailable` when the database can't be reached. A batch it
+        refuses is stored run by run, and a run it still refuses is kept without its answer."""
+        try:
+            _available(self.store.write, batch, nonce, skip_stored=skip_stored)
+            return
+        except Unavailable:
+            raise
+        except Exception as exc:
+            logger.error(
+                "a batch of %d runs was refused (%s: %s); storing them one by one",
+                len(batch),
+                type(exc).__name__,
+                _first_line(exc),
+            )
+        for record in batch:
+            try:
+                _available(self.store.write, [record], skip_stored=skip_stored)
+            except Unavailable:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "job %s: its answer could not be stored (%s: %s)",
+                    record.job,
+                    type(exc).__name__,
+                    _first_line(exc),
+                )
+                _available(self.store.write, [_unstorable(record, exc)], skip_stored=skip_stored)
+        _available(self.store.write, [], nonce)
+
+    def _new_nonce(self) -> int | None:
+        """The nonce mark to save with the next write, when it moved since the last one."""
+        nonce = self._nonce() if self._nonce else 0
+        return nonce if nonce > self._saved_nonce else None
+
+
+def _available(write: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Call ``write``, turning "the database can't be reached" into :class:`Unavailable`."""
+    try:
+        write(*args, **kwargs)
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _unstorable(record: RunRecord, exc: BaseException) -> RunRecord:
+    """``record`` without what could not be stored, marked as a bad response."""
+    reason = f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+    return dataclasses.replace(
+        record,
+        status=Status.BAD_RESPONSE,
+        result=None,
+        rows={},
+        cursor=None,
+        error=f"the answer could not be stored ({reason})",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
