@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import krakenex
-from collector.service import Service
 from sqlalchemy import create_engine, text
 
 from collector.config import load
+from collector.service import Service
 from collector.testing.fake_exchange import new_key_file
 
 
