@@ -109,6 +109,8 @@ class Config:
     spool_max_runs: int = defaults.SPOOL_MAX_RUNS
     #: things worth saying that do not stop the file from loading
     warnings: tuple[str, ...] = ()
+    #: the folder of per-key state (nonce marks), shared by every process using a key
+    state_dir: str = ""
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -319,7 +321,14 @@ class _Builder:
             else:
                 spool_path = str(Path(self.file).resolve().parent / defaults.SPOOL_NAME)
         return Config(
-            self.file, _with_driver(url), kraken, jobs, spool_path, max_runs, tuple(self.warnings)
+            self.file,
+            _with_driver(url),
+            kraken,
+            jobs,
+            spool_path,
+            max_runs,
+            tuple(self.warnings),
+            state_dir(self.env),
         )
 
     def kraken(self, k: _Map) -> KrakenSettings:
@@ -558,6 +567,14 @@ class _Builder:
                 path + ".method",
             )
         return job
+
+
+def state_dir(env: dict[str, str]) -> str:
+    """``$COLLECTOR_STATE_DIR``, else ``$XDG_STATE_HOME/collector``, else ``~/.local/state/collector``."""
+    if env.get(defaults.STATE_DIR_ENV):
+        return str(Path(env[defaults.STATE_DIR_ENV]).expanduser().resolve())
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base).expanduser().resolve() / "collector")
 
 
 def parse_duration(value: Any) -> float | None:

@@ -72,11 +72,16 @@ WORKERS = 16
 LATE_AFTER = 1.0
 #: How long shutdown waits for the writer, beyond the calls' own timeouts.
 WRITE_GRACE = 30.0
-#: How far ahead of the last nonce used the crash lease is kept (seconds of nonces).
-NONCE_LEASE_SECONDS = 60
+#: How far ahead of the clock the crash lease is kept (seconds of nonces): a lease is saved (one
+#: fsync) at most this often, and a crash leaves nonces at most this far ahead of the clock.
+NONCE_LEASE_SECONDS = 5
+#: While the clock is behind the nonces (after a crash, or a clock stepped back), the lease covers
+#: this many nonces past the last one instead, so repeated crashes don't push nonces further ahead.
+NONCE_LEASE_SLACK = 100
 
 # -- the environment ----------------------------------------------------------------------------
 
 DATABASE_ENV = "COLLECTOR_DATABASE_URL"
 SPOOL_ENV = "COLLECTOR_SPOOL"
+STATE_DIR_ENV = "COLLECTOR_STATE_DIR"
 KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"

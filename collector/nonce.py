@@ -38,15 +38,22 @@ class NonceSource:
         self._last = int(floor)
         self._lock = threading.Lock()
         self._lease_size = 0
+        self._lease_slack = 0
         self._leased = 0
         self._save_lease: Callable[[int], None] | None = None
 
-    def lease(self, size: int, save: Callable[[int], None]) -> None:
-        """Before issuing a nonce past the saved mark, move the mark ``size`` ahead and ``save``
-        it (synchronously), so a process killed at any moment has never used a nonce above what
-        it saved: a restart with the saved mark as floor cannot reuse one."""
+    def lease(self, size: int, save: Callable[[int], None], slack: int = 1) -> None:
+        """Before issuing a nonce past the saved mark, move the mark and ``save`` it
+        (synchronously), so a process killed at any moment has never used a nonce above what it
+        saved: a restart with the saved mark as floor cannot reuse one.
+
+        The new mark is ``size`` units ahead of the clock, or ``slack`` nonces past the one being
+        issued when the clock is behind the nonces (after a crash, or a clock stepped back): so
+        the mark leads the clock by at most ``size`` in normal running, and repeated crashes push
+        it on by ``slack`` nonces each, not by ``size``."""
         with self._lock:
-            self._lease_size, self._save_lease, self._leased = size, save, self._last
+            self._lease_size, self._lease_slack = size, max(1, slack)
+            self._save_lease, self._leased = save, self._last
 
     @property
     def last(self) -> int:
@@ -64,7 +71,8 @@ class NonceSource:
         with self._lock:
             nonce = now if now > self._last else self._last + 1
             if self._save_lease is not None and nonce > self._leased:
-                self._save_lease(nonce + self._lease_size)
-                self._leased = nonce + self._lease_size
+                mark = max(nonce + self._lease_slack, now + self._lease_size)
+                self._save_lease(mark)
+                self._leased = mark
             self._last = nonce
             return nonce

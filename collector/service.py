@@ -26,6 +26,7 @@ from .client import API
 from .config import Config, Job, KrakenSettings
 from .datasets import DEFAULT, Dataset
 from .events import Events
+from .keystate import KeyState
 from .nonce import UNITS
 from .records import RunRecord
 from .retry import RetryPolicy
@@ -37,8 +38,9 @@ from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
-#: The spool's state entry holding the nonce lease.
-NONCE_LEASE = "nonce_lease"
+#: Where versions before the per-key state kept the nonce lease (in the spool file); still read,
+#: so an upgrade right after a crash starts above it.
+LEGACY_LEASE = "nonce_lease"
 
 
 def build_api(settings: KrakenSettings, *, cancel: threading.Event | None = None) -> API:
@@ -111,6 +113,9 @@ class Service:
             stopping=self.stopping,
         )
         self.schedule = Schedule(config.jobs, self.runner.run, workers)
+        self.keystate: KeyState | None = None
+        if self.api.key:
+            self.keystate = KeyState(config.state_dir, self.api.key, self.api.nonces.unit)
         self._opened = False
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -121,14 +126,19 @@ class Service:
             return
         if self._owns_store:
             self.store.upgrade()
-        # A restart starts above every nonce the last process may have used, even after kill -9
-        # and with the clock gone back: the stored high-water mark and the spool's lease.
-        lease = self.spool.get(NONCE_LEASE)
-        self.api.nonces.raise_floor(max(self.store.load_nonce(), int(lease or 0)))
-        self.api.nonces.lease(
-            defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[self.api.nonces.unit],
-            lambda mark: self.spool.set(NONCE_LEASE, str(mark)),
-        )
+        # Start above every nonce the key may have been used with: the database's mark, and the
+        # key's own state (the last nonce of a clean stop, the lease of a crashed process), which
+        # every process using the key shares whatever its database.
+        floor = max(self.store.load_nonce(), int(self.spool.get(LEGACY_LEASE) or 0))
+        if self.keystate is not None:
+            floor = max(floor, self.keystate.start())
+            nonces = self.api.nonces
+            nonces.lease(
+                defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[nonces.unit],
+                self.keystate.lease,
+                slack=defaults.NONCE_LEASE_SLACK,
+            )
+        self.api.nonces.raise_floor(floor)
         self.writer.start()
         self._opened = True
 
@@ -167,6 +177,9 @@ class Service:
                 self.api.close()
                 self.store.dispose()
                 self.spool.close()
+                if self.keystate is not None and self._opened:
+                    # Every call has returned: the last nonce issued is the last one used.
+                    self.keystate.stop(self.api.nonces.last)
         logger.info("collector stopped: %d runs written", self.writer.written)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:

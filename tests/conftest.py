@@ -17,6 +17,14 @@ import collector
 from collector.testing.fake_exchange import FakeKraken
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch) -> str:
+    """Each test's nonce marks in its own folder, never the user's ~/.local/state."""
+    folder = str(tmp_path / "state")
+    monkeypatch.setenv("COLLECTOR_STATE_DIR", folder)
+    return folder
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeKraken]:
     with FakeKraken(tier=None) as exchange:

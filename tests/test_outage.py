@@ -333,10 +333,10 @@ def test_when_neither_the_database_nor_the_spool_can_take_runs_they_wait_in_memo
 
 
 def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_behind(
-    tmp_path, fake, keypair
+    tmp_path, fake, keypair, state_dir
 ) -> None:
     """The database's nonce high-water mark trails the calls (here by a whole stuck write); the
-    spool's lease, saved before a nonce past it is issued, does not."""
+    key's lease, saved before a nonce past it is issued, does not."""
     import sqlite3
 
     import collector
@@ -345,6 +345,7 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
     jobs = "".join(f"  b{i}: {{method: Balance, every: 0.05s}}\n" for i in range(5))
     path = job_file(tmp_path, fake, keypair, f"sqlite:///{db}", jobs)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env["COLLECTOR_STATE_DIR"] = os.environ["COLLECTOR_STATE_DIR"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "run", path],
         env=env,
@@ -372,7 +373,7 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
     # A new process whose clock is an hour behind the nonces the dead one used.
     behind = collector.API(*keypair, clock=lambda: (used - 3_600_000) * 10**6)
     behind.uri = fake.url
-    restarted = Service(load(path, environ={}), api=behind)
+    restarted = Service(load(path, environ={"COLLECTOR_STATE_DIR": state_dir}), api=behind)
     try:
         assert restarted.run_once()
     finally:
@@ -386,6 +387,7 @@ def test_run_started_before_its_database_waits_for_it(tmp_path, fake, keypair, p
     url = postgres.new_database()
     path = job_file(tmp_path, fake, keypair, url, "  t: {method: Time, every: 0.2s}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env["COLLECTOR_STATE_DIR"] = os.environ["COLLECTOR_STATE_DIR"]
     log = tmp_path / "run.log"
     procs: list[subprocess.Popen] = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -76,12 +77,17 @@ def test_service_at_debug_level_with_failures_leaks_nothing(
     assert "EAPI:Invalid signature" in database and "bad_response" in database and "ok" in database
     assert len(fake.signatures) >= 14
 
-    assert spool_files and "nonce_lease" in spool  # it exists, so searching it means something
+    # The key's nonce state, named by a hash of the key and holding neither the key nor the secret.
+    state_files = [p for p in Path(os.environ["COLLECTOR_STATE_DIR"]).rglob("*") if p.is_file()]
+    state = "".join(p.read_bytes().decode("latin-1") for p in state_files)
+    assert '"last"' in state  # it exists, so searching it means something
+    assert key not in state and key not in "".join(p.name for p in state_files)
     for where, haystack in (
         ("log", log),
         ("database", database),
         ("check", check.output),
         ("spool", spool),
+        ("state", state),
     ):
         assert secret not in haystack, where
         assert OTP not in haystack, where
