@@ -139,7 +139,10 @@ _log = click.option(
 @_jobfile
 @_db
 @click.option(
-    "--once", is_flag=True, help="Run each job once and exit: 0 if all succeeded, else 1."
+    "--once",
+    is_flag=True,
+    help="Run every job once, at the same time, and exit: 0 if all succeeded, else 1; "
+    "130 when interrupted.",
 )
 @click.option(
     "--workers", default=defaults.WORKERS, show_default=True, help="Threads making calls."
@@ -166,11 +169,17 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
         logger.warning("%s", warning)
     _check_sqlite_folder(config)
     if once:
-        service = Service(config, store=_open_store(config.database, jobfile), workers=workers)
-        try:
-            ok = service.run_once()
-        finally:
-            service.stop()
+        # Ctrl-C (or SIGTERM) stops what waits, keeps what finished, and exits 130 like a shell.
+        with stop_signals() as stop:
+            store = _open_store(config.database, jobfile)
+            service = Service(config, store=store, workers=workers)
+            try:
+                ok = service.run_once(stop)
+            finally:
+                service.stop()
+        if stop.is_set():
+            logger.warning("interrupted: the runs that finished are stored")
+            sys.exit(130)
         sys.exit(0 if ok else 1)
     with stop_signals() as stop:
         store = _open_store(config.database, jobfile, until=stop)

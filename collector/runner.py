@@ -72,6 +72,9 @@ class Runner:
 
         Returns None when the service began stopping before the call was sent.
         """
+        if self.stopping.is_set():
+            logger.info("job %s: not run, the service is stopping", job.name)
+            return None
         started = self.clock()
         scheduled = scheduled_at or started
         late = (started - scheduled).total_seconds()

@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 from types import FrameType
 
@@ -25,6 +27,7 @@ from . import defaults
 from .client import API
 from .config import Config, Job, KrakenSettings
 from .datasets import DEFAULT, Dataset
+from .errors import Cancelled, RequestError
 from .events import Events
 from .keystate import KeyState
 from .nonce import UNITS
@@ -112,6 +115,7 @@ class Service:
             clock=clock,
             stopping=self.stopping,
         )
+        self.workers = workers
         self.schedule = Schedule(config.jobs, self.runner.run, workers)
         self.keystate: KeyState | None = None
         if self.api.key:
@@ -142,10 +146,24 @@ class Service:
         self.writer.start()
         self._opened = True
 
-    def run_once(self) -> bool:
-        """Run every job once, in file order, store them, and say whether all succeeded."""
+    def run_once(self, stop: threading.Event | None = None) -> bool:
+        """Run every job once, at the same time (within the rate limits), store them, and say
+        whether all succeeded.
+
+        :param stop: when set (Ctrl-C), calls waiting for budget give up and no new call starts;
+            calls in flight finish, and every finished run is stored
+        """
         self.open()
-        results = [self.runner.run(job) for job in self.config.jobs]
+        workers = max(1, min(self.workers, len(self.config.jobs)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
+            futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
+            pending = set(futures)
+            while pending:
+                pending = wait(pending, timeout=0.2).not_done
+                if pending and stop is not None and stop.is_set():
+                    self.stopping.set()  # budget waits end; runs not started yet don't start
+                    break
+            results = [f.result() for f in futures]
         self.writer.flush()
         return all(r is not None and r.status == "ok" for r in results)
 
@@ -159,6 +177,28 @@ class Service:
             self.config.database_for_display(),
             self.config.kraken.url,
         )
+        threading.Thread(target=self._probe, name="collector-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        """One cheap public call, so the log says at once whether the exchange answers (the
+        service runs either way; each run retries on its own)."""
+        url = self.config.kraken.url
+        try:
+            reply = self.api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
+            offset = float(reply.result["unixtime"]) - time.time()
+        except Cancelled:
+            return
+        except RequestError as exc:
+            logger.warning(
+                "exchange %s did not answer (%s); collecting anyway, each run retries",
+                url,
+                exc,
+            )
+            return
+        except (KeyError, TypeError, ValueError):
+            logger.warning("exchange %s answered Time with an unexpected result", url)
+            return
+        logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
 
     def stop(self) -> None:
         """Stop scheduling, let calls in flight finish, write everything, close the session."""

@@ -1,0 +1,83 @@
+"""`run --once` runs its jobs at the same time, and Ctrl-C keeps what finished; start-up says
+whether the exchange answers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from collector.config import load
+from collector.service import Service
+
+from .helpers import running, wait_for
+from .test_service import _utc, job_file, rows
+
+
+def test_once_runs_the_jobs_at_the_same_time(tmp_path, fake, keypair, database_url) -> None:
+    fake.inject("slow", method="Ticker", delay=1.0, count=4)
+    jobs = "".join(
+        f"t{i}: {{method: Ticker, params: {{pair: XBTUSD}}, every: 1h}}\n" for i in range(4)
+    )
+    service = Service(load(job_file(tmp_path, fake, keypair, database_url, jobs)))
+    try:
+        assert service.run_once()
+    finally:
+        service.stop()
+    spans = [
+        (_utc(a), _utc(b))
+        for a, b in rows(database_url, "SELECT started_at, finished_at FROM runs ORDER BY id")
+    ]
+    assert len(spans) == 4
+    # Each call took a second; they overlapped instead of queueing one after another.
+    latest_start, earliest_end = max(a for a, _ in spans), min(b for _, b in spans)
+    assert latest_start < earliest_end, spans
+
+
+def test_ctrl_c_during_once_keeps_what_finished_and_exits_130(tmp_path, fake, keypair) -> None:
+    db = tmp_path / "once.db"
+    # One public job answers at once; the private ones queue for a budget that refills in minutes.
+    jobs = "t: {method: Time, every: 1h}\n" + "".join(
+        f"b{i}: {{method: Balance, every: 1h}}\n" for i in range(4)
+    )
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        f"sqlite:///{db}",
+        jobs,
+        kraken_extra="rate_limit: {max: 1.5, decay: 0.01}",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    cmd = [sys.executable, "-m", "collector.cli", "run", "--once", str(path)]
+    with running(cmd, env=env) as proc:
+        wait_for(lambda: fake.calls["Time"] >= 1 and fake.calls["Balance"] >= 1)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, output
+    assert "Aborted" not in output and "Traceback" not in output
+    stored = rows(f"sqlite:///{db}", "SELECT job, status FROM runs ORDER BY job")
+    assert (("t", "ok") in stored and ("b0", "ok") in stored) or ("b1", "ok") in stored
+    assert len(stored) == 2  # the runs that waited for budget were never sent, nor stored
+    assert fake.calls["Balance"] == 1
+
+
+def test_start_says_whether_the_exchange_answers(tmp_path, fake, keypair, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="collector")
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    service = Service(load(job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 1h}")))
+    service.start()
+    try:
+        wait_for(lambda: "answered (its clock is" in caplog.text)
+    finally:
+        service.stop()
+    closed = job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 1h}")
+    closed.write_text(closed.read_text().replace(fake.url, "http://127.0.0.1:9"))
+    service = Service(load(closed))
+    service.start()
+    try:
+        wait_for(lambda: "did not answer" in caplog.text)
+    finally:
+        service.stop()
+    assert "collecting anyway" in caplog.text
