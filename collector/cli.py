@@ -281,7 +281,13 @@ def _check_sqlite_folder(config: Config) -> bool:
 
 @main.group()
 def db() -> None:
-    """Database maintenance."""
+    """Database maintenance.
+
+    \b
+    Example:
+        collector db upgrade jobs.yaml
+        collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
+    """
 
 
 @db.command()
@@ -339,6 +345,16 @@ def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit:
         collector fake-exchange --port 8765 --key-file fake.key
         # then in jobs.yaml:  kraken: {url: http://127.0.0.1:8765, key_file: fake.key}
         # inject a fault:     curl -X POST 'http://127.0.0.1:8765/_fake/fault?kind=http_502'
+
+    \b
+    Fault kinds (POST /_fake/fault?kind=K[&method=M][&count=N]):
+        http_500, http_502, http_520  an HTML error page with that status
+        slow                          answer after delay= seconds (default 5)
+        reset                         reset the connection, no answer
+        truncated                     cut-off JSON
+        not_json                      an HTML page with status 200
+        kraken_error                  {"error": [error=...]} (default EService:Unavailable)
+        raw                           body= as given, with status= (default 200)
     """
     from .testing.fake_exchange import FakeKraken, new_key_file
 
