@@ -1146,6 +1146,7 @@ class _Data:
 
     @staticmethod
     def Ledgers(fake: FakeKraken, params: dict[str, str], now: float) -> Any:
+        # `without_count` is accepted and ignored: counting costs the fake nothing.
         match = _ledger_filter(params)
         page, count = _window_page(fake._histories["ledger"], params, match=match)
         return {"ledger": page, "count": count}
