@@ -10,7 +10,7 @@ import requests
 
 import collector
 from collector.ratelimit import RateLimit
-from collector.testing.fake_exchange import FakeKraken, _Data
+from collector.testing.fake_exchange import FAULT_KINDS, FakeKraken, Refusal
 
 
 def post(fake: FakeKraken, path: str, body: bytes, headers: dict[str, str]) -> requests.Response:
@@ -55,9 +55,8 @@ def test_counter_refuses_over_max_and_calls_while_over_extend_it() -> None:
         key, secret = fake.add_key()
         api = collector.API(key, secret)
         api.uri = fake.url
-        assert [api.query_private("Balance")["error"] for _ in range(4)] == [
-            [], [], [], ["EAPI:Rate limit exceeded"]
-        ]  # fmt: skip
+        errors = [api.query_private("Balance")["error"] for _ in range(4)]
+        assert errors == [[], [], [], ["EAPI:Rate limit exceeded"]]
         clock[0] += 1.5  # 4 - 1.5 = 2.5: still over for one more call (2.5 + 1 > 3)
         assert api.query_private("Balance")["error"] == ["EAPI:Rate limit exceeded"]
         clock[0] += 3.5  # 3.5 - 3.5 = 0
@@ -75,9 +74,8 @@ def test_public_counter_per_ip() -> None:
     with FakeKraken(public_limit=RateLimit(max=2, decay=0.01)) as fake:
         api = collector.API()
         api.uri = fake.url
-        assert [api.query_public("Time")["error"] for _ in range(3)] == [
-            [], [], ["EGeneral:Too many requests"]
-        ]  # fmt: skip
+        errors = [api.query_public("Time")["error"] for _ in range(3)]
+        assert errors == [[], [], ["EGeneral:Too many requests"]]
 
 
 def test_wrong_verb_is_405(fake) -> None:
@@ -112,24 +110,38 @@ def test_state_changing_calls_are_refused_and_counted(api, fake) -> None:
         ("SystemStatus", {}, lambda r: r["status"] == "online"),
         ("Assets", {}, lambda r: r["XXBT"]["altname"] == "XBT"),
         ("AssetPairs", {"pair": "XBTUSD"}, lambda r: r["XXBTZUSD"]["altname"] == "XBTUSD"),
-        ("Ticker", {"pair": "XBTUSD,ETHUSD"},
-         lambda r: sorted(r) == ["XETHZUSD", "XXBTZUSD"] and len(r["XXBTZUSD"]["a"]) == 3),
-        ("OHLC", {"pair": "XBTUSD", "interval": 5},
-         lambda r: len(r["XXBTZUSD"]) == 720 and r["last"] == r["XXBTZUSD"][-2][0]),
-        ("Depth", {"pair": "XBTUSD", "count": 3},
-         lambda r: len(r["XXBTZUSD"]["asks"]) == 3 and len(r["XXBTZUSD"]["bids"]) == 3),
-        ("Trades", {"pair": "XBTUSD", "count": 5},
-         lambda r: len(r["XXBTZUSD"]) == 5 and isinstance(r["last"], str)),
+        (
+            "Ticker",
+            {"pair": "XBTUSD,ETHUSD"},
+            lambda r: sorted(r) == ["XETHZUSD", "XXBTZUSD"] and len(r["XXBTZUSD"]["a"]) == 3,
+        ),
+        (
+            "OHLC",
+            {"pair": "XBTUSD", "interval": 5},
+            lambda r: len(r["XXBTZUSD"]) == 720 and r["last"] == r["XXBTZUSD"][-2][0],
+        ),
+        (
+            "Depth",
+            {"pair": "XBTUSD", "count": 3},
+            lambda r: len(r["XXBTZUSD"]["asks"]) == 3 and len(r["XXBTZUSD"]["bids"]) == 3,
+        ),
+        (
+            "Trades",
+            {"pair": "XBTUSD", "count": 5},
+            lambda r: (
+                len(r["XXBTZUSD"]) == 5 and abs(int(r["last"]) / 1e9 - r["XXBTZUSD"][-1][2]) < 1e-6
+            ),
+        ),
         ("Spread", {"pair": "XBTUSD"}, lambda r: len(r["XXBTZUSD"][0]) == 3),
         ("Balance", {}, lambda r: r["XXBT"] == "1011.1908877900"),
         ("BalanceEx", {}, lambda r: r["XXBT"]["balance"] == "1011.1908877900"),
         ("TradeBalance", {}, lambda r: {"eb", "tb", "m", "n", "c", "v", "e", "mf"} <= set(r)),
-        ("OpenOrders", {}, lambda r: len(r["open"]) == 1),
+        ("OpenOrders", {}, lambda r: len(r["open"]) == 2),
         ("ClosedOrders", {}, lambda r: len(r["closed"]) == 50 and r["count"] == 120),
         ("TradesHistory", {}, lambda r: len(r["trades"]) == 50 and r["count"] == 120),
         ("Ledgers", {}, lambda r: len(r["ledger"]) == 50 and r["count"] == 120),
     ],
-)  # fmt: skip
+)
 def test_response_shapes(api, method, params, check) -> None:
     reply = api.call(method, params)
     assert check(reply.result), json.dumps(reply.result)[:300]
@@ -158,13 +170,28 @@ def test_ledgers_paginate_newest_first(api) -> None:
     assert times == sorted(times, reverse=True)
 
 
-def test_values_change_over_time(fake) -> None:
-    params = {"pair": "XBTUSD"}
-    now = 1_790_000_000.0
-    early = _Data.Ticker(fake, params, now)["XXBTZUSD"]["c"][0]
-    later = _Data.Ticker(fake, params, now + 300)["XXBTZUSD"]["c"][0]
-    assert early != later
-    assert _Data.Balance(fake, {}, now)["ZUSD"] != _Data.Balance(fake, {}, now + 60)["ZUSD"]
+def test_values_change_with_the_data_time() -> None:
+    now = [1_790_000_000.0]
+    fake = FakeKraken(now=lambda: now[0])
+    early = fake.result("Ticker", {"pair": "XBTUSD"})["XXBTZUSD"]["c"][0]
+    balance = fake.result("Balance")["ZUSD"]
+    now[0] += 300
+    assert fake.result("Ticker", {"pair": "XBTUSD"})["XXBTZUSD"]["c"][0] != early
+    assert fake.result("Balance")["ZUSD"] != balance
+    assert fake.result("Time")["unixtime"] == 1_790_000_300
+    fake.close()
+
+
+def test_result_raises_the_kraken_error() -> None:
+    fake = FakeKraken()
+    with pytest.raises(Refusal, match="EQuery:Unknown asset pair"):
+        fake.result("Ticker", {"pair": "DOGEXYZ"})
+    with pytest.raises(Refusal, match="EGeneral:Permission denied"):
+        fake.result("AddOrder")
+    assert fake.state_changing_calls == 0  # a look at the data, not a call
+    fake.balance = None
+    assert fake.result("Balance") is None
+    fake.close()
 
 
 def test_unknown_pair(api) -> None:
@@ -190,6 +217,24 @@ def test_faults_over_http_for_a_fake_run_from_the_cli(api, fake) -> None:
     assert bad.status_code == 400 and "unknown fault 'meteor'" in bad.text
 
 
+def test_fault_count_over_http_and_every_kind_documented(api, fake) -> None:
+    import collector.testing.fake_exchange as module
+
+    answer = requests.post(
+        fake.url + "/_fake/fault?kind=kraken_error&error=EService:Busy&method=Time&count=2",
+        timeout=5,
+    )
+    assert answer.json() == {"ok": True}
+    assert [api.query_public("Time")["error"] for _ in range(3)] == [
+        ["EService:Busy"],
+        ["EService:Busy"],
+        [],
+    ]
+    for kind in FAULT_KINDS:
+        assert f"``{kind}``" in module.__doc__
+        assert f"``{kind}``" in FakeKraken.inject.__doc__
+
+
 def test_unknown_fault_kind_is_refused(fake) -> None:
     with pytest.raises(ValueError, match="unknown fault 'meteor'"):
         fake.inject("meteor")
@@ -200,16 +245,16 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
 
     from collector.cli import main
 
-    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file",
-                                       str(tmp_path / "no" / "such" / "fake.key")])  # fmt: skip
+    missing = str(tmp_path / "no" / "such" / "fake.key")
+    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file", missing])
     assert result.exit_code == 2
     assert (
         result.output
         == f"error: {tmp_path / 'no' / 'such' / 'fake.key'}: No such file or directory\n"
     )
     (tmp_path / "bad.key").write_text("key\nnot base64!\n")
-    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file",
-                                       str(tmp_path / "bad.key")])  # fmt: skip
+    bad = str(tmp_path / "bad.key")
+    result = CliRunner().invoke(main, ["fake-exchange", "--port", "0", "--key-file", bad])
     assert result.exit_code == 2 and "not a key file" in result.output
     result = CliRunner().invoke(main, ["fake-exchange", "--tier", "gold"])
     assert result.exit_code == 2 and "unknown tier 'gold'" in result.output

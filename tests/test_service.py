@@ -128,9 +128,7 @@ def test_balances_are_stored_exactly(service_factory, fake, database_url) -> Non
 
 
 def _live_balance(fake: FakeKraken) -> dict[str, str]:
-    from collector.testing.fake_exchange import _Data
-
-    return _Data.Balance(fake, {}, time.time())
+    return fake.result("Balance")
 
 
 def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(
