@@ -8,6 +8,7 @@ did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environ
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import re
@@ -45,7 +46,18 @@ KRAKEN_KEYS = (
     "lockout",
     "max_response_mb",
 )
-JOB_KEYS = ("method", "params", "every", "cron", "timezone", "jitter", "timeout", "deadline")
+JOB_KEYS = (
+    "method",
+    "params",
+    "every",
+    "cron",
+    "timezone",
+    "jitter",
+    "timeout",
+    "deadline",
+    "since",
+    "raw",
+)
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
 
@@ -66,8 +78,13 @@ class Job:
     timezone: str = "UTC"
     jitter: float | None = None
     timeout: float = defaults.TIMEOUT
-    #: retries of one run end this many seconds after it started
+    #: retries of one call end this many seconds after it started
     deadline: float = defaults.DEADLINE
+    #: where a dataset's history starts (unix seconds), None for its default (``all`` for the
+    #: private histories, now for public trades, what Kraken keeps for candles and spreads)
+    since: float | None = None
+    #: keep the raw answers in ``runs.result`` too (datasets store rows instead)
+    raw: bool = False
     line: int = 0
 
     @property
@@ -439,6 +456,32 @@ class _Builder:
             )
         return key, secret
 
+    def since(self, spec: _Map, path: str) -> float | None:
+        """``all`` (None: from the beginning), a date, an ISO time (UTC unless it says), or unix
+        seconds."""
+        value = spec["since"]
+        if value == "all":
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            value = datetime.datetime.combine(value, datetime.time(), datetime.UTC)
+        if isinstance(value, str):
+            try:
+                value = datetime.datetime.fromisoformat(value)
+            except ValueError:
+                value = None
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.UTC)
+            return value.timestamp()
+        raise self.error(
+            "must be all, a date (2024-01-31), a time (2024-01-31T12:00:00Z) or unix seconds",
+            spec,
+            "since",
+            path,
+        )
+
     def rate_limit(self, k: _Map, key: str) -> RateLimit:
         value = k[key]
         if not isinstance(value, _Map) or set(value) != {"max", "decay"}:
@@ -550,6 +593,12 @@ class _Builder:
             opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
         elif "every" in opts:
             opts["deadline"] = min(opts["every"].total_seconds(), defaults.DEADLINE)
+        if "since" in spec:
+            opts["since"] = self.since(spec, path + ".since")
+        if "raw" in spec:
+            if not isinstance(spec["raw"], bool):
+                raise self.error("must be true or false", spec, "raw", path + ".raw")
+            opts["raw"] = spec["raw"]
         job = Job(
             name=str(name),
             method=method,

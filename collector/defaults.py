@@ -39,6 +39,12 @@ LOCKOUT_PAUSE = 15 * 60.0
 #: the job's next run for an interval job), so retries never pile onto the next run.
 DEADLINE = 60.0
 
+# -- datasets -----------------------------------------------------------------------------------
+
+#: Each window of a private history starts this long before where the last one ended (seconds):
+#: entries can share a time, and Kraken's clock is not ours. The entries seen twice are stored once.
+HISTORY_OVERLAP = 60.0
+
 # -- the database -------------------------------------------------------------------------------
 
 #: SQLite beside the job file: works with no server and no setup.

@@ -39,6 +39,9 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     BAD_RESPONSE = "bad_response"
+    #: a paging run that stored some pages and was cut short (stopped, or the process died); the
+    #: next run continues from the last stored page
+    PARTIAL = "partial"
 
 
 class CollectorError(Exception):

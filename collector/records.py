@@ -27,6 +27,8 @@ class RunRecord:
         the store adds each row's ``run_id``
     :ivar dataset: the job's dataset, when it keeps a cursor
     :ivar cursor: the job's cursor after this run (stored with the rows), or None to keep it
+    :ivar pages: answers received so far (a paging run writes a record per page, all with the same
+        ``uid``: the store keeps one ``runs`` row per uid, the latest record's fields)
     """
 
     job: str
@@ -40,6 +42,7 @@ class RunRecord:
     error: str | None = None
     result: Any = None
     attempts: int = 1
+    pages: int = 0
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     dataset: str | None = None
     cursor: Any = None
@@ -59,6 +62,7 @@ class RunRecord:
             "error": self.error,
             "result": self.result,
             "attempts": self.attempts,
+            "pages": self.pages,
             "uid": self.uid,
         }
 

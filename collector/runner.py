@@ -7,6 +7,7 @@ for the lockout period (public calls go on).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 from . import defaults
 from .client import API
 from .config import Job
-from .datasets import DEFAULT, Dataset, by_method
+from .datasets import DEFAULT, Dataset, Page, by_method
 from .errors import BadResponse, Cancelled, RequestError, Status
 from .events import Events, RunFinished
 from .records import RunRecord
@@ -68,9 +69,12 @@ class Runner:
         self._cursor_lock = threading.Lock()
 
     def run(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
-        """Call ``job``'s method (retrying within its deadline) and submit the run. Never raises.
+        """Call ``job``'s method (each call retried within the job's deadline), page through what
+        its dataset asks for, and submit the run. Never raises.
 
-        Returns None when the service began stopping before the call was sent.
+        A paging run submits a record per page as it goes (the page's rows and cursor, status
+        ``partial``), so a run cut short anywhere keeps every page it stored. Returns None when the
+        service began stopping before anything was received.
         """
         if self.stopping.is_set():
             logger.info("job %s: not run, the service is stopping", job.name)
@@ -81,66 +85,111 @@ class Runner:
         if late > defaults.LATE_AFTER:
             logger.info("job %s started %.1fs after its time", job.name, late)
         dataset = self.datasets.get(job.method)
-        cursor = self._cursor(job, dataset)
-        params = dataset.params(job.params, cursor) if dataset else dict(job.params)
+        keep = job.raw or dataset is None or dataset.keep_result
         record = RunRecord(
             job=job.name,
             method=job.method,
-            params={k: v for k, v in params.items() if k not in SECRET_PARAMS},
+            params={},
             scheduled_at=scheduled,
             started_at=started,
             finished_at=started,
             dataset=dataset.name if dataset and dataset.incremental else None,
+            attempts=0,
         )
-        deadline = time.monotonic() + job.deadline
-        attempt = nonce_retries = 0
-        result: Any = None
+        cursor = self._cursor(job, dataset)
+        params = dict(job.params)
+        if dataset is not None:
+            params, cursor = dataset.first(job, cursor, started)
+        record.params = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
+        answers: list[Any] = []
         while True:
-            attempt += 1
-            kind = None
             try:
-                reply = self.api.call(job.method, params, timeout=job.timeout)
-                record.status, record.http_status = Status.OK, reply.http_status
-                record.error = ", ".join(reply.warnings) or None
-                result = reply.result
+                ok, result = self._call(job, params, record)
             except Cancelled:
-                logger.info("job %s: not run, the service is stopping", job.name)
-                return None
-            except RequestError as exc:
-                record.status, record.http_status = exc.status, exc.http_status
-                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
-                kind = classify(exc)
-            except Exception as exc:  # a bug must not kill the service; it becomes a stored row
-                logger.exception("job %s: unexpected error", job.name)
-                record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
-            if kind is None or not self._retry_after(job, kind, attempt, nonce_retries, deadline):
+                if record.pages == 0:
+                    logger.info("job %s: not run, the service is stopping", job.name)
+                    return None
+                record.status, record.error = Status.PARTIAL, "stopped before the last page"
                 break
-            nonce_retries += kind == Kind.NONCE
-        record.attempts = attempt
-        record.finished_at = self.clock()
-        if record.status == Status.OK:
-            record.result = result
-            if dataset is not None:
-                self._derive(record, dataset, params, result, cursor)
+            record.finished_at = self.clock()
+            if not ok:
+                break
+            record.pages += 1
+            if keep:
+                answers.append(result)
+            if dataset is None:
+                break
+            try:
+                page = dataset.page(record, params, result, cursor)
+            except (BadResponse, ValueError) as exc:
+                record.status, record.error = Status.BAD_RESPONSE, str(exc)
+                answers = answers or [result]  # the answer that could not be read is kept
+                keep = True
+                break
+            self._take(record, dataset, page)
+            if page.cursor is not None:
+                cursor = page.cursor
+            if page.next is None:
+                break
+            # More to fetch: this page goes to the writer now with its cursor, so a run cut short
+            # continues from here; the run's final record follows with the last page.
+            self.submit(dataclasses.replace(record, status=Status.PARTIAL, result=None))
+            record.rows = {}
+            params = page.next
+        if keep and answers:
+            record.result = answers[0] if len(answers) == 1 else {"pages": answers}
         if record.status != Status.OK:
             logger.warning("job %s: %s %s", job.name, record.status, record.error)
         self.events.publish(RunFinished(record))
         self.submit(record)
         return record
 
-    def _derive(
-        self, record: RunRecord, dataset: Dataset, params: dict[str, Any], result: Any, cursor: Any
-    ) -> None:
-        """Fill ``record``'s rows and cursor; an answer that doesn't hold them is a bad response."""
-        try:
-            record.rows = {dataset.name: dataset.rows(record, result)}
-            record.cursor = dataset.cursor(params, result, cursor)
-        except (BadResponse, ValueError) as exc:
-            record.status, record.error, record.rows = Status.BAD_RESPONSE, str(exc), {}
-            return
-        if record.cursor is not None:
+    def _call(self, job: Job, params: dict[str, Any], record: RunRecord) -> tuple[bool, Any]:
+        """One call with its retries; the outcome goes into ``record``. (True, result) on success.
+
+        :raises Cancelled: the service is stopping
+        """
+        deadline = time.monotonic() + job.deadline
+        attempt = nonce_retries = 0
+        while True:
+            attempt += 1
+            record.attempts += 1
+            kind = None
+            try:
+                reply = self.api.call(job.method, params, timeout=job.timeout)
+                record.status, record.http_status = Status.OK, reply.http_status
+                record.error = ", ".join(reply.warnings) or None
+                return True, reply.result
+            except RequestError as exc:
+                record.status, record.http_status = exc.status, exc.http_status
+                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+                kind = classify(exc)
+            except Cancelled:
+                raise
+            except Exception as exc:  # a bug must not kill the service; it becomes a stored row
+                logger.exception("job %s: unexpected error", job.name)
+                record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
+            if kind is None or not self._retry_after(job, kind, attempt, nonce_retries, deadline):
+                return False, None
+            nonce_retries += kind == Kind.NONCE
+
+    def _take(self, record: RunRecord, dataset: Dataset, page: Page) -> None:
+        """Put a page's rows, gaps and cursor into ``record``."""
+        record.rows.setdefault(dataset.name, []).extend(page.rows)
+        if page.gaps:
+            record.rows.setdefault("gaps", []).extend(page.gaps)
+            for gap in page.gaps:
+                logger.warning(
+                    "job %s: no data from %s to %s (%s); recorded in gaps",
+                    record.job,
+                    gap["start"].isoformat(),
+                    gap["end"].isoformat(),
+                    gap["reason"],
+                )
+        if page.cursor is not None:
+            record.cursor = page.cursor
             with self._cursor_lock:
-                self._cursors[(record.job, dataset.name)] = record.cursor
+                self._cursors[(record.job, dataset.name)] = page.cursor
 
     def _cursor(self, job: Job, dataset: Dataset | None) -> Any:
         """The job's cursor: the last one this process made, else the stored one."""

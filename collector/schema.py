@@ -110,6 +110,9 @@ runs = Table(
     Column("error", Text),
     Column("result", JSONType),
     Column("attempts", Integer, nullable=False, server_default="1"),
+    # Answers received, and rows this run added to its dataset's table (0005).
+    Column("pages", Integer, nullable=False, server_default="0"),
+    Column("new_rows", Integer, nullable=False, server_default="0"),
     # A run's identity across a spool replay: replaying skips runs already stored (0002).
     Column("uid", String(32), unique=True),
 )

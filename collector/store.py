@@ -8,12 +8,14 @@ Dataset rows are upserted by the dataset's key, so writing the same rows twice s
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import defaults
@@ -113,44 +115,87 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def write(
-        self, records: Iterable[RunRecord], nonce: int | None = None, *, skip_stored: bool = False
-    ) -> list[int]:
+    def write(self, records: Iterable[RunRecord], nonce: int | None = None) -> list[int]:
         """Store runs, their rows and cursors, and the nonce high-water mark, in one transaction;
-        returns the new runs' ids.
+        returns the runs' ids, one per distinct ``uid``.
 
-        :param skip_stored: leave out runs whose ``uid`` is already stored (a spool replay, or a
-            retry after a batch that failed part way)
+        Idempotent: a run's ``uid`` identifies its ``runs`` row (a later record of the same run,
+        the next page of a paging run or a spool replay, updates it), and dataset rows are upserted
+        by their key. So writing the same records twice stores everything once.
         """
-        records = list(records)
+        records = _merge(records)
         with self.engine.begin() as conn:
-            if skip_stored and records:
-                uids = [r.uid for r in records]
-                stored = set(conn.execute(select(runs.c.uid).where(runs.c.uid.in_(uids))).scalars())
-                records = [r for r in records if r.uid not in stored]
             ids: list[int] = []
             if records:
-                ids = list(
+                by_uid = self._write_runs(conn, records)
+                ids = [by_uid[r.uid] for r in records]
+                added = self._write_rows(conn, by_uid, records)
+                if added:
                     conn.execute(
-                        insert(runs).returning(runs.c.id, sort_by_parameter_order=True),
-                        [r.row() for r in records],
-                    ).scalars()
-                )
-                self._write_rows(conn, ids, records)
+                        update(runs)
+                        .where(runs.c.id == bindparam("run"))
+                        .values(new_rows=runs.c.new_rows + bindparam("added")),
+                        [{"run": run, "added": n} for run, n in added.items()],
+                    )
                 self._write_cursors(conn, records)
             if nonce:
                 row = {"name": NONCE_KEY, "value": str(nonce)}
                 self._upsert(conn, state, ("name",), [row], ("value",))
         return ids
 
-    def _write_rows(self, conn: Any, ids: list[int], records: list[RunRecord]) -> None:
-        by_table: dict[str, list[dict[str, Any]]] = {}
-        for run_id, record in zip(ids, records, strict=True):
-            for table, rows in record.rows.items():
-                by_table.setdefault(table, []).extend({**row, "run_id": run_id} for row in rows)
-        for name, rows in by_table.items():
+    def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
+        uids = [r.uid for r in records]
+        by_uid = dict(conn.execute(select(runs.c.uid, runs.c.id).where(runs.c.uid.in_(uids))).all())
+        fresh = [r for r in records if r.uid not in by_uid]
+        stored = [r for r in records if r.uid in by_uid]
+        if fresh:
+            new_ids = conn.execute(
+                insert(runs).returning(runs.c.id, sort_by_parameter_order=True),
+                [r.row() for r in fresh],
+            ).scalars()
+            by_uid.update(zip((r.uid for r in fresh), new_ids, strict=True))
+        if stored:
+            fields = [c for c in stored[0].row() if c != "uid"]
+            conn.execute(
+                update(runs)
+                .where(runs.c.uid == bindparam("b_uid"))
+                .values({c: bindparam(f"b_{c}") for c in fields}),
+                [{f"b_{k}": v for k, v in r.row().items()} for r in stored],
+            )
+        return by_uid
+
+    def _write_rows(
+        self, conn: Any, by_uid: dict[str, int], records: list[RunRecord]
+    ) -> Counter[int]:
+        """Upsert every record's rows; returns how many rows each run added."""
+        by_table: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        for record in records:
+            run_id = by_uid[record.uid]
+            for name, rows in record.rows.items():
+                key = self.datasets[name].key
+                table = by_table.setdefault(name, {})
+                for row in rows:
+                    row = {**row, "run_id": run_id}
+                    k = tuple(row[c] for c in key)
+                    first = table.get(k)
+                    # One statement must not touch a key twice (PostgreSQL refuses it): the latest
+                    # values win, the run that first had the row keeps it.
+                    table[k] = row if first is None else {**row, "run_id": first["run_id"]}
+        added: Counter[int] = Counter()
+        for name, rows_by_key in by_table.items():
             dataset = self.datasets[name]
-            self._upsert(conn, dataset.table, dataset.key, rows, dataset.update)
+            added.update(
+                self._upsert(
+                    conn,
+                    dataset.table,
+                    dataset.key,
+                    list(rows_by_key.values()),
+                    dataset.update,
+                    dataset.frozen,
+                    count=True,
+                )
+            )
+        return added
 
     def _write_cursors(self, conn: Any, records: list[RunRecord]) -> None:
         now = datetime.now(UTC)
@@ -171,15 +216,42 @@ class Store:
         key: Sequence[str],
         rows: list[dict[str, Any]],
         update: Sequence[str] = (),
-    ) -> None:
-        """Insert ``rows``; a row whose ``key`` is stored already updates ``update`` (or is left)."""
+        frozen: str | None = None,
+        *,
+        count: bool = False,
+    ) -> Counter[int]:
+        """Insert ``rows``; a row whose ``key`` is stored already updates ``update`` (unless its
+        ``frozen`` column is true) or is left as it is. With ``count``: how many rows each
+        ``run_id`` inserted or changed."""
         if not rows:
-            return
+            return Counter()
         stmt = self._insert(table)
         if update:
             stmt = stmt.on_conflict_do_update(
-                index_elements=list(key), set_={c: stmt.excluded[c] for c in update}
+                index_elements=list(key),
+                set_={c: stmt.excluded[c] for c in update},
+                where=None if frozen is None else table.c[frozen].is_(False),
             )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-        conn.execute(stmt, rows)
+        if not count:
+            conn.execute(stmt, rows)
+            return Counter()
+        return Counter(conn.execute(stmt.returning(table.c.run_id), rows).scalars())
+
+
+def _merge(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One record per run (``uid``), in order: the latest fields, every record's rows, and the
+    latest cursor."""
+    merged: dict[str, RunRecord] = {}
+    for record in records:
+        before = merged.get(record.uid)
+        if before is None:
+            merged[record.uid] = record
+            continue
+        rows = {name: list(rs) for name, rs in before.rows.items()}
+        for name, rs in record.rows.items():
+            rows.setdefault(name, []).extend(rs)
+        cursor = record.cursor if record.cursor is not None else before.cursor
+        merged[record.uid] = dataclasses.replace(record, rows=rows, cursor=cursor)
+    return list(merged.values())

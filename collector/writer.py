@@ -156,10 +156,9 @@ class Writer:
     def _persist(self, batch: list[RunRecord]) -> None:
         """Put ``batch`` in the database or the spool, retrying in memory until one takes it."""
         delays = self._backoff.delays()
-        retry = False
         while True:
             try:
-                self._take(batch, retry)
+                self._take(batch)
                 break
             except Exception as exc:
                 delay = next(delays)
@@ -177,20 +176,19 @@ class Writer:
                     delay,
                 )
                 self.events.publish(WriteStalled(len(batch), reason))
-                time.sleep(delay)
-                retry = True  # some of the batch may be stored already (the run-by-run path)
+                time.sleep(delay)  # writes are idempotent: what was stored is not stored twice
         self.written += len(batch)
         with self._cond:
             self._pending -= len(batch)
             self._cond.notify_all()
 
-    def _take(self, batch: list[RunRecord], retry: bool) -> None:
+    def _take(self, batch: list[RunRecord]) -> None:
         if self.state is State.DIRECT:
             nonce = self._new_nonce()
             if not batch and nonce is None:
                 return
             try:
-                self._store(batch, nonce, skip_stored=retry)
+                self._store(batch, nonce)
             except Unavailable as exc:
                 if self.spool is None:
                     raise
@@ -217,7 +215,7 @@ class Writer:
             records = [decode(item) for _, item in chunk]
             nonce = self._new_nonce()
             try:
-                self._store(records, nonce, skip_stored=True)
+                self._store(records, nonce)
             except Unavailable as exc:
                 self._unavailable(exc, 0)
                 return
@@ -254,11 +252,11 @@ class Writer:
                 delay,
             )
 
-    def _store(self, batch: list[RunRecord], nonce: int | None, skip_stored: bool) -> None:
+    def _store(self, batch: list[RunRecord], nonce: int | None) -> None:
         """Write ``batch``; :class:`Unavailable` when the database can't be reached. A batch it
         refuses is stored run by run, and a run it still refuses is kept without its answer."""
         try:
-            _available(self.store.write, batch, nonce, skip_stored=skip_stored)
+            _available(self.store.write, batch, nonce)
             return
         except Unavailable:
             raise
@@ -271,7 +269,7 @@ class Writer:
             )
         for record in batch:
             try:
-                _available(self.store.write, [record], skip_stored=skip_stored)
+                _available(self.store.write, [record])
             except Unavailable:
                 raise
             except Exception as exc:
@@ -281,7 +279,7 @@ class Writer:
                     type(exc).__name__,
                     _first_line(exc),
                 )
-                _available(self.store.write, [_unstorable(record, exc)], skip_stored=skip_stored)
+                _available(self.store.write, [_unstorable(record, exc)])
         _available(self.store.write, [], nonce)
 
     def _new_nonce(self) -> int | None:

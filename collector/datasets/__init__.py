@@ -10,10 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .balances import Balances
-from .base import Dataset
+from .base import Dataset, Page
+from .gaps import Gaps
+from .history import Ledger, MyTrades, Orders
+from .market import OHLC, Spread, Ticker, Trades
 
 #: The datasets the service uses unless it is given others.
-DEFAULT: tuple[Dataset, ...] = (Balances(),)
+DEFAULT: tuple[Dataset, ...] = (
+    Balances(),
+    Ledger(),
+    MyTrades(),
+    Orders(),
+    Trades(),
+    OHLC(),
+    Spread(),
+    Ticker(),
+    Gaps(),
+)
 
 
 def by_method(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
@@ -32,4 +45,19 @@ def for_method(method: str, datasets: Iterable[Dataset] = DEFAULT) -> Dataset | 
     return by_method(datasets).get(method)
 
 
-__all__ = ["DEFAULT", "Balances", "Dataset", "by_method", "for_method"]
+__all__ = [
+    "DEFAULT",
+    "OHLC",
+    "Balances",
+    "Dataset",
+    "Gaps",
+    "Ledger",
+    "MyTrades",
+    "Orders",
+    "Page",
+    "Spread",
+    "Ticker",
+    "Trades",
+    "by_method",
+    "for_method",
+]

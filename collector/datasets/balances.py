@@ -31,6 +31,7 @@ class Balances(Dataset):
     table = table
     methods = frozenset({"Balance", "BalanceEx"})
     key = ("run_id", "asset")
+    keep_result = True  # as before datasets: a balance run keeps its answer
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         method = record.method

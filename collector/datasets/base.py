@@ -1,25 +1,49 @@
-"""What a dataset declares: its table, the methods it reads, its rows, its key and its cursor."""
+"""What a dataset declares: its table, the methods it reads, its rows, its key and its cursor.
+
+A run of a dataset's job is a conversation: :meth:`Dataset.first` says what to ask (from the job
+and the stored cursor), and :meth:`Dataset.page` reads each answer into rows, the cursor to store
+with them, and what to ask next, if anything. All paging state lives in the cursor, which the store
+commits in the same transaction as the rows it covers: a run cut short anywhere continues, in the
+next run, from the last page that was stored.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from sqlalchemy import Table
 
+from ..errors import BadResponse
 from ..records import RunRecord
+
+
+@dataclass
+class Page:
+    """What one answer means.
+
+    :ivar rows: rows for the dataset's table (without ``run_id``)
+    :ivar cursor: the cursor to store with them (None: the stored one stays)
+    :ivar next: the parameters of the next call of this run, or None when the run is done
+    :ivar gaps: ranges the exchange no longer serves (rows for the ``gaps`` table)
+    """
+
+    rows: list[dict[str, Any]]
+    cursor: Any = None
+    next: dict[str, Any] | None = None
+    gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Dataset:
     """A derived table filled from the answers of one or more Kraken methods.
 
-    Subclasses set the class attributes and implement :meth:`rows`; the store upserts the rows by
-    ``key`` (a row whose key is stored already keeps its values, except the ``update`` columns), and
-    adds each row's ``run_id`` (the run that first stored it).
-
-    A dataset that collects incrementally also overrides :meth:`params` and :meth:`cursor`: the
-    runner asks :meth:`params` for the request parameters from the stored cursor, and stores the
-    cursor :meth:`cursor` returns in the same transaction as the rows.
+    Subclasses set the class attributes and implement :meth:`rows` (one call, one answer) or,
+    for paging and cursors, :meth:`first` and :meth:`page`. The store upserts rows by ``key`` (a
+    row whose key is stored already keeps its values, except the ``update`` columns), and adds each
+    row's ``run_id``: the run that first stored it.
     """
 
     #: the table's name, also the key its rows travel under in a :class:`RunRecord`
@@ -31,8 +55,14 @@ class Dataset:
     key: ClassVar[tuple[str, ...]]
     #: columns refreshed when a row's key is already stored (e.g. a candle that was still open)
     update: ClassVar[tuple[str, ...]] = ()
-    #: True when the dataset keeps a cursor (the runner then loads it before the first run)
+    #: a boolean column: a stored row where it is true is never updated again (a final candle)
+    frozen: ClassVar[str | None] = None
+    #: True when the dataset keeps a cursor (the runner loads it before the job's first run)
     incremental: ClassVar[bool] = False
+    #: whether ``runs.result`` keeps the raw answer too (a job's ``raw: true`` always keeps it)
+    keep_result: ClassVar[bool] = False
+
+    # -- the simple protocol: one call, one answer ---------------------------------------------
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         """The table's rows in ``result`` (the answer of ``record.method``), without ``run_id``.
@@ -42,11 +72,78 @@ class Dataset:
         raise NotImplementedError
 
     def params(self, params: Mapping[str, Any], cursor: Any) -> dict[str, Any]:
-        """The request parameters of the next run, from the job's ``params`` and the stored
-        ``cursor`` (None before the first run)."""
+        """The request parameters from the job's ``params`` and the stored ``cursor`` (None
+        before the first run)."""
         return dict(params)
 
     def cursor(self, params: Mapping[str, Any], result: Any, cursor: Any) -> Any:
-        """The cursor after a successful run that sent ``params`` and got ``result``; None keeps
+        """The cursor after a successful call that sent ``params`` and got ``result``; None keeps
         the stored one."""
         return None
+
+    # -- the paging protocol ---------------------------------------------------------------------
+
+    def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
+        """The first call of a run of ``job`` (a :class:`collector.config.Job`): its parameters,
+        and the cursor the run starts from (stored with the first page's rows)."""
+        return self.params(job.params, cursor), cursor
+
+    def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
+        """Read the answer ``result`` to the call that sent ``sent``, the run's cursor being
+        ``cursor``."""
+        return Page(self.rows(record, result), self.cursor(sent, result, cursor))
+
+
+# -- reading Kraken's values exactly ----------------------------------------------------------
+
+
+def bad(record: RunRecord, problem: str) -> BadResponse:
+    return BadResponse(f"{record.method} {problem}", method=record.method)
+
+
+def decimal(record: RunRecord, value: Any, what: str, *, optional: bool = False) -> Decimal | None:
+    """A decimal string (or an int) as an exact, finite ``Decimal``; never through float."""
+    if value is None or value == "":
+        if optional:
+            return None
+        raise bad(record, f"{what} is missing")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise bad(record, f"{what} is not a decimal string")
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise bad(record, f"{what} is not a number") from None
+    if not number.is_finite():
+        raise bad(record, f"{what} is not a finite number")
+    return number
+
+
+def timestamp(record: RunRecord, value: Any, what: str) -> datetime:
+    """Kraken's seconds (an int, or a float with 4 decimals) as a UTC datetime, to the microsecond.
+
+    The float goes through its shortest decimal text, so ``1688669448.1234`` is exactly that."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise bad(record, f"{what} is not a time")
+    try:
+        seconds = Decimal(repr(value) if isinstance(value, float) else str(value))
+    except InvalidOperation:
+        raise bad(record, f"{what} is not a time") from None
+    if not seconds.is_finite() or not 0 <= seconds < 10**11:
+        raise bad(record, f"{what} is not a time")
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    return datetime.fromtimestamp(whole, UTC).replace(microsecond=micros)
+
+
+def text(record: RunRecord, value: Any, what: str, limit: int = 200) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int | float):
+        raise bad(record, f"{what} is not text")
+    return str(value)[:limit]
+
+
+def mapping(record: RunRecord, value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(record, f"{what} is a {type(value).__name__}, not a mapping")
+    return value

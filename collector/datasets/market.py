@@ -1,0 +1,284 @@
+"""The public market data: trades, candles, spreads and ticker snapshots.
+
+* ``trades`` (Trades): ``since`` is the stored ``last`` (nanoseconds, exclusive); a full page means
+  more are waiting, so the run asks again from the page's ``last``. Key ``(pair, trade_id)``.
+* ``ohlc`` (OHLC): ``since`` is the stored ``last`` (the last *closed* candle); the still-open
+  candle comes back every time and is upserted with ``final = false``, then finalised with its
+  closed values. Kraken serves only the 720 most recent candles: older ones that were asked for
+  (the job's ``since``, or the time since the last run) become a recorded gap.
+* ``spread`` (Spread): ``since`` is the stored ``last``. Several rows can share a second, so the key
+  is ``(pair, time, bid, ask)``: a quote repeated within its second is stored once (it says
+  nothing new). Kraken keeps only about the last 200 rows, so spreads are lossy by nature.
+* ``ticker`` (Ticker): a snapshot per run and pair, like balances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
+
+from ..records import RunRecord
+from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
+from .base import Dataset, Page, bad, decimal, mapping, text, timestamp
+
+#: A public Trades page when the job does not set ``count``.
+TRADES_PAGE = 1000
+
+
+def _series(record: RunRecord, result: Any) -> tuple[str, list[Any], Any]:
+    """``(pair, rows, last)`` from a Trades/OHLC/Spread answer: one pair's rows and ``last``."""
+    answer = mapping(record, result, "result")
+    pairs = [k for k in answer if k != "last"]
+    if len(pairs) != 1 or not isinstance(answer[pairs[0]], list):
+        raise bad(record, "answer does not hold one pair's rows")
+    return pairs[0][:32], answer[pairs[0]], answer.get("last")
+
+
+def _row(record: RunRecord, value: Any, size: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) < size:
+        raise bad(record, f"row {value!r:.80} is not a list of {size}")
+    return value
+
+
+trades = Table(
+    "trades",
+    metadata,
+    Column("pair", String(32), primary_key=True),
+    Column("trade_id", BigInteger, primary_key=True),
+    Column("time", UTCDateTime(), nullable=False),
+    Column("price", ExactDecimal(), nullable=False),
+    Column("volume", ExactDecimal(), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("order_type", String(6), nullable=False),
+    Column("misc", String(64), nullable=False),
+    Column("run_id", RunId, nullable=False),
+)
+Index("ix_trades_pair_time", trades.c.pair, trades.c.time)
+
+_SIDES = {"b": "buy", "s": "sell"}
+_ORDER_TYPES = {"m": "market", "l": "limit"}
+
+
+class Trades(Dataset):
+    name = "trades"
+    table = trades
+    methods = frozenset({"Trades"})
+    key = ("pair", "trade_id")
+    incremental = True
+
+    def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
+        if cursor is None:
+            since = job.since if job.since is not None else now.timestamp()
+            cursor = str(int(since * 1_000_000_000))  # "now" by default: from here on
+        return {**job.params, "since": cursor}, cursor
+
+    def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
+        pair, rows, last = _series(record, result)
+        out = []
+        for value in rows:
+            price, volume, when, side, kind, misc, trade_id = _row(record, value, 7)[:7]
+            if isinstance(trade_id, bool) or not isinstance(trade_id, int):
+                raise bad(record, f"trade_id {trade_id!r} is not an integer")
+            out.append(
+                {
+                    "pair": pair,
+                    "trade_id": trade_id,
+                    "time": timestamp(record, when, "trade time"),
+                    "price": decimal(record, price, "price"),
+                    "volume": decimal(record, volume, "volume"),
+                    "side": _SIDES.get(side) or text(record, side, "side", 4),
+                    "order_type": _ORDER_TYPES.get(kind) or text(record, kind, "order type", 6),
+                    "misc": text(record, misc, "misc", 64),
+                }
+            )
+        if not isinstance(last, str | int) or isinstance(last, bool):
+            raise bad(record, "answer has no last")
+        last = str(last)
+        full = len(rows) >= int(sent.get("count") or TRADES_PAGE)
+        more = {**sent, "since": last} if full and rows and last != str(sent.get("since")) else None
+        return Page(out, last, more)
+
+
+ohlc = Table(
+    "ohlc",
+    metadata,
+    Column("pair", String(32), primary_key=True),
+    Column("interval", Integer, primary_key=True),
+    Column("time", UTCDateTime(), primary_key=True),
+    Column("open", ExactDecimal(), nullable=False),
+    Column("high", ExactDecimal(), nullable=False),
+    Column("low", ExactDecimal(), nullable=False),
+    Column("close", ExactDecimal(), nullable=False),
+    Column("vwap", ExactDecimal(), nullable=False),
+    Column("volume", ExactDecimal(), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("run_id", RunId, nullable=False),
+)
+
+_VALUES = ("open", "high", "low", "close", "vwap", "volume", "count", "final")
+
+
+class OHLC(Dataset):
+    name = "ohlc"
+    table = ohlc
+    methods = frozenset({"OHLC"})
+    key = ("pair", "interval", "time")
+    update = _VALUES
+    frozen = "final"
+    incremental = True
+
+    def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
+        params = dict(job.params)
+        if cursor is not None:
+            params["since"] = cursor
+        elif job.since is not None:
+            params["since"] = int(job.since)
+        return params, cursor
+
+    def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
+        pair, rows, last = _series(record, result)
+        if isinstance(last, bool) or not isinstance(last, int):
+            raise bad(record, "answer has no last")
+        interval = int(sent.get("interval") or 1)
+        out, times = [], []
+        for value in rows:
+            t, o, h, low, c, vwap, volume, count = _row(record, value, 8)[:8]
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise bad(record, f"candle time {t!r} is not an integer")
+            out.append(
+                {
+                    "pair": pair,
+                    "interval": interval,
+                    "time": datetime.fromtimestamp(t, UTC),
+                    "open": decimal(record, o, "open"),
+                    "high": decimal(record, h, "high"),
+                    "low": decimal(record, low, "low"),
+                    "close": decimal(record, c, "close"),
+                    "vwap": decimal(record, vwap, "vwap"),
+                    "volume": decimal(record, volume, "volume"),
+                    "count": int(count) if isinstance(count, int) else 0,
+                    "final": t <= last,
+                }
+            )
+            times.append(t)
+        gaps = []
+        asked = sent.get("since")
+        if asked is not None and out:
+            step = interval * 60
+            expected = (int(asked) // step + 1) * step  # since is exclusive
+            first_served = times[0]
+            if first_served > expected:
+                gaps.append(
+                    {
+                        "job": record.job,
+                        "dataset": self.name,
+                        "pair": pair,
+                        "start": datetime.fromtimestamp(expected, UTC),
+                        "end": datetime.fromtimestamp(first_served, UTC),
+                        "reason": f"Kraken serves only the 720 most recent {interval}m candles",
+                    }
+                )
+        return Page(out, last, None, gaps)
+
+
+spread = Table(
+    "spread",
+    metadata,
+    Column("pair", String(32), primary_key=True),
+    Column("time", UTCDateTime(), primary_key=True),
+    Column("bid", ExactDecimal(), primary_key=True),
+    Column("ask", ExactDecimal(), primary_key=True),
+    Column("run_id", RunId, nullable=False),
+)
+
+
+class Spread(Dataset):
+    name = "spread"
+    table = spread
+    methods = frozenset({"Spread"})
+    key = ("pair", "time", "bid", "ask")
+    incremental = True
+
+    def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
+        params = dict(job.params)
+        if cursor is not None:
+            params["since"] = cursor
+        elif job.since is not None:
+            params["since"] = int(job.since)
+        return params, cursor
+
+    def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
+        pair, rows, last = _series(record, result)
+        if isinstance(last, bool) or not isinstance(last, int):
+            raise bad(record, "answer has no last")
+        out = {}
+        for value in rows:
+            t, bid, ask = _row(record, value, 3)[:3]
+            row = {
+                "pair": pair,
+                "time": timestamp(record, t, "spread time"),
+                "bid": decimal(record, bid, "bid"),
+                "ask": decimal(record, ask, "ask"),
+            }
+            out[(row["time"], row["bid"], row["ask"])] = row  # the same quote twice: once
+        return Page(list(out.values()), last)
+
+
+ticker = Table(
+    "ticker",
+    metadata,
+    # A snapshot belongs to its run (like balances): it goes when the run is deleted.
+    Column("run_id", RunId, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("pair", String(32), primary_key=True),
+    Column("taken_at", UTCDateTime(), nullable=False),
+    Column("ask", ExactDecimal(), nullable=False),
+    Column("bid", ExactDecimal(), nullable=False),
+    Column("last", ExactDecimal(), nullable=False),
+    Column("volume_24h", ExactDecimal(), nullable=False),
+    Column("vwap_24h", ExactDecimal(), nullable=False),
+    Column("trades_24h", BigInteger, nullable=False),
+    Column("low_24h", ExactDecimal(), nullable=False),
+    Column("high_24h", ExactDecimal(), nullable=False),
+    Column("open", ExactDecimal(), nullable=False),
+)
+Index("ix_ticker_pair_taken_at", ticker.c.pair, ticker.c.taken_at)
+
+
+class Ticker(Dataset):
+    name = "ticker"
+    table = ticker
+    methods = frozenset({"Ticker"})
+    key = ("run_id", "pair")
+
+    def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
+        out = []
+        for pair, t in mapping(record, result, "result").items():
+            t = mapping(record, t, pair)
+
+            def first(field: str, index: int, t: dict[str, Any] = t, pair: str = pair) -> Any:
+                value = t.get(field)
+                if not isinstance(value, list) or len(value) <= index:
+                    raise bad(record, f"{pair}.{field} is missing")
+                return value[index]
+
+            trades_24h = first("t", 1)
+            out.append(
+                {
+                    "pair": pair[:32],
+                    "taken_at": record.finished_at,
+                    "ask": decimal(record, first("a", 0), f"{pair} ask"),
+                    "bid": decimal(record, first("b", 0), f"{pair} bid"),
+                    "last": decimal(record, first("c", 0), f"{pair} last"),
+                    "volume_24h": decimal(record, first("v", 1), f"{pair} volume"),
+                    "vwap_24h": decimal(record, first("p", 1), f"{pair} vwap"),
+                    "trades_24h": trades_24h if isinstance(trades_24h, int) else 0,
+                    "low_24h": decimal(record, first("l", 1), f"{pair} low"),
+                    "high_24h": decimal(record, first("h", 1), f"{pair} high"),
+                    "open": decimal(record, t.get("o"), f"{pair} open"),
+                }
+            )
+        return out

@@ -1,0 +1,313 @@
+"""Typed tables against the fake's ground truth, set for set, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from collector.config import load
+from collector.datasets.base import timestamp
+from collector.records import RunRecord
+from collector.service import Service
+from collector.testing.fake_exchange import FakeKraken
+
+from .helpers import wait_for
+from .test_service import job_file, rows
+
+FAST = "rate_limit: {max: 1000, decay: 1000}\n  public_rate_limit: {max: 1000, decay: 1000}"
+
+
+class Clock:
+    """The fake's data time, moved by hand."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _service(tmp_path, fake, keypair, url, jobs: str, kraken: str = FAST) -> Service:
+    return Service(load(job_file(tmp_path, fake, keypair, url, jobs, kraken_extra=kraken)))
+
+
+def _once(service: Service) -> None:
+    try:
+        assert service.run_once(), rows_of(service)
+    finally:
+        service.stop()
+
+
+def rows_of(service: Service) -> list:
+    return rows(service.config.database, "SELECT job, status, error FROM runs ORDER BY id")
+
+
+def _cursor(url: str, job: str) -> dict:
+    (value,) = rows(url, f"SELECT value FROM cursors WHERE job = '{job}'")[0]
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def _epoch(value) -> float:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).timestamp()
+
+
+@pytest.fixture
+def grown():
+    """A fake whose ledger has 620 entries at start and that we grow by hand."""
+    with FakeKraken(tier=None, history={"ledger": 620, "trades": 130, "closed": 75}) as fake:
+        yield fake
+
+
+def test_private_histories_backfill_and_stay_complete_as_they_grow(
+    tmp_path, grown, database_url
+) -> None:
+    keypair = grown.add_key()
+    jobs = (
+        "ledger: {method: Ledgers, every: 1h}\n"
+        "fills: {method: TradesHistory, every: 1h}\n"
+        "closed: {method: ClosedOrders, every: 1h}\n"
+    )
+    for growth in (0, 75, 180):  # then more than a page between runs, then several
+        grown.grow("ledger", growth)
+        grown.grow("trades", growth)
+        _once(_service(tmp_path, grown, keypair, database_url, jobs))
+    # A run collects up to the end it froze at its start, in whole seconds; later ones are the
+    # next run's. Everything up to there is stored, nothing else.
+    done = _cursor(database_url, "ledger")["done"]
+    ledger = {k: e for k, e in grown.ledger().items() if e["time"] <= done}
+    stored = {r.ledger_id: r for r in rows(database_url, "SELECT * FROM ledger")}
+    assert set(stored) == set(ledger) and len(grown.ledger()) == 620 + 75 + 180
+    for ledger_id, entry in ledger.items():  # the values Kraken sent, exactly
+        row = stored[ledger_id]
+        assert Decimal(str(row.amount)) == Decimal(entry["amount"])
+        assert Decimal(str(row.fee)) == Decimal(entry["fee"])
+        assert row.refid == entry["refid"] and row.asset == entry["asset"]
+        assert abs(_epoch(row.time) - entry["time"]) < 1e-6
+    assert set(r[0] for r in rows(database_url, "SELECT txid FROM my_trades")) == set(
+        grown.my_trades()
+    )
+    assert set(r[0] for r in rows(database_url, "SELECT txid FROM orders")) == set(
+        grown.closed_orders()
+    )
+    runs = rows(database_url, "SELECT job, status, pages, new_rows FROM runs ORDER BY id")
+    ledger_runs = [(s, p, n) for j, s, p, n in runs if j == "ledger"]
+    # The backfill paged all 620 (13 pages); later runs only what was new (plus the overlap).
+    assert ledger_runs[0] == ("ok", 13, 620)
+    assert [n for _, _, n in ledger_runs[1:]] == [75, 180]
+    assert max(p for _, p, _ in ledger_runs[1:]) <= 6, ledger_runs  # new ones + the overlap
+
+
+def test_ledger_pages_while_it_grows_faster_than_a_page_per_run(tmp_path, database_url) -> None:
+    with FakeKraken(tier=None, history={"ledger": 300}, growth={"ledger": 400.0}) as fake:
+        keypair = fake.add_key()
+        for _ in range(3):
+            _once(
+                _service(tmp_path, fake, keypair, database_url, "l: {method: Ledgers, every: 1h}")
+            )
+        done = _cursor(database_url, "l")["done"]
+        truth = {k for k, e in fake.ledger().items() if e["time"] <= done}
+    stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
+    assert len(stored) == len(set(stored))
+    # Everything up to the last frozen end, nothing missing, nothing extra.
+    assert set(stored) == truth and len(truth) > 300
+
+
+def test_count_changing_while_paging_repages_the_window(tmp_path, database_url) -> None:
+    """Kraken's clock 30 s behind ours: entries it adds while we page land inside our frozen
+    window, so the count moves; the window is paged again, and nothing is lost or doubled."""
+    with FakeKraken(tier=None, history={"ledger": 600}, now=lambda: time.time() - 30) as fake:
+        keypair = fake.add_key()
+        slow = "rate_limit: {max: 4, decay: 6}\n  public_rate_limit: {max: 1000, decay: 1000}"
+        service = _service(
+            tmp_path, fake, keypair, database_url, "l: {method: Ledgers, every: 1h}", slow
+        )
+        grower = threading.Thread(
+            target=lambda: (wait_for(lambda: fake.calls["Ledgers"] >= 3), fake.grow("ledger", 2))
+        )
+        grower.start()
+        _once(service)
+        grower.join(30)
+        assert {r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")} == set(
+            fake.ledger()
+        )
+    ((pages, new_rows),) = rows(database_url, "SELECT pages, new_rows FROM runs")
+    assert pages > 13 and new_rows == 602  # paged again, each entry stored once
+
+
+def test_kill_9_at_random_points_of_a_backfill_then_restart(tmp_path, database_url) -> None:
+    size = 2500  # 50 pages
+    with FakeKraken(tier=None, history={"ledger": size}) as fake:
+        keypair = fake.add_key()
+        path = job_file(
+            tmp_path,
+            fake,
+            keypair,
+            database_url,
+            "l: {method: Ledgers, every: 1h}",
+            kraken_extra=FAST,
+        )
+        rng = random.Random(11)
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "run", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                target = fake.calls["Ledgers"] + rng.randint(3, 15)
+                wait_for(lambda t=target: fake.calls["Ledgers"] >= t)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        killed_calls = fake.calls["Ledgers"]
+        service = Service(load(path))
+        _once(service)
+        stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
+        assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
+        # Finished pages were not fetched again: at most the page in flight at each kill, and
+        # the overlap window of the final check, on top of the 50 pages.
+        assert fake.calls["Ledgers"] <= size // 50 + 2 * 2 + 2, (killed_calls, fake.calls)
+
+
+def test_database_outage_in_the_middle_of_paging_loses_nothing(tmp_path, postgres) -> None:
+    url = postgres.new_database()
+    with FakeKraken(tier=None, history={"ledger": 2000}) as fake:
+        keypair = fake.add_key()
+        slow = "rate_limit: {max: 3, decay: 25}\n  public_rate_limit: {max: 1000, decay: 1000}"
+        service = _service(tmp_path, fake, keypair, url, "l: {method: Ledgers, every: 1h}", slow)
+        job = service.config.jobs[0]
+        service.open()
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (service.execute(job), done.set()))
+        thread.start()
+        try:
+            wait_for(lambda: service.writer.written >= 3)  # some pages are in the database
+            postgres.halt()
+            try:
+                wait_for(lambda: len(service.spool) >= 5)  # ...and some wait in the spool
+            finally:
+                postgres.start()
+            assert done.wait(120)
+            wait_for(lambda: len(service.spool) == 0)
+        finally:
+            thread.join(120)
+            service.stop()
+        stored = [r[0] for r in rows(url, "SELECT ledger_id FROM ledger")]
+        assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
+        (status,) = rows(url, "SELECT status, pages FROM runs WHERE job = 'l'")
+        assert status == ("ok", 40)
+
+
+def test_public_trades_chain_since_and_last_without_gaps(tmp_path, database_url) -> None:
+    with FakeKraken(tier=None) as fake:
+        keypair = fake.add_key()
+        jobs = "t: {method: Trades, params: {pair: XBTUSD}, every: 1h}"
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))  # from now on
+        first = int(_cursor(database_url, "t"))
+        for burst in (10, 2500, 1000):  # a burst larger than a page: the run keeps paging
+            fake.grow("public_trades", burst, pair="XBTUSD")
+            _once(_service(tmp_path, fake, keypair, database_url, jobs))
+        everything = {row[6]: row for row in fake.public_trades("XBTUSD")}
+    start = first / 1e9  # the first run began collecting here (since = now)
+    stored = {r.trade_id: r for r in rows(database_url, "SELECT * FROM trades")}
+    # Every trade after the start, each once (the key is its id); float seconds blur a microsecond.
+    assert {k for k, r in everything.items() if r[2] > start + 1e-6} <= set(stored)
+    assert set(stored) <= {k for k, r in everything.items() if r[2] > start - 1e-6}
+    assert len(stored) >= 3510
+    for trade_id, row in stored.items():
+        price, volume, _, side, kind, _, _ = everything[trade_id]
+        assert Decimal(str(row.price)) == Decimal(price) and row.pair == "XXBTZUSD"
+        assert Decimal(str(row.volume)) == Decimal(volume)
+        assert (row.side, row.order_type) == (
+            {"b": "buy", "s": "sell"}[side],
+            {"m": "market", "l": "limit"}[kind],
+        )
+
+
+def test_an_ohlc_candle_that_closes_between_runs_is_finalised(tmp_path, database_url) -> None:
+    clock = Clock(1_790_000_000 + 20.5)  # 20 s into a minute candle
+    with FakeKraken(tier=None, now=clock) as fake:
+        keypair = fake.add_key()
+        jobs = "c: {method: OHLC, params: {pair: XBTUSD, interval: 1}, every: 1h}"
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))
+        open_at = int(clock.t // 60 * 60)
+        sql = f"SELECT final, close, run_id FROM ohlc WHERE time = '{_iso(open_at, database_url)}'"
+        (before,) = rows(database_url, sql)
+        assert before[0] in (False, 0)
+        clock.t += 60  # the candle closes; a new one opens
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))
+        final = fake.candle("XBTUSD", 1, open_at)
+        (after,) = rows(database_url, sql)
+        assert after[0] in (True, 1) and Decimal(str(after[1])) == Decimal(final[4])
+        assert after[2] == before[2]  # the run that first stored it
+        assert rows(database_url, "SELECT count(*) FROM ohlc")[0][0] == 721
+        closed = {
+            _epoch(r[0]): r[1]
+            for r in rows(database_url, "SELECT time, close FROM ohlc WHERE final")
+        }
+        for candle in fake.candles("XBTUSD", 1):
+            assert Decimal(str(closed[candle[0]])) == Decimal(candle[4])
+
+
+def test_ohlc_since_older_than_kraken_keeps_is_a_recorded_gap(tmp_path, database_url) -> None:
+    with FakeKraken(tier=None) as fake:
+        keypair = fake.add_key()
+        jobs = (
+            'c: {method: OHLC, params: {pair: XBTUSD, interval: 5}, since: "2020-01-01", every: 1h}'
+        )
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))
+    ((dataset, pair, start, reason),) = rows(
+        database_url, "SELECT dataset, pair, start, reason FROM gaps"
+    )
+    assert (dataset, pair) == ("ohlc", "XXBTZUSD") and "720" in reason
+    assert _epoch(start) == datetime(2020, 1, 1, 0, 5, tzinfo=UTC).timestamp()
+
+
+def test_ticker_snapshots_and_spread_rows(tmp_path, fake, keypair, database_url) -> None:
+    jobs = (
+        'tick: {method: Ticker, params: {pair: "XBTUSD,ETHUSD"}, every: 1h}\n'
+        "spr: {method: Spread, params: {pair: XBTUSD}, every: 1h}\n"
+    )
+    for _ in range(2):
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))
+    snapshots = rows(database_url, "SELECT run_id, pair, last FROM ticker ORDER BY run_id, pair")
+    assert [p for _, p, _ in snapshots] == ["XETHZUSD", "XXBTZUSD"] * 2
+    assert rows(database_url, "SELECT count(*) FROM runs WHERE result IS NOT NULL")[0][0] == 0
+    spreads = rows(database_url, "SELECT time, bid, ask FROM spread")
+    assert spreads and len(spreads) == len({tuple(map(str, r)) for r in spreads})
+
+
+def test_raw_true_keeps_the_answers_too(tmp_path, fake, keypair, database_url) -> None:
+    jobs = "tick: {method: Ticker, params: {pair: XBTUSD}, every: 1h, raw: true}"
+    _once(_service(tmp_path, fake, keypair, database_url, jobs))
+    (result,) = rows(database_url, "SELECT result FROM runs")[0]
+    result = result if isinstance(result, dict) else json.loads(result)
+    assert "XXBTZUSD" in result and rows(database_url, "SELECT count(*) FROM ticker")[0][0] == 1
+
+
+def test_kraken_times_are_exact_to_the_microsecond() -> None:
+    now = datetime.now(UTC)
+    run = RunRecord("j", "Ledgers", {}, scheduled_at=now, started_at=now, finished_at=now)
+    assert timestamp(run, 1688669448.1234, "t") == datetime(
+        2023, 7, 6, 18, 50, 48, 123400, tzinfo=UTC
+    )
+
+
+def _iso(t: int, url: str) -> str:
+    value = datetime.fromtimestamp(t, UTC)
+    if url.startswith("sqlite"):
+        return value.strftime("%Y-%m-%d %H:%M:%S.000000+00:00")
+    return value.isoformat()
