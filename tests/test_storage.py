@@ -192,7 +192,7 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("collector-*.whl")
+    (wheel,) = tmp_path.glob("kraken_collector-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "site")
