@@ -88,6 +88,9 @@ class RequestError(CollectorError):
     :ivar http_status: the HTTP status, or ``None`` when no answer came
     :ivar errors: Kraken's error strings (empty when the failure was below the API)
     :ivar status: the failure kind, as stored in ``runs.status``
+    :ivar reason: why, in one short phrase a person can act on (``connection refused``,
+        ``cannot resolve api.kraken.com``, ``timed out after 10 s``, ``HTTP 520``,
+        ``EService:Unavailable``, ``answer is not JSON``); the message leads with the method and it
     """
 
     status: Status = Status.BAD_RESPONSE
@@ -99,11 +102,21 @@ class RequestError(CollectorError):
         method: str = "",
         http_status: int | None = None,
         errors: list[str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.method = method
         self.http_status = http_status
         self.errors = list(errors or [])
+        self.reason = reason or _after_method(message, method)
+
+
+def _after_method(message: str, method: str) -> str:
+    """``message`` without its leading method: the reason of an error raised without one."""
+    for prefix in (f"{method}: ", f"{method} "):
+        if method and message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
 
 
 class KrakenAPIError(RequestError):

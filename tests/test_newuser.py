@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import socket
+import threading
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 import collector
 from collector.cli import main
+from collector.errors import ConnectionFailed, RequestError, RequestTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +59,96 @@ def test_version_is_ours_even_beside_pypis_collector(tmp_path: Path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     result = CliRunner().invoke(main, ["--version"], prog_name="collector")
     assert result.output == f"collector, version {collector.__version__}\n"
+
+
+# -- 2. every failed call says why, in one short phrase ----------------------------------------
+
+
+def _client(uri: str, **options: Any) -> collector.API:
+    api = collector.API(**options)
+    api.uri = uri
+    return api
+
+
+def _failure(api: collector.API, method: str = "Time", **kw: Any) -> RequestError:
+    with api, pytest.raises(RequestError) as info:
+        api.call(method, **kw)
+    return info.value
+
+
+def test_closed_port_is_connection_refused() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens
+    error = _failure(_client(f"http://127.0.0.1:{port}", timeout=5))
+    assert isinstance(error, ConnectionFailed)
+    assert error.reason == "connection refused"
+    assert str(error).startswith("Time: connection refused (ConnectionRefusedError: ")
+
+
+def test_unknown_host_cannot_be_resolved() -> None:
+    # .invalid is reserved (RFC 2606): it never resolves, and fails locally without a network.
+    error = _failure(_client("http://nonexistent.invalid", timeout=5))
+    assert isinstance(error, ConnectionFailed)
+    assert error.reason == "cannot resolve nonexistent.invalid"
+    assert str(error).startswith("Time: cannot resolve nonexistent.invalid (")
+
+
+def test_a_server_that_never_answers_times_out_after_the_timeout() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # the kernel accepts the connection; nobody ever reads or answers
+        error = _failure(_client(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=0.3))
+    assert isinstance(error, RequestTimeout)
+    assert error.reason == "timed out after 0.3 s"
+    assert str(error) == "Time: timed out after 0.3 s waiting for the answer"
+
+
+def test_an_answer_that_stops_half_way_is_a_timeout_too() -> None:
+    # requests reports a body that stops coming as a ConnectionError; it is a timeout all the same.
+    done = threading.Event()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"error": [],')
+                done.wait(10)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            error = _failure(_client(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=0.3))
+        finally:
+            done.set()
+            thread.join()
+    assert (type(error), error.reason) == (RequestTimeout, "timed out after 0.3 s")
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "reason", "status"),
+    [
+        ("http_520", {}, "HTTP 520", "http_error"),
+        ("kraken_error", {"error": "EService:Unavailable"}, "EService:Unavailable", "kraken_error"),
+        ("not_json", {}, "answer is not JSON", "bad_response"),
+        ("truncated", {}, "answer is not JSON", "bad_response"),
+        ("reset", {}, "connection reset", "connection_error"),
+    ],
+)
+def test_each_fault_has_its_reason(api, fake, kind, options, reason, status) -> None:
+    fake.inject(kind, method="Balance", **options)
+    error = _failure(api, "Balance")
+    assert (error.reason, error.status) == (reason, status)
+    assert str(error).startswith(f"Balance: {reason}")
+
+
+def test_a_huge_answer_says_how_large_is_too_large(api, fake) -> None:
+    api.max_response = 1000
+    error = _failure(api, "Ticker")  # every pair: far more than 1,000 bytes
+    assert (error.reason, str(error)) == (
+        "answer larger than 1,000 bytes",
+        "Ticker: answer larger than 1,000 bytes",
+    )
