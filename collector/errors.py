@@ -3,8 +3,8 @@
 ::
 
     CollectorError
-     +-- ConfigError              a job file or setting is wrong (file, line and key)
-     +-- CredentialsError         a private call without a usable key/secret
+     +-- ConfigError              a job file or setting is wrong (file:line: key)  status "config_error"
+     +-- CredentialsError         no usable key/secret for a private call          status "config_error"
      +-- Cancelled                a call waiting for budget gave up: the service is stopping
      +-- RequestError             one call to Kraken failed; carries method, http_status, errors
           +-- KrakenAPIError      HTTP 200 whose ``error`` list holds an E-error   status "kraken_error"
@@ -39,6 +39,8 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     BAD_RESPONSE = "bad_response"
+    #: the job file or the credentials are wrong: no retry helps, a person must fix them
+    CONFIG_ERROR = "config_error"
 
 
 class CollectorError(Exception):
@@ -50,6 +52,8 @@ class ConfigError(CollectorError):
 
     ``str()`` is one line: ``file:line: key: problem``, whatever parts are known.
     """
+
+    status = Status.CONFIG_ERROR
 
     def __init__(
         self,
@@ -75,6 +79,8 @@ class ConfigError(CollectorError):
 
 class CredentialsError(CollectorError, ValueError):
     """A private call was attempted without a key, or with a secret that is not base64."""
+
+    status = Status.CONFIG_ERROR
 
 
 class Cancelled(CollectorError):

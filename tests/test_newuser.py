@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 import collector
 from collector.cli import main
-from collector.errors import ConnectionFailed, RequestError, RequestTimeout
+from collector.errors import (
+    ConfigError,
+    ConnectionFailed,
+    CredentialsError,
+    RequestError,
+    RequestTimeout,
+    Status,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,3 +159,23 @@ def test_a_huge_answer_says_how_large_is_too_large(api, fake) -> None:
         "answer larger than 1,000 bytes",
         "Ticker: answer larger than 1,000 bytes",
     )
+
+
+# -- 6. a configuration error inside a run is config_error -------------------------------------
+
+
+def test_config_and_credentials_errors_carry_config_error() -> None:
+    assert Status.CONFIG_ERROR == "config_error"
+    assert ConfigError.status == CredentialsError.status == Status.CONFIG_ERROR
+    assert ConfigError("bad", file="j.yaml", line=3).status == "config_error"
+
+
+def test_a_secret_that_is_not_base64_is_a_config_error_that_does_not_repeat_it(fake) -> None:
+    api = _client(fake.url)
+    api.key, api.secret = "some-key", "not base64!"
+    with api, pytest.raises(CredentialsError) as info:
+        api.call("Balance")
+    assert info.value.status == Status.CONFIG_ERROR
+    assert str(info.value) == "the API secret is not valid base64"
+    assert "not base64!" not in str(info.value)
+    assert fake.calls["Balance"] == 0
