@@ -8,11 +8,13 @@ import re
 import socket
 import threading
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select, text
 
 import collector
 from collector.cli import main
@@ -24,6 +26,9 @@ from collector.errors import (
     RequestTimeout,
     Status,
 )
+from collector.records import RunRecord
+from collector.schema import runs
+from collector.store import Store, current_revision, make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,3 +184,61 @@ def test_a_secret_that_is_not_base64_is_a_config_error_that_does_not_repeat_it(f
     assert str(info.value) == "the API secret is not valid base64"
     assert "not base64!" not in str(info.value)
     assert fake.calls["Balance"] == 0
+
+
+# -- 5. a run without a result stores SQL NULL --------------------------------------------------
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_a_failed_run_has_a_null_result(database_url: str) -> None:
+    store = Store.from_url(database_url)
+    try:
+        store.upgrade()
+        failed = RunRecord(
+            job="ticker",
+            method="Ticker",
+            params={},
+            scheduled_at=T0,
+            started_at=T0,
+            finished_at=T0,
+            status=Status.CONNECTION_ERROR,
+            error="Ticker: connection refused",
+        )
+        store.write([failed])
+        with store.engine.connect() as conn:
+            nulls = conn.execute(text("SELECT count(*) FROM runs WHERE result IS NULL")).scalar()
+        assert nulls == 1
+    finally:
+        store.dispose()
+
+
+def test_migration_0004_turns_stored_json_nulls_into_sql_null(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine, "0003")
+        at = "'2026-11-25 12:00:00.000000+00:00'"
+        with engine.begin() as conn:
+            for status, result, uid in (
+                ("timeout", "'null'", "a"),  # what 0003's schema wrote for None
+                ("ok", '\'{"XXBT": "1"}\'', "b"),
+                ("ok", "'[null]'", "c"),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO runs (job, method, params, scheduled_at, started_at, "
+                        "finished_at, status, result, attempts, uid) VALUES ('t', 'Ticker', '{}', "
+                        f"{at}, {at}, {at}, '{status}', {result}, 1, '{uid}')"
+                    )
+                )
+        counted = "SELECT count(*) FROM runs WHERE result IS NULL"
+        with engine.connect() as conn:
+            assert conn.execute(text(counted)).scalar() == 0
+        upgrade(engine)
+        assert current_revision(engine) == "0004"
+        with engine.connect() as conn:
+            assert conn.execute(text(counted)).scalar() == 1
+            kept = conn.execute(select(runs.c.uid, runs.c.result).order_by(runs.c.uid)).all()
+        assert [tuple(r) for r in kept] == [("a", None), ("b", {"XXBT": "1"}), ("c", [None])]
+    finally:
+        engine.dispose()
