@@ -3,7 +3,7 @@
 Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``).
 Duplicate keys are refused (plain YAML loaders silently keep the last one), unknown keys get a
 did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment in every string
-(an unset variable expands to nothing). Secrets are validated but never repeated in a message.
+(an unset variable without a default is an error naming it; ``${VAR:-}`` allows it to be empty). Secrets are validated but never repeated in a message.
 """
 
 from __future__ import annotations
@@ -228,11 +228,14 @@ class _Builder:
                 )
                 raise self.error(f"unknown key{hint}", where, key, prefix + key)
 
-    def expand(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
-        """``${VAR}`` in every string. Containers are expanded once each (YAML aliases share
+    def expand(
+        self, value: Any, memo: dict[int, Any] | None = None, path: str = "", line: int = 0
+    ) -> Any:
+        """``${VAR}`` in every string; ``path`` and ``line`` are the key holding ``value``, for
+        the error an unset variable gets. Containers are expanded once each (YAML aliases share
         them), so an alias bomb costs its size on disk, not its size expanded."""
         if isinstance(value, str):
-            return _VAR.sub(lambda m: self.env.get(m.group(1)) or (m.group(2) or ""), value)
+            return _VAR.sub(lambda m: self.variable(m, path, line), value)
         if not isinstance(value, list | dict):
             return value
         memo = {} if memo is None else memo
@@ -241,12 +244,34 @@ class _Builder:
         out: Any
         if isinstance(value, list):
             out = memo[id(value)] = []
-            out.extend(self.expand(v, memo) for v in value)
+            out.extend(self.expand(v, memo, path, line) for v in value)
         else:
             out = memo[id(value)] = _Map()
-            out.update((k, self.expand(v, memo)) for k, v in value.items())
-            out.line, out.lines = getattr(value, "line", 0), getattr(value, "lines", {})
+            lines = getattr(value, "lines", {})
+            for k, v in value.items():
+                # A key that would break the one-line message (a newline in it) is quoted.
+                name = k if isinstance(k, str) and k.isprintable() else repr(k)
+                out[k] = self.expand(
+                    v, memo, f"{path}.{name}" if path else name, lines.get(k, line)
+                )
+            out.line, out.lines = getattr(value, "line", 0), lines
         return out
+
+    def variable(self, match: re.Match[str], path: str, line: int) -> str:
+        """One ``${VAR}``: its value; else its default (``${VAR:-}`` is an explicit empty one);
+        an unset variable without a default is an error, not an empty string that would surface
+        later as missing credentials or the default database."""
+        name, default = match.group(1), match.group(2)
+        value = self.env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is None:
+            raise ConfigError(
+                f"{match.group(0)} is not set", file=self.file, line=line or None, key=path or None
+            )
+        return value
 
     def mapping(self, parent: _Map, key: str, path: str) -> _Map:
         value = parent.get(key)
