@@ -79,4 +79,12 @@ NONCE_LEASE_SECONDS = 60
 
 DATABASE_ENV = "COLLECTOR_DATABASE_URL"
 SPOOL_ENV = "COLLECTOR_SPOOL"
+#: Where relative data paths in the job file (the SQLite file, ``spool.path``) resolve instead of
+#: the job file's folder: a container mounts the job file read-only and its data elsewhere.
+DATA_DIR_ENV = "COLLECTOR_DATA_DIR"
+#: The folder for per-key state (nonce marks); else ``$XDG_STATE_HOME/collector``, else
+#: ``~/.local/state/collector`` (the XDG base directory spec's place for state that outlives a run).
+STATE_DIR_ENV = "COLLECTOR_STATE_DIR"
+XDG_STATE_ENV = "XDG_STATE_HOME"
+STATE_SUBDIR = "collector"
 KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"

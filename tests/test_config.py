@@ -225,13 +225,13 @@ def test_env_expansion_credentials_and_database_override(tmp_path: Path) -> None
     config = load(path, environ={"MY_KEY": "k", "MY_SECRET": SECRET})
     assert (config.kraken.key, config.kraken.secret) == ("k", SECRET)
     assert SECRET not in repr(config)
-    assert config.database == "sqlite:///default.db"
+    assert config.database == f"sqlite:///{tmp_path / 'default.db'}"  # beside the job file
     assert (config.kraken.tier.max, config.kraken.public_rate_limit.decay) == (20, 0.5)
     b, t = config.jobs
     assert (b.private, b.cron, b.params, t.private) == (True, "0 * * * *", {"asset": "ZUSD"}, False)
     assert (t.every, t.jitter, t.timeout) == (timedelta(hours=1, minutes=30), 5, 3)
     env = {"MY_KEY": "k", "MY_SECRET": SECRET, "DB_URL": "sqlite:///env.db"}
-    assert load(path, environ=env).database == "sqlite:///env.db"
+    assert load(path, environ=env).database == f"sqlite:///{tmp_path / 'env.db'}"
     env["COLLECTOR_DATABASE_URL"] = "postgresql://u@h/db"
     assert load(path, environ=env).database == "postgresql+psycopg://u@h/db"
     assert load(path, environ=env, database="sqlite:///cli.db").database == "sqlite:///cli.db"

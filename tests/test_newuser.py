@@ -3,6 +3,7 @@ NULL results, config errors inside a run, the offline example's first minute, cr
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import re
 import socket
@@ -18,6 +19,7 @@ from sqlalchemy import select, text
 
 import collector
 from collector.cli import main
+from collector.config import load
 from collector.errors import (
     ConfigError,
     ConnectionFailed,
@@ -31,6 +33,7 @@ from collector.schema import runs
 from collector.store import Store, current_revision, make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = base64.b64encode(b"s" * 64).decode()
 
 # -- 1. the distribution is kraken-collector (PyPI's "collector" is someone else's) ------------
 
@@ -242,3 +245,111 @@ def test_migration_0004_turns_stored_json_nulls_into_sql_null(database_url: str)
         assert [tuple(r) for r in kept] == [("a", None), ("b", {"XXBT": "1"}), ("c", [None])]
     finally:
         engine.dispose()
+
+
+# -- 4. relative paths in the job file resolve against it (or $COLLECTOR_DATA_DIR) -------------
+
+
+@pytest.fixture
+def folders(tmp_path: Path, monkeypatch) -> tuple[Path, Path, Path]:
+    """The job file's folder, a data folder, and the current folder (elsewhere: load() must not
+    depend on where the service is started)."""
+    conf, data, cwd = tmp_path / "conf", tmp_path / "data", tmp_path / "cwd"
+    for folder in (conf, data, cwd):
+        folder.mkdir()
+    monkeypatch.chdir(cwd)
+    return conf, data, cwd
+
+
+def _job_file(folder: Path, head: str) -> Path:
+    path = folder / "jobs.yaml"
+    path.write_text(head + "jobs:\n  t: {method: Time, every: 1s}\n")
+    return path
+
+
+def test_a_relative_sqlite_file_is_beside_the_job_file(folders) -> None:
+    conf, _, cwd = folders
+    _job_file(conf, "database: sqlite:///offline.db\n")
+    for given in (conf / "jobs.yaml", Path("../conf/jobs.yaml")):  # however the file is named
+        config = load(given, environ={})
+        assert config.database == f"sqlite:///{conf / 'offline.db'}"
+        assert config.spool_path == f"{conf / 'offline.db'}.spool"
+    # No database key: the default file is beside the job file too.
+    assert load(_job_file(conf, ""), environ={}).database == f"sqlite:///{conf / 'collector.db'}"
+    # Loading creates nothing, here or there.
+    assert sorted(p.name for p in conf.iterdir()) == ["jobs.yaml"]
+    assert list(cwd.iterdir()) == []
+
+
+def test_db_option_and_environment_stay_relative_to_the_current_folder(folders) -> None:
+    conf, _, _ = folders
+    path = _job_file(conf, "database: sqlite:///offline.db\n")
+    assert load(path, environ={}, database="sqlite:///cli.db").database == "sqlite:///cli.db"
+    env = {"COLLECTOR_DATABASE_URL": "sqlite:///env.db", "COLLECTOR_DATA_DIR": "/srv"}
+    assert load(path, environ=env).database == "sqlite:///env.db"
+    env = {"COLLECTOR_SPOOL": "here.spool", "COLLECTOR_DATA_DIR": "/srv"}
+    assert load(path, environ=env).spool_path == "here.spool"
+
+
+def test_absolute_and_server_databases_are_left_alone(folders) -> None:
+    conf, _, _ = folders
+    path = _job_file(conf, "database: sqlite:////var/lib/c.db\n")
+    assert load(path, environ={}).database == "sqlite:////var/lib/c.db"
+    path = _job_file(conf, "database: sqlite://\n")  # in memory
+    assert load(path, environ={}).database == "sqlite://"
+    path = _job_file(conf, "database: postgresql://u@h/db\n")
+    config = load(path, environ={})
+    assert (config.database, config.spool_path) == (
+        "postgresql+psycopg://u@h/db",
+        str(conf / "collector.spool"),
+    )
+
+
+def test_a_relative_spool_path_is_beside_the_job_file(folders) -> None:
+    conf, _, _ = folders
+    path = _job_file(conf, "database: postgresql://u@h/db\nspool: {path: spool/runs.spool}\n")
+    assert load(path, environ={}).spool_path == str(conf / "spool" / "runs.spool")
+
+
+def test_data_dir_takes_the_relative_data_paths(folders) -> None:
+    conf, data, _ = folders
+    env = {"COLLECTOR_DATA_DIR": str(data)}
+    path = _job_file(conf, "database: sqlite:///c.db\n")
+    config = load(path, environ=env)
+    assert (config.database, config.spool_path) == (
+        f"sqlite:///{data / 'c.db'}",
+        f"{data / 'c.db'}.spool",
+    )
+    path = _job_file(conf, "database: postgresql://u@h/db\n")
+    assert load(path, environ=env).spool_path == str(data / "collector.spool")
+    path = _job_file(conf, "database: postgresql://u@h/db\nspool: {path: runs.spool}\n")
+    assert load(path, environ=env).spool_path == str(data / "runs.spool")
+    # A relative data folder is relative to the current one (it is given at the shell).
+    env = {"COLLECTOR_DATA_DIR": "../data"}
+    assert load(path, environ=env).spool_path == str(data / "runs.spool")
+
+
+def test_the_key_file_stays_beside_the_job_file_with_a_data_dir(folders) -> None:
+    conf, data, _ = folders
+    (conf / "k.key").write_text(f"filekey\n{SECRET}\n")
+    (conf / "k.key").chmod(0o600)
+    path = conf / "jobs.yaml"
+    path.write_text("kraken: {key_file: k.key}\njobs:\n  b: {method: Balance, every: 1h}\n")
+    config = load(path, environ={"COLLECTOR_DATA_DIR": str(data)})
+    assert config.kraken.key == "filekey"
+
+
+def test_state_dir(folders) -> None:
+    conf, _, cwd = folders
+    path = _job_file(conf, "")
+    home = str(cwd / "home")
+    cases = [
+        ({"COLLECTOR_STATE_DIR": "/srv/state", "XDG_STATE_HOME": "/x"}, "/srv/state"),
+        ({"COLLECTOR_STATE_DIR": "state"}, str(cwd / "state")),
+        ({"XDG_STATE_HOME": "/x", "HOME": home}, "/x/collector"),
+        ({"XDG_STATE_HOME": "relative", "HOME": home}, f"{home}/.local/state/collector"),
+        ({"HOME": home}, f"{home}/.local/state/collector"),
+    ]
+    for env, expected in cases:
+        assert load(path, environ=env).state_dir == expected, env
+    assert list(cwd.iterdir()) == []  # resolved, not created
