@@ -4,12 +4,15 @@ NULL results, config errors inside a run, the offline example's first minute, cr
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.metadata
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from collector.errors import (
     Status,
 )
 from collector.records import RunRecord
+from collector.schedule import trigger
 from collector.schema import runs
 from collector.store import Store, current_revision, make_engine, upgrade
 
@@ -353,3 +357,74 @@ def test_state_dir(folders) -> None:
     for env, expected in cases:
         assert load(path, environ=env).state_dir == expected, env
     assert list(cwd.iterdir()) == []  # resolved, not created
+
+
+# -- 7. the offline example shows every kind of job within its first minute ---------------------
+
+
+def test_every_job_of_the_offline_example_runs_within_its_first_minute(tmp_path: Path) -> None:
+    examples = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", examples)
+    key = examples / "fake.key"  # what `collector fake-exchange --key-file` writes
+    key.write_text(f"fake-key\n{SECRET}\n")
+    key.chmod(0o600)
+    config = load(examples / "offline.yaml", environ={"COLLECTOR_STATE_DIR": str(tmp_path)})
+    assert {j.method for j in config.jobs} == {"Ticker", "Balance", "Ledgers"}
+    # Starts at, just after, half-way through and at the end of a minute, and just before a
+    # five-minute mark.
+    starts = [T0, T0 + timedelta(seconds=0.5), T0 + timedelta(seconds=30)]
+    starts += [T0 + timedelta(minutes=3, seconds=59.9), T0 + timedelta(minutes=4, seconds=1)]
+    for job in config.jobs:
+        if job.every is not None:
+            continue  # interval jobs run once at start
+        for start in starts:
+            first = trigger(job).get_next_fire_time(None, start)
+            assert first - start <= timedelta(seconds=60), (job.name, start, first)
+
+
+# -- 8. cron jitter keeps fractions of a second ------------------------------------------------
+
+
+def test_cron_jitter_keeps_fractions(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text('jobs:\n  t: {method: Time, cron: "* * * * *", jitter: 0.5s}\n')
+    (job,) = load(path, environ={}).jobs
+    assert job.jitter == 0.5
+    jittered = trigger(job)
+    assert jittered.jitter == 0.5
+    start = T0 + timedelta(seconds=10)
+    plain = trigger(dataclasses.replace(job, jitter=None)).get_next_fire_time(None, start)
+    assert plain == T0 + timedelta(minutes=1)
+    draws = [jittered.get_next_fire_time(None, start) - plain for _ in range(200)]
+    assert all(timedelta(0) <= d <= timedelta(seconds=0.5) for d in draws)
+    assert any(d > timedelta(0) for d in draws)
+
+
+# -- 9. what a run leaves behind is ignored by git -----------------------------------------------
+
+
+def test_run_leftovers_are_ignored_by_git() -> None:
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    leftovers = [
+        "examples/offline.db",
+        "examples/offline.db-wal",
+        "examples/offline.db-shm",
+        "examples/offline.db.spool",
+        "examples/offline.db.spool-wal",
+        "examples/offline.db.spool-shm",
+        "collector.spool",
+        "collector.spool-wal",
+        "collector.spool-shm",
+        "examples/fake.key",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *leftovers],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    not_ignored = [
+        line.split("\t")[-1] for line in result.stdout.splitlines() if line.startswith("::")
+    ]
+    assert not_ignored == []
