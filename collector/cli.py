@@ -52,7 +52,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="collector")
+@click.version_option(package_name="kraken-collector")
 def main() -> None:
     """Run scheduled Kraken REST queries and keep every answer in SQL.
 
@@ -94,7 +94,7 @@ def _open_store(
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"cannot use {shown}: missing driver {exc.name!r} "
-                "(pip install 'collector[postgres]')",
+                "(pip install 'kraken-collector[postgres]', or '.[postgres]' from a checkout)",
                 file=config_file,
                 key="database",
             ) from None

@@ -27,9 +27,12 @@ a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass 
 from __future__ import annotations
 
 import html
+import http.client
 import json
 import logging
 import re
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -39,6 +42,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 
 from . import __version__, defaults
 from .auth import KrakenAuth
@@ -246,13 +250,19 @@ class API:
                 f"{method}: answer is not a Kraken envelope (no 'error' list)",
                 method=method,
                 http_status=status,
+                reason="answer is not a Kraken envelope",
             )
         hard = [e for e in errors if not e.startswith("W")]
         if hard:
             if RATE_LIMIT_ERROR in hard and self.limiter and not is_public(method):
                 self.limiter.saturate()
+            reason = ", ".join(hard)
             raise KrakenAPIError(
-                f"{method}: {', '.join(hard)}", method=method, http_status=status, errors=errors
+                f"{method}: {reason}",
+                method=method,
+                http_status=status,
+                errors=errors,
+                reason=reason,
             )
         return Reply(method, payload.get("result"), status, errors)
 
@@ -320,11 +330,24 @@ class API:
                     stream=True,
                 )
             self._read_body(response, method)
-        except requests.Timeout as exc:
-            raise RequestTimeout(f"{method}: no answer within {timeout}s", method=method) from exc
         except requests.RequestException as exc:
+            chain = _chain(exc)
+            # requests reports a read that timed out mid-body as a ConnectionError.
+            if isinstance(exc, requests.Timeout) or any(
+                isinstance(e, ReadTimeoutError | TimeoutError) for e in chain
+            ):
+                reason = "timed out" if timeout is None else f"timed out after {timeout:g} s"
+                waiting = (
+                    "to connect" if isinstance(exc, requests.ConnectTimeout) else "for the answer"
+                )
+                raise RequestTimeout(
+                    f"{method}: {reason} waiting {waiting}",
+                    method=method,
+                    reason=reason,
+                ) from exc
+            reason = _transport_reason(chain, urllib.parse.urlsplit(url).hostname or url)
             raise ConnectionFailed(
-                f"{method}: {type(exc).__name__}: {_short(exc)}", method=method
+                f"{method}: {reason} ({_innermost(chain)})", method=method, reason=reason
             ) from exc
         self.response = response
         # Path, status and time only: a private call's body and headers carry the nonce, the
@@ -342,6 +365,7 @@ class API:
                 f": {excerpt(response)}",
                 method=method,
                 http_status=response.status_code,
+                reason=f"HTTP {response.status_code}",
             )
             error.response = response
             raise error
@@ -368,11 +392,17 @@ class API:
             # and hand back mojibake as if it were an answer.
             return json.loads(response.content.decode("utf-8-sig"), **self._json_options)
         except (ValueError, RecursionError) as exc:
+            reason = (
+                "answer is nested too deeply"
+                if isinstance(exc, RecursionError)
+                else "answer is not JSON"
+            )
             raise BadResponse(
-                f"{method}: HTTP {response.status_code}: body is not JSON ({type(exc).__name__}): "
+                f"{method}: {reason} (HTTP {response.status_code}, {type(exc).__name__}): "
                 f"{excerpt(response)!r}",
                 method=method,
                 http_status=response.status_code,
+                reason=reason,
             ) from None
 
 
@@ -387,10 +417,12 @@ class _CappedStream:
         for chunk in self._raw.stream(amt, decode_content=decode_content):
             size += len(chunk)
             if size > self._limit:
+                reason = f"answer larger than {self._limit:,} bytes"
                 raise BadResponse(
-                    f"{self._method}: answer larger than {self._limit:,} bytes",
+                    f"{self._method}: {reason}",
                     method=self._method,
                     http_status=self._status,
+                    reason=reason,
                 )
             yield chunk
 
@@ -401,3 +433,65 @@ class _CappedStream:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception behind it: causes, contexts, urllib3's ``reason`` and
+    exceptions passed as arguments (requests wraps urllib3, which wraps the socket's error)."""
+    out: list[BaseException] = []
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        for behind in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args):
+            if isinstance(behind, BaseException):
+                todo.append(behind)
+    return out
+
+
+#: What the resolver says when a name does not resolve (glibc, macOS, Windows).
+_NOT_RESOLVED = (
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "nodename nor servname provided",
+    "No address associated with hostname",
+    "getaddrinfo failed",
+)
+
+
+def _transport_reason(chain: list[BaseException], host: str) -> str:
+    """Why a request got no answer, as a short phrase (the cases a person can do something about
+    first; the innermost exception's type for the rest)."""
+    if any(
+        # by name: urllib3 1.26, which requests still allows, has no NameResolutionError
+        type(e).__name__ == "NameResolutionError"
+        or isinstance(e, socket.gaierror)
+        or any(text in str(e) for text in _NOT_RESOLVED)
+        for e in chain
+    ):
+        return f"cannot resolve {host}"
+    for kind, reason in (
+        (ConnectionRefusedError, "connection refused"),
+        # before ConnectionResetError, which it subclasses: closed without a word, not reset
+        (http.client.RemoteDisconnected, "connection closed without an answer"),
+        (ConnectionResetError, "connection reset"),
+        (ssl.SSLError, "TLS failed"),
+        (requests.exceptions.ChunkedEncodingError, "answer cut short"),
+        (requests.exceptions.ProxyError, "proxy failed"),
+    ):
+        if any(isinstance(e, kind) for e in chain):
+            return reason
+    return f"connection failed ({type(chain[-1]).__name__})"
+
+
+def _innermost(chain: list[BaseException]) -> str:
+    """The socket-level error behind a failure (``ConnectionRefusedError: [Errno 111] ...``): the
+    short technical tail of a message; urllib3's wrappers repeat the URL and add nothing."""
+    lowest = [
+        e for e in chain if isinstance(e, OSError) and not isinstance(e, requests.RequestException)
+    ]
+    exc = lowest[-1] if lowest else chain[0]
+    return f"{type(exc).__name__}: {_short(exc, 200)}"

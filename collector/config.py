@@ -3,7 +3,7 @@
 Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``).
 Duplicate keys are refused (plain YAML loaders silently keep the last one), unknown keys get a
 did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment in every string
-(an unset variable expands to nothing). Secrets are validated but never repeated in a message.
+(an unset variable without a default is an error naming it; ``${VAR:-}`` allows it to be empty). Secrets are validated but never repeated in a message.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from sqlalchemy.exc import ArgumentError
 
 from . import defaults
 from .auth import decode_secret
-from .defaults import DATABASE_ENV, KEY_ENV, SECRET_ENV, SPOOL_ENV
+from .defaults import (
+    DATA_DIR_ENV,
+    DATABASE_ENV,
+    KEY_ENV,
+    SECRET_ENV,
+    SPOOL_ENV,
+    STATE_DIR_ENV,
+    XDG_STATE_ENV,
+)
 from .errors import ConfigError, CredentialsError
 from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
 from .nonce import UNITS
@@ -124,10 +132,10 @@ class Config:
     #: where runs wait while the database can't be reached, and how many at most
     spool_path: str = defaults.SPOOL_NAME
     spool_max_runs: int = defaults.SPOOL_MAX_RUNS
+    #: the folder for per-key state (nonce marks), absolute; resolved only, never created at load
+    state_dir: str = ""
     #: things worth saying that do not stop the file from loading
     warnings: tuple[str, ...] = ()
-    #: the folder of per-key state (nonce marks), shared by every process using a key
-    state_dir: str = ""
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -247,11 +255,14 @@ class _Builder:
                 )
                 raise self.error(f"unknown key{hint}", where, key, prefix + key)
 
-    def expand(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
-        """``${VAR}`` in every string. Containers are expanded once each (YAML aliases share
+    def expand(
+        self, value: Any, memo: dict[int, Any] | None = None, path: str = "", line: int = 0
+    ) -> Any:
+        """``${VAR}`` in every string; ``path`` and ``line`` are the key holding ``value``, for
+        the error an unset variable gets. Containers are expanded once each (YAML aliases share
         them), so an alias bomb costs its size on disk, not its size expanded."""
         if isinstance(value, str):
-            return _VAR.sub(lambda m: self.env.get(m.group(1)) or (m.group(2) or ""), value)
+            return _VAR.sub(lambda m: self.variable(m, path, line), value)
         if not isinstance(value, list | dict):
             return value
         memo = {} if memo is None else memo
@@ -260,12 +271,34 @@ class _Builder:
         out: Any
         if isinstance(value, list):
             out = memo[id(value)] = []
-            out.extend(self.expand(v, memo) for v in value)
+            out.extend(self.expand(v, memo, path, line) for v in value)
         else:
             out = memo[id(value)] = _Map()
-            out.update((k, self.expand(v, memo)) for k, v in value.items())
-            out.line, out.lines = getattr(value, "line", 0), getattr(value, "lines", {})
+            lines = getattr(value, "lines", {})
+            for k, v in value.items():
+                # A key that would break the one-line message (a newline in it) is quoted.
+                name = k if isinstance(k, str) and k.isprintable() else repr(k)
+                out[k] = self.expand(
+                    v, memo, f"{path}.{name}" if path else name, lines.get(k, line)
+                )
+            out.line, out.lines = getattr(value, "line", 0), lines
         return out
+
+    def variable(self, match: re.Match[str], path: str, line: int) -> str:
+        """One ``${VAR}``: its value; else its default (``${VAR:-}`` is an explicit empty one);
+        an unset variable without a default is an error, not an empty string that would surface
+        later as missing credentials or the default database."""
+        name, default = match.group(1), match.group(2)
+        value = self.env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is None:
+            raise ConfigError(
+                f"{match.group(0)} is not set", file=self.file, line=line or None, key=path or None
+            )
+        return value
 
     def mapping(self, parent: _Map, key: str, path: str) -> _Map:
         value = parent.get(key)
@@ -302,6 +335,11 @@ class _Builder:
                 "jobs",
             )
         jobs = tuple(self.job(name, jobs_map, kraken) for name in jobs_map)
+        # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
+        # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
+        # shell, and are relative to where they are.
+        data_dir = self.data_dir()
+        from_file = not database and not self.env.get(DATABASE_ENV)
         db = database or self.env.get(DATABASE_ENV) or raw.get("database") or defaults.DATABASE
         if not isinstance(db, str):
             raise self.error("must be a database URL", raw, "database", "database")
@@ -323,20 +361,24 @@ class _Builder:
                 where_db[0],
                 "database",
             )
+        if from_file:
+            url = _sqlite_under(url, data_dir)
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
         max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
         if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
             raise self.error("must be a whole number of runs", spool, "max_runs", "spool.max_runs")
-        spool_path = self.env.get(SPOOL_ENV) or spool.get("path")
-        if spool_path is not None and not isinstance(spool_path, str):
+        in_file = spool.get("path")
+        if in_file is not None and not isinstance(in_file, str):
             raise self.error("must be a file path", spool, "path", "spool.path")
+        # data_dir / an absolute path is that path
+        spool_path = self.env.get(SPOOL_ENV) or (str(data_dir / in_file) if in_file else None)
         if not spool_path:
-            # Beside the SQLite file, or beside the job file for a database on a server.
+            # Beside the SQLite file, or in the data folder for a database on a server.
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 spool_path = str(url.database) + ".spool"
             else:
-                spool_path = str(Path(self.file).resolve().parent / defaults.SPOOL_NAME)
+                spool_path = str(data_dir / defaults.SPOOL_NAME)
         return Config(
             self.file,
             _with_driver(url),
@@ -344,9 +386,28 @@ class _Builder:
             jobs,
             spool_path,
             max_runs,
+            self.state_dir(),
             tuple(self.warnings),
-            state_dir(self.env),
         )
+
+    def data_dir(self) -> Path:
+        """Where relative data paths in the job file resolve: ``$COLLECTOR_DATA_DIR`` (relative
+        to the current folder), else the job file's folder."""
+        given = self.env.get(DATA_DIR_ENV)
+        return Path(os.path.abspath(given)) if given else Path(self.file).resolve().parent
+
+    def state_dir(self) -> str:
+        """``$COLLECTOR_STATE_DIR``, else ``$XDG_STATE_HOME/collector``, else
+        ``~/.local/state/collector``; absolute. Nothing is created here."""
+        given = self.env.get(STATE_DIR_ENV)
+        if given:
+            return os.path.abspath(given)
+        xdg = self.env.get(XDG_STATE_ENV)
+        # The XDG spec: a relative $XDG_STATE_HOME is invalid and ignored.
+        if xdg and os.path.isabs(xdg):
+            return os.path.join(xdg, defaults.STATE_SUBDIR)
+        home = self.env.get("HOME") or str(Path.home())
+        return os.path.join(os.path.abspath(home), ".local", "state", defaults.STATE_SUBDIR)
 
     def kraken(self, k: _Map) -> KrakenSettings:
         self.check_keys(k, KRAKEN_KEYS, "kraken.")
@@ -618,14 +679,6 @@ class _Builder:
         return job
 
 
-def state_dir(env: dict[str, str]) -> str:
-    """``$COLLECTOR_STATE_DIR``, else ``$XDG_STATE_HOME/collector``, else ``~/.local/state/collector``."""
-    if env.get(defaults.STATE_DIR_ENV):
-        return str(Path(env[defaults.STATE_DIR_ENV]).expanduser().resolve())
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base).expanduser().resolve() / "collector")
-
-
 def parse_duration(value: Any) -> float | None:
     """Seconds in ``30s``, ``5m``, ``1h30m``, ``1d`` or a plain positive number; None if invalid."""
     if isinstance(value, bool):
@@ -640,6 +693,19 @@ def parse_duration(value: Any) -> float | None:
     d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
     seconds = d * 86400 + h * 3600 + m * 60 + s
     return seconds if seconds > 0 else None
+
+
+def _sqlite_under(url: URL, folder: Path) -> URL:
+    """A relative SQLite file as a path under ``folder``; other URLs as they are."""
+    name = url.database
+    if (
+        url.get_backend_name() != "sqlite"
+        or name in (None, "", ":memory:")
+        or name.startswith("file:")  # a SQLite URI (?uri=true): its own rules
+        or os.path.isabs(name)
+    ):
+        return url
+    return url.set(database=str(folder / name))
 
 
 def _with_driver(url: URL) -> str:

@@ -44,6 +44,9 @@ DEADLINE = 60.0
 #: Each window of a private history starts this long before where the last one ended (seconds):
 #: entries can share a time, and Kraken's clock is not ours. The entries seen twice are stored once.
 HISTORY_OVERLAP = 60.0
+#: A run's window of a private history ends this long before the run starts (seconds), so entries
+#: still arriving (Kraken's clock may be behind ours) don't land inside it while it is paged.
+HISTORY_SETTLE = 5.0
 
 # -- the database -------------------------------------------------------------------------------
 
@@ -89,5 +92,12 @@ NONCE_LEASE_SLACK = 100
 
 DATABASE_ENV = "COLLECTOR_DATABASE_URL"
 SPOOL_ENV = "COLLECTOR_SPOOL"
+#: Where relative data paths in the job file (the SQLite file, ``spool.path``) resolve instead of
+#: the job file's folder: a container mounts the job file read-only and its data elsewhere.
+DATA_DIR_ENV = "COLLECTOR_DATA_DIR"
+#: The folder for per-key state (nonce marks); else ``$XDG_STATE_HOME/collector``, else
+#: ``~/.local/state/collector`` (the XDG base directory spec's place for state that outlives a run).
 STATE_DIR_ENV = "COLLECTOR_STATE_DIR"
+XDG_STATE_ENV = "XDG_STATE_HOME"
+STATE_SUBDIR = "collector"
 KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"

@@ -3,8 +3,8 @@
 ::
 
     CollectorError
-     +-- ConfigError              a job file or setting is wrong (file, line and key)
-     +-- CredentialsError         a private call without a usable key/secret
+     +-- ConfigError              a job file or setting is wrong (file:line: key)  status "config_error"
+     +-- CredentialsError         no usable key/secret for a private call          status "config_error"
      +-- Cancelled                a call waiting for budget gave up: the service is stopping
      +-- RequestError             one call to Kraken failed; carries method, http_status, errors
           +-- KrakenAPIError      HTTP 200 whose ``error`` list holds an E-error   status "kraken_error"
@@ -39,6 +39,8 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     BAD_RESPONSE = "bad_response"
+    #: the job file or the credentials are wrong: no retry helps, a person must fix them
+    CONFIG_ERROR = "config_error"
     #: a paging run that stored some pages and was cut short (stopped, or the process died); the
     #: next run continues from the last stored page
     PARTIAL = "partial"
@@ -53,6 +55,8 @@ class ConfigError(CollectorError):
 
     ``str()`` is one line: ``file:line: key: problem``, whatever parts are known.
     """
+
+    status = Status.CONFIG_ERROR
 
     def __init__(
         self,
@@ -79,6 +83,8 @@ class ConfigError(CollectorError):
 class CredentialsError(CollectorError, ValueError):
     """A private call was attempted without a key, or with a secret that is not base64."""
 
+    status = Status.CONFIG_ERROR
+
 
 class Cancelled(CollectorError):
     """A call waiting for rate-limit budget gave up because its ``cancel`` event was set."""
@@ -91,6 +97,9 @@ class RequestError(CollectorError):
     :ivar http_status: the HTTP status, or ``None`` when no answer came
     :ivar errors: Kraken's error strings (empty when the failure was below the API)
     :ivar status: the failure kind, as stored in ``runs.status``
+    :ivar reason: why, in one short phrase a person can act on (``connection refused``,
+        ``cannot resolve api.kraken.com``, ``timed out after 10 s``, ``HTTP 520``,
+        ``EService:Unavailable``, ``answer is not JSON``); the message leads with the method and it
     """
 
     status: Status = Status.BAD_RESPONSE
@@ -102,11 +111,21 @@ class RequestError(CollectorError):
         method: str = "",
         http_status: int | None = None,
         errors: list[str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.method = method
         self.http_status = http_status
         self.errors = list(errors or [])
+        self.reason = reason or _after_method(message, method)
+
+
+def _after_method(message: str, method: str) -> str:
+    """``message`` without its leading method: the reason of an error raised without one."""
+    for prefix in (f"{method}: ", f"{method} "):
+        if method and message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
 
 
 class KrakenAPIError(RequestError):

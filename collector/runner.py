@@ -19,7 +19,7 @@ from . import defaults
 from .client import API
 from .config import Job
 from .datasets import DEFAULT, Dataset, Page, by_method
-from .errors import BadResponse, Cancelled, RequestError, Status
+from .errors import BadResponse, Cancelled, ConfigError, CredentialsError, RequestError, Status
 from .events import Events, RunFinished
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
@@ -38,6 +38,8 @@ class Runner:
     """Runs jobs through one shared client.
 
     :param submit: where finished runs go (the writer's ``submit``)
+    :param persist: where a paging run's pages go, waiting until each is stored (the writer's
+        ``persist``; default ``submit``)
     :param datasets: the derived tables; a job whose method one of them reads fills it
     :param load_cursor: ``(job, dataset) -> cursor`` from the store, for incremental datasets
     :param events: :class:`~collector.events.RunFinished` is published here after each run
@@ -50,6 +52,7 @@ class Runner:
         api: API,
         submit: Callable[[RunRecord], None],
         *,
+        persist: Callable[[RunRecord], object] | None = None,
         datasets: Sequence[Dataset] = DEFAULT,
         load_cursor: Callable[[str, str], Any] | None = None,
         retry: RetryPolicy | None = None,
@@ -59,6 +62,7 @@ class Runner:
     ) -> None:
         self.api = api
         self.submit = submit
+        self.persist = persist or submit
         self.datasets = by_method(datasets)
         self.retry = retry or RetryPolicy()
         self.events = events or Events()
@@ -131,9 +135,9 @@ class Runner:
                 cursor = page.cursor
             if page.next is None:
                 break
-            # More to fetch: this page goes to the writer now with its cursor, so a run cut short
-            # continues from here; the run's final record follows with the last page.
-            self.submit(dataclasses.replace(record, status=Status.PARTIAL, result=None))
+            # More to fetch: this page is stored now with its cursor (and we wait for that), so a
+            # run cut short continues from here; the run's final record follows the last page.
+            self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
             record.rows = {}
             params = page.next
         if keep and answers:
@@ -154,7 +158,7 @@ class Runner:
         while True:
             attempt += 1
             record.attempts += 1
-            kind = None
+            kind, reason = None, ""
             try:
                 reply = self.api.call(job.method, params, timeout=job.timeout)
                 record.status, record.http_status = Status.OK, reply.http_status
@@ -163,13 +167,17 @@ class Runner:
             except RequestError as exc:
                 record.status, record.http_status = exc.status, exc.http_status
                 record.error = ", ".join(exc.errors) if exc.errors else str(exc)
-                kind = classify(exc)
+                kind, reason = classify(exc), exc.reason
             except Cancelled:
                 raise
+            except (ConfigError, CredentialsError) as exc:  # a person must fix it; no retry helps
+                record.status, record.error = exc.status, str(exc)
             except Exception as exc:  # a bug must not kill the service; it becomes a stored row
                 logger.exception("job %s: unexpected error", job.name)
                 record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
-            if kind is None or not self._retry_after(job, kind, attempt, nonce_retries, deadline):
+            if kind is None or not self._retry_after(
+                job, kind, attempt, nonce_retries, deadline, reason
+            ):
                 return False, None
             nonce_retries += kind == Kind.NONCE
 
@@ -204,7 +212,13 @@ class Runner:
             return self._cursors.setdefault(key, stored)
 
     def _retry_after(
-        self, job: Job, kind: Kind, attempt: int, nonce_retries: int, deadline: float
+        self,
+        job: Job,
+        kind: Kind,
+        attempt: int,
+        nonce_retries: int,
+        deadline: float,
+        reason: str = "",
     ) -> bool:
         """Wait before the next attempt if ``kind`` deserves one in time; False to give up."""
         if kind == Kind.LOCKOUT and job.private and self.api.limiter is not None:
@@ -220,6 +234,6 @@ class Runner:
         if time.monotonic() + wait >= deadline:
             return False
         logger.info(
-            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, kind, wait
+            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, reason, wait
         )
         return not self.stopping.wait(wait)

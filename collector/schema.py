@@ -89,7 +89,9 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return None if value is None else Decimal(str(value))
 
 
-JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# none_as_null: Python None is SQL NULL, not the JSON value null, so a failed run's missing result
+# is found by `result IS NULL` (0004 turned the JSON nulls stored before into NULL).
+JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
 RunId = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -108,6 +108,7 @@ class Service:
         self.runner = Runner(
             self.api,
             self.writer.submit,
+            persist=self.writer.persist,
             datasets=datasets,
             load_cursor=self.store.load_cursor,
             retry=retry or RetryPolicy(lockout=config.kraken.lockout),
@@ -192,7 +193,7 @@ class Service:
             logger.warning(
                 "exchange %s did not answer (%s); collecting anyway, each run retries",
                 url,
-                exc,
+                exc.reason,
             )
             return
         except (KeyError, TypeError, ValueError):

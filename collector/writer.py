@@ -86,6 +86,7 @@ class Writer:
         self._next_try = 0.0
         self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
         self._pending = 0
+        self._waiters: dict[int, threading.Event] = {}
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
 
@@ -109,6 +110,16 @@ class Writer:
                 self._cond.wait(1.0)
             self._pending += 1
         self._queue.put(record)
+
+    def persist(self, record: RunRecord, timeout: float | None = None) -> bool:
+        """Queue a run and wait until it is in the database or the spool (durable either way);
+        False if that took longer than ``timeout``. A paging run waits so for each page, so that
+        a page it has moved past is never fetched again after a crash."""
+        done = threading.Event()
+        with self._cond:
+            self._waiters[id(record)] = done
+        self.submit(record)
+        return done.wait(timeout)
 
     @property
     def pending(self) -> int:
@@ -181,6 +192,10 @@ class Writer:
         with self._cond:
             self._pending -= len(batch)
             self._cond.notify_all()
+            for record in batch:
+                waiter = self._waiters.pop(id(record), None)
+                if waiter is not None:
+                    waiter.set()
 
     def _take(self, batch: list[RunRecord]) -> None:
         if self.state is State.DIRECT:

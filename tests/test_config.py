@@ -225,13 +225,13 @@ def test_env_expansion_credentials_and_database_override(tmp_path: Path) -> None
     config = load(path, environ={"MY_KEY": "k", "MY_SECRET": SECRET})
     assert (config.kraken.key, config.kraken.secret) == ("k", SECRET)
     assert SECRET not in repr(config)
-    assert config.database == "sqlite:///default.db"
+    assert config.database == f"sqlite:///{tmp_path / 'default.db'}"  # beside the job file
     assert (config.kraken.tier.max, config.kraken.public_rate_limit.decay) == (20, 0.5)
     b, t = config.jobs
     assert (b.private, b.cron, b.params, t.private) == (True, "0 * * * *", {"asset": "ZUSD"}, False)
     assert (t.every, t.jitter, t.timeout) == (timedelta(hours=1, minutes=30), 5, 3)
     env = {"MY_KEY": "k", "MY_SECRET": SECRET, "DB_URL": "sqlite:///env.db"}
-    assert load(path, environ=env).database == "sqlite:///env.db"
+    assert load(path, environ=env).database == f"sqlite:///{tmp_path / 'env.db'}"
     env["COLLECTOR_DATABASE_URL"] = "postgresql://u@h/db"
     assert load(path, environ=env).database == "postgresql+psycopg://u@h/db"
     assert load(path, environ=env, database="sqlite:///cli.db").database == "sqlite:///cli.db"
@@ -277,3 +277,64 @@ def test_example_job_file_is_valid() -> None:
     assert [j.name for j in config.jobs] == ["ticker", "ohlc_hourly", "status"]
     assert not any(j.private for j in config.jobs)
     assert os.path.basename(config.path) == "jobs.yaml"
+
+
+def test_an_unset_variable_is_an_error_naming_file_line_key_and_variable(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        kraken:
+          url: http://127.0.0.1:9
+          tier: starter
+          key: ${KRAKEN_KEY}
+          secret: ${KRAKEN_SECRET}
+        jobs:
+          b: {method: Balance, every: 1h}
+    """,
+    )
+    code, output = check(path, env={"KRAKEN_KEY": None, "KRAKEN_SECRET": None})
+    assert (code, output) == (2, f"error: {path}:4: kraken.key: ${{KRAKEN_KEY}} is not set\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            "database: ${DB_URL}\njobs:\n  t: {method: Time, every: 1s}\n",
+            ":1: database: ${DB_URL} is not set",
+            id="database-does-not-fall-back-to-the-default",
+        ),
+        pytest.param(
+            "database: sqlite:///${DATA}/c.db\njobs:\n  t: {method: Time, every: 1s}\n",
+            ":1: database: ${DATA} is not set",
+            id="inside-a-string",
+        ),
+        pytest.param(
+            "jobs:\n  t:\n    method: Ticker\n    every: 1s\n    params:\n"
+            "      pair: [XBTUSD, '${PAIR}']\n",
+            ":6: jobs.t.params.pair: ${PAIR} is not set",
+            id="in-a-list",
+        ),
+    ],
+)
+def test_unset_variables(tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, body), environ={})
+    assert str(info.value) == f"{tmp_path / 'jobs.yaml'}{expected}"
+
+
+def test_defaults_and_empty_variables(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        jobs:
+          t:
+            method: Ticker
+            every: 1s
+            params: {a: "${A:-}", b: "${B:-x}", c: "x${C}y", d: "${D:-z}", e: "${E}"}
+    """,
+    )
+    # ${A:-} is an explicit empty default; a variable set to empty expands to empty (C), or to
+    # its default when it has one (D, as in the shell).
+    config = load(path, environ={"C": "", "D": "", "E": "set"})
+    assert config.jobs[0].params == {"a": "", "b": "x", "c": "xy", "d": "z", "e": "set"}

@@ -36,8 +36,11 @@ class Clock:
         return self.t
 
 
-def _service(tmp_path, fake, keypair, url, jobs: str, kraken: str = FAST) -> Service:
-    return Service(load(job_file(tmp_path, fake, keypair, url, jobs, kraken_extra=kraken)))
+def _service(tmp_path, fake, keypair, url, jobs: str, kraken: str = FAST, clock=None) -> Service:
+    config = load(job_file(tmp_path, fake, keypair, url, jobs, kraken_extra=kraken))
+    if clock is None:
+        return Service(config)
+    return Service(config, clock=lambda: datetime.fromtimestamp(clock.t, UTC))
 
 
 def _once(service: Service) -> None:
@@ -64,8 +67,10 @@ def _epoch(value) -> float:
 
 @pytest.fixture
 def grown():
-    """A fake whose ledger has 620 entries at start and that we grow by hand."""
-    with FakeKraken(tier=None, history={"ledger": 620, "trades": 130, "closed": 75}) as fake:
+    """A fake whose ledger has 620 entries at start and that we grow by hand; its clock runs 10 s
+    behind ours, so what it adds before a run is inside that run's (settled) window."""
+    sizes = {"ledger": 620, "trades": 130, "closed": 75}
+    with FakeKraken(tier=None, history=sizes, now=lambda: time.time() - 10) as fake:
         yield fake
 
 
@@ -87,19 +92,20 @@ def test_private_histories_backfill_and_stay_complete_as_they_grow(
     done = _cursor(database_url, "ledger")["done"]
     ledger = {k: e for k, e in grown.ledger().items() if e["time"] <= done}
     stored = {r.ledger_id: r for r in rows(database_url, "SELECT * FROM ledger")}
-    assert set(stored) == set(ledger) and len(grown.ledger()) == 620 + 75 + 180
+    assert set(stored) == set(ledger) and len(ledger) == 620 + 75 + 180
     for ledger_id, entry in ledger.items():  # the values Kraken sent, exactly
         row = stored[ledger_id]
         assert Decimal(str(row.amount)) == Decimal(entry["amount"])
         assert Decimal(str(row.fee)) == Decimal(entry["fee"])
         assert row.refid == entry["refid"] and row.asset == entry["asset"]
         assert abs(_epoch(row.time) - entry["time"]) < 1e-6
-    assert set(r[0] for r in rows(database_url, "SELECT txid FROM my_trades")) == set(
-        grown.my_trades()
-    )
-    assert set(r[0] for r in rows(database_url, "SELECT txid FROM orders")) == set(
-        grown.closed_orders()
-    )
+    fills_done = _cursor(database_url, "fills")["done"]
+    fills = {k for k, e in grown.my_trades().items() if e["time"] <= fills_done}
+    assert {r[0] for r in rows(database_url, "SELECT txid FROM my_trades")} == fills
+    closed_done = _cursor(database_url, "closed")["done"]
+    closed = {k for k, e in grown.closed_orders().items() if e["closetm"] <= closed_done}
+    assert {r[0] for r in rows(database_url, "SELECT txid FROM orders")} == closed
+    assert len(fills) == 130 + 75 + 180 and len(closed) == 75
     runs = rows(database_url, "SELECT job, status, pages, new_rows FROM runs ORDER BY id")
     ledger_runs = [(s, p, n) for j, s, p, n in runs if j == "ledger"]
     # The backfill paged all 620 (13 pages); later runs only what was new (plus the overlap).
@@ -108,25 +114,29 @@ def test_private_histories_backfill_and_stay_complete_as_they_grow(
     assert max(p for _, p, _ in ledger_runs[1:]) <= 6, ledger_runs  # new ones + the overlap
 
 
-def test_ledger_pages_while_it_grows_faster_than_a_page_per_run(tmp_path, database_url) -> None:
-    with FakeKraken(tier=None, history={"ledger": 300}, growth={"ledger": 400.0}) as fake:
+def test_ledger_grows_faster_than_a_page_per_run(tmp_path, database_url) -> None:
+    clock = Clock(time.time())  # the exchange's time and ours, moved by hand
+    with FakeKraken(tier=None, history={"ledger": 300}, growth={"ledger": 10.0}, now=clock) as fake:
         keypair = fake.add_key()
+        jobs = "l: {method: Ledgers, every: 1h}"
         for _ in range(3):
-            _once(
-                _service(tmp_path, fake, keypair, database_url, "l: {method: Ledgers, every: 1h}")
-            )
-        done = _cursor(database_url, "l")["done"]
-        truth = {k for k, e in fake.ledger().items() if e["time"] <= done}
+            _once(_service(tmp_path, fake, keypair, database_url, jobs, clock=clock))
+            clock.t += 31  # 310 new entries before the next run: more than six pages
+        clock.t -= 31
+        truth = {
+            k for k, e in fake.ledger().items() if e["time"] <= _cursor(database_url, "l")["done"]
+        }
     stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
-    assert len(stored) == len(set(stored))
-    # Everything up to the last frozen end, nothing missing, nothing extra.
-    assert set(stored) == truth and len(truth) > 300
+    assert len(stored) == len(set(stored)) and set(stored) == truth
+    added = [r[0] for r in rows(database_url, "SELECT new_rows FROM runs ORDER BY id")]
+    assert added[0] == 300 and sum(added) == len(truth) and len(truth) >= 850
 
 
 def test_count_changing_while_paging_repages_the_window(tmp_path, database_url) -> None:
     """Kraken's clock 30 s behind ours: entries it adds while we page land inside our frozen
     window, so the count moves; the window is paged again, and nothing is lost or doubled."""
     with FakeKraken(tier=None, history={"ledger": 600}, now=lambda: time.time() - 30) as fake:
+        # (30 s behind: more than the window's settling time, so new entries land inside it)
         keypair = fake.add_key()
         slow = "rate_limit: {max: 4, decay: 6}\n  public_rate_limit: {max: 1000, decay: 1000}"
         service = _service(
@@ -177,9 +187,9 @@ def test_kill_9_at_random_points_of_a_backfill_then_restart(tmp_path, database_u
         _once(service)
         stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
         assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
-        # Finished pages were not fetched again: at most the page in flight at each kill, and
-        # the overlap window of the final check, on top of the 50 pages.
-        assert fake.calls["Ledgers"] <= size // 50 + 2 * 2 + 2, (killed_calls, fake.calls)
+        # Stored pages were not fetched again: at most the page in flight at each kill, on top
+        # of the 50 pages.
+        assert fake.calls["Ledgers"] <= size // 50 + 2, (killed_calls, fake.calls)
 
 
 def test_database_outage_in_the_middle_of_paging_loses_nothing(tmp_path, postgres) -> None:

@@ -1,6 +1,7 @@
 """The Dockerfile, replayed here (these machines have no Docker engine): its COPY and RUN steps
-build a fresh virtualenv from the repo's files, then its ENTRYPOINT and CMD run the service against
-the fake and stop on SIGTERM."""
+build a fresh virtualenv from the repo's files, its ENV steps set the environment (with /data and
+/config moved to temporary folders), then its ENTRYPOINT and CMD run the service against the fake
+and stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -37,6 +38,25 @@ def test_dockerfile_is_plain_slim_and_unprivileged() -> None:
     assert json.loads(steps["ENTRYPOINT"]) == ["collector"]
     assert json.loads(steps["CMD"]) == ["run", "/config/jobs.yaml"]
     assert steps["STOPSIGNAL"] == "SIGTERM"
+    assert environment() == {
+        "COLLECTOR_DATA_DIR": "/data",
+        "COLLECTOR_STATE_DIR": "/data/state",
+        "COLLECTOR_SPOOL": "/data/collector.spool",
+    }
+
+
+def environment(moves: dict[str, str] | None = None) -> dict[str, str]:
+    """The ENV steps' variables, with folder prefixes moved as ``moves`` says."""
+    env = {}
+    for word, rest in instructions():
+        if word == "ENV":
+            for pair in shlex.split(rest):
+                name, _, value = pair.partition("=")
+                for old, new in (moves or {}).items():
+                    if value == old or value.startswith(old + "/"):
+                        value = new + value[len(old) :]
+                env[name] = value
+    return env
 
 
 def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
@@ -48,6 +68,7 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
     env = dict(os.environ, PATH=f"{env_dir / 'bin'}:{os.environ['PATH']}")
     env.pop("COLLECTOR_DATABASE_URL", None)
     env.pop("PYTHONPATH", None)
+    env.update(environment({"/data": str(data), "/config": str(config)}))
     for word, rest in instructions():
         if word == "COPY":
             *sources, dest = shlex.split(rest)
@@ -86,6 +107,8 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
         check=True,
     )
     assert str(env_dir) in check.stdout
+    # The relative SQLite file went to the data volume, nothing beside the read-only job file.
+    assert [p.name for p in config.iterdir()] == ["jobs.yaml"]
     engine = create_engine(f"sqlite:///{data / 'collector.db'}")
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT method, count(*) FROM runs GROUP BY method")).all()

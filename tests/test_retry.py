@@ -197,7 +197,7 @@ def test_retries_are_logged(run, fake, caplog) -> None:
     caplog.set_level(logging.INFO, logger="collector")
     fake.inject("http_502", method="Balance")
     run("b: {method: Balance, every: 1h}")
-    assert "job b: attempt 1 failed (transient); retrying in 0.00s" in caplog.text
+    assert "job b: attempt 1 failed (HTTP 502); retrying in 0.00s" in caplog.text
 
 
 def test_the_exchange_counts_no_extra_calls_over_a_failing_run(tmp_path, keypair) -> None:

@@ -81,9 +81,9 @@ FAULTS = [
     ("http_500", "http_error", 500, "api.kraken.com | 500: Internal server error"),
     ("http_502", "http_error", 502, "api.kraken.com | 502: Bad gateway"),
     ("http_520", "http_error", 520, "HTTP 520: api.kraken.com | 520: Web server is returning"),
-    ("slow", "timeout", None, "no answer within 0.5s"),
+    ("slow", "timeout", None, "Balance: timed out after 0.5 s"),
     ("reset", "connection_error", None, "Connection reset by peer"),
-    ("truncated", "bad_response", 200, "body is not JSON"),
+    ("truncated", "bad_response", 200, "Balance: answer is not JSON"),
     ("not_json", "bad_response", 200, "api.kraken.com | 200: Please wait"),
     ("kraken_error", "kraken_error", 200, "EService:Unavailable"),
 ]

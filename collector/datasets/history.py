@@ -60,9 +60,9 @@ class History(Dataset):
                 start = max(0.0, float(done) - defaults.HISTORY_OVERLAP)
             else:
                 start = job.since  # None: everything Kraken has
-            # Whole seconds (Kraken's schema says integer), never in the future, where entries
-            # still arriving would move the count under us; what comes after it is the next run's.
-            end = math.floor(now.timestamp())
+            # Whole seconds (Kraken's schema says integer), settled: entries still arriving would
+            # move the count under us. What comes after it is the next run's.
+            end = math.floor(now.timestamp() - defaults.HISTORY_SETTLE)
             window = {"start": start, "end": end, "ofs": 0, "count": None, "repaged": 0}
             cursor["window"] = window
         return self._request(job.params, window), cursor
