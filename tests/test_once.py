@@ -82,3 +82,35 @@ def test_start_says_whether_the_exchange_answers(tmp_path, fake, keypair, caplog
     finally:
         service.stop()
     assert "collecting anyway" in caplog.text
+
+
+def test_a_database_that_never_went_down_gets_no_spool_file(tmp_path, fake, keypair) -> None:
+    url = f"sqlite:///{tmp_path / 'data' / 'c.db'}"
+    (tmp_path / "data").mkdir()
+    path = job_file(tmp_path, fake, keypair, url, "b: {method: Balance, every: 1h}")
+    service = Service(load(path))
+    try:
+        assert service.run_once()
+    finally:
+        service.stop()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir() if "spool" in p.name) == []
+    assert not list(tmp_path.rglob("*.spool"))
+
+
+def test_a_credentials_error_inside_a_run_is_a_config_error(tmp_path, fake, keypair) -> None:
+    import collector
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    service = Service(
+        load(job_file(tmp_path, fake, keypair, url, "b: {method: Balance, every: 1h}")),
+        api=collector.API(keypair[0], "not base64!"),  # e.g. a key file edited by hand
+    )
+    try:
+        record = service.execute(service.config.jobs[0])
+    finally:
+        service.stop()
+    assert record is not None
+    assert (record.status, record.attempts) == ("config_error", 1)
+    assert "not valid base64" in record.error and "not base64!" not in record.error
+    assert rows(url, "SELECT status FROM runs")[0][0] == "config_error"
+    assert fake.calls["Balance"] == 0

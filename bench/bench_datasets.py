@@ -1,0 +1,320 @@
+"""The datasets' costs, each beside a reference measured in the same run.
+
+    python bench/bench_datasets.py          # about two minutes
+
+1. Backfill: 10,000 ledger entries through the service, against the fake's counter scaled up
+   (starter's max 15, decay 0.33/s sped up to 20/s): the share of what the counter allowed in the
+   same time that was used (target >= 95%), and rejections (target 0).
+2. Ingest: rows/s of public trades pages (1,000 rows each) through ``Store.write`` into SQLite and
+   PostgreSQL, beside a bare ``executemany`` INSERT of the same rows into a table of the same shape
+   (the floor: no upsert, no run row). Target >= 50,000 rows/s on SQLite.
+3. Size: bytes per stored candle with one OHLC run a minute for a day, beside what storing each
+   run's raw answer costs for the same data (target: 10x smaller); the same for public trades.
+4. Query: a year of 1-minute candles (525,600 rows): daily closes from ``ohlc`` beside the same
+   question through ``json_each`` over ``runs.result`` (the same candles as raw answers, 720 to a
+   run). Target < 200 ms on SQLite. Medians of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from collector.config import load  # noqa: E402
+from collector.datasets import OHLC, Trades  # noqa: E402
+from collector.records import RunRecord  # noqa: E402
+from collector.service import Service  # noqa: E402
+from collector.store import Store  # noqa: E402
+from collector.testing.fake_exchange import FakeKraken  # noqa: E402
+
+logging.basicConfig(level=logging.ERROR)
+
+
+def backfill(workdir: Path, entries: int) -> None:
+    from collector.ratelimit import RateLimit
+
+    limit = RateLimit(max=15, decay=20.0)
+    with FakeKraken(tier=limit, history={"ledger": entries}) as fake:
+        key, secret = fake.add_key()
+        path = workdir / "backfill.yaml"
+        path.write_text(
+            f"database: sqlite:///{workdir / 'backfill.db'}\nkraken:\n  url: {fake.url}\n"
+            f"  key: {key}\n  secret: {secret}\n  rate_limit: {{max: 15, decay: 20}}\n"
+            "jobs:\n  l: {method: Ledgers, every: 1h}\n"
+        )
+        os.environ["COLLECTOR_STATE_DIR"] = str(workdir / "state")
+        service = Service(load(path))
+        service.open()
+        started = time.monotonic()
+        try:
+            record = service.execute(service.config.jobs[0])
+        finally:
+            elapsed = time.monotonic() - started
+            service.stop()
+        assert record is not None and record.status == "ok", record
+        calls = fake.calls["Ledgers"]
+        refused = fake.errors["EAPI:Rate limit exceeded"]
+        stored = Store.from_url(service.config.database)
+        with stored.engine.connect() as conn:
+            rows = conn.execute(text("SELECT count(*) FROM ledger")).scalar()
+        stored.dispose()
+    used = calls * 2  # Ledgers costs 2
+    allowed = limit.max + limit.decay * elapsed  # the counter's burst plus its decay meanwhile
+    print(
+        f"backfill: {entries:,} ledger entries, counter max {limit.max:g} decay {limit.decay:g}/s"
+    )
+    print(f"  stored {rows:,} rows in {calls} pages over {elapsed:.1f} s")
+    print(
+        f"  used {used:.0f} of the {allowed:.0f} units the counter allowed in that time: "
+        f"{used / allowed:.1%} (target >= 95%); refused {refused} (target 0)"
+    )
+
+
+def trade_pages(count: int) -> list[RunRecord]:
+    """``count`` pages of 1,000 public trades each, as the runner hands them to the store."""
+    with FakeKraken(tier=None, history={"public_trades": count * 1000 + 10}) as fake:
+        since = "0"
+        records = []
+        dataset = Trades()
+        now = datetime.now(UTC)
+        for _ in range(count):
+            sent = {"pair": "XBTUSD", "since": since, "count": 1000}
+            answer = fake.result("Trades", sent)
+            record = RunRecord("t", "Trades", sent, now, now, now, dataset="trades")
+            page = dataset.page(record, sent, answer, since)
+            record.rows, record.cursor, record.pages = {"trades": page.rows}, page.cursor, 1
+            records.append(record)
+            since = page.cursor
+    return records
+
+
+def ingest(url: str, records: list[RunRecord], label: str) -> None:
+    store = Store.from_url(url)
+    store.upgrade()
+    rows = sum(len(r.rows["trades"]) for r in records)
+    started = time.perf_counter()
+    for record in records:
+        store.write([record])
+    ours = rows / (time.perf_counter() - started)
+    # The floor: the same rows, bare INSERTs into a table of the same shape, one page a commit.
+    from sqlalchemy import Column, MetaData, Table
+
+    from collector.datasets.market import trades
+
+    # The same columns and primary key; its one index too, under another name.
+    bare = Table(
+        "bare_trades",
+        MetaData(),
+        *(Column(c.name, c.type, primary_key=c.primary_key) for c in trades.columns),
+    )
+    bare.create(store.engine)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX ix_bare_pair_time ON bare_trades (pair, time)")
+    started = time.perf_counter()
+    for record in records:
+        with store.engine.begin() as conn:
+            conn.execute(bare.insert(), [{**r, "run_id": 1} for r in record.rows["trades"]])
+    floor = rows / (time.perf_counter() - started)
+    store.dispose()
+    target = "  (target >= 50,000 on SQLite)" if label == "SQLite" else ""
+    print(
+        f"  {label:<10} Store.write {ours:>9,.0f} rows/s   bare INSERT {floor:>9,.0f} rows/s   "
+        f"ratio {ours / floor:.2f}{target}"
+    )
+
+
+def sizes(workdir: Path) -> None:
+    """A day of one OHLC run a minute, and of public trades pages: rows against raw answers, each
+    in a database file of its own (runs rows included, as a user's file would hold them)."""
+    clock = [time.time() - 86_400]
+    names = ("ohlc_rows", "ohlc_raw", "trades_rows", "trades_raw")
+    stores = {n: Store.from_url(f"sqlite:///{workdir / (n + '.db')}") for n in names}
+    for store in stores.values():
+        store.upgrade()
+    empty = _bytes(stores["ohlc_rows"])
+    with FakeKraken(tier=None, now=lambda: clock[0], history={"public_trades": 10}) as fake:
+        ohlc, trades = OHLC(), Trades()
+        cursor: object = None
+        trade_cursor = str(int(clock[0] * 1e9))
+        for _ in range(1440):
+            now = datetime.fromtimestamp(clock[0], UTC)
+            sent = {"pair": "XBTUSD", "interval": 1, **({"since": cursor} if cursor else {})}
+            answer = fake.result("OHLC", sent)
+            record = RunRecord("c", "OHLC", sent, now, now, now, pages=1, dataset="ohlc")
+            page = ohlc.page(record, sent, answer, cursor)
+            record.rows, record.cursor = {"ohlc": page.rows}, page.cursor
+            cursor = page.cursor
+            stores["ohlc_rows"].write([record])
+            # Before datasets: every run asked for (and kept) the whole answer, 720 candles.
+            whole = fake.result("OHLC", {"pair": "XBTUSD", "interval": 1})
+            raw = RunRecord("c", "OHLC", {"pair": "XBTUSD"}, now, now, now, result=whole)
+            stores["ohlc_raw"].write([raw])
+            fake.grow("public_trades", 20, pair="XBTUSD")  # 20 trades a minute
+            sent = {"pair": "XBTUSD", "since": trade_cursor}
+            answer = fake.result("Trades", sent)
+            record = RunRecord("t", "Trades", sent, now, now, now, pages=1, dataset="trades")
+            page = trades.page(record, sent, answer, trade_cursor)
+            record.rows, record.cursor = {"trades": page.rows}, page.cursor
+            trade_cursor = page.cursor
+            stores["trades_rows"].write([record])
+            stores["trades_raw"].write(
+                [RunRecord("t", "Trades", sent, now, now, now, result=answer)]
+            )
+            clock[0] += 60
+    candles = _count(stores["ohlc_rows"], "ohlc")
+    trade_rows = _count(stores["trades_rows"], "trades")
+    size = {n: _bytes(store) - empty for n, store in stores.items()}
+    for store in stores.values():
+        store.dispose()
+    print("size: a day of one OHLC run a minute (1-minute candles) and 20 trades a minute, SQLite")
+    print(
+        f"  candles: {candles:,} rows, {size['ohlc_rows'] / candles:,.0f} bytes per candle (runs "
+        f"rows included); each run's raw answer instead: {size['ohlc_raw'] / candles:,.0f} bytes "
+        f"per candle: {size['ohlc_raw'] / size['ohlc_rows']:.0f}x smaller (target 10x)"
+    )
+    print(
+        f"  trades: {trade_rows:,} rows, {size['trades_rows'] / trade_rows:,.0f} bytes per trade; "
+        f"raw answers (with since, so no repeats): {size['trades_raw'] / trade_rows:,.0f} bytes "
+        f"per trade ({size['trades_raw'] / size['trades_rows']:.2f}x)"
+    )
+
+
+def _count(store: Store, table: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+
+
+def _bytes(store: Store) -> int:
+    with store.engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+        size = conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
+    return int(pages) * int(size)
+
+
+def query(workdir: Path) -> None:
+    """A year of 1-minute candles: daily closes from ohlc, beside json_each over raw answers."""
+    minutes = 525_600
+    path = workdir / "year.db"
+    store = Store.from_url(f"sqlite:///{path}")
+    store.upgrade()
+    store.dispose()
+    db = sqlite3.connect(path)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def iso(t: datetime) -> str:
+        return t.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+
+    run_at = iso(start)
+    db.execute(
+        "INSERT INTO runs (job, method, params, scheduled_at, started_at, finished_at, status, "
+        "attempts, pages, new_rows, uid) VALUES ('c', 'OHLC', '{}', ?, ?, ?, 'ok', 1, 1, 0, 'x')",
+        (run_at, run_at, run_at),
+    )
+    candles = []
+    for m in range(minutes):
+        t = start + timedelta(minutes=m)
+        price = f"{60000 + (m % 1440) / 10:.1f}"
+        candles.append(
+            (iso(t), int(t.timestamp()), price, price, price, price, price, "1.25000000", 42)
+        )
+    db.executemany(
+        "INSERT INTO ohlc (pair, interval, time, open, high, low, close, vwap, volume, count, "
+        "final, run_id) VALUES ('XXBTZUSD', 1, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1)",
+        [(c[0], *c[2:]) for c in candles],
+    )
+    # The same candles as raw answers, 720 to a run (what runs.result held before datasets).
+    raw = []
+    for i in range(0, minutes, 720):
+        rows = [[c[1], *c[2:]] for c in candles[i : i + 720]]
+        result = json.dumps({"XXBTZUSD": rows, "last": rows[-1][0]})
+        raw.append((iso(start + timedelta(minutes=i)), result, uuid.uuid4().hex))
+    db.executemany(
+        "INSERT INTO runs (job, method, params, scheduled_at, started_at, finished_at, status, "
+        "result, attempts, pages, new_rows, uid) VALUES ('raw', 'OHLC', '{}', ?1, ?1, ?1, 'ok', "
+        "?2, 1, 1, 0, ?3)",
+        raw,
+    )
+    db.commit()
+    readme = _readme_daily_closes()
+    via_json = (
+        "SELECT date(json_extract(c.value, '$[0]'), 'unixepoch') AS day, "
+        "json_extract(c.value, '$[4]') AS close, max(json_extract(c.value, '$[0]')) "
+        "FROM runs, json_each(runs.result, '$.XXBTZUSD') AS c "
+        "WHERE runs.job = 'raw' AND runs.status = 'ok' GROUP BY day ORDER BY day"
+    )
+    timings = {}
+    answers = {}
+    for name, sql in (("ohlc", readme), ("json_each", via_json)):
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            answers[name] = db.execute(sql).fetchall()
+            samples.append(time.perf_counter() - started)
+        timings[name] = statistics.median(samples)
+    db.close()
+    same = [tuple(r[:2]) for r in answers["ohlc"]] == [tuple(r[:2]) for r in answers["json_each"]]
+    print(f"query: daily closes over a year of 1-minute candles ({minutes:,} rows), SQLite")
+    print(
+        f"  from ohlc {timings['ohlc'] * 1000:.0f} ms (target < 200 ms); through json_each over "
+        f"runs.result {timings['json_each'] * 1000:.0f} ms: "
+        f"{timings['json_each'] / timings['ohlc']:.1f}x slower; {len(answers['ohlc'])} days, "
+        f"same answers: {same}"
+    )
+
+
+def _readme_daily_closes() -> str:
+    """The README's SQLite daily-closes statement, as written there (so the figure is its own)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```sql\n(.*?)```", readme, re.DOTALL):
+        if block.startswith("-- SQLite"):
+            for statement in block.split(";"):
+                if "Daily closes" in statement:
+                    return statement.strip()
+    raise SystemExit("the README has no SQLite daily-closes statement")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--pages", type=int, default=100, help="trades pages to ingest")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
+        work = Path(tmp)
+        backfill(work, args.entries)
+        records = trade_pages(args.pages)
+        print(f"ingest: {len(records)} pages of 1,000 public trades, a commit per page")
+        ingest(f"sqlite:///{work / 'ingest.db'}", records, "SQLite")
+        try:
+            from tests.conftest import PostgresServer
+
+            server = PostgresServer()
+        except Exception as exc:  # no initdb here: say so, measure the rest
+            print(f"  PostgreSQL   skipped ({exc})")
+        else:
+            try:
+                ingest(server.new_database(), trade_pages(args.pages), "PostgreSQL")
+            finally:
+                server.stop()
+        sizes(work)
+        query(work)
+
+
+if __name__ == "__main__":
+    main()
