@@ -229,31 +229,53 @@ def check(jobfile: str, database: str | None) -> None:
             f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
             f"next {upcoming}"
         )
-    private = sum(calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.private)
     public = sum(calls_per_second(j, now) for j in config.jobs if not j.private)
     k = config.kraken
-    click.echo(
-        f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
-        f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s"
-    )
+    # Each account has its own key, so its own counter; the public budget is the machine's.
+    needs = {
+        a.name: sum(
+            calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.account == a.name
+        )
+        for a in config.accounts
+    }
+    if [a.name for a in config.accounts] in ([], ["default"]) and not _named_accounts(config):
+        private = needs.get("default", 0.0)
+        click.echo(
+            f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
+            f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s"
+        )
+    else:
+        for account in config.accounts:
+            click.echo(
+                f"budget: account {account.name}: private {needs[account.name]:.4g} calls/s of "
+                f"{account.tier.decay:g}/s ({account.tier_name})"
+            )
+        click.echo(f"budget: public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s")
     waiting = peek_spool(config.spool_path)
     click.echo(
         f"spool: {config.spool_path}: "
         + (f"{waiting:,} runs waiting" if waiting else "empty")
         + f" (holds at most {config.spool_max_runs:,})"
     )
-    if private > k.tier.decay:
-        click.echo(
-            f"warning: needs {private:.2g} private calls/s, {k.tier_name} allows "
-            f"{k.tier.decay:g}/s; runs will be late",
-            err=True,
-        )
+    for account in config.accounts:
+        if needs[account.name] > account.tier.decay:
+            who = "" if account.name == "default" else f"account {account.name} "
+            click.echo(
+                f"warning: {who}needs {needs[account.name]:.2g} private calls/s, "
+                f"{account.tier_name} allows {account.tier.decay:g}/s; runs will be late",
+                err=True,
+            )
     if public > k.public_rate_limit.decay:
         click.echo(
             f"warning: needs {public:.2g} public calls/s, the public budget allows "
             f"{k.public_rate_limit.decay:g}/s; runs will be late",
             err=True,
         )
+
+
+def _named_accounts(config: Config) -> bool:
+    """Whether the file has an ``accounts:`` section (else one account from ``kraken:``)."""
+    return any(a.name != "default" for a in config.accounts) or len(config.accounts) > 1
 
 
 def _check_database(config: Config) -> None:

@@ -52,6 +52,7 @@ from .errors import (
     CredentialsError,
     HTTPStatusError,
     KrakenAPIError,
+    NotPermitted,
     RequestTimeout,
 )
 from .methods import cost, is_public
@@ -157,6 +158,9 @@ class API:
             public_rate_limit = PUBLIC_DEFAULT
         self.public_limiter = RateLimiter(public_rate_limit) if public_rate_limit else None
         self.cancel = cancel
+        #: when set, private calls are sent only while it returns True (checked under the private
+        #: lock, right before the nonce is taken): an account this process holds the lease on
+        self.permit: Callable[[], bool] | None = None
         self._json_options: dict[str, Any] = {}
         self._private_lock = threading.Lock()
         self._auth_cache: tuple[str, str, KrakenAuth] | None = None
@@ -298,6 +302,8 @@ class API:
         with self._private_lock:
             if self.limiter:
                 self.limiter.acquire(cost(method), self.cancel)
+            if self.permit is not None and not self.permit():
+                raise NotPermitted(f"{method}: this process does not hold the account's lease")
             nonce = self._nonce()
             body = f"nonce={nonce}&{params}" if params else f"nonce={nonce}"
             headers = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -8,6 +8,7 @@ did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environ
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import os
@@ -39,7 +40,8 @@ from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHOD
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
-TOP_KEYS = ("database", "kraken", "jobs", "spool")
+TOP_KEYS = ("database", "kraken", "accounts", "jobs", "spool", "failover")
+ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
 SPOOL_KEYS = ("path", "max_runs")
 KRAKEN_KEYS = (
     "url",
@@ -65,6 +67,7 @@ JOB_KEYS = (
     "deadline",
     "since",
     "raw",
+    "account",
 )
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
@@ -93,6 +96,8 @@ class Job:
     since: float | None = None
     #: keep the raw answers in ``runs.result`` too (datasets store rows instead)
     raw: bool = False
+    #: the account a private job runs as (None for public jobs)
+    account: str | None = None
     line: int = 0
 
     @property
@@ -124,6 +129,18 @@ class KrakenSettings:
 
 
 @dataclass(frozen=True)
+class Account:
+    """One Kraken account: its key, and the counter and nonce unit that go with the key."""
+
+    name: str
+    key: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    tier: RateLimit = TIERS[defaults.TIER]
+    tier_name: str = defaults.TIER
+    nonce_unit: str = defaults.NONCE_UNIT
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     database: str
@@ -136,6 +153,14 @@ class Config:
     state_dir: str = ""
     #: things worth saying that do not stop the file from loading
     warnings: tuple[str, ...] = ()
+    #: the accounts private jobs use (``default`` from ``kraken:`` when there is no ``accounts:``)
+    accounts: tuple[Account, ...] = ()
+    #: how soon a standby takes an account over when its holder is gone (seconds)
+    failover: float = defaults.FAILOVER
+
+    def account(self, name: str) -> Account:
+        (found,) = [a for a in self.accounts if a.name == name]
+        return found
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -325,7 +350,9 @@ class _Builder:
     def config(self, raw: _Map, database: str | None) -> Config:
         self.check_keys(raw, TOP_KEYS, "")
         raw = self.expand(raw)
-        kraken = self.kraken(self.mapping(raw, "kraken", "kraken"))
+        kraken_map = self.mapping(raw, "kraken", "kraken")
+        kraken = self.kraken(kraken_map)
+        accounts = self.accounts(raw, kraken_map, kraken)
         jobs_map = raw.get("jobs")
         if not isinstance(jobs_map, _Map) or not jobs_map:
             raise self.error(
@@ -334,7 +361,10 @@ class _Builder:
                 "jobs" if "jobs" in raw else None,
                 "jobs",
             )
-        jobs = tuple(self.job(name, jobs_map, kraken) for name in jobs_map)
+        jobs = tuple(self.job(name, jobs_map, kraken, accounts) for name in jobs_map)
+        failover = defaults.FAILOVER
+        if "failover" in raw:
+            failover = self.duration(raw, "failover", "failover")
         # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
         # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
         # shell, and are relative to where they are.
@@ -388,6 +418,8 @@ class _Builder:
             max_runs,
             self.state_dir(),
             tuple(self.warnings),
+            accounts,
+            failover,
         )
 
     def data_dir(self) -> Path:
@@ -417,25 +449,7 @@ class _Builder:
             if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
                 raise self.error("must be an http(s) URL", k, "url", "kraken.url")
             opts["url"] = url.rstrip("/")
-        if "tier" in k and "rate_limit" in k:
-            raise self.error(
-                "give either tier or rate_limit, not both", k, "rate_limit", "kraken.rate_limit"
-            )
-        if "tier" in k:
-            tier = str(k["tier"]).lower()
-            if tier not in TIERS:
-                close = difflib.get_close_matches(tier, TIERS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.error(
-                    f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
-                    k,
-                    "tier",
-                    "kraken.tier",
-                )
-            opts["tier"], opts["tier_name"] = TIERS[tier], tier
-        if "rate_limit" in k:
-            opts["tier"] = self.rate_limit(k, "rate_limit")
-            opts["tier_name"] = f"max {opts['tier'].max:g}, decay {opts['tier'].decay:g}/s"
+        opts.update(self.account_opts(k, "kraken."))
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
@@ -452,26 +466,115 @@ class _Builder:
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
             opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
+        key, secret = self.credentials(k, "kraken.", environment=True)
+        return KrakenSettings(key=key, secret=secret, **opts)
+
+    def account_opts(self, k: _Map, prefix: str) -> dict[str, Any]:
+        """An account's counter (``tier`` or ``rate_limit``) and ``nonce_unit``."""
+        opts: dict[str, Any] = {}
+        if "tier" in k and "rate_limit" in k:
+            raise self.error(
+                "give either tier or rate_limit, not both", k, "rate_limit", prefix + "rate_limit"
+            )
+        if "tier" in k:
+            tier = str(k["tier"]).lower()
+            if tier not in TIERS:
+                close = difflib.get_close_matches(tier, TIERS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.error(
+                    f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
+                    k,
+                    "tier",
+                    prefix + "tier",
+                )
+            opts["tier"], opts["tier_name"] = TIERS[tier], tier
+        if "rate_limit" in k:
+            opts["tier"] = self.rate_limit(k, "rate_limit", prefix)
+            opts["tier_name"] = f"max {opts['tier'].max:g}, decay {opts['tier'].decay:g}/s"
         if "nonce_unit" in k:
             if not isinstance(k["nonce_unit"], str) or k["nonce_unit"] not in UNITS:
                 raise self.error(
-                    f"must be one of {', '.join(UNITS)}", k, "nonce_unit", "kraken.nonce_unit"
+                    f"must be one of {', '.join(UNITS)}", k, "nonce_unit", prefix + "nonce_unit"
                 )
             opts["nonce_unit"] = k["nonce_unit"]
-        key, secret = self.credentials(k)
+        return opts
+
+    def accounts(self, raw: _Map, k: _Map, kraken: KrakenSettings) -> tuple[Account, ...]:
+        """``accounts:``, or the one account ``default`` that ``kraken:``'s credentials make."""
+        if "accounts" not in raw:
+            if not kraken.has_credentials:
+                return ()
+            return (
+                Account(
+                    "default",
+                    kraken.key,
+                    kraken.secret,
+                    kraken.tier,
+                    kraken.tier_name,
+                    kraken.nonce_unit,
+                ),
+            )
+        found = raw["accounts"]
+        if not isinstance(found, _Map) or not found:
+            raise self.error(
+                "must map account names to {key, secret} or {key_file}", raw, "accounts", "accounts"
+            )
+        for shared in ("key", "secret", "key_file"):
+            if shared in k:
+                raise self.error(
+                    "with accounts:, credentials go under each account",
+                    k,
+                    shared,
+                    f"kraken.{shared}",
+                )
+        out = []
+        for name, spec in found.items():
+            path = f"accounts.{name}"
+            if not isinstance(spec, _Map):
+                raise self.error(
+                    "must be a mapping with key and secret, or key_file", found, name, path
+                )
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(name)):
+                raise self.error("an account name is letters, digits, _ . or -", found, name, path)
+            self.check_keys(spec, ACCOUNT_KEYS, path + ".")
+            opts = {
+                "tier": kraken.tier,
+                "tier_name": kraken.tier_name,
+                "nonce_unit": kraken.nonce_unit,
+                **self.account_opts(spec, path + "."),
+            }
+            key, secret = self.credentials(spec, path + ".")
+            if not key:
+                raise self.error("needs key and secret, or key_file", found, name, path)
+            out.append(Account(str(name), key, secret, **opts))
+        keys = [a.key for a in out]
+        for account in out:
+            if keys.count(account.key) > 1:
+                raise self.error(
+                    "two accounts share one API key; a key is one account's (its nonces)",
+                    found,
+                    account.name,
+                    f"accounts.{account.name}.key",
+                )
+        return tuple(out)
+
+    def credentials(self, k: _Map, prefix: str, *, environment: bool = False) -> tuple[str, str]:
+        """``key``/``secret`` or ``key_file`` under ``k`` (and, with ``environment``, the
+        ``$KRAKEN_API_KEY``/``$KRAKEN_API_SECRET`` fallback); the secret must be base64."""
+        key, secret = self._credentials(k, prefix, environment)
         if key or secret:
             try:
                 decode_secret(secret)
             except CredentialsError as exc:
                 where = "secret" if "secret" in k else "key_file" if "key_file" in k else None
-                raise self.error(str(exc), k, where, f"kraken.{where or 'secret'}") from None
-        return KrakenSettings(key=key, secret=secret, **opts)
+                raise self.error(str(exc), k, where, f"{prefix}{where or 'secret'}") from None
+        return key, secret
 
-    def credentials(self, k: _Map) -> tuple[str, str]:
+    def _credentials(self, k: _Map, prefix: str, environment: bool) -> tuple[str, str]:
         if "key_file" in k:
             if "key" in k or "secret" in k:
                 raise self.error(
-                    "give key_file or key/secret, not both", k, "key_file", "kraken.key_file"
+                    "give key_file or key/secret, not both", k, "key_file", prefix + "key_file"
                 )
             path = Path(str(k["key_file"]))
             if not path.is_absolute():
@@ -484,36 +587,37 @@ class _Builder:
                     f"cannot read key file {str(path)!r}: {_reason(exc)}",
                     k,
                     "key_file",
-                    "kraken.key_file",
+                    prefix + "key_file",
                 ) from None
             if not key or not secret:
                 raise self.error(
                     f"key file {str(path)!r} must hold the key on line 1 and the secret on line 2",
                     k,
                     "key_file",
-                    "kraken.key_file",
+                    prefix + "key_file",
                 )
             mode = path.stat().st_mode & 0o777
             if mode & 0o077:
                 line = k.lines.get("key_file", k.line)
                 self.warnings.append(
-                    f"{self.file}:{line}: kraken.key_file: {str(path)!r} is "
+                    f"{self.file}:{line}: {prefix}key_file: {str(path)!r} is "
                     f"readable by group or others (mode {mode:04o}); "
                     f"run: chmod 600 {path}"
                 )
             return key, secret
-        key = k.get("key") or self.env.get(KEY_ENV) or ""
-        secret = k.get("secret") or self.env.get(SECRET_ENV) or ""
+        env = self.env if environment else {}
+        key = k.get("key") or env.get(KEY_ENV) or ""
+        secret = k.get("secret") or env.get(SECRET_ENV) or ""
         for name, value in (("key", key), ("secret", secret)):
             if not isinstance(value, str):
-                raise self.error("must be text", k, name, f"kraken.{name}")
+                raise self.error("must be text", k, name, f"{prefix}{name}")
         if bool(key) != bool(secret):
             missing = "secret" if key else "key"
             raise self.error(
                 f"an API key needs its {missing} too",
                 k,
                 "key" if "key" in k else "secret" if "secret" in k else None,
-                f"kraken.{missing}",
+                f"{prefix}{missing}",
             )
         return key, secret
 
@@ -543,18 +647,20 @@ class _Builder:
             path,
         )
 
-    def rate_limit(self, k: _Map, key: str) -> RateLimit:
+    def rate_limit(self, k: _Map, key: str, prefix: str = "kraken.") -> RateLimit:
         value = k[key]
         if not isinstance(value, _Map) or set(value) != {"max", "decay"}:
             raise self.error(
-                "must be a mapping {max: N, decay: per-second}", k, key, f"kraken.{key}"
+                "must be a mapping {max: N, decay: per-second}", k, key, f"{prefix}{key}"
             )
         try:
             return RateLimit(float(value["max"]), float(value["decay"]))
         except (TypeError, ValueError) as exc:
-            raise self.error(str(exc), k, key, f"kraken.{key}") from None
+            raise self.error(str(exc), k, key, f"{prefix}{key}") from None
 
-    def job(self, name: str, jobs: _Map, kraken: KrakenSettings) -> Job:
+    def job(
+        self, name: str, jobs: _Map, kraken: KrakenSettings, accounts: tuple[Account, ...]
+    ) -> Job:
         path = f"jobs.{name}"
         spec = jobs[name]
         if not isinstance(spec, _Map):
@@ -668,15 +774,43 @@ class _Builder:
             line=jobs.lines.get(name, 0),
             **opts,
         )
-        if job.private and not kraken.has_credentials:
-            raise self.error(
-                f"{method} is a private method and needs credentials: set kraken.key "
-                f"and kraken.secret, kraken.key_file, or {KEY_ENV} and {SECRET_ENV}",
-                spec,
-                "method",
-                path + ".method",
-            )
-        return job
+        return self.account_of(job, spec, path, accounts)
+
+    def account_of(self, job: Job, spec: _Map, path: str, accounts: tuple[Account, ...]) -> Job:
+        """``job`` with the account it runs as: the one it names, or the only one there is."""
+        names = [a.name for a in accounts]
+        named = spec.get("account")
+        if not job.private:
+            if named is not None:
+                raise self.error(
+                    f"{job.method} is public: it needs no account",
+                    spec,
+                    "account",
+                    path + ".account",
+                )
+            return job
+        if named is None:
+            if not accounts:
+                raise self.error(
+                    f"{job.method} is a private method and needs credentials: set kraken.key "
+                    f"and kraken.secret, kraken.key_file, or {KEY_ENV} and {SECRET_ENV}",
+                    spec,
+                    "method",
+                    path + ".method",
+                )
+            if len(accounts) > 1:
+                raise self.error(
+                    f"{job.method} is private: name its account (one of {', '.join(names)})",
+                    spec,
+                    "method",
+                    path + ".account",
+                )
+            named = names[0]
+        if named not in names:
+            close = difflib.get_close_matches(str(named), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(names)})"
+            raise self.error(f"no account {named!r}{hint}", spec, "account", path + ".account")
+        return dataclasses.replace(job, account=str(named))
 
 
 def parse_duration(value: Any) -> float | None:

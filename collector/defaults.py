@@ -88,6 +88,10 @@ NONCE_LEASE_SECONDS = 5
 #: this many nonces past the last one instead, so repeated crashes don't push nonces further ahead.
 NONCE_LEASE_SLACK = 100
 
+#: How soon a standby takes over an account whose holder is gone (seconds): the holder's lease on
+#: the account lasts this long and is renewed every fifth of it.
+FAILOVER = 15.0
+
 # -- the environment ----------------------------------------------------------------------------
 
 DATABASE_ENV = "COLLECTOR_DATABASE_URL"

@@ -6,6 +6,7 @@
      +-- ConfigError              a job file or setting is wrong (file:line: key)  status "config_error"
      +-- CredentialsError         no usable key/secret for a private call          status "config_error"
      +-- Cancelled                a call waiting for budget gave up: the service is stopping
+     +-- NotPermitted             a private call not sent: another process holds the account
      +-- RequestError             one call to Kraken failed; carries method, http_status, errors
           +-- KrakenAPIError      HTTP 200 whose ``error`` list holds an E-error   status "kraken_error"
           +-- HTTPStatusError     a non-2xx answer (also a requests.HTTPError)     status "http_error"
@@ -88,6 +89,11 @@ class CredentialsError(CollectorError, ValueError):
 
 class Cancelled(CollectorError):
     """A call waiting for rate-limit budget gave up because its ``cancel`` event was set."""
+
+
+class NotPermitted(CollectorError):
+    """A private call was not sent: this process does not (or no longer) hold the account's
+    lease, so another process may be sending with the key (collector.coordination)."""
 
 
 class RequestError(CollectorError):

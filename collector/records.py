@@ -46,6 +46,7 @@ class RunRecord:
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     dataset: str | None = None
     cursor: Any = None
+    account: str | None = None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def row(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class RunRecord:
             "attempts": self.attempts,
             "pages": self.pages,
             "uid": self.uid,
+            "account": self.account,
         }
 
 

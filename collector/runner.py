@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,15 @@ from . import defaults
 from .client import API
 from .config import Job
 from .datasets import DEFAULT, Dataset, Page, by_method
-from .errors import BadResponse, Cancelled, ConfigError, CredentialsError, RequestError, Status
+from .errors import (
+    BadResponse,
+    Cancelled,
+    ConfigError,
+    CredentialsError,
+    NotPermitted,
+    RequestError,
+    Status,
+)
 from .events import Events, RunFinished
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
@@ -37,6 +45,8 @@ def utcnow() -> datetime:
 class Runner:
     """Runs jobs through one shared client.
 
+    :param clients: the client of each account, and the public one under ``None`` (or one client
+        for everything)
     :param submit: where finished runs go (the writer's ``submit``)
     :param persist: where a paging run's pages go, waiting until each is stored (the writer's
         ``persist``; default ``submit``)
@@ -49,10 +59,11 @@ class Runner:
 
     def __init__(
         self,
-        api: API,
+        clients: API | Mapping[str | None, API],
         submit: Callable[[RunRecord], None],
         *,
         persist: Callable[[RunRecord], object] | None = None,
+        permit: Callable[[Job], bool] | None = None,
         datasets: Sequence[Dataset] = DEFAULT,
         load_cursor: Callable[[str, str], Any] | None = None,
         retry: RetryPolicy | None = None,
@@ -60,8 +71,12 @@ class Runner:
         clock: Callable[[], datetime] = utcnow,
         stopping: threading.Event | None = None,
     ) -> None:
-        self.api = api
+        # A job runs through its account's client; public jobs through the one under None.
+        self.clients: dict[str | None, API] = (
+            {None: clients} if isinstance(clients, API) else dict(clients)
+        )
         self.submit = submit
+        self.permit = permit
         self.persist = persist or submit
         self.datasets = by_method(datasets)
         self.retry = retry or RetryPolicy()
@@ -83,6 +98,9 @@ class Runner:
         if self.stopping.is_set():
             logger.info("job %s: not run, the service is stopping", job.name)
             return None
+        if self.permit is not None and not self.permit(job):
+            logger.debug("job %s: not run, another process holds its lease", job.name)
+            return None
         started = self.clock()
         scheduled = scheduled_at or started
         late = (started - scheduled).total_seconds()
@@ -99,8 +117,15 @@ class Runner:
             finished_at=started,
             dataset=dataset.name if dataset and dataset.incremental else None,
             attempts=0,
+            account=job.account,
         )
-        cursor = self._cursor(job, dataset)
+        try:
+            cursor = self._cursor(job, dataset)
+        except Exception as exc:  # the database is down and this process has no cursor yet
+            logger.warning(
+                "job %s: not run, its cursor can't be read (%s)", job.name, str(exc).splitlines()[0]
+            )
+            return None
         params = dict(job.params)
         if dataset is not None:
             params, cursor = dataset.first(job, cursor, started)
@@ -109,11 +134,11 @@ class Runner:
         while True:
             try:
                 ok, result = self._call(job, params, record)
-            except Cancelled:
+            except (Cancelled, NotPermitted) as exc:
                 if record.pages == 0:
-                    logger.info("job %s: not run, the service is stopping", job.name)
+                    logger.info("job %s: not run (%s)", job.name, exc)
                     return None
-                record.status, record.error = Status.PARTIAL, "stopped before the last page"
+                record.status, record.error = Status.PARTIAL, f"stopped before the last page: {exc}"
                 break
             record.finished_at = self.clock()
             if not ok:
@@ -160,7 +185,7 @@ class Runner:
             record.attempts += 1
             kind, reason = None, ""
             try:
-                reply = self.api.call(job.method, params, timeout=job.timeout)
+                reply = self.client(job).call(job.method, params, timeout=job.timeout)
                 record.status, record.http_status = Status.OK, reply.http_status
                 record.error = ", ".join(reply.warnings) or None
                 return True, reply.result
@@ -168,7 +193,7 @@ class Runner:
                 record.status, record.http_status = exc.status, exc.http_status
                 record.error = ", ".join(exc.errors) if exc.errors else str(exc)
                 kind, reason = classify(exc), exc.reason
-            except Cancelled:
+            except (Cancelled, NotPermitted):
                 raise
             except (ConfigError, CredentialsError) as exc:  # a person must fix it; no retry helps
                 record.status, record.error = exc.status, str(exc)
@@ -199,6 +224,15 @@ class Runner:
             with self._cursor_lock:
                 self._cursors[(record.job, dataset.name)] = page.cursor
 
+    def client(self, job: Job) -> API:
+        """The client ``job`` runs through: its account's, or the public one."""
+        return self.clients.get(job.account) or self.clients[None]
+
+    def forget_cursors(self) -> None:
+        """Read every cursor from the store again at the next run (another process moved them)."""
+        with self._cursor_lock:
+            self._cursors.clear()
+
     def _cursor(self, job: Job, dataset: Dataset | None) -> Any:
         """The job's cursor: the last one this process made, else the stored one."""
         if dataset is None or not dataset.incremental:
@@ -221,11 +255,14 @@ class Runner:
         reason: str = "",
     ) -> bool:
         """Wait before the next attempt if ``kind`` deserves one in time; False to give up."""
-        if kind == Kind.LOCKOUT and job.private and self.api.limiter is not None:
+        limiter = self.client(job).limiter
+        if kind == Kind.LOCKOUT and job.private and limiter is not None:
             logger.error(
-                "Kraken locked the key out; private calls pause for %.0fs", self.retry.lockout
+                "Kraken locked out the key of account %s; its private calls pause for %.0fs",
+                job.account,
+                self.retry.lockout,
             )
-            self.api.limiter.pause(self.retry.lockout)
+            limiter.pause(self.retry.lockout)
         if not self.retry.should_retry(kind, attempt, nonce_retries):
             return False
         # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,

@@ -117,6 +117,8 @@ runs = Table(
     Column("new_rows", Integer, nullable=False, server_default="0"),
     # A run's identity across a spool replay: replaying skips runs already stored (0002).
     Column("uid", String(32), unique=True),
+    # The account a private job ran as; NULL for public jobs (0006).
+    Column("account", String(64)),
 )
 Index("ix_runs_job_started_at", runs.c.job, runs.c.started_at)
 Index("ix_runs_status", runs.c.status)
@@ -128,6 +130,19 @@ cursors = Table(
     Column("dataset", String(64), primary_key=True),
     Column("value", JSONType, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One active collector per account: see collector.coordination (0006).
+account_leases = Table(
+    "account_leases",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("nonce_mark", BigInteger, nullable=False, server_default="0"),
 )
 
 state = Table(

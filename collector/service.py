@@ -25,7 +25,8 @@ import requests
 
 from . import defaults
 from .client import API
-from .config import Config, Job, KrakenSettings
+from .config import Account, Config, Job, KrakenSettings
+from .coordination import PUBLIC, Leases
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
 from .events import Events
@@ -36,7 +37,7 @@ from .retry import RetryPolicy
 from .runner import Runner, utcnow
 from .schedule import Schedule
 from .spool import Spool
-from .store import Store
+from .store import NONCE_KEY, Store
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -46,14 +47,20 @@ logger = logging.getLogger(__name__)
 LEGACY_LEASE = "nonce_lease"
 
 
-def build_api(settings: KrakenSettings, *, cancel: threading.Event | None = None) -> API:
-    """The one shared client: rate limits on, a timeout on every call, proxies resolved once."""
+def build_api(
+    settings: KrakenSettings,
+    account: Account | None = None,
+    *,
+    cancel: threading.Event | None = None,
+) -> API:
+    """A shared client: rate limits on, a timeout on every call, proxies resolved once. With an
+    ``account``, its key, counter and nonce unit; without, a public client (no credentials)."""
     api = API(
-        settings.key,
-        settings.secret,
-        rate_limit=settings.tier,
+        account.key if account else "",
+        account.secret if account else "",
+        rate_limit=account.tier if account else settings.tier,
         public_rate_limit=settings.public_rate_limit,
-        nonce_unit=settings.nonce_unit,
+        nonce_unit=account.nonce_unit if account else settings.nonce_unit,
         timeout=settings.timeout,
         max_response=settings.max_response,
         cancel=cancel,
@@ -75,7 +82,8 @@ class Service:
     :param config: the validated job file
     :param store: where runs go, already migrated (default: the config's database, migrated by
         :meth:`open`)
-    :param api: the shared client (default: built from the config)
+    :param api: one client for every call, its key the one account's (a seam for tests and
+        tools; default: a public client and one client per account, built from the config)
     :param workers: threads making calls
     :param retry: backoff and lockout (default: from the config)
     :param clock: returns the current UTC datetime; a seam for tests
@@ -100,14 +108,35 @@ class Service:
         self.events = events or Events()
         self._owns_store = store is None  # a store passed in is migrated by whoever made it
         self.store = store or Store.from_url(config.database, datasets)
-        self.api = api or build_api(config.kraken, cancel=self.stopping)
+        if api is not None:
+            self.public_api = api
+            names = [a.name for a in config.accounts] or (["default"] if api.key else [])
+            self.apis = {name: api for name in names}
+        else:
+            self.public_api = build_api(config.kraken, cancel=self.stopping)
+            self.apis = {
+                a.name: build_api(config.kraken, a, cancel=self.stopping) for a in config.accounts
+            }
+        #: the first account's client (the only one, in a file with credentials under kraken:)
+        self.api = next(iter(self.apis.values()), self.public_api)
         self.spool = Spool(config.spool_path, config.spool_max_runs)
-        self.writer = Writer(
-            self.store, nonce=lambda: self.api.nonces.last, spool=self.spool, events=self.events
+        self.writer = Writer(self.store, nonce=self._marks, spool=self.spool, events=self.events)
+        needed = {job.account or PUBLIC for job in config.jobs}
+        self.leases = Leases.for_database(
+            sorted(needed),
+            self.store.engine,
+            self.store.engine.url.database if self.store.engine.dialect.name == "sqlite" else None,
+            config.failover,
+            self._taken,
         )
+        for name, client in self.apis.items():
+            client.permit = lambda name=name: self.leases.permit(name)
+        clients: dict[str | None, API] = {None: self.public_api}
+        clients.update(self.apis)
         self.runner = Runner(
-            self.api,
+            clients,
             self.writer.submit,
+            permit=lambda job: self.leases.permit(job.account or PUBLIC),
             persist=self.writer.persist,
             datasets=datasets,
             load_cursor=self.store.load_cursor,
@@ -118,10 +147,23 @@ class Service:
         )
         self.workers = workers
         self.schedule = Schedule(config.jobs, self.runner.run, workers)
-        self.keystate: KeyState | None = None
-        if self.api.key:
-            self.keystate = KeyState(config.state_dir, self.api.key, self.api.nonces.unit)
+        self.keystates = {
+            name: KeyState(config.state_dir, client.key, client.nonces.unit)
+            for name, client in self.apis.items()
+        }
         self._opened = False
+
+    def _marks(self) -> dict[str, int]:
+        """Each account's highest nonce so far, by its row in ``collector_state``."""
+        return {mark_name(name): client.nonces.last for name, client in self.apis.items()}
+
+    def _taken(self, name: str, mark: int) -> None:
+        """This process took ``name``'s lease: start above the last holder's nonces, and read
+        the datasets' cursors afresh (the last holder moved them)."""
+        if name in self.apis:
+            self.apis[name].nonces.raise_floor(mark)
+        self.runner.forget_cursors()
+        self.schedule.run_now([j.name for j in self.config.jobs if (j.account or PUBLIC) == name])
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -131,20 +173,22 @@ class Service:
             return
         if self._owns_store:
             self.store.upgrade()
-        # Start above every nonce the key may have been used with: the database's mark, and the
+        # Start above every nonce each key may have been used with: the database's mark, and the
         # key's own state (the last nonce of a clean stop, the lease of a crashed process), which
-        # every process using the key shares whatever its database.
-        floor = max(self.store.load_nonce(), int(self.spool.get(LEGACY_LEASE) or 0))
-        if self.keystate is not None:
-            floor = max(floor, self.keystate.start())
-            nonces = self.api.nonces
-            nonces.lease(
-                defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[nonces.unit],
-                self.keystate.lease,
+        # every process using the key shares whatever its database. The last holder's mark in
+        # the account's lease row comes when the lease is taken (_taken).
+        legacy = int(self.spool.get(LEGACY_LEASE) or 0)
+        for name, client in self.apis.items():
+            state, lease = self.keystates[name], self.leases.leases.get(name)
+            floor = max(self.store.load_nonce(mark_name(name)), legacy, state.start())
+            client.nonces.lease(
+                defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[client.nonces.unit],
+                state.lease if lease is None else _both(state.lease, lease.save_mark),
                 slack=defaults.NONCE_LEASE_SLACK,
             )
-        self.api.nonces.raise_floor(floor)
+            client.nonces.raise_floor(floor)
         self.writer.start()
+        self.leases.start()
         self._opened = True
 
     def run_once(self, stop: threading.Event | None = None) -> bool:
@@ -155,6 +199,9 @@ class Service:
             calls in flight finish, and every finished run is stored
         """
         self.open()
+        # A lease left by a process that died frees itself within failover: wait for it, then
+        # run what this process holds (the log says who holds the rest).
+        self.leases.wait(self.config.failover * 1.5, stop)
         workers = max(1, min(self.workers, len(self.config.jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
             futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
@@ -185,7 +232,7 @@ class Service:
         service runs either way; each run retries on its own)."""
         url = self.config.kraken.url
         try:
-            reply = self.api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
+            reply = self.public_api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
             offset = float(reply.result["unixtime"]) - time.time()
         except Cancelled:
             return
@@ -215,12 +262,17 @@ class Service:
                         self.writer.pending,
                     )
             finally:
-                self.api.close()
+                # Every call has returned: the last nonce issued is the last one used.
+                last = {name: client.nonces.last for name, client in self.apis.items()}
+                if self._opened:
+                    self.leases.stop(last)
+                for client in {id(c): c for c in [self.public_api, *self.apis.values()]}.values():
+                    client.close()
                 self.store.dispose()
                 self.spool.close()
-                if self.keystate is not None and self._opened:
-                    # Every call has returned: the last nonce issued is the last one used.
-                    self.keystate.stop(self.api.nonces.last)
+                if self._opened:
+                    for name, state in self.keystates.items():
+                        state.stop(last[name])
         logger.info("collector stopped: %d runs written", self.writer.written)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
@@ -239,6 +291,19 @@ class Service:
         """Run ``job`` once now, outside its schedule (opening the service first if needed)."""
         self.open()
         return self.runner.run(job, scheduled_at)
+
+
+def mark_name(account: str) -> str:
+    """The ``collector_state`` row of an account's nonce mark (``default`` keeps the old name)."""
+    return NONCE_KEY if account == "default" else f"{NONCE_KEY}:{account}"
+
+
+def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
+    def save(mark: int) -> None:
+        first(mark)
+        second(mark)  # raises Fenced when the lease is no longer ours: the nonce is not issued
+
+    return save
 
 
 @contextlib.contextmanager

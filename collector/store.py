@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,10 +101,10 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def load_nonce(self) -> int:
-        """The highest nonce a previous process recorded (0 when none did)."""
+    def load_nonce(self, name: str = NONCE_KEY) -> int:
+        """The highest nonce a previous process recorded under ``name`` (0 when none did)."""
         with self.engine.connect() as conn:
-            value = conn.execute(select(state.c.value).where(state.c.name == NONCE_KEY)).scalar()
+            value = conn.execute(select(state.c.value).where(state.c.name == name)).scalar()
         return int(value) if value else 0
 
     def load_cursor(self, job: str, dataset: str) -> Any:
@@ -115,7 +115,9 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def write(self, records: Iterable[RunRecord], nonce: int | None = None) -> list[int]:
+    def write(
+        self, records: Iterable[RunRecord], nonce: int | Mapping[str, int] | None = None
+    ) -> list[int]:
         """Store runs, their rows and cursors, and the nonce high-water mark, in one transaction;
         returns the runs' ids, one per distinct ``uid``.
 
@@ -138,9 +140,10 @@ class Store:
                         [{"run": run, "added": n} for run, n in added.items()],
                     )
                 self._write_cursors(conn, records)
-            if nonce:
-                row = {"name": NONCE_KEY, "value": str(nonce)}
-                self._upsert(conn, state, ("name",), [row], ("value",))
+            marks = {NONCE_KEY: nonce} if isinstance(nonce, int) else dict(nonce or {})
+            rows = [{"name": k, "value": str(v)} for k, v in marks.items() if v]
+            if rows:
+                self._upsert(conn, state, ("name",), rows, ("value",))
         return ids
 
     def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
@@ -172,10 +175,15 @@ class Store:
         for record in records:
             run_id = by_uid[record.uid]
             for name, rows in record.rows.items():
-                key = self.datasets[name].key
+                dataset = self.datasets[name]
+                key = dataset.key
+                # Tables of account data say whose each row is (the run's account).
+                extra: dict[str, Any] = {"run_id": run_id}
+                if "account" in dataset.table.c:
+                    extra["account"] = record.account or "default"
                 table = by_table.setdefault(name, {})
                 for row in rows:
-                    row = {**row, "run_id": run_id}
+                    row = {**row, **extra}
                     k = tuple(row[c] for c in key)
                     first = table.get(k)
                     # One statement must not touch a key twice (PostgreSQL refuses it): the latest

@@ -36,7 +36,7 @@ from .errors import Status
 from .events import BatchStored, Events, SpoolDrained, Spooled, WriteStalled
 from .records import RunRecord, decode, encode
 from .spool import Spool
-from .store import Store
+from .store import NONCE_KEY, Store
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class Unavailable(Exception):
 class Writer:
     """Batches runs into the store. Constructing one starts nothing; :meth:`start` does.
 
-    :param nonce: returns the highest nonce used so far; it is saved with each batch
+    :param nonce: returns the highest nonce used so far (or ``{mark name: nonce}``, one per
+        account); it is saved with the next batch whenever it moved
     :param spool: where runs wait while the database can't be reached (None: wait in memory)
     :param events: where :class:`~collector.events.BatchStored` and friends are published
     """
@@ -63,7 +64,7 @@ class Writer:
         self,
         store: Store,
         *,
-        nonce: Callable[[], int] | None = None,
+        nonce: Callable[[], int | dict[str, int]] | None = None,
         spool: Spool | None = None,
         events: Events | None = None,
         batch_max: int = defaults.BATCH_MAX,
@@ -77,7 +78,7 @@ class Writer:
         self.state = State.DIRECT
         self.written = 0
         self._nonce = nonce
-        self._saved_nonce = 0
+        self._saved: dict[str, int] = {}
         self._batch_max = batch_max
         self._interval = flush_interval
         self._max_pending = max_pending
@@ -209,7 +210,7 @@ class Writer:
                     raise
                 self._unavailable(exc, len(batch))
             else:
-                self._saved_nonce = max(self._saved_nonce, nonce or 0)
+                self._saved.update(nonce or {})
                 if batch:
                     self.events.publish(BatchStored(batch))
                 return
@@ -234,7 +235,7 @@ class Writer:
             except Unavailable as exc:
                 self._unavailable(exc, 0)
                 return
-            self._saved_nonce = max(self._saved_nonce, nonce or 0)
+            self._saved.update(nonce or {})
             self.spool.remove_through(chunk[-1][0])
             replayed += len(records)
             self.events.publish(BatchStored(records, replayed=True))
@@ -267,7 +268,7 @@ class Writer:
                 delay,
             )
 
-    def _store(self, batch: list[RunRecord], nonce: int | None) -> None:
+    def _store(self, batch: list[RunRecord], nonce: dict[str, int] | None) -> None:
         """Write ``batch``; :class:`Unavailable` when the database can't be reached. A batch it
         refuses is stored run by run, and a run it still refuses is kept without its answer."""
         try:
@@ -297,10 +298,13 @@ class Writer:
                 _available(self.store.write, [_unstorable(record, exc)])
         _available(self.store.write, [], nonce)
 
-    def _new_nonce(self) -> int | None:
-        """The nonce mark to save with the next write, when it moved since the last one."""
-        nonce = self._nonce() if self._nonce else 0
-        return nonce if nonce > self._saved_nonce else None
+    def _new_nonce(self) -> dict[str, int] | None:
+        """The nonce marks to save with the next write: those that moved since the last one."""
+        marks = self._nonce() if self._nonce else {}
+        if isinstance(marks, int):
+            marks = {NONCE_KEY: marks}
+        moved = {k: v for k, v in marks.items() if v > self._saved.get(k, 0)}
+        return moved or None
 
 
 def _available(write: Callable[..., object], *args: object, **kwargs: object) -> None:

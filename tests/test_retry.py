@@ -63,6 +63,8 @@ def run(tmp_path, fake, keypair):
     services = []
 
     def go(job: str, retry: RetryPolicy = NO_WAIT, extra: str = "") -> RunRecord:
+        for service in services:  # one at a time: a second on the same file would stand by
+            service.stop()
         path = tmp_path / "jobs.yaml"
         path.write_text(
             f"database: sqlite:///{tmp_path / 'r.db'}\nkraken:\n  url: {fake.url}\n"

@@ -55,11 +55,14 @@ def store(database_url: str):
 
 def test_migrations_create_the_tables_and_are_idempotent(store) -> None:
     store.upgrade()  # again: nothing to do
-    assert current_revision(store.engine) == "0005"
+    assert current_revision(store.engine) == "0006"
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "balances", "cursors", "collector_state", "alembic_version"} <= tables
     datasets = {"ledger", "my_trades", "orders", "trades", "ohlc", "spread", "ticker", "gaps"}
     assert datasets <= tables
+    keys = {t: inspect(store.engine).get_pk_constraint(t)["constrained_columns"] for t in datasets}
+    assert sorted(keys["ledger"]) == ["account", "ledger_id"]
+    assert sorted(keys["orders"]) == sorted(keys["my_trades"]) == ["account", "txid"]
 
 
 def test_migrations_build_exactly_the_schema_the_code_declares(store) -> None:
@@ -230,7 +233,7 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
     )
     where, revision = out.stdout.split()
     assert where == str(tmp_path / "site" / "collector" / "migrations")
-    assert revision == "0005"
+    assert revision == "0006"
 
 
 def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> None:

@@ -20,6 +20,7 @@ table = Table(
     Column("job", String(200), nullable=False),
     Column("taken_at", UTCDateTime(), nullable=False),
     Column("amount", ExactDecimal(), nullable=False),
+    Column("account", String(64), nullable=False, server_default="default"),
 )
 Index("ix_balances_asset_taken_at", table.c.asset, table.c.taken_at)
 

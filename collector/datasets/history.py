@@ -108,6 +108,8 @@ def _seconds(value: Any) -> Any:
 ledger = Table(
     "ledger",
     metadata,
+    # An entry is its account's: two accounts can't share an id, but the key says whose (0006).
+    Column("account", String(64), primary_key=True),
     Column("ledger_id", String(64), primary_key=True),
     Column("refid", String(64), nullable=False),
     Column("time", UTCDateTime(), nullable=False),
@@ -128,7 +130,7 @@ class Ledger(History):
     name = "ledger"
     table = ledger
     methods = frozenset({"Ledgers"})
-    key = ("ledger_id",)
+    key = ("account", "ledger_id")
     entries = "ledger"
     id_column = "ledger_id"
 
@@ -150,6 +152,8 @@ class Ledger(History):
 my_trades = Table(
     "my_trades",
     metadata,
+    # An entry is its account's: two accounts can't share an id, but the key says whose (0006).
+    Column("account", String(64), primary_key=True),
     Column("txid", String(64), primary_key=True),
     Column("ordertxid", String(64), nullable=False),
     Column("postxid", String(64), nullable=False),
@@ -175,7 +179,7 @@ class MyTrades(History):
     name = "my_trades"
     table = my_trades
     methods = frozenset({"TradesHistory"})
-    key = ("txid",)
+    key = ("account", "txid")
     entries = "trades"
     id_column = "txid"
 
@@ -207,6 +211,8 @@ class MyTrades(History):
 orders = Table(
     "orders",
     metadata,
+    # An entry is its account's: two accounts can't share an id, but the key says whose (0006).
+    Column("account", String(64), primary_key=True),
     Column("txid", String(64), primary_key=True),
     Column("status", String(16), nullable=False),
     Column("opentm", UTCDateTime(), nullable=False),
@@ -229,7 +235,7 @@ class Orders(History):
     name = "orders"
     table = orders
     methods = frozenset({"ClosedOrders"})
-    key = ("txid",)
+    key = ("account", "txid")
     entries = "closed"
     id_column = "txid"
     fixed = {"closetime": "close"}

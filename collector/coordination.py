@@ -1,0 +1,350 @@
+"""One active collector per account, and one for the public jobs, across processes and machines.
+
+Kraken's nonce rule makes an API key one sender's. So before a process sends anything private for
+an account, it takes that account's **lease**; a process that can't take it **stands by**, logs
+who holds it, and keeps trying. The public jobs have a lease of their own (``PUBLIC``), so that
+exactly one process collects them too: their tables stay free of duplicate snapshots.
+
+* **PostgreSQL**: a lease *row* per account in ``account_leases`` with an expiry kept by the
+  database's clock (``now()``), renewed every fifth of ``failover``. A row, not an advisory lock
+  on a dedicated connection: it works the same behind PgBouncer's transaction pooling, survives a
+  connection that is cut and re-made, and holds the account's nonce mark where the next holder
+  reads it. When the holder dies (kill -9, the host lost, its database unreachable), the lease
+  runs out and a standby takes over within ``failover``.
+* **SQLite** is one machine's database: an exclusive ``flock`` on a file beside the database,
+  which the kernel drops when the holder dies.
+
+**Fencing.** A holder may send only while its lease is surely still its own: until the moment
+it *sent* its last successful renewal plus ``failover`` less a safety margin, so it stops before
+the database's clock could let anyone else in. A failed renewal (the connection cut, the database
+gone) stops it at once. Before issuing a nonce past its saved mark, the holder writes the mark into
+its lease row (refused if the row is no longer its own), so the next holder's first nonce is above
+every nonce the old one may have sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import NotPermitted
+from .schema import account_leases as leases
+
+logger = logging.getLogger(__name__)
+
+#: The lease of the public jobs (no account can have this name: names are letters, digits, _ . -).
+PUBLIC = "(public)"
+
+
+Fenced = NotPermitted  # the name the docs above use
+
+
+class Lease:
+    """One account's lease, as one process sees it. ``permit()`` says whether it may send now."""
+
+    def __init__(self, name: str, failover: float, clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.failover = failover
+        self.clock = clock
+        self.valid_until = 0.0  # monotonic; 0: not held
+        self.standby_logged: str | None = None
+        #: held when the database was last reached, and not reached since (an outage)
+        self.unreachable = False
+
+    def permit(self) -> bool:
+        if self.name == PUBLIC and self.unreachable:
+            # Public calls carry no nonce: while the database is down (and so nobody can take the
+            # lease over) they go on, and their runs wait in the spool. Fencing is for keys.
+            return True
+        return self.clock() < self.valid_until
+
+    # Subclasses: try_take() -> (taken, holder description, previous nonce mark),
+    # renew() -> bool, save_mark(mark), release(last_nonce).
+    def try_take(self) -> tuple[bool, str, int]:
+        raise NotImplementedError
+
+    def renew(self) -> bool:
+        raise NotImplementedError
+
+    def save_mark(self, mark: int) -> None:
+        """Record, before using them, that nonces up to ``mark`` may be used.
+
+        :raises Fenced: the lease is no longer this process's
+        """
+
+    def release(self, last_nonce: int | None) -> None:
+        raise NotImplementedError
+
+
+class PgLease(Lease):
+    """A lease row in PostgreSQL (``account_leases``), timed by the database's clock."""
+
+    def __init__(self, name: str, engine: Engine, failover: float, holder: str) -> None:
+        super().__init__(name, failover)
+        self.engine = engine
+        self.holder = holder
+
+    def _valid_from(self, sent: float) -> None:
+        # The row expires failover after the database ran the statement, which is after `sent`;
+        # stopping a third of failover earlier leaves room for a slow clock and a slow answer.
+        self.valid_until = sent + self.failover * 2 / 3
+
+    def try_take(self) -> tuple[bool, str, int]:
+        sent = self.clock()
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                text(
+                    "INSERT INTO account_leases AS l (account, holder, host, pid, since, "
+                    "expires_at, nonce_mark) VALUES (:account, :holder, :host, :pid, now(), "
+                    "now() + make_interval(secs => :ttl), 0) "
+                    "ON CONFLICT (account) DO UPDATE SET holder = excluded.holder, "
+                    "host = excluded.host, pid = excluded.pid, since = now(), "
+                    "expires_at = excluded.expires_at "
+                    "WHERE l.expires_at < now() OR l.holder = excluded.holder "
+                    "RETURNING nonce_mark"
+                ),
+                {
+                    "account": self.name,
+                    "holder": self.holder,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "ttl": self.failover,
+                },
+            ).scalar()
+            if taken is not None:
+                self._valid_from(sent)
+                return True, "", int(taken)
+            row = conn.execute(
+                select(leases.c.host, leases.c.pid, leases.c.since).where(
+                    leases.c.account == self.name
+                )
+            ).one_or_none()
+        holder = "?" if row is None else f"{row.host} pid {row.pid} since {_iso(row.since)}"
+        return False, holder, 0
+
+    def renew(self) -> bool:
+        sent = self.clock()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                text(
+                    "UPDATE account_leases SET expires_at = now() + make_interval(secs => :ttl) "
+                    "WHERE account = :account AND holder = :holder AND expires_at > now()"
+                ),
+                {"account": self.name, "holder": self.holder, "ttl": self.failover},
+            ).rowcount
+        if done == 1:
+            self._valid_from(sent)
+            return True
+        self.valid_until = 0.0
+        return False
+
+    def save_mark(self, mark: int) -> None:
+        try:
+            with self.engine.begin() as conn:
+                done = conn.execute(
+                    text(
+                        "UPDATE account_leases SET nonce_mark = greatest(nonce_mark, :mark) "
+                        "WHERE account = :account AND holder = :holder AND expires_at > now()"
+                    ),
+                    {"mark": mark, "account": self.name, "holder": self.holder},
+                ).rowcount
+        except SQLAlchemyError as exc:
+            self.valid_until = 0.0
+            reason = str(exc).splitlines()[0][:200]
+            raise Fenced(f"account {self.name}: cannot record the nonce mark ({reason})") from None
+        if done != 1:
+            self.valid_until = 0.0
+            raise Fenced(f"account {self.name}: the lease is no longer this process's")
+
+    def release(self, last_nonce: int | None) -> None:
+        self.valid_until = 0.0
+        # A clean stop knows the last nonce it used: the next holder starts right above it.
+        mark = "nonce_mark" if last_nonce is None else ":last"
+        with contextlib.suppress(SQLAlchemyError), self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE account_leases SET expires_at = now(), nonce_mark = {mark} "
+                    "WHERE account = :account AND holder = :holder"
+                ),
+                {"account": self.name, "holder": self.holder, "last": last_nonce},
+            )
+
+
+class FileLease(Lease):
+    """An exclusive ``flock`` on a file beside a SQLite database: one machine, one holder."""
+
+    def __init__(self, name: str, path: Path, failover: float) -> None:
+        super().__init__(name, failover)
+        self.path = path
+        self._fd: int | None = None
+
+    def try_take(self) -> tuple[bool, str, int]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "?"
+            os.close(fd)
+            return False, holder, 0
+        os.ftruncate(fd, 0)
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()} since {stamp}\n".encode(), 0)
+        self._fd = fd
+        self.valid_until = float("inf")  # the kernel holds it for as long as we live
+        return True, "", 0
+
+    def renew(self) -> bool:
+        return self._fd is not None
+
+    def release(self, last_nonce: int | None) -> None:
+        self.valid_until = 0.0
+        if self._fd is not None:
+            os.close(self._fd)  # drops the lock
+            self._fd = None
+
+
+class Leases:
+    """The leases a process needs, and the thread that takes, renews and gives them back.
+
+    :param on_taken: called as ``on_taken(name, previous_mark)`` when a lease is taken (the
+        caller raises the account's nonce floor and forgets cached cursors), before ``permit``
+        turns true
+    """
+
+    def __init__(
+        self,
+        leases_: dict[str, Lease],
+        on_taken: Callable[[str, int], None],
+        failover: float,
+    ) -> None:
+        self.leases = leases_
+        self.on_taken = on_taken
+        self.interval = failover / 5
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="collector-leases", daemon=True)
+
+    @classmethod
+    def for_database(
+        cls,
+        names: list[str],
+        engine: Engine,
+        database_path: str | None,
+        failover: float,
+        on_taken: Callable[[str, int], None],
+    ) -> Leases:
+        """Row leases on PostgreSQL, file locks beside a SQLite file, none for in-memory SQLite."""
+        found: dict[str, Lease] = {}
+        if engine.dialect.name == "postgresql":
+            holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            found = {n: PgLease(n, engine, failover, holder) for n in names}
+        elif database_path and database_path != ":memory:":
+            found = {
+                n: FileLease(n, Path(f"{database_path}.{_file_name(n)}.lock"), failover)
+                for n in names
+            }
+        else:
+            found = {n: _Always(n, failover) for n in names}
+        return cls(found, on_taken, failover)
+
+    def permit(self, name: str) -> bool:
+        lease = self.leases.get(name)
+        return lease is not None and lease.permit()
+
+    def start(self) -> None:
+        self.tick()  # take what is free at once, before the first runs
+        self._thread.start()
+
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Wait (trying) until every lease is held, at most ``timeout`` seconds: a lease left by a
+        process that died is free once it runs out. True when all are held."""
+        deadline = time.monotonic() + timeout
+        while not all(lease.permit() for lease in self.leases.values()):
+            left = deadline - time.monotonic()
+            if left <= 0 or (stop is not None and stop.is_set()):
+                return False
+            self._stop.wait(min(self.interval, left))
+            self.tick()
+        return True
+
+    def stop(self, last_nonces: dict[str, int]) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        for name, lease in self.leases.items():
+            lease.release(last_nonces.get(name))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def tick(self) -> None:
+        """Renew the leases held, try to take the others; never raises."""
+        for name, lease in self.leases.items():
+            held = bool(lease.valid_until) or lease.unreachable
+            try:
+                if lease.valid_until and lease.renew():
+                    continue
+                taken, holder, mark = lease.try_take()
+            except (SQLAlchemyError, OSError) as exc:
+                if lease.valid_until:
+                    logger.error(
+                        "cannot renew the lease on %s (%s): its calls stop until it can",
+                        _label(name),
+                        str(exc).splitlines()[0][:200],
+                    )
+                if held:
+                    lease.valid_until = 0.0  # fenced at once: we can't know it is still ours
+                    lease.unreachable = True
+                continue
+            lease.unreachable = False
+            if taken:
+                lease.valid_until, until = 0.0, lease.valid_until
+                self.on_taken(name, mark)  # before any call: the floor, fresh cursors
+                lease.valid_until = until
+                lease.standby_logged = None
+                logger.info("holding the lease on %s", _label(name))
+                continue
+            if held:
+                logger.error("lost the lease on %s: its calls stop", _label(name))
+            if holder != lease.standby_logged:
+                lease.standby_logged = holder
+                logger.warning("standing by: %s is held by %s", _label(name), holder)
+
+
+class _Always(Lease):
+    """No coordination (an in-memory database): always held."""
+
+    def try_take(self) -> tuple[bool, str, int]:
+        self.valid_until = float("inf")
+        return True, "", 0
+
+    def renew(self) -> bool:
+        return True
+
+    def release(self, last_nonce: int | None) -> None:
+        self.valid_until = 0.0
+
+
+def _label(name: str) -> str:
+    return "the public jobs" if name == PUBLIC else f"account {name}"
+
+
+def _file_name(name: str) -> str:
+    return "public" if name == PUBLIC else f"account-{name}"
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else str(value)
