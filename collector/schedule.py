@@ -123,16 +123,6 @@ class RunExecutor(BaseExecutor):
         else:
             self._run_job_success(job_id, [])
 
-    def run_now(self, names: Sequence[str]) -> None:
-        """Make the named interval jobs due now (a standby that just took their account over
-        starts as a fresh start would: interval jobs at once, cron jobs at their time)."""
-        if self._scheduler is None:
-            return
-        now = datetime.now(UTC)
-        for job in self.jobs:
-            if job.name in names and job.every is not None:
-                self._scheduler.modify_job(job.name, next_run_time=now)
-
     def shutdown(self, wait: bool = True) -> None:
         self._threads.shutdown(wait)
 

@@ -43,6 +43,17 @@ def _row(record: RunRecord, value: Any, size: int) -> list[Any]:
     return value
 
 
+def _since_last(job: Any, cursor: Any) -> dict[str, Any]:
+    """The job's params with ``since``: the stored ``last``, else the job's own ``since``, else
+    none (what Kraken keeps)."""
+    params = dict(job.params)
+    if cursor is not None:
+        params["since"] = cursor
+    elif job.since is not None:
+        params["since"] = int(job.since)
+    return params
+
+
 trades = Table(
     "trades",
     metadata,
@@ -132,12 +143,7 @@ class OHLC(Dataset):
     incremental = True
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
-        params = dict(job.params)
-        if cursor is not None:
-            params["since"] = cursor
-        elif job.since is not None:
-            params["since"] = int(job.since)
-        return params, cursor
+        return _since_last(job, cursor), cursor
 
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
         pair, rows, last = _series(record, result)
@@ -204,12 +210,7 @@ class Spread(Dataset):
     incremental = True
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
-        params = dict(job.params)
-        if cursor is not None:
-            params["since"] = cursor
-        elif job.since is not None:
-            params["since"] = int(job.since)
-        return params, cursor
+        return _since_last(job, cursor), cursor
 
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
         pair, rows, last = _series(record, result)
