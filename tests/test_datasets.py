@@ -323,3 +323,41 @@ def _iso(t: int, url: str) -> str:
     if url.startswith("sqlite"):
         return value.strftime("%Y-%m-%d %H:%M:%S.000000+00:00")
     return value.isoformat()
+
+
+def test_sqlite_locked_in_the_middle_of_paging_loses_nothing(tmp_path) -> None:
+    import sqlite3
+
+    from collector.store import Store
+
+    db = tmp_path / "locked.db"
+    store = Store.from_url(f"sqlite:///{db}", busy_timeout_ms=200)
+    store.upgrade()
+    with FakeKraken(tier=None, history={"ledger": 2000}) as fake:
+        keypair = fake.add_key()
+        slow = "rate_limit: {max: 3, decay: 25}\n  public_rate_limit: {max: 1000, decay: 1000}"
+        path = job_file(
+            tmp_path, fake, keypair, f"sqlite:///{db}", "l: {method: Ledgers, every: 1h}", slow
+        )
+        service = Service(load(path), store=store)
+        job = service.config.jobs[0]
+        service.open()
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (service.execute(job), done.set()))
+        thread.start()
+        blocker = sqlite3.connect(db, timeout=30)
+        try:
+            wait_for(lambda: service.writer.written >= 3)  # some pages are in the database
+            blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file: writes wait
+            wait_for(lambda: len(service.spool) >= 5)  # ...so pages go to the spool
+            blocker.rollback()
+            assert done.wait(120)
+            wait_for(lambda: len(service.spool) == 0)
+        finally:
+            blocker.close()
+            thread.join(120)
+            service.stop()
+        url = f"sqlite:///{db}"
+        stored = [r[0] for r in rows(url, "SELECT ledger_id FROM ledger")]
+        assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
+        assert rows(url, "SELECT status, pages FROM runs WHERE job = 'l'") == [("ok", 40)]
