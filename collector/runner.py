@@ -150,7 +150,9 @@ class Runner:
                 break
             try:
                 page = dataset.page(record, params, result, cursor)
-            except (BadResponse, ValueError) as exc:
+            except Exception as exc:  # an answer that doesn't hold what it should
+                if not isinstance(exc, BadResponse | ValueError):
+                    logger.exception("job %s: unexpected error reading the answer", job.name)
                 record.status, record.error = Status.BAD_RESPONSE, str(exc)
                 answers = answers or [result]  # the answer that could not be read is kept
                 keep = True
@@ -159,6 +161,9 @@ class Runner:
             if page.cursor is not None:
                 cursor = page.cursor
             if page.next is None:
+                break
+            if self.stopping.is_set():  # a long backfill must not hold up shutdown
+                record.status, record.error = Status.PARTIAL, "stopped before the last page"
                 break
             # More to fetch: this page is stored now with its cursor (and we wait for that), so a
             # run cut short continues from here; the run's final record follows the last page.

@@ -361,3 +361,23 @@ def test_sqlite_locked_in_the_middle_of_paging_loses_nothing(tmp_path) -> None:
         stored = [r[0] for r in rows(url, "SELECT ledger_id FROM ledger")]
         assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
         assert rows(url, "SELECT status, pages FROM runs WHERE job = 'l'") == [("ok", 40)]
+
+
+def test_stopping_in_the_middle_of_a_backfill_keeps_its_pages(tmp_path, database_url) -> None:
+    with FakeKraken(tier=None, history={"ledger": 2000}) as fake:
+        keypair = fake.add_key()
+        slow = "rate_limit: {max: 3, decay: 25}\n  public_rate_limit: {max: 1000, decay: 1000}"
+        jobs = "l: {method: Ledgers, every: 1h}"
+        service = _service(tmp_path, fake, keypair, database_url, jobs, slow)
+        service.start()
+        try:
+            wait_for(lambda: fake.calls["Ledgers"] >= 5)
+        finally:
+            service.stop()  # promptly: not after the 40 pages
+        (status, pages) = rows(database_url, "SELECT status, pages FROM runs")[0]
+        assert status == "partial" and 5 <= pages < 40
+        assert rows(database_url, "SELECT count(*) FROM ledger")[0][0] == pages * 50
+        _once(_service(tmp_path, fake, keypair, database_url, jobs))
+        stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
+        assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
+        assert fake.calls["Ledgers"] == 40  # no stored page fetched again
