@@ -20,7 +20,7 @@ from .client import API
 from .config import Job
 from .datasets import DEFAULT, Dataset, Page, by_method
 from .errors import BadResponse, Cancelled, ConfigError, CredentialsError, RequestError, Status
-from .events import Events, RunFinished
+from .events import Events, LockedOut, RunFinished
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -143,7 +143,13 @@ class Runner:
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
         if record.status != Status.OK:
-            logger.warning("job %s: %s %s", job.name, record.status, record.error)
+            logger.warning(
+                "job %s: %s %s",
+                job.name,
+                record.status,
+                record.error,
+                extra={"job": job.name, "status": str(record.status)},
+            )
         self.events.publish(RunFinished(record))
         self.submit(record)
         return record
@@ -211,6 +217,13 @@ class Runner:
         with self._cursor_lock:
             return self._cursors.setdefault(key, stored)
 
+    def forget(self, job: str) -> None:
+        """Drop ``job``'s cursors held in memory, so its next run starts from the stored ones
+        (a reload that removed the job, or changed what it asks)."""
+        with self._cursor_lock:
+            for key in [k for k in self._cursors if k[0] == job]:
+                del self._cursors[key]
+
     def _retry_after(
         self,
         job: Job,
@@ -226,6 +239,7 @@ class Runner:
                 "Kraken locked the key out; private calls pause for %.0fs", self.retry.lockout
             )
             self.api.limiter.pause(self.retry.lockout)
+            self.events.publish(LockedOut(self.retry.lockout))
         if not self.retry.should_retry(kind, attempt, nonce_retries):
             return False
         # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
@@ -234,6 +248,11 @@ class Runner:
         if time.monotonic() + wait >= deadline:
             return False
         logger.info(
-            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, reason, wait
+            "job %s: attempt %d failed (%s); retrying in %.2fs",
+            job.name,
+            attempt,
+            reason,
+            wait,
+            extra={"job": job.name},
         )
         return not self.stopping.wait(wait)

@@ -28,10 +28,12 @@ from .client import API
 from .config import Config, Job, KrakenSettings
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events
+from .events import Events, RateLimitWaited
 from .keystate import KeyState
+from .metrics import Monitor
 from .nonce import UNITS
 from .records import RunRecord
+from .retention import Retention
 from .retry import RetryPolicy
 from .runner import Runner, utcnow
 from .schedule import Schedule
@@ -122,6 +124,24 @@ class Service:
         if self.api.key:
             self.keystate = KeyState(config.state_dir, self.api.key, self.api.nonces.unit)
         self._opened = False
+        for name, limiter in (("private", self.api.limiter), ("public", self.api.public_limiter)):
+            if limiter is not None:  # metrics count the waits; the client stays metrics-free
+                limiter.on_wait = lambda s, n=name: self.events.publish(RateLimitWaited(n, s))
+        self.retention = Retention(self.store, config)
+        self.monitor: Monitor | None = None
+        if config.metrics_listen:
+            self.monitor = Monitor(
+                config.metrics_listen,
+                jobs=config.jobs,
+                events=self.events,
+                writer_state=lambda: self.writer.state,
+                pending=lambda: self.writer.pending,
+                spooled=lambda: len(self.spool),
+                nonce=(lambda: self.api.nonces.last) if self.api.key else None,
+                nonce_unit=self.api.nonces.unit,
+                load_cursor=self.store.load_cursor,
+                datasets=self.runner.datasets,
+            )
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -171,7 +191,10 @@ class Service:
     def start(self) -> None:
         """Open, then start scheduling in background threads."""
         self.open()
+        if self.monitor is not None:
+            self.monitor.start()
         self.schedule.start()
+        self.retention.start()
         logger.info(
             "collector started: %d jobs, database %s, exchange %s",
             len(self.config.jobs),
@@ -204,6 +227,9 @@ class Service:
     def stop(self) -> None:
         """Stop scheduling, let calls in flight finish, write everything, close the session."""
         self.stopping.set()
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.retention.stop()
         try:
             # Waits for calls in flight; each has a timeout, and budget waits end at once.
             self.schedule.shutdown(wait=True)
