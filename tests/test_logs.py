@@ -23,7 +23,7 @@ def test_json_log_of_a_run_with_faults_holds_no_secret(tmp_path, fake, keypair) 
         f"database: sqlite:///{tmp_path / 'c.db'}\nkraken:\n  url: {fake.url}\n"
         f"  key: {key}\n  secret: {secret}\n  rate_limit: {{max: 1000, decay: 1000}}\n"
         "metrics: {listen: '127.0.0.1:0'}\njobs:\n"
-        f"  b: {{method: Balance, every: 0.2s, timeout: 0.5s, params: {{otp: '{OTP}'}}}}\n"
+        f"  b: {{method: Balance, every: 0.2s, deadline: 5s, params: {{otp: '{OTP}'}}}}\n"
         "  t: {method: Ticker, params: {pair: XBTUSD}, every: 0.3s}\n"
     )
     for kind, error in [
