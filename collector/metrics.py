@@ -99,6 +99,7 @@ class Metrics:
             "collector_writer_pending_runs", "Runs waiting for the writer", registry=r
         ).set_function(pending)
         self._cursors: dict[str, datetime] = {}
+        self._series: dict[str, tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
         r.register(_Computed(self._lag, nonce, nonce_unit))
         events.subscribe(RunFinished, self._finished)
@@ -117,13 +118,20 @@ class Metrics:
 
     def _finished(self, event: RunFinished) -> None:
         record = event.record
+        # A job's series, looked up once: labels() costs more than the update (every run pays).
+        series = self._series.get(record.job)
+        if series is None:
+            series = self._series[record.job] = (
+                self.attempts.labels(record.job),
+                self.duration.labels(record.job),
+                self.last_success.labels(record.job),
+            )
+        attempts, duration, last_success = series
         self.runs.labels(record.job, str(record.status)).inc()
-        self.attempts.labels(record.job).inc(record.attempts)
-        self.duration.labels(record.job).observe(
-            max(0.0, (record.finished_at - record.started_at).total_seconds())
-        )
+        attempts.inc(record.attempts)
+        duration.observe(max(0.0, (record.finished_at - record.started_at).total_seconds()))
         if record.status == "ok":
-            self.last_success.labels(record.job).set(record.finished_at.timestamp())
+            last_success.set(record.finished_at.timestamp())
 
     def _stored(self, event: BatchStored) -> None:
         for record in event.records:
@@ -139,6 +147,7 @@ class Metrics:
         for name in event.removed:  # a removed job's series go, or they would look stuck
             with self._lock:
                 self._cursors.pop(name, None)
+            self._series.pop(name, None)
             for metric in (self.last_success, self.duration, self.attempts):
                 with contextlib.suppress(KeyError):  # it never ran
                     metric.remove(name)
