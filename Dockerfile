@@ -25,7 +25,15 @@ ENV COLLECTOR_STATE_DIR=/data/state
 # the spool in /data too: for SQLite that would be collector.db.spool, and a container upgraded
 # while runs wait must find them where the previous image left them.
 ENV COLLECTOR_SPOOL=/data/collector.spool
-# `docker stop` sends SIGTERM: calls in flight finish, every run is written, exit code 0.
+# `docker stop` sends SIGTERM: calls in flight finish, every run is written, exit code 0;
+# `docker kill --signal HUP` reloads the job file.
 STOPSIGNAL SIGTERM
+# /metrics and /healthz: on in the image (the flag overrides the job file's metrics.listen), so the
+# HEALTHCHECK below always has something to ask. A CMD of your own must keep the flag.
+EXPOSE 9108
+# 503 (a stale job, the database away while runs spool, a lockout) or no answer: urlopen raises,
+# python exits 1. The image has no curl.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
 ENTRYPOINT ["collector"]
-CMD ["run", "/config/jobs.yaml"]
+CMD ["run", "--metrics-listen", "0.0.0.0:9108", "/config/jobs.yaml"]

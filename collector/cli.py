@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 import click
 
 from . import defaults
 from .backoff import Backoff
-from .config import Config, load
+from .config import Config, load, parse_listen
 from .defaults import DATABASE_ENV
 from .errors import CollectorError, ConfigError
 from .methods import cost
@@ -63,11 +63,10 @@ def main() -> None:
     """
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.Formatter.converter = time.gmtime  # log times in UTC, like the database
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    from .logs import setup
+
+    setup(level, log_format)
     # APScheduler logs every run at INFO; the collector logs what matters itself.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -148,7 +147,27 @@ _log = click.option(
     "--workers", default=defaults.WORKERS, show_default=True, help="Threads making calls."
 )
 @_log
-def run(jobfile: str, database: str | None, once: bool, workers: int, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line (time, level, logger, message, job, status).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz here (overrides the file's metrics.listen; port 0: any).",
+)
+def run(
+    jobfile: str,
+    database: str | None,
+    once: bool,
+    workers: int,
+    log_level: str,
+    log_format: str,
+    metrics_listen: str | None,
+) -> None:
     """Run the jobs of JOBFILE on their schedules until SIGTERM or Ctrl-C.
 
     Every run, success or failure, becomes a row in the database's `runs`
@@ -160,11 +179,25 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
     Example:
         collector run jobs.yaml
         collector run --once --db sqlite:///prices.db jobs.yaml
+        collector run --metrics-listen 127.0.0.1:9108 --log-format json jobs.yaml
+        kill -HUP <pid>    # reload jobs.yaml
     """
+    from .reload import Reloader
     from .service import Service, stop_signals
 
-    _setup_logging(log_level)
-    config = load(jobfile, database=database)
+    _setup_logging(log_level, log_format)
+    if metrics_listen is not None and parse_listen(metrics_listen) is None:
+        raise click.BadParameter(
+            f"must be HOST:PORT, not {metrics_listen!r}", param_hint="--metrics-listen"
+        )
+
+    def load_config() -> Config:
+        config = load(jobfile, database=database)
+        if metrics_listen is not None:
+            config = dataclasses.replace(config, metrics_listen=metrics_listen)
+        return config
+
+    config = load_config()
     for warning in config.warnings:
         logger.warning("%s", warning)
     _check_sqlite_folder(config)
@@ -186,7 +219,13 @@ def run(jobfile: str, database: str | None, once: bool, workers: int, log_level:
         if store is None:
             logger.info("stopped while waiting for the database")
             return
-        Service(config, store=store, workers=workers).run_forever(stop)
+        service = Service(config, store=store, workers=workers)
+        reloader = Reloader(service, load_config)  # SIGHUP re-reads the job file
+        reloader.install()
+        try:
+            service.run_forever(stop)
+        finally:
+            reloader.uninstall()
 
 
 @main.command()
@@ -299,6 +338,51 @@ def _check_sqlite_folder(config: Config) -> bool:
             key="database",
         )
     return True
+
+
+@main.command()
+@_jobfile
+@_db
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def status(jobfile: str, database: str | None, as_json: bool) -> None:
+    """Show what each job of JOBFILE has collected, from the database alone.
+
+    Per job: last run, last success, failures in the last 24 h, its dataset's
+    rows and newest entry, its cursor and gaps; then the spool and the oldest
+    run kept. Exit 0 when healthy, 1 when a job is stale (no success for its
+    stale_after), 2 when the file is bad or the database can't be read: a
+    cron or Nagios check.
+
+    \b
+    Example:
+        collector status jobs.yaml
+        collector status --json jobs.yaml | jq '.jobs[] | {name, state}'
+    """
+    import json
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .status import collect, exists, render
+    from .store import Store
+
+    config = load(jobfile, database=database)
+    _check_sqlite_folder(config)
+    store = Store.from_url(config.database) if exists(config) else None
+    try:
+        report = collect(config, store, datetime.now(UTC), peek_spool(config.spool_path))
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise ConfigError(
+            f"cannot read database {config.database_for_display()}: {reason}",
+            file=config.path,
+            key="database",
+        ) from None
+    finally:
+        if store is not None:
+            store.dispose()
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    sys.exit(0 if report["healthy"] else 1)
 
 
 @main.group()

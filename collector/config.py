@@ -40,8 +40,21 @@ from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHOD
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
-TOP_KEYS = ("database", "kraken", "accounts", "jobs", "spool", "failover")
+TOP_KEYS = (
+    "database",
+    "kraken",
+    "accounts",
+    "jobs",
+    "spool",
+    "failover",
+    "metrics",
+    "retention",
+)
 ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
+METRICS_KEYS = ("listen",)
+#: What ``retention:`` may name: runs (with their balances and ticker rows), and the dataset
+#: tables, each by its time column.
+RETENTION_KEYS = ("runs", "ledger", "my_trades", "orders", "trades", "ohlc", "spread")
 SPOOL_KEYS = ("path", "max_runs")
 KRAKEN_KEYS = (
     "url",
@@ -68,6 +81,8 @@ JOB_KEYS = (
     "since",
     "raw",
     "account",
+    "stale_after",
+    "retention",
 )
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
@@ -99,6 +114,10 @@ class Job:
     #: the account a private job runs as (None for public jobs)
     account: str | None = None
     line: int = 0
+    #: seconds without a success after which the job counts as stale (None: 3 intervals, >= 60 s)
+    stale_after: float | None = None
+    #: seconds this job's runs are kept (None: the file's ``retention.runs``, if any)
+    retention: float | None = None
 
     @property
     def private(self) -> bool:
@@ -161,6 +180,11 @@ class Config:
     def account(self, name: str) -> Account:
         (found,) = [a for a in self.accounts if a.name == name]
         return found
+
+    #: ``HOST:PORT`` serving /metrics and /healthz, or None (off)
+    metrics_listen: str | None = None
+    #: seconds to keep by table (``runs`` and the dataset tables); empty: nothing is deleted
+    retention: dict[str, float] = field(default_factory=dict, hash=False)
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -420,7 +444,29 @@ class _Builder:
             tuple(self.warnings),
             accounts,
             failover,
+            metrics_listen=self.metrics(raw),
+            retention=self.retention(raw),
         )
+
+    def metrics(self, raw: _Map) -> str | None:
+        spec = self.mapping(raw, "metrics", "metrics")
+        self.check_keys(spec, METRICS_KEYS, "metrics.")
+        if "listen" not in spec:
+            return None
+        listen = spec["listen"]
+        if parse_listen(listen) is None:
+            raise self.error(
+                f"must be HOST:PORT, e.g. 127.0.0.1:{defaults.METRICS_PORT}, not {listen!r}",
+                spec,
+                "listen",
+                "metrics.listen",
+            )
+        return str(listen)
+
+    def retention(self, raw: _Map) -> dict[str, float]:
+        spec = self.mapping(raw, "retention", "retention")
+        self.check_keys(spec, RETENTION_KEYS, "retention.")
+        return {table: self.duration(spec, table, f"retention.{table}") for table in spec}
 
     def data_dir(self) -> Path:
         """Where relative data paths in the job file resolve: ``$COLLECTOR_DATA_DIR`` (relative
@@ -766,6 +812,9 @@ class _Builder:
             if not isinstance(spec["raw"], bool):
                 raise self.error("must be true or false", spec, "raw", path + ".raw")
             opts["raw"] = spec["raw"]
+        for key in ("stale_after", "retention"):
+            if key in spec:
+                opts[key] = self.duration(spec, key, f"{path}.{key}")
         job = Job(
             name=str(name),
             method=method,
@@ -827,6 +876,17 @@ def parse_duration(value: Any) -> float | None:
     d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
     seconds = d * 86400 + h * 3600 + m * 60 + s
     return seconds if seconds > 0 else None
+
+
+def parse_listen(value: Any) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9108`` for IPv6) as ``(host, port)``; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
 
 
 def _sqlite_under(url: URL, folder: Path) -> URL:

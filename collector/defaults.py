@@ -105,3 +105,20 @@ STATE_DIR_ENV = "COLLECTOR_STATE_DIR"
 XDG_STATE_ENV = "XDG_STATE_HOME"
 STATE_SUBDIR = "collector"
 KEY_ENV, SECRET_ENV = "KRAKEN_API_KEY", "KRAKEN_API_SECRET"
+
+# -- operations: health, metrics, retention ----------------------------------------------------
+
+#: A job is stale (``/healthz`` 503, ``collector status`` exit 1) after this many of its intervals
+#: without a success: one missed run is a blip, three in a row mean it stopped collecting.
+STALE_INTERVALS = 3
+#: ...and never sooner than this (seconds), so a job every second is not stale after a 3 s hiccup.
+STALE_MIN = 60.0
+#: The metrics port: the one registered for this exporter would be arbitrary, 9108 is free of the
+#: common exporters' defaults (node 9100, postgres 9187). The Docker image listens on it.
+METRICS_PORT = 9108
+#: Retention deletes at most this many rows per transaction, so it never holds up the writer.
+RETENTION_BATCH = 500
+#: Seconds between retention passes: retention is counted in days, an hour late costs nothing.
+RETENTION_INTERVAL = 3600.0
+#: Seconds after start before the first pass, so the service's first runs come first.
+RETENTION_FIRST = 30.0

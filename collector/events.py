@@ -61,6 +61,34 @@ class WriteStalled:
     reason: str
 
 
+@dataclass(frozen=True)
+class RateLimitWaited:
+    """A call waits ``seconds`` for budget in the ``limiter`` (``private`` or ``public``)."""
+
+    limiter: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LockedOut:
+    """Kraken locked the key out (``EGeneral:Temporary lockout``); the account's private calls
+    pause ``seconds``."""
+
+    seconds: float
+    account: str | None = None
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """The job file was read again (SIGHUP): these jobs (:class:`collector.config.Job`) now run;
+    ``added``, ``removed`` and ``changed`` are names."""
+
+    jobs: tuple[Any, ...]
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+
 class Events:
     """A registry of subscribers by event type. Thread-safe."""
 

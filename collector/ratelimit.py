@@ -83,6 +83,9 @@ class RateLimiter:
         self._level = 0.0
         self._at = clock()
         self._lock = threading.Lock()
+        #: called with the seconds a call is about to wait for budget (metrics count them); quick,
+        #: and it must not raise
+        self.on_wait: Callable[[float], None] | None = None
 
     def level(self) -> float:
         """The counter as we believe it is now (may exceed the cap while callers wait)."""
@@ -108,6 +111,8 @@ class RateLimiter:
         """
         wait = self.reserve(cost)
         if wait > 0:
+            if self.on_wait is not None:
+                self.on_wait(wait)
             if cancel is None:
                 self._sleep(wait)
             elif cancel.wait(wait):

@@ -28,7 +28,7 @@ from .errors import (
     RequestError,
     Status,
 )
-from .events import Events, RunFinished
+from .events import Events, LockedOut, RunFinished
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -173,7 +173,13 @@ class Runner:
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
         if record.status != Status.OK:
-            logger.warning("job %s: %s %s", job.name, record.status, record.error)
+            logger.warning(
+                "job %s: %s %s",
+                job.name,
+                record.status,
+                record.error,
+                extra={"job": job.name, "status": str(record.status)},
+            )
         self.events.publish(RunFinished(record))
         self.submit(record)
         return record
@@ -250,6 +256,13 @@ class Runner:
         with self._cursor_lock:
             return self._cursors.setdefault(key, stored)
 
+    def forget(self, job: str) -> None:
+        """Drop ``job``'s cursors held in memory, so its next run starts from the stored ones
+        (a reload that removed the job, or changed what it asks)."""
+        with self._cursor_lock:
+            for key in [k for k in self._cursors if k[0] == job]:
+                del self._cursors[key]
+
     def _retry_after(
         self,
         job: Job,
@@ -268,6 +281,7 @@ class Runner:
                 self.retry.lockout,
             )
             limiter.pause(self.retry.lockout)
+            self.events.publish(LockedOut(self.retry.lockout, job.account))
         if not self.retry.should_retry(kind, attempt, nonce_retries):
             return False
         # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
@@ -276,6 +290,11 @@ class Runner:
         if time.monotonic() + wait >= deadline:
             return False
         logger.info(
-            "job %s: attempt %d failed (%s); retrying in %.2fs", job.name, attempt, reason, wait
+            "job %s: attempt %d failed (%s); retrying in %.2fs",
+            job.name,
+            attempt,
+            reason,
+            wait,
+            extra={"job": job.name},
         )
         return not self.stopping.wait(wait)

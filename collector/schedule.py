@@ -155,19 +155,46 @@ class Schedule:
         now = datetime.now(UTC)
         offsets = phases(self.jobs)
         for job in self.jobs:
-            options = {}
-            if job.every is not None:
-                options["next_run_time"] = now  # interval jobs also run once at start
-            scheduler.add_job(
-                self._run,
-                trigger(job, now + offsets.get(job.name, timedelta(0))),
-                args=[job],
-                id=job.name,
-                name=job.name,
-                **options,
-            )
+            self._add(scheduler, job, now, offsets.get(job.name, timedelta(0)))
         self._scheduler = scheduler
         scheduler.start()
+
+    def _add(
+        self, scheduler: BackgroundScheduler, job: Job, now: datetime, offset: timedelta
+    ) -> None:
+        options = {}
+        if job.every is not None:
+            options["next_run_time"] = now  # interval jobs also run once at start
+        scheduler.add_job(
+            self._run,
+            trigger(job, now + offset),
+            args=[job],
+            id=job.name,
+            name=job.name,
+            replace_existing=True,
+            **options,
+        )
+
+    def put(self, jobs: Sequence[Job]) -> None:
+        """Add ``jobs``, or replace the jobs of the same names (a reload): each starts as at
+        start (an interval job runs once now, then on its grid). A replaced job's run in flight
+        finishes, and the job still never runs twice at once (APScheduler counts its instances
+        by name)."""
+        now = datetime.now(UTC)
+        names = {job.name for job in jobs}
+        self.jobs = (*(j for j in self.jobs if j.name not in names), *jobs)
+        offsets = phases(self.jobs)
+        if self._scheduler is not None:
+            for job in jobs:
+                self._add(self._scheduler, job, now, offsets.get(job.name, timedelta(0)))
+
+    def remove(self, names: Sequence[str]) -> None:
+        """Stop scheduling the jobs ``names``; their runs in flight finish."""
+        self.jobs = tuple(j for j in self.jobs if j.name not in set(names))
+        if self._scheduler is not None:
+            for name in names:
+                if self._scheduler.get_job(name) is not None:
+                    self._scheduler.remove_job(name)
 
     @property
     def running(self) -> bool:

@@ -29,10 +29,12 @@ from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events
+from .events import Events, RateLimitWaited
 from .keystate import KeyState
+from .metrics import Monitor
 from .nonce import UNITS
 from .records import RunRecord
+from .retention import Retention
 from .retry import RetryPolicy
 from .runner import Runner, utcnow
 from .schedule import Schedule
@@ -152,6 +154,30 @@ class Service:
             for name, client in self.apis.items()
         }
         self._opened = False
+        # Metrics count the waits (the clients stay metrics-free): the public budget, and each
+        # account's counter ("private" for the one account of a file without accounts:).
+        limiters = [("public", self.public_api.public_limiter)] + [
+            ("private" if name == "default" else f"private:{name}", client.limiter)
+            for name, client in self.apis.items()
+        ]
+        for name, limiter in limiters:
+            if limiter is not None:
+                limiter.on_wait = lambda s, n=name: self.events.publish(RateLimitWaited(n, s))
+        self.retention = Retention(self.store, config)
+        self.monitor: Monitor | None = None
+        if config.metrics_listen:
+            self.monitor = Monitor(
+                config.metrics_listen,
+                jobs=config.jobs,
+                events=self.events,
+                writer_state=lambda: self.writer.state,
+                pending=lambda: self.writer.pending,
+                spooled=lambda: len(self.spool),
+                nonce=(lambda: self.api.nonces.last) if self.api.key else None,
+                nonce_unit=self.api.nonces.unit,
+                load_cursor=self.store.load_cursor,
+                datasets=self.runner.datasets,
+            )
 
     def _marks(self) -> dict[str, int]:
         """Each account's highest nonce so far, by its row in ``collector_state``."""
@@ -218,7 +244,10 @@ class Service:
     def start(self) -> None:
         """Open, then start scheduling in background threads."""
         self.open()
+        if self.monitor is not None:
+            self.monitor.start()
         self.schedule.start()
+        self.retention.start()
         logger.info(
             "collector started: %d jobs, database %s, exchange %s",
             len(self.config.jobs),
@@ -251,6 +280,9 @@ class Service:
     def stop(self) -> None:
         """Stop scheduling, let calls in flight finish, write everything, close the session."""
         self.stopping.set()
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.retention.stop()
         try:
             # Waits for calls in flight; each has a timeout, and budget waits end at once.
             self.schedule.shutdown(wait=True)

@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import venv
 from pathlib import Path
@@ -36,13 +37,25 @@ def test_dockerfile_is_plain_slim_and_unprivileged() -> None:
     assert steps["USER"] == "collector"
     assert json.loads(steps["VOLUME"]) == ["/data"]
     assert json.loads(steps["ENTRYPOINT"]) == ["collector"]
-    assert json.loads(steps["CMD"]) == ["run", "/config/jobs.yaml"]
+    assert json.loads(steps["CMD"]) == [
+        "run",
+        "--metrics-listen",
+        "0.0.0.0:9108",
+        "/config/jobs.yaml",
+    ]
+    assert steps["EXPOSE"] == "9108"
     assert steps["STOPSIGNAL"] == "SIGTERM"
     assert environment() == {
         "COLLECTOR_DATA_DIR": "/data",
         "COLLECTOR_STATE_DIR": "/data/state",
         "COLLECTOR_SPOOL": "/data/collector.spool",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def environment(moves: dict[str, str] | None = None) -> dict[str, str]:
@@ -88,10 +101,25 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
         f"  secret: {keypair[1]}\njobs:\n  time: {{method: Time, every: 0.2s}}\n"
         "  balance: {method: Balance, every: 0.5s}\n"
     )
-    cmd = [a.replace("/config/", f"{config}/") for a in ["run", "/config/jobs.yaml"]]
+    steps = dict(instructions())
+    port = str(free_port())  # the image's 9108, moved so tests can run side by side
+    cmd = [
+        a.replace("/config/", f"{config}/").replace("0.0.0.0:9108", f"127.0.0.1:{port}")
+        for a in json.loads(steps["CMD"])
+    ]
+    health = json.loads(steps["HEALTHCHECK"].partition(" CMD ")[2])
+    health = [
+        str(env_dir / "bin" / "python"),
+        *(a.replace(":9108/", f":{port}/") for a in health[1:]),
+    ]
     with running(entry + cmd, cwd=data, env=env) as proc:
         wait_for(lambda: fake.calls["Balance"] >= 2)
+        # The HEALTHCHECK's command, as Docker would run it in the container.
+        checked = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
         output = sigterm(proc)
+    assert checked.returncode == 0, checked.stderr
+    gone = subprocess.run(health, env=env, capture_output=True, timeout=30)
+    assert gone.returncode == 1  # nothing answers: unhealthy
     assert proc.returncode == 0, output
     # It ran from the installed package (migrations included), not from this checkout.
     check = subprocess.run(

@@ -1,0 +1,216 @@
+"""Is the collector still collecting? The staleness rule, and a service's health from its events.
+
+One rule for ``/healthz`` and ``collector status``: a job is **stale** when it has had no success
+for longer than its ``stale_after`` (the job file's ``jobs.NAME.stale_after``; by default 3 of its
+intervals and at least 60 s; a cron job's interval is its average). A job that has not succeeded
+yet is measured from when it could first have run (the service's start, or the reload that added
+it), so a service that just started is not stale.
+
+:class:`Health` follows a running service through its events and adds what only it knows: the
+database unreachable while the spool grows, and the key locked out by Kraken.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from . import defaults
+from .config import Job
+from .events import (
+    BatchStored,
+    Events,
+    LockedOut,
+    Reloaded,
+    RunFinished,
+    SpoolDrained,
+    Spooled,
+    WriteStalled,
+)
+from .schedule import calls_per_second
+from .writer import State
+
+
+def interval(job: Job) -> float:
+    """Seconds between ``job``'s runs (a cron job's average; inf for a cron that never fires)."""
+    if job.every is not None:
+        return job.every.total_seconds()
+    rate = calls_per_second(job)
+    return 1.0 / rate if rate > 0 else math.inf
+
+
+@functools.lru_cache(maxsize=4096)  # a cron's average takes 50 trigger steps; jobs are frozen
+def stale_after(job: Job) -> float:
+    """Seconds without a success after which ``job`` is stale."""
+    if job.stale_after is not None:
+        return job.stale_after
+    return max(defaults.STALE_MIN, defaults.STALE_INTERVALS * interval(job))
+
+
+def is_stale(job: Job, reference: datetime, now: datetime) -> bool:
+    """Whether ``job`` is stale at ``now``, ``reference`` being its last success (or, before one,
+    when it could first have run)."""
+    return (now - reference).total_seconds() > stale_after(job)
+
+
+def cursor_time(dataset: str, cursor: Any) -> datetime | None:
+    """Up to when a dataset's stored cursor says it has collected (None: not known yet).
+
+    The private histories keep ``{"done": seconds, "window": ...}``; ``trades`` keeps Kraken's
+    ``last`` in nanoseconds (as text); ``ohlc`` and ``spread`` keep ``last`` in seconds."""
+    try:
+        if isinstance(cursor, dict):
+            done = cursor.get("done")
+            seconds = None if done is None else float(done)
+        elif cursor is None or isinstance(cursor, bool):
+            seconds = None
+        elif dataset == "trades":
+            seconds = int(cursor) / 1e9
+        else:
+            seconds = float(cursor)
+    except (TypeError, ValueError):
+        return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Health:
+    """A running service's health, kept from its events. Thread-safe; constructing one starts
+    nothing, :meth:`start` marks the moment the jobs could first run.
+
+    :param writer_state: the writer's :class:`~collector.writer.State`, read when asked
+    """
+
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        events: Events,
+        writer_state: Callable[[], State],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._jobs = {job.name: job for job in jobs}
+        self._writer_state = writer_state
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since: dict[str, datetime] = {}
+        self._last_success: dict[str, datetime] = {}
+        self._last_run: dict[str, tuple[datetime, str]] = {}
+        self._spooling = False  # runs went to the spool since it was last empty
+        self._stalled: str | None = None  # neither database nor spool takes runs
+        self._locked_until = 0.0  # monotonic
+        events.subscribe(RunFinished, self._finished)
+        events.subscribe(Spooled, self._spooled)
+        events.subscribe(SpoolDrained, self._drained)
+        events.subscribe(WriteStalled, self._write_stalled)
+        events.subscribe(BatchStored, self._stored)
+        events.subscribe(LockedOut, self._locked_out)
+        events.subscribe(Reloaded, self._reloaded)
+
+    def start(self) -> None:
+        now = self._clock()
+        with self._lock:
+            self._since = dict.fromkeys(self._jobs, now)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _finished(self, event: RunFinished) -> None:
+        record = event.record
+        with self._lock:
+            self._last_run[record.job] = (record.finished_at, str(record.status))
+            if record.status == "ok":
+                self._last_success[record.job] = record.finished_at
+
+    def _spooled(self, _event: Spooled) -> None:
+        with self._lock:
+            self._spooling = True
+
+    def _drained(self, _event: SpoolDrained) -> None:
+        with self._lock:
+            self._spooling = False
+
+    def _write_stalled(self, event: WriteStalled) -> None:
+        with self._lock:
+            self._stalled = event.reason
+
+    def _stored(self, _event: BatchStored) -> None:
+        with self._lock:
+            self._stalled = None
+
+    def _locked_out(self, event: LockedOut) -> None:
+        with self._lock:
+            self._locked_until = time.monotonic() + event.seconds
+
+    def _reloaded(self, event: Reloaded) -> None:
+        now = self._clock()
+        with self._lock:
+            self._jobs = {job.name: job for job in event.jobs}
+            for name in (*event.added, *event.changed):
+                self._since[name] = now  # its new schedule gets its own time to run
+            for name in event.removed:
+                self._since.pop(name, None)
+
+    # -- the verdict ----------------------------------------------------------------------------
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, body)``: the body says, per job, its last success, its interval, when it
+        counts as stale, and its state (``ok``, ``waiting`` for a first success, or ``stale``),
+        and lists the problems in words."""
+        now = self._clock()
+        state = self._writer_state()
+        with self._lock:
+            problems: list[str] = []
+            jobs: dict[str, Any] = {}
+            for name, job in self._jobs.items():
+                success = self._last_success.get(name)
+                since = self._since.get(name, now)
+                stale = is_stale(job, success or since, now)
+                last = self._last_run.get(name)
+                jobs[name] = {
+                    "state": "stale" if stale else "ok" if success else "waiting",
+                    "last_success": _iso(success),
+                    "last_run": _iso(last[0]) if last else None,
+                    "last_status": last[1] if last else None,
+                    "interval_seconds": _finite(interval(job)),
+                    "stale_after_seconds": _finite(stale_after(job)),
+                }
+                if stale:
+                    ago = (now - (success or since)).total_seconds()
+                    what = "no success" if success is None else "last success"
+                    problems.append(
+                        f"job {name}: {what} for {ago:.0f}s (stale after {stale_after(job):.0f}s)"
+                    )
+            spool_growing = self._spooling and state is not State.DIRECT
+            if spool_growing:
+                problems.append("database unavailable: runs go to the spool")
+            if self._stalled:
+                problems.append(f"neither the database nor the spool takes runs ({self._stalled})")
+            locked = max(0.0, self._locked_until - time.monotonic())
+            if locked > 0:
+                problems.append(f"Kraken locked the key out; private calls resume in {locked:.0f}s")
+        healthy = not problems
+        return healthy, {
+            "status": "ok" if healthy else "unhealthy",
+            "problems": problems,
+            "jobs": jobs,
+            "writer": str(state),
+            "spool_growing": spool_growing,
+            "locked_out_seconds": round(locked, 1),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

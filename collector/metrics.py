@@ -1,0 +1,304 @@
+"""Prometheus metrics and ``/healthz`` for a running service, on one small HTTP listener.
+
+Everything is learnt from the service's events (:mod:`collector.events`) or read when scraped
+(the spool's and the writer's sizes, the nonce); nothing reaches into a component. Each
+:class:`Monitor` has its own ``CollectorRegistry``, never the process-wide one, so several services
+(and tests) in one process don't clash. No metric holds a secret: labels are job names, table
+names, statuses and ``private``/``public``.
+
+Job file: ``metrics: {listen: "127.0.0.1:9108"}`` (or ``collector run --metrics-listen``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .config import Job, parse_listen
+from .datasets import Dataset
+from .errors import CollectorError
+from .events import BatchStored, Events, RateLimitWaited, Reloaded, RunFinished
+from .health import Health, cursor_time, utcnow
+from .nonce import UNITS
+from .writer import State
+
+logger = logging.getLogger(__name__)
+
+#: Run durations (seconds): from a fast public call to a long backfill.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LIMITERS = ("private", "public")
+
+
+class Metrics:
+    """The service's metrics in a registry of their own, kept from its events.
+
+    :param pending: runs waiting for the writer, read when scraped
+    :param spooled: runs waiting in the spool, read when scraped
+    :param nonce: the highest nonce issued, read when scraped (None: no key, no nonce metric)
+    :param nonce_unit: ``ms``, ``us`` or ``ns``
+    """
+
+    def __init__(
+        self,
+        events: Events,
+        *,
+        pending: Callable[[], int],
+        spooled: Callable[[], int],
+        nonce: Callable[[], int] | None = None,
+        nonce_unit: str = "ms",
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "collector_runs", "Runs finished, by job and status", ["job", "status"], registry=r
+        )
+        self.last_success = Gauge(
+            "collector_last_success_timestamp_seconds",
+            "When the job's last successful run finished (unix seconds)",
+            ["job"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "collector_run_duration_seconds",
+            "A run's duration, first call to last answer, retries included",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "collector_attempts", "Calls made by runs, retries included", ["job"], registry=r
+        )
+        self.waits = Counter(
+            "collector_rate_limit_wait_seconds",
+            "Seconds calls waited for rate-limit budget, by limiter",
+            ["limiter"],
+            registry=r,
+        )
+        for limiter in LIMITERS:
+            self.waits.labels(limiter)  # 0 from the start: a rate() needs a first sample
+        self.rows = Counter(
+            "collector_rows_written",
+            "Dataset rows handed to the database (upserts: a row seen again counts again)",
+            ["table"],
+            registry=r,
+        )
+        Gauge("collector_spool_runs", "Runs waiting in the spool", registry=r).set_function(spooled)
+        Gauge(
+            "collector_writer_pending_runs", "Runs waiting for the writer", registry=r
+        ).set_function(pending)
+        self._cursors: dict[str, datetime] = {}
+        self._series: dict[str, tuple[Any, Any, Any]] = {}
+        self._lock = threading.Lock()
+        r.register(_Computed(self._lag, nonce, nonce_unit))
+        events.subscribe(RunFinished, self._finished)
+        events.subscribe(BatchStored, self._stored)
+        events.subscribe(RateLimitWaited, lambda e: self.waits.labels(e.limiter).inc(e.seconds))
+        events.subscribe(Reloaded, self._reloaded)
+
+    def cursor(self, job: str, at: datetime) -> None:
+        """``job``'s dataset has collected up to ``at``."""
+        with self._lock:
+            self._cursors[job] = at
+
+    def _lag(self) -> dict[str, datetime]:
+        with self._lock:
+            return dict(self._cursors)
+
+    def _finished(self, event: RunFinished) -> None:
+        record = event.record
+        # A job's series, looked up once: labels() costs more than the update (every run pays).
+        series = self._series.get(record.job)
+        if series is None:
+            series = self._series[record.job] = (
+                self.attempts.labels(record.job),
+                self.duration.labels(record.job),
+                self.last_success.labels(record.job),
+            )
+        attempts, duration, last_success = series
+        self.runs.labels(record.job, str(record.status)).inc()
+        attempts.inc(record.attempts)
+        duration.observe(max(0.0, (record.finished_at - record.started_at).total_seconds()))
+        if record.status == "ok":
+            last_success.set(record.finished_at.timestamp())
+
+    def _stored(self, event: BatchStored) -> None:
+        for record in event.records:
+            for table, rows in record.rows.items():
+                if rows:
+                    self.rows.labels(table).inc(len(rows))
+            if record.dataset and record.cursor is not None:
+                at = cursor_time(record.dataset, record.cursor)
+                if at is not None:
+                    self.cursor(record.job, at)
+
+    def _reloaded(self, event: Reloaded) -> None:
+        for name in event.removed:  # a removed job's series go, or they would look stuck
+            with self._lock:
+                self._cursors.pop(name, None)
+            self._series.pop(name, None)
+            for metric in (self.last_success, self.duration, self.attempts):
+                with contextlib.suppress(KeyError):  # it never ran
+                    metric.remove(name)
+
+
+class _Computed:
+    """Gauges computed when scraped: each dataset's lag, and the nonce's lead over the clock."""
+
+    def __init__(
+        self,
+        cursors: Callable[[], dict[str, datetime]],
+        nonce: Callable[[], int] | None,
+        unit: str,
+    ) -> None:
+        self._cursors, self._nonce, self._per = cursors, nonce, UNITS[unit]
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        lag = GaugeMetricFamily(
+            "collector_dataset_lag_seconds",
+            "How far the job's dataset cursor trails now (seconds)",
+            labels=["job"],
+        )
+        for job, at in sorted(self._cursors().items()):
+            lag.add_metric([job], now - at.timestamp())
+        yield lag
+        if self._nonce is not None:
+            lead = self._nonce() * self._per / 1e9 - now
+            yield GaugeMetricFamily(
+                "collector_nonce_lead_seconds",
+                "How far the key's last nonce is ahead of the clock (seconds; negative: behind)",
+                value=lead,
+            )
+
+
+class Monitor:
+    """Metrics and health of one service, served on ``listen`` (``HOST:PORT``; port 0 picks a free
+    one, see :attr:`address`). Constructing one binds nothing; :meth:`start` does.
+
+    :param load_cursor: ``(job, dataset) -> cursor`` from the store, read once at start so the
+        lag is known before a job's first run
+    :param datasets: the datasets by method (the runner's)
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        jobs: Sequence[Job],
+        events: Events,
+        writer_state: Callable[[], State],
+        pending: Callable[[], int],
+        spooled: Callable[[], int],
+        nonce: Callable[[], int] | None,
+        nonce_unit: str,
+        load_cursor: Callable[[str, str], Any],
+        datasets: Mapping[str, Dataset],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        address = parse_listen(listen)
+        if address is None:
+            raise ValueError(f"metrics listen address must be HOST:PORT, not {listen!r}")
+        self.listen = address
+        self.jobs = tuple(jobs)
+        self.metrics = Metrics(
+            events, pending=pending, spooled=spooled, nonce=nonce, nonce_unit=nonce_unit
+        )
+        self.health = Health(jobs, events, writer_state, clock)
+        self._load_cursor = load_cursor
+        self._datasets = datasets
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the real port when ``listen`` said 0); only after :meth:`start`."""
+        assert self._server is not None, "not started"
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Read the stored cursors, then listen (a port in use is an :class:`OSError`)."""
+        self.health.start()
+        for job in self.jobs:
+            dataset = self._datasets.get(job.method)
+            if dataset is None or not dataset.incremental:
+                continue
+            try:
+                at = cursor_time(dataset.name, self._load_cursor(job.name, dataset.name))
+            except Exception as exc:  # the database may be down; the first run sets it then
+                logger.warning(
+                    "metrics: cannot read %s's cursor (%s)", job.name, type(exc).__name__
+                )
+                continue
+            if at is not None:
+                self.metrics.cursor(job.name, at)
+        try:
+            self._server = _Server(self.listen, _Handler, self)
+        except OSError as exc:
+            host, port = self.listen
+            raise CollectorError(
+                f"metrics.listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="collector-metrics", daemon=True
+        )
+        self._thread.start()
+        host, port = self.address
+        logger.info("metrics on http://%s:%d/metrics, health on /healthz", host, port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.metrics.registry)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, monitor: Monitor) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.monitor = monitor
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.server.monitor.scrape(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            healthy, body = self.server.monitor.health.report()
+            data = json.dumps(body, indent=1).encode() + b"\n"
+            self._send(200 if healthy else 503, data, "application/json")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Every scrape would be a line at INFO; they go to DEBUG.
+        logger.debug("metrics: %s " + format, self.address_string(), *args)

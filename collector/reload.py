@@ -1,0 +1,147 @@
+"""Reload on SIGHUP: the job file is read again and its jobs applied to the running service.
+
+* Added jobs start (an interval job runs at once, as at start), removed jobs stop (a run in flight
+  finishes), changed jobs take their new schedule and params.
+* Cursors stay: they are in the database, keyed by job name. A changed job whose method, params or
+  ``since`` changed drops the cursor the runner holds in memory, so its next run starts from the
+  stored one, exactly as a restart with the edited file would; a job changed only in its schedule
+  keeps it (it is the stored one, or ahead of it by what the writer is still storing).
+* ``retention`` applies at once; ``jobs.NAME.stale_after`` too (health follows the new jobs).
+* A file that no longer validates changes nothing; the log has the line ``collector check`` prints.
+* Changes to ``database``, ``kraken`` (credentials, url, limits, ...), ``spool`` or ``metrics`` need
+  a restart: such a reload is refused as a whole (nothing changes), with a line naming the keys, so
+  what runs is always one whole job file, never half of two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .config import Config, Job
+from .errors import CollectorError
+from .events import Reloaded
+
+if TYPE_CHECKING:
+    from .service import Service
+
+logger = logging.getLogger(__name__)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The keys whose change a reload cannot apply (names only: values may be secrets)."""
+    changed = []
+    if old.database != new.database:
+        changed.append("database")
+    for f in dataclasses.fields(old.kraken):
+        if getattr(old.kraken, f.name) != getattr(new.kraken, f.name):
+            changed.append(f"kraken.{'tier' if f.name == 'tier_name' else f.name}")
+    if (old.spool_path, old.spool_max_runs) != (new.spool_path, new.spool_max_runs):
+        changed.append("spool")
+    if old.metrics_listen != new.metrics_listen:
+        changed.append("metrics.listen")
+    return sorted(set(changed))
+
+
+def _what(job: Job) -> tuple[object, ...]:
+    """What decides a job's rows (as opposed to its schedule)."""
+    return (job.method, sorted(job.params.items()), job.since)
+
+
+def apply(service: Service, new: Config) -> bool:
+    """Apply ``new`` to the running ``service``; False (and nothing changed) when it needs a
+    restart."""
+    old = service.config
+    refused = restart_needed(old, new)
+    if refused:
+        logger.error(
+            "%s: reload refused, nothing changed: %s changed; restart collector to apply",
+            new.path,
+            ", ".join(refused),
+        )
+        return False
+    before = {j.name: j for j in old.jobs}
+    after = {j.name: j for j in new.jobs}
+    added = [n for n in after if n not in before]
+    removed = [n for n in before if n not in after]
+    # The line a job is on is not part of it: editing another job moves it.
+    changed = [
+        n
+        for n in after
+        if n in before
+        and dataclasses.replace(before[n], line=0) != dataclasses.replace(after[n], line=0)
+    ]
+    service.schedule.remove(removed)
+    for name in removed:
+        service.runner.forget(name)
+    for name in changed:
+        if _what(before[name]) != _what(after[name]):
+            service.runner.forget(name)
+    service.schedule.put([after[n] for n in (*added, *changed)])
+    service.config = new
+    service.retention.configure(new)
+    service.events.publish(Reloaded(new.jobs, tuple(added), tuple(removed), tuple(changed)))
+    logger.info(
+        "%s reloaded: %d jobs; added %s; removed %s; changed %s",
+        new.path,
+        len(new.jobs),
+        ", ".join(added) or "none",
+        ", ".join(removed) or "none",
+        ", ".join(changed) or "none",
+    )
+    return True
+
+
+class Reloader:
+    """Reloads ``service`` from ``load()`` on SIGHUP, in a thread of its own (the signal handler
+    only wakes it). :meth:`install` must be called from the main thread."""
+
+    def __init__(self, service: Service, load: Callable[[], Config]) -> None:
+        self.service = service
+        self.load = load
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._previous: object = None
+        self._thread = threading.Thread(target=self._loop, name="collector-reload", daemon=True)
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+        self._thread.start()
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)  # type: ignore[arg-type]
+        self._done.set()
+        self._wake.set()
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done.is_set():
+                return
+            self.reload()
+
+    def reload(self) -> bool:
+        """Read the job file again and apply it; False when nothing changed because of an error."""
+        logger.info("received SIGHUP, reloading %s", self.service.config.path)
+        try:
+            new = self.load()
+        except CollectorError as exc:
+            logger.error("error: %s", exc)  # the line `collector check` prints; nothing changed
+            return False
+        for warning in new.warnings:
+            logger.warning("%s", warning)
+        try:
+            return apply(self.service, new)
+        except Exception:
+            logger.exception("reload failed")
+            return False

@@ -1,0 +1,211 @@
+"""``collector status``: what each job has collected, from the database alone (no exchange call).
+
+Per job: its last run and last success, failures in the last 24 hours by status, its dataset's
+row count and newest entry, its cursor, its recorded gaps; and how many runs wait in the spool and
+the oldest ``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
+a job is stale after ``stale_after`` without a success. A job that never succeeded is measured
+from its first stored run or, when it has none, from the job file's last change (the file says it
+should have run since then), so a job just added is not stale before it had its time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from .config import Config, Job, format_duration
+from .datasets import for_method
+from .health import cursor_time, interval, is_stale, stale_after
+from .retention import TIME_COLUMNS
+from .schema import cursors, runs
+from .store import Store
+
+#: The time column of the snapshot tables, which keep no history of their own.
+SNAPSHOT_TIME = {"balances": "taken_at", "ticker": "taken_at"}
+
+
+def exists(config: Config) -> bool:
+    """False for a SQLite file that is not there yet (reading must not create it)."""
+    url = make_url(config.database)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return True
+    return os.path.exists(url.database or "")
+
+
+def collect(
+    config: Config, store: Store | None, now: datetime, spool_waiting: int | None
+) -> dict[str, Any]:
+    """The status of ``config``'s jobs in ``store`` (None: there is no database yet)."""
+    mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
+    jobs: list[dict[str, Any]] = []
+    oldest = None
+    if store is not None:
+        with store.engine.connect() as conn:
+            oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
+            jobs = [_job(conn, store, job, now, mtime) for job in config.jobs]
+    else:
+        jobs = [_job(None, None, job, now, mtime) for job in config.jobs]
+    problems = [
+        f"job {j['name']}: no success for {j['stale_for']} (stale after "
+        f"{_ago(timedelta(seconds=j['stale_after_seconds']))})"
+        for j in jobs
+        if j["state"] == "stale"
+    ]
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "jobs": jobs,
+        "spool_waiting": spool_waiting or 0,
+        "oldest_run": _iso(oldest),
+        "database": config.database_for_display(),
+        "now": _iso(now),
+    }
+
+
+def _job(
+    conn: Any, store: Store | None, job: Job, now: datetime, mtime: datetime
+) -> dict[str, Any]:
+    mine = runs.c.job == job.name
+    last = success = first = None
+    failures: dict[str, int] = {}
+    dataset = for_method(job.method, store.datasets.values() if store else ())
+    info: dict[str, Any] = {"dataset": dataset.name if dataset else None}
+    if conn is not None:
+        by_time = select(runs.c.started_at, runs.c.finished_at, runs.c.status).where(mine)
+        last = conn.execute(by_time.order_by(runs.c.started_at.desc()).limit(1)).first()
+        success = conn.execute(
+            by_time.where(runs.c.status == "ok").order_by(runs.c.started_at.desc()).limit(1)
+        ).first()
+        first = conn.execute(by_time.order_by(runs.c.started_at).limit(1)).first()
+        failures = dict(
+            conn.execute(
+                select(runs.c.status, func.count())
+                .where(mine, runs.c.status != "ok", runs.c.started_at > now - timedelta(days=1))
+                .group_by(runs.c.status)
+            ).all()
+        )
+        if dataset is not None:
+            info.update(_dataset(conn, store, job, dataset.name))
+        gaps = store.datasets["gaps"].table if store and "gaps" in store.datasets else None
+        if gaps is not None:
+            count, end = conn.execute(
+                select(func.count(), func.max(gaps.c.end)).where(gaps.c.job == job.name)
+            ).one()
+            info.update(gaps=count, last_gap_end=_iso(end))
+    reference = success.finished_at if success else first.started_at if first else mtime
+    stale = is_stale(job, reference, now)
+    return {
+        "name": job.name,
+        "method": job.method,
+        "state": "stale" if stale else "ok" if success else "waiting",
+        "last_run": _iso(last.started_at) if last else None,
+        "last_status": last.status if last else None,
+        "last_success": _iso(success.finished_at) if success else None,
+        "failures_24h": failures,
+        "interval_seconds": _finite(interval(job)),
+        "stale_after_seconds": _finite(stale_after(job)),
+        "stale_for": _ago(now - reference) if stale else None,
+        "rows": None,
+        "newest": None,
+        "cursor": None,
+        "gaps": 0,
+        "last_gap_end": None,
+        **info,
+    }
+
+
+def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, Any]:
+    """The dataset's row count and newest entry (balances and ticker: this job's snapshots; the
+    other tables are shared by the jobs filling them), and the job's cursor."""
+    assert store is not None
+    table = store.datasets[name].table
+    column = TIME_COLUMNS.get(name) or SNAPSHOT_TIME.get(name)
+    query = select(func.count(), func.max(table.c[column]) if column else func.count())
+    if name == "balances":
+        query = query.where(table.c.job == job.name)
+    elif name == "ticker":
+        query = query.select_from(table.join(runs, runs.c.id == table.c.run_id)).where(
+            runs.c.job == job.name
+        )
+    count, newest = conn.execute(query).one()
+    out: dict[str, Any] = {"rows": count, "newest": _iso(newest) if column else None}
+    if store.datasets[name].incremental:
+        value = conn.execute(
+            select(cursors.c.value).where(cursors.c.job == job.name, cursors.c.dataset == name)
+        ).scalar()
+        out["cursor"] = _iso(cursor_time(name, value))
+        out["paging"] = isinstance(value, dict) and value.get("window") is not None
+    return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no infinity
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="seconds")
+    return str(value)
+
+
+def _ago(delta: timedelta) -> str:
+    return format_duration(timedelta(seconds=int(delta.total_seconds())))
+
+
+def _short(iso: str | None) -> str:
+    """``2024-05-01 12:00:00`` (UTC) from an ISO time; ``-`` for none."""
+    return iso[:19].replace("T", " ") if iso else "-"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as a table, then the spool, the oldest run kept and the verdict."""
+    header = (
+        "job",
+        "method",
+        "last run",
+        "status",
+        "last success",
+        "failures 24h",
+        "rows",
+        "newest",
+        "cursor",
+        "gaps",
+        "state",
+    )
+    lines = [header]
+    for j in report["jobs"]:
+        failures = ", ".join(f"{s} {n}" for s, n in sorted(j["failures_24h"].items())) or "-"
+        lines.append(
+            (
+                j["name"],
+                j["method"],
+                _short(j["last_run"]),
+                j["last_status"] or "-",
+                _short(j["last_success"]),
+                failures,
+                "-" if j["rows"] is None else f"{j['rows']:,}",
+                _short(j["newest"]),
+                _short(j["cursor"]) + (" (paging)" if j.get("paging") else ""),
+                str(j["gaps"]),
+                j["state"],
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
+    ]
+    waiting = report["spool_waiting"]
+    out.append(f"spool: {f'{waiting:,} runs waiting' if waiting else 'empty'}")
+    out.append(f"oldest run kept: {_short(report['oldest_run'])} (times in UTC)")
+    if report["healthy"]:
+        out.append("healthy")
+    else:
+        out.extend(f"UNHEALTHY: {p}" for p in report["problems"])
+    return "\n".join(out)

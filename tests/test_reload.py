@@ -1,0 +1,88 @@
+"""SIGHUP reloads the job file of a running `collector run`: added jobs start, removed ones stop,
+changed ones take their new params; a broken file or a new database changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from collector.cli import main
+from collector.store import Store
+
+from .helpers import wait_for
+from .test_service import job_file, rows
+
+
+def count(url: str, job: str) -> int:
+    return rows(url, f"SELECT count(*) FROM runs WHERE job = '{job}'")[0][0]
+
+
+def test_sighup_applies_the_new_job_file(tmp_path, fake, keypair, database_url) -> None:
+    def write(jobs: str) -> None:
+        job_file(tmp_path, fake, keypair, database_url, jobs)
+
+    write("""
+        a: {method: Time, every: 0.1s}
+        keep: {method: Ticker, params: {pair: XBTUSD}, every: 0.1s}
+    """)
+    path, log = tmp_path / "jobs.yaml", tmp_path / "collector.log"
+    store = Store.from_url(database_url)
+    store.upgrade()  # so the test can count rows before the service's first write
+    store.dispose()
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    cmd = [sys.executable, "-m", "collector.cli", "run", str(path)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: count(database_url, "a") >= 2 and count(database_url, "keep") >= 2)
+
+        # Remove a, add c, change keep's params.
+        write("""
+            keep: {method: Ticker, params: {pair: ETHUSD}, every: 0.1s}
+            c: {method: Assets, every: 0.1s}
+        """)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: count(database_url, "c") >= 2)
+        stopped_at = count(database_url, "a")  # a run in flight at the reload is stored by now
+        wait_for(lambda: count(database_url, "c") >= 8)
+        assert count(database_url, "a") == stopped_at
+        params = rows(database_url, "SELECT params FROM runs WHERE job = 'keep' ORDER BY id")
+        pairs = [p if isinstance(p, dict) else json.loads(p) for (p,) in params]
+        assert pairs[0] == {"pair": "XBTUSD"} and pairs[-1] == {"pair": "ETHUSD"}
+        wait_for(lambda: "reloaded: 2 jobs; added c; removed a; changed keep" in log.read_text())
+
+        # A file that no longer validates changes nothing, and says what `check` says.
+        write("c: {method: Assets, evry: 0.1s}")
+        check = CliRunner().invoke(main, ["check", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
+        assert check.exit_code == 2
+        line = check.output.strip()
+        assert line.startswith("error: ") and "jobs.c.evry: unknown key" in line
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: line in log.read_text())
+        before = count(database_url, "keep")
+        wait_for(lambda: count(database_url, "keep") >= before + 3)  # still running as it was
+
+        # A new database needs a restart: refused as a whole, the jobs go on.
+        path.write_text(
+            path.read_text()
+            .replace(database_url, f"sqlite:///{tmp_path / 'other.db'}")
+            .replace("evry", "every")
+            + "  d: {method: Time, every: 0.1s}\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused, nothing changed: database" in log.read_text())
+        before = count(database_url, "c")
+        wait_for(lambda: count(database_url, "c") >= before + 3)
+        assert count(database_url, "d") == 0
+        assert not (tmp_path / "other.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert keypair[1] not in text and "Traceback" not in text
