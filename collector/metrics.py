@@ -44,6 +44,9 @@ LIMITERS = ("private", "public")
 class Metrics:
     """The service's metrics in a registry of their own, kept from its events.
 
+    Job series carry the ``job`` label; ``collector_job_info{job, account, method}`` says whose
+    account each job runs as (public jobs: ``account=""``).
+
     :param pending: runs waiting for the writer, read when scraped
     :param spooled: runs waiting in the spool, read when scraped
     :param nonce: the highest nonce issued, read when scraped (None: no key, no nonce metric)
@@ -94,6 +97,14 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        # Prometheus' info idiom: the job's account (and method) as labels to join on,
+        # e.g. collector_runs_total * on(job) group_left(account) collector_job_info.
+        self.info = Gauge(
+            "collector_job_info",
+            "A job's account and method (always 1)",
+            ["job", "account", "method"],
+            registry=r,
+        )
         Gauge("collector_spool_runs", "Runs waiting in the spool", registry=r).set_function(spooled)
         Gauge(
             "collector_writer_pending_runs", "Runs waiting for the writer", registry=r
@@ -106,6 +117,12 @@ class Metrics:
         events.subscribe(BatchStored, self._stored)
         events.subscribe(RateLimitWaited, lambda e: self.waits.labels(e.limiter).inc(e.seconds))
         events.subscribe(Reloaded, self._reloaded)
+
+    def describe(self, jobs: Sequence[Job]) -> None:
+        """The info series of ``jobs`` (again after a reload: removed jobs' series go)."""
+        self.info.clear()
+        for job in jobs:
+            self.info.labels(job.name, job.account or "", job.method).set(1)
 
     def cursor(self, job: str, at: datetime) -> None:
         """``job``'s dataset has collected up to ``at``."""
@@ -151,6 +168,7 @@ class Metrics:
             for metric in (self.last_success, self.duration, self.attempts):
                 with contextlib.suppress(KeyError):  # it never ran
                     metric.remove(name)
+        self.describe(event.jobs)
 
 
 class _Computed:
@@ -215,6 +233,7 @@ class Monitor:
         self.metrics = Metrics(
             events, pending=pending, spooled=spooled, nonce=nonce, nonce_unit=nonce_unit
         )
+        self.metrics.describe(jobs)
         self.health = Health(jobs, events, writer_state, clock)
         self._load_cursor = load_cursor
         self._datasets = datasets

@@ -102,6 +102,7 @@ def _job(
     return {
         "name": job.name,
         "method": job.method,
+        "account": job.account,
         "state": "stale" if stale else "ok" if success else "waiting",
         "last_run": _iso(last.started_at) if last else None,
         "last_status": last.status if last else None,
@@ -128,6 +129,8 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
     query = select(func.count(), func.max(table.c[column]) if column else func.count())
     if name == "balances":
         query = query.where(table.c.job == job.name)
+    elif "account" in table.c and job.account:  # the private histories: this account's rows
+        query = query.where(table.c.account == job.account)
     elif name == "ticker":
         query = query.select_from(table.join(runs, runs.c.id == table.c.run_id)).where(
             runs.c.job == job.name
@@ -169,6 +172,7 @@ def render(report: dict[str, Any]) -> str:
     header = (
         "job",
         "method",
+        "account",
         "last run",
         "status",
         "last success",
@@ -186,6 +190,7 @@ def render(report: dict[str, Any]) -> str:
             (
                 j["name"],
                 j["method"],
+                j.get("account") or "-",
                 _short(j["last_run"]),
                 j["last_status"] or "-",
                 _short(j["last_success"]),

@@ -281,3 +281,49 @@ def test_two_processes_on_one_sqlite_file_never_both_send(tmp_path, fake, keypai
             calls = fake.accepted[keypair[0]]
             wait_for(lambda: fake.accepted[keypair[0]] >= calls + 5)
     assert fake.errors["EAPI:Invalid nonce"] == 0
+
+
+def test_status_and_metrics_say_each_jobs_account(tmp_path, database_url) -> None:
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with FakeKraken(tier=None, history={"ledger": 60}) as fake:
+        main_key, savings_key = fake.add_key(), fake.add_key()
+        path = accounts_file(
+            tmp_path,
+            fake,
+            database_url,
+            main_key,
+            savings_key,
+            "metrics: {listen: '127.0.0.1:0'}\n",
+        )
+        service = Service(load(path))
+        try:
+            assert service.run_once()
+            assert service.monitor is not None
+            body = service.monitor.scrape().decode()
+        finally:
+            service.stop()
+        result = CliRunner().invoke(main, ["status", "--json", str(path)])
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+    info = {
+        dict(labels)["job"]: dict(labels)["account"]
+        for (name, labels), _ in samples.items()
+        if name == "collector_job_info"
+    }
+    assert info == {
+        "main_balance": "main",
+        "savings_ledger": "savings",
+        "savings_balance": "savings",
+        "ticker": "",
+    }
+    report = json.loads(result.output)
+    accounts = {j["name"]: j["account"] for j in report["jobs"]}
+    assert accounts["savings_ledger"] == "savings" and accounts["ticker"] is None
+    (ledger,) = [j for j in report["jobs"] if j["name"] == "savings_ledger"]
+    assert ledger["rows"] == 60  # the account's rows

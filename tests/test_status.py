@@ -94,6 +94,7 @@ def test_status_shows_each_job_and_is_healthy(tmp_path, fake, keypair, database_
     assert lines[0].split() == [
         "job",
         "method",
+        "account",
         "last",
         "run",
         "status",
