@@ -135,10 +135,15 @@ class Runner:
             try:
                 ok, result = self._call(job, params, record)
             except (Cancelled, NotPermitted) as exc:
-                if record.pages == 0:
+                record.attempts -= 1  # the call that gave up waiting was never sent
+                if record.pages == 0 and record.attempts == 0:
                     logger.info("job %s: not run (%s)", job.name, exc)
                     return None
-                record.status, record.error = Status.PARTIAL, f"stopped before the last page: {exc}"
+                if record.pages:
+                    record.status = Status.PARTIAL
+                    record.error = f"stopped before the last page: {exc}"
+                else:  # calls were made and failed: the run is the last failure, stored
+                    record.error = f"{record.error}; not retried: {exc}"
                 break
             record.finished_at = self.clock()
             if not ok:

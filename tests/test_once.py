@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from collector.config import load
 from collector.service import Service
@@ -114,3 +115,29 @@ def test_a_credentials_error_inside_a_run_is_a_config_error(tmp_path, fake, keyp
     assert "not valid base64" in record.error and "not base64!" not in record.error
     assert rows(url, "SELECT status FROM runs")[0][0] == "config_error"
     assert fake.calls["Balance"] == 0
+
+
+def test_ctrl_c_while_a_failed_run_waits_to_retry_still_stores_it(tmp_path, fake, keypair) -> None:
+    """A run whose call failed and whose retry waits for budget is a failed run, not nothing."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    fake.inject("http_502", method="Balance", count=1)
+    path = job_file(
+        tmp_path,
+        fake,
+        keypair,
+        url,
+        "b: {method: Balance, every: 1h}",
+        kraken_extra="rate_limit: {max: 1.5, decay: 0.01}",
+    )
+    service = Service(load(path))
+    service.open()
+    record = []
+    thread = threading.Thread(target=lambda: record.append(service.execute(service.config.jobs[0])))
+    thread.start()
+    wait_for(lambda: fake.calls["Balance"] == 1)  # failed; its retry now waits ~100 s for budget
+    service.stopping.set()  # what Ctrl-C does
+    thread.join(30)
+    service.stop()
+    assert record and record[0] is not None
+    assert (record[0].status, record[0].attempts) == ("http_error", 1)
+    assert rows(url, "SELECT status, attempts FROM runs") == [("http_error", 1)]
