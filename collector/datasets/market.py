@@ -28,13 +28,19 @@ from .base import Dataset, Page, bad, decimal, mapping, text, timestamp
 TRADES_PAGE = 1000
 
 
-def _series(record: RunRecord, result: Any) -> tuple[str, list[Any], Any]:
-    """``(pair, rows, last)`` from a Trades/OHLC/Spread answer: one pair's rows and ``last``."""
+def _series(
+    record: RunRecord, result: Any, last: type | tuple[type, ...] = int
+) -> tuple[str, list[Any], Any]:
+    """``(pair, rows, last)`` from a Trades/OHLC/Spread answer: one pair's rows and ``last``
+    (of the type ``last``; never a bool)."""
     answer = mapping(record, result, "result")
     pairs = [k for k in answer if k != "last"]
     if len(pairs) != 1 or not isinstance(answer[pairs[0]], list):
         raise bad(record, "answer does not hold one pair's rows")
-    return pairs[0][:32], answer[pairs[0]], answer.get("last")
+    found = answer.get("last")
+    if isinstance(found, bool) or not isinstance(found, last):
+        raise bad(record, "answer has no last")
+    return pairs[0][:32], answer[pairs[0]], found
 
 
 def _row(record: RunRecord, value: Any, size: int) -> list[Any]:
@@ -87,7 +93,7 @@ class Trades(Dataset):
         return {**job.params, "since": cursor}, cursor
 
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
-        pair, rows, last = _series(record, result)
+        pair, rows, last = _series(record, result, (str, int))
         out = []
         for value in rows:
             price, volume, when, side, kind, misc, trade_id = _row(record, value, 7)[:7]
@@ -105,8 +111,6 @@ class Trades(Dataset):
                     "misc": text(record, misc, "misc", 64),
                 }
             )
-        if not isinstance(last, str | int) or isinstance(last, bool):
-            raise bad(record, "answer has no last")
         last = str(last)
         full = len(rows) >= int(sent.get("count") or TRADES_PAGE)
         more = {**sent, "since": last} if full and rows and last != str(sent.get("since")) else None
@@ -147,8 +151,6 @@ class OHLC(Dataset):
 
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
         pair, rows, last = _series(record, result)
-        if isinstance(last, bool) or not isinstance(last, int):
-            raise bad(record, "answer has no last")
         interval = int(sent.get("interval") or 1)
         out, times = [], []
         for value in rows:
@@ -214,8 +216,6 @@ class Spread(Dataset):
 
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
         pair, rows, last = _series(record, result)
-        if isinstance(last, bool) or not isinstance(last, int):
-            raise bad(record, "answer has no last")
         out = {}
         for value in rows:
             t, bid, ask = _row(record, value, 3)[:3]
