@@ -443,7 +443,16 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     show_default=True,
     help="Per-IP public counter, MAX/DECAY (e.g. 5/1) or none.",
 )
-def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit: str) -> None:
+@click.option(
+    "--growth",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="New entries a second in each history (ledger, trades, closed orders, public trades).",
+)
+def fake_exchange(
+    host: str, port: int, key_file: str, tier_: str, public_limit: str, growth: float
+) -> None:
     """Serve a strict local stand-in for Kraken's REST API, to try a job file offline.
 
     \b
@@ -470,6 +479,7 @@ def fake_exchange(host: str, port: int, key_file: str, tier_: str, public_limit:
             public_limit=_rate_limit_option(public_limit),
             host=host,
             port=port,
+            growth=growth,
         )
     except OSError as exc:
         raise CollectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
