@@ -49,9 +49,6 @@ logger = logging.getLogger(__name__)
 PUBLIC = "(public)"
 
 
-Fenced = NotPermitted  # the name the docs above use
-
-
 class Lease:
     """One account's lease, as one process sees it. ``permit()`` says whether it may send now."""
 
@@ -82,7 +79,7 @@ class Lease:
     def save_mark(self, mark: int) -> None:
         """Record, before using them, that nonces up to ``mark`` may be used.
 
-        :raises Fenced: the lease is no longer this process's
+        :raises NotPermitted: the lease is no longer this process's
         """
 
     def release(self, last_nonce: int | None) -> None:
@@ -164,10 +161,12 @@ class PgLease(Lease):
         except SQLAlchemyError as exc:
             self.valid_until = 0.0
             reason = str(exc).splitlines()[0][:200]
-            raise Fenced(f"account {self.name}: cannot record the nonce mark ({reason})") from None
+            raise NotPermitted(
+                f"account {self.name}: cannot record the nonce mark ({reason})"
+            ) from None
         if done != 1:
             self.valid_until = 0.0
-            raise Fenced(f"account {self.name}: the lease is no longer this process's")
+            raise NotPermitted(f"account {self.name}: the lease is no longer this process's")
 
     def release(self, last_nonce: int | None) -> None:
         self.valid_until = 0.0

@@ -333,7 +333,9 @@ def mark_name(account: str) -> str:
 def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
     def save(mark: int) -> None:
         first(mark)
-        second(mark)  # raises Fenced when the lease is no longer ours: the nonce is not issued
+        second(
+            mark
+        )  # raises NotPermitted when the lease is no longer ours: the nonce is not issued
 
     return save
 

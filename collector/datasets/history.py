@@ -43,8 +43,6 @@ class History(Dataset):
     incremental = True
     #: the key of the entries in the answer (``ledger``, ``trades``, ``closed``)
     entries: ClassVar[str]
-    #: the natural key's column (the entry's id)
-    id_column: ClassVar[str]
     #: parameters every call sends (ClosedOrders windows by close time)
     fixed: ClassVar[dict[str, str]] = {}
 
@@ -132,7 +130,6 @@ class Ledger(History):
     methods = frozenset({"Ledgers"})
     key = ("account", "ledger_id")
     entries = "ledger"
-    id_column = "ledger_id"
 
     def entry(self, record: RunRecord, entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -181,7 +178,6 @@ class MyTrades(History):
     methods = frozenset({"TradesHistory"})
     key = ("account", "txid")
     entries = "trades"
-    id_column = "txid"
 
     def entry(self, record: RunRecord, txid: str, e: dict[str, Any]) -> dict[str, Any]:
         trade_id = e.get("trade_id")
@@ -237,7 +233,6 @@ class Orders(History):
     methods = frozenset({"ClosedOrders"})
     key = ("account", "txid")
     entries = "closed"
-    id_column = "txid"
     fixed = {"closetime": "close"}
 
     def entry(self, record: RunRecord, txid: str, e: dict[str, Any]) -> dict[str, Any]:
