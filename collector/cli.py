@@ -448,7 +448,8 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     default=0.5,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="New entries a second in each history (ledger, trades, closed orders, public trades).",
+    help="New entries a second in each history (ledger entries, fills, closed orders, public "
+    "trades).",
 )
 def fake_exchange(
     host: str, port: int, key_file: str, tier_: str, public_limit: str, growth: float
@@ -470,6 +471,11 @@ def fake_exchange(
         not_json                      an HTML page with status 200
         kraken_error                  {"error": [error=...]} (default EService:Unavailable)
         raw                           body= as given, with status= (default 200)
+
+    \b
+    The account disagreeing with itself (for collector verify to catch):
+        POST /_fake/hide?id=L...              leave one ledger entry out of Ledgers
+        POST /_fake/offset?asset=A&amount=X   add X to asset A in Balance, BalanceEx
     """
     from .testing.fake_exchange import FakeKraken, new_key_file
 
