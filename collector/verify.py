@@ -713,9 +713,10 @@ def _order_problem(rows: list[Any]) -> str | None:
     fills = [r for r in rows if r.fill is not None]
     wrong = []
     for name, column in (("cost", "fill_cost"), ("fee", "fill_fee"), ("vol_exec", "fill_vol")):
-        total = sum((getattr(f, column) for f in fills), ZERO)
-        stated = getattr(order, name)
-        slack = _half_unit(stated) * max(1, len(fills))
+        parts = [getattr(f, column) for f in fills]
+        total, stated = sum(parts, ZERO), getattr(order, name)
+        # Each figure is rounded to the decimals it is written with, the order's and the fills'.
+        slack = _half_unit(stated) + sum((_half_unit(p) for p in parts), ZERO)
         if abs(total - stated) > slack:
             wrong.append(f"{name} {stated:f} but its {len(fills)} fills add up to {total:f}")
     return "; ".join(wrong) or None
