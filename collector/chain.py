@@ -99,6 +99,16 @@ class Chain:
 
     def feed(self, group: Sequence[Entry]) -> list[Break]:
         """Check the entries of one time (after every earlier time); returns the breaks."""
+        if len(group) == 1 and self.balance is not None:  # most times hold one entry
+            (entry,) = group
+            if entry.balance is None:
+                self.unbalanced += 1
+                return []
+            self.entries += 1
+            if entry.balance - entry.amount + entry.fee == self.balance:
+                self.balance, self.last = entry.balance, entry
+                return []
+            return self._greedy(group)
         edges = [e for e in group if e.balance is not None]
         self.unbalanced += len(group) - len(edges)
         self.entries += len(edges)

@@ -186,11 +186,16 @@ def test_fees_in_base_in_fee_credits_and_legs_split_across_wallets(store) -> Non
             fill("T1", 5, "sell", "XETHZUSD", "3100", "3100.00000", "8.06000", "1.0", "O1"),
             fill("T2", 6, "buy", "XETHZUSD", "3100", "310.00000", "0.80600", "0.1", "O2"),
             fill("T3", 7, "sell", "XETHZUSD", "3100", "97371.00000", "253.16460", "31.41", "O3"),
+            # a margin fill: no spot legs (its margin entries are the chain's)
+            {
+                **fill("T4", 8, "buy", "XXBTZUSD", "64000", "640.0", "1.7", "0.01", "O4"),
+                "margin": Decimal("128.0"),
+            },
         ],
     )
     report = check(store)
     assert report.ok, messages(report)
-    assert report.fills == 3
+    assert report.fills == 4
 
 
 def test_missing_legs_a_leg_without_a_fill_and_an_order_that_does_not_add_up(store) -> None:

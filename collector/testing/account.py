@@ -18,8 +18,8 @@ entries are deposits. An activity that would take a balance below zero is preced
 
 The activities come from one fixed cycle (:data:`CYCLE`), so a history is the same whatever asks
 for it. Sizes are exact: ``take_ledger(n)`` appends exactly ``n`` ledger entries (a two-entry
-activity that does not fit is replaced by a one-entry deposit), ``take_fills(n)`` exactly ``n``
-fills, ``take_orders(n)`` exactly ``n`` closed orders.
+activity that does not fit is replaced by a one-entry deposit or reward), ``take_fills(n)``
+exactly ``n`` fills, ``take_orders(n)`` exactly ``n`` closed orders.
 
 Two faults make the account disagree with itself, so that verification can be shown to catch it:
 :meth:`Account.hide` leaves a ledger entry out of every Ledgers answer (its running balance stays
@@ -105,10 +105,25 @@ CYCLE: tuple[Step, ...] = (
     Step("unstake", "DOT.S", "1", to="DOT"),
     Step("cancel", "SOLUSD"),
 )
-#: The steps that close orders, for growing fills or orders alone.
-ORDER_STEPS = tuple(s for s in CYCLE if s.orders)
-#: What fills a ledger slot a two-entry activity would overflow.
-FILLER = Step("deposit", "ZUSD", "10")
+#: What growing fills or orders alone does: each buy sold again, so the balances stay where they
+#: are but for the fees and the price's moves (no deposit needed, whatever the prices); 5 fills
+#: and 6 closed orders a turn.
+ORDER_STEPS: tuple[Step, ...] = (
+    Step("order", "XXBTZUSD", side="buy", fills=("0.01",)),
+    Step("order", "XETHZUSD", side="buy", fills=("0.01", "0.01"), cancel=True),
+    Step("order", "XXBTZUSD", side="sell", fills=("0.01",)),
+    Step("order", "XETHZUSD", side="sell", fills=("0.02",)),
+    Step("cancel", "SOLUSD"),
+)
+#: What fills a ledger slot a two-entry activity would overflow (in turn): a growth rate appends
+#: one entry at a time, so its ledger grows by these, and the fills come from the trades' rate.
+FILLERS: tuple[Step, ...] = (
+    Step("deposit", "ZUSD", "10"),
+    Step("reward", "DOT.S", "0.0012345678"),
+    Step("deposit", "ZEUR", "10"),
+    Step("earn", "ETH.F", "0.0000012345"),
+    Step("deposit", "DOT", "1"),
+)
 
 
 def _places(asset: str) -> int:
@@ -220,7 +235,7 @@ class Account:
         one-entry deposit); returns how many entries it appended (cancels come along for free)."""
         step = CYCLE[self._step % len(CYCLE)]
         if step.entries > room or self._lacks(step, t) is not None:
-            step = self._funding(step, t) if step.entries <= room else FILLER
+            step = self._funding(step, t) if step.entries <= room else self._filler()
             self._apply(step, t)
             return 1
         self._step += 1
@@ -239,7 +254,7 @@ class Account:
         """The deposit that lets ``step`` go through."""
         lacking = self._lacks(step, t)
         if lacking is None:
-            return FILLER
+            return self._filler()
         asset, amount = lacking
         return Step("deposit", asset, str(_q(amount * 2 + 1, _places(asset))))
 
@@ -407,6 +422,9 @@ class Account:
             "balance": fmt(balance, places),
         }
         self.ledger.add(key, kid("L", f"ledger:{self._next('ledger')}"), entry)
+
+    def _filler(self) -> Step:
+        return FILLERS[self._next("filler") % len(FILLERS)]
 
     def _next(self, name: str) -> int:
         n = self._seq.get(name, 0)

@@ -1,5 +1,7 @@
 """ledger verification: ledger_verification (where each account's asset chain is verified to),
-gaps.amount (what a break leaves unaccounted), an index on balances.taken_at
+gaps.amount (what a break leaves unaccounted); indexes on balances.taken_at (the snapshots since
+the last pass), ledger (account, refid) (a trade's legs) and my_trades (account, ordertxid) (an
+order's fills)
 
 Revision ID: 0007
 Revises: 0006
@@ -34,9 +36,13 @@ def upgrade() -> None:
     with op.batch_alter_table("gaps") as batch:
         batch.add_column(sa.Column("amount", ExactDecimal()))
     op.create_index("ix_balances_taken_at", "balances", ["taken_at"])
+    op.create_index("ix_ledger_refid", "ledger", ["account", "refid"])
+    op.create_index("ix_my_trades_ordertxid", "my_trades", ["account", "ordertxid"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_my_trades_ordertxid", "my_trades")
+    op.drop_index("ix_ledger_refid", "ledger")
     op.drop_index("ix_balances_taken_at", "balances")
     with op.batch_alter_table("gaps") as batch:
         batch.drop_column("amount")
