@@ -96,8 +96,8 @@ def load(url: str, account: Account) -> None:
         running.update(_ends(group))
         if len(batch) >= 1000 or j == len(history):
             final = j == len(history)
-            rows = {"ledger": batch}
-            store.write([_record("l", "Ledgers", "ledger", rows, last, done if final else None)])
+            page = {"ledger": batch}
+            store.write([_record("l", "Ledgers", "ledger", page, last, done if final else None)])
             taken = history.keys[i] + 1
             snapshot = [
                 {"asset": a, "amount": v, "job": "b", "taken_at": _utc(taken)}
@@ -266,6 +266,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.url)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress, piped
     began = time.perf_counter()
     account = Account(t0=T0, size=args.entries, rates={})
     print(
@@ -290,7 +291,9 @@ def main() -> None:
         print("1. the whole check (collector verify), beside a plain scan of the ledger")
         for label, url in urls:
             whole(label, url, args.rounds)
-        print("2. the incremental check after a run (the service's), with the million verified")
+        print(
+            "2. the incremental check after a run (the service's), with the whole ledger verified"
+        )
         for label, url in urls:
             incremental(label, url, Account(t0=T0, size=args.entries, rates={}), args.entries)
     finally:

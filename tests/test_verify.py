@@ -135,6 +135,9 @@ def test_verify_proves_a_backfill_and_catches_a_hidden_entry_or_an_offset_balanc
         ]
     assert gaps[0][3] == lines[0].removeprefix("account default: ")
     assert "ledger of account default: UNVERIFIED: 1 break recorded up to " in report
+    (ledger,) = json.loads(cli("status", "--json", str(path)).output)["ledgers"]
+    assert (ledger["account"], ledger["verified"], ledger["breaks"]) == ("default", False, 1)
+    assert (ledger["assets"], ledger["entries"]) == (assets, entries)
     as_json = json.loads(cli("verify", "--json", str(path)).output)
     (account,) = as_json["accounts"]
     assert as_json["ok"] is False and account["ok"] is False
