@@ -444,7 +444,6 @@ def _walk_all(
     main: Reader,
     side: Reader,
     scope: Scope,
-    report: Report,
     upto: datetime,
     stop: threading.Event | None = None,
 ) -> dict[str, AssetWalk]:
@@ -746,7 +745,7 @@ def verify(engine: Engine, scopes_: Sequence[Scope]) -> list[Report]:
                 report.notes.append("the ledger's first backfill has not finished")
                 continue
             report.verified_to = upto
-            walks = _walk_all(main, side, scope, report, upto)
+            walks = _walk_all(main, side, scope, upto)
             _collect(report, walks)
             report.pending_snapshots = _newer_snapshots(side, scope.account, upto)
             trades_to = horizon(main_conn, scope.trades_jobs, "my_trades")
@@ -820,7 +819,7 @@ def advance(
             _totals(report, state.values())
             return report
         if before is None:
-            walks = _walk_all(main, side, scope, report, upto, stop)
+            walks = _walk_all(main, side, scope, upto, stop)
         else:
             walks = _walk_new(main, side, scope, state, before, upto, stop)
         report.verified_to = upto
