@@ -72,6 +72,10 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _ignore_sighup(_signum: int, _frame: Any) -> None:
+    logger.info("received SIGHUP: ignored, run --once reads the job file once")
+
+
 def _open_store(
     database: str, config_file: str | None, until: threading.Event | None = None
 ) -> Any:
@@ -90,6 +94,10 @@ def _open_store(
             store = Store.from_url(database)
             store.upgrade()
             return store
+        except ConfigError as exc:  # at a revision this collector does not know
+            if store is not None:
+                store.dispose()
+            raise ConfigError(exc.message, file=config_file, key="database") from None
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"cannot use {shown}: missing driver {exc.name!r} "
@@ -185,6 +193,11 @@ def run(
     from .reload import Reloader
     from .service import Service, stop_signals
 
+    if once:  # SIGHUP must never kill a run; --once reads the file once
+        signal.signal(signal.SIGHUP, _ignore_sighup)
+    else:  # taken from the first moment; applied once the service is ready
+        reloader = Reloader(lambda: load_config())
+        reloader.install()
     _setup_logging(log_level, log_format)
     if metrics_listen is not None and parse_listen(metrics_listen) is None:
         raise click.BadParameter(
@@ -214,18 +227,20 @@ def run(
             logger.warning("interrupted: the runs that finished are stored")
             sys.exit(130)
         sys.exit(0 if ok else 1)
-    with stop_signals() as stop:
-        store = _open_store(config.database, jobfile, until=stop)
-        if store is None:
-            logger.info("stopped while waiting for the database")
-            return
-        service = Service(config, store=store, workers=workers)
-        reloader = Reloader(service, load_config)  # SIGHUP re-reads the job file
-        reloader.install()
-        try:
+    try:
+        with stop_signals() as stop:
+            store = _open_store(config.database, jobfile, until=stop)
+            if store is None:
+                logger.info("stopped while waiting for the database")
+                return
+            service = Service(config, store=store, workers=workers)
+            reloader.attach(service)  # SIGHUP re-reads the job file
             service.run_forever(stop)
-        finally:
-            reloader.uninstall()
+    finally:
+        reloader.uninstall()
+    if service.failed:
+        click.echo(f"error: collector stopped: {service.failed}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -268,12 +283,12 @@ def check(jobfile: str, database: str | None) -> None:
             f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
             f"next {upcoming}"
         )
-    public = sum(calls_per_second(j, now) for j in config.jobs if not j.private)
+    public = sum(calls_per_second(j) for j in config.jobs if not j.private)
     k = config.kraken
     # Each account has its own key, so its own counter; the public budget is the machine's.
     needs = {
         a.name: sum(
-            calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.account == a.name
+            calls_per_second(j) * cost(j.method) for j in config.jobs if j.account == a.name
         )
         for a in config.accounts
     }

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import math
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -212,7 +215,9 @@ class _Map(dict):
     lines: dict[str, int]
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (ten times faster: 10,000 jobs load in well under a second),
+# with the safe constructor either way: no !!python tags.
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     pass
 
 
@@ -225,7 +230,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, str):
-            raise ConfigError(f"keys must be text, not {key!r}", line=line)
+            raise ConfigError(f"keys must be text, not {show(key)}", line=line)
         if key in out:
             raise ConfigError(
                 f"duplicate key (first at line {out.lines[key]}); YAML would silently keep the last",
@@ -258,7 +263,7 @@ def load(
     name = str(path)
     env = dict(os.environ if environ is None else environ)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_small(path, defaults.JOB_FILE_MAX).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the job file: {_reason(exc)}", file=name) from None
     try:
@@ -284,6 +289,54 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
 
 
+def read_small(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    A FIFO, a device (``/dev/zero``) or a huge file is refused before anything is read: opened
+    without blocking, checked with ``fstat``, then read up to the limit.
+
+    :raises OSError: with a ``strerror`` that says why
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"larger than {limit:,} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(0, f"larger than {limit:,} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxtuple = 2, 3, 3, 3
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 40, 40, 40
+
+
+def show(value: Any) -> str:
+    """``value`` for a message, cut short: a bounded walk, so a YAML alias bomb costs nothing and
+    a huge value never fills a line."""
+    text = _SHOW.repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _range(low: float, high: float) -> str:
+    return (
+        f"between {format_duration(timedelta(seconds=low))} and "
+        f"{format_duration(timedelta(seconds=high))}"
+    )
+
+
 class _Builder:
     def __init__(self, file: str, env: dict[str, str]) -> None:
         self.file, self.env = file, env
@@ -291,6 +344,8 @@ class _Builder:
 
     def error(self, message: str, where: _Map, key: str | None, path: str) -> ConfigError:
         line = where.lines.get(key, where.line) if key is not None else where.line
+        if not path.isprintable():  # a key with a newline must not forge a second line
+            path = show(path)
         return ConfigError(message, file=self.file, line=line, key=path or None)
 
     def check_keys(self, where: _Map, allowed: tuple[str, ...], prefix: str) -> None:
@@ -359,12 +414,28 @@ class _Builder:
             raise self.error("must be a mapping", parent, key, path)
         return value
 
-    def duration(self, where: _Map, key: str, path: str) -> float:
+    def duration(
+        self,
+        where: _Map,
+        key: str,
+        path: str,
+        low: float = 0.0,
+        high: float = defaults.WAIT_MAX,
+    ) -> float:
+        """A duration in seconds, within ``[low, high]`` (every duration is bounded: an endless
+        one would overflow the dates computed from it)."""
         value = where[key]
         seconds = parse_duration(value)
         if seconds is None:
             raise self.error(
-                f"bad duration {value!r}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+                f"bad duration {show(value)}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+                where,
+                key,
+                path,
+            )
+        if not low <= seconds <= high:
+            raise self.error(
+                f"{show(value)} is out of range: must be {_range(max(low, 0.001), high)}",
                 where,
                 key,
                 path,
@@ -385,10 +456,19 @@ class _Builder:
                 "jobs" if "jobs" in raw else None,
                 "jobs",
             )
+        if len(jobs_map) > defaults.JOBS_MAX:
+            raise self.error(
+                f"{len(jobs_map):,} jobs; at most {defaults.JOBS_MAX:,} in one file",
+                raw,
+                "jobs",
+                "jobs",
+            )
         jobs = tuple(self.job(name, jobs_map, kraken, accounts) for name in jobs_map)
         failover = defaults.FAILOVER
         if "failover" in raw:
-            failover = self.duration(raw, "failover", "failover")
+            failover = self.duration(
+                raw, "failover", "failover", defaults.FAILOVER_MIN, defaults.FAILOVER_MAX
+            )
         # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
         # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
         # shell, and are relative to where they are.
@@ -420,8 +500,17 @@ class _Builder:
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
         max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
-        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
-            raise self.error("must be a whole number of runs", spool, "max_runs", "spool.max_runs")
+        if (
+            isinstance(max_runs, bool)
+            or not isinstance(max_runs, int)
+            or not 1 <= max_runs <= defaults.SPOOL_MAX_RUNS_MAX
+        ):
+            raise self.error(
+                f"must be a whole number of runs from 1 to {defaults.SPOOL_MAX_RUNS_MAX:,}",
+                spool,
+                "max_runs",
+                "spool.max_runs",
+            )
         in_file = spool.get("path")
         if in_file is not None and not isinstance(in_file, str):
             raise self.error("must be a file path", spool, "path", "spool.path")
@@ -456,7 +545,7 @@ class _Builder:
         listen = spec["listen"]
         if parse_listen(listen) is None:
             raise self.error(
-                f"must be HOST:PORT, e.g. 127.0.0.1:{defaults.METRICS_PORT}, not {listen!r}",
+                f"must be HOST:PORT, e.g. 127.0.0.1:{defaults.METRICS_PORT}, not {show(listen)}",
                 spec,
                 "listen",
                 "metrics.listen",
@@ -466,7 +555,10 @@ class _Builder:
     def retention(self, raw: _Map) -> dict[str, float]:
         spec = self.mapping(raw, "retention", "retention")
         self.check_keys(spec, RETENTION_KEYS, "retention.")
-        return {table: self.duration(spec, table, f"retention.{table}") for table in spec}
+        return {
+            table: self.duration(spec, table, f"retention.{table}", high=defaults.RETENTION_MAX)
+            for table in spec
+        }
 
     def data_dir(self) -> Path:
         """Where relative data paths in the job file resolve: ``$COLLECTOR_DATA_DIR`` (relative
@@ -499,19 +591,25 @@ class _Builder:
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
-            opts["timeout"] = self.duration(k, "timeout", "kraken.timeout")
+            opts["timeout"] = self.duration(
+                k, "timeout", "kraken.timeout", high=defaults.TIMEOUT_MAX
+            )
         if "max_response_mb" in k:
             size = k["max_response_mb"]
-            if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
+            if (
+                isinstance(size, bool)
+                or not isinstance(size, int | float)
+                or not 0.001 <= size <= defaults.MAX_RESPONSE_MB_MAX
+            ):
                 raise self.error(
-                    "must be a positive number of megabytes",
+                    f"must be a number of megabytes from 0.001 to {defaults.MAX_RESPONSE_MB_MAX}",
                     k,
                     "max_response_mb",
                     "kraken.max_response_mb",
                 )
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
-            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
+            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout", high=defaults.WAIT_MAX)
         key, secret = self.credentials(k, "kraken.", environment=True)
         return KrakenSettings(key=key, secret=secret, **opts)
 
@@ -523,12 +621,12 @@ class _Builder:
                 "give either tier or rate_limit, not both", k, "rate_limit", prefix + "rate_limit"
             )
         if "tier" in k:
-            tier = str(k["tier"]).lower()
+            tier = k["tier"].lower() if isinstance(k["tier"], str) else ""
             if tier not in TIERS:
                 close = difflib.get_close_matches(tier, TIERS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise self.error(
-                    f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
+                    f"unknown tier {show(k['tier'])} (starter, intermediate or pro){hint}",
                     k,
                     "tier",
                     prefix + "tier",
@@ -580,8 +678,10 @@ class _Builder:
                 raise self.error(
                     "must be a mapping with key and secret, or key_file", found, name, path
                 )
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(name)):
-                raise self.error("an account name is letters, digits, _ . or -", found, name, path)
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise self.error(
+                    "an account name is 1 to 64 letters, digits, _ . or -", found, name, path
+                )
             self.check_keys(spec, ACCOUNT_KEYS, path + ".")
             opts = {
                 "tier": kraken.tier,
@@ -622,12 +722,17 @@ class _Builder:
                 raise self.error(
                     "give key_file or key/secret, not both", k, "key_file", prefix + "key_file"
                 )
-            path = Path(str(k["key_file"]))
+            if not isinstance(k["key_file"], str) or not k["key_file"]:
+                raise self.error("must be a file path", k, "key_file", prefix + "key_file")
+            path = Path(k["key_file"])
             if not path.is_absolute():
                 path = Path(self.file).parent / path
             try:
-                with open(path, encoding="utf-8") as f:
-                    key, secret = f.readline().strip(), f.readline().strip()
+                # A regular file of at most 64 KB (never /dev/zero or a FIFO); a BOM, CRLF line
+                # ends and spaces around the values (a key file saved by Notepad) are not part
+                # of them.
+                lines = read_small(path, defaults.KEY_FILE_MAX).decode("utf-8-sig").splitlines()
+                key, secret, *_ = (line.strip() for line in [*lines, "", ""])
             except (OSError, UnicodeDecodeError) as exc:
                 raise self.error(
                     f"cannot read key file {str(path)!r}: {_reason(exc)}",
@@ -699,16 +804,37 @@ class _Builder:
             raise self.error(
                 "must be a mapping {max: N, decay: per-second}", k, key, f"{prefix}{key}"
             )
-        try:
-            return RateLimit(float(value["max"]), float(value["decay"]))
-        except (TypeError, ValueError) as exc:
-            raise self.error(str(exc), k, key, f"{prefix}{key}") from None
+        numbers = [value["max"], value["decay"]]
+        if not all(
+            isinstance(n, int | float)
+            and not isinstance(n, bool)
+            and math.isfinite(n)
+            and 0 < n <= defaults.RATE_MAX
+            for n in numbers
+        ):
+            raise self.error(
+                f"max and decay must be numbers above 0 and at most {defaults.RATE_MAX:,.0f}",
+                k,
+                key,
+                f"{prefix}{key}",
+            )
+        return RateLimit(float(value["max"]), float(value["decay"]))
 
     def job(
         self, name: str, jobs: _Map, kraken: KrakenSettings, accounts: tuple[Account, ...]
     ) -> Job:
-        path = f"jobs.{name}"
+        path = f"jobs.{name}" if name.isprintable() else f"jobs.{name!r}"
         spec = jobs[name]
+        if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}", name):
+            # A name is a log field, a metric label and a status column: no newline that forges
+            # a log line, no terminal escape, no space that breaks a table.
+            raise self.error(
+                f"a job name is 1 to {defaults.NAME_MAX} letters, digits, _ . or -, "
+                f"not {show(name)}",
+                jobs,
+                name,
+                path,
+            )
         if not isinstance(spec, _Map):
             raise self.error(
                 "a job must be a mapping with method and every or cron", jobs, name, path
@@ -734,7 +860,7 @@ class _Builder:
             close = difflib.get_close_matches(method, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise self.error(
-                f"unknown Kraken method {method!r}{hint}", spec, "method", path + ".method"
+                f"unknown Kraken method {show(method)}{hint}", spec, "method", path + ".method"
             )
         params = spec.get("params") or _Map()
         if not isinstance(params, _Map):
@@ -768,35 +894,27 @@ class _Builder:
             )
         tz = spec.get("timezone", "UTC")
         try:
-            ZoneInfo(str(tz))
+            if not isinstance(tz, str):
+                raise ValueError
+            ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise self.error(
-                f"unknown timezone {tz!r}", spec, "timezone", path + ".timezone"
+                f"unknown timezone {show(tz)}", spec, "timezone", path + ".timezone"
             ) from None
         if has_every:
-            seconds = self.duration(spec, "every", path + ".every")
+            seconds = self.duration(
+                spec, "every", path + ".every", defaults.EVERY_MIN, defaults.EVERY_MAX
+            )
             opts["every"] = timedelta(seconds=seconds)
         else:
-            cron = spec["cron"]
-            if not isinstance(cron, str) or len(cron.split()) != 5:
-                raise self.error(
-                    f"bad cron {cron!r}: needs 5 fields (minute hour day month "
-                    "weekday), e.g. '0 * * * *'",
-                    spec,
-                    "cron",
-                    path + ".cron",
-                )
-            try:
-                CronTrigger.from_crontab(cron, timezone=str(tz))
-            except ValueError as exc:
-                raise self.error(
-                    f"bad cron {cron!r}: {exc}", spec, "cron", path + ".cron"
-                ) from None
-            opts["cron"] = cron
+            opts["cron"] = self.cron(spec, tz, path + ".cron")
         if "jitter" in spec:
-            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter")
+            most = defaults.JITTER_MAX
+            if has_every:
+                most = min(most, opts["every"].total_seconds())
+            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter", high=most)
         opts["timeout"] = (
-            self.duration(spec, "timeout", path + ".timeout")
+            self.duration(spec, "timeout", path + ".timeout", high=defaults.TIMEOUT_MAX)
             if "timeout" in spec
             else kraken.timeout
         )
@@ -812,9 +930,12 @@ class _Builder:
             if not isinstance(spec["raw"], bool):
                 raise self.error("must be true or false", spec, "raw", path + ".raw")
             opts["raw"] = spec["raw"]
-        for key in ("stale_after", "retention"):
-            if key in spec:
-                opts[key] = self.duration(spec, key, f"{path}.{key}")
+        if "stale_after" in spec:
+            opts["stale_after"] = self.duration(spec, "stale_after", f"{path}.stale_after")
+        if "retention" in spec:
+            opts["retention"] = self.duration(
+                spec, "retention", f"{path}.retention", high=defaults.RETENTION_MAX
+            )
         job = Job(
             name=str(name),
             method=method,
@@ -824,6 +945,32 @@ class _Builder:
             **opts,
         )
         return self.account_of(job, spec, path, accounts)
+
+    def cron(self, spec: _Map, tz: str, path: str) -> str:
+        """A 5-field cron that fires within ``CRON_HORIZON`` (``0 0 31 2 *`` never does)."""
+        cron = spec["cron"]
+        if not isinstance(cron, str) or len(cron.split()) != 5:
+            raise self.error(
+                f"bad cron {show(cron)}: needs 5 fields (minute hour day month "
+                "weekday), e.g. '0 * * * *'",
+                spec,
+                "cron",
+                path,
+            )
+        try:
+            trigger = CronTrigger.from_crontab(cron, timezone=tz)
+            now = datetime.datetime.now(datetime.UTC)
+            fire = trigger.get_next_fire_time(None, now)
+        except (ValueError, OverflowError) as exc:
+            raise self.error(f"bad cron {show(cron)}: {exc}", spec, "cron", path) from None
+        if fire is None or (fire - now).total_seconds() > defaults.CRON_HORIZON:
+            raise self.error(
+                f"cron {show(cron)} never fires (no such date within four years)",
+                spec,
+                "cron",
+                path,
+            )
+        return cron
 
     def account_of(self, job: Job, spec: _Map, path: str, accounts: tuple[Account, ...]) -> Job:
         """``job`` with the account it runs as: the one it names, or the only one there is."""
@@ -856,9 +1003,9 @@ class _Builder:
                 )
             named = names[0]
         if named not in names:
-            close = difflib.get_close_matches(str(named), names, n=1)
+            close = difflib.get_close_matches(named, names, n=1) if isinstance(named, str) else []
             hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(names)})"
-            raise self.error(f"no account {named!r}{hint}", spec, "account", path + ".account")
+            raise self.error(f"no account {show(named)}{hint}", spec, "account", path + ".account")
         return dataclasses.replace(job, account=str(named))
 
 
@@ -867,7 +1014,7 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value > 0 else None
+        return float(value) if value > 0 and math.isfinite(value) else None
     if not isinstance(value, str) or not value:
         return None
     match = _DURATION.fullmatch(value.strip())
@@ -875,7 +1022,7 @@ def parse_duration(value: Any) -> float | None:
         return None
     d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
     seconds = d * 86400 + h * 3600 + m * 60 + s
-    return seconds if seconds > 0 else None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
 
 
 def parse_listen(value: Any) -> tuple[str, int] | None:

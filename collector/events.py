@@ -62,6 +62,32 @@ class WriteStalled:
 
 
 @dataclass(frozen=True)
+class DatabaseUnavailable:
+    """The database can't take writes (``lasting``: it answers but refuses them, or its SQLite
+    file is gone: a person must act); runs wait in the spool until :class:`SpoolDrained`."""
+
+    reason: str
+    lasting: bool = False
+
+
+@dataclass(frozen=True)
+class RecordRefused:
+    """The database refused a run's content (a value it can't hold); the run was stored without
+    its answer, rows and cursor, so its job continues from the cursor stored before."""
+
+    record: RunRecord
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServiceFailed:
+    """A part of the service that must never stop has stopped (the scheduler's thread): the
+    process is unhealthy and exits non-zero."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class RateLimitWaited:
     """A call waits ``seconds`` for budget in the ``limiter`` (``private`` or ``public``)."""
 

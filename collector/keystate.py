@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .nonce import UNITS
 
 logger = logging.getLogger(__name__)
@@ -103,19 +104,24 @@ class KeyState:
     def _load(self) -> dict[str, Any]:
         try:
             raw = json.loads(self.path.read_text())
+            scale = UNITS.get(str(raw.get("unit", self.unit)), UNITS[self.unit])
+            return {
+                "last": _convert(int(raw.get("last", 0)), scale, UNITS[self.unit]),
+                "leases": {
+                    str(owner): _convert(int(mark), scale, UNITS[self.unit])
+                    for owner, mark in dict(raw.get("leases", {})).items()
+                },
+            }
         except FileNotFoundError:
             return {"last": 0, "leases": {}}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             # A mark we can't read must not become 0 silently: that would reuse nonces.
-            raise RuntimeError(f"cannot read the nonce mark {self.path}: {exc}") from exc
-        scale = UNITS.get(str(raw.get("unit", self.unit)), UNITS[self.unit])
-        return {
-            "last": _convert(int(raw.get("last", 0)), scale, UNITS[self.unit]),
-            "leases": {
-                str(owner): _convert(int(mark), scale, UNITS[self.unit])
-                for owner, mark in dict(raw.get("leases", {})).items()
-            },
-        }
+            reason = getattr(exc, "strerror", None) or f"not a nonce mark ({type(exc).__name__})"
+            raise ConfigError(
+                f"cannot read the key's nonce mark: {reason}. If no program used this key "
+                "ahead of the clock, move the file aside and start again",
+                file=str(self.path),
+            ) from None
 
     def _save(self, data: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import deadline, defaults
 from .config import Job, parse_listen
 from .datasets import Dataset
 from .errors import CollectorError
@@ -299,17 +301,50 @@ class Monitor:
 
 
 class _Server(ThreadingHTTPServer):
+    """A listener that can never take what the collector needs: at most ``LISTENER_THREADS``
+    requests at a time (a connection beyond them is closed at once, holding no thread and no
+    descriptor), each cut after ``LISTENER_TIMEOUT`` seconds however slowly its peer sends or
+    reads, and no traceback on stderr when a peer resets."""
+
     daemon_threads = True
+    request_queue_size = 16  # the kernel's backlog, not our descriptors
 
     def __init__(self, address: tuple[str, int], handler: type, monitor: Monitor) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.monitor = monitor
+        self._slots = threading.BoundedSemaphore(defaults.LISTENER_THREADS)
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: refused, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        watch = deadline.Watch(defaults.LISTENER_TIMEOUT)
+        watch.add(request)
+        deadline.REAPER.add(watch)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            watch.finish()
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that resets or is cut: one debug line, never a traceback on stderr (which would
+        # also break --log-format json).
+        logger.debug("metrics: a request from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = defaults.LISTENER_TIMEOUT  # each read; the watch bounds the whole request
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

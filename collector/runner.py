@@ -27,8 +27,9 @@ from .errors import (
     NotPermitted,
     RequestError,
     Status,
+    cut,
 )
-from .events import Events, LockedOut, RunFinished
+from .events import Events, LockedOut, RecordRefused, RunFinished
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -86,6 +87,9 @@ class Runner:
         self._load_cursor = load_cursor
         self._cursors: dict[tuple[str, str], Any] = {}
         self._cursor_lock = threading.Lock()
+        # A run the database refused was stored without its cursor: its job continues from the
+        # stored one, not from the one held here (which is past the refused rows).
+        self.events.subscribe(RecordRefused, lambda e: self.forget(e.record.job))
 
     def run(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
         """Call ``job``'s method (each call retried within the job's deadline), page through what
@@ -158,7 +162,7 @@ class Runner:
             except Exception as exc:  # an answer that doesn't hold what it should
                 if not isinstance(exc, BadResponse | ValueError):
                     logger.exception("job %s: unexpected error reading the answer", job.name)
-                record.status, record.error = Status.BAD_RESPONSE, str(exc)
+                record.status, record.error = Status.BAD_RESPONSE, cut(str(exc))
                 answers = answers or [result]  # the answer that could not be read is kept
                 keep = True
                 break
@@ -172,8 +176,13 @@ class Runner:
                 break
             # More to fetch: this page is stored now with its cursor (and we wait for that), so a
             # run cut short continues from here; the run's final record follows the last page.
-            self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
+            stored = self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
             record.rows = {}
+            if stored is False:  # refused for its content: stored without rows and cursor
+                record.status = Status.BAD_RESPONSE
+                record.error = "a page could not be stored; the next run asks for it again"
+                record.cursor = None
+                break
             params = page.next
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
@@ -207,7 +216,7 @@ class Runner:
                 return True, reply.result
             except RequestError as exc:
                 record.status, record.http_status = exc.status, exc.http_status
-                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+                record.error = cut(", ".join(exc.errors) if exc.errors else str(exc))
                 kind, reason = classify(exc), exc.reason
             except (Cancelled, NotPermitted):
                 raise
@@ -215,7 +224,10 @@ class Runner:
                 record.status, record.error = exc.status, str(exc)
             except Exception as exc:  # a bug must not kill the service; it becomes a stored row
                 logger.exception("job %s: unexpected error", job.name)
-                record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
+                record.status, record.error = (
+                    Status.BAD_RESPONSE,
+                    cut(f"{type(exc).__name__}: {exc}"),
+                )
             if kind is None or not self._retry_after(
                 job, kind, attempt, nonce_retries, deadline, reason
             ):

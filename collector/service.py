@@ -29,7 +29,7 @@ from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events, RateLimitWaited
+from .events import Events, RateLimitWaited, ServiceFailed
 from .keystate import KeyState
 from .metrics import Monitor
 from .nonce import UNITS
@@ -148,7 +148,12 @@ class Service:
             stopping=self.stopping,
         )
         self.workers = workers
-        self.schedule = Schedule(config.jobs, self.runner.run, workers)
+        self.schedule = Schedule(
+            config.jobs,
+            self.runner.run,
+            workers,
+            on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
+        )
         self.keystates = {
             name: KeyState(config.state_dir, client.key, client.nonces.unit)
             for name, client in self.apis.items()
@@ -277,9 +282,17 @@ class Service:
             return
         logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
 
+    @property
+    def failed(self) -> str | None:
+        """Why the service can't go on (its scheduler's thread died), or None."""
+        return self.schedule.failed
+
     def stop(self) -> None:
-        """Stop scheduling, let calls in flight finish, write everything, close the session."""
+        """Stop scheduling, give calls in flight a short grace, write everything, close the
+        session."""
         self.stopping.set()
+        for client in self._clients():
+            client.cut_calls(defaults.STOP_GRACE)
         if self.monitor is not None:
             self.monitor.stop()
         self.retention.stop()
@@ -298,7 +311,7 @@ class Service:
                 last = {name: client.nonces.last for name, client in self.apis.items()}
                 if self._opened:
                     self.leases.stop(last)
-                for client in {id(c): c for c in [self.public_api, *self.apis.values()]}.values():
+                for client in self._clients():
                     client.close()
                 self.store.dispose()
                 self.spool.close()
@@ -307,14 +320,18 @@ class Service:
                         state.stop(last[name])
         logger.info("collector stopped: %d runs written", self.writer.written)
 
+    def _clients(self) -> list[API]:
+        return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())
+
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), then stop cleanly."""
+        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), or until the service
+        fails (see :attr:`failed`), then stop cleanly."""
         with contextlib.ExitStack() as stack:
             if stop is None:
                 stop = stack.enter_context(stop_signals())
             try:
                 self.start()
-                while not stop.wait(1.0):
+                while not stop.wait(1.0) and self.failed is None:
                     pass
             finally:
                 self.stop()

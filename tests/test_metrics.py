@@ -182,7 +182,10 @@ def test_healthz_503_while_the_database_is_away_and_runs_spool(tmp_path, fake, k
             _, body = health(service)
             assert body["writer"] in (State.SPOOLING, State.DRAINING)
             assert body["spool_growing"] is True
-            assert "database unavailable: runs go to the spool" in body["problems"]
+            assert [p for p in body["problems"] if p.startswith("database unavailable")] == [
+                "database unavailable (OperationalError: (sqlite3.OperationalError) database is "
+                "locked): runs go to the spool"
+            ]
             assert scrape(service)[("collector_spool_runs", ())] > 0
         finally:
             blocker.rollback()
