@@ -333,9 +333,33 @@ def _named_accounts(config: Config) -> bool:
 
 
 def _check_database(config: Config) -> None:
-    """The database must be usable: SQLite's folder exists; a server answers."""
+    """The database must be usable: SQLite's folder exists, and a file there is at a revision
+    this collector knows (read, never created or migrated); a server answers (and is migrated)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .status import exists
+    from .store import check_revision
+
     if not _check_sqlite_folder(config):
         _open_store(config.database, config.path).dispose()
+        return
+    if not exists(config):
+        return
+    engine = create_engine(config.database)
+    try:
+        check_revision(engine)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=config.path, key="database") from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise ConfigError(
+            f"cannot use database {config.database_for_display()}: {reason}",
+            file=config.path,
+            key="database",
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite_folder(config: Config) -> bool:

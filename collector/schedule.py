@@ -157,7 +157,6 @@ class _Scheduler(BackgroundScheduler):
             reason = f"{type(exc).__name__}: {exc}"
             logger.critical("the scheduler's thread died (%s); no job runs: stopping", reason)
             self.on_death(reason)
-            raise
 
 
 class Schedule:

@@ -167,13 +167,31 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             target.dispose()
 
 
-def _unknown_revision(connection: Any, cfg: Any, exc: Exception) -> Exception:
+def check_revision(engine: Engine) -> None:
+    """Read-only: that the database is at a revision this collector knows (or has none yet).
+
+    :raises ConfigError: a newer collector migrated it
+    """
+    from alembic.config import Config as AlembicConfig
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    scripts = ScriptDirectory.from_config(cfg)
+    with engine.connect() as connection:
+        found = MigrationContext.configure(connection).get_current_revision()
+        if found is not None and found not in {r.revision for r in scripts.walk_revisions()}:
+            raise _unknown_revision(connection, cfg, None)
+
+
+def _unknown_revision(connection: Any, cfg: Any, exc: Exception | None) -> Exception:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     found = MigrationContext.configure(connection).get_current_revision()
     known = ScriptDirectory.from_config(cfg).get_current_head()
-    if found is None:
+    if found is None and exc is not None:
         return exc
     return ConfigError(
         f"the database is at revision {found}, which this collector does not know (it knows up "

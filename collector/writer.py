@@ -416,7 +416,8 @@ def _answered(exc: BaseException) -> bool:
 def _unstorable(record: RunRecord, exc: BaseException, *, bare: bool = False) -> RunRecord:
     """``record`` without what could not be stored, marked as a bad response; ``bare``: without
     its params too (a cursor value from a hostile answer can sit in them)."""
-    reason = f"{type(exc).__name__}: {_clean(_first_line(exc))[:200]}"
+    reason = f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+    before = f"{record.error}; " if record.error else ""
     return dataclasses.replace(
         record,
         status=Status.BAD_RESPONSE,
@@ -424,7 +425,7 @@ def _unstorable(record: RunRecord, exc: BaseException, *, bare: bool = False) ->
         rows={},
         cursor=None,
         params={} if bare else _clean(record.params),
-        error=cut(f"the answer could not be stored ({reason})"),
+        error=cut(_clean(f"{before}the answer could not be stored ({reason})")),
     )
 
 
