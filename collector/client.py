@@ -59,6 +59,7 @@ from .errors import (
     NotPermitted,
     RequestTimeout,
 )
+from .keystate import KeyBudget
 from .methods import cost, is_public
 from .nonce import NonceSource
 from .ratelimit import PUBLIC_DEFAULT, RateLimit, RateLimiter, tier
@@ -165,6 +166,10 @@ class API:
         #: when set, private calls are sent only while it returns True (checked under the private
         #: lock, right before the nonce is taken): an account this process holds the lease on
         self.permit: Callable[[], bool] | None = None
+        #: when set, the key's counter and nonce sequence shared with the other processes using
+        #: the key on this machine (:class:`collector.keystate.KeyBudget`): each private call
+        #: takes its turn under it
+        self.shared: KeyBudget | None = None
         self._json_options: dict[str, Any] = {}
         self._private_lock = threading.Lock()
         self._auth_cache: tuple[str, str, KrakenAuth] | None = None
@@ -211,7 +216,7 @@ class API:
         :raises CredentialsError: without a key and secret
         :raises requests.HTTPError: on a non-2xx status (:class:`~collector.errors.HTTPStatusError`)
         """
-        return self._decode(self._send_private(method, data, timeout), method)
+        return self._send_private(method, data, timeout)[1]
 
     def _nonce(self) -> int:
         """The next nonce: strictly greater than every one this client issued, and the floor."""
@@ -244,15 +249,15 @@ class API:
     ) -> Reply:
         """Call ``method`` (public or private, decided by the method) and return its result.
 
-        :raises KrakenAPIError: the answer held E-errors (``EAPI:Rate limit exceeded`` also fills
-            the client's counter, so the next call waits)
+        :raises KrakenAPIError: the answer held E-errors (after ``EAPI:Rate limit exceeded`` the
+            client sends nothing for the key until its counter has drained)
         :raises HTTPStatusError, RequestTimeout, ConnectionFailed, BadResponse: as their names say
         """
         if is_public(method):
             response = self._send_public(method, data, timeout)
+            payload = self._decode(response, method)
         else:
-            response = self._send_private(method, data, timeout)
-        payload = self._decode(response, method)
+            response, payload = self._send_private(method, data, timeout)
         status = response.status_code
         errors = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
@@ -264,8 +269,6 @@ class API:
             )
         hard = [e for e in errors if not e.startswith("W")]
         if hard:
-            if RATE_LIMIT_ERROR in hard and self.limiter and not is_public(method):
-                self.limiter.saturate()
             reason = ", ".join(hard)
             raise KrakenAPIError(
                 f"{method}: {reason}",
@@ -297,15 +300,17 @@ class API:
 
     def _send_private(
         self, method: str, data: Mapping[str, Any] | None, timeout: float | None
-    ) -> requests.Response:
+    ) -> tuple[requests.Response, Any]:
+        """Send a private call and decode its answer: ``(response, payload)``."""
         auth = self._auth()
         if data and "nonce" in data:
             raise CredentialsError("do not pass 'nonce' in data; the client takes it")
         params = encode_params(data)
         urlpath = f"/{self.apiversion}/private/{method}"
-        # One lock from budget to answer: nonces reach the exchange in the order they were taken,
-        # and the budget is counted as close as possible to the moment the exchange counts it.
-        with self._private_lock:
+        # One lock from budget to answer (and, with `shared`, one turn with the key among all
+        # processes using it): nonces reach the exchange in the order they were taken, and the
+        # budget is counted as close as possible to the moment the exchange counts it.
+        with self._private_lock, self._turn():
             if self.limiter:
                 self.limiter.acquire(cost(method), self.cancel)
             if self.permit is not None and not self.permit():
@@ -313,7 +318,27 @@ class API:
             nonce = self._nonce()
             body = f"nonce={nonce}&{params}" if params else f"nonce={nonce}"
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
-            return self._http(method, urlpath, "", body, headers, auth, timeout)
+            response = self._http(method, urlpath, "", body, headers, auth, timeout)
+            payload = self._decode(response, method)
+            errors = payload.get("error") if isinstance(payload, dict) else None
+            if self.limiter and isinstance(errors, list):
+                if RATE_LIMIT_ERROR in errors:
+                    # Before the next call of any thread (or process): it must wait the drain.
+                    wait = self.limiter.refused(cost(method))
+                    logger.warning(
+                        "Kraken refused a call for the key's rate limit (%d in a row); no private "
+                        "call for %.1fs while its counter drains",
+                        self.limiter.refusals,
+                        wait,
+                    )
+                elif not any(isinstance(e, str) and e.startswith("E") for e in errors):
+                    self.limiter.accepted()
+            return response, payload
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        if self.shared is None:
+            return contextlib.nullcontext()
+        return self.shared.turn(self.limiter, self.nonces)
 
     def _http(
         self,

@@ -21,6 +21,14 @@ PUBLIC_MAX, PUBLIC_DECAY = 5.0, 1.0
 #: How far under the exchange's maximum our copy of the counter stays: the exchange counts a call
 #: when it arrives, slightly after we counted it.
 HEADROOM = 0.5
+#: After ``EAPI:Rate limit exceeded``, nothing is sent until the counter has drained by the refused
+#: call's cost and this many more units (doubling on each refusal in a row, up to a full drain).
+REFUSAL_MARGIN = 1.0
+#: Refusals in a row after which ``/healthz`` says the key is being refused (503): one is a blip
+#: the client recovers from in one drain, three mean something keeps the key over its limit.
+REFUSALS_UNHEALTHY = 3
+#: How often a process says that another process uses its API key (seconds).
+KEY_SHARED_WARN_EVERY = 600.0
 #: Threads sharing one client's connection pool; more would discard connections.
 POOL_SIZE = 32
 #: The largest answer read (bytes). No Kraken answer comes near it; a larger one is hostile.

@@ -96,6 +96,16 @@ class RateLimitWaited:
 
 
 @dataclass(frozen=True)
+class RateLimitRefused:
+    """Kraken refused a call of ``account``'s key for its rate limit: nothing is sent with the
+    key for ``seconds`` (``refusals`` in a row so far)."""
+
+    account: str
+    seconds: float
+    refusals: int
+
+
+@dataclass(frozen=True)
 class LockedOut:
     """Kraken locked the key out (``EGeneral:Temporary lockout``); the account's private calls
     pause ``seconds``."""

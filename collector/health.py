@@ -27,6 +27,7 @@ from .events import (
     DatabaseUnavailable,
     Events,
     LockedOut,
+    RateLimitRefused,
     Reloaded,
     RunFinished,
     ServiceFailed,
@@ -111,6 +112,7 @@ class Health:
         self._stalled: str | None = None  # neither database nor spool takes runs
         self._locked_until = 0.0  # monotonic
         self._unavailable: str | None = None  # why the database takes no writes, until drained
+        self._refused: dict[str, tuple[float, int]] = {}  # account: (monotonic until, in a row)
         self._failed: str | None = None
         events.subscribe(RunFinished, self._finished)
         events.subscribe(Spooled, self._spooled)
@@ -121,6 +123,7 @@ class Health:
         events.subscribe(Reloaded, self._reloaded)
         events.subscribe(DatabaseUnavailable, self._database_unavailable)
         events.subscribe(ServiceFailed, self._service_failed)
+        events.subscribe(RateLimitRefused, self._rate_refused)
 
     def start(self) -> None:
         now = self._clock()
@@ -148,6 +151,10 @@ class Health:
     def _database_unavailable(self, event: DatabaseUnavailable) -> None:
         with self._lock:
             self._unavailable = event.reason
+
+    def _rate_refused(self, event: RateLimitRefused) -> None:
+        with self._lock:
+            self._refused[event.account] = (time.monotonic() + event.seconds, event.refusals)
 
     def _service_failed(self, event: ServiceFailed) -> None:
         with self._lock:
@@ -217,6 +224,20 @@ class Health:
             locked = max(0.0, self._locked_until - time.monotonic())
             if locked > 0:
                 problems.append(f"Kraken locked the key out; private calls resume in {locked:.0f}s")
+            keys = {}
+            for account, (until, refusals) in sorted(self._refused.items()):
+                left = until - time.monotonic()
+                if left <= 0:
+                    continue
+                keys[account] = {"refused_for_seconds": round(left, 1), "refusals": refusals}
+                # One refusal is a blip the client recovers from; a streak means something else
+                # keeps the key over its limit.
+                if refusals >= defaults.REFUSALS_UNHEALTHY:
+                    problems.append(
+                        f"Kraken refuses account {account}'s key (EAPI:Rate limit exceeded, "
+                        f"{refusals} in a row): is another program using it? Private calls "
+                        f"resume in {left:.0f}s"
+                    )
         healthy = not problems
         return healthy, {
             "status": "ok" if healthy else "unhealthy",
@@ -225,6 +246,7 @@ class Health:
             "writer": str(state),
             "spool_growing": spool_growing,
             "locked_out_seconds": round(locked, 1),
+            "refused_keys": keys,
         }
 
 

@@ -31,14 +31,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import deadline, defaults
 from .config import Job, parse_listen
 from .datasets import Dataset
 from .errors import CollectorError
-from .events import BatchStored, Events, RateLimitWaited, Reloaded, RunFinished
+from .events import BatchStored, Events, RateLimitRefused, RateLimitWaited, Reloaded, RunFinished
 from .health import Health, cursor_time, utcnow
 from .nonce import UNITS
 from .writer import State
@@ -214,6 +214,41 @@ class _Computed:
             )
 
 
+class _Keys:
+    """Each account key's rate counter, read when scraped, and Kraken's refusals of it, counted
+    from :class:`~collector.events.RateLimitRefused`."""
+
+    def __init__(self, levels: Callable[[], dict[str, float]], events: Events) -> None:
+        self._levels = levels
+        self._refusals: dict[str, int] = dict.fromkeys(levels(), 0)
+        self._lock = threading.Lock()
+        events.subscribe(RateLimitRefused, self._refused)
+
+    def _refused(self, event: RateLimitRefused) -> None:
+        with self._lock:
+            self._refusals[event.account] = self._refusals.get(event.account, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        level = GaugeMetricFamily(
+            "collector_key_counter",
+            "The key's rate counter as the collector believes it (Kraken's units; over its "
+            "maximum while a refusal drains)",
+            labels=["account"],
+        )
+        for account, value in sorted(self._levels().items()):
+            level.add_metric([account], value)
+        yield level
+        refused = CounterMetricFamily(
+            "collector_rate_limit_refusals",
+            "Calls Kraken refused with EAPI:Rate limit exceeded, by account",
+            labels=["account"],
+        )
+        with self._lock:
+            for account, count in sorted(self._refusals.items()):
+                refused.add_metric([account], count)
+        yield refused
+
+
 class Monitor:
     """Metrics and health of one service, served on ``listen`` (``HOST:PORT``; port 0 picks a free
     one, see :attr:`address`). Constructing one binds nothing; :meth:`start` does.
@@ -237,6 +272,7 @@ class Monitor:
         load_cursor: Callable[[str, str], Any],
         datasets: Mapping[str, Dataset],
         clock: Callable[[], datetime] = utcnow,
+        keys: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         address = parse_listen(listen)
         if address is None:
@@ -247,6 +283,8 @@ class Monitor:
             events, pending=pending, spooled=spooled, nonce=nonce, nonce_unit=nonce_unit
         )
         self.metrics.describe(jobs)
+        if keys is not None:
+            self.metrics.registry.register(_Keys(keys, events))
         self.health = Health(jobs, events, writer_state, clock)
         self._load_cursor = load_cursor
         self._datasets = datasets

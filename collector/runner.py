@@ -30,6 +30,7 @@ from .errors import (
     cut,
 )
 from .events import Events, LockedOut, RecordRefused, RunFinished
+from .methods import cost
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -301,9 +302,14 @@ class Runner:
             self.events.publish(LockedOut(self.retry.lockout, job.account))
         if not self.retry.should_retry(kind, attempt, nonce_retries):
             return False
-        # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
-        # which the refusal has filled; transient failures back off.
-        wait = self.retry.backoff(attempt) if kind == Kind.TRANSIENT else 0.0
+        # A nonce retry takes a fresh nonce at once; transient failures back off; a rate-limit
+        # retry waits in the limiter (with every other call of the key) until the refusal's
+        # drain is over, so it is made only when that ends within the job's deadline.
+        wait = 0.0
+        if kind == Kind.TRANSIENT:
+            wait = self.retry.backoff(attempt)
+        elif kind == Kind.RATE_LIMIT and limiter is not None:
+            wait = limiter.wait_time(cost(job.method))
         if time.monotonic() + wait >= deadline:
             return False
         logger.info(
@@ -314,4 +320,6 @@ class Runner:
             wait,
             extra={"job": job.name},
         )
+        if kind == Kind.RATE_LIMIT:
+            return not self.stopping.is_set()  # the limiter does the waiting
         return not self.stopping.wait(wait)

@@ -29,8 +29,8 @@ from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events, RateLimitWaited, ServiceFailed
-from .keystate import KeyState
+from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
+from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS
 from .records import RunRecord
@@ -158,6 +158,18 @@ class Service:
             name: KeyState(config.state_dir, client.key, client.nonces.unit)
             for name, client in self.apis.items()
         }
+        # Each key's counter and nonce sequence, shared with every process using the key here.
+        for name, client in self.apis.items():
+            client.shared = KeyBudget(
+                config.state_dir,
+                client.key,
+                client.nonces.unit,
+                database=config.database_for_display(),
+            )
+            if client.limiter is not None:
+                client.limiter.on_refused = lambda s, n, name=name: self.events.publish(
+                    RateLimitRefused(name, s, n)
+                )
         self._opened = False
         # Metrics count the waits (the clients stay metrics-free): the public budget, and each
         # account's counter ("private" for the one account of a file without accounts:).
@@ -182,7 +194,12 @@ class Service:
                 nonce_unit=self.api.nonces.unit,
                 load_cursor=self.store.load_cursor,
                 datasets=self.runner.datasets,
+                keys=self._key_levels,
             )
+
+    def _key_levels(self) -> dict[str, float]:
+        """Each account key's rate counter, as this process believes it."""
+        return {n: c.limiter.level() for n, c in self.apis.items() if c.limiter is not None}
 
     def _marks(self) -> dict[str, int]:
         """Each account's highest nonce so far, by its row in ``collector_state``."""
@@ -218,6 +235,16 @@ class Service:
                 slack=defaults.NONCE_LEASE_SLACK,
             )
             client.nonces.raise_floor(floor)
+            if client.shared is not None and client.limiter is not None and state.crashed:
+                # A process died with the key: its last calls may have filled the counter.
+                client.shared.assume_full(client.limiter.limit.max)
+            for owner in state.live_owners():
+                logger.warning(
+                    "another process uses the API key of account %s: %s; they share one budget "
+                    "and one nonce sequence: give each collector a key of its own",
+                    name,
+                    owner.replace(":", " pid "),
+                )
         self.writer.start()
         self.leases.start()
         self._opened = True
@@ -318,6 +345,9 @@ class Service:
                 if self._opened:
                     for name, state in self.keystates.items():
                         state.stop(last[name])
+                for client in self.apis.values():
+                    if client.shared is not None:
+                        client.shared.close()
         logger.info("collector stopped: %d runs written", self.writer.written)
 
     def _clients(self) -> list[API]:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from .config import Config, Job, format_duration
 from .datasets import for_method
 from .health import cursor_time, interval, is_stale, stale_after
+from .keystate import KeyBudget
 from .retention import TIME_COLUMNS
 from .schema import cursors, runs
 from .store import Store
@@ -56,10 +57,12 @@ def collect(
         for j in jobs
         if j["state"] == "stale"
     ]
+    accounts = _accounts(config, store, now)
     return {
         "healthy": not problems,
         "problems": problems,
         "jobs": jobs,
+        "accounts": accounts,
         "spool_waiting": spool_waiting or 0,
         "oldest_run": _iso(oldest),
         "database": config.database_for_display(),
@@ -146,6 +149,39 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
     return out
 
 
+def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[str, Any]]:
+    """Each account's key: its rate counter as the last process left it (the key's budget file
+    in the state folder), and Kraken's rate-limit refusals in the last hour (from ``runs``)."""
+    out = []
+    since = now - timedelta(hours=1)
+    for account in config.accounts:
+        budget = KeyBudget(config.state_dir, account.key, account.nonce_unit).read()
+        counter = None
+        if "level" in budget:
+            ago = max(0.0, now.timestamp() - float(budget["at"]))
+            counter = round(max(0.0, float(budget["level"]) - ago * account.tier.decay), 1)
+        refused, last = 0, None
+        if store is not None:
+            with store.engine.connect() as conn:
+                refused, last = conn.execute(
+                    select(func.count(), func.max(runs.c.started_at)).where(
+                        runs.c.account == account.name,
+                        runs.c.started_at > since,
+                        runs.c.error.like("%Rate limit exceeded%"),
+                    )
+                ).one()
+        out.append(
+            {
+                "name": account.name,
+                "counter": counter,
+                "counter_max": account.tier.max,
+                "rate_limit_refusals_1h": refused,
+                "last_refusal": _iso(last),
+            }
+        )
+    return out
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no infinity
 
@@ -206,6 +242,15 @@ def render(report: dict[str, Any]) -> str:
     out = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
     ]
+    for a in report.get("accounts", []):
+        counter = "-" if a["counter"] is None else f"{a['counter']:g} of {a['counter_max']:g}"
+        line = f"account {a['name']}: key counter {counter}"
+        if a["rate_limit_refusals_1h"]:
+            line += (
+                f"; Kraken refused it for the rate limit {a['rate_limit_refusals_1h']} times in "
+                f"the last hour (last {_short(a['last_refusal'])}): is another program using it?"
+            )
+        out.append(line)
     waiting = report["spool_waiting"]
     out.append(f"spool: {f'{waiting:,} runs waiting' if waiting else 'empty'}")
     out.append(f"oldest run kept: {_short(report['oldest_run'])} (times in UTC)")

@@ -488,6 +488,7 @@ class FakeKraken:
         self.calls: Counter[str] = Counter()  # every request, by method
         self.errors: Counter[str] = Counter()  # every Kraken error string answered
         self.accepted: Counter[str] = Counter()  # private calls that passed every check, by key
+        self.spent: Counter[str] = Counter()  # their cost on the key's counter (Ledgers: 2)
         self.state_changing_calls = 0
         #: the last API-Sign values received (so tests can prove they never leak)
         self.signatures: deque[str] = deque(maxlen=10_000)
@@ -674,6 +675,15 @@ class FakeKraken:
         first = open_at - (OHLC_ROWS - 1) * step
         return [_candle(canonical, step, t, now) for t in range(first, open_at, step)]
 
+    def counter_level(self, key: str) -> float:
+        """The key's call counter now, as the exchange keeps it (0 before its first call)."""
+        with self._lock:
+            counter = self._counters.get(key)
+            if counter is None:
+                return 0.0
+            elapsed = self.clock() - counter.at
+            return max(0.0, counter.level - elapsed * counter.limit.decay)
+
     def result(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """What ``method`` would answer now: the envelope's ``result`` (``None`` where Kraken
         omits it), as a client decodes it. No HTTP, no key, counter or fault: a look at the data.
@@ -725,14 +735,16 @@ class FakeKraken:
             if not 0 < nonce < 2**64 or nonce <= self.last_nonce.get(key, 0):
                 return "EAPI:Invalid nonce"
             self.last_nonce[key] = nonce
+            method = path.rsplit("/", 1)[-1]
+            units = 2 if method in COSTLY_METHODS else 1
             if self.limit is not None:
                 counter = self._counters.get(key)
                 if counter is None:
                     counter = self._counters[key] = _Counter(self.limit, self.clock)
-                method = path.rsplit("/", 1)[-1]
-                if not counter.add(2 if method in COSTLY_METHODS else 1):
+                if not counter.add(units):
                     return "EAPI:Rate limit exceeded"
             self.accepted[key] += 1
+            self.spent[key] += units
         return None
 
     def check_public(self, client_ip: str) -> str | None:
