@@ -653,12 +653,24 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
         collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
         collector db upgrade jobs.yaml
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from .config import database_problem, with_driver
     from .store import current_revision
 
     if jobfile:
         url = load(jobfile, database=database).database
     else:
         url = database or os.environ.get(DATABASE_ENV) or defaults.DATABASE
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):
+            parsed = None
+        problem = database_problem(parsed) if parsed else "malformed; e.g. sqlite:///collector.db"
+        if problem or parsed is None:
+            raise ConfigError(problem or "", key="--db" if database else DATABASE_ENV)
+        url = with_driver(parsed)
     store = _open_store(url, jobfile)
     click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()

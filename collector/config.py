@@ -517,11 +517,9 @@ class _Builder:
                 where_db[0],
                 "database",
             ) from None
-        problem = _database_problem(url)
+        problem = database_problem(url)
         if problem:
             raise self.error(problem, where_db[1], where_db[0], "database")
-        if url.drivername == "postgres":  # what hosting providers hand out (Heroku, Render, ...)
-            url = url.set(drivername="postgresql+psycopg")
         if from_file:
             url = _sqlite_under(url, data_dir)
         spool = self.mapping(raw, "spool", "spool")
@@ -551,7 +549,7 @@ class _Builder:
                 spool_path = str(data_dir / defaults.SPOOL_NAME)
         return Config(
             self.file,
-            _with_driver(url),
+            with_driver(url),
             kraken,
             jobs,
             spool_path,
@@ -1227,7 +1225,7 @@ _DRIVERS = {
 }
 
 
-def _database_problem(url: URL) -> str | None:
+def database_problem(url: URL) -> str | None:
     """What is wrong with a database URL that parsed, or None."""
     backend = url.get_backend_name()
     if backend not in _DRIVERS:
@@ -1263,8 +1261,9 @@ def _sqlite_under(url: URL, folder: Path) -> URL:
     return url.set(database=str(folder / name))
 
 
-def _with_driver(url: URL) -> str:
-    """``postgresql://`` means psycopg 3 here (the ``postgres`` extra), not psycopg2."""
-    if url.drivername == "postgresql":
+def with_driver(url: URL) -> str:
+    """``postgresql://`` (and ``postgres://``, as hosting providers write it) means psycopg 3
+    here (the ``postgres`` extra), not psycopg2."""
+    if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)
