@@ -417,6 +417,29 @@ def test_pair_names_offline() -> None:
     assert not same("ETHUSD", "XXBTZUSD") and not same("XBTEUR", "XXBTZUSD")
 
 
+@pytest.mark.parametrize(
+    ("job", "problem"),
+    [
+        ("{method: Trades, every: 1m, params: {pair: XBTUSD}, since: 2024-13-01}", "month must be"),
+        ('{method: OHLC, every: 1m, params: {pair: "XBTUSD,ETHUSD"}}', "takes one pair"),
+        ("{method: Ticker, every: 1m, params: {pairs: XBTUSD}}", "did you mean 'pair'?"),
+        ("{method: OHLC, every: 1m, params: {pair: XBTUSD, interval: 2}}", "240, 1440"),
+        ("{method: Ticker, every: 1m, since: 2024-01-01}", "keeps no history"),
+    ],
+)
+def test_no_command_tracebacks_on_what_check_refuses(
+    tmp_path: Path, job: str, problem: str
+) -> None:
+    path = write(tmp_path, f"database: sqlite:///c.db\njobs:\n  j: {job}\n")
+    for command in (["check"], ["status"], ["db", "upgrade"]):
+        result = CliRunner().invoke(main, [*command, str(path)])
+        assert result.exit_code == 2, command
+        assert problem in one_line(result), command
+    result = cli("run", "--once", str(path))
+    assert result.returncode == 2 and problem in one_line(result)
+    assert not (tmp_path / "c.db").exists()
+
+
 # -- credentials as people paste them ------------------------------------------------------------
 
 
