@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -39,7 +40,16 @@ from .defaults import (
     XDG_STATE_ENV,
 )
 from .errors import ConfigError, CredentialsError
-from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
+from .methods import (
+    HISTORY_METHODS,
+    PRIVATE_READ_METHODS,
+    PUBLIC_METHODS,
+    READ_METHODS,
+    STATE_CHANGING_METHODS,
+    Param,
+    is_public,
+    params_of,
+)
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
@@ -109,6 +119,8 @@ class Job:
     timeout: float = defaults.TIMEOUT
     #: retries of one call end this many seconds after it started
     deadline: float = defaults.DEADLINE
+    #: whether the job file sets ``deadline`` (``run --once`` shortens only the default one)
+    deadline_set: bool = field(default=False, compare=False)
     #: where a dataset's history starts (unix seconds), None for its default (``all`` for the
     #: private histories, now for public trades, what Kraken keeps for candles and spreads)
     since: float | None = None
@@ -242,7 +254,17 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
     return out
 
 
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    """A YAML date or time; one that looks like a date but isn't (``2024-13-01``) stays text, so
+    the key that holds it says what is wrong with it (PyYAML would raise a ValueError)."""
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -253,10 +275,13 @@ def load(
     *,
     database: str | None = None,
     environ: dict[str, str] | None = None,
+    metrics_listen: str | None = None,
 ) -> Config:
     """Read and validate a job file.
 
     :param database: overrides the file's ``database`` (the CLI's ``--db``)
+    :param metrics_listen: overrides the file's ``metrics.listen``, which is then not looked at
+        (the CLI's ``--metrics-listen``)
     :param environ: the environment for ``${VAR}`` and credentials (default ``os.environ``)
     :raises ConfigError: with file, line and key
     """
@@ -280,7 +305,7 @@ def load(
     if not isinstance(raw, _Map):
         raise ConfigError("the job file must be a mapping with a 'jobs' key", file=name, line=1)
     try:
-        return _Builder(name, env).config(raw, database)
+        return _Builder(name, env).config(raw, database, metrics_listen)
     except RecursionError:
         raise ConfigError("nested too deeply", file=name) from None
 
@@ -341,6 +366,8 @@ class _Builder:
     def __init__(self, file: str, env: dict[str, str]) -> None:
         self.file, self.env = file, env
         self.warnings: list[str] = []
+        self.original = _Map()  # the file as written, before ${VAR} expansion
+        self.kraken_line = 1
 
     def error(self, message: str, where: _Map, key: str | None, path: str) -> ConfigError:
         line = where.lines.get(key, where.line) if key is not None else where.line
@@ -442,8 +469,10 @@ class _Builder:
             )
         return seconds
 
-    def config(self, raw: _Map, database: str | None) -> Config:
+    def config(self, raw: _Map, database: str | None, listen: str | None = None) -> Config:
         self.check_keys(raw, TOP_KEYS, "")
+        self.original = raw
+        self.kraken_line = raw.lines.get("kraken", raw.line)
         raw = self.expand(raw)
         kraken_map = self.mapping(raw, "kraken", "kraken")
         kraken = self.kraken(kraken_map)
@@ -488,13 +517,9 @@ class _Builder:
                 where_db[0],
                 "database",
             ) from None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise self.error(
-                f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql",
-                where_db[1],
-                where_db[0],
-                "database",
-            )
+        problem = database_problem(url)
+        if problem:
+            raise self.error(problem, where_db[1], where_db[0], "database")
         if from_file:
             url = _sqlite_under(url, data_dir)
         spool = self.mapping(raw, "spool", "spool")
@@ -524,7 +549,7 @@ class _Builder:
                 spool_path = str(data_dir / defaults.SPOOL_NAME)
         return Config(
             self.file,
-            _with_driver(url),
+            with_driver(url),
             kraken,
             jobs,
             spool_path,
@@ -533,13 +558,15 @@ class _Builder:
             tuple(self.warnings),
             accounts,
             failover,
-            metrics_listen=self.metrics(raw),
+            metrics_listen=self.metrics(raw, listen),
             retention=self.retention(raw),
         )
 
-    def metrics(self, raw: _Map) -> str | None:
+    def metrics(self, raw: _Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")
         self.check_keys(spec, METRICS_KEYS, "metrics.")
+        if override is not None:  # --metrics-listen: the file's value is not used
+            return override
         if "listen" not in spec:
             return None
         listen = spec["listen"]
@@ -584,8 +611,18 @@ class _Builder:
         opts: dict[str, Any] = {}
         if "url" in k:
             url = k["url"]
-            if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+            if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s?#]+/?\S*", url):
                 raise self.error("must be an http(s) URL", k, "url", "kraken.url")
+            parts = urlsplit(url)
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise self.error(
+                    f"must be the exchange's address without a path, e.g. "
+                    f"{parts.scheme}://{parts.netloc}: the client adds /0/public/... and "
+                    "/0/private/... itself",
+                    k,
+                    "url",
+                    "kraken.url",
+                )
             opts["url"] = url.rstrip("/")
         opts.update(self.account_opts(k, "kraken."))
         if "public_rate_limit" in k:
@@ -713,8 +750,33 @@ class _Builder:
                 decode_secret(secret)
             except CredentialsError as exc:
                 where = "secret" if "secret" in k else "key_file" if "key_file" in k else None
-                raise self.error(str(exc), k, where, f"{prefix}{where or 'secret'}") from None
+                if where == "secret":
+                    origin = self.origin(prefix + "secret")
+                    source = f" from {origin}" if origin else ""
+                elif where == "key_file":
+                    source = " on line 2 of the key file"
+                else:
+                    source = f" from ${SECRET_ENV}"
+                message = str(exc).replace("the API secret", f"the API secret{source}", 1)
+                if any(c.isspace() for c in secret):
+                    message += "; it holds a space or line break inside"
+                error = self.error(message, k, where, f"{prefix}{where or 'secret'}")
+                if where is None:  # from the environment: the line of the section it belongs to
+                    error = ConfigError(
+                        error.message, file=self.file, line=self.kraken_line, key=error.key
+                    )
+                raise error from None
         return key, secret
+
+    def origin(self, path: str) -> str | None:
+        """The ``${VAR}`` references in the job file's own text at ``path`` (dotted), if any."""
+        node: Any = self.original
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        names = _VAR.findall(node) if isinstance(node, str) else []
+        return ", ".join(f"${{{name}}}" for name, _ in names) or None
 
     def _credentials(self, k: _Map, prefix: str, environment: bool) -> tuple[str, str]:
         if "key_file" in k:
@@ -762,6 +824,9 @@ class _Builder:
         for name, value in (("key", key), ("secret", secret)):
             if not isinstance(value, str):
                 raise self.error("must be text", k, name, f"{prefix}{name}")
+        # Pasted or echoed values carry a newline or a space at their ends, as key files do;
+        # neither is ever part of a key or a base64 secret.
+        key, secret = key.strip(), secret.strip()
         if bool(key) != bool(secret):
             missing = "secret" if key else "key"
             raise self.error(
@@ -774,29 +839,43 @@ class _Builder:
 
     def since(self, spec: _Map, path: str) -> float | None:
         """``all`` (None: from the beginning), a date, an ISO time (UTC unless it says), or unix
-        seconds."""
+        seconds; never in the future (there is nothing there to start from)."""
         value = spec["since"]
         if value == "all":
             return None
+        usage = "all, a date (2024-01-31), a time (2024-01-31T12:00:00Z) or unix seconds"
+        seconds: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+            seconds = float(value) if math.isfinite(value) else None
         if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
             value = datetime.datetime.combine(value, datetime.time(), datetime.UTC)
         if isinstance(value, str):
             try:
-                value = datetime.datetime.fromisoformat(value)
-            except ValueError:
-                value = None
+                value = datetime.datetime.fromisoformat(value.strip())
+            except ValueError as exc:
+                # A date YAML could not build (2024-13-01) arrives here as text, with the reason.
+                raise self.error(
+                    f"{show(value)} is not a date or time ({exc}); use {usage}",
+                    spec,
+                    "since",
+                    path,
+                ) from None
         if isinstance(value, datetime.datetime):
             if value.tzinfo is None:
                 value = value.replace(tzinfo=datetime.UTC)
-            return value.timestamp()
-        raise self.error(
-            "must be all, a date (2024-01-31), a time (2024-01-31T12:00:00Z) or unix seconds",
-            spec,
-            "since",
-            path,
-        )
+            seconds = value.timestamp()
+        if seconds is None:
+            raise self.error(f"must be {usage}", spec, "since", path)
+        if seconds > datetime.datetime.now(datetime.UTC).timestamp():
+            when = datetime.datetime.fromtimestamp(min(seconds, 253402300799), datetime.UTC)
+            raise self.error(
+                f"{when.isoformat(timespec='seconds')} is in the future: a history starts in "
+                "the past (all, or a date it has)",
+                spec,
+                "since",
+                path,
+            )
+        return seconds
 
     def rate_limit(self, k: _Map, key: str, prefix: str = "kraken.") -> RateLimit:
         value = k[key]
@@ -884,6 +963,7 @@ class _Builder:
                     reserved,
                     f"{path}.params.{reserved}",
                 )
+        self.check_params(method, params, spec, path)
         opts: dict[str, Any] = {}
         has_every, has_cron = "every" in spec, "cron" in spec
         if has_every and has_cron:
@@ -922,9 +1002,18 @@ class _Builder:
         # minute, whichever is shorter).
         if "deadline" in spec:
             opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
+            opts["deadline_set"] = True
         elif "every" in opts:
             opts["deadline"] = min(opts["every"].total_seconds(), defaults.DEADLINE)
         if "since" in spec:
+            if method not in HISTORY_METHODS:
+                raise self.error(
+                    f"{method} keeps no history to start from; since: applies to "
+                    f"{', '.join(sorted(HISTORY_METHODS))}",
+                    spec,
+                    "since",
+                    path + ".since",
+                )
             opts["since"] = self.since(spec, path + ".since")
         if "raw" in spec:
             if not isinstance(spec["raw"], bool):
@@ -945,6 +1034,45 @@ class _Builder:
             **opts,
         )
         return self.account_of(job, spec, path, accounts)
+
+    def check_params(self, method: str, params: _Map, spec: _Map, path: str) -> None:
+        """``params`` against what ``method`` takes (:data:`collector.methods.READ_METHODS`): no
+        unknown name, no parameter the collector sets itself, values of the right type, one pair
+        where the method takes one, and the parameters it needs."""
+        known = params_of(method)
+        if known is None:
+            return
+        managed = READ_METHODS[method].managed
+        for name, value in params.items():
+            where = f"{path}.params.{name}"
+            if name in managed:
+                raise self.error(f"{managed[name]}; leave it out", params, name, where)
+            param = known.get(name)
+            if param is None:
+                names = sorted(known)
+                close = difflib.get_close_matches(str(name), names, n=1)
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else f"; it takes {', '.join(names)}"
+                    if names
+                    else "; it takes none"
+                )
+                raise self.error(
+                    f"{method} has no parameter {show(name)}{hint}", params, name, where
+                )
+            problem = _param_problem(method, param, value)
+            if problem:
+                raise self.error(problem, params, name, where)
+        for name in READ_METHODS[method].required:
+            if name not in params:
+                example = "XBTUSD" if known[name].kind == "pair" else "..."
+                raise self.error(
+                    f"{method} needs params: {{{name}: {example}}}",
+                    spec,
+                    "params" if "params" in spec else "method",
+                    f"{path}.params",
+                )
 
     def cron(self, spec: _Map, tz: str, path: str) -> str:
         """A 5-field cron that fires within ``CRON_HORIZON`` (``0 0 31 2 *`` never does)."""
@@ -1009,6 +1137,59 @@ class _Builder:
         return dataclasses.replace(job, account=str(named))
 
 
+def _param_problem(method: str, param: Param, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``param`` of ``method``, or None."""
+    if param.kind == "pair":
+        if isinstance(value, list) or (isinstance(value, str) and "," in value):
+            return f"{method} takes one pair, not {show(value)}: give each pair a job of its own"
+        if not isinstance(value, str) or not value.strip():
+            return f"must be one pair, e.g. XBTUSD, not {show(value)}"
+        return None
+    if param.kind in ("pairs", "list"):
+        if value == "":  # as if not given: all of them
+            return None
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str | int) and str(v).strip() for v in values):
+            return f"must be a name or a list of names, not {show(value)}"
+        return None
+    if param.kind == "integer":
+        number: Any = value
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        unit = " (minutes)" if method == "OHLC" else ""
+        if isinstance(number, bool) or not isinstance(number, int):
+            if param.choices:
+                allowed = ", ".join(map(str, param.choices))
+                return f"must be one of {allowed}{unit}, not {show(value)}"
+            return f"must be a whole number, not {show(value)}"
+        if param.choices and number not in param.choices:
+            return (
+                f"{show(value)} is not one Kraken takes: use one of "
+                f"{', '.join(map(str, param.choices))}{unit}"
+            )
+        if (param.low is not None and number < param.low) or (
+            param.high is not None and number > param.high
+        ):
+            top = f"to {param.high}" if param.high is not None else "or more"
+            return f"must be from {param.low} {top}, not {show(value)}"
+        return None
+    if param.kind == "boolean":
+        if not isinstance(value, bool) and value not in ("true", "false"):
+            return f"must be true or false, not {show(value)}"
+        return None
+    if param.kind == "time":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return f"must be unix seconds or an id, not {show(value)}"
+        return None
+    if isinstance(value, list | bool) or value is None:
+        return f"must be a single value, not {show(value)}"
+    if param.choices and value not in param.choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in param.choices], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"must be one of {', '.join(map(str, param.choices))}, not {show(value)}{hint}"
+    return None
+
+
 def parse_duration(value: Any) -> float | None:
     """Seconds in ``30s``, ``5m``, ``1h30m``, ``1d`` or a plain positive number; None if invalid."""
     if isinstance(value, bool):
@@ -1036,6 +1217,37 @@ def parse_listen(value: Any) -> tuple[str, int] | None:
     return host, int(port)
 
 
+#: The drivers each database is used through (psycopg 3 is the ``postgres`` extra).
+_DRIVERS = {
+    "sqlite": ("sqlite", "sqlite+pysqlite"),
+    "postgresql": ("postgresql", "postgresql+psycopg", "postgres"),
+    "postgres": ("postgres",),
+}
+
+
+def database_problem(url: URL) -> str | None:
+    """What is wrong with a database URL that parsed, or None."""
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        return f"unsupported database {backend!r}: use sqlite or postgresql"
+    if url.drivername not in _DRIVERS[backend]:
+        if backend == "sqlite":
+            return f"use sqlite:///FILE, not {url.drivername}://"
+        return (
+            f"collector talks to PostgreSQL through psycopg 3: write postgresql+psycopg:// "
+            f"(or postgresql://), not {url.drivername}://"
+        )
+    if backend == "sqlite" and (url.host or url.port or url.username or url.password):
+        # sqlite://m.db puts the file where a host goes; SQLAlchemy refuses it only when connecting.
+        name = url.host or ""
+        return (
+            f"{url.drivername}://{name} names a host, not a file: a file beside the job file is "
+            f"sqlite:///{name or 'collector.db'} (three slashes), an absolute path "
+            "sqlite:////var/lib/collector/collector.db (four)"
+        )
+    return None
+
+
 def _sqlite_under(url: URL, folder: Path) -> URL:
     """A relative SQLite file as a path under ``folder``; other URLs as they are."""
     name = url.database
@@ -1049,8 +1261,9 @@ def _sqlite_under(url: URL, folder: Path) -> URL:
     return url.set(database=str(folder / name))
 
 
-def _with_driver(url: URL) -> str:
-    """``postgresql://`` means psycopg 3 here (the ``postgres`` extra), not psycopg2."""
-    if url.drivername == "postgresql":
+def with_driver(url: URL) -> str:
+    """``postgresql://`` (and ``postgres://``, as hosting providers write it) means psycopg 3
+    here (the ``postgres`` extra), not psycopg2."""
+    if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)

@@ -46,6 +46,10 @@ LOCKOUT_PAUSE = 15 * 60.0
 #: A run's retries end this long after it started, unless the job says otherwise (and never after
 #: the job's next run for an interval job), so retries never pile onto the next run.
 DEADLINE = 60.0
+#: ``run --once`` (system cron) gives up retrying a call after this long, unless the job sets its
+#: own ``deadline``: the next cron run tries again, and an exchange that can't be reached must not
+#: hold every run of a cron line for a minute.
+ONCE_DEADLINE = 10.0
 
 # -- datasets -----------------------------------------------------------------------------------
 
@@ -55,6 +59,9 @@ HISTORY_OVERLAP = 60.0
 #: A run's window of a private history ends this long before the run starts (seconds), so entries
 #: still arriving (Kraken's clock may be behind ours) don't land inside it while it is paged.
 HISTORY_SETTLE = 5.0
+
+#: A paging run says how far it got (pages, rows, how far back) at most this often (seconds).
+PROGRESS_EVERY = 10.0
 
 # -- the database -------------------------------------------------------------------------------
 

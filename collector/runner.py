@@ -30,7 +30,7 @@ from .errors import (
     cut,
 )
 from .events import Events, LockedOut, RecordRefused, RunFinished
-from .methods import cost
+from .methods import cost, permission
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -42,6 +42,59 @@ SECRET_PARAMS = frozenset({"nonce", "otp"})
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Progress:
+    """What a long paging run has fetched so far, said in the log every ``PROGRESS_EVERY``
+    seconds (a backfill of thousands of entries takes minutes) and once at its end."""
+
+    def __init__(self, job: str, every: float = defaults.PROGRESS_EVERY) -> None:
+        self.job, self.every = job, every
+        self.started = self.said = time.monotonic()
+        self.pages = self.rows = 0
+        self.oldest: datetime | None = None
+        self.newest: datetime | None = None
+        self.told = False
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.pages += 1
+        self.rows += len(rows)
+        times = [r["time"] for r in rows if isinstance(r.get("time"), datetime)]
+        if times:
+            self.oldest = min([*times, *([self.oldest] if self.oldest else [])])
+            self.newest = max([*times, *([self.newest] if self.newest else [])])
+        now = time.monotonic()
+        if now - self.said >= self.every:
+            self.said, self.told = now, True
+            logger.info(
+                "job %s: paging: %d pages, %d rows so far%s",
+                self.job,
+                self.pages,
+                self.rows,
+                self._span(),
+                extra={"job": self.job},
+            )
+
+    def done(self, status: str) -> None:
+        if self.told:  # a run long enough to have said how it went says how it ended
+            logger.info(
+                "job %s: %s after %d pages, %d rows%s, in %.0fs",
+                self.job,
+                status,
+                self.pages,
+                self.rows,
+                self._span(),
+                time.monotonic() - self.started,
+                extra={"job": self.job},
+            )
+
+    def _span(self) -> str:
+        if self.oldest is None or self.newest is None:
+            return ""
+        return (
+            f", from {self.oldest.isoformat(sep=' ', timespec='seconds')} "
+            f"to {self.newest.isoformat(sep=' ', timespec='seconds')}"
+        )
 
 
 class Runner:
@@ -57,6 +110,7 @@ class Runner:
     :param events: :class:`~collector.events.RunFinished` is published here after each run
     :param clock: the current UTC datetime; a seam for tests
     :param stopping: when set, waits between attempts end and no new attempt starts
+    :param progress_every: a paging run logs how far it got at most this often (seconds)
     """
 
     def __init__(
@@ -72,6 +126,7 @@ class Runner:
         events: Events | None = None,
         clock: Callable[[], datetime] = utcnow,
         stopping: threading.Event | None = None,
+        progress_every: float = defaults.PROGRESS_EVERY,
     ) -> None:
         # A job runs through its account's client; public jobs through the one under None.
         self.clients: dict[str | None, API] = (
@@ -85,6 +140,7 @@ class Runner:
         self.events = events or Events()
         self.clock = clock
         self.stopping = stopping or threading.Event()
+        self.progress_every = progress_every
         self._load_cursor = load_cursor
         self._cursors: dict[tuple[str, str], Any] = {}
         self._cursor_lock = threading.Lock()
@@ -136,6 +192,7 @@ class Runner:
             params, cursor = dataset.first(job, cursor, started)
         record.params = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
         answers: list[Any] = []
+        progress = _Progress(job.name, self.progress_every)
         while True:
             try:
                 ok, result = self._call(job, params, record)
@@ -168,6 +225,7 @@ class Runner:
                 keep = True
                 break
             self._take(record, dataset, page)
+            progress.add(page.rows)
             if page.cursor is not None:
                 cursor = page.cursor
             if page.next is None:
@@ -187,12 +245,18 @@ class Runner:
             params = page.next
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
+        progress.done(record.status)
         if record.status != Status.OK:
+            hint = ""
+            needed = permission(job.method)
+            if needed and record.error and "Permission denied" in record.error:
+                hint = f" (the API key needs the permission {needed!r} for {job.method})"
             logger.warning(
-                "job %s: %s %s",
+                "job %s: %s %s%s",
                 job.name,
                 record.status,
                 record.error,
+                hint,
                 extra={"job": job.name, "status": str(record.status)},
             )
         self.events.publish(RunFinished(record))

@@ -171,6 +171,8 @@ class Service:
                     RateLimitRefused(name, s, n)
                 )
         self._opened = False
+        #: after :meth:`run_once`: what another process held (in words), so its jobs did not run
+        self.held_elsewhere: list[str] = []
         # Metrics count the waits (the clients stay metrics-free): the public budget, and each
         # account's counter ("private" for the one account of a file without accounts:).
         limiters = [("public", self.public_api.public_limiter)] + [
@@ -260,6 +262,9 @@ class Service:
         # A lease left by a process that died frees itself within failover: wait for it, then
         # run what this process holds (the log says who holds the rest).
         self.leases.wait(self.config.failover * 1.5, stop)
+        self.held_elsewhere = self.leases.elsewhere()
+        for what in self.held_elsewhere:
+            logger.error("not run: %s", what)
         workers = max(1, min(self.workers, len(self.config.jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
             futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
@@ -293,8 +298,9 @@ class Service:
         service runs either way; each run retries on its own)."""
         url = self.config.kraken.url
         try:
+            before = time.time()
             reply = self.public_api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
-            offset = float(reply.result["unixtime"]) - time.time()
+            offset = clock_offset(int(reply.result["unixtime"]), before, time.time())
         except Cancelled:
             return
         except RequestError as exc:
@@ -307,7 +313,10 @@ class Service:
         except (KeyError, TypeError, ValueError):
             logger.warning("exchange %s answered Time with an unexpected result", url)
             return
-        logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
+        if offset == 0:
+            logger.info("exchange %s answered (its clock agrees with ours to the second)", url)
+        else:
+            logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
 
     @property
     def failed(self) -> str | None:
@@ -348,7 +357,7 @@ class Service:
                 for client in self.apis.values():
                     if client.shared is not None:
                         client.shared.close()
-        logger.info("collector stopped: %d runs written", self.writer.written)
+        logger.info("collector stopped: %d runs written", self.writer.runs_written)
 
     def _clients(self) -> list[API]:
         return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())
@@ -370,6 +379,17 @@ class Service:
         """Run ``job`` once now, outside its schedule (opening the service first if needed)."""
         self.open()
         return self.runner.run(job, scheduled_at)
+
+
+def clock_offset(unixtime: int, before: float, after: float) -> float:
+    """How far the exchange's clock is from ours, from its whole-second ``unixtime`` read between
+    our ``before`` and ``after``: 0 when it fits (a whole-second clock read at 12:00:00.9 says
+    12:00:00: that is not drift); else the distance beyond that second, signed."""
+    if unixtime + 1 < before:  # its second ended before we asked: behind
+        return unixtime + 1 - before
+    if unixtime > after:  # its second began after it answered: ahead
+        return unixtime - after
+    return 0.0
 
 
 def mark_name(account: str) -> str:

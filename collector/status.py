@@ -1,7 +1,8 @@
 """``collector status``: what each job has collected, from the database alone (no exchange call).
 
-Per job: its last run and last success, failures in the last 24 hours by status, its dataset's
-row count and newest entry, its cursor, its recorded gaps; and how many runs wait in the spool and
+Per job: its last run and last success, failures in the last 24 hours by status, its own rows
+in its dataset (its pair and interval, its account, its snapshots) and the newest of them, its
+cursor (and how far a history being paged has got), its recorded gaps; and how many runs wait in the spool and
 the oldest ``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
 a job is stale after ``stale_after`` without a success. A job that never succeeded is measured
 from its first stored run or, when it has none, from the job file's last change (the file says it
@@ -22,6 +23,7 @@ from .config import Config, Job, format_duration
 from .datasets import for_method
 from .health import cursor_time, interval, is_stale, stale_after
 from .keystate import KeyBudget
+from .pairs import same
 from .retention import TIME_COLUMNS
 from .schema import cursors, runs
 from .store import Store
@@ -124,8 +126,10 @@ def _job(
 
 
 def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, Any]:
-    """The dataset's row count and newest entry (balances and ticker: this job's snapshots; the
-    other tables are shared by the jobs filling them), and the job's cursor."""
+    """The job's own rows in its dataset, counted with the newest entry: balances and ticker,
+    this job's snapshots; the private histories, its account's entries; trades, candles and
+    spreads, its pair's (and its interval's); and the job's cursor, with how far a history
+    window being paged has got."""
     assert store is not None
     table = store.datasets[name].table
     column = TIME_COLUMNS.get(name) or SNAPSHOT_TIME.get(name)
@@ -138,6 +142,11 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
         query = query.select_from(table.join(runs, runs.c.id == table.c.run_id)).where(
             runs.c.job == job.name
         )
+    elif "pair" in table.c and isinstance(job.params.get("pair"), str):
+        asked = job.params["pair"]
+        query = query.where(table.c.pair.in_([p for p in _pairs_in(conn, table) if same(asked, p)]))
+        if "interval" in table.c:
+            query = query.where(table.c.interval == int(job.params.get("interval") or 1))
     count, newest = conn.execute(query).one()
     out: dict[str, Any] = {"rows": count, "newest": _iso(newest) if column else None}
     if store.datasets[name].incremental:
@@ -145,7 +154,10 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
             select(cursors.c.value).where(cursors.c.job == job.name, cursors.c.dataset == name)
         ).scalar()
         out["cursor"] = _iso(cursor_time(name, value))
-        out["paging"] = isinstance(value, dict) and value.get("window") is not None
+        window = value.get("window") if isinstance(value, dict) else None
+        out["paging"] = window is not None
+        if isinstance(window, dict) and isinstance(window.get("count"), int):
+            out["paged"] = {"entries": window.get("ofs", 0), "of": window["count"]}
     return out
 
 
@@ -182,6 +194,20 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
     return out
 
 
+def _pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
+    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan."""
+    found: list[str] = []
+    while len(found) < most:
+        query = select(func.min(table.c.pair))
+        if found:
+            query = query.where(table.c.pair > found[-1])
+        pair = conn.execute(query).scalar()
+        if pair is None:
+            break
+        found.append(pair)
+    return found
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no infinity
 
@@ -201,6 +227,14 @@ def _ago(delta: timedelta) -> str:
 def _short(iso: str | None) -> str:
     """``2024-05-01 12:00:00`` (UTC) from an ISO time; ``-`` for none."""
     return iso[:19].replace("T", " ") if iso else "-"
+
+
+def _paging(job: dict[str, Any]) -> str:
+    """`` (paging 600 of 10,000)`` while a history window is being paged."""
+    if not job.get("paging"):
+        return ""
+    paged = job.get("paged")
+    return f" (paging {paged['entries']:,} of {paged['of']:,})" if paged else " (paging)"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -233,7 +267,7 @@ def render(report: dict[str, Any]) -> str:
                 failures,
                 "-" if j["rows"] is None else f"{j['rows']:,}",
                 _short(j["newest"]),
-                _short(j["cursor"]) + (" (paging)" if j.get("paging") else ""),
+                _short(j["cursor"]) + _paging(j),
                 str(j["gaps"]),
                 j["state"],
             )

@@ -95,7 +95,10 @@ class Writer:
         self.spool = spool
         self.events = events or Events()
         self.state = State.DIRECT
+        #: records stored or spooled (each page of a paging run is one)
         self.written = 0
+        #: runs stored or spooled: the final record of each (a paging run's pages not counted)
+        self.runs_written = 0
         self._nonce = nonce
         self._saved: dict[str, int] = {}
         self._batch_max = batch_max
@@ -225,8 +228,10 @@ class Writer:
             self._cond.notify_all()
             for record in batch:
                 waiter = self._waiters.pop(id(record), None)
-                if waiter is not None:
+                if waiter is not None:  # a page, persisted on the way to its run's end
                     waiter.set()
+                else:
+                    self.runs_written += 1
 
     def _take(self, batch: list[RunRecord]) -> None:
         if self.state is State.DIRECT:

@@ -163,7 +163,7 @@ def test_balance_rows_reject_floats_and_odd_shapes() -> None:
 
 def test_params_never_hold_otp(service_factory, fake, database_url) -> None:
     service, _ = service_factory(
-        'b: {method: Balance, cron: "0 0 1 1 *", params: {otp: "918273", asset: ZUSD}}'
+        'b: {method: TradeBalance, cron: "0 0 1 1 *", params: {otp: "918273", asset: ZUSD}}'
     )
     assert service.run_once()
     (row,) = rows(database_url)

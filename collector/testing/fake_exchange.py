@@ -70,14 +70,14 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..methods import COSTLY_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS
+from ..methods import COSTLY_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, permission
 from ..ratelimit import RateLimit, tier
 
 logger = logging.getLogger(__name__)
@@ -483,6 +483,8 @@ class FakeKraken:
         self.clock = clock
         self.now = now
         self.keys: dict[str, bytes] = {}
+        #: the permissions of each key added with some (the others have all)
+        self.permissions: dict[str, frozenset[str]] = {}
         self.last_nonce: dict[str, int] = {}
         self.balance: dict[str, str] | None = dict(BALANCES)
         self.calls: Counter[str] = Counter()  # every request, by method
@@ -573,12 +575,28 @@ class FakeKraken:
 
     # -- control ------------------------------------------------------------------------------
 
-    def add_key(self, key: str | None = None, secret: str | None = None) -> tuple[str, str]:
-        """Register an API key (a fresh random pair when none is given); returns (key, secret)."""
+    def add_key(
+        self,
+        key: str | None = None,
+        secret: str | None = None,
+        *,
+        permissions: Iterable[str] | None = None,
+    ) -> tuple[str, str]:
+        """Register an API key (a fresh random pair when none is given); returns (key, secret).
+
+        :param permissions: the key's permissions, as Kraken names them (``"Query Funds"``,
+            ``"Query Ledger Entries"``, ... see :data:`collector.methods.COLLECTOR_PERMISSIONS`);
+            a private method that needs another is answered ``EGeneral:Permission denied``, as
+            Kraken does. None (default): every permission.
+        """
         key = key or base64.b64encode(os.urandom(42)).decode()
         secret = secret or base64.b64encode(os.urandom(64)).decode()
         with self._lock:
             self.keys[key] = base64.b64decode(secret)
+            if permissions is None:
+                self.permissions.pop(key, None)
+            else:
+                self.permissions[key] = frozenset(permissions)
         return key, secret
 
     def inject(
@@ -743,6 +761,11 @@ class FakeKraken:
                     counter = self._counters[key] = _Counter(self.limit, self.clock)
                 if not counter.add(units):
                     return "EAPI:Rate limit exceeded"
+            # A key without the method's permission (the key of a rehearsal of going live).
+            allowed = self.permissions.get(key)
+            needed = permission(path.split("/private/", 1)[-1])
+            if allowed is not None and needed is not None and needed not in allowed:
+                return "EGeneral:Permission denied"
             self.accepted[key] += 1
             self.spent[key] += units
         return None
@@ -813,9 +836,10 @@ def _pairs(params: Mapping[str, str], default_all: bool = False) -> list[str]:
             return list(PAIRS)
         raise Refusal("EGeneral:Invalid arguments:pair")
     by_alt = {v[0]: k for k, v in PAIRS.items()}
+    by_ws = {f"{ASSETS[v[1]][0]}/{ASSETS[v[2]][0]}": k for k, v in PAIRS.items()}
     found = []
     for name in names.split(","):
-        canonical = name if name in PAIRS else by_alt.get(name.upper())
+        canonical = name if name in PAIRS else by_alt.get(name.upper()) or by_ws.get(name)
         if canonical is None:
             raise Refusal("EQuery:Unknown asset pair")
         found.append(canonical)
