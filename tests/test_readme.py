@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from collector.config import load
@@ -25,6 +26,7 @@ def sql_blocks(dialect: str) -> list[str]:
     return statements
 
 
+@pytest.mark.usefixtures("copy_path")
 def test_every_readme_query_runs_on_collected_data(tmp_path, fake, keypair, database_url) -> None:
     jobs = """
 ticker: {method: Ticker, params: {pair: "XBTUSD,ETHUSD"}, every: 1h}
