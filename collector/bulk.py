@@ -47,7 +47,7 @@ class _Plan:
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
     create: str
     copy: str
-    upsert: Any  # the INSERT … SELECT … ON CONFLICT … with the per-run count, compiled once
+    upsert: Any  # INSERT … SELECT … ON CONFLICT … and the per-run count (SQLAlchemy caches its SQL)
 
 
 _PlanKey = tuple[Table, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, str]
