@@ -62,6 +62,8 @@ _DURATION = (
     "A run's duration, first call to last answer, retries included",
 )
 _ATTEMPTS = ("collector_attempts_total", "counter", "Calls made by runs, retries included")
+# Prometheus' info idiom: the job's account (and method) as labels to join on,
+# e.g. collector_runs_total * on(job) group_left(account) collector_job_info.
 _INFO = ("collector_job_info", "gauge", "A job's account and method (always 1)")
 _LAG = (
     "collector_dataset_lag_seconds",
@@ -126,7 +128,8 @@ class Metrics:
             ["limiter"],
             registry=r,
         )
-        self._waits = {limiter: self.waits.labels(limiter) for limiter in LIMITERS}  # 0 at start
+        # Each limiter's child, looked up once; 0 from the start: a rate() needs a first sample.
+        self._waits = {limiter: self.waits.labels(limiter) for limiter in LIMITERS}
         self.rows = Counter(
             "collector_rows_written",
             "Dataset rows handed to the database (upserts: a row seen again counts again)",
