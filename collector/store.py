@@ -3,7 +3,8 @@
 SQLite runs in WAL mode with a busy timeout, so people can query while the collector writes.
 :meth:`Store.write` commits a batch of runs in one transaction: each run with its rows and its
 job's cursor, so a crash never leaves rows without their cursor, or a cursor ahead of its rows.
-Dataset rows are upserted by the dataset's key, so writing the same rows twice stores them once.
+Dataset rows are upserted by the dataset's key, so writing the same rows twice stores them once; on
+PostgreSQL they are copied into a staging table first and upserted in one statement (:mod:`.bulk`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from . import defaults
+from . import bulk, defaults
 from .datasets import DEFAULT, Dataset
 from .errors import ConfigError
 from .records import RunRecord
@@ -403,6 +404,8 @@ class Store:
         ``run_id`` inserted or changed."""
         if not rows:
             return Counter()
+        if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
+            return bulk.upsert(conn, table, key, rows, update, frozen)
         stmt = self._insert(table)
         if update:
             stmt = stmt.on_conflict_do_update(
