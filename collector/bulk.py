@@ -54,6 +54,21 @@ _PlanKey = tuple[Table, tuple[str, ...], tuple[str, ...], tuple[str, ...], str |
 _plans: dict[_PlanKey, _Plan] = {}
 
 
+def on_conflict(
+    stmt: Any, table_: Table, key: Sequence[str], update: Sequence[str], frozen: str | None
+) -> Any:
+    """``stmt`` (a dialect ``INSERT``) as an upsert by ``key``: a stored row updates ``update``
+    (unless its ``frozen`` column is true), or is left as it is. SQLite's insert has the same
+    interface, so :mod:`collector.store` uses this for both databases."""
+    if update:
+        return stmt.on_conflict_do_update(
+            index_elements=list(key),
+            set_={c: stmt.excluded[c] for c in update},
+            where=None if frozen is None else table_.c[frozen].is_(False),
+        )
+    return stmt.on_conflict_do_nothing(index_elements=list(key))
+
+
 def _plan(
     connection: Connection,
     target: Table,
@@ -70,15 +85,13 @@ def _plan(
     quote = dialect.identifier_preparer.quote
     stage_name = STAGE_PREFIX + target.name
     stage = table(stage_name, *(column(n) for n in names))
-    stmt = insert(target).from_select(names, select(*(stage.c[n] for n in names)))
-    if update:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(key),
-            set_={c: stmt.excluded[c] for c in update},
-            where=None if frozen is None else target.c[frozen].is_(False),
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    stmt = on_conflict(
+        insert(target).from_select(names, select(*(stage.c[n] for n in names))),
+        target,
+        key,
+        update,
+        frozen,
+    )
     inserted = stmt.returning(target.c.run_id).cte("inserted")
     counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
     plan = _Plan(

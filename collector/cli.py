@@ -126,7 +126,7 @@ def _open_store(
         except SQLAlchemyError as exc:
             if store is not None:
                 store.dispose()
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+            reason = _db_reason(exc)
             # A server that is down comes back; a SQLite file that can't be opened or created
             # (permissions, a full or read-only disk) does not: only its lock is waited for.
             sqlite = database.startswith("sqlite")
@@ -159,6 +159,20 @@ def _check_sources(store: Any, config: Config) -> None:
     except BaseException:
         store.dispose()
         raise
+
+
+def _db_reason(exc: BaseException) -> str:
+    """The driver's own first line (SQLAlchemy's wrapping repeats the statement)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _db_error(config: Config, verb: str, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        f"cannot {verb} database {config.database_for_display()}: {_db_reason(exc)}",
+        file=config.path,
+        key="database",
+    )
 
 
 def _display_url(database: str) -> str:
@@ -460,12 +474,7 @@ def _check_database(config: Config) -> None:
             raise ConfigError(exc.message, file=config.path, key="database") from None
         check_sources(engine, config, record=False)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"cannot use database {config.database_for_display()}: {reason}",
-            file=config.path,
-            key="database",
-        ) from None
+        raise _db_error(config, "use", exc) from None
     finally:
         engine.dispose()
 
@@ -575,12 +584,7 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
     try:
         report = collect(config, store, datetime.now(UTC), peek_spool(config.spool_path))
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"cannot read database {config.database_for_display()}: {reason}",
-            file=config.path,
-            key="database",
-        ) from None
+        raise _db_error(config, "read", exc) from None
     finally:
         if store is not None:
             store.dispose()

@@ -406,15 +406,7 @@ class Store:
             return Counter()
         if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
             return bulk.upsert(conn, table, key, rows, update, frozen)
-        stmt = self._insert(table)
-        if update:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(key),
-                set_={c: stmt.excluded[c] for c in update},
-                where=None if frozen is None else table.c[frozen].is_(False),
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+        stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen)
         if not count:
             conn.execute(stmt, rows)
             return Counter()
