@@ -4,26 +4,32 @@
     python bench/bench_client.py --quick    # fewer rounds
 
 1. Single-threaded calls per second, public (Time) and private (Balance), no rate limit at the fake.
-   Rounds alternate between the clients; the figure is the median round.
+   Rounds alternate between the clients (bench/rounds.py, the order reversing each round); the
+   ratio is the median of the rounds' own ratios, with their min-max.
 2. 32 threads x 50 private calls through one shared client, with a tier counter on at the fake
    (Kraken's pro shape, max 20, decay sped up 100x to 100/s so the run takes seconds, not hours).
-   collector.API runs with the same limit on; krakenex has no limiter.
+   collector.API runs with the same limit on; krakenex has no limiter. Counted: the calls that
+   succeeded, and those refused for a bad nonce or the rate limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import krakenex
 
 import collector
 from collector.ratelimit import RateLimit
 from collector.testing.fake_exchange import FakeKraken
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import ROUNDS, alternate, ratio, spread
 
 logging.getLogger("urllib3").setLevel(logging.ERROR)  # krakenex's pool overflows at 32 threads
 
@@ -34,8 +40,11 @@ def make(kind: str, fake: FakeKraken, key: str, secret: str, **kw):
     return api
 
 
-def single_thread(rounds: int, calls: int) -> tuple[dict[tuple[str, str], float], Counter[str]]:
-    rates: dict[tuple[str, str], list[float]] = {}
+def single_thread(
+    rounds: int, calls: int
+) -> tuple[dict[str, dict[str, list[float]]], Counter[str]]:
+    """``{scope: {client: [calls/s a round]}}`` and the calls each client saw fail."""
+    rates: dict[str, dict[str, list[float]]] = {}
     failed: Counter[str] = Counter()
     with FakeKraken(tier=None) as fake:
         # One key each: two clients on one key would fight over its nonce (Kraken: one key per
@@ -47,16 +56,18 @@ def single_thread(rounds: int, calls: int) -> tuple[dict[tuple[str, str], float]
         ):
             for api in clients.values():
                 call(api)  # warm the connection
-            for _ in range(rounds):
-                for name, api in clients.items():
-                    start = time.perf_counter()
-                    for _ in range(calls):
-                        # krakenex's ms nonce repeats when one thread makes >1 call per ms
-                        failed[name] += bool(call(api)["error"])
-                    rates.setdefault((scope, name), []).append(
-                        calls / (time.perf_counter() - start)
-                    )
-    return {k: statistics.median(v) for k, v in rates.items()}, failed
+
+            def side(name: str, call=call) -> float:  # type: ignore[no-untyped-def]
+                api = clients[name]
+                start = time.perf_counter()
+                for _ in range(calls):
+                    # krakenex's ms nonce repeats when one thread makes >1 call per ms
+                    failed[name] += bool(call(api)["error"])
+                return calls / (time.perf_counter() - start)
+
+            print(f"  {scope}: {rounds} rounds of {calls} calls (calls/s)")
+            rates[scope] = alternate({n: lambda n=n: side(n) for n in clients}, rounds)
+    return rates, failed
 
 
 def contended(kind: str, threads: int, per_thread: int, limit: RateLimit) -> dict[str, object]:
@@ -104,14 +115,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    rounds, calls = (3, 300) if args.quick else (7, 1000)
+    rounds, calls = (ROUNDS, 300) if args.quick else (7, 1000)
 
+    print(f"single-threaded calls/s against the fake, {rounds} rounds x {calls} calls")
     rates, failed = single_thread(rounds, calls)
-    print(f"single-threaded calls/s against the fake (median of {rounds} rounds x {calls} calls)")
-    print(f"{'':10}{'krakenex':>12}{'collector':>12}{'ratio':>8}")
-    for scope in ("public", "private"):
-        k, c = rates[(scope, "krakenex")], rates[(scope, "collector")]
-        print(f"{scope:10}{k:12.0f}{c:12.0f}{c / k:8.2f}")
+    print(f"{'':10}{'krakenex':>24}{'collector':>24}  ratio: median (min-max)")
+    for scope, sides in rates.items():
+        k, c = sides["krakenex"], sides["collector"]
+        print(f"{scope:10}{spread(k):>24}{spread(c):>24}  {ratio(c, k)}")
     total = rounds * calls * 2
     print(
         f"calls answered with an error: krakenex {failed['krakenex']}/{total}, "

@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from . import defaults
+from . import defaults, methods
 from .backoff import Backoff
 from .config import Config, load, parse_listen
-from .defaults import DATABASE_ENV
+from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
 from .methods import cost
 from .ratelimit import RateLimit, tier
@@ -49,6 +49,12 @@ class _Group(click.Group):
         except CollectorError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except OSError as exc:
+            # The machine said no (a folder not writable, a disk full) somewhere no check
+            # foresaw: still one line that says what and where, never a traceback.
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +78,22 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _short_retries(config: Config) -> Config:
+    """``run --once`` is for system cron: a call's retries end after ``ONCE_DEADLINE`` unless the
+    job sets its own ``deadline`` (the next cron run tries again)."""
+    jobs = tuple(
+        job
+        if job.deadline_set
+        else dataclasses.replace(job, deadline=min(job.deadline, defaults.ONCE_DEADLINE))
+        for job in config.jobs
+    )
+    return dataclasses.replace(config, jobs=jobs)
+
+
+def _ignore_sighup(_signum: int, _frame: Any) -> None:
+    logger.info("received SIGHUP: ignored, run --once reads the job file once")
+
+
 def _open_store(
     database: str, config_file: str | None, until: threading.Event | None = None
 ) -> Any:
@@ -90,6 +112,10 @@ def _open_store(
             store = Store.from_url(database)
             store.upgrade()
             return store
+        except ConfigError as exc:  # at a revision this collector does not know
+            if store is not None:
+                store.dispose()
+            raise ConfigError(exc.message, file=config_file, key="database") from None
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"cannot use {shown}: missing driver {exc.name!r} "
@@ -100,8 +126,15 @@ def _open_store(
         except SQLAlchemyError as exc:
             if store is not None:
                 store.dispose()
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-            if until is None or not isinstance(exc, OperationalError | InterfaceError):
+            reason = _db_reason(exc)
+            # A server that is down comes back; a SQLite file that can't be opened or created
+            # (permissions, a full or read-only disk) does not: only its lock is waited for.
+            sqlite = database.startswith("sqlite")
+            if (
+                until is None
+                or not isinstance(exc, OperationalError | InterfaceError)
+                or (sqlite and "locked" not in reason)
+            ):
                 raise ConfigError(
                     f"cannot use database {shown}: {reason}", file=config_file, key="database"
                 ) from None
@@ -114,6 +147,32 @@ def _open_store(
             )
             if until.wait(delay):
                 return None
+
+
+def _check_sources(store: Any, config: Config) -> None:
+    """Refuse to continue cursors that came from another exchange or key; note where each job's
+    data comes from."""
+    from .provenance import check as check_sources
+
+    try:
+        check_sources(store.engine, config, record=True)
+    except BaseException:
+        store.dispose()
+        raise
+
+
+def _db_reason(exc: BaseException) -> str:
+    """The driver's own first line (SQLAlchemy's wrapping repeats the statement)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _db_error(config: Config, verb: str, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        f"cannot {verb} database {config.database_for_display()}: {_db_reason(exc)}",
+        file=config.path,
+        key="database",
+    )
 
 
 def _display_url(database: str) -> str:
@@ -185,6 +244,11 @@ def run(
     from .reload import Reloader
     from .service import Service, stop_signals
 
+    if once:  # SIGHUP must never kill a run; --once reads the file once
+        signal.signal(signal.SIGHUP, _ignore_sighup)
+    else:  # taken from the first moment; applied once the service is ready
+        reloader = Reloader(lambda: load_config())
+        reloader.install()
     _setup_logging(log_level, log_format)
     if metrics_listen is not None and parse_listen(metrics_listen) is None:
         raise click.BadParameter(
@@ -192,19 +256,19 @@ def run(
         )
 
     def load_config() -> Config:
-        config = load(jobfile, database=database)
-        if metrics_listen is not None:
-            config = dataclasses.replace(config, metrics_listen=metrics_listen)
-        return config
+        return load(jobfile, database=database, metrics_listen=metrics_listen)
 
     config = load_config()
     for warning in config.warnings:
         logger.warning("%s", warning)
+    _check_state_folder(config)
     _check_sqlite_folder(config)
     if once:
+        config = _short_retries(config)
         # Ctrl-C (or SIGTERM) stops what waits, keeps what finished, and exits 130 like a shell.
         with stop_signals() as stop:
             store = _open_store(config.database, jobfile)
+            _check_sources(store, config)
             service = Service(config, store=store, workers=workers)
             try:
                 ok = service.run_once(stop)
@@ -213,32 +277,51 @@ def run(
         if stop.is_set():
             logger.warning("interrupted: the runs that finished are stored")
             sys.exit(130)
+        for held in service.held_elsewhere:
+            click.echo(
+                f"error: not run: {held}; another collector is running these jobs "
+                "(stop it, or let it collect)",
+                err=True,
+            )
         sys.exit(0 if ok else 1)
-    with stop_signals() as stop:
-        store = _open_store(config.database, jobfile, until=stop)
-        if store is None:
-            logger.info("stopped while waiting for the database")
-            return
-        service = Service(config, store=store, workers=workers)
-        reloader = Reloader(service, load_config)  # SIGHUP re-reads the job file
-        reloader.install()
-        try:
+    try:
+        with stop_signals() as stop:
+            store = _open_store(config.database, jobfile, until=stop)
+            if store is None:
+                logger.info("stopped while waiting for the database")
+                return
+            _check_sources(store, config)
+            service = Service(config, store=store, workers=workers)
+            reloader.attach(service)  # SIGHUP re-reads the job file
             service.run_forever(stop)
-        finally:
-            reloader.uninstall()
+    finally:
+        reloader.uninstall()
+    if service.failed:
+        click.echo(f"error: collector stopped: {service.failed}", err=True)
+        sys.exit(1)
 
 
 @main.command()
 @_jobfile
 @_db
-def check(jobfile: str, database: str | None) -> None:
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Also ask the exchange (one public AssetPairs call) whether it knows every pair.",
+)
+def check(jobfile: str, database: str | None, online: bool) -> None:
     """Validate JOBFILE and show each job's schedule and next run.
 
+    Checks what would fail at run time: every key and parameter, the
+    database, the state folder, cursors from another exchange or key.
     Warns when the schedules need more calls than the rate limits allow.
+    With --online, asks the exchange once (AssetPairs, public) whether it
+    knows each pair, and suggests the name it knows.
 
     \b
     Example:
         collector check jobs.yaml
+        collector check --online jobs.yaml
     """
     from datetime import UTC, datetime
 
@@ -247,7 +330,10 @@ def check(jobfile: str, database: str | None) -> None:
     from .schedule import calls_per_second
 
     config = load(jobfile, database=database)
+    _check_state_folder(config)
     _check_database(config)
+    if online:
+        _check_pairs(config)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     now = datetime.now(UTC)
@@ -268,12 +354,12 @@ def check(jobfile: str, database: str | None) -> None:
             f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
             f"next {upcoming}"
         )
-    public = sum(calls_per_second(j, now) for j in config.jobs if not j.private)
+    public = sum(calls_per_second(j) for j in config.jobs if not j.private)
     k = config.kraken
     # Each account has its own key, so its own counter; the public budget is the machine's.
     needs = {
         a.name: sum(
-            calls_per_second(j, now) * cost(j.method) for j in config.jobs if j.account == a.name
+            calls_per_second(j) * cost(j.method) for j in config.jobs if j.account == a.name
         )
         for a in config.accounts
     }
@@ -312,32 +398,157 @@ def check(jobfile: str, database: str | None) -> None:
         )
 
 
+def _check_pairs(config: Config) -> None:
+    """Every pair the jobs name is one the exchange knows (one public AssetPairs call); each that
+    is not gets a line with the name Kraken knows, and exit code 2."""
+    from .errors import RequestError
+    from .methods import params_of
+    from .pairs import check as unknown_pairs
+    from .pairs import split
+    from .service import build_api
+
+    api = build_api(config.kraken)
+    try:
+        answer = api.call("AssetPairs").result
+    except RequestError as exc:
+        raise CollectorError(
+            f"check --online: cannot ask {config.kraken.url} for its pairs ({exc.reason})"
+        ) from None
+    finally:
+        api.close()
+    if not isinstance(answer, dict):
+        raise CollectorError(f"check --online: {config.kraken.url} answered AssetPairs oddly")
+    problems = []
+    for job in config.jobs:
+        known = params_of(job.method) or {}
+        for name, value in job.params.items():
+            if name not in known or known[name].kind not in ("pair", "pairs"):
+                continue
+            for pair, hint in unknown_pairs(split(value), answer).items():
+                problems.append(
+                    ConfigError(
+                        f"{config.kraken.url} knows no pair {pair!r}"
+                        + (f"; did you mean '{hint}'?" if hint else ""),
+                        file=config.path,
+                        line=job.line or None,
+                        key=f"jobs.{job.name}.params.{name}",
+                    )
+                )
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
+    click.echo(f"online: {config.kraken.url} knows every pair the jobs name")
+
+
 def _named_accounts(config: Config) -> bool:
     """Whether the file has an ``accounts:`` section (else one account from ``kraken:``)."""
     return any(a.name != "default" for a in config.accounts) or len(config.accounts) > 1
 
 
 def _check_database(config: Config) -> None:
-    """The database must be usable: SQLite's folder exists; a server answers."""
+    """The database must be usable: SQLite's folder exists, and a file there is at a revision
+    this collector knows (read, never created or migrated); a server answers (and is migrated);
+    and no job would continue a cursor from another exchange or key."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .provenance import check as check_sources
+    from .status import exists
+    from .store import check_revision
+
     if not _check_sqlite_folder(config):
-        _open_store(config.database, config.path).dispose()
+        store = _open_store(config.database, config.path)
+        try:
+            check_sources(store.engine, config, record=False)
+        finally:
+            store.dispose()
+        return
+    if not exists(config):
+        return
+    engine = create_engine(config.database)
+    try:
+        try:
+            check_revision(engine)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, file=config.path, key="database") from None
+        check_sources(engine, config, record=False)
+    except SQLAlchemyError as exc:
+        raise _db_error(config, "use", exc) from None
+    finally:
+        engine.dispose()
 
 
-def _check_sqlite_folder(config: Config) -> bool:
-    """For SQLite, that the file's folder exists (waiting would not make it); False otherwise."""
+def _check_sqlite_folder(config: Config, *, writable: bool = True) -> bool:
+    """For SQLite, that the file's folder exists (waiting would not make it) and, with
+    ``writable``, that this user can create and write the file there (and its ``-wal``); False
+    for a database that is not a SQLite file."""
     from sqlalchemy.engine import make_url
 
     url = make_url(config.database)
     if url.get_backend_name() != "sqlite":
         return False
     path = url.database or ""
-    if path and path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return True
+    folder = os.path.dirname(os.path.abspath(path))
+    shown = config.database_for_display()
+    if not os.path.isdir(folder):
         raise ConfigError(
-            f"cannot use database {config.database_for_display()}: its folder does not exist",
+            f"cannot use database {shown}: its folder does not exist",
+            file=config.path,
+            key="database",
+        )
+    if not writable:
+        return True
+    hint = (
+        f"set {DATA_DIR_ENV} to a folder this user can write (a relative SQLite file lands "
+        "there), or give database: an absolute path"
+    )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot use database {shown}: permission denied to create files in {folder}; {hint}",
+            file=config.path,
+            key="database",
+        )
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(
+            f"cannot use database {shown}: permission denied to write {path}",
             file=config.path,
             key="database",
         )
     return True
+
+
+def _folder_problem(path: str) -> str | None:
+    """Why files can't be written in the folder ``path`` (made when missing), or None."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return "permission denied" + ("" if probe == os.path.abspath(path) else f" in {probe}")
+    return None
+
+
+def _check_state_folder(config: Config) -> None:
+    """The keys' state folder (their nonce marks) can be made and written, when a private job
+    needs it."""
+    if not config.accounts:
+        return
+    problem = _folder_problem(config.state_dir)
+    if problem:
+        raise ConfigError(
+            f"cannot use the state folder {config.state_dir} ({problem}), where each API key's "
+            f"nonce mark is kept: set {STATE_DIR_ENV} to a folder this user can write, e.g. "
+            f"{STATE_DIR_ENV}=/var/lib/collector/state",
+            file=config.path,
+            key=STATE_DIR_ENV,
+        )
 
 
 @main.command()
@@ -347,9 +558,10 @@ def _check_sqlite_folder(config: Config) -> bool:
 def status(jobfile: str, database: str | None, as_json: bool) -> None:
     """Show what each job of JOBFILE has collected, from the database alone.
 
-    Per job: last run, last success, failures in the last 24 h, its dataset's
-    rows and newest entry, its cursor and gaps; then the spool and the oldest
-    run kept. Exit 0 when healthy, 1 when a job is stale (no success for its
+    Per job: last run, last success, failures in the last 24 h, its own rows
+    in its dataset (its pair and interval, its account) and the newest, its
+    cursor (and paging progress) and gaps; then the spool and the oldest run
+    kept. Exit 0 when healthy, 1 when a job is stale (no success for its
     stale_after), 2 when the file is bad or the database can't be read: a
     cron or Nagios check.
 
@@ -367,17 +579,12 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
     from .store import Store
 
     config = load(jobfile, database=database)
-    _check_sqlite_folder(config)
+    _check_sqlite_folder(config, writable=False)
     store = Store.from_url(config.database) if exists(config) else None
     try:
         report = collect(config, store, datetime.now(UTC), peek_spool(config.spool_path))
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"cannot read database {config.database_for_display()}: {reason}",
-            file=config.path,
-            key="database",
-        ) from None
+        raise _db_error(config, "read", exc) from None
     finally:
         if store is not None:
             store.dispose()
@@ -416,7 +623,7 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
     from .verify import verify as check
 
     config = load(jobfile, database=database)
-    _check_sqlite_folder(config)
+    _check_sqlite_folder(config, writable=False)
     names = [a.name for a in config.accounts]
     if account is not None and account not in names:
         raise ConfigError(
@@ -432,12 +639,7 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
     try:
         reports = check(store.engine, scopes(config.jobs, config.retention, account))
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"cannot read database {config.database_for_display()}: {reason}",
-            file=config.path,
-            key="database",
-        ) from None
+        raise _db_error(config, "read", exc) from None
     finally:
         store.dispose()
     ok = all(r.ok for r in reports)
@@ -454,6 +656,46 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
         if not reports:
             click.echo("no private history job in the file: nothing to verify")
     sys.exit(0 if ok else 1)
+
+
+@main.command("methods")
+@click.argument("names", nargs=-1)
+def list_methods(names: tuple[str, ...]) -> None:
+    """List the Kraken methods a job can use, with their parameters.
+
+    Each method says whether it is public or private (and the API key
+    permission it needs), the table it fills, and its parameters with their
+    types; * marks a required one. Parameters the collector sets itself
+    (since, start, end, ofs) are not listed: a job's since: says where a
+    history starts. State-changing methods are never called.
+
+    \b
+    Example:
+        collector methods
+        collector methods OHLC Ledgers
+    """
+    import difflib
+
+    chosen = list(names) or list(methods.READ_METHODS)
+    for name in chosen:
+        method = methods.READ_METHODS.get(name)
+        if method is None:
+            close = difflib.get_close_matches(name, list(methods.READ_METHODS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise CollectorError(f"unknown method {name!r}{hint}")
+        kind = "public" if method.public else f"private, needs {method.permission or 'a key'}"
+        click.echo(f"{method.name} ({kind}): {method.doc}")
+        params = methods.params_of(method.name)
+        if params is None:
+            click.echo("    (parameters not checked)")
+            continue
+        shown = {k: p for k, p in params.items() if k not in method.managed}
+        width = max((len(k) for k in shown), default=0) + 1
+        for key, param in shown.items():
+            mark = "*" if key in method.required else " "
+            click.echo(f"  {mark} {key:<{width}} {param.kind:<8} {param.describe()}")
+        if method.name in methods.HISTORY_METHODS:
+            click.echo("    since: (job key) where its history starts: all, a date or unix seconds")
 
 
 @main.group()
@@ -481,12 +723,24 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
         collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
         collector db upgrade jobs.yaml
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from .config import database_problem, with_driver
     from .store import current_revision
 
     if jobfile:
         url = load(jobfile, database=database).database
     else:
         url = database or os.environ.get(DATABASE_ENV) or defaults.DATABASE
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):
+            parsed = None
+        problem = database_problem(parsed) if parsed else "malformed; e.g. sqlite:///collector.db"
+        if problem or parsed is None:
+            raise ConfigError(problem or "", key="--db" if database else DATABASE_ENV)
+        url = with_driver(parsed)
     store = _open_store(url, jobfile)
     click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
@@ -522,8 +776,20 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     help="New entries a second in each history (ledger entries, fills, closed orders, public "
     "trades).",
 )
+@click.option(
+    "--permissions",
+    metavar="LIST",
+    help="The key's permissions, comma-separated from funds, open, closed, ledger, export "
+    "(default: all); a private call that needs another gets EGeneral:Permission denied.",
+)
 def fake_exchange(
-    host: str, port: int, key_file: str, tier_: str, public_limit: str, growth: float
+    host: str,
+    port: int,
+    key_file: str,
+    tier_: str,
+    public_limit: str,
+    growth: float,
+    permissions: str | None,
 ) -> None:
     """Serve a strict local stand-in for Kraken's REST API, to try a job file offline.
 
@@ -532,6 +798,10 @@ def fake_exchange(
         collector fake-exchange --port 8765 --key-file fake.key
         # then in jobs.yaml:  kraken: {url: http://127.0.0.1:8765, key_file: fake.key}
         # inject a fault:     curl -X POST 'http://127.0.0.1:8765/_fake/fault?kind=http_502'
+
+    \b
+    Rehearse going live with a key that lacks a permission (Ledgers is denied):
+        collector fake-exchange --key-file fake.key --permissions funds,open,closed
 
     \b
     Fault kinds (POST /_fake/fault?kind=K[&method=M][&count=N]):
@@ -550,6 +820,7 @@ def fake_exchange(
     """
     from .testing.fake_exchange import FakeKraken, new_key_file
 
+    allowed = _permissions_option(permissions)
     try:
         fake = FakeKraken(
             tier=_rate_limit_option(tier_),
@@ -567,12 +838,14 @@ def fake_exchange(
         else:
             key, secret = new_key_file(key_file)
             click.echo(f"wrote a new random key pair to {key_file}")
-        fake.add_key(key, secret)
+        fake.add_key(key, secret, permissions=allowed)
     except (OSError, ValueError) as exc:
         fake.close()
         reason = getattr(exc, "strerror", None) or "not a key file (key, then base64 secret)"
         raise CollectorError(f"{key_file}: {reason}") from None
     click.echo(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
+    if allowed is not None:
+        click.echo(f"the key may only: {', '.join(sorted(allowed)) or 'nothing private'}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         fake.serve_forever()
@@ -580,6 +853,29 @@ def fake_exchange(
         pass
     finally:
         fake.close()
+
+
+#: ``fake-exchange --permissions`` names for Kraken's key permissions.
+_PERMISSIONS = {
+    "funds": methods.QUERY_FUNDS,
+    "open": methods.QUERY_OPEN,
+    "closed": methods.QUERY_CLOSED,
+    "ledger": methods.QUERY_LEDGER,
+    "export": methods.EXPORT_DATA,
+}
+
+
+def _permissions_option(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _PERMISSIONS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown {', '.join(unknown)}; use {', '.join(_PERMISSIONS)}",
+            param_hint="--permissions",
+        )
+    return frozenset(_PERMISSIONS[n] for n in names)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

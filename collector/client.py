@@ -16,6 +16,10 @@ Same constructor, attributes and methods as krakenex (``key``, ``secret``, ``uri
   :class:`~collector.ratelimit.RateLimit`; ``public_rate_limit=`` for public calls). A call waits
   for budget instead of being refused. Off by default, as in krakenex.
 * **Answers are bounded** (``max_response``, 50 MB by default): a larger one is a ``BadResponse``.
+* **The timeout bounds the whole call** (connect, headers and body), not each read: a peer that
+  answers a byte at a time is cut at the deadline (:mod:`collector.deadline`).
+* **Redirects are never followed**: a 3xx would resend the signed request elsewhere. It is an
+  :class:`~collector.errors.HTTPStatusError` with its status.
 * **HTML error pages don't crash it.** A non-2xx answer raises :class:`~collector.errors.HTTPStatusError`
   (a ``requests.HTTPError``) whose message holds the page's title, and a body that isn't JSON raises
   :class:`~collector.errors.BadResponse` (a ``ValueError``).
@@ -26,6 +30,7 @@ a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
 import json
@@ -36,15 +41,14 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
-from . import __version__, defaults
+from . import __version__, deadline, defaults
 from .auth import KrakenAuth
 from .errors import (
     BadResponse,
@@ -55,6 +59,7 @@ from .errors import (
     NotPermitted,
     RequestTimeout,
 )
+from .keystate import KeyBudget
 from .methods import cost, is_public
 from .nonce import NonceSource
 from .ratelimit import PUBLIC_DEFAULT, RateLimit, RateLimiter, tier
@@ -146,7 +151,7 @@ class API:
         self.session.headers.update(
             {"User-Agent": f"collector/{__version__} (krakenex-compatible)"}
         )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=defaults.POOL_SIZE)
+        adapter = deadline.DeadlineAdapter(pool_connections=4, pool_maxsize=defaults.POOL_SIZE)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.response: requests.Response | None = None
@@ -161,9 +166,15 @@ class API:
         #: when set, private calls are sent only while it returns True (checked under the private
         #: lock, right before the nonce is taken): an account this process holds the lease on
         self.permit: Callable[[], bool] | None = None
+        #: when set, the key's counter and nonce sequence shared with the other processes using
+        #: the key on this machine (:class:`collector.keystate.KeyBudget`): each private call
+        #: takes its turn under it
+        self.shared: KeyBudget | None = None
         self._json_options: dict[str, Any] = {}
         self._private_lock = threading.Lock()
         self._auth_cache: tuple[str, str, KrakenAuth] | None = None
+        self._watches: set[deadline.Watch] = set()
+        self._watch_lock = threading.Lock()
 
     # -- krakenex interface -------------------------------------------------------------------
 
@@ -205,7 +216,7 @@ class API:
         :raises CredentialsError: without a key and secret
         :raises requests.HTTPError: on a non-2xx status (:class:`~collector.errors.HTTPStatusError`)
         """
-        return self._decode(self._send_private(method, data, timeout), method)
+        return self._send_private(method, data, timeout)[1]
 
     def _nonce(self) -> int:
         """The next nonce: strictly greater than every one this client issued, and the floor."""
@@ -238,15 +249,15 @@ class API:
     ) -> Reply:
         """Call ``method`` (public or private, decided by the method) and return its result.
 
-        :raises KrakenAPIError: the answer held E-errors (``EAPI:Rate limit exceeded`` also fills
-            the client's counter, so the next call waits)
+        :raises KrakenAPIError: the answer held E-errors (after ``EAPI:Rate limit exceeded`` the
+            client sends nothing for the key until its counter has drained)
         :raises HTTPStatusError, RequestTimeout, ConnectionFailed, BadResponse: as their names say
         """
         if is_public(method):
             response = self._send_public(method, data, timeout)
+            payload = self._decode(response, method)
         else:
-            response = self._send_private(method, data, timeout)
-        payload = self._decode(response, method)
+            response, payload = self._send_private(method, data, timeout)
         status = response.status_code
         errors = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
@@ -258,8 +269,6 @@ class API:
             )
         hard = [e for e in errors if not e.startswith("W")]
         if hard:
-            if RATE_LIMIT_ERROR in hard and self.limiter and not is_public(method):
-                self.limiter.saturate()
             reason = ", ".join(hard)
             raise KrakenAPIError(
                 f"{method}: {reason}",
@@ -291,15 +300,17 @@ class API:
 
     def _send_private(
         self, method: str, data: Mapping[str, Any] | None, timeout: float | None
-    ) -> requests.Response:
+    ) -> tuple[requests.Response, Any]:
+        """Send a private call and decode its answer: ``(response, payload)``."""
         auth = self._auth()
         if data and "nonce" in data:
             raise CredentialsError("do not pass 'nonce' in data; the client takes it")
         params = encode_params(data)
         urlpath = f"/{self.apiversion}/private/{method}"
-        # One lock from budget to answer: nonces reach the exchange in the order they were taken,
-        # and the budget is counted as close as possible to the moment the exchange counts it.
-        with self._private_lock:
+        # One lock from budget to answer (and, with `shared`, one turn with the key among all
+        # processes using it): nonces reach the exchange in the order they were taken, and the
+        # budget is counted as close as possible to the moment the exchange counts it.
+        with self._private_lock, self._turn():
             if self.limiter:
                 self.limiter.acquire(cost(method), self.cancel)
             if self.permit is not None and not self.permit():
@@ -307,7 +318,27 @@ class API:
             nonce = self._nonce()
             body = f"nonce={nonce}&{params}" if params else f"nonce={nonce}"
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
-            return self._http(method, urlpath, "", body, headers, auth, timeout)
+            response = self._http(method, urlpath, "", body, headers, auth, timeout)
+            payload = self._decode(response, method)
+            errors = payload.get("error") if isinstance(payload, dict) else None
+            if self.limiter and isinstance(errors, list):
+                if RATE_LIMIT_ERROR in errors:
+                    # Before the next call of any thread (or process): it must wait the drain.
+                    wait = self.limiter.refused(cost(method))
+                    logger.warning(
+                        "Kraken refused a call for the key's rate limit (%d in a row); no private "
+                        "call for %.1fs while its counter drains",
+                        self.limiter.refusals,
+                        wait,
+                    )
+                elif not any(isinstance(e, str) and e.startswith("E") for e in errors):
+                    self.limiter.accepted()
+            return response, payload
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        if self.shared is None:
+            return contextlib.nullcontext()
+        return self.shared.turn(self.limiter, self.nonces)
 
     def _http(
         self,
@@ -322,39 +353,55 @@ class API:
         url = self.uri + urlpath + (f"?{query}" if query else "")
         if timeout is None:
             timeout = self.timeout
+        if self.cancel is not None and self.cancel.is_set() and timeout is not None:
+            timeout = min(timeout, defaults.STOP_GRACE)  # stopping: no call holds it up long
         started = time.monotonic()
-        try:
-            if body is None:
-                response = self.session.get(url, headers=headers, timeout=timeout, stream=True)
-            else:
-                response = self.session.post(
-                    url,
-                    data=body.encode("ascii"),
-                    headers=headers,
-                    auth=auth,
-                    timeout=timeout,
-                    stream=True,
-                )
-            self._read_body(response, method)
-        except requests.RequestException as exc:
-            chain = _chain(exc)
-            # requests reports a read that timed out mid-body as a ConnectionError.
-            if isinstance(exc, requests.Timeout) or any(
-                isinstance(e, ReadTimeoutError | TimeoutError) for e in chain
-            ):
-                reason = "timed out" if timeout is None else f"timed out after {timeout:g} s"
-                waiting = (
-                    "to connect" if isinstance(exc, requests.ConnectTimeout) else "for the answer"
-                )
-                raise RequestTimeout(
-                    f"{method}: {reason} waiting {waiting}",
-                    method=method,
-                    reason=reason,
+        # The timeout bounds the whole call (connect, headers, body), not each read: a peer that
+        # answers a byte at a time is cut at the deadline (collector.deadline).
+        with contextlib.ExitStack() as stack:
+            watch = None
+            if timeout is not None:
+                watch = stack.enter_context(deadline.watch(timeout))
+                stack.enter_context(self._tracked(watch))
+            try:
+                # Never a redirect: a 3xx would resend the signed request (API-Key, API-Sign, the
+                # body) to wherever it points, and store another host's answer as Kraken's.
+                if body is None:
+                    response = self.session.get(
+                        url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                    )
+                else:
+                    response = self.session.post(
+                        url,
+                        data=body.encode("ascii"),
+                        headers=headers,
+                        auth=auth,
+                        timeout=timeout,
+                        stream=True,
+                        allow_redirects=False,
+                    )
+                self._read_body(response, method)
+            except requests.RequestException as exc:
+                chain = _chain(exc)
+                # requests reports a read that timed out mid-body as a ConnectionError.
+                if (
+                    (watch is not None and watch.expired)
+                    or isinstance(exc, requests.Timeout)
+                    or any(isinstance(e, ReadTimeoutError | TimeoutError) for e in chain)
+                ):
+                    raise _timeout(method, timeout, exc) from exc
+                reason = _transport_reason(chain, urllib.parse.urlsplit(url).hostname or url)
+                raise ConnectionFailed(
+                    f"{method}: {reason} ({_innermost(chain)})", method=method, reason=reason
                 ) from exc
-            reason = _transport_reason(chain, urllib.parse.urlsplit(url).hostname or url)
-            raise ConnectionFailed(
-                f"{method}: {reason} ({_innermost(chain)})", method=method, reason=reason
-            ) from exc
+            except BadResponse:
+                if watch is not None and watch.finish():
+                    raise _timeout(method, timeout, None) from None
+                raise
+            if watch is not None and watch.finish():
+                # Cut at the deadline: what was read may look complete (a shut-down socket reads
+                # as the end of a body without a length), but it is not an answer.
+                raise _timeout(method, timeout, None)
         self.response = response
         # Path, status and time only: a private call's body and headers carry the nonce, the
         # signature and any otp, and never go to a log.
@@ -368,7 +415,8 @@ class API:
         if response.status_code not in (200, 201, 202):
             error = HTTPStatusError(
                 f"{method}: HTTP {' '.join(filter(None, (str(response.status_code), response.reason)))}"
-                f": {excerpt(response)}",
+                + _location(response)
+                + (f": {text}" if (text := excerpt(response)) else ""),
                 method=method,
                 http_status=response.status_code,
                 reason=f"HTTP {response.status_code}",
@@ -376,6 +424,25 @@ class API:
             error.response = response
             raise error
         return response
+
+    @contextlib.contextmanager
+    def _tracked(self, watch: deadline.Watch) -> Iterator[None]:
+        with self._watch_lock:
+            self._watches.add(watch)
+        try:
+            yield
+        finally:
+            with self._watch_lock:
+                self._watches.discard(watch)
+
+    def cut_calls(self, within: float) -> None:
+        """Cut the calls in flight ``within`` seconds from now, unless they end sooner (a
+        stopping service gives them a short grace, not their whole timeout); they end as
+        :class:`~collector.errors.RequestTimeout`."""
+        with self._watch_lock:
+            watches = list(self._watches)
+        for watch in watches:
+            deadline.REAPER.shorten(watch, within)
 
     def _read_body(self, response: requests.Response, method: str) -> None:
         """Read the body, but no more than ``max_response`` bytes (decoded): a huge or endless
@@ -434,6 +501,20 @@ class _CappedStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
+
+
+def _timeout(method: str, timeout: float | None, exc: BaseException | None) -> RequestTimeout:
+    reason = "timed out" if timeout is None else f"timed out after {timeout:g} s"
+    waiting = "to connect" if isinstance(exc, requests.ConnectTimeout) else "for the answer"
+    return RequestTimeout(f"{method}: {reason} waiting {waiting}", method=method, reason=reason)
+
+
+def _location(response: requests.Response) -> str:
+    """`` to HOST`` for a redirect (never followed): where it pointed, host only."""
+    if not response.is_redirect:
+        return ""
+    target = urllib.parse.urlsplit(response.headers.get("Location", ""))
+    return f" (a redirect to {target.hostname or '?'}, not followed)"
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

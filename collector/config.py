@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import math
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -36,7 +40,16 @@ from .defaults import (
     XDG_STATE_ENV,
 )
 from .errors import ConfigError, CredentialsError
-from .methods import PRIVATE_READ_METHODS, PUBLIC_METHODS, STATE_CHANGING_METHODS, is_public
+from .methods import (
+    HISTORY_METHODS,
+    PRIVATE_READ_METHODS,
+    PUBLIC_METHODS,
+    READ_METHODS,
+    STATE_CHANGING_METHODS,
+    Param,
+    is_public,
+    params_of,
+)
 from .nonce import UNITS
 from .ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
@@ -106,6 +119,8 @@ class Job:
     timeout: float = defaults.TIMEOUT
     #: retries of one call end this many seconds after it started
     deadline: float = defaults.DEADLINE
+    #: whether the job file sets ``deadline`` (``run --once`` shortens only the default one)
+    deadline_set: bool = field(default=False, compare=False)
     #: where a dataset's history starts (unix seconds), None for its default (``all`` for the
     #: private histories, now for public trades, what Kraken keeps for candles and spreads)
     since: float | None = None
@@ -212,7 +227,9 @@ class _Map(dict):
     lines: dict[str, int]
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (ten times faster: 10,000 jobs load in well under a second),
+# with the safe constructor either way: no !!python tags.
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     pass
 
 
@@ -225,7 +242,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, str):
-            raise ConfigError(f"keys must be text, not {key!r}", line=line)
+            raise ConfigError(f"keys must be text, not {show(key)}", line=line)
         if key in out:
             raise ConfigError(
                 f"duplicate key (first at line {out.lines[key]}); YAML would silently keep the last",
@@ -237,7 +254,17 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
     return out
 
 
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    """A YAML date or time; one that looks like a date but isn't (``2024-13-01``) stays text, so
+    the key that holds it says what is wrong with it (PyYAML would raise a ValueError)."""
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -248,17 +275,20 @@ def load(
     *,
     database: str | None = None,
     environ: dict[str, str] | None = None,
+    metrics_listen: str | None = None,
 ) -> Config:
     """Read and validate a job file.
 
     :param database: overrides the file's ``database`` (the CLI's ``--db``)
+    :param metrics_listen: overrides the file's ``metrics.listen``, which is then not looked at
+        (the CLI's ``--metrics-listen``)
     :param environ: the environment for ``${VAR}`` and credentials (default ``os.environ``)
     :raises ConfigError: with file, line and key
     """
     name = str(path)
     env = dict(os.environ if environ is None else environ)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_small(path, defaults.JOB_FILE_MAX).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the job file: {_reason(exc)}", file=name) from None
     try:
@@ -275,7 +305,7 @@ def load(
     if not isinstance(raw, _Map):
         raise ConfigError("the job file must be a mapping with a 'jobs' key", file=name, line=1)
     try:
-        return _Builder(name, env).config(raw, database)
+        return _Builder(name, env).config(raw, database, metrics_listen)
     except RecursionError:
         raise ConfigError("nested too deeply", file=name) from None
 
@@ -284,13 +314,65 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
 
 
+def read_small(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    A FIFO, a device (``/dev/zero``) or a huge file is refused before anything is read: opened
+    without blocking, checked with ``fstat``, then read up to the limit.
+
+    :raises OSError: with a ``strerror`` that says why
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"larger than {limit:,} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(0, f"larger than {limit:,} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxtuple = 2, 3, 3, 3
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 40, 40, 40
+
+
+def show(value: Any) -> str:
+    """``value`` for a message, cut short: a bounded walk, so a YAML alias bomb costs nothing and
+    a huge value never fills a line."""
+    text = _SHOW.repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _range(low: float, high: float) -> str:
+    return (
+        f"between {format_duration(timedelta(seconds=low))} and "
+        f"{format_duration(timedelta(seconds=high))}"
+    )
+
+
 class _Builder:
     def __init__(self, file: str, env: dict[str, str]) -> None:
         self.file, self.env = file, env
         self.warnings: list[str] = []
+        self.original = _Map()  # the file as written, before ${VAR} expansion
+        self.kraken_line = 1
 
     def error(self, message: str, where: _Map, key: str | None, path: str) -> ConfigError:
         line = where.lines.get(key, where.line) if key is not None else where.line
+        if not path.isprintable():  # a key with a newline must not forge a second line
+            path = show(path)
         return ConfigError(message, file=self.file, line=line, key=path or None)
 
     def check_keys(self, where: _Map, allowed: tuple[str, ...], prefix: str) -> None:
@@ -359,20 +441,38 @@ class _Builder:
             raise self.error("must be a mapping", parent, key, path)
         return value
 
-    def duration(self, where: _Map, key: str, path: str) -> float:
+    def duration(
+        self,
+        where: _Map,
+        key: str,
+        path: str,
+        low: float = 0.0,
+        high: float = defaults.WAIT_MAX,
+    ) -> float:
+        """A duration in seconds, within ``[low, high]`` (every duration is bounded: an endless
+        one would overflow the dates computed from it)."""
         value = where[key]
         seconds = parse_duration(value)
         if seconds is None:
             raise self.error(
-                f"bad duration {value!r}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+                f"bad duration {show(value)}: use 30s, 5m, 1h, 1d or combinations such as 1h30m",
+                where,
+                key,
+                path,
+            )
+        if not low <= seconds <= high:
+            raise self.error(
+                f"{show(value)} is out of range: must be {_range(max(low, 0.001), high)}",
                 where,
                 key,
                 path,
             )
         return seconds
 
-    def config(self, raw: _Map, database: str | None) -> Config:
+    def config(self, raw: _Map, database: str | None, listen: str | None = None) -> Config:
         self.check_keys(raw, TOP_KEYS, "")
+        self.original = raw
+        self.kraken_line = raw.lines.get("kraken", raw.line)
         raw = self.expand(raw)
         kraken_map = self.mapping(raw, "kraken", "kraken")
         kraken = self.kraken(kraken_map)
@@ -385,10 +485,19 @@ class _Builder:
                 "jobs" if "jobs" in raw else None,
                 "jobs",
             )
+        if len(jobs_map) > defaults.JOBS_MAX:
+            raise self.error(
+                f"{len(jobs_map):,} jobs; at most {defaults.JOBS_MAX:,} in one file",
+                raw,
+                "jobs",
+                "jobs",
+            )
         jobs = tuple(self.job(name, jobs_map, kraken, accounts) for name in jobs_map)
         failover = defaults.FAILOVER
         if "failover" in raw:
-            failover = self.duration(raw, "failover", "failover")
+            failover = self.duration(
+                raw, "failover", "failover", defaults.FAILOVER_MIN, defaults.FAILOVER_MAX
+            )
         # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
         # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
         # shell, and are relative to where they are.
@@ -408,20 +517,25 @@ class _Builder:
                 where_db[0],
                 "database",
             ) from None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise self.error(
-                f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql",
-                where_db[1],
-                where_db[0],
-                "database",
-            )
+        problem = database_problem(url)
+        if problem:
+            raise self.error(problem, where_db[1], where_db[0], "database")
         if from_file:
             url = _sqlite_under(url, data_dir)
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
         max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
-        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
-            raise self.error("must be a whole number of runs", spool, "max_runs", "spool.max_runs")
+        if (
+            isinstance(max_runs, bool)
+            or not isinstance(max_runs, int)
+            or not 1 <= max_runs <= defaults.SPOOL_MAX_RUNS_MAX
+        ):
+            raise self.error(
+                f"must be a whole number of runs from 1 to {defaults.SPOOL_MAX_RUNS_MAX:,}",
+                spool,
+                "max_runs",
+                "spool.max_runs",
+            )
         in_file = spool.get("path")
         if in_file is not None and not isinstance(in_file, str):
             raise self.error("must be a file path", spool, "path", "spool.path")
@@ -435,7 +549,7 @@ class _Builder:
                 spool_path = str(data_dir / defaults.SPOOL_NAME)
         return Config(
             self.file,
-            _with_driver(url),
+            with_driver(url),
             kraken,
             jobs,
             spool_path,
@@ -444,19 +558,21 @@ class _Builder:
             tuple(self.warnings),
             accounts,
             failover,
-            metrics_listen=self.metrics(raw),
+            metrics_listen=self.metrics(raw, listen),
             retention=self.retention(raw),
         )
 
-    def metrics(self, raw: _Map) -> str | None:
+    def metrics(self, raw: _Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")
         self.check_keys(spec, METRICS_KEYS, "metrics.")
+        if override is not None:  # --metrics-listen: the file's value is not used
+            return override
         if "listen" not in spec:
             return None
         listen = spec["listen"]
         if parse_listen(listen) is None:
             raise self.error(
-                f"must be HOST:PORT, e.g. 127.0.0.1:{defaults.METRICS_PORT}, not {listen!r}",
+                f"must be HOST:PORT, e.g. 127.0.0.1:{defaults.METRICS_PORT}, not {show(listen)}",
                 spec,
                 "listen",
                 "metrics.listen",
@@ -466,7 +582,10 @@ class _Builder:
     def retention(self, raw: _Map) -> dict[str, float]:
         spec = self.mapping(raw, "retention", "retention")
         self.check_keys(spec, RETENTION_KEYS, "retention.")
-        return {table: self.duration(spec, table, f"retention.{table}") for table in spec}
+        return {
+            table: self.duration(spec, table, f"retention.{table}", high=defaults.RETENTION_MAX)
+            for table in spec
+        }
 
     def data_dir(self) -> Path:
         """Where relative data paths in the job file resolve: ``$COLLECTOR_DATA_DIR`` (relative
@@ -492,26 +611,42 @@ class _Builder:
         opts: dict[str, Any] = {}
         if "url" in k:
             url = k["url"]
-            if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+            if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s?#]+/?\S*", url):
                 raise self.error("must be an http(s) URL", k, "url", "kraken.url")
+            parts = urlsplit(url)
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise self.error(
+                    f"must be the exchange's address without a path, e.g. "
+                    f"{parts.scheme}://{parts.netloc}: the client adds /0/public/... and "
+                    "/0/private/... itself",
+                    k,
+                    "url",
+                    "kraken.url",
+                )
             opts["url"] = url.rstrip("/")
         opts.update(self.account_opts(k, "kraken."))
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
-            opts["timeout"] = self.duration(k, "timeout", "kraken.timeout")
+            opts["timeout"] = self.duration(
+                k, "timeout", "kraken.timeout", high=defaults.TIMEOUT_MAX
+            )
         if "max_response_mb" in k:
             size = k["max_response_mb"]
-            if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
+            if (
+                isinstance(size, bool)
+                or not isinstance(size, int | float)
+                or not 0.001 <= size <= defaults.MAX_RESPONSE_MB_MAX
+            ):
                 raise self.error(
-                    "must be a positive number of megabytes",
+                    f"must be a number of megabytes from 0.001 to {defaults.MAX_RESPONSE_MB_MAX}",
                     k,
                     "max_response_mb",
                     "kraken.max_response_mb",
                 )
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
-            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout")
+            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout", high=defaults.WAIT_MAX)
         key, secret = self.credentials(k, "kraken.", environment=True)
         return KrakenSettings(key=key, secret=secret, **opts)
 
@@ -523,12 +658,12 @@ class _Builder:
                 "give either tier or rate_limit, not both", k, "rate_limit", prefix + "rate_limit"
             )
         if "tier" in k:
-            tier = str(k["tier"]).lower()
+            tier = k["tier"].lower() if isinstance(k["tier"], str) else ""
             if tier not in TIERS:
                 close = difflib.get_close_matches(tier, TIERS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise self.error(
-                    f"unknown tier {k['tier']!r} (starter, intermediate or pro){hint}",
+                    f"unknown tier {show(k['tier'])} (starter, intermediate or pro){hint}",
                     k,
                     "tier",
                     prefix + "tier",
@@ -580,8 +715,10 @@ class _Builder:
                 raise self.error(
                     "must be a mapping with key and secret, or key_file", found, name, path
                 )
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(name)):
-                raise self.error("an account name is letters, digits, _ . or -", found, name, path)
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise self.error(
+                    "an account name is 1 to 64 letters, digits, _ . or -", found, name, path
+                )
             self.check_keys(spec, ACCOUNT_KEYS, path + ".")
             opts = {
                 "tier": kraken.tier,
@@ -613,8 +750,33 @@ class _Builder:
                 decode_secret(secret)
             except CredentialsError as exc:
                 where = "secret" if "secret" in k else "key_file" if "key_file" in k else None
-                raise self.error(str(exc), k, where, f"{prefix}{where or 'secret'}") from None
+                if where == "secret":
+                    origin = self.origin(prefix + "secret")
+                    source = f" from {origin}" if origin else ""
+                elif where == "key_file":
+                    source = " on line 2 of the key file"
+                else:
+                    source = f" from ${SECRET_ENV}"
+                message = str(exc).replace("the API secret", f"the API secret{source}", 1)
+                if any(c.isspace() for c in secret):
+                    message += "; it holds a space or line break inside"
+                error = self.error(message, k, where, f"{prefix}{where or 'secret'}")
+                if where is None:  # from the environment: the line of the section it belongs to
+                    error = ConfigError(
+                        error.message, file=self.file, line=self.kraken_line, key=error.key
+                    )
+                raise error from None
         return key, secret
+
+    def origin(self, path: str) -> str | None:
+        """The ``${VAR}`` references in the job file's own text at ``path`` (dotted), if any."""
+        node: Any = self.original
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        names = _VAR.findall(node) if isinstance(node, str) else []
+        return ", ".join(f"${{{name}}}" for name, _ in names) or None
 
     def _credentials(self, k: _Map, prefix: str, environment: bool) -> tuple[str, str]:
         if "key_file" in k:
@@ -622,12 +784,17 @@ class _Builder:
                 raise self.error(
                     "give key_file or key/secret, not both", k, "key_file", prefix + "key_file"
                 )
-            path = Path(str(k["key_file"]))
+            if not isinstance(k["key_file"], str) or not k["key_file"]:
+                raise self.error("must be a file path", k, "key_file", prefix + "key_file")
+            path = Path(k["key_file"])
             if not path.is_absolute():
                 path = Path(self.file).parent / path
             try:
-                with open(path, encoding="utf-8") as f:
-                    key, secret = f.readline().strip(), f.readline().strip()
+                # A regular file of at most 64 KB (never /dev/zero or a FIFO); a BOM, CRLF line
+                # ends and spaces around the values (a key file saved by Notepad) are not part
+                # of them.
+                lines = read_small(path, defaults.KEY_FILE_MAX).decode("utf-8-sig").splitlines()
+                key, secret, *_ = (line.strip() for line in [*lines, "", ""])
             except (OSError, UnicodeDecodeError) as exc:
                 raise self.error(
                     f"cannot read key file {str(path)!r}: {_reason(exc)}",
@@ -657,6 +824,9 @@ class _Builder:
         for name, value in (("key", key), ("secret", secret)):
             if not isinstance(value, str):
                 raise self.error("must be text", k, name, f"{prefix}{name}")
+        # Pasted or echoed values carry a newline or a space at their ends, as key files do;
+        # neither is ever part of a key or a base64 secret.
+        key, secret = key.strip(), secret.strip()
         if bool(key) != bool(secret):
             missing = "secret" if key else "key"
             raise self.error(
@@ -669,29 +839,43 @@ class _Builder:
 
     def since(self, spec: _Map, path: str) -> float | None:
         """``all`` (None: from the beginning), a date, an ISO time (UTC unless it says), or unix
-        seconds."""
+        seconds; never in the future (there is nothing there to start from)."""
         value = spec["since"]
         if value == "all":
             return None
+        usage = "all, a date (2024-01-31), a time (2024-01-31T12:00:00Z) or unix seconds"
+        seconds: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+            seconds = float(value) if math.isfinite(value) else None
         if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
             value = datetime.datetime.combine(value, datetime.time(), datetime.UTC)
         if isinstance(value, str):
             try:
-                value = datetime.datetime.fromisoformat(value)
-            except ValueError:
-                value = None
+                value = datetime.datetime.fromisoformat(value.strip())
+            except ValueError as exc:
+                # A date YAML could not build (2024-13-01) arrives here as text, with the reason.
+                raise self.error(
+                    f"{show(value)} is not a date or time ({exc}); use {usage}",
+                    spec,
+                    "since",
+                    path,
+                ) from None
         if isinstance(value, datetime.datetime):
             if value.tzinfo is None:
                 value = value.replace(tzinfo=datetime.UTC)
-            return value.timestamp()
-        raise self.error(
-            "must be all, a date (2024-01-31), a time (2024-01-31T12:00:00Z) or unix seconds",
-            spec,
-            "since",
-            path,
-        )
+            seconds = value.timestamp()
+        if seconds is None:
+            raise self.error(f"must be {usage}", spec, "since", path)
+        if seconds > datetime.datetime.now(datetime.UTC).timestamp():
+            when = datetime.datetime.fromtimestamp(min(seconds, 253402300799), datetime.UTC)
+            raise self.error(
+                f"{when.isoformat(timespec='seconds')} is in the future: a history starts in "
+                "the past (all, or a date it has)",
+                spec,
+                "since",
+                path,
+            )
+        return seconds
 
     def rate_limit(self, k: _Map, key: str, prefix: str = "kraken.") -> RateLimit:
         value = k[key]
@@ -699,16 +883,37 @@ class _Builder:
             raise self.error(
                 "must be a mapping {max: N, decay: per-second}", k, key, f"{prefix}{key}"
             )
-        try:
-            return RateLimit(float(value["max"]), float(value["decay"]))
-        except (TypeError, ValueError) as exc:
-            raise self.error(str(exc), k, key, f"{prefix}{key}") from None
+        numbers = [value["max"], value["decay"]]
+        if not all(
+            isinstance(n, int | float)
+            and not isinstance(n, bool)
+            and math.isfinite(n)
+            and 0 < n <= defaults.RATE_MAX
+            for n in numbers
+        ):
+            raise self.error(
+                f"max and decay must be numbers above 0 and at most {defaults.RATE_MAX:,.0f}",
+                k,
+                key,
+                f"{prefix}{key}",
+            )
+        return RateLimit(float(value["max"]), float(value["decay"]))
 
     def job(
         self, name: str, jobs: _Map, kraken: KrakenSettings, accounts: tuple[Account, ...]
     ) -> Job:
-        path = f"jobs.{name}"
+        path = f"jobs.{name}" if name.isprintable() else f"jobs.{name!r}"
         spec = jobs[name]
+        if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}", name):
+            # A name is a log field, a metric label and a status column: no newline that forges
+            # a log line, no terminal escape, no space that breaks a table.
+            raise self.error(
+                f"a job name is 1 to {defaults.NAME_MAX} letters, digits, _ . or -, "
+                f"not {show(name)}",
+                jobs,
+                name,
+                path,
+            )
         if not isinstance(spec, _Map):
             raise self.error(
                 "a job must be a mapping with method and every or cron", jobs, name, path
@@ -734,7 +939,7 @@ class _Builder:
             close = difflib.get_close_matches(method, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise self.error(
-                f"unknown Kraken method {method!r}{hint}", spec, "method", path + ".method"
+                f"unknown Kraken method {show(method)}{hint}", spec, "method", path + ".method"
             )
         params = spec.get("params") or _Map()
         if not isinstance(params, _Map):
@@ -758,6 +963,7 @@ class _Builder:
                     reserved,
                     f"{path}.params.{reserved}",
                 )
+        self.check_params(method, params, spec, path)
         opts: dict[str, Any] = {}
         has_every, has_cron = "every" in spec, "cron" in spec
         if has_every and has_cron:
@@ -768,35 +974,27 @@ class _Builder:
             )
         tz = spec.get("timezone", "UTC")
         try:
-            ZoneInfo(str(tz))
+            if not isinstance(tz, str):
+                raise ValueError
+            ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise self.error(
-                f"unknown timezone {tz!r}", spec, "timezone", path + ".timezone"
+                f"unknown timezone {show(tz)}", spec, "timezone", path + ".timezone"
             ) from None
         if has_every:
-            seconds = self.duration(spec, "every", path + ".every")
+            seconds = self.duration(
+                spec, "every", path + ".every", defaults.EVERY_MIN, defaults.EVERY_MAX
+            )
             opts["every"] = timedelta(seconds=seconds)
         else:
-            cron = spec["cron"]
-            if not isinstance(cron, str) or len(cron.split()) != 5:
-                raise self.error(
-                    f"bad cron {cron!r}: needs 5 fields (minute hour day month "
-                    "weekday), e.g. '0 * * * *'",
-                    spec,
-                    "cron",
-                    path + ".cron",
-                )
-            try:
-                CronTrigger.from_crontab(cron, timezone=str(tz))
-            except ValueError as exc:
-                raise self.error(
-                    f"bad cron {cron!r}: {exc}", spec, "cron", path + ".cron"
-                ) from None
-            opts["cron"] = cron
+            opts["cron"] = self.cron(spec, tz, path + ".cron")
         if "jitter" in spec:
-            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter")
+            most = defaults.JITTER_MAX
+            if has_every:
+                most = min(most, opts["every"].total_seconds())
+            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter", high=most)
         opts["timeout"] = (
-            self.duration(spec, "timeout", path + ".timeout")
+            self.duration(spec, "timeout", path + ".timeout", high=defaults.TIMEOUT_MAX)
             if "timeout" in spec
             else kraken.timeout
         )
@@ -804,17 +1002,29 @@ class _Builder:
         # minute, whichever is shorter).
         if "deadline" in spec:
             opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
+            opts["deadline_set"] = True
         elif "every" in opts:
             opts["deadline"] = min(opts["every"].total_seconds(), defaults.DEADLINE)
         if "since" in spec:
+            if method not in HISTORY_METHODS:
+                raise self.error(
+                    f"{method} keeps no history to start from; since: applies to "
+                    f"{', '.join(sorted(HISTORY_METHODS))}",
+                    spec,
+                    "since",
+                    path + ".since",
+                )
             opts["since"] = self.since(spec, path + ".since")
         if "raw" in spec:
             if not isinstance(spec["raw"], bool):
                 raise self.error("must be true or false", spec, "raw", path + ".raw")
             opts["raw"] = spec["raw"]
-        for key in ("stale_after", "retention"):
-            if key in spec:
-                opts[key] = self.duration(spec, key, f"{path}.{key}")
+        if "stale_after" in spec:
+            opts["stale_after"] = self.duration(spec, "stale_after", f"{path}.stale_after")
+        if "retention" in spec:
+            opts["retention"] = self.duration(
+                spec, "retention", f"{path}.retention", high=defaults.RETENTION_MAX
+            )
         job = Job(
             name=str(name),
             method=method,
@@ -824,6 +1034,71 @@ class _Builder:
             **opts,
         )
         return self.account_of(job, spec, path, accounts)
+
+    def check_params(self, method: str, params: _Map, spec: _Map, path: str) -> None:
+        """``params`` against what ``method`` takes (:data:`collector.methods.READ_METHODS`): no
+        unknown name, no parameter the collector sets itself, values of the right type, one pair
+        where the method takes one, and the parameters it needs."""
+        known = params_of(method)
+        if known is None:
+            return
+        managed = READ_METHODS[method].managed
+        for name, value in params.items():
+            where = f"{path}.params.{name}"
+            if name in managed:
+                raise self.error(f"{managed[name]}; leave it out", params, name, where)
+            param = known.get(name)
+            if param is None:
+                names = sorted(known)
+                close = difflib.get_close_matches(str(name), names, n=1)
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else f"; it takes {', '.join(names)}"
+                    if names
+                    else "; it takes none"
+                )
+                raise self.error(
+                    f"{method} has no parameter {show(name)}{hint}", params, name, where
+                )
+            problem = _param_problem(method, param, value)
+            if problem:
+                raise self.error(problem, params, name, where)
+        for name in READ_METHODS[method].required:
+            if name not in params:
+                example = "XBTUSD" if known[name].kind == "pair" else "..."
+                raise self.error(
+                    f"{method} needs params: {{{name}: {example}}}",
+                    spec,
+                    "params" if "params" in spec else "method",
+                    f"{path}.params",
+                )
+
+    def cron(self, spec: _Map, tz: str, path: str) -> str:
+        """A 5-field cron that fires within ``CRON_HORIZON`` (``0 0 31 2 *`` never does)."""
+        cron = spec["cron"]
+        if not isinstance(cron, str) or len(cron.split()) != 5:
+            raise self.error(
+                f"bad cron {show(cron)}: needs 5 fields (minute hour day month "
+                "weekday), e.g. '0 * * * *'",
+                spec,
+                "cron",
+                path,
+            )
+        try:
+            trigger = CronTrigger.from_crontab(cron, timezone=tz)
+            now = datetime.datetime.now(datetime.UTC)
+            fire = trigger.get_next_fire_time(None, now)
+        except (ValueError, OverflowError) as exc:
+            raise self.error(f"bad cron {show(cron)}: {exc}", spec, "cron", path) from None
+        if fire is None or (fire - now).total_seconds() > defaults.CRON_HORIZON:
+            raise self.error(
+                f"cron {show(cron)} never fires (no such date within four years)",
+                spec,
+                "cron",
+                path,
+            )
+        return cron
 
     def account_of(self, job: Job, spec: _Map, path: str, accounts: tuple[Account, ...]) -> Job:
         """``job`` with the account it runs as: the one it names, or the only one there is."""
@@ -856,10 +1131,63 @@ class _Builder:
                 )
             named = names[0]
         if named not in names:
-            close = difflib.get_close_matches(str(named), names, n=1)
+            close = difflib.get_close_matches(named, names, n=1) if isinstance(named, str) else []
             hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(names)})"
-            raise self.error(f"no account {named!r}{hint}", spec, "account", path + ".account")
+            raise self.error(f"no account {show(named)}{hint}", spec, "account", path + ".account")
         return dataclasses.replace(job, account=str(named))
+
+
+def _param_problem(method: str, param: Param, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``param`` of ``method``, or None."""
+    if param.kind == "pair":
+        if isinstance(value, list) or (isinstance(value, str) and "," in value):
+            return f"{method} takes one pair, not {show(value)}: give each pair a job of its own"
+        if not isinstance(value, str) or not value.strip():
+            return f"must be one pair, e.g. XBTUSD, not {show(value)}"
+        return None
+    if param.kind in ("pairs", "list"):
+        if value == "":  # as if not given: all of them
+            return None
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str | int) and str(v).strip() for v in values):
+            return f"must be a name or a list of names, not {show(value)}"
+        return None
+    if param.kind == "integer":
+        number: Any = value
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        unit = " (minutes)" if method == "OHLC" else ""
+        if isinstance(number, bool) or not isinstance(number, int):
+            if param.choices:
+                allowed = ", ".join(map(str, param.choices))
+                return f"must be one of {allowed}{unit}, not {show(value)}"
+            return f"must be a whole number, not {show(value)}"
+        if param.choices and number not in param.choices:
+            return (
+                f"{show(value)} is not one Kraken takes: use one of "
+                f"{', '.join(map(str, param.choices))}{unit}"
+            )
+        if (param.low is not None and number < param.low) or (
+            param.high is not None and number > param.high
+        ):
+            top = f"to {param.high}" if param.high is not None else "or more"
+            return f"must be from {param.low} {top}, not {show(value)}"
+        return None
+    if param.kind == "boolean":
+        if not isinstance(value, bool) and value not in ("true", "false"):
+            return f"must be true or false, not {show(value)}"
+        return None
+    if param.kind == "time":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return f"must be unix seconds or an id, not {show(value)}"
+        return None
+    if isinstance(value, list | bool) or value is None:
+        return f"must be a single value, not {show(value)}"
+    if param.choices and value not in param.choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in param.choices], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"must be one of {', '.join(map(str, param.choices))}, not {show(value)}{hint}"
+    return None
 
 
 def parse_duration(value: Any) -> float | None:
@@ -867,7 +1195,7 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value > 0 else None
+        return float(value) if value > 0 and math.isfinite(value) else None
     if not isinstance(value, str) or not value:
         return None
     match = _DURATION.fullmatch(value.strip())
@@ -875,7 +1203,7 @@ def parse_duration(value: Any) -> float | None:
         return None
     d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
     seconds = d * 86400 + h * 3600 + m * 60 + s
-    return seconds if seconds > 0 else None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
 
 
 def parse_listen(value: Any) -> tuple[str, int] | None:
@@ -887,6 +1215,37 @@ def parse_listen(value: Any) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         return None
     return host, int(port)
+
+
+#: The drivers each database is used through (psycopg 3 is the ``postgres`` extra).
+_DRIVERS = {
+    "sqlite": ("sqlite", "sqlite+pysqlite"),
+    "postgresql": ("postgresql", "postgresql+psycopg", "postgres"),
+    "postgres": ("postgres",),
+}
+
+
+def database_problem(url: URL) -> str | None:
+    """What is wrong with a database URL that parsed, or None."""
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        return f"unsupported database {backend!r}: use sqlite or postgresql"
+    if url.drivername not in _DRIVERS[backend]:
+        if backend == "sqlite":
+            return f"use sqlite:///FILE, not {url.drivername}://"
+        return (
+            f"collector talks to PostgreSQL through psycopg 3: write postgresql+psycopg:// "
+            f"(or postgresql://), not {url.drivername}://"
+        )
+    if backend == "sqlite" and (url.host or url.port or url.username or url.password):
+        # sqlite://m.db puts the file where a host goes; SQLAlchemy refuses it only when connecting.
+        name = url.host or ""
+        return (
+            f"{url.drivername}://{name} names a host, not a file: a file beside the job file is "
+            f"sqlite:///{name or 'collector.db'} (three slashes), an absolute path "
+            "sqlite:////var/lib/collector/collector.db (four)"
+        )
+    return None
 
 
 def _sqlite_under(url: URL, folder: Path) -> URL:
@@ -902,8 +1261,9 @@ def _sqlite_under(url: URL, folder: Path) -> URL:
     return url.set(database=str(folder / name))
 
 
-def _with_driver(url: URL) -> str:
-    """``postgresql://`` means psycopg 3 here (the ``postgres`` extra), not psycopg2."""
-    if url.drivername == "postgresql":
+def with_driver(url: URL) -> str:
+    """``postgresql://`` (and ``postgres://``, as hosting providers write it) means psycopg 3
+    here (the ``postgres`` extra), not psycopg2."""
+    if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)

@@ -58,8 +58,14 @@ class Lease:
         self.clock = clock
         self.valid_until = 0.0  # monotonic; 0: not held
         self.standby_logged: str | None = None
+        #: who held it when this process last tried to take it ("host pid N since ...")
+        self.holder: str | None = None
         #: held when the database was last reached, and not reached since (an outage)
         self.unreachable = False
+
+    #: whether a lease held by another process is surely held by a live one (then it is not
+    #: worth waiting for); a row's holder may be dead, its lease running out
+    holder_alive = False
 
     def permit(self) -> bool:
         if self.name == PUBLIC and self.unreachable:
@@ -185,6 +191,9 @@ class PgLease(Lease):
 class FileLease(Lease):
     """An exclusive ``flock`` on a file beside a SQLite database: one machine, one holder."""
 
+    #: the kernel drops the lock when its holder dies: a lock held is a holder alive
+    holder_alive = True
+
     def __init__(self, name: str, path: Path, failover: float) -> None:
         super().__init__(name, failover)
         self.path = path
@@ -270,13 +279,39 @@ class Leases:
         """Wait (trying) until every lease is held, at most ``timeout`` seconds: a lease left by a
         process that died is free once it runs out. True when all are held."""
         deadline = time.monotonic() + timeout
-        while not all(lease.permit() for lease in self.leases.values()):
+        told: set[str] = set()
+        while True:
+            missing = {n: lease for n, lease in self.leases.items() if not lease.permit()}
+            if not missing:
+                return True
             left = deadline - time.monotonic()
-            if left <= 0 or (stop is not None and stop.is_set()):
+            if (
+                left <= 0
+                or (stop is not None and stop.is_set())
+                or all(lease.holder_alive for lease in missing.values())
+            ):
                 return False
+            for name, lease in missing.items():
+                if name not in told and not lease.holder_alive:
+                    told.add(name)
+                    logger.info(
+                        "waiting up to %.0fs for the lease on %s, held by %s (free once its "
+                        "holder is gone)",
+                        left,
+                        _label(name),
+                        lease.holder or "?",
+                    )
             self._stop.wait(min(self.interval, left))
             self.tick()
-        return True
+
+    def elsewhere(self) -> list[str]:
+        """What another process holds, so this one may not run, in words: ``account main is held
+        by host-a pid 7 since ...``."""
+        return [
+            f"{_held(name)} held by {lease.holder or 'another process'}"
+            for name, lease in self.leases.items()
+            if not lease.permit()
+        ]
 
     def stop(self, last_nonces: dict[str, int]) -> None:
         self._stop.set()
@@ -300,9 +335,10 @@ class Leases:
             except (SQLAlchemyError, OSError) as exc:
                 if lease.valid_until:
                     logger.error(
-                        "cannot renew the lease on %s (%s): its calls stop until it can",
+                        "cannot renew the lease on %s (%s): %s stop until it can",
                         _label(name),
                         str(exc).splitlines()[0][:200],
+                        _calls(name),
                     )
                 if held:
                     lease.valid_until = 0.0  # fenced at once: we can't know it is still ours
@@ -316,11 +352,12 @@ class Leases:
                 lease.standby_logged = None
                 logger.info("holding the lease on %s", _label(name))
                 continue
+            lease.holder = holder
             if held:
-                logger.error("lost the lease on %s: its calls stop", _label(name))
+                logger.error("lost the lease on %s: %s stop", _label(name), _calls(name))
             if holder != lease.standby_logged:
                 lease.standby_logged = holder
-                logger.warning("standing by: %s is held by %s", _label(name), holder)
+                logger.warning("standing by: %s held by %s", _held(name), holder)
 
 
 class _Always(Lease):
@@ -339,6 +376,15 @@ class _Always(Lease):
 
 def _label(name: str) -> str:
     return "the public jobs" if name == PUBLIC else f"account {name}"
+
+
+def _held(name: str) -> str:
+    """``the public jobs are`` / ``account main is``."""
+    return f"{_label(name)} {'are' if name == PUBLIC else 'is'}"
+
+
+def _calls(name: str) -> str:
+    return "their calls" if name == PUBLIC else "its calls"
 
 
 def _file_name(name: str) -> str:

@@ -21,6 +21,14 @@ PUBLIC_MAX, PUBLIC_DECAY = 5.0, 1.0
 #: How far under the exchange's maximum our copy of the counter stays: the exchange counts a call
 #: when it arrives, slightly after we counted it.
 HEADROOM = 0.5
+#: After ``EAPI:Rate limit exceeded``, nothing is sent until the counter has drained by the refused
+#: call's cost and this many more units (doubling on each refusal in a row, up to a full drain).
+REFUSAL_MARGIN = 1.0
+#: Refusals in a row after which ``/healthz`` says the key is being refused (503): one is a blip
+#: the client recovers from in one drain, three mean something keeps the key over its limit.
+REFUSALS_UNHEALTHY = 3
+#: How often a process says that another process uses its API key (seconds).
+KEY_SHARED_WARN_EVERY = 600.0
 #: Threads sharing one client's connection pool; more would discard connections.
 POOL_SIZE = 32
 #: The largest answer read (bytes). No Kraken answer comes near it; a larger one is hostile.
@@ -38,6 +46,10 @@ LOCKOUT_PAUSE = 15 * 60.0
 #: A run's retries end this long after it started, unless the job says otherwise (and never after
 #: the job's next run for an interval job), so retries never pile onto the next run.
 DEADLINE = 60.0
+#: ``run --once`` (system cron) gives up retrying a call after this long, unless the job sets its
+#: own ``deadline``: the next cron run tries again, and an exchange that can't be reached must not
+#: hold every run of a cron line for a minute.
+ONCE_DEADLINE = 10.0
 
 # -- datasets -----------------------------------------------------------------------------------
 
@@ -52,6 +64,9 @@ HISTORY_SETTLE = 5.0
 #: booked while the Balance call was in flight may or may not be in its answer.
 SNAPSHOT_WINDOW = 5.0
 
+#: A paging run says how far it got (pages, rows, how far back) at most this often (seconds).
+PROGRESS_EVERY = 10.0
+
 # -- the database -------------------------------------------------------------------------------
 
 #: SQLite beside the job file: works with no server and no setup.
@@ -62,6 +77,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: At most this many runs go into one transaction: large enough to amortise the commit, small
 #: enough that a refused batch is cheap to retry run by run.
 BATCH_MAX = 500
+#: How often an idle writer looks at its SQLite file (seconds): one deleted under the service is
+#: noticed within this, and at the next write when busy.
+FILE_CHECK_INTERVAL = 30.0
 #: The writer commits at least this often (seconds) while runs are waiting: rows show up fast.
 FLUSH_INTERVAL = 0.2
 #: Runs waiting to be written before submitting one waits (backpressure): when calls outpace the
@@ -85,6 +103,9 @@ WORKERS = 16
 LATE_AFTER = 1.0
 #: How long shutdown waits for the writer, beyond the calls' own timeouts.
 WRITE_GRACE = 30.0
+#: How long a call in flight may still take once the service is stopping: an answer on its way
+#: arrives well within it, a peer dripping bytes is cut (the call's own timeout may be minutes).
+STOP_GRACE = 2.0
 #: How far ahead of the clock the crash lease is kept (seconds of nonces): a lease is saved (one
 #: fsync) at most this often, and a crash leaves nonces at most this far ahead of the clock.
 NONCE_LEASE_SECONDS = 5
@@ -120,9 +141,55 @@ STALE_MIN = 60.0
 #: The metrics port: the one registered for this exporter would be arbitrary, 9108 is free of the
 #: common exporters' defaults (node 9100, postgres 9187). The Docker image listens on it.
 METRICS_PORT = 9108
+#: The metrics listener serves at most this many requests at a time, each for at most
+#: ``LISTENER_TIMEOUT`` seconds: a crowd of slow peers can't take the collector's threads or
+#: descriptors (a scrape of a thousand jobs takes a fraction of a second).
+LISTENER_THREADS = 4
+LISTENER_TIMEOUT = 10.0
 #: Retention deletes at most this many rows per transaction, so it never holds up the writer.
 RETENTION_BATCH = 500
 #: Seconds between retention passes: retention is counted in days, an hour late costs nothing.
 RETENTION_INTERVAL = 3600.0
 #: Seconds after start before the first pass, so the service's first runs come first.
 RETENTION_FIRST = 30.0
+
+# -- bounds: what a job file may say ------------------------------------------------------------
+# Large enough for any real use, small enough that no time computed from them overflows, no wait
+# is endless and no loop is unbounded. A value outside is one line at load, from `check`, `run`
+# and a reload alike.
+
+#: ``every``: from 10 ms (tests and benchmarks run that fast) to a year.
+EVERY_MIN, EVERY_MAX = 0.01, 366 * 86400.0
+#: A cron must fire within this many seconds (four years and a day: Feb 29 fires).
+CRON_HORIZON = 4 * 366 * 86400.0
+#: ``jitter``: at most a day (and never more than an interval job's interval).
+JITTER_MAX = 86400.0
+#: ``timeout``: at most 10 minutes; a call that takes longer is not an answer.
+TIMEOUT_MAX = 600.0
+#: ``deadline``, ``stale_after``, ``lockout``: at most a year.
+WAIT_MAX = 366 * 86400.0
+#: ``retention``: at most a century.
+RETENTION_MAX = 100 * 366 * 86400.0
+#: ``failover``: from a second to an hour.
+FAILOVER_MIN, FAILOVER_MAX = 1.0, 3600.0
+#: ``max_response_mb``: up to a gigabyte.
+MAX_RESPONSE_MB_MAX = 1024
+#: ``rate_limit``/``public_rate_limit``: max and decay at most this.
+RATE_MAX = 1_000_000.0
+#: ``spool.max_runs``: up to a hundred million.
+SPOOL_MAX_RUNS_MAX = 100_000_000
+#: Jobs in one file: a thousand times what the public budget serves at one call a second each.
+JOBS_MAX = 10_000
+#: The job file and key files are read only if they are regular files no larger than this.
+JOB_FILE_MAX = 16 * 1024 * 1024
+KEY_FILE_MAX = 64 * 1024
+#: YAML aliases in one job file: anchors for shared settings are a handful; an alias bomb is
+#: thousands.
+ALIASES_MAX = 1000
+#: Job and account names: letters, digits, ``_ . -``, at most this long (they are log fields,
+#: metric labels and table keys).
+NAME_MAX = 100
+#: Error text stored in ``runs.error`` and logged, at most (a hostile 20 MB error string is cut).
+ERROR_TEXT_MAX = 2000
+#: A failure's reason (the short phrase in retry lines), at most.
+REASON_MAX = 300

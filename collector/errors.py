@@ -30,6 +30,8 @@ from enum import StrEnum
 
 import requests
 
+from . import defaults
+
 
 class Status(StrEnum):
     """A run's outcome, as stored in ``runs.status`` (a ``str``, so the stored text is the value)."""
@@ -45,6 +47,14 @@ class Status(StrEnum):
     #: a paging run that stored some pages and was cut short (stopped, or the process died); the
     #: next run continues from the last stored page
     PARTIAL = "partial"
+
+
+def cut(text: str, limit: int = defaults.ERROR_TEXT_MAX) -> str:
+    """``text`` at most ``limit`` characters, marked when cut: what an answer says (a 20 MB error
+    string) is stored and logged, but never in full."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}… (cut: {len(text):,} characters in all)"
 
 
 class CollectorError(Exception):
@@ -119,11 +129,13 @@ class RequestError(CollectorError):
         errors: list[str] | None = None,
         reason: str | None = None,
     ) -> None:
-        super().__init__(message)
+        # What the answer said is cut short: a hostile 20 MB error string is stored and logged
+        # as a few KB, marked as cut.
+        super().__init__(cut(message))
         self.method = method
         self.http_status = http_status
         self.errors = list(errors or [])
-        self.reason = reason or _after_method(message, method)
+        self.reason = cut(reason or _after_method(message, method), defaults.REASON_MAX)
 
 
 def _after_method(message: str, method: str) -> str:

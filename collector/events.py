@@ -64,11 +64,47 @@ class WriteStalled:
 
 
 @dataclass(frozen=True)
+class DatabaseUnavailable:
+    """The database can't take writes (``lasting``: it answers but refuses them, or its SQLite
+    file is gone: a person must act); runs wait in the spool until :class:`SpoolDrained`."""
+
+    reason: str
+    lasting: bool = False
+
+
+@dataclass(frozen=True)
+class RecordRefused:
+    """The database refused a run's content (a value it can't hold); the run was stored without
+    its answer, rows and cursor, so its job continues from the cursor stored before."""
+
+    record: RunRecord
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServiceFailed:
+    """A part of the service that must never stop has stopped (the scheduler's thread): the
+    process is unhealthy and exits non-zero."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class RateLimitWaited:
     """A call waits ``seconds`` for budget in the ``limiter`` (``private`` or ``public``)."""
 
     limiter: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class RateLimitRefused:
+    """Kraken refused a call of ``account``'s key for its rate limit: nothing is sent with the
+    key for ``seconds`` (``refusals`` in a row so far)."""
+
+    account: str
+    seconds: float
+    refusals: int
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,13 @@ from . import defaults
 from .config import Job
 from .events import (
     BatchStored,
+    DatabaseUnavailable,
     Events,
     LockedOut,
+    RateLimitRefused,
     Reloaded,
     RunFinished,
+    ServiceFailed,
     SpoolDrained,
     Spooled,
     WriteStalled,
@@ -108,6 +111,9 @@ class Health:
         self._spooling = False  # runs went to the spool since it was last empty
         self._stalled: str | None = None  # neither database nor spool takes runs
         self._locked_until = 0.0  # monotonic
+        self._unavailable: str | None = None  # why the database takes no writes, until drained
+        self._refused: dict[str, tuple[float, int]] = {}  # account: (monotonic until, in a row)
+        self._failed: str | None = None
         events.subscribe(RunFinished, self._finished)
         events.subscribe(Spooled, self._spooled)
         events.subscribe(SpoolDrained, self._drained)
@@ -115,6 +121,9 @@ class Health:
         events.subscribe(BatchStored, self._stored)
         events.subscribe(LockedOut, self._locked_out)
         events.subscribe(Reloaded, self._reloaded)
+        events.subscribe(DatabaseUnavailable, self._database_unavailable)
+        events.subscribe(ServiceFailed, self._service_failed)
+        events.subscribe(RateLimitRefused, self._rate_refused)
 
     def start(self) -> None:
         now = self._clock()
@@ -137,6 +146,19 @@ class Health:
     def _drained(self, _event: SpoolDrained) -> None:
         with self._lock:
             self._spooling = False
+            self._unavailable = None
+
+    def _database_unavailable(self, event: DatabaseUnavailable) -> None:
+        with self._lock:
+            self._unavailable = event.reason
+
+    def _rate_refused(self, event: RateLimitRefused) -> None:
+        with self._lock:
+            self._refused[event.account] = (time.monotonic() + event.seconds, event.refusals)
+
+    def _service_failed(self, event: ServiceFailed) -> None:
+        with self._lock:
+            self._failed = event.reason
 
     def _write_stalled(self, event: WriteStalled) -> None:
         with self._lock:
@@ -189,14 +211,33 @@ class Health:
                     problems.append(
                         f"job {name}: {what} for {ago:.0f}s (stale after {stale_after(job):.0f}s)"
                     )
-            spool_growing = self._spooling and state is not State.DIRECT
+            if self._failed:
+                problems.append(f"the scheduler's thread died ({self._failed}); stopping")
+            spool_growing = (self._spooling or bool(self._unavailable)) and (
+                state is not State.DIRECT
+            )
             if spool_growing:
-                problems.append("database unavailable: runs go to the spool")
+                why = f" ({self._unavailable})" if self._unavailable else ""
+                problems.append(f"database unavailable{why}: runs go to the spool")
             if self._stalled:
                 problems.append(f"neither the database nor the spool takes runs ({self._stalled})")
             locked = max(0.0, self._locked_until - time.monotonic())
             if locked > 0:
                 problems.append(f"Kraken locked the key out; private calls resume in {locked:.0f}s")
+            keys = {}
+            for account, (until, refusals) in sorted(self._refused.items()):
+                left = until - time.monotonic()
+                if left <= 0:
+                    continue
+                keys[account] = {"refused_for_seconds": round(left, 1), "refusals": refusals}
+                # One refusal is a blip the client recovers from; a streak means something else
+                # keeps the key over its limit.
+                if refusals >= defaults.REFUSALS_UNHEALTHY:
+                    problems.append(
+                        f"Kraken refuses account {account}'s key (EAPI:Rate limit exceeded, "
+                        f"{refusals} in a row): is another program using it? Private calls "
+                        f"resume in {left:.0f}s"
+                    )
         healthy = not problems
         return healthy, {
             "status": "ok" if healthy else "unhealthy",
@@ -205,6 +246,7 @@ class Health:
             "writer": str(state),
             "spool_growing": spool_growing,
             "locked_out_seconds": round(locked, 1),
+            "refused_keys": keys,
         }
 
 

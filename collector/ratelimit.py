@@ -10,6 +10,14 @@ then sleeps until the reserved level has decayed under the maximum, so waiting c
 the order they asked and the counter the exchange sees never passes the maximum. ``headroom`` keeps
 the level a little under the exchange's maximum, because the exchange counts a call when it
 *arrives*, slightly after we counted it.
+
+**When the copy is wrong** (another program used the key, a process restarted without knowing the
+counter), the exchange refuses a call with ``EAPI:Rate limit exceeded``, and every call made while
+over the limit extends the penalty. :meth:`RateLimiter.refused` then lets nothing through until the
+counter has surely drained under the maximum by the refused call's cost and a margin, and doubles
+that wait on each refusal in a row (up to a full drain of the counter), so a penalty of unknown
+size is found in a few probes instead of being extended by one probe per decay unit forever.
+:meth:`RateLimiter.accepted` ends the streak; the budget is used fully again from there.
 """
 
 from __future__ import annotations
@@ -83,9 +91,13 @@ class RateLimiter:
         self._level = 0.0
         self._at = clock()
         self._lock = threading.Lock()
+        #: refusals in a row (``EAPI:Rate limit exceeded``) since the last accepted call
+        self.refusals = 0
         #: called with the seconds a call is about to wait for budget (metrics count them); quick,
         #: and it must not raise
         self.on_wait: Callable[[float], None] | None = None
+        #: called with the seconds nothing is sent after a refusal and the refusals in a row
+        self.on_refused: Callable[[float, int], None] | None = None
 
     def level(self) -> float:
         """The counter as we believe it is now (may exceed the cap while callers wait)."""
@@ -126,8 +138,53 @@ class RateLimiter:
             level = self._cap + seconds * self.limit.decay
             self._level, self._at = max(self._decayed(now), level), now
 
+    def wait_time(self, cost: float = 1) -> float:
+        """Seconds a call of ``cost`` would wait now (nothing is reserved)."""
+        with self._lock:
+            level = self._decayed(self._clock()) + cost
+            return max(0.0, (level - self._cap) / self.limit.decay)
+
     def saturate(self) -> None:
-        """Treat the counter as full: the exchange said so (``EAPI:Rate limit exceeded``)."""
+        """Treat the counter as full (as of now)."""
         with self._lock:
             now = self._clock()
             self._level, self._at = max(self._decayed(now), self.limit.max), now
+
+    def refused(self, cost: float = 1) -> float:
+        """The exchange refused a call of ``cost`` (``EAPI:Rate limit exceeded``): its counter is
+        over the maximum by an unknown amount, and every call sent while it is extends that. Send
+        nothing until it has drained by the call's cost and a margin; each refusal in a row
+        doubles the wait, up to a full drain of the counter. Returns the wait (seconds)."""
+        with self._lock:
+            now = self._clock()
+            self.refusals += 1
+            first = (cost + defaults.REFUSAL_MARGIN) / self.limit.decay
+            full = self.limit.max / self.limit.decay
+            wait = min(full, first * 2 ** min(self.refusals - 1, 32))
+            # At the end of the wait a call of the same cost fits: it goes, and the ones after it
+            # at the decay rate, as from a full counter.
+            level = self._cap - cost + wait * self.limit.decay
+            self._level, self._at = max(self._decayed(now), level), now
+            refusals = self.refusals
+        if self.on_refused is not None:
+            self.on_refused(wait, refusals)
+        return wait
+
+    def accepted(self) -> None:
+        """The exchange took a call: a streak of refusals is over."""
+        self.refusals = 0
+
+    def snapshot(self) -> tuple[float, int]:
+        """``(level now, refusals in a row)``, to keep where other processes read it."""
+        with self._lock:
+            return self._decayed(self._clock()), self.refusals
+
+    def restore(self, level: float, ago: float, refusals: int) -> None:
+        """Take in the level another process (or an earlier one) left ``ago`` seconds ago: the
+        counter is the higher of the two views (both are what some process knows was sent, and a
+        pause for a lockout is only in this one)."""
+        with self._lock:
+            now = self._clock()
+            theirs = max(0.0, level - max(0.0, ago) * self.limit.decay)
+            self._level, self._at = max(self._decayed(now), theirs), now
+            self.refusals = max(self.refusals, refusals)

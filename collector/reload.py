@@ -98,10 +98,12 @@ def apply(service: Service, new: Config) -> bool:
 
 
 class Reloader:
-    """Reloads ``service`` from ``load()`` on SIGHUP, in a thread of its own (the signal handler
-    only wakes it). :meth:`install` must be called from the main thread."""
+    """Reloads a service from ``load()`` on SIGHUP, in a thread of its own (the signal handler
+    only wakes it). :meth:`install` (from the main thread) takes SIGHUP at once, so that one sent
+    while the service starts (waiting for its database) never kills the process; it is applied
+    once :meth:`attach` hands over the running service."""
 
-    def __init__(self, service: Service, load: Callable[[], Config]) -> None:
+    def __init__(self, load: Callable[[], Config], service: Service | None = None) -> None:
         self.service = service
         self.load = load
         self._wake = threading.Event()
@@ -111,6 +113,14 @@ class Reloader:
 
     def install(self) -> None:
         self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+        if self.service is not None:
+            self._thread.start()
+
+    def attach(self, service: Service) -> None:
+        """The service is ready: reloads apply to it from now on (one asked before, now)."""
+        self.service = service
+        if self._wake.is_set():
+            logger.info("a reload was asked while the service started; applying it now")
         self._thread.start()
 
     def uninstall(self) -> None:
@@ -128,20 +138,25 @@ class Reloader:
             self._wake.clear()
             if self._done.is_set():
                 return
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # the thread must live for the next SIGHUP, whatever happened
+                logger.exception("reload failed; nothing changed")
 
     def reload(self) -> bool:
         """Read the job file again and apply it; False when nothing changed because of an error."""
+        assert self.service is not None, "attach() a service first"
         logger.info("received SIGHUP, reloading %s", self.service.config.path)
         try:
             new = self.load()
         except CollectorError as exc:
-            logger.error("error: %s", exc)  # the line `collector check` prints; nothing changed
+            # The line `collector check` prints.
+            logger.error("error: %s; reload refused, nothing changed", exc)
             return False
         for warning in new.warnings:
             logger.warning("%s", warning)
         try:
             return apply(self.service, new)
         except Exception:
-            logger.exception("reload failed")
+            logger.exception("reload failed; nothing changed")
             return False

@@ -27,8 +27,10 @@ from .errors import (
     NotPermitted,
     RequestError,
     Status,
+    cut,
 )
-from .events import Events, LockedOut, RunFinished
+from .events import Events, LockedOut, RecordRefused, RunFinished
+from .methods import cost, permission
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify
 
@@ -40,6 +42,59 @@ SECRET_PARAMS = frozenset({"nonce", "otp"})
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Progress:
+    """What a long paging run has fetched so far, said in the log every ``PROGRESS_EVERY``
+    seconds (a backfill of thousands of entries takes minutes) and once at its end."""
+
+    def __init__(self, job: str, every: float = defaults.PROGRESS_EVERY) -> None:
+        self.job, self.every = job, every
+        self.started = self.said = time.monotonic()
+        self.pages = self.rows = 0
+        self.oldest: datetime | None = None
+        self.newest: datetime | None = None
+        self.told = False
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.pages += 1
+        self.rows += len(rows)
+        times = [r["time"] for r in rows if isinstance(r.get("time"), datetime)]
+        if times:
+            self.oldest = min([*times, *([self.oldest] if self.oldest else [])])
+            self.newest = max([*times, *([self.newest] if self.newest else [])])
+        now = time.monotonic()
+        if now - self.said >= self.every:
+            self.said, self.told = now, True
+            logger.info(
+                "job %s: paging: %d pages, %d rows so far%s",
+                self.job,
+                self.pages,
+                self.rows,
+                self._span(),
+                extra={"job": self.job},
+            )
+
+    def done(self, status: str) -> None:
+        if self.told:  # a run long enough to have said how it went says how it ended
+            logger.info(
+                "job %s: %s after %d pages, %d rows%s, in %.0fs",
+                self.job,
+                status,
+                self.pages,
+                self.rows,
+                self._span(),
+                time.monotonic() - self.started,
+                extra={"job": self.job},
+            )
+
+    def _span(self) -> str:
+        if self.oldest is None or self.newest is None:
+            return ""
+        return (
+            f", from {self.oldest.isoformat(sep=' ', timespec='seconds')} "
+            f"to {self.newest.isoformat(sep=' ', timespec='seconds')}"
+        )
 
 
 class Runner:
@@ -55,6 +110,7 @@ class Runner:
     :param events: :class:`~collector.events.RunFinished` is published here after each run
     :param clock: the current UTC datetime; a seam for tests
     :param stopping: when set, waits between attempts end and no new attempt starts
+    :param progress_every: a paging run logs how far it got at most this often (seconds)
     """
 
     def __init__(
@@ -70,6 +126,7 @@ class Runner:
         events: Events | None = None,
         clock: Callable[[], datetime] = utcnow,
         stopping: threading.Event | None = None,
+        progress_every: float = defaults.PROGRESS_EVERY,
     ) -> None:
         # A job runs through its account's client; public jobs through the one under None.
         self.clients: dict[str | None, API] = (
@@ -83,9 +140,13 @@ class Runner:
         self.events = events or Events()
         self.clock = clock
         self.stopping = stopping or threading.Event()
+        self.progress_every = progress_every
         self._load_cursor = load_cursor
         self._cursors: dict[tuple[str, str], Any] = {}
         self._cursor_lock = threading.Lock()
+        # A run the database refused was stored without its cursor: its job continues from the
+        # stored one, not from the one held here (which is past the refused rows).
+        self.events.subscribe(RecordRefused, lambda e: self.forget(e.record.job))
 
     def run(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
         """Call ``job``'s method (each call retried within the job's deadline), page through what
@@ -131,6 +192,7 @@ class Runner:
             params, cursor = dataset.first(job, cursor, started)
         record.params = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
         answers: list[Any] = []
+        progress = _Progress(job.name, self.progress_every)
         while True:
             try:
                 ok, result = self._call(job, params, record)
@@ -158,11 +220,12 @@ class Runner:
             except Exception as exc:  # an answer that doesn't hold what it should
                 if not isinstance(exc, BadResponse | ValueError):
                     logger.exception("job %s: unexpected error reading the answer", job.name)
-                record.status, record.error = Status.BAD_RESPONSE, str(exc)
+                record.status, record.error = Status.BAD_RESPONSE, cut(str(exc))
                 answers = answers or [result]  # the answer that could not be read is kept
                 keep = True
                 break
             self._take(record, dataset, page)
+            progress.add(page.rows)
             if page.cursor is not None:
                 cursor = page.cursor
             if page.next is None:
@@ -172,17 +235,28 @@ class Runner:
                 break
             # More to fetch: this page is stored now with its cursor (and we wait for that), so a
             # run cut short continues from here; the run's final record follows the last page.
-            self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
+            stored = self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
             record.rows = {}
+            if stored is False:  # refused for its content: stored without rows and cursor
+                record.status = Status.BAD_RESPONSE
+                record.error = "a page could not be stored; the next run asks for it again"
+                record.cursor = None
+                break
             params = page.next
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
+        progress.done(record.status)
         if record.status != Status.OK:
+            hint = ""
+            needed = permission(job.method)
+            if needed and record.error and "Permission denied" in record.error:
+                hint = f" (the API key needs the permission {needed!r} for {job.method})"
             logger.warning(
-                "job %s: %s %s",
+                "job %s: %s %s%s",
                 job.name,
                 record.status,
                 record.error,
+                hint,
                 extra={"job": job.name, "status": str(record.status)},
             )
         self.events.publish(RunFinished(record))
@@ -207,7 +281,7 @@ class Runner:
                 return True, reply.result
             except RequestError as exc:
                 record.status, record.http_status = exc.status, exc.http_status
-                record.error = ", ".join(exc.errors) if exc.errors else str(exc)
+                record.error = cut(", ".join(exc.errors) if exc.errors else str(exc))
                 kind, reason = classify(exc), exc.reason
             except (Cancelled, NotPermitted):
                 raise
@@ -215,7 +289,10 @@ class Runner:
                 record.status, record.error = exc.status, str(exc)
             except Exception as exc:  # a bug must not kill the service; it becomes a stored row
                 logger.exception("job %s: unexpected error", job.name)
-                record.status, record.error = Status.BAD_RESPONSE, f"{type(exc).__name__}: {exc}"
+                record.status, record.error = (
+                    Status.BAD_RESPONSE,
+                    cut(f"{type(exc).__name__}: {exc}"),
+                )
             if kind is None or not self._retry_after(
                 job, kind, attempt, nonce_retries, deadline, reason
             ):
@@ -289,9 +366,14 @@ class Runner:
             self.events.publish(LockedOut(self.retry.lockout, job.account))
         if not self.retry.should_retry(kind, attempt, nonce_retries):
             return False
-        # A nonce retry takes a fresh nonce at once; a rate-limit retry waits in the limiter,
-        # which the refusal has filled; transient failures back off.
-        wait = self.retry.backoff(attempt) if kind == Kind.TRANSIENT else 0.0
+        # A nonce retry takes a fresh nonce at once; transient failures back off; a rate-limit
+        # retry waits in the limiter (with every other call of the key) until the refusal's
+        # drain is over, so it is made only when that ends within the job's deadline.
+        wait = 0.0
+        if kind == Kind.TRANSIENT:
+            wait = self.retry.backoff(attempt)
+        elif kind == Kind.RATE_LIMIT and limiter is not None:
+            wait = limiter.wait_time(cost(job.method))
         if time.monotonic() + wait >= deadline:
             return False
         logger.info(
@@ -302,4 +384,6 @@ class Runner:
             wait,
             extra={"job": job.name},
         )
+        if kind == Kind.RATE_LIMIT:
+            return not self.stopping.is_set()  # the limiter does the waiting
         return not self.stopping.wait(wait)

@@ -29,8 +29,8 @@ from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events, RateLimitWaited
-from .keystate import KeyState
+from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
+from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS
 from .records import RunRecord
@@ -149,12 +149,31 @@ class Service:
             stopping=self.stopping,
         )
         self.workers = workers
-        self.schedule = Schedule(config.jobs, self.runner.run, workers)
+        self.schedule = Schedule(
+            config.jobs,
+            self.runner.run,
+            workers,
+            on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
+        )
         self.keystates = {
             name: KeyState(config.state_dir, client.key, client.nonces.unit)
             for name, client in self.apis.items()
         }
+        # Each key's counter and nonce sequence, shared with every process using the key here.
+        for name, client in self.apis.items():
+            client.shared = KeyBudget(
+                config.state_dir,
+                client.key,
+                client.nonces.unit,
+                database=config.database_for_display(),
+            )
+            if client.limiter is not None:
+                client.limiter.on_refused = lambda s, n, name=name: self.events.publish(
+                    RateLimitRefused(name, s, n)
+                )
         self._opened = False
+        #: after :meth:`run_once`: what another process held (in words), so its jobs did not run
+        self.held_elsewhere: list[str] = []
         # Metrics count the waits (the clients stay metrics-free): the public budget, and each
         # account's counter ("private" for the one account of a file without accounts:).
         limiters = [("public", self.public_api.public_limiter)] + [
@@ -182,7 +201,12 @@ class Service:
                 nonce_unit=self.api.nonces.unit,
                 load_cursor=self.store.load_cursor,
                 datasets=self.runner.datasets,
+                keys=self._key_levels,
             )
+
+    def _key_levels(self) -> dict[str, float]:
+        """Each account key's rate counter, as this process believes it."""
+        return {n: c.limiter.level() for n, c in self.apis.items() if c.limiter is not None}
 
     def _marks(self) -> dict[str, int]:
         """Each account's highest nonce so far, by its row in ``collector_state``."""
@@ -218,6 +242,16 @@ class Service:
                 slack=defaults.NONCE_LEASE_SLACK,
             )
             client.nonces.raise_floor(floor)
+            if client.shared is not None and client.limiter is not None and state.crashed:
+                # A process died with the key: its last calls may have filled the counter.
+                client.shared.assume_full(client.limiter.limit.max)
+            for owner in state.live_owners():
+                logger.warning(
+                    "another process uses the API key of account %s: %s; they share one budget "
+                    "and one nonce sequence: give each collector a key of its own",
+                    name,
+                    owner.replace(":", " pid "),
+                )
         self.writer.start()
         self.verifier.start()
         self.leases.start()
@@ -234,6 +268,9 @@ class Service:
         # A lease left by a process that died frees itself within failover: wait for it, then
         # run what this process holds (the log says who holds the rest).
         self.leases.wait(self.config.failover * 1.5, stop)
+        self.held_elsewhere = self.leases.elsewhere()
+        for what in self.held_elsewhere:
+            logger.error("not run: %s", what)
         workers = max(1, min(self.workers, len(self.config.jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
             futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
@@ -267,8 +304,9 @@ class Service:
         service runs either way; each run retries on its own)."""
         url = self.config.kraken.url
         try:
+            before = time.time()
             reply = self.public_api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
-            offset = float(reply.result["unixtime"]) - time.time()
+            offset = clock_offset(int(reply.result["unixtime"]), before, time.time())
         except Cancelled:
             return
         except RequestError as exc:
@@ -281,11 +319,22 @@ class Service:
         except (KeyError, TypeError, ValueError):
             logger.warning("exchange %s answered Time with an unexpected result", url)
             return
-        logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
+        if offset == 0:
+            logger.info("exchange %s answered (its clock agrees with ours to the second)", url)
+        else:
+            logger.info("exchange %s answered (its clock is %+.1fs from ours)", url, offset)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the service can't go on (its scheduler's thread died), or None."""
+        return self.schedule.failed
 
     def stop(self) -> None:
-        """Stop scheduling, let calls in flight finish, write everything, close the session."""
+        """Stop scheduling, give calls in flight a short grace, write everything, close the
+        session."""
         self.stopping.set()
+        for client in self._clients():
+            client.cut_calls(defaults.STOP_GRACE)
         if self.monitor is not None:
             self.monitor.stop()
         self.retention.stop()
@@ -304,25 +353,32 @@ class Service:
                 last = {name: client.nonces.last for name, client in self.apis.items()}
                 if self._opened:
                     self.leases.stop(last)
-                for client in {id(c): c for c in [self.public_api, *self.apis.values()]}.values():
+                for client in self._clients():
                     client.close()
                 if self._opened:
                     for name, state in self.keystates.items():
                         state.stop(last[name])
+                for client in self.apis.values():
+                    if client.shared is not None:
+                        client.shared.close()
                 # The last runs are written: their verification may finish, within the grace.
                 self.verifier.stop(defaults.WRITE_GRACE)
                 self.store.dispose()
                 self.spool.close()
-        logger.info("collector stopped: %d runs written", self.writer.written)
+        logger.info("collector stopped: %d runs written", self.writer.runs_written)
+
+    def _clients(self) -> list[API]:
+        return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), then stop cleanly."""
+        """Run until ``stop`` is set (default: until SIGTERM or SIGINT), or until the service
+        fails (see :attr:`failed`), then stop cleanly."""
         with contextlib.ExitStack() as stack:
             if stop is None:
                 stop = stack.enter_context(stop_signals())
             try:
                 self.start()
-                while not stop.wait(1.0):
+                while not stop.wait(1.0) and self.failed is None:
                     pass
             finally:
                 self.stop()
@@ -331,6 +387,17 @@ class Service:
         """Run ``job`` once now, outside its schedule (opening the service first if needed)."""
         self.open()
         return self.runner.run(job, scheduled_at)
+
+
+def clock_offset(unixtime: int, before: float, after: float) -> float:
+    """How far the exchange's clock is from ours, from its whole-second ``unixtime`` read between
+    our ``before`` and ``after``: 0 when it fits (a whole-second clock read at 12:00:00.9 says
+    12:00:00: that is not drift); else the distance beyond that second, signed."""
+    if unixtime + 1 < before:  # its second ended before we asked: behind
+        return unixtime + 1 - before
+    if unixtime > after:  # its second began after it answered: ahead
+        return unixtime - after
+    return 0.0
 
 
 def mark_name(account: str) -> str:

@@ -14,7 +14,9 @@ The file is created only when it is first needed. Beside the queue it keeps a fe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -57,6 +59,9 @@ class Spool:
             return True
         if not create and not self.path.exists():
             return False
+        with contextlib.suppress(OSError):  # runs hold balances and ledgers: the owner's only
+            # (SQLite would make it 0644; its -wal and -shm take the file's mode)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = sqlite3.connect(
             self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None
         )

@@ -1,10 +1,11 @@
 """``collector status``: what each job has collected, from the database alone (no exchange call).
 
-Per job: its last run and last success, failures in the last 24 hours by status, its dataset's
-row count and newest entry, its cursor, its recorded gaps; per account, whether its ledger is
-verified and up to when (breaks do not change the exit code: they need a person, not a restart;
-``collector_ledger_breaks`` alerts on them); and how many runs wait in the spool and the oldest
-``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
+Per job: its last run and last success, failures in the last 24 hours by status, its own rows
+in its dataset (its pair and interval, its account, its snapshots) and the newest of them, its
+cursor (and how far a history being paged has got), its recorded gaps; per account, whether its
+ledger is verified and up to when (breaks do not change the exit code: they need a person, not a
+restart; ``collector_ledger_breaks`` alerts on them); and how many runs wait in the spool and
+the oldest ``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
 a job is stale after ``stale_after`` without a success. A job that never succeeded is measured
 from its first stored run or, when it has none, from the job file's last change (the file says it
 should have run since then), so a job just added is not stale before it had its time.
@@ -23,6 +24,8 @@ from sqlalchemy.engine import make_url
 from .config import Config, Job, format_duration
 from .datasets import for_method
 from .health import cursor_time, interval, is_stale, stale_after
+from .keystate import KeyBudget
+from .pairs import same
 from .retention import TIME_COLUMNS
 from .schema import cursors, ledger_verification, runs
 from .store import Store
@@ -62,11 +65,13 @@ def collect(
         for j in jobs
         if j["state"] == "stale"
     ]
+    accounts = _accounts(config, store, now)
     return {
         "healthy": not problems,
         "problems": problems,
         "jobs": jobs,
         "ledgers": ledgers,
+        "accounts": accounts,
         "spool_waiting": spool_waiting or 0,
         "oldest_run": _iso(oldest),
         "database": config.database_for_display(),
@@ -128,8 +133,10 @@ def _job(
 
 
 def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, Any]:
-    """The dataset's row count and newest entry (balances and ticker: this job's snapshots; the
-    other tables are shared by the jobs filling them), and the job's cursor."""
+    """The job's own rows in its dataset, counted with the newest entry: balances and ticker,
+    this job's snapshots; the private histories, its account's entries; trades, candles and
+    spreads, its pair's (and its interval's); and the job's cursor, with how far a history
+    window being paged has got."""
     assert store is not None
     table = store.datasets[name].table
     column = TIME_COLUMNS.get(name) or SNAPSHOT_TIME.get(name)
@@ -142,6 +149,11 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
         query = query.select_from(table.join(runs, runs.c.id == table.c.run_id)).where(
             runs.c.job == job.name
         )
+    elif "pair" in table.c and isinstance(job.params.get("pair"), str):
+        asked = job.params["pair"]
+        query = query.where(table.c.pair.in_([p for p in _pairs_in(conn, table) if same(asked, p)]))
+        if "interval" in table.c:
+            query = query.where(table.c.interval == int(job.params.get("interval") or 1))
     count, newest = conn.execute(query).one()
     out: dict[str, Any] = {"rows": count, "newest": _iso(newest) if column else None}
     if store.datasets[name].incremental:
@@ -149,8 +161,58 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
             select(cursors.c.value).where(cursors.c.job == job.name, cursors.c.dataset == name)
         ).scalar()
         out["cursor"] = _iso(cursor_time(name, value))
-        out["paging"] = isinstance(value, dict) and value.get("window") is not None
+        window = value.get("window") if isinstance(value, dict) else None
+        out["paging"] = window is not None
+        if isinstance(window, dict) and isinstance(window.get("count"), int):
+            out["paged"] = {"entries": window.get("ofs", 0), "of": window["count"]}
     return out
+
+
+def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[str, Any]]:
+    """Each account's key: its rate counter as the last process left it (the key's budget file
+    in the state folder), and Kraken's rate-limit refusals in the last hour (from ``runs``)."""
+    out = []
+    since = now - timedelta(hours=1)
+    for account in config.accounts:
+        budget = KeyBudget(config.state_dir, account.key, account.nonce_unit).read()
+        counter = None
+        if "level" in budget:
+            ago = max(0.0, now.timestamp() - float(budget["at"]))
+            counter = round(max(0.0, float(budget["level"]) - ago * account.tier.decay), 1)
+        refused, last = 0, None
+        if store is not None:
+            with store.engine.connect() as conn:
+                refused, last = conn.execute(
+                    select(func.count(), func.max(runs.c.started_at)).where(
+                        runs.c.account == account.name,
+                        runs.c.started_at > since,
+                        runs.c.error.like("%Rate limit exceeded%"),
+                    )
+                ).one()
+        out.append(
+            {
+                "name": account.name,
+                "counter": counter,
+                "counter_max": account.tier.max,
+                "rate_limit_refusals_1h": refused,
+                "last_refusal": _iso(last),
+            }
+        )
+    return out
+
+
+def _pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
+    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan."""
+    found: list[str] = []
+    while len(found) < most:
+        query = select(func.min(table.c.pair))
+        if found:
+            query = query.where(table.c.pair > found[-1])
+        pair = conn.execute(query).scalar()
+        if pair is None:
+            break
+        found.append(pair)
+    return found
 
 
 def _finite(value: float) -> float | None:
@@ -172,6 +234,14 @@ def _ago(delta: timedelta) -> str:
 def _short(iso: str | None) -> str:
     """``2024-05-01 12:00:00`` (UTC) from an ISO time; ``-`` for none."""
     return iso[:19].replace("T", " ") if iso else "-"
+
+
+def _paging(job: dict[str, Any]) -> str:
+    """`` (paging 600 of 10,000)`` while a history window is being paged."""
+    if not job.get("paging"):
+        return ""
+    paged = job.get("paged")
+    return f" (paging {paged['entries']:,} of {paged['of']:,})" if paged else " (paging)"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -204,7 +274,7 @@ def render(report: dict[str, Any]) -> str:
                 failures,
                 "-" if j["rows"] is None else f"{j['rows']:,}",
                 _short(j["newest"]),
-                _short(j["cursor"]) + (" (paging)" if j.get("paging") else ""),
+                _short(j["cursor"]) + _paging(j),
                 str(j["gaps"]),
                 j["state"],
             )
@@ -213,6 +283,15 @@ def render(report: dict[str, Any]) -> str:
     out = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
     ]
+    for a in report.get("accounts", []):
+        counter = "-" if a["counter"] is None else f"{a['counter']:g} of {a['counter_max']:g}"
+        line = f"account {a['name']}: key counter {counter}"
+        if a["rate_limit_refusals_1h"]:
+            line += (
+                f"; Kraken refused it for the rate limit {a['rate_limit_refusals_1h']} times in "
+                f"the last hour (last {_short(a['last_refusal'])}): is another program using it?"
+            )
+        out.append(line)
     for ledger in report.get("ledgers", []):
         who = f"ledger of account {ledger['account']}"
         size = f"{ledger['assets']} assets, {ledger['entries']:,} entries"

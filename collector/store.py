@@ -3,12 +3,17 @@
 SQLite runs in WAL mode with a busy timeout, so people can query while the collector writes.
 :meth:`Store.write` commits a batch of runs in one transaction: each run with its rows and its
 job's cursor, so a crash never leaves rows without their cursor, or a cursor ahead of its rows.
-Dataset rows are upserted by the dataset's key, so writing the same rows twice stores them once.
+Dataset rows are upserted by the dataset's key, so writing the same rows twice stores them once; on
+PostgreSQL they are copied into a staging table first and upserted in one statement (:mod:`.bulk`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,23 +22,65 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
-from . import defaults
+from . import bulk, defaults
 from .datasets import DEFAULT, Dataset
+from .errors import ConfigError
 from .records import RunRecord
 from .schema import cursors, runs, state
+
+logger = logging.getLogger(__name__)
 
 NONCE_KEY = "nonce_high_water"
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEOUT_MS) -> Engine:
-    """An engine for ``url`` (no connection is made yet); SQLite gets WAL mode and a busy timeout.
+class DatabaseGone(Exception):
+    """The SQLite file at the database's path is gone (deleted, moved): writing on would go into a
+    file nobody can open again."""
+
+
+def sqlite_path(engine: Engine) -> str | None:
+    """The file of a SQLite engine (None for a server or an in-memory database)."""
+    name = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return name
+
+
+def make_engine(
+    url: str,
+    *,
+    busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEOUT_MS,
+    immediate: bool = False,
+) -> Engine:
+    """An engine for ``url`` (no connection is made yet); SQLite gets WAL mode and a busy timeout,
+    and a file it creates is the owner's alone (mode 0600; its ``-wal`` and ``-shm`` take the
+    same mode).
 
     :param busy_timeout_ms: how long a SQLite write waits for another process's lock before the
         database counts as unavailable (and runs go to the spool)
+    :param immediate: SQLite only: every transaction is a real one from its first statement
+        (``BEGIN IMMEDIATE``), DDL included. pysqlite otherwise commits each ``CREATE`` on its own,
+        so a migration killed half-way would leave tables without their revision.
     """
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        path = sqlite_path(engine)
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(*_args: Any) -> None:
+            if path is not None:
+                # SQLite would create it 0644; an empty file is an empty database. It exists, or
+                # can't be made (SQLite will say why).
+                with contextlib.suppress(OSError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,8 +90,44 @@ def make_engine(url: str, *, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEOUT
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if immediate:
+                dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT of its own
+
+        if immediate:
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+#: SQLSTATE classes of a refusal about one record's content (data exception, integrity
+#: constraint, program limit such as an index row too large): storing the record without the
+#: offending part helps. Every other refusal is about the database (gone, read-only, full, no
+#: permission, a table missing) and waits in the spool like an outage.
+_CONTENT_SQLSTATE = ("22", "23", "54")
+_CONTENT_SQLITE = ("SQLITE_TOOBIG", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database can't take writes now (unreachable, or refusing them
+    for a reason of its own), as opposed to refusing one record's content."""
+    if isinstance(exc, DatabaseGone):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False  # a value that can't be bound (a bug, or a hostile value): that record's
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)  # psycopg
+    if isinstance(state, str) and state:
+        return not state.startswith(_CONTENT_SQLSTATE)
+    name = getattr(orig, "sqlite_errorname", None)  # sqlite3, Python 3.11+
+    if isinstance(name, str) and name:
+        return not name.startswith(_CONTENT_SQLITE)
+    # No code (a driver's own refusal): its class says it.
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return not isinstance(exc, DataError | IntegrityError)
 
 
 def migrations_dir() -> Path:
@@ -57,15 +140,65 @@ def migrations_dir() -> Path:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision``."""
+    """Apply the Alembic migrations up to ``revision``, all in one transaction: killed at any
+    moment, the database is as before, and the next start migrates it.
+
+    :raises ConfigError: the database is at a revision this collector does not know (a newer
+        collector migrated it)
+    """
     from alembic import command
     from alembic.config import Config as AlembicConfig
+    from alembic.util import CommandError
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    target = engine
+    if engine.dialect.name == "sqlite":
+        # A connection of its own whose transaction covers the DDL too (see make_engine).
+        target = make_engine(engine.url.render_as_string(hide_password=False), immediate=True)
+    try:
+        with target.begin() as connection:
+            cfg.attributes["connection"] = connection
+            try:
+                command.upgrade(cfg, revision)
+            except CommandError as exc:
+                raise _unknown_revision(connection, cfg, exc) from None
+    finally:
+        if target is not engine:
+            target.dispose()
+
+
+def check_revision(engine: Engine) -> None:
+    """Read-only: that the database is at a revision this collector knows (or has none yet).
+
+    :raises ConfigError: a newer collector migrated it
+    """
+    from alembic.config import Config as AlembicConfig
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    scripts = ScriptDirectory.from_config(cfg)
+    with engine.connect() as connection:
+        found = MigrationContext.configure(connection).get_current_revision()
+        if found is not None and found not in {r.revision for r in scripts.walk_revisions()}:
+            raise _unknown_revision(connection, cfg, None)
+
+
+def _unknown_revision(connection: Any, cfg: Any, exc: Exception | None) -> Exception:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    found = MigrationContext.configure(connection).get_current_revision()
+    known = ScriptDirectory.from_config(cfg).get_current_head()
+    if found is None and exc is not None:
+        return exc
+    return ConfigError(
+        f"the database is at revision {found}, which this collector does not know (it knows up "
+        f"to {known}): a newer collector migrated it; run that version, or upgrade this one",
+        key="database",
+    )
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -85,6 +218,9 @@ class Store:
         self.engine = engine
         self.datasets = {d.name: d for d in datasets}
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        self._path = sqlite_path(engine)
+        self._identity: tuple[int, int] | None = None  # the SQLite file's (device, inode)
+        self._identity_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -95,6 +231,40 @@ class Store:
 
     def upgrade(self) -> None:
         upgrade(self.engine)
+        self._identity = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_file(self) -> None:
+        """For SQLite: that the file at the path is still the one open. Deleted or moved away:
+        :class:`DatabaseGone` (writes would vanish with the unlinked file). Replaced by another
+        file (a backup put back, a new file): the connections are re-made on it and it is
+        migrated, so writes go where people look. A stat: microseconds."""
+        if self._path is None:
+            return
+        with self._identity_lock:
+            now = self._stat()
+            if now is None:
+                raise DatabaseGone(
+                    f"the database file {self._path} was deleted or moved while in use"
+                )
+            if self._identity is None:
+                self._identity = now
+            elif now != self._identity:
+                logger.warning(
+                    "the database file %s was replaced while in use; writing into the new one",
+                    self._path,
+                )
+                self.engine.dispose()
+                upgrade(self.engine)
+                self._identity = self._stat()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -126,6 +296,7 @@ class Store:
         by their key. So writing the same records twice stores everything once.
         """
         records = _merge(records)
+        self.check_file()
         with self.engine.begin() as conn:
             ids: list[int] = []
             if records:
@@ -233,15 +404,9 @@ class Store:
         ``run_id`` inserted or changed."""
         if not rows:
             return Counter()
-        stmt = self._insert(table)
-        if update:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(key),
-                set_={c: stmt.excluded[c] for c in update},
-                where=None if frozen is None else table.c[frozen].is_(False),
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+        if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
+            return bulk.upsert(conn, table, key, rows, update, frozen)
+        stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen)
         if not count:
             conn.execute(stmt, rows)
             return Counter()

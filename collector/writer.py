@@ -13,9 +13,13 @@ the database nor the spool can take a batch (the disk under both is full, the sp
 the thread does not die: the batch waits in memory and is retried with backoff (logged as CRITICAL),
 and callers are held back by ``max_pending``. Only those runs are lost if the process then dies.
 
-A batch the database *refuses* (a result nested too deep to encode, a NUL character PostgreSQL's
-JSONB rejects) is stored run by run; a run that still can't be stored is kept as a
-``bad_response`` row without its answer. It never stalls the runs around it.
+A batch the database *refuses* because of a record's content (a NUL character PostgreSQL's JSONB
+rejects, a value out of range) is stored run by run; a run that still can't be stored is kept as
+a ``bad_response`` row without its answer, rows and cursor (and :class:`RecordRefused` tells the
+runner, which then continues from the stored cursor, not past the refused rows). It never stalls
+the runs around it. A refusal that is about the database itself (a table missing, no permission,
+read-only, disk full, the SQLite file deleted) is an outage: the runs wait in the spool, with a
+CRITICAL line, until writes work again.
 """
 
 from __future__ import annotations
@@ -27,16 +31,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-
-from sqlalchemy.exc import InterfaceError, OperationalError
+from typing import Any
 
 from . import defaults
 from .backoff import Backoff
-from .errors import Status
-from .events import BatchStored, Events, SpoolDrained, Spooled, WriteStalled
+from .errors import Status, cut
+from .events import (
+    BatchStored,
+    DatabaseUnavailable,
+    Events,
+    RecordRefused,
+    SpoolDrained,
+    Spooled,
+    WriteStalled,
+)
 from .records import RunRecord, decode, encode
 from .spool import Spool
-from .store import NONCE_KEY, Store
+from .store import NONCE_KEY, DatabaseGone, Store, is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +59,15 @@ class State(StrEnum):
 
 
 class Unavailable(Exception):
-    """The database can't be reached (as opposed to refusing what it was given)."""
+    """The database can't take writes now (as opposed to refusing one record's content).
+
+    :ivar lasting: it answers but refuses (no permission, a table missing, read-only, its file
+        deleted): a person must act, so it is CRITICAL, not a blip
+    """
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class Writer:
@@ -76,7 +95,10 @@ class Writer:
         self.spool = spool
         self.events = events or Events()
         self.state = State.DIRECT
+        #: records stored or spooled (each page of a paging run is one)
         self.written = 0
+        #: runs stored or spooled: the final record of each (a paging run's pages not counted)
+        self.runs_written = 0
         self._nonce = nonce
         self._saved: dict[str, int] = {}
         self._batch_max = batch_max
@@ -88,6 +110,8 @@ class Writer:
         self._queue: queue.SimpleQueue[RunRecord | None] = queue.SimpleQueue()
         self._pending = 0
         self._waiters: dict[int, threading.Event] = {}
+        self._refused: set[int] = set()  # ids of persisted records stored without their rows
+        self._checked = time.monotonic()
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
 
@@ -113,14 +137,23 @@ class Writer:
         self._queue.put(record)
 
     def persist(self, record: RunRecord, timeout: float | None = None) -> bool:
-        """Queue a run and wait until it is in the database or the spool (durable either way);
-        False if that took longer than ``timeout``. A paging run waits so for each page, so that
-        a page it has moved past is never fetched again after a crash."""
+        """Queue a run and wait until it is in the database or the spool (durable either way).
+        A paging run waits so for each page, so that a page it has moved past is never fetched
+        again after a crash.
+
+        :returns: True when it was stored as given; False when the database refused its content
+            (it was stored without its rows and cursor) or ``timeout`` passed first
+        """
         done = threading.Event()
         with self._cond:
             self._waiters[id(record)] = done
         self.submit(record)
-        return done.wait(timeout)
+        if not done.wait(timeout):
+            return False
+        with self._cond:
+            refused = id(record) in self._refused
+            self._refused.discard(id(record))
+        return not refused
 
     @property
     def pending(self) -> int:
@@ -175,9 +208,9 @@ class Writer:
             except Exception as exc:
                 delay = next(delays)
                 reason = f"{type(exc).__name__}: {_first_line(exc)}"
-                where = (
+                where = (  # `is not None`: an empty spool is falsy, and it failed too
                     f"the database and the spool {self.spool.path}"
-                    if self.spool
+                    if self.spool is not None
                     else "the database"
                 )
                 logger.critical(
@@ -195,25 +228,34 @@ class Writer:
             self._cond.notify_all()
             for record in batch:
                 waiter = self._waiters.pop(id(record), None)
-                if waiter is not None:
+                if waiter is not None:  # a page, persisted on the way to its run's end
                     waiter.set()
+                else:
+                    self.runs_written += 1
 
     def _take(self, batch: list[RunRecord]) -> None:
         if self.state is State.DIRECT:
             nonce = self._new_nonce()
             if not batch and nonce is None:
+                self._check_idle()
                 return
             try:
                 self._store(batch, nonce)
             except Unavailable as exc:
                 if self.spool is None:
                     raise
-                self._unavailable(exc, len(batch))
+                went = exc
             else:
                 self._saved.update(nonce or {})
                 if batch:
                     self.events.publish(BatchStored(batch))
                 return
+            assert self.spool is not None
+            if batch:  # in the spool before anyone is told it is there
+                self.spool.put([encode(r) for r in batch])
+                self.events.publish(Spooled(len(batch), len(self.spool)))
+            self._unavailable(went, len(batch))
+            return
         assert self.spool is not None
         if batch:
             self.spool.put([encode(r) for r in batch])  # behind the runs waiting, in order
@@ -243,6 +285,20 @@ class Writer:
         logger.warning("database is back: %d spooled runs written, the spool is empty", replayed)
         self.events.publish(SpoolDrained(replayed))
 
+    def _check_idle(self) -> None:
+        """While nothing is written, look at the SQLite file now and then anyway, so that one
+        deleted under an idle service is noticed (and said) within a minute, not at the next
+        write."""
+        if time.monotonic() - self._checked < defaults.FILE_CHECK_INTERVAL:
+            return
+        self._checked = time.monotonic()
+        try:
+            self.store.check_file()
+        except DatabaseGone as exc:
+            if self.spool is None:
+                raise Unavailable(str(exc), lasting=True) from exc
+            self._unavailable(Unavailable(str(exc), lasting=True), 0)
+
     def _unavailable(self, exc: Unavailable, count: int) -> None:
         """Enter (or stay in) the spooling state, with the next try after a backoff."""
         assert self.spool is not None
@@ -251,13 +307,23 @@ class Writer:
             self._delays = self._backoff.delays()
         delay = next(self._delays)
         self.state, self._next_try = State.SPOOLING, time.monotonic() + delay
-        if first:
-            logger.error(
-                "database unavailable (%s); %d runs go to the spool %s (%d waiting)",
+        self.events.publish(DatabaseUnavailable(str(exc), exc.lasting))
+        if first and exc.lasting:
+            logger.critical(
+                "the database refuses writes (%s); %d runs went to the spool %s (%d waiting) "
+                "until it takes them again",
                 exc,
                 count,
                 self.spool.path,
-                len(self.spool) + count,
+                len(self.spool),
+            )
+        elif first:
+            logger.error(
+                "database unavailable (%s); %d runs went to the spool %s (%d waiting)",
+                exc,
+                count,
+                self.spool.path,
+                len(self.spool),
             )
         else:
             logger.warning(
@@ -269,8 +335,10 @@ class Writer:
             )
 
     def _store(self, batch: list[RunRecord], nonce: dict[str, int] | None) -> None:
-        """Write ``batch``; :class:`Unavailable` when the database can't be reached. A batch it
-        refuses is stored run by run, and a run it still refuses is kept without its answer."""
+        """Write ``batch``; :class:`Unavailable` when the database can't take writes. A batch it
+        refuses for a record's content is stored run by run, and a run it still refuses is kept
+        without its answer, rows and cursor; if even that is refused, without its params too.
+        Nothing a record holds can stall the records behind it."""
         try:
             _available(self.store.write, batch, nonce)
             return
@@ -286,16 +354,37 @@ class Writer:
         for record in batch:
             try:
                 _available(self.store.write, [record])
+                continue
             except Unavailable:
                 raise
             except Exception as exc:
                 logger.error(
-                    "job %s: its answer could not be stored (%s: %s)",
+                    "job %s: its answer could not be stored (%s: %s); kept as bad_response "
+                    "without it, its cursor not moved",
                     record.job,
                     type(exc).__name__,
                     _first_line(exc),
                 )
-                _available(self.store.write, [_unstorable(record, exc)])
+                reason = exc
+            with self._cond:
+                if id(record) in self._waiters:
+                    self._refused.add(id(record))
+            self.events.publish(RecordRefused(record, f"{type(reason).__name__}"))
+            try:
+                _available(self.store.write, [_unstorable(record, reason)])
+            except Unavailable:
+                raise
+            except Exception as exc:  # its params or error text: the bare run, then nothing
+                try:
+                    _available(self.store.write, [_unstorable(record, reason, bare=True)])
+                except Unavailable:
+                    raise
+                except Exception:
+                    logger.error(
+                        "job %s: a run could not be stored at all (%s); dropped",
+                        record.job,
+                        _first_line(exc),
+                    )
         _available(self.store.write, [], nonce)
 
     def _new_nonce(self) -> dict[str, int] | None:
@@ -308,24 +397,52 @@ class Writer:
 
 
 def _available(write: Callable[..., object], *args: object, **kwargs: object) -> None:
-    """Call ``write``, turning "the database can't be reached" into :class:`Unavailable`."""
+    """Call ``write``, turning "the database can't take writes" into :class:`Unavailable`."""
     try:
         write(*args, **kwargs)
-    except (OperationalError, InterfaceError) as exc:
-        raise Unavailable(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        lasting = isinstance(exc, DatabaseGone) or _answered(exc)
+        raise Unavailable(f"{type(exc).__name__}: {_first_line(exc)}", lasting=lasting) from exc
 
 
-def _unstorable(record: RunRecord, exc: BaseException) -> RunRecord:
-    """``record`` without what could not be stored, marked as a bad response."""
+def _answered(exc: BaseException) -> bool:
+    """Whether the database answered with a refusal of its own (it has a code), as opposed to
+    not being reachable at all."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state and not state.startswith(("08", "57P")):
+        return True  # not a connection failure, not a shutdown in progress
+    name = getattr(orig, "sqlite_errorname", None)
+    return isinstance(name, str) and not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _unstorable(record: RunRecord, exc: BaseException, *, bare: bool = False) -> RunRecord:
+    """``record`` without what could not be stored, marked as a bad response; ``bare``: without
+    its params too (a cursor value from a hostile answer can sit in them)."""
     reason = f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+    before = f"{record.error}; " if record.error else ""
     return dataclasses.replace(
         record,
         status=Status.BAD_RESPONSE,
         result=None,
         rows={},
         cursor=None,
-        error=f"the answer could not be stored ({reason})",
+        params={} if bare else _clean(record.params),
+        error=cut(_clean(f"{before}the answer could not be stored ({reason})")),
     )
+
+
+def _clean(value: Any) -> Any:
+    """``value`` without what a database refuses in text: NUL characters and lone surrogates."""
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -12,8 +13,11 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine, event
 
 import collector
+from collector.bulk import STAGE_PREFIX
+from collector.datasets import DEFAULT
 from collector.testing.fake_exchange import FakeKraken
 
 
@@ -144,3 +148,53 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'collector.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+# -- which statements a test sent -----------------------------------------------------------------
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    """Every statement sent through SQLAlchemy in this process while the test runs, in order
+    (a ``before_cursor_execute`` listener on every engine)."""
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many) -> None:
+        sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+def dataset_writes(sent: list[str]) -> tuple[list[str], list[str]]:
+    """The datasets' upserts among ``sent``: those that read a staging table (filled by COPY, the
+    bulk path) and those that carried their rows in ``VALUES`` (the ``executemany`` path)."""
+    names = "|".join(re.escape(d.name) for d in DEFAULT)
+    into = re.compile(rf"INSERT INTO ({names}) \(")
+    copied, bound = [], []
+    for statement in sent:
+        match = into.search(statement)
+        if match is None:
+            continue
+        if f"FROM {STAGE_PREFIX}{match.group(1)}" in statement:
+            copied.append(match.group(1))
+        else:
+            bound.append(match.group(1))
+    return copied, bound
+
+
+@pytest.fixture
+def copy_path(request: pytest.FixtureRequest, statements: list[str]) -> Iterator[None]:
+    """On PostgreSQL, fail the test unless its dataset rows were written through the COPY path
+    (and only through it); on SQLite, nothing to check."""
+    names = request.fixturenames
+    on_postgres = "postgres" in names and "database_url" not in names
+    if "database_url" in names:
+        on_postgres = request.getfixturevalue("database_url").startswith("postgresql")
+    yield
+    if not on_postgres:
+        return
+    copied, bound = dataset_writes(statements)
+    assert copied, "no dataset rows were written through COPY"
+    assert not bound, f"dataset rows written without COPY into {sorted(set(bound))}"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
@@ -43,6 +44,7 @@ def accounts_file(tmp_path: Path, fake: FakeKraken, url: str, main_key, savings_
     return path
 
 
+@pytest.mark.usefixtures("copy_path")
 def test_two_accounts_land_with_their_names_and_one_lockout_stops_only_its_own(
     tmp_path, database_url
 ) -> None:

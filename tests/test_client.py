@@ -306,13 +306,19 @@ def test_kraken_error_list_carries_the_strings(api, fake) -> None:
     assert str(info.value) == "Balance: EService:Unavailable"
 
 
-def test_server_rate_limit_error_fills_the_client_counter(fake, keypair) -> None:
+def test_server_rate_limit_error_stops_the_key_until_its_counter_drains(fake, keypair) -> None:
     api = collector.API(*keypair, rate_limit="starter")
     api.uri = fake.url
-    fake.inject("kraken_error", error="EAPI:Rate limit exceeded")
+    fake.inject("kraken_error", error="EAPI:Rate limit exceeded", count=2)
     with pytest.raises(KrakenAPIError):
         api.call("Balance")
-    assert api.limiter.level() == pytest.approx(15, abs=0.01)
+    # Nothing for the key until the counter has drained by the call's cost and a margin.
+    assert api.limiter.wait_time(1) == pytest.approx((1 + 1) / 0.33, abs=0.05)
+    api.limiter = type(api.limiter)(api.limiter.limit)  # (the test does not wait those 6 s)
+    api.limiter.refusals = 1
+    assert api.query_private("Balance")["error"] == ["EAPI:Rate limit exceeded"]  # the drop-in
+    assert api.limiter.refusals == 2  # a second refusal in a row doubles the wait
+    assert api.limiter.wait_time(1) == pytest.approx(2 * (1 + 1) / 0.33, abs=0.05)
 
 
 def test_empty_account_balance_is_an_empty_result(api, fake) -> None:

@@ -218,7 +218,7 @@ def test_env_expansion_credentials_and_database_override(tmp_path: Path) -> None
           rate_limit: {max: 20, decay: 1}
           public_rate_limit: {max: 2, decay: 0.5}
         jobs:
-          b: {method: Balance, cron: "0 * * * *", params: {asset: ZUSD}}
+          b: {method: TradeBalance, cron: "0 * * * *", params: {asset: ZUSD}}
           t: {method: Ticker, every: 1h30m, jitter: 5s, timeout: 3s}
     """,
     )
@@ -328,13 +328,14 @@ def test_defaults_and_empty_variables(tmp_path: Path) -> None:
         tmp_path,
         """
         jobs:
-          t:
-            method: Ticker
-            every: 1s
-            params: {a: "${A:-}", b: "${B:-x}", c: "x${C}y", d: "${D:-z}", e: "${E}"}
+          a: {method: Ticker, every: 1s, params: {pair: "${A:-}"}}
+          b: {method: Ticker, every: 1s, params: {pair: "${B:-x}"}}
+          c: {method: Ticker, every: 1s, params: {pair: "x${C}y"}}
+          d: {method: Ticker, every: 1s, params: {pair: "${D:-z}"}}
+          e: {method: Ticker, every: 1s, params: {pair: "${E}"}}
     """,
     )
     # ${A:-} is an explicit empty default; a variable set to empty expands to empty (C), or to
     # its default when it has one (D, as in the shell).
     config = load(path, environ={"C": "", "D": "", "E": "set"})
-    assert config.jobs[0].params == {"a": "", "b": "x", "c": "xy", "d": "z", "e": "set"}
+    assert [j.params["pair"] for j in config.jobs] == ["", "x", "xy", "z", "set"]

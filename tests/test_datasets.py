@@ -23,6 +23,9 @@ from collector.testing.fake_exchange import FakeKraken
 from .helpers import wait_for
 from .test_service import job_file, rows
 
+# On PostgreSQL, every test here must write its rows through the COPY path (conftest.copy_path).
+pytestmark = pytest.mark.usefixtures("copy_path")
+
 FAST = "rate_limit: {max: 1000, decay: 1000}\n  public_rate_limit: {max: 1000, decay: 1000}"
 
 

@@ -16,9 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector.cli import main
 from collector.config import Job, load
-from collector.events import Events
+from collector.errors import Status
+from collector.events import Events, Reloaded, RunFinished
 from collector.health import cursor_time, stale_after
-from collector.metrics import Monitor
+from collector.metrics import Metrics, Monitor
+from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store
 from collector.writer import State
@@ -182,7 +184,10 @@ def test_healthz_503_while_the_database_is_away_and_runs_spool(tmp_path, fake, k
             _, body = health(service)
             assert body["writer"] in (State.SPOOLING, State.DRAINING)
             assert body["spool_growing"] is True
-            assert "database unavailable: runs go to the spool" in body["problems"]
+            assert [p for p in body["problems"] if p.startswith("database unavailable")] == [
+                "database unavailable (OperationalError: (sqlite3.OperationalError) database is "
+                "locked): runs go to the spool"
+            ]
             assert scrape(service)[("collector_spool_runs", ())] > 0
         finally:
             blocker.rollback()
@@ -224,8 +229,10 @@ def test_two_monitors_in_one_process_keep_their_own_registries() -> None:
             datasets={},
         )
 
-    first, second = monitor(Events()), monitor(Events())  # the same names twice: no clash
-    first.metrics.runs.labels("a", "ok").inc()
+    events = Events()
+    first, second = monitor(events), monitor(Events())  # the same names twice: no clash
+    now = datetime.now(UTC)
+    events.publish(RunFinished(RunRecord("a", "Time", {}, now, now, now)))
     assert b'collector_runs_total{job="a",status="ok"} 1.0' in first.scrape()
     assert b"collector_runs_total{" not in second.scrape()
     assert b"collector_spool_runs 7.0" in second.scrape()
@@ -253,3 +260,85 @@ def test_stale_after_defaults_to_three_intervals_and_at_least_a_minute() -> None
     assert stale_after(hourly) == pytest.approx(3 * 3600)
     weekdays = Job(name="w", method="Time", cron="0 9 * * 1-5")  # averages weekends in
     assert 3 * 86400 < stale_after(weekdays) < 3 * 2 * 86400
+
+
+def test_job_series_are_exact_in_the_text_format() -> None:
+    """The job series Metrics writes itself, read back by prometheus_client's own parser: types,
+    cumulative buckets, sums, escaped labels, and a removed job's series gone."""
+    events = Events()
+    metrics = Metrics(events, pending=lambda: 3, spooled=lambda: 0)
+    odd = 'odd "name" \\ with\nnewline'
+    t0 = datetime(2026, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC)
+    durations = {"a": [0.01, 0.05, 0.2, 2.0, 400.0], odd: [0.3]}
+    for job, seconds in durations.items():
+        for i, d in enumerate(seconds):
+            status = Status.OK if i % 2 == 0 else Status.HTTP_ERROR
+            record = RunRecord(job, "Time", {}, t0, t0, t0 + timedelta(seconds=d), status=status)
+            record.attempts = 2
+            events.publish(RunFinished(record))
+    metrics.describe(
+        [
+            Job(name="a", method="Time", every=timedelta(seconds=1)),
+            Job(name=odd, method="Ledgers", every=timedelta(seconds=1), account='a"b'),
+        ]
+    )
+    metrics.cursor("a", datetime.now(UTC) - timedelta(seconds=30))
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode("utf-8"))}
+    kinds = {name: f.type for name, f in families.items() if name.startswith("collector_")}
+    assert kinds == {
+        "collector_runs": "counter",
+        "collector_attempts": "counter",
+        "collector_run_duration_seconds": "histogram",
+        "collector_last_success_timestamp_seconds": "gauge",
+        "collector_job_info": "gauge",
+        "collector_dataset_lag_seconds": "gauge",
+        "collector_rate_limit_wait_seconds": "counter",
+        "collector_rows_written": "counter",
+        "collector_spool_runs": "gauge",
+        "collector_writer_pending_runs": "gauge",
+        "collector_ledger_breaks": "gauge",
+        "collector_ledger_verified_timestamp_seconds": "gauge",
+    }
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+
+    def of(name: str, job: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"job": job, **labels}.items())))]
+
+    assert of("collector_runs_total", "a", status="ok") == 3
+    assert of("collector_runs_total", "a", status="http_error") == 2
+    assert of("collector_runs_total", odd, status="ok") == 1
+    assert of("collector_attempts_total", "a") == 10
+    buckets = {
+        le: of("collector_run_duration_seconds_bucket", "a", le=le)
+        for le in ("0.05", "0.25", "1.0", "5.0", "30.0", "300.0", "+Inf")
+    }
+    assert buckets == {
+        "0.05": 2,  # 0.01 and 0.05 (a bucket's bound is in it)
+        "0.25": 3,
+        "1.0": 3,
+        "5.0": 4,
+        "30.0": 4,
+        "300.0": 4,
+        "+Inf": 5,
+    }
+    assert of("collector_run_duration_seconds_count", "a") == 5
+    assert of("collector_run_duration_seconds_sum", "a") == pytest.approx(402.26)
+    assert of("collector_run_duration_seconds_bucket", odd, le="0.25") == 0
+    assert of("collector_run_duration_seconds_bucket", odd, le="1.0") == 1
+    # Set by the last ok run (a's are all t0 + their duration; 400 s was the last ok one).
+    assert of("collector_last_success_timestamp_seconds", "a") == t0.timestamp() + 400
+    assert of("collector_job_info", odd, account='a"b', method="Ledgers") == 1
+    assert of("collector_job_info", "a", account="", method="Time") == 1
+    assert 29 < of("collector_dataset_lag_seconds", "a") < 60
+    assert samples[("collector_writer_pending_runs", ())] == 3
+    assert ("collector_nonce_lead_seconds", ()) not in samples  # no key, no nonce
+
+    events.publish(
+        Reloaded(jobs=(Job(name="a", method="Time", every=timedelta(seconds=1)),), removed=(odd,))
+    )
+    body = metrics.render().decode("utf-8")
+    assert "newline" not in body and 'job="a"' in body

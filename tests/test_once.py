@@ -71,7 +71,7 @@ def test_start_says_whether_the_exchange_answers(tmp_path, fake, keypair, caplog
     service = Service(load(job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 1h}")))
     service.start()
     try:
-        wait_for(lambda: "answered (its clock is" in caplog.text)
+        wait_for(lambda: "answered (its clock " in caplog.text)
     finally:
         service.stop()
     closed = job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 1h}")

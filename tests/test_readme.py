@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from collector.config import load
@@ -25,6 +27,7 @@ def sql_blocks(dialect: str) -> list[str]:
     return statements
 
 
+@pytest.mark.usefixtures("copy_path")
 def test_every_readme_query_runs_on_collected_data(tmp_path, fake, keypair, database_url) -> None:
     jobs = """
 ticker: {method: Ticker, params: {pair: "XBTUSD,ETHUSD"}, every: 1h}
@@ -42,6 +45,8 @@ broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
         service.stop()
     dialect = "sqlite" if database_url.startswith("sqlite") else "postgresql"
     statements = sql_blocks(dialect)
+    if dialect == "sqlite":  # and the shell examples' `sqlite3 FILE "..."`
+        statements += re.findall(r'^sqlite3 \S+ "([^"]+)"', README.read_text(), re.MULTILINE)
     assert len(statements) >= 5  # the blocks are found, so running them means something
     engine = create_engine(database_url)
     try:
@@ -80,7 +85,105 @@ def test_the_readme_fault_example_makes_a_failure_row(tmp_path, fake, keypair) -
 def _offline() -> str:
     """The README's "Try it offline" section."""
     text_ = README.read_text()
-    return text_[text_.index("### Try it offline") : text_.index("## The job file")]
+    return text_[text_.index("## Try it offline") : text_.index("## Going live")]
+
+
+def test_the_readme_is_for_users_in_their_order() -> None:
+    text_ = README.read_text()
+    assert len(text_.splitlines()) <= 400
+    sections = re.findall(r"^## (.+)$", text_, re.MULTILINE)
+    assert sections == [
+        "Quick start",
+        "Try it offline",
+        "Going live",
+        "The job file",
+        "The tables",
+        "Commands",
+        "Operations",
+        "More",
+    ]
+    live = text_[text_.index("## Going live") : text_.index("## The job file")]
+    for needed in (
+        "Query Funds",
+        "Query Open Orders & Trades",
+        "Query Closed Orders & Trades",
+        "Query Ledger Entries",
+        "One key per collector",
+        "A fresh database",
+        "chmod 600 kraken.key",
+        "collector check --online",
+    ):
+        assert needed in live, needed
+    # Stop the first offline run before the PostgreSQL one (they would share the fake's key).
+    offline = _offline()
+    assert offline.index("Stop that run") < offline.index("collector run --db postgresql")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``page``."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_of_the_readme_and_docs_leads_somewhere() -> None:
+    root = README.parent
+    for page in [README, *sorted((root / "docs").glob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+            path = (page.parent / target).resolve() if target else page
+            assert path.exists(), f"{page.name}: {target}"
+            if anchor:
+                assert anchor in _anchors(path), f"{page.name}: {target}#{anchor}"
+
+
+def test_every_yaml_example_of_the_readme_loads(tmp_path) -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) >= 4
+    secret = base64.b64encode(b"s" * 64).decode()
+    for name in ("kraken.key", "savings.key"):
+        (tmp_path / name).write_text(f"key-{name}\n{secret}\n")
+        (tmp_path / name).chmod(0o600)
+    env = {"KRAKEN_API_KEY": "k", "KRAKEN_API_SECRET": secret, "MAIN_KEY": "m"}
+    env["MAIN_SECRET"] = secret
+    for block in blocks:
+        body = block if "jobs:" in block else block + "jobs:\n  t: {method: Time, every: 1m}\n"
+        path = tmp_path / "jobs.yaml"
+        path.write_text(body)
+        config = load(path, environ=env)
+        assert config.jobs, block
+
+
+def test_the_status_example_has_the_columns_status_prints() -> None:
+    from collector.status import render
+
+    text_ = README.read_text()
+    example = text_[text_.index("$ collector status jobs.yaml") :].splitlines()[1]
+    printed = render({"jobs": [], "spool_waiting": 0, "oldest_run": None, "healthy": True})
+    assert re.split(r"\s{2,}", example.strip()) == re.split(r"\s{2,}", printed.splitlines()[0])
+
+
+def test_the_commands_table_has_every_command() -> None:
+    from collector.cli import main
+
+    table = README.read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    for name in main.commands:
+        assert f"`collector {name}" in table, name
+
+
+def test_the_readmes_rehearsal_key_starts(tmp_path) -> None:
+    import sys
+
+    from .helpers import running, sigterm, wait_for
+
+    (args,) = re.findall(
+        r"`collector fake-exchange (--key-file \S+ --permissions \S+)`", README.read_text()
+    )
+    args = args.replace("examples/fake.key", str(tmp_path / "fake.key"))
+    cmd = [sys.executable, "-m", "collector.cli", "fake-exchange", "--port", "0", *args.split()]
+    with running(cmd) as proc:
+        said: list[str] = []
+        wait_for(lambda: bool(said.append(proc.stdout.readline()) or "may only" in said[-1]))
+        sigterm(proc)
+    assert "Query Ledger Entries" not in said[-1] and "Query Funds" in said[-1]
 
 
 def test_help_shows_examples_and_every_fault_kind() -> None:
@@ -89,7 +192,7 @@ def test_help_shows_examples_and_every_fault_kind() -> None:
     from collector.cli import main
     from collector.testing.fake_exchange import FAULT_KINDS
 
-    for command in (["db"], ["db", "upgrade"], ["run"], ["check"], ["fake-exchange"]):
+    for command in (["db"], ["db", "upgrade"], ["run"], ["check"], ["fake-exchange"], ["methods"]):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output, command
     help_ = CliRunner().invoke(main, ["fake-exchange", "--help"]).output

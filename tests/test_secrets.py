@@ -45,7 +45,7 @@ def test_service_at_debug_level_with_failures_leaks_nothing(
         "  rate_limit: {max: 1000, decay: 1000}\n"
         "jobs:\n"
         f"  b: {{method: Balance, every: 0.2s, timeout: 0.5s, params: {{otp: '{OTP}'}}}}\n"
-        f"  l: {{method: Ledgers, every: 0.3s, params: {{otp: '{OTP}', ofs: 0}}}}\n"
+        f"  l: {{method: Ledgers, every: 0.3s, params: {{otp: '{OTP}'}}}}\n"
         "  t: {method: Ticker, params: {pair: XBTUSD}, every: 0.3s}\n"
     )
     for kind, error in [

@@ -136,11 +136,16 @@ def timestamp(record: RunRecord, value: Any, what: str) -> datetime:
 
 
 def text(record: RunRecord, value: Any, what: str, limit: int = 200) -> str:
+    """A short text field (an id, a type); a NUL character (which no Kraken field holds and
+    PostgreSQL can't store) makes the answer a bad one."""
     if value is None:
         return ""
     if not isinstance(value, str | int | float):
         raise bad(record, f"{what} is not text")
-    return str(value)[:limit]
+    out = str(value)[:limit]
+    if "\x00" in out:
+        raise bad(record, f"{what} holds a NUL character")
+    return out
 
 
 def mapping(record: RunRecord, value: Any, what: str) -> dict[str, Any]:

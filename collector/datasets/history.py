@@ -75,7 +75,7 @@ class History(Dataset):
         answer = mapping(record, result, "result")
         entries = mapping(record, answer.get(self.entries, {}) or {}, self.entries)
         count = answer.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 10**12:
             raise bad(record, "answer has no count")
         rows = [self.entry(record, str(k), mapping(record, v, k)) for k, v in entries.items()]
         window = dict(cursor["window"])

@@ -40,6 +40,12 @@ def _series(
     found = answer.get("last")
     if isinstance(found, bool) or not isinstance(found, last):
         raise bad(record, "answer has no last")
+    # `last` becomes the next call's `since` and the stored cursor: it must be what Kraken sends
+    # (whole seconds, or nanoseconds as digits), never text that would poison the next run.
+    if isinstance(found, int) and not 0 <= found < 10**20:
+        raise bad(record, f"last {found} is out of range")
+    if isinstance(found, str) and not (found.isascii() and found.isdigit() and len(found) <= 20):
+        raise bad(record, f"last {found[:40]!r} is not a number")
     return pairs[0][:32], answer[pairs[0]], found
 
 

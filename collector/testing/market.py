@@ -67,9 +67,10 @@ def pairs(params: Mapping[str, str], default_all: bool = False) -> list[str]:
             return list(PAIRS)
         raise Refusal("EGeneral:Invalid arguments:pair")
     by_alt = {v[0]: k for k, v in PAIRS.items()}
+    by_ws = {f"{ASSETS[v[1]][0]}/{ASSETS[v[2]][0]}": k for k, v in PAIRS.items()}
     found = []
     for name in names.split(","):
-        canonical = name if name in PAIRS else by_alt.get(name.upper())
+        canonical = name if name in PAIRS else by_alt.get(name.upper()) or by_ws.get(name)
         if canonical is None:
             raise Refusal("EQuery:Unknown asset pair")
         found.append(canonical)

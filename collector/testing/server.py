@@ -20,13 +20,13 @@ import socket
 import struct
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..methods import COSTLY_METHODS
+from ..methods import COSTLY_METHODS, permission
 from ..ratelimit import RateLimit
 
 logger = logging.getLogger(__name__)
@@ -103,10 +103,13 @@ class Gate:
         self.public_limit = public_limit
         self.clock = clock
         self.keys: dict[str, bytes] = {}
+        #: the permissions of each key added with some (the others have all)
+        self.permissions: dict[str, frozenset[str]] = {}
         self.last_nonce: dict[str, int] = {}
         self.calls: Counter[str] = Counter()  # every request, by method
         self.errors: Counter[str] = Counter()  # every Kraken error string answered
         self.accepted: Counter[str] = Counter()  # private calls that passed every check, by key
+        self.spent: Counter[str] = Counter()  # their cost on the key's counter (Ledgers: 2)
         self.state_changing_calls = 0
         #: the last API-Sign values received (so tests can prove they never leak)
         self.signatures: deque[str] = deque(maxlen=10_000)
@@ -116,13 +119,38 @@ class Gate:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
 
-    def add_key(self, key: str | None = None, secret: str | None = None) -> tuple[str, str]:
-        """Register an API key (a fresh random pair when none is given); returns (key, secret)."""
+    def add_key(
+        self,
+        key: str | None = None,
+        secret: str | None = None,
+        *,
+        permissions: Iterable[str] | None = None,
+    ) -> tuple[str, str]:
+        """Register an API key (a fresh random pair when none is given); returns (key, secret).
+
+        :param permissions: the key's permissions, as Kraken names them (``"Query Funds"``,
+            ``"Query Ledger Entries"``, ... see :data:`collector.methods.COLLECTOR_PERMISSIONS`);
+            a private method that needs another is answered ``EGeneral:Permission denied``, as
+            Kraken does. None (default): every permission.
+        """
         key = key or base64.b64encode(os.urandom(42)).decode()
         secret = secret or base64.b64encode(os.urandom(64)).decode()
         with self._lock:
             self.keys[key] = base64.b64decode(secret)
+            if permissions is None:
+                self.permissions.pop(key, None)
+            else:
+                self.permissions[key] = frozenset(permissions)
         return key, secret
+
+    def counter_level(self, key: str) -> float:
+        """The key's call counter now, as the exchange keeps it (0 before its first call)."""
+        with self._lock:
+            counter = self._counters.get(key)
+            if counter is None:
+                return 0.0
+            elapsed = self.clock() - counter.at
+            return max(0.0, counter.level - elapsed * counter.limit.decay)
 
     def inject(
         self, kind: str, *, method: str | None = None, count: int = 1, **options: Any
@@ -206,14 +234,21 @@ class Gate:
             if not 0 < nonce < 2**64 or nonce <= self.last_nonce.get(key, 0):
                 return "EAPI:Invalid nonce"
             self.last_nonce[key] = nonce
+            method = path.rsplit("/", 1)[-1]
+            units = 2 if method in COSTLY_METHODS else 1
             if self.limit is not None:
                 counter = self._counters.get(key)
                 if counter is None:
                     counter = self._counters[key] = _Counter(self.limit, self.clock)
-                method = path.rsplit("/", 1)[-1]
-                if not counter.add(2 if method in COSTLY_METHODS else 1):
+                if not counter.add(units):
                     return "EAPI:Rate limit exceeded"
+            # A key without the method's permission (the key of a rehearsal of going live).
+            allowed = self.permissions.get(key)
+            needed = permission(path.split("/private/", 1)[-1])
+            if allowed is not None and needed is not None and needed not in allowed:
+                return "EGeneral:Permission denied"
             self.accepted[key] += 1
+            self.spent[key] += units
         return None
 
     def check_public(self, client_ip: str) -> str | None:

@@ -1,0 +1,168 @@
+"""Bulk upserts on PostgreSQL: COPY a batch's rows into a staging table, then one INSERT … SELECT.
+
+An ``executemany`` upsert with ``RETURNING`` (to count each run's new rows) costs PostgreSQL a
+statement per row; psycopg 3's ``COPY`` streams the rows in its C text format instead, and one
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` (or ``DO UPDATE … WHERE NOT frozen``) applies the same
+exactly-once rule to them all, counting the rows each run inserted or changed.
+
+The staging table is a temporary table of the connection: the target's columns and ``NOT NULL``\\ s
+(``LIKE``), no key and no index, emptied at every commit (``ON COMMIT DELETE ROWS``). It is created
+in the transaction that uses it when it is missing (``IF NOT EXISTS``), so a transaction that rolls
+back, a new connection, or a pooler that hands each transaction another server connection never
+finds it absent.
+
+Values go through the columns' own bind processors first (exact decimals, timezone-aware UTC times,
+strict booleans, JSONB), as an ``executemany`` would send them; a value PostgreSQL refuses (a NUL
+character, a text too long) fails the statement as the same ``sqlalchemy.exc.DBAPIError`` subclass,
+so the writer's run-by-run fallback and its outage detection see no difference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection, Table, column, func, select, table
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+
+#: Prefix of the staging tables' names (``collector_stage_trades``, ...): temporary, per connection.
+STAGE_PREFIX = "collector_stage_"
+
+
+def supported(connection: Connection) -> bool:
+    """Whether ``connection`` can COPY: PostgreSQL through psycopg 3 (psycopg2 has no ``copy()``)."""
+    dialect = connection.dialect
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a table's bulk upsert needs, built once per table and dialect."""
+
+    get: Callable[[dict[str, Any]], tuple[Any, ...]]
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+    create: str
+    copy: str
+    upsert: Any  # INSERT … SELECT … ON CONFLICT … and the per-run count (SQLAlchemy caches its SQL)
+
+
+_PlanKey = tuple[Table, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, str]
+_plans: dict[_PlanKey, _Plan] = {}
+
+
+def on_conflict(
+    stmt: Any, table_: Table, key: Sequence[str], update: Sequence[str], frozen: str | None
+) -> Any:
+    """``stmt`` (a dialect ``INSERT``) as an upsert by ``key``: a stored row updates ``update``
+    (unless its ``frozen`` column is true), or is left as it is. SQLite's insert has the same
+    interface, so :mod:`collector.store` uses this for both databases."""
+    if update:
+        return stmt.on_conflict_do_update(
+            index_elements=list(key),
+            set_={c: stmt.excluded[c] for c in update},
+            where=None if frozen is None else table_.c[frozen].is_(False),
+        )
+    return stmt.on_conflict_do_nothing(index_elements=list(key))
+
+
+def _plan(
+    connection: Connection,
+    target: Table,
+    names: tuple[str, ...],
+    key: Sequence[str],
+    update: Sequence[str],
+    frozen: str | None,
+) -> _Plan:
+    dialect = connection.dialect
+    cache_key = (target, names, tuple(key), tuple(update), frozen, dialect.name)
+    plan = _plans.get(cache_key)
+    if plan is not None:
+        return plan
+    quote = dialect.identifier_preparer.quote
+    stage_name = STAGE_PREFIX + target.name
+    stage = table(stage_name, *(column(n) for n in names))
+    stmt = on_conflict(
+        insert(target).from_select(names, select(*(stage.c[n] for n in names))),
+        target,
+        key,
+        update,
+        frozen,
+    )
+    inserted = stmt.returning(target.c.run_id).cte("inserted")
+    counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
+    plan = _Plan(
+        get=_getter(names),
+        converters=tuple(
+            (i, f)
+            for i, f in enumerate(
+                target.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+            )
+            if f is not None
+        ),
+        create=(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(stage_name)} "
+            f"(LIKE {quote(target.name)}) ON COMMIT DELETE ROWS"
+        ),
+        copy=f"COPY {quote(stage_name)} ({', '.join(quote(n) for n in names)}) FROM STDIN",
+        upsert=counted,
+    )
+    _plans[cache_key] = plan
+    return plan
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row's values in ``names``' order, as a tuple (in C: no Python loop per row)."""
+    get = itemgetter(*names)
+    return get if len(names) > 1 else lambda row: (get(row),)
+
+
+def upsert(
+    connection: Connection,
+    target: Table,
+    key: Sequence[str],
+    rows: list[dict[str, Any]],
+    update: Sequence[str] = (),
+    frozen: str | None = None,
+) -> Counter[int]:
+    """Insert ``rows`` into ``target`` in the connection's transaction; a row whose ``key`` is
+    stored already updates ``update`` (unless its ``frozen`` column is true) or is left as it is.
+    Returns how many rows each ``run_id`` inserted or changed.
+
+    ``rows`` must not hold a key twice (one statement can't touch a row twice). The first row's
+    columns are the ones written, as in an ``executemany`` (the others get their defaults); a
+    later row without one of them is refused (``KeyError``)."""
+    if not rows:
+        return Counter()
+    names = tuple(c.name for c in target.columns if c.name in rows[0])
+    plan = _plan(connection, target, names, key, update, frozen)
+    # Converted first, a column at a time: a value our own types refuse (a naive datetime) fails
+    # before COPY begins.
+    values: list[tuple[Any, ...]] = [plan.get(row) for row in rows]
+    if plan.converters:
+        columns = list(zip(*values, strict=True))
+        for i, convert in plan.converters:
+            columns[i] = tuple([None if v is None else convert(v) for v in columns[i]])
+        values = list(zip(*columns, strict=True))
+    connection.exec_driver_sql(plan.create)
+    _copy(connection, plan.copy, values)
+    return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
+
+
+def _copy(connection: Connection, statement: str, values: list[tuple[Any, ...]]) -> None:
+    """``COPY … FROM STDIN`` through the driver, its errors raised as SQLAlchemy's (so an
+    ``OperationalError`` still says "the database can't be reached", a ``DataError`` "refused")."""
+    raw = connection.connection.driver_connection
+    assert raw is not None, "the connection was invalidated"  # SQLAlchemy would have raised
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for record in values:
+                copy.write_row(record)
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi.Error, dialect=connection.dialect
+        ) from exc

@@ -1,0 +1,99 @@
+"""Kraken's names for a pair, and what a person may have meant by one.
+
+A pair has three names: the canonical one its answers are keyed by (``XXBTZUSD``), its altname
+(``XBTUSD``) and its wsname (``XBT/USD``). A request takes any of them (the altname in any case);
+people also write ``BTC/USD``, ``btcusd`` or ``BTC-USD``, which Kraken answers with ``EQuery:Unknown
+asset pair``. :func:`check` finds those in a job file's pairs against one ``AssetPairs`` answer and
+suggests the name Kraken knows; :func:`same` tells, without asking Kraken, whether a stored
+canonical name is the pair a job asks for (``collector status`` counts a job's own rows by it).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: Common names Kraken spells otherwise.
+_ALIASES = {"BTC": "XBT", "DOGE": "XDG"}
+
+
+def split(value: Any) -> list[str]:
+    """The pair names in a ``pair`` parameter (a comma list, or a YAML list)."""
+    values = value if isinstance(value, list) else [value]
+    return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
+
+
+def known(answer: Mapping[str, Any]) -> dict[str, str]:
+    """Every spelling a request may use for each pair of an ``AssetPairs`` answer, mapped to
+    its canonical name: the canonical name and wsname as they are, the altname in any case."""
+    out: dict[str, str] = {}
+    for canonical, info in answer.items():
+        out[canonical] = canonical
+        if isinstance(info, Mapping):
+            if isinstance(info.get("wsname"), str):
+                out[info["wsname"]] = canonical
+            if isinstance(info.get("altname"), str):
+                out[info["altname"].upper()] = canonical
+    return out
+
+
+def _plain(name: str) -> str:
+    """``BTC/USD``, ``btc-usd``, ``XBT_USD`` -> ``XBTUSD``: no separators, Kraken's asset codes."""
+    upper = name.upper()
+    for separator in "/-_ :":
+        if separator in upper:
+            parts = [_ALIASES.get(p, p) for p in upper.split(separator) if p]
+            return "".join(parts)
+    for alias, kraken in _ALIASES.items():
+        if upper.startswith(alias):
+            return kraken + upper[len(alias) :]
+        if upper.endswith(alias):
+            return upper[: -len(alias)] + kraken
+    return upper
+
+
+def suggest(name: str, answer: Mapping[str, Any]) -> str | None:
+    """The altname of the pair ``name`` most likely means, or None."""
+    altnames = {
+        str(info.get("altname")): canonical
+        for canonical, info in answer.items()
+        if isinstance(info, Mapping) and info.get("altname")
+    }
+    plain = _plain(name)
+    for alt, canonical in altnames.items():
+        wsname = answer[canonical].get("wsname") or ""
+        if plain in (alt.upper(), _plain(str(wsname)), canonical):
+            return alt
+    close = difflib.get_close_matches(plain, list(altnames), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def check(names: Iterable[str], answer: Mapping[str, Any]) -> dict[str, str | None]:
+    """The ``names`` Kraken would not know, each with a suggestion (or None)."""
+    spellings = known(answer)
+    return {
+        name: suggest(name, answer)
+        for name in names
+        if name not in spellings and name.upper() not in spellings
+    }
+
+
+def same(asked: str, canonical: str) -> bool:
+    """Whether the canonical name ``canonical`` (``XXBTZUSD``, ``SOLUSD``, ``XETHXXBT``) is the
+    pair ``asked`` (``XBTUSD``, ``xbtusd``, ``XBT/USD``, ``XXBTZUSD``) without asking Kraken: the
+    same letters once the X/Z that prefix Kraken's old four-letter asset codes are dropped."""
+    want = _plain(asked)
+    if want == canonical.upper():
+        return True
+    upper = canonical.upper()
+    for cut in range(3, len(upper) - 2):
+        base, quote = upper[:cut], upper[cut:]
+        if _short(base) + _short(quote) == want:
+            return True
+    return False
+
+
+def _short(code: str) -> str:
+    """``XXBT`` -> ``XBT``, ``ZUSD`` -> ``USD``; other codes as they are."""
+    return code[1:] if len(code) == 4 and code[0] in "XZ" else code
