@@ -9,7 +9,8 @@ every 1,000 entries), written through ``Store.write`` as runs would write it.
 1. **The whole check** (``collector verify``): the ledger's chains with the snapshots, then also the
    fills and the orders, each beside a plain scan of the ledger (``SELECT`` of the same columns
    through the same types, every row read). Each side runs in a fresh process (its peak RSS is
-   its own); the sides take turns over the rounds, and the figures are medians.
+   its own); the sides alternate over the rounds (``bench/rounds.py``), ratios are the medians of
+   the rounds' own ratios, with their min-max.
 2. **The incremental check** after a run (what the service does): with the million verified, runs
    of 100, 1,000 and 10,000 new entries; the rows it reads and the statements it runs beside the
    run's new entries.
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +34,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from rounds import alternate, ratio  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from collector import verify  # noqa: E402
@@ -192,31 +196,36 @@ def measure(side: str, url: str) -> dict[str, Any]:
 
 
 def whole(label: str, url: str, rounds: int) -> None:
-    samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
-    for r in range(rounds):
-        order = SIDES[r % 3 :] + SIDES[: r % 3]  # each side first, second and last in turn
-        for side in order:
-            samples[side].append(measure(side, url))
-    med = {
-        s: {k: statistics.median(x[k] for x in v) for k in ("seconds", "peak_kb", "base_kb")}
-        for s, v in samples.items()
-    }
-    scan = med["scan"]
-    first = samples["full"][0]
+    """The three sides in alternating rounds (``bench/rounds.py``): each side's time, its ratio
+    to the scan (the median of the rounds' own ratios, with their min-max), its peak RSS."""
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+
+    def side(name: str) -> Callable[[], float]:
+        def once() -> float:
+            runs[name].append(measure(name, url))
+            return float(runs[name][-1]["seconds"])
+
+        return once
+
+    print(f"  {label}:")
+    seconds = alternate({name: side(name) for name in SIDES}, rounds)
+    first = runs["full"][0]
     print(
         f"  {label}: {first['entries']:,} entries, {first['snapshots']:,} snapshot rows, "
-        f"{first['fills']:,} fills; medians of {rounds} rounds"
+        f"{first['fills']:,} fills; medians (min-max) of {rounds} rounds"
     )
-    for side, what in (
+    for name, what in (
         ("scan", "plain scan of the ledger"),
         ("chain", "chains + snapshots"),
         ("full", "+ fills and orders"),
     ):
-        m = med[side]
+        peak = statistics.median(r["peak_kb"] for r in runs[name]) / 1024
+        over = statistics.median(r["peak_kb"] - r["base_kb"] for r in runs[name]) / 1024
+        times = seconds[name]
         print(
-            f"    {what:<26} {m['seconds']:6.1f} s  {m['seconds'] / scan['seconds']:4.2f}x scan   "
-            f"peak RSS {m['peak_kb'] / 1024:6.1f} MB (+{(m['peak_kb'] - m['base_kb']) / 1024:5.1f} "
-            f"MB over the process before it)"
+            f"    {what:<26} {statistics.median(times):6.1f} s ({min(times):.1f}-{max(times):.1f})"
+            f"  {ratio(times, seconds['scan']).fmt()} the scan"
+            f"   peak RSS {peak:6.1f} MB (+{over:4.1f} MB over the process before it)"
         )
 
 
