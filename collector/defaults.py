@@ -59,6 +59,10 @@ HISTORY_OVERLAP = 60.0
 #: A run's window of a private history ends this long before the run starts (seconds), so entries
 #: still arriving (Kraken's clock may be behind ours) don't land inside it while it is paged.
 HISTORY_SETTLE = 5.0
+#: A balance snapshot matches the ledger's balance at any moment this close to it (seconds): the
+#: snapshot's time is ours (when its answer came), the ledger's times are Kraken's, and an entry
+#: booked while the Balance call was in flight may or may not be in its answer.
+SNAPSHOT_WINDOW = 5.0
 
 #: A paging run says how far it got (pages, rows, how far back) at most this often (seconds).
 PROGRESS_EVERY = 10.0

@@ -1,7 +1,8 @@
 """What happened, for whoever wants to know: components publish events, subscribers listen.
 
 The runner and the writer publish (a run finished, a batch was stored, runs were spooled or
-replayed); logs, metrics and tests subscribe, instead of reaching into the components.
+replayed), the verifier what it verified; logs, metrics and tests subscribe, instead of reaching
+into the components.
 
 Subscribers run synchronously in the publisher's thread (the runner's worker, the writer's
 thread), so they must be quick. One that raises is logged and skipped: it never breaks a run or a
@@ -14,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from .records import RunRecord
@@ -112,6 +114,19 @@ class LockedOut:
 
     seconds: float
     account: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerVerified:
+    """A verification pass over ``account``'s ledger: verified up to ``verified_to`` (None: not
+    yet verifiable), ``entries`` in all; ``breaks`` the lines of the breaks it found, and
+    ``recorded`` the account's breaks recorded so far."""
+
+    account: str
+    verified_to: datetime | None
+    entries: int
+    breaks: tuple[str, ...] = ()
+    recorded: int = 0
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,15 @@ from . import deadline, defaults
 from .config import Job, parse_listen
 from .datasets import Dataset
 from .errors import CollectorError
-from .events import BatchStored, Events, RateLimitRefused, RateLimitWaited, Reloaded, RunFinished
+from .events import (
+    BatchStored,
+    Events,
+    LedgerVerified,
+    RateLimitRefused,
+    RateLimitWaited,
+    Reloaded,
+    RunFinished,
+)
 from .health import Health, cursor_time, utcnow
 from .nonce import UNITS
 from .writer import State
@@ -139,6 +147,18 @@ class Metrics:
             registry=r,
         )
         self._rows: dict[str, Any] = {}
+        self.ledger_breaks = Gauge(
+            "collector_ledger_breaks",
+            "Breaks recorded by the verification of the account's ledger (0: it verifies)",
+            ["account"],
+            registry=r,
+        )
+        self.ledger_verified = Gauge(
+            "collector_ledger_verified_timestamp_seconds",
+            "Up to when the account's ledger is verified (unix seconds)",
+            ["account"],
+            registry=r,
+        )
         Gauge("collector_spool_runs", "Runs waiting in the spool", registry=r).set_function(spooled)
         Gauge(
             "collector_writer_pending_runs", "Runs waiting for the writer", registry=r
@@ -153,6 +173,7 @@ class Metrics:
         events.subscribe(BatchStored, self._stored)
         events.subscribe(RateLimitWaited, self._waited)
         events.subscribe(Reloaded, self._reloaded)
+        events.subscribe(LedgerVerified, self._verified)
 
     def describe(self, jobs: Sequence[Job]) -> None:
         """The info series of ``jobs`` (again after a reload: removed jobs' series go)."""
@@ -205,6 +226,11 @@ class Metrics:
                 at = cursor_time(record.dataset, record.cursor)
                 if at is not None:
                     self.cursor(record.job, at)
+
+    def _verified(self, event: LedgerVerified) -> None:
+        self.ledger_breaks.labels(event.account).set(event.recorded)
+        if event.verified_to is not None:
+            self.ledger_verified.labels(event.account).set(event.verified_to.timestamp())
 
     def _waited(self, event: RateLimitWaited) -> None:
         child = self._waits.get(event.limiter)

@@ -7,6 +7,8 @@ the same :data:`metadata`; Alembic's migrations create them all.
 * ``cursors``: where each job's dataset continues from (its next request parameters), written in
   the same transaction as the rows it covers.
 * ``collector_state``: the highest nonce used, so a restart starts above it.
+* ``ledger_verification``: how far each account's ledger is verified, asset by asset
+  (:mod:`collector.verify`).
 
 All timestamps are UTC and timezone-aware (``timestamptz`` on PostgreSQL; on SQLite, text ending in
 ``+00:00``). Amounts are exact decimals (``NUMERIC`` on PostgreSQL, decimal text on SQLite,
@@ -150,4 +152,23 @@ state = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# How far each account's ledger chain is verified, per asset (collector.verify; 0007). A pass
+# verifies the account's ledger up to `verified_to`; the next one reads the asset's entries after
+# `resume_time`, from `resume_balance` (a little before `verified_to`, so the balance snapshots
+# of the last seconds can still be matched).
+ledger_verification = Table(
+    "ledger_verification",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("asset", String(32), primary_key=True),
+    Column("verified_to", UTCDateTime(), nullable=False),
+    Column("entries", BigInteger, nullable=False, server_default="0"),
+    Column("breaks", Integer, nullable=False, server_default="0"),
+    Column("resume_time", UTCDateTime()),
+    Column("resume_balance", ExactDecimal()),
+    Column("resume_ledger_id", String(64)),
+    Column("resume_entries", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -40,6 +40,7 @@ from .runner import Runner, utcnow
 from .schedule import Schedule
 from .spool import Spool
 from .store import NONCE_KEY, Store
+from .verifier import Verifier
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,10 @@ class Service:
             if limiter is not None:
                 limiter.on_wait = lambda s, n=name: self.events.publish(RateLimitWaited(n, s))
         self.retention = Retention(self.store, config)
+        # Each account's ledger verified as it is collected, in a thread of its own.
+        self.verifier = Verifier(
+            self.store.engine, config.jobs, self.events, retention=config.retention, clock=clock
+        )
         self.monitor: Monitor | None = None
         if config.metrics_listen:
             self.monitor = Monitor(
@@ -248,6 +253,7 @@ class Service:
                     owner.replace(":", " pid "),
                 )
         self.writer.start()
+        self.verifier.start()
         self.leases.start()
         self._opened = True
 
@@ -349,14 +355,16 @@ class Service:
                     self.leases.stop(last)
                 for client in self._clients():
                     client.close()
-                self.store.dispose()
-                self.spool.close()
                 if self._opened:
                     for name, state in self.keystates.items():
                         state.stop(last[name])
                 for client in self.apis.values():
                     if client.shared is not None:
                         client.shared.close()
+                # The last runs are written: their verification may finish, within the grace.
+                self.verifier.stop(defaults.WRITE_GRACE)
+                self.store.dispose()
+                self.spool.close()
         logger.info("collector stopped: %d runs written", self.writer.runs_written)
 
     def _clients(self) -> list[API]:

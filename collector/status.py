@@ -2,7 +2,9 @@
 
 Per job: its last run and last success, failures in the last 24 hours by status, its own rows
 in its dataset (its pair and interval, its account, its snapshots) and the newest of them, its
-cursor (and how far a history being paged has got), its recorded gaps; and how many runs wait in the spool and
+cursor (and how far a history being paged has got), its recorded gaps; per account, whether its
+ledger is verified and up to when (breaks do not change the exit code: they need a person, not a
+restart; ``collector_ledger_breaks`` alerts on them); and how many runs wait in the spool and
 the oldest ``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
 a job is stale after ``stale_after`` without a success. A job that never succeeded is measured
 from its first stored run or, when it has none, from the job file's last change (the file says it
@@ -16,7 +18,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
 from .config import Config, Job, format_duration
@@ -25,8 +27,9 @@ from .health import cursor_time, interval, is_stale, stale_after
 from .keystate import KeyBudget
 from .pairs import same
 from .retention import TIME_COLUMNS
-from .schema import cursors, runs
+from .schema import cursors, ledger_verification, runs
 from .store import Store
+from .verify import status as verification
 
 #: The time column of the snapshot tables, which keep no history of their own.
 SNAPSHOT_TIME = {"balances": "taken_at", "ticker": "taken_at"}
@@ -46,11 +49,14 @@ def collect(
     """The status of ``config``'s jobs in ``store`` (None: there is no database yet)."""
     mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
     jobs: list[dict[str, Any]] = []
+    ledgers: list[dict[str, Any]] = []
     oldest = None
     if store is not None:
         with store.engine.connect() as conn:
             oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
             jobs = [_job(conn, store, job, now, mtime) for job in config.jobs]
+            if inspect(conn).has_table(ledger_verification.name):  # before 0007: not yet
+                ledgers = verification(conn)
     else:
         jobs = [_job(None, None, job, now, mtime) for job in config.jobs]
     problems = [
@@ -64,6 +70,7 @@ def collect(
         "healthy": not problems,
         "problems": problems,
         "jobs": jobs,
+        "ledgers": ledgers,
         "accounts": accounts,
         "spool_waiting": spool_waiting or 0,
         "oldest_run": _iso(oldest),
@@ -285,6 +292,17 @@ def render(report: dict[str, Any]) -> str:
                 f"the last hour (last {_short(a['last_refusal'])}): is another program using it?"
             )
         out.append(line)
+    for ledger in report.get("ledgers", []):
+        who = f"ledger of account {ledger['account']}"
+        size = f"{ledger['assets']} assets, {ledger['entries']:,} entries"
+        if ledger["verified"]:
+            out.append(f"{who}: verified to {_short(ledger['verified_to'])} ({size})")
+        else:
+            n = ledger["breaks"]
+            out.append(
+                f"{who}: UNVERIFIED: {n} break{'s' if n > 1 else ''} recorded up to "
+                f"{_short(ledger['verified_to'])} ({size}); collector verify shows them"
+            )
     waiting = report["spool_waiting"]
     out.append(f"spool: {f'{waiting:,} runs waiting' if waiting else 'empty'}")
     out.append(f"oldest run kept: {_short(report['oldest_run'])} (times in UTC)")

@@ -81,7 +81,7 @@ def test_query_public_is_a_get_with_a_query_string(api, fake) -> None:
 
 def test_query_private_is_a_signed_post(api, fake, keypair) -> None:
     answer = api.query_private("Balance")
-    assert answer["result"]["XXBT"] == "1011.1908877900"
+    assert answer["result"]["XXBT"] == fake.balances()["XXBT"]
     sent = api.response.request
     assert sent.method == "POST"
     assert sent.headers["API-Key"] == keypair[0]
@@ -277,7 +277,7 @@ def test_each_fault_is_its_own_error(
     error = info.value
     assert isinstance(error, collector.RequestError) and isinstance(error, requests_type)
     assert (error.status, error.http_status, error.method) == (status, http_status, "Balance")
-    assert api.call("Balance").result["XXBT"] == "1011.1908877900"  # the client recovers
+    assert api.call("Balance").result == fake.balances()  # the client recovers
 
 
 def test_timeout_is_its_own_error(api, fake) -> None:

@@ -70,10 +70,10 @@ def _epoch(value) -> float:
 
 @pytest.fixture
 def grown():
-    """A fake whose ledger has 620 entries at start and that we grow by hand; its clock runs 10 s
-    behind ours, so what it adds before a run is inside that run's (settled) window."""
-    sizes = {"ledger": 620, "trades": 130, "closed": 75}
-    with FakeKraken(tier=None, history=sizes, now=lambda: time.time() - 10) as fake:
+    """A fake whose ledger has 620 entries at start (188 fills and 188 closed orders with them) and
+    that we grow by hand; its clock runs 10 s behind ours, so what it adds before a run is inside
+    that run's (settled) window."""
+    with FakeKraken(tier=None, history={"ledger": 620}, now=lambda: time.time() - 10) as fake:
         yield fake
 
 
@@ -95,7 +95,8 @@ def test_private_histories_backfill_and_stay_complete_as_they_grow(
     done = _cursor(database_url, "ledger")["done"]
     ledger = {k: e for k, e in grown.ledger().items() if e["time"] <= done}
     stored = {r.ledger_id: r for r in rows(database_url, "SELECT * FROM ledger")}
-    assert set(stored) == set(ledger) and len(ledger) == 620 + 75 + 180
+    # 620, then 75 and 180 entries with the two legs of each of 75 and 180 fills.
+    assert set(stored) == set(ledger) and len(ledger) == 620 + 3 * 75 + 3 * 180
     for ledger_id, entry in ledger.items():  # the values Kraken sent, exactly
         row = stored[ledger_id]
         assert Decimal(str(row.amount)) == Decimal(entry["amount"])
@@ -108,13 +109,14 @@ def test_private_histories_backfill_and_stay_complete_as_they_grow(
     closed_done = _cursor(database_url, "closed")["done"]
     closed = {k for k, e in grown.closed_orders().items() if e["closetm"] <= closed_done}
     assert {r[0] for r in rows(database_url, "SELECT txid FROM orders")} == closed
-    assert len(fills) == 130 + 75 + 180 and len(closed) == 75
+    assert len(fills) == 521 and len(closed) == 521
     runs = rows(database_url, "SELECT job, status, pages, new_rows FROM runs ORDER BY id")
     ledger_runs = [(s, p, n) for j, s, p, n in runs if j == "ledger"]
     # The backfill paged all 620 (13 pages); later runs only what was new (plus the overlap).
     assert ledger_runs[0] == ("ok", 13, 620)
-    assert [n for _, _, n in ledger_runs[1:]] == [75, 180]
-    assert max(p for _, p, _ in ledger_runs[1:]) <= 6, ledger_runs  # new ones + the overlap
+    assert [n for _, _, n in ledger_runs[1:]] == [3 * 75, 3 * 180]
+    # The new ones + the overlap (the run before's, all at one time within the last minute).
+    assert max(p for _, p, _ in ledger_runs[1:]) <= (225 + 540 + 49) // 50, ledger_runs
 
 
 def test_ledger_grows_faster_than_a_page_per_run(tmp_path, database_url) -> None:

@@ -6,6 +6,7 @@ between two calls, never by sleeping.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -148,18 +149,38 @@ def test_id_valued_or_bad_window_arguments_are_refused(exchange) -> None:
         assert api.query_private("Ledgers", params)["error"] == [error]
 
 
+def chain_in_some_order(entries: list[dict[str, Any]], before: Decimal) -> Decimal | None:
+    """The balance after ``entries`` (one asset, one time) applied in an order in which every
+    entry's balance is the one before it + amount - fee; None when no order chains."""
+    for order in itertools.permutations(entries):
+        balance = before
+        for e in order:
+            if Decimal(e["balance"]) != balance + Decimal(e["amount"]) - Decimal(e["fee"]):
+                break
+            balance = Decimal(e["balance"])
+        else:
+            return balance
+    return None
+
+
 def test_ledger_balances_run_per_asset_and_filters_count(exchange) -> None:
     fake, api = exchange(history={"ledger": 500})
     fake.grow("ledger", 30)
-    running: dict[str, Decimal] = {}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for entry in reversed(fake.ledger().values()):  # oldest first
-        amount, fee, balance = (Decimal(entry[f]) for f in ("amount", "fee", "balance"))
-        asset = entry["asset"]
-        if asset in running:
-            assert balance == running[asset] + amount - fee, entry
-        running[asset] = balance
-        assert balance >= 0
-    assert set(running) == {"ZUSD", "XXBT", "XETH"}
+        groups.setdefault((entry["asset"], entry["time"]), []).append(entry)
+    running: dict[str, Decimal] = {}
+    out_of_order = 0
+    for (asset, _), group in groups.items():  # time order within each asset
+        # The account opens empty: every chain starts at 0.
+        after = chain_in_some_order(group, running.get(asset, Decimal(0)))
+        assert after is not None, group
+        out_of_order += chain_in_some_order(group[:1], running.get(asset, Decimal(0))) is None
+        running[asset] = after
+        assert after >= 0
+    assert out_of_order > 0  # some times list a later entry first: order alone proves nothing
+    assert set(running) == {"ZUSD", "ZEUR", "XXBT", "XETH", "DOT", "DOT.S", "ETH.F"}
+    assert {a: Decimal(v) for a, v in api.call("Balance").result.items()} == running
     btc = {i for i, e in fake.ledger().items() if e["asset"] == "XXBT"}
     page = api.call("Ledgers", {"asset": "XBT"}).result
     assert page["count"] == len(btc) and set(page["ledger"]) <= btc
@@ -191,10 +212,16 @@ def test_grow_appends_entries_at_the_data_time_on_top(exchange, clock) -> None:
     clock.t += 5.5
     new = fake.grow("ledger", 75)
     page = api.call("Ledgers").result
-    assert page["count"] == 120 + 75
+    assert page["count"] == 360 + 75
     assert list(page["ledger"]) == list(reversed(new))[:PAGE_SIZE]  # the newest appended last
     assert {e["time"] for e in page["ledger"].values()} == {T0 + 5.5}
-    assert len(fake.grow("closed", 2)) == 2 and len(fake.closed_orders()) == 122
+    closed = len(fake.closed_orders())
+    assert len(fake.grow("closed", 2)) == 2 and len(fake.closed_orders()) == closed + 2
+    fills = len(fake.my_trades())
+    txids = fake.grow("trades", 3)
+    assert len(txids) == 3 and len(fake.my_trades()) == fills + 3
+    legs = [e for e in fake.ledger().values() if e["refid"] in txids]
+    assert len(legs) == 2 * 3  # each fill with its two legs
     with pytest.raises(ValueError, match="unknown history"):
         fake.grow("deposits")
 
@@ -202,9 +229,12 @@ def test_grow_appends_entries_at_the_data_time_on_top(exchange, clock) -> None:
 def test_ledger_size_is_still_accepted() -> None:
     fake = FakeKraken(ledger_size=7)
     methods = ("Ledgers", "TradesHistory", "ClosedOrders")
-    assert [fake.result(m)["count"] for m in methods] == [7, 7, 7]
+    # A deposit, a fill (two legs), an order filled twice at once (four legs): 7 entries, 3 fills.
+    assert [fake.result(m)["count"] for m in methods] == [7, 3, 2]
     assert len(fake.public_trades("XBTUSD")) == 120
     fake.close()
+    with pytest.raises(ValueError, match="follow from its ledger"):
+        FakeKraken(history={"trades": 10})
 
 
 def test_a_ten_thousand_entry_ledger_pages_completely(exchange, clock) -> None:

@@ -296,6 +296,8 @@ def test_job_series_are_exact_in_the_text_format() -> None:
         "collector_rows_written": "counter",
         "collector_spool_runs": "gauge",
         "collector_writer_pending_runs": "gauge",
+        "collector_ledger_breaks": "gauge",
+        "collector_ledger_verified_timestamp_seconds": "gauge",
     }
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value

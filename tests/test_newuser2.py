@@ -526,7 +526,7 @@ def test_stopped_counts_runs_not_pages(tmp_path: Path, fake, keypair, caplog) ->
         assert service.run_once()
     finally:
         service.stop()
-    assert service.writer.written == 4  # the ledger's three pages (120 entries) and Time
+    assert service.writer.written == 9  # the ledger's eight pages (360 entries) and Time
     assert "collector stopped: 2 runs written" in caplog.text
 
 
@@ -670,11 +670,11 @@ def test_a_long_paging_run_says_how_far_it_got_and_status_shows_it(
         service.stop()
     said = [r.getMessage() for r in caplog.records if "paging:" in r.getMessage()]
     assert said[0].startswith("job l: paging: 1 pages, 50 rows so far, from ")
-    assert said[-1].startswith("job l: paging: 3 pages, 120 rows so far, from ")
+    assert said[-1].startswith("job l: paging: 8 pages, 360 rows so far, from ")
     oldest = min(e["time"] for e in fake.ledger().values())
     assert datetime.fromtimestamp(int(oldest), UTC).isoformat(sep=" ")[:19] in said[-1]
     assert any(
-        r.getMessage().startswith("job l: ok after 3 pages, 120 rows") for r in caplog.records
+        r.getMessage().startswith("job l: ok after 8 pages, 360 rows") for r in caplog.records
     )
     # A window half paged shows in status.
     store = Store.from_url(url)

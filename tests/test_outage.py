@@ -94,7 +94,7 @@ def test_postgres_down_for_ten_seconds_loses_nothing(
     incomplete = query(
         url,
         "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
-        "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5",
+        f"AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> {len(fake.balances())}",
     )[0][0]
     assert incomplete == 0
     assert "database unavailable" in caplog.text and "the spool is empty" in caplog.text
@@ -153,7 +153,7 @@ def test_sigkill_mid_run_then_restart(tmp_path, fake, keypair, postgres) -> None
     incomplete = query(
         url,
         "SELECT count(*) FROM runs r WHERE method = 'Balance' AND status = 'ok' "
-        "AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> 5",
+        f"AND (SELECT count(*) FROM balances WHERE run_id = r.id) <> {len(fake.balances())}",
     )[0][0]
     assert incomplete == 0  # no half-written run
 

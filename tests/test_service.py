@@ -215,7 +215,7 @@ def test_private_jobs_wait_for_budget_and_are_never_refused(
     tmp_path, keypair, database_url
 ) -> None:
     tight = collector.RateLimit(max=3, decay=4)
-    with FakeKraken(tier=tight) as fake:
+    with FakeKraken(tier=tight, history={"ledger": 120}) as fake:  # Ledgers runs of 3 pages
         fake.add_key(*keypair)
         path = job_file(
             tmp_path,

@@ -23,6 +23,8 @@ table = Table(
     Column("account", String(64), nullable=False, server_default="default"),
 )
 Index("ix_balances_asset_taken_at", table.c.asset, table.c.taken_at)
+# Verification finds the snapshots taken since its last pass (0007).
+Index("ix_balances_taken_at", table.c.taken_at)
 
 
 class Balances(Dataset):

@@ -122,6 +122,8 @@ ledger = Table(
 )
 Index("ix_ledger_asset_time", ledger.c.asset, ledger.c.time)
 Index("ix_ledger_time", ledger.c.time)
+# A trade's legs (refid = its txid), for verification and for people (0007).
+Index("ix_ledger_refid", ledger.c.account, ledger.c.refid)
 
 
 class Ledger(History):
@@ -170,6 +172,8 @@ my_trades = Table(
     Column("run_id", RunId, nullable=False),
 )
 Index("ix_my_trades_pair_time", my_trades.c.pair, my_trades.c.time)
+# An order's fills, for verification and for people (0007).
+Index("ix_my_trades_ordertxid", my_trades.c.account, my_trades.c.ordertxid)
 
 
 class MyTrades(History):

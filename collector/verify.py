@@ -1,0 +1,997 @@
+"""Verification: the collected history proven complete by Kraken's own arithmetic.
+
+From the database alone (and the job file, which says which jobs collected what, since when), for
+every account:
+
+1. **The ledger chain** of each asset (:mod:`collector.chain`): each entry's ``balance`` is the one
+   before it + ``amount`` - ``fee``; a missing entry is a break of exactly its ``amount - fee``.
+2. **The snapshots**: each balance snapshot (Balance, BalanceEx) equals the ledger's balance of its
+   asset at the snapshot's time, give or take ``SNAPSHOT_WINDOW`` (its time is ours, the ledger's
+   Kraken's). An asset the ledger never saw must be 0 when the ledger was read from the start.
+3. **The fills** (:func:`verify` only): every own trade has its ledger legs (``refid`` = its txid:
+   the base leg ``±vol``, the quote leg ``∓cost`` with the fee), every trade entry of the ledger is
+   a fill, and every closed order's cost, fee and executed volume are the sums of its fills.
+
+**What is verifiable.** An account's ledger is complete up to its *horizon*: its Ledgers job's
+``done`` less ``HISTORY_OVERLAP`` (the next window reads that minute again, so an entry Kraken
+books late inside it is still collected; one booked later than that would never be, and is a real
+break). Nothing of a window still being paged is final, and while the first backfill is half done
+(no ``done`` yet) nothing is at all: pages arrive newest first, so what is stored is the newest end
+of the history with a hole below it. A snapshot taken after the horizon is *not yet verifiable*,
+never a break. So a live service never records a false break.
+
+:func:`verify` checks everything, streaming (constant memory whatever the ledger's length).
+:func:`advance` continues each asset's chain from where the last pass left it (the
+``ledger_verification`` table), reading only the entries and snapshots that are new, and records
+what it finds: breaks become ``gaps`` rows. The service's :class:`collector.verifier.Verifier` runs it
+after each Ledgers run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from . import defaults
+from .chain import ZERO, Break, Chain, Entry, time_groups
+from .config import Job
+from .datasets.balances import table as balances
+from .datasets.gaps import table as gaps
+from .datasets.history import ledger, my_trades, orders
+from .health import cursor_time
+from .schema import cursors, ledger_verification
+
+WINDOW = timedelta(seconds=defaults.SNAPSHOT_WINDOW)
+OVERLAP = timedelta(seconds=defaults.HISTORY_OVERLAP)
+#: Rows fetched at a time from a streaming query.
+BATCH = 2000
+#: A job whose params narrow what it collects does not collect the whole history.
+_WHOLE = {
+    "Ledgers": {"asset": "all", "type": "all", "aclass": "currency"},
+    "TradesHistory": {"type": "all"},
+    "ClosedOrders": {},
+}
+_DATASETS = {"Ledgers": "ledger", "TradesHistory": "my_trades", "ClosedOrders": "orders"}
+
+
+# -- what the job file says ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one account's jobs collect: the jobs of each private history (those collecting all of
+    it), whether its ledger was read from the account's first entry, and from when the fills and
+    orders were collected."""
+
+    account: str
+    ledger_jobs: tuple[str, ...] = ()
+    trades_jobs: tuple[str, ...] = ()
+    orders_jobs: tuple[str, ...] = ()
+    from_start: bool = False
+    ledger_since: datetime | None = None
+    trades_since: datetime | None = None
+    orders_since: datetime | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def job(self) -> str:
+        """The job a gap row names: the account's (first) Ledgers job."""
+        return self.ledger_jobs[0] if self.ledger_jobs else f"verify:{self.account}"
+
+
+def scopes(
+    jobs: Iterable[Job], retention: Mapping[str, float] = {}, account: str | None = None
+) -> list[Scope]:
+    """Each account's scope, from its jobs (only ``account``'s when given)."""
+    found: dict[str, dict[str, list[Job]]] = {}
+    notes: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.method not in _WHOLE or job.account is None:
+            continue
+        if account is not None and job.account != account:
+            continue
+        narrowed = [
+            k for k, whole in _WHOLE[job.method].items() if str(job.params.get(k, whole)) != whole
+        ]
+        if job.method == "ClosedOrders" and "userref" in job.params:
+            narrowed.append("userref")
+        if narrowed:
+            notes.setdefault(job.account, []).append(
+                f"job {job.name} collects part of {_DATASETS[job.method]} ({', '.join(narrowed)}):"
+                " not used to verify"
+            )
+            continue
+        found.setdefault(job.account, {}).setdefault(job.method, []).append(job)
+    out = []
+    for name in sorted(set(found) | set(notes)):
+        by_method = found.get(name, {})
+        ledgers = by_method.get("Ledgers", [])
+        trades = by_method.get("TradesHistory", [])
+        closed = by_method.get("ClosedOrders", [])
+        out.append(
+            Scope(
+                account=name,
+                ledger_jobs=tuple(j.name for j in ledgers),
+                trades_jobs=tuple(j.name for j in trades),
+                orders_jobs=tuple(j.name for j in closed),
+                # From the account's first entry: every chain starts at 0.
+                from_start=any(j.since is None for j in ledgers) and "ledger" not in retention,
+                ledger_since=_since(ledgers, "ledger" in retention),
+                trades_since=_since(trades, "my_trades" in retention),
+                orders_since=_since(closed, "orders" in retention),
+                notes=tuple(notes.get(name, ())),
+            )
+        )
+    return out
+
+
+def _since(jobs: Sequence[Job], pruned: bool) -> datetime | None:
+    """From when ``jobs`` collected their history (None: all of it). A table retention prunes
+    has lost its start: only what it still holds can be compared, from the end of time."""
+    if pruned:
+        return datetime.max.replace(tzinfo=UTC)
+    if not jobs or any(j.since is None for j in jobs):
+        return None
+    return datetime.fromtimestamp(min(j.since for j in jobs if j.since is not None), UTC)
+
+
+def horizon(conn: Connection, jobs: Sequence[str], dataset: str) -> datetime | None:
+    """Up to when the history ``dataset`` of these jobs is complete and final (None: not yet)."""
+    if not jobs:
+        return None
+    values = conn.execute(
+        select(cursors.c.value).where(cursors.c.job.in_(jobs), cursors.c.dataset == dataset)
+    ).scalars()
+    done = [t for t in (cursor_time(dataset, v) for v in values) if t is not None]
+    return max(done) - OVERLAP if done else None
+
+
+# -- what a check finds ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One break: where, what, and how much. ``dataset`` is ``ledger`` (a chain), ``balances`` (a
+    snapshot), ``my_trades`` (a fill) or ``orders`` (an order)."""
+
+    account: str
+    dataset: str
+    subject: str  # the asset, a fill's pair, an order's txid
+    message: str
+    amount: Decimal | None
+    start: datetime
+    end: datetime
+    run_id: int
+
+    def line(self) -> str:
+        return f"account {self.account}: {self.message}"
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "subject": self.subject,
+            "message": self.message,
+            "amount": None if self.amount is None else f"{self.amount:f}",
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+        }
+
+
+@dataclass
+class Report:
+    """What a check of one account found."""
+
+    account: str
+    verified_to: datetime | None = None
+    assets: int = 0
+    entries: int = 0
+    unbalanced: int = 0  # entries without a balance (not in the chain)
+    snapshots: int = 0
+    pending_snapshots: int = 0  # newer than the horizon: not yet verifiable
+    fills: int = 0
+    orders: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: statements run and rows read (the cost of a pass)
+    statements: int = 0
+    rows: int = 0
+    #: breaks recorded for the account so far (by :func:`advance`)
+    recorded_breaks: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def summary(self) -> str:
+        if self.verified_to is None:
+            return f"account {self.account}: nothing verifiable yet ({'; '.join(self.notes)})"
+        parts = [
+            f"{self.assets} assets, {self.entries:,} ledger entries to "
+            f"{_when(self.verified_to)} UTC",
+            f"{self.snapshots:,} balance snapshots",
+        ]
+        if self.pending_snapshots:
+            parts.append(f"{self.pending_snapshots:,} newer ones not yet verifiable")
+        parts.append(f"{self.fills:,} fills, {self.orders:,} closed orders")
+        count = len(self.findings)
+        verdict = "verified" if self.ok else f"{count} break{'s' if count > 1 else ''} in"
+        return f"account {self.account}: {verdict} {', '.join(parts)}"
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "ok": self.ok,
+            "verified_to": None if self.verified_to is None else self.verified_to.isoformat(),
+            "assets": self.assets,
+            "entries": self.entries,
+            "entries_without_balance": self.unbalanced,
+            "snapshots": self.snapshots,
+            "snapshots_not_yet_verifiable": self.pending_snapshots,
+            "fills": self.fills,
+            "orders": self.orders,
+            "breaks": [f.json() for f in self.findings],
+            "notes": self.notes,
+        }
+
+
+# -- one asset's chain and snapshots ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    run_id: int
+    job: str
+    taken_at: datetime
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where an asset's chain stands after the entries up to ``time`` (None: before any)."""
+
+    time: datetime | None
+    balance: Decimal | None
+    last: Entry | None
+    entries: int
+
+
+class AssetWalk:
+    """One asset's entries, group by group, with its snapshots merged in by time.
+
+    :param start: where the chain starts
+    :param snapshots: the asset's snapshots to check, oldest first, all taken before
+        ``horizon - WINDOW``
+    :param report_after: breaks at or before this time were reported by an earlier pass
+    :param resume_by: the point kept for the next pass is the last one at or before this time
+    """
+
+    def __init__(
+        self,
+        account: str,
+        asset: str,
+        start: Point,
+        snapshots: Iterator[Snapshot],
+        *,
+        horizon: datetime,
+        report_after: datetime | None = None,
+        resume_by: datetime | None = None,
+    ) -> None:
+        self.account, self.asset, self.horizon = account, asset, horizon
+        self.chain = Chain(asset, start.balance, start.last)
+        self.start, self.report_after, self.resume_by = start, report_after, resume_by
+        self.resume = start
+        self.findings: list[Finding] = []
+        self.checked = 0
+        self._snapshots = snapshots
+        self._next = next(snapshots, None)
+        # The chain's balance after each time: one from before the next snapshot's window on.
+        self._points: deque[tuple[datetime | None, Decimal | None]] = deque(
+            [(start.time, start.balance)]
+        )
+
+    def feed(self, group: list[Entry]) -> None:
+        when = group[0].time
+        while self._next is not None and self._next.taken_at + WINDOW < when:
+            self._decide(self._next)
+        for found in self.chain.feed(group):
+            if self.report_after is None or when > self.report_after:
+                self.findings.append(self._chain_finding(found))
+        self._points.append((when, self.chain.balance))
+        self._trim()
+        if self.resume_by is not None and when <= self.resume_by:
+            entries = self.start.entries + self.chain.entries
+            self.resume = Point(when, self.chain.balance, self.chain.last, entries)
+
+    def finish(self) -> None:
+        """Decide the snapshots left (all taken before the horizon's window)."""
+        while self._next is not None:
+            self._decide(self._next)
+
+    @property
+    def entries(self) -> int:
+        return self.start.entries + self.chain.entries
+
+    def _trim(self) -> None:
+        """Keep the points a pending snapshot may still need: the last one before its window."""
+        edge = None if self._next is None else self._next.taken_at - WINDOW
+        while len(self._points) > 1:
+            second = self._points[1][0]
+            if edge is not None and (second is None or second > edge):
+                return
+            self._points.popleft()
+
+    def _decide(self, snap: Snapshot) -> None:
+        self._next = next(self._snapshots, None)
+        low, high = snap.taken_at - WINDOW, snap.taken_at + WINDOW
+        before = [p for p in self._points if p[0] is None or p[0] <= low]
+        inside = [p for p in self._points if p[0] is not None and low < p[0] <= high]
+        candidates = {b for _, b in (before[-1:] + inside) if b is not None}
+        at = [b for t, b in self._points if t is None or t <= snap.taken_at][-1:]
+        self._trim()
+        if not candidates or at == [None]:
+            return  # the chain starts later than the snapshot: nothing to compare with
+        self.checked += 1
+        if snap.amount in candidates:
+            return
+        ledger_says = at[0] if at and at[0] is not None else min(candidates)
+        difference = snap.amount - ledger_says
+        self.findings.append(
+            Finding(
+                self.account,
+                "balances",
+                self.asset,
+                f"snapshot of job {snap.job} (run {snap.run_id}, {_when(snap.taken_at)}): "
+                f"{self.asset} {snap.amount:f}, the ledger {ledger_says:f}: difference "
+                f"{difference:f}",
+                difference,
+                snap.taken_at,
+                snap.taken_at,
+                snap.run_id,
+            )
+        )
+
+    def _chain_finding(self, found: Break) -> Finding:
+        start = found.before.time if found.before is not None else found.after.time
+        return Finding(
+            self.account,
+            "ledger",
+            self.asset,
+            found.message(),
+            found.unaccounted,
+            start,
+            found.after.time,
+            found.after.run_id,
+        )
+
+
+# -- reading the database --------------------------------------------------------------------
+
+
+class Reader:
+    """Streaming queries on one connection, counting statements and rows."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn.execution_options(stream_results=True, yield_per=BATCH)
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.statements = self.rows = 0
+
+    def stream(self, query: Any) -> Iterator[Any]:
+        self.statements += 1
+        for row in self.conn.execute(query):
+            self.rows += 1
+            yield row
+
+    def scalar(self, query: Any) -> Any:
+        self.statements += 1
+        return self.conn.execute(query).scalar()
+
+    def indexed(self, query: Any, table: Any, index: str) -> Any:
+        """``query`` on SQLite told to use ``index``: without statistics it would rather read the
+        account's rows by the primary key and sort them."""
+        return query.with_hint(table, f"INDEXED BY {index}", "sqlite") if self.sqlite else query
+
+
+def _entries(rows: Iterable[Any]) -> Iterator[Entry]:
+    for r in rows:
+        yield Entry(r.ledger_id, r.time, r.amount, r.fee, r.balance, r.run_id)
+
+
+_ENTRY_COLUMNS = (
+    ledger.c.asset,
+    ledger.c.ledger_id,
+    ledger.c.time,
+    ledger.c.amount,
+    ledger.c.fee,
+    ledger.c.balance,
+    ledger.c.run_id,
+)
+
+
+def _snapshots(
+    reader: Reader, account: str, asset: str, after: datetime | None, upto: datetime
+) -> Iterator[Snapshot]:
+    query = select(balances.c.run_id, balances.c.job, balances.c.taken_at, balances.c.amount).where(
+        balances.c.account == account, balances.c.asset == asset, balances.c.taken_at <= upto
+    )
+    if after is not None:
+        query = query.where(balances.c.taken_at > after)
+    query = reader.indexed(
+        query.order_by(balances.c.taken_at), balances, "ix_balances_asset_taken_at"
+    )
+    for r in reader.stream(query):
+        yield Snapshot(r.run_id, r.job, r.taken_at, r.amount)
+
+
+class Stopped(Exception):
+    """The pass was asked to stop; nothing of it is recorded."""
+
+
+def _go_on(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped
+
+
+def _walk_all(
+    main: Reader,
+    side: Reader,
+    scope: Scope,
+    upto: datetime,
+    stop: threading.Event | None = None,
+) -> dict[str, AssetWalk]:
+    """Every asset of the account from the start: the ledger in one scan in (asset, time) order,
+    each asset's snapshots from a second connection as its entries go by. Returns the walks."""
+    query = main.indexed(
+        select(*_ENTRY_COLUMNS)
+        .where(ledger.c.account == scope.account, ledger.c.time <= upto)
+        .order_by(ledger.c.asset, ledger.c.time),
+        ledger,
+        "ix_ledger_asset_time",
+    )
+    walks: dict[str, AssetWalk] = {}
+    walk: AssetWalk | None = None
+    start = Point(None, ZERO if scope.from_start else None, None, 0)
+    for group in _asset_time_groups(main.stream(query)):
+        _go_on(stop)
+        asset = group[0].asset
+        if walk is None or walk.asset != asset:
+            if walk is not None:
+                walk.finish()
+            snaps = _snapshots(side, scope.account, asset, None, upto - WINDOW)
+            walk = walks[asset] = AssetWalk(
+                scope.account, asset, start, snaps, horizon=upto, resume_by=upto - 2 * WINDOW
+            )
+        walk.feed(list(_entries(group)))
+    if walk is not None:
+        walk.finish()
+    # Assets the snapshots name and the ledger never had.
+    others = side.stream(
+        select(balances.c.asset)
+        .where(balances.c.account == scope.account, balances.c.taken_at <= upto - WINDOW)
+        .distinct()
+    )
+    for asset in sorted({r.asset for r in others} - set(walks)):
+        snaps = _snapshots(side, scope.account, asset, None, upto - WINDOW)
+        walk = walks[asset] = AssetWalk(scope.account, asset, start, snaps, horizon=upto)
+        walk.finish()
+    return walks
+
+
+def _asset_time_groups(rows: Iterable[Any]) -> Iterator[list[Any]]:
+    """Rows in (asset, time) order, grouped by both."""
+    group: list[Any] = []
+    for row in rows:
+        if group and (row.time != group[0].time or row.asset != group[0].asset):
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
+
+
+def _collect(report: Report, walks: Mapping[str, AssetWalk]) -> None:
+    for walk in walks.values():
+        report.findings.extend(walk.findings)
+        report.entries += walk.chain.entries
+        report.unbalanced += walk.chain.unbalanced
+        report.snapshots += walk.checked
+    report.assets = len(walks)
+
+
+# -- the fills and the orders ----------------------------------------------------------------
+
+
+def _half_unit(value: Decimal) -> Decimal:
+    """Half a unit in the last place ``value`` was written with: how far a figure rounded to
+    those decimals may be from the exact one."""
+    exponent = value.as_tuple().exponent
+    return Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else ZERO
+
+
+def _near(ledger_value: Decimal, trade_value: Decimal) -> bool:
+    """Equal but for the rounding of either to the decimals it is written with (the ledger keeps
+    the asset's decimals, 4 for ZUSD; a trade's cost has the pair's, 5)."""
+    return abs(ledger_value - trade_value) <= _half_unit(ledger_value) + _half_unit(trade_value)
+
+
+def _check_fills(
+    reader: Reader, scope: Scope, report: Report, low: datetime | None, upto: datetime
+) -> None:
+    """Every fill in ``(low, upto]`` has its legs; every trade entry there is a fill's."""
+    query = (
+        select(
+            my_trades.c.txid,
+            my_trades.c.time,
+            my_trades.c.type,
+            my_trades.c.pair,
+            my_trades.c.price,
+            my_trades.c.cost,
+            my_trades.c.fee,
+            my_trades.c.vol,
+            my_trades.c.margin,
+            my_trades.c.run_id,
+            ledger.c.ledger_id,
+            ledger.c.asset,
+            ledger.c.amount,
+            ledger.c.fee.label("leg_fee"),
+        )
+        .select_from(
+            my_trades.outerjoin(
+                ledger,
+                and_(ledger.c.account == my_trades.c.account, ledger.c.refid == my_trades.c.txid),
+            )
+        )
+        .where(my_trades.c.account == scope.account, my_trades.c.time <= upto)
+        .order_by(my_trades.c.txid)
+    )
+    if low is not None:
+        query = query.where(my_trades.c.time > low)
+    group: list[Any] = []
+    for row in itertools.chain(reader.stream(query), [None]):
+        if group and (row is None or row.txid != group[0].txid):
+            report.fills += 1
+            problem = _fill_problem(group)
+            if problem:
+                fill = group[0]
+                report.findings.append(
+                    Finding(
+                        scope.account,
+                        "my_trades",
+                        fill.pair,
+                        f"fill {fill.txid} ({fill.type} {fill.vol:f} {fill.pair} at "
+                        f"{_when(fill.time)}, cost {fill.cost:f}, fee {fill.fee:f}): {problem}",
+                        None,
+                        fill.time,
+                        fill.time,
+                        fill.run_id,
+                    )
+                )
+            group = []
+        if row is not None:
+            group.append(row)
+    # The other way: a trade entry of the ledger whose fill was never collected.
+    orphans = (
+        select(ledger.c.ledger_id, ledger.c.refid, ledger.c.time, ledger.c.asset, ledger.c.run_id)
+        .select_from(
+            ledger.outerjoin(
+                my_trades,
+                and_(my_trades.c.account == ledger.c.account, my_trades.c.txid == ledger.c.refid),
+            )
+        )
+        .where(
+            ledger.c.account == scope.account,
+            ledger.c.type == "trade",
+            ledger.c.time <= upto,
+            my_trades.c.txid.is_(None),
+        )
+    )
+    if low is not None:
+        orphans = orphans.where(ledger.c.time > low)
+    for row in reader.stream(orphans):
+        report.findings.append(
+            Finding(
+                scope.account,
+                "my_trades",
+                row.asset,
+                f"ledger entry {row.ledger_id} ({row.asset} at {_when(row.time)}) is trade "
+                f"{row.refid}, which is not in my_trades",
+                None,
+                row.time,
+                row.time,
+                row.run_id,
+            )
+        )
+
+
+def _fill_problem(rows: list[Any]) -> str | None:
+    """What is wrong with a fill's legs, or None: a base leg of ``±vol`` and a quote leg of
+    ``∓cost`` (a leg per wallet may split either), the fee on the quote leg (or in the base
+    asset, for ``fcib``, or in fee credits, ``KFEE``). A margin fill is not compared: its
+    ledger entries are ``margin``/``rollover`` ones of the quote asset, which only the chain
+    checks."""
+    fill = rows[0]
+    if fill.margin:  # a margin fill books margin entries, not spot legs: the chain covers them
+        return None
+    legs = [r for r in rows if r.ledger_id is not None]
+    if not legs:
+        return "no ledger entries with its txid as refid"
+    sign = 1 if fill.type == "buy" else -1
+    by_asset: dict[str, list[Decimal]] = {}
+    for leg in legs:
+        amount, fee = by_asset.setdefault(leg.asset, [ZERO, ZERO])
+        by_asset[leg.asset] = [amount + leg.amount, fee + leg.leg_fee]
+    base = [a for a, (amount, _) in by_asset.items() if _near(amount, sign * fill.vol)]
+    quote = [a for a, (amount, _) in by_asset.items() if _near(amount, -sign * fill.cost)]
+    if len(base) != 1 or len(quote) != 1 or base == quote:
+        found = ", ".join(f"{a} {amount:f}" for a, (amount, _) in sorted(by_asset.items()))
+        return (
+            f"its legs ({found}) are not {sign * fill.vol:f} of the base and "
+            f"{-sign * fill.cost:f} of the quote"
+        )
+    (b,), (q,) = base, quote
+    quote_fee, base_fee = by_asset[q][1], by_asset[b][1]
+    credits = sum((fee for a, (_, fee) in by_asset.items() if a == "KFEE"), ZERO)
+    if _near(quote_fee, fill.fee) and base_fee == 0:
+        return None
+    if quote_fee == 0 and credits > 0:
+        return None  # paid in fee credits: their value is not the trade's fee
+    # Paid in the base asset (fcib): the trade still states it in quote, at its price.
+    slack = fill.price * _half_unit(base_fee) * 2 + _half_unit(fill.fee)
+    if quote_fee == 0 and base_fee > 0 and abs(base_fee * fill.price - fill.fee) <= slack:
+        return None
+    return f"the legs' fee ({q} {quote_fee:f}, {b} {base_fee:f}) is not the fill's {fill.fee:f}"
+
+
+def _check_orders(
+    reader: Reader, scope: Scope, report: Report, low: datetime | None, upto: datetime
+) -> None:
+    """Every closed order in ``(low, upto]`` is the sum of its fills."""
+    query = (
+        select(
+            orders.c.txid,
+            orders.c.status,
+            orders.c.pair,
+            orders.c.closetm,
+            orders.c.cost,
+            orders.c.fee,
+            orders.c.vol_exec,
+            orders.c.run_id,
+            my_trades.c.txid.label("fill"),
+            my_trades.c.cost.label("fill_cost"),
+            my_trades.c.fee.label("fill_fee"),
+            my_trades.c.vol.label("fill_vol"),
+        )
+        .select_from(
+            orders.outerjoin(
+                my_trades,
+                and_(
+                    my_trades.c.account == orders.c.account,
+                    my_trades.c.ordertxid == orders.c.txid,
+                ),
+            )
+        )
+        .where(
+            orders.c.account == scope.account,
+            orders.c.closetm.is_not(None),
+            orders.c.closetm <= upto,
+        )
+        .order_by(orders.c.txid)
+    )
+    if low is not None:
+        query = query.where(orders.c.opentm > low)
+    group: list[Any] = []
+    for row in itertools.chain(reader.stream(query), [None]):
+        if group and (row is None or row.txid != group[0].txid):
+            report.orders += 1
+            problem = _order_problem(group)
+            if problem:
+                order = group[0]
+                report.findings.append(
+                    Finding(
+                        scope.account,
+                        "orders",
+                        order.txid,
+                        f"order {order.txid} ({order.status} {order.pair} at "
+                        f"{_when(order.closetm)}): {problem}",
+                        None,
+                        order.closetm,
+                        order.closetm,
+                        order.run_id,
+                    )
+                )
+            group = []
+        if row is not None:
+            group.append(row)
+
+
+def _order_problem(rows: list[Any]) -> str | None:
+    order = rows[0]
+    fills = [r for r in rows if r.fill is not None]
+    wrong = []
+    for name, column in (("cost", "fill_cost"), ("fee", "fill_fee"), ("vol_exec", "fill_vol")):
+        parts = [getattr(f, column) for f in fills]
+        total, stated = sum(parts, ZERO), getattr(order, name)
+        # Each figure is rounded to the decimals it is written with, the order's and the fills'.
+        slack = _half_unit(stated) + sum((_half_unit(p) for p in parts), ZERO)
+        if abs(total - stated) > slack:
+            wrong.append(f"{name} {stated:f} but its {len(fills)} fills add up to {total:f}")
+    return "; ".join(wrong) or None
+
+
+# -- the whole check, and the incremental one -------------------------------------------------
+
+
+def verify(engine: Engine, scopes_: Sequence[Scope]) -> list[Report]:
+    """Check every account of ``scopes_`` from the start; nothing is written."""
+    reports = []
+    with engine.connect() as main_conn, engine.connect() as side_conn:
+        for scope in scopes_:
+            main, side = Reader(main_conn), Reader(side_conn)
+            report = Report(scope.account, notes=list(scope.notes))
+            reports.append(report)
+            if not scope.ledger_jobs:
+                report.notes.append("no Ledgers job collects the whole ledger")
+                continue
+            upto = horizon(main_conn, scope.ledger_jobs, "ledger")
+            if upto is None:
+                report.notes.append("the ledger's first backfill has not finished")
+                continue
+            report.verified_to = upto
+            walks = _walk_all(main, side, scope, upto)
+            _collect(report, walks)
+            report.pending_snapshots = _newer_snapshots(side, scope.account, upto)
+            trades_to = horizon(main_conn, scope.trades_jobs, "my_trades")
+            if trades_to is None:
+                report.notes.append("fills not checked: no TradesHistory job has finished")
+                continue
+            # Where both the ledger and the fills were collected.
+            both = min(upto, trades_to)
+            _check_fills(main, scope, report, _latest(scope.ledger_since, scope.trades_since), both)
+            orders_to = horizon(main_conn, scope.orders_jobs, "orders")
+            if orders_to is None:
+                report.notes.append("orders not checked: no ClosedOrders job has finished")
+            else:
+                since = _latest(scope.orders_since, scope.trades_since)
+                _check_orders(main, scope, report, since, min(trades_to, orders_to))
+    return reports
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    """The latest of these starts (None: from the beginning)."""
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _newer_snapshots(side: Reader, account: str, upto: datetime) -> int:
+    return int(
+        side.scalar(
+            select(func.count()).where(
+                balances.c.account == account, balances.c.taken_at > upto - WINDOW
+            )
+        )
+        or 0
+    )
+
+
+def advance(
+    engine: Engine,
+    scope: Scope,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+) -> Report:
+    """Continue the account's verification from where the last pass left each asset, up to the
+    ledger's horizon; record the new breaks (``gaps`` rows) and where each asset now stands.
+
+    Reads the entries after each asset's stored point (a few seconds before the last horizon, for
+    the snapshots of those seconds) and the snapshots taken since: about a run's new entries.
+    The report holds the new findings only; ``entries`` is the account's total.
+
+    :raises Stopped: ``stop`` was set during the pass (nothing is recorded)
+    """
+    now = now or datetime.now(UTC)
+    report = Report(scope.account, notes=list(scope.notes))
+    if not scope.ledger_jobs:
+        return report
+    with engine.connect() as main_conn, engine.connect() as side_conn:
+        main, side = Reader(main_conn), Reader(side_conn)
+        upto = horizon(main_conn, scope.ledger_jobs, "ledger")
+        main.statements += 1
+        if upto is None:
+            return report
+        state = {
+            r.asset: r
+            for r in main.stream(
+                select(ledger_verification).where(ledger_verification.c.account == scope.account)
+            )
+        }
+        before = max((r.verified_to for r in state.values()), default=None)
+        if before is not None and upto <= before:  # no window finished since the last pass
+            report.verified_to = before
+            report.statements, report.rows = main.statements, main.rows
+            _totals(report, state.values())
+            return report
+        if before is None:
+            walks = _walk_all(main, side, scope, upto, stop)
+        else:
+            walks = _walk_new(main, side, scope, state, before, upto, stop)
+        report.verified_to = upto
+        _collect(report, walks)
+        report.statements, report.rows = main.statements + side.statements, main.rows + side.rows
+    _record(engine, scope, report, walks, state, upto, now)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ledger_verification).where(ledger_verification.c.account == scope.account)
+        ).all()
+    _totals(report, rows)
+    return report
+
+
+def _totals(report: Report, rows: Iterable[Any]) -> None:
+    rows = list(rows)
+    report.assets = len(rows)
+    report.entries = sum(r.entries for r in rows)
+    report.recorded_breaks = sum(r.breaks for r in rows)
+
+
+def _walk_new(
+    main: Reader,
+    side: Reader,
+    scope: Scope,
+    state: Mapping[str, Any],
+    before: datetime,
+    upto: datetime,
+    stop: threading.Event | None = None,
+) -> dict[str, AssetWalk]:
+    """The assets with new entries or new snapshots, each from its stored point."""
+    fresh = main.stream(
+        main.indexed(
+            select(ledger.c.account, ledger.c.asset)
+            .where(ledger.c.time > before, ledger.c.time <= upto)
+            .distinct(),
+            ledger,
+            "ix_ledger_time",
+        )
+    )
+    assets = {r.asset for r in fresh if r.account == scope.account}
+    snapped = side.stream(
+        side.indexed(
+            select(balances.c.account, balances.c.asset)
+            .where(balances.c.taken_at > before - WINDOW, balances.c.taken_at <= upto - WINDOW)
+            .distinct(),
+            balances,
+            "ix_balances_taken_at",
+        )
+    )
+    assets |= {r.asset for r in snapped if r.account == scope.account}
+    walks = {}
+    for asset in sorted(assets):
+        row = state.get(asset)
+        if row is None:
+            start = Point(None, ZERO if scope.from_start else None, None, 0)
+        else:
+            last = None
+            if row.resume_ledger_id is not None and row.resume_time is not None:
+                last = Entry(row.resume_ledger_id, row.resume_time, ZERO, ZERO, row.resume_balance)
+            start = Point(row.resume_time, row.resume_balance, last, row.resume_entries)
+        query = select(*_ENTRY_COLUMNS).where(
+            ledger.c.account == scope.account, ledger.c.asset == asset, ledger.c.time <= upto
+        )
+        if start.time is not None:
+            query = query.where(ledger.c.time > start.time)
+        query = main.indexed(query.order_by(ledger.c.time), ledger, "ix_ledger_asset_time")
+        snaps = _snapshots(side, scope.account, asset, before - WINDOW, upto - WINDOW)
+        walk = walks[asset] = AssetWalk(
+            scope.account,
+            asset,
+            start,
+            snaps,
+            horizon=upto,
+            report_after=before,
+            resume_by=upto - 2 * WINDOW,
+        )
+        for group in time_groups(_entries(main.stream(query))):
+            _go_on(stop)
+            walk.feed(group)
+        walk.finish()
+    return walks
+
+
+def _record(
+    engine: Engine,
+    scope: Scope,
+    report: Report,
+    walks: Mapping[str, AssetWalk],
+    state: Mapping[str, Any],
+    upto: datetime,
+    now: datetime,
+) -> None:
+    """Where each asset stands and the new breaks, in one transaction."""
+    insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+    rows = []
+    for asset, walk in walks.items():
+        old = state.get(asset)
+        resume = walk.resume
+        rows.append(
+            {
+                "account": scope.account,
+                "asset": asset,
+                "verified_to": upto,
+                "entries": walk.entries,
+                "breaks": (old.breaks if old is not None else 0) + len(walk.findings),
+                "resume_time": resume.time,
+                "resume_balance": resume.balance,
+                "resume_ledger_id": None if resume.last is None else resume.last.ledger_id,
+                "resume_entries": resume.entries,
+                "updated_at": now,
+            }
+        )
+    findings = [
+        {
+            "job": scope.job,
+            "dataset": f.dataset,
+            "pair": f.subject[:32],
+            "start": f.start,
+            "end": f.end,
+            "reason": f.message,
+            "amount": f.amount,
+            "run_id": f.run_id,
+        }
+        for f in report.findings
+    ]
+    with engine.begin() as conn:
+        if rows:
+            stmt = insert(ledger_verification)
+            keep = [c.name for c in ledger_verification.c if c.name not in ("account", "asset")]
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["account", "asset"], set_={c: stmt.excluded[c] for c in keep}
+                ),
+                rows,
+            )
+        conn.execute(
+            update(ledger_verification)
+            .where(ledger_verification.c.account == scope.account)
+            .values(verified_to=upto, updated_at=now)
+        )
+        if findings:
+            conn.execute(
+                insert(gaps).on_conflict_do_nothing(
+                    index_elements=["job", "dataset", "pair", "start"]
+                ),
+                findings,
+            )
+
+
+def status(conn: Connection) -> list[dict[str, Any]]:
+    """Each account's verification as stored: how far, how many assets and entries, breaks."""
+    query = select(
+        ledger_verification.c.account,
+        func.min(ledger_verification.c.verified_to),
+        func.count(),
+        func.sum(ledger_verification.c.entries),
+        func.sum(ledger_verification.c.breaks),
+    ).group_by(ledger_verification.c.account)
+    return [
+        {
+            "account": account,
+            "verified": not breaks,
+            "verified_to": to.astimezone(UTC).isoformat(timespec="seconds") if to else None,
+            "assets": assets,
+            "entries": int(entries or 0),
+            "breaks": int(breaks or 0),
+        }
+        for account, to, assets, entries, breaks in conn.execute(query).all()
+    ]
+
+
+def _when(value: datetime) -> str:
+    text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{value.microsecond:06d}".rstrip("0") if value.microsecond else text
