@@ -1,11 +1,12 @@
 """``collector export``: a table or a view out as CSV, JSON lines, or Kraken's own CSV layouts.
 
-Streamed in constant memory: SQLite's cursor hands rows over a batch at a time; on PostgreSQL a CSV
-is PostgreSQL's own ``COPY … TO STDOUT`` (what ``psql \\copy`` does), the other formats a
-server-side cursor. The database formats every value as text (Python only joins them), the same
-text on both databases: times in UTC as ``YYYY-MM-DD HH:MM:SS.ffffff+00:00``, decimals exactly as
-stored (``0.0001000``, never a float), booleans ``true``/``false``. A CSV of the same rows is the
-same bytes from SQLite and from PostgreSQL (an empty text and NULL are both an empty field).
+Streamed in constant memory. The database formats every value as text, the same text on both
+databases: times in UTC as PostgreSQL writes them (``2026-01-01 00:00:00.250137+00``, no trailing
+zeros), decimals exactly as stored (``0.0001000``, never a float), booleans ``true``/``false``. A
+CSV of the same rows is the same bytes from SQLite and from PostgreSQL (an empty text and NULL are
+both an empty field). On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
+(:func:`_sqlite_csv`); on PostgreSQL a CSV is the server's ``COPY … TO STDOUT`` (what ``psql
+\\copy`` does); the other formats read a cursor a batch at a time (server-side on PostgreSQL).
 
 ``--format kraken`` writes the layouts of the files Kraken's website exports, the ones tax tools
 import (docs/export.md has the sources):
@@ -38,6 +39,8 @@ from .views import VIEWS
 FORMATS = ("csv", "jsonl", "kraken")
 #: Rows a batch (SQLite's fetchmany, PostgreSQL's server-side cursor).
 BATCH = 5_000
+#: Rows a chunk of a SQLite table's CSV, made by SQLite as one text.
+CHUNK = 10_000
 
 #: The column ``--since`` and ``--until`` filter a table on (else its ``time``, if any).
 TIME_COLUMNS = {
@@ -159,18 +162,19 @@ def _q(name: str) -> str:
 
 
 def _text(column: str, kind: str, dialect: str, *, csv_text: bool = False) -> str:
-    """``column`` as the text the export writes, in ``dialect``'s SQL."""
+    """``column`` as the text the export writes, in ``dialect``'s SQL (``csv_text``: for
+    PostgreSQL's COPY, which writes each value's text itself)."""
     c = f"t.{_q(column)}"
     if kind == "bool":
         return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END"
     if dialect == "sqlite":
-        return c  # times, decimals and JSON are stored as text already
-    if kind == "time":
-        return f"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00'"
-    if kind in ("decimal", "json"):
+        if kind == "time":  # stored as 2026-01-01 00:00:00.250000+00:00: written as PostgreSQL does
+            return f"rtrim(rtrim(substr({c}, 1, 26), '0'), '.') || '+00'"
+        return c  # decimals and JSON are stored as text already
+    if csv_text:  # COPY writes every value as its text: no cast (a function call per value)
+        return f"NULLIF({c}, '')" if kind == "text" else c  # '' as SQLite's CSV: empty either way
+    if kind in ("time", "decimal", "json"):  # times: the session's time zone is UTC (_utc)
         return f"{c}::text"
-    if kind == "text" and csv_text:
-        return f"NULLIF({c}, '')"  # as SQLite's CSV writes it: an empty field either way
     return c
 
 
@@ -303,10 +307,12 @@ def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
     try:
         if dialect == "postgresql" and request.format == "csv":
             return _copy_csv(raw.driver_connection, request, out)
+        if dialect == "sqlite" and request.format == "csv" and request.table not in VIEWS:
+            return _sqlite_csv(raw, request, out)
         if request.format == "kraken":
             sql, params = kraken_select(request, dialect)
         else:
-            sql, params = select(request, dialect, csv_text=request.format == "csv")
+            sql, params = select(request, dialect)
         text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
         try:
             count = 0
@@ -348,6 +354,7 @@ def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Iterator[list[Any]]
     if dialect == "sqlite":
         cursor = raw.cursor()
     else:
+        _utc(raw.driver_connection)
         cursor = raw.driver_connection.cursor(name="collector_export")
         cursor.itersize = BATCH
     try:
@@ -361,11 +368,79 @@ def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Iterator[list[Any]]
         cursor.close()
 
 
+#: A text value that CSV must quote: it holds the delimiter, a quote or a line break.
+_NEEDS_QUOTES = '*[,"\n\r]*'
+
+
+def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
+    """A table's CSV on SQLite, made by SQLite itself: ``CHUNK`` rows at a time as one text
+    (``printf`` of each row, joined by ``group_concat``), the chunks walked by rowid in one read
+    transaction (one snapshot). Python checks each chunk in C-speed scans (as many separators and
+    line breaks as the rows make, no quote): a chunk with a text that needs quoting (a comma in
+    ``misc``, a JSON) is asked again with every such field quoted as Python's csv would. One
+    object per 10,000 rows instead of one per value."""
+    cols = columns(request.table)
+    values = [_text(column, kind, "sqlite") for column, kind in cols]
+    plain = f"printf('{','.join(['%s'] * len(cols))}', {', '.join(values)})"
+    quoted = []
+    for value, (_, kind) in zip(values, cols, strict=True):
+        if kind in ("text", "json"):  # times, numbers and booleans never need quotes
+            value = (
+                f"CASE WHEN {value} GLOB :pattern "
+                f"THEN '\"' || replace({value}, '\"', '\"\"') || '\"' ELSE {value} END"
+            )
+        quoted.append(f"coalesce({value}, '')")
+    where, params = _where(request, "sqlite", "sqlite")
+    rowid = "t.rowid > :after AND t.rowid <= :upto"
+    where = f"{where} AND {rowid}" if where else f" WHERE {rowid}"
+
+    def chunk(line: str) -> str:
+        return (
+            f"SELECT group_concat(line, char(10)), max(rid), count(*) FROM (SELECT t.rowid AS "
+            f"rid, {line} AS line FROM {_q(request.table)} t{where} ORDER BY t.rowid "
+            f"LIMIT {CHUNK})"
+        )
+
+    fast, careful = chunk(plain), chunk(" || ',' || ".join(quoted))
+    commas = len(cols) - 1
+    out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
+    cursor = raw.cursor()
+    count, after, top = 0, -(2**63), 2**63 - 1
+    try:
+        cursor.execute("BEGIN")  # one snapshot for every chunk
+        while True:
+            bound = {**params, "after": after, "upto": top}
+            text, last, n = cursor.execute(fast, bound).fetchone()
+            if not n:
+                return count
+            if (
+                text.count(",") != n * commas
+                or text.count("\n") != n - 1
+                or '"' in text
+                or "\r" in text
+            ):
+                bound = {**params, "after": after, "upto": last, "pattern": _NEEDS_QUOTES}
+                text, last, n = cursor.execute(careful, bound).fetchone()
+            out.write(text.encode())
+            out.write(b"\n")
+            count, after = count + n, last
+    finally:
+        cursor.close()
+
+
+def _utc(conn: Any) -> None:
+    """This transaction's times as PostgreSQL writes them in UTC (``2026-01-01 00:00:00.25+00``):
+    the server formats them itself, at the cost of none; back as they were at its end."""
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    conn.execute("SET LOCAL DateStyle = 'ISO'")
+
+
 def _copy_csv(conn: Any, request: Request, out: IO[bytes]) -> int:
     """A CSV through PostgreSQL's ``COPY (SELECT …) TO STDOUT``: the server writes it, we pass the
     blocks on."""
     from psycopg import sql as pgsql
 
+    _utc(conn)
     query, params = select(request, "postgresql", csv_text=True, style="literal")
     # COPY takes no parameters: the values go in as literals, quoted by psycopg.
     composed = pgsql.SQL(query).format(**{k: pgsql.Literal(v) for k, v in params.items()})

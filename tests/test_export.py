@@ -154,7 +154,8 @@ def test_any_table_as_csv_is_the_same_bytes_from_sqlite_and_postgresql(tmp_path,
     assert outputs[0] == outputs[1]
     read = list(csv.DictReader(io.StringIO(outputs[0].decode())))
     assert [int(r["trade_id"]) for r in read] == list(range(10, 40))  # since <= t < until
-    assert read[0]["time"] == "2026-11-24 12:00:10.123463+00:00"
+    assert read[0]["time"] == "2026-11-24 12:00:10.123463+00"  # PostgreSQL's own text
+    assert read[1]["time"] == "2026-11-24 12:00:11.123463+00"
     assert read[0]["volume"] == "0.00000011" and read[5]["misc"] == 'a "quoted", text'
 
 
@@ -174,7 +175,7 @@ def test_jsonl_keeps_decimals_exact_and_types_typed(tmp_path, collected, databas
         "XBTEUR",
     )
     assert isinstance(order["run_id"], int) and order["symbol"] and "/" in order["symbol"]
-    assert order["closetm"].endswith("+00:00")
+    assert order["closetm"].endswith("+00") and datetime.fromisoformat(order["closetm"])
     fills = cli("my_trades", str(path), "--format", "jsonl").stdout.splitlines()
     assert {type(json.loads(f)["maker"]) for f in fills} == {bool}
     assert len(fills) == len(truth["fills"])
