@@ -22,9 +22,10 @@ import (docs/export.md has the sources):
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -136,7 +137,9 @@ def time_column(name: str) -> str | None:
 def check(request: Request) -> None:
     """The request makes sense before the database is opened, or one :class:`ConfigError`."""
     if request.table not in tables():
-        raise ConfigError(f"no table {request.table!r}; one of: {', '.join(tables())}", key="TABLE")
+        close = difflib.get_close_matches(request.table, tables(), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(tables())}"
+        raise ConfigError(f"no table {request.table!r}; {hint}", key="TABLE")
     if request.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}", key="--format")
     if request.format == "kraken" and request.table not in KRAKEN_FILES:
@@ -314,9 +317,9 @@ def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
         else:
             sql, params = select(request, dialect)
         text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+        rows = _rows(raw, dialect, sql, params)
         try:
             count = 0
-            rows = _rows(raw, dialect, sql, params)
             if request.format == "csv":
                 writer = csv.writer(text, lineterminator="\n")
                 writer.writerow([c for c, _ in columns(request.table)])
@@ -329,8 +332,11 @@ def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
             text.writelines(lines(request, counted.rows()))
             return counted.count
         finally:
-            text.flush()
-            text.detach()  # ``out`` is the caller's to close
+            rows.close()  # its cursor, while the connection is open (a reader gone: `| head`)
+            try:
+                text.flush()
+            finally:
+                text.detach()  # ``out`` is the caller's to close
     finally:
         raw.rollback()  # read-only: nothing to keep, and a server-side cursor's transaction ends
         raw.close()
@@ -348,7 +354,7 @@ class _counting:
             yield from batch
 
 
-def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Iterator[list[Any]]:
+def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Generator[list[Any], None, None]:
     """The query's rows in batches of ``BATCH``: SQLite's cursor reads as it goes; on
     PostgreSQL a server-side (named) cursor, so the server holds the result, not us."""
     if dialect == "sqlite":

@@ -187,6 +187,7 @@ def test_what_cannot_be_exported_is_one_line_and_loses_nothing(tmp_path, collect
     out.write_text("what was there\n")
     for args, said in [
         (["nope"], "no table 'nope'; one of: "),
+        (["trade"], "no table 'trade'; did you mean 'trades'?"),
         (["trades", "--format", "kraken"], "--format kraken writes Kraken's ledgers.csv"),
         (["ledger", "--since", "last tuesday"], "'last tuesday' is not a date, a time or unix"),
         (["ledger", "--since", "2025-01-02", "--until", "2025-01-01"], "--since must be before"),
@@ -220,3 +221,21 @@ def test_kraken_files_are_one_accounts(tmp_path, database_url) -> None:
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 61
     mixed = cli("ledger", str(path)).stdout.splitlines()  # a plain CSV says whose each row is
     assert mixed[0].startswith("account,ledger_id,") and len(mixed) == 121
+
+
+def test_a_reader_that_stops_early_is_no_error(collected) -> None:
+    """`collector export ... | head -1`: the export stops quietly, exit 0, nothing on stderr."""
+    import subprocess
+    import sys
+
+    path, truth = collected
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    cmd = [sys.executable, "-m", "collector.cli", "export", "ledger", str(path)]
+    proc = subprocess.Popen(
+        [*cmd, "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # more than a pipe's 64 KB is still to come: the export meets EPIPE
+    assert proc.wait(30) == 0 and proc.stderr.read() == b""
+    assert first["ledger_id"] in truth["ledger"] and len(truth["ledger"]) * 200 > 65_536
