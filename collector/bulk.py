@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table, column, func, select, table
+from sqlalchemy import Connection, Table, and_, column, func, or_, select, table
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
@@ -50,21 +50,34 @@ class _Plan:
     upsert: Any  # INSERT … SELECT … ON CONFLICT … and the per-run count (SQLAlchemy caches its SQL)
 
 
-_PlanKey = tuple[Table, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, str]
+_PlanKey = tuple[
+    Table, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, tuple[str, ...], str
+]
 _plans: dict[_PlanKey, _Plan] = {}
 
 
 def on_conflict(
-    stmt: Any, table_: Table, key: Sequence[str], update: Sequence[str], frozen: str | None
+    stmt: Any,
+    table_: Table,
+    key: Sequence[str],
+    update: Sequence[str],
+    frozen: str | None,
+    compare: Sequence[str] = (),
 ) -> Any:
     """``stmt`` (a dialect ``INSERT``) as an upsert by ``key``: a stored row updates ``update``
-    (unless its ``frozen`` column is true), or is left as it is. SQLite's insert has the same
-    interface, so :mod:`collector.store` uses this for both databases."""
+    (unless its ``frozen`` column is true, and, with ``compare``, only when one of those columns
+    differs), or is left as it is. SQLite's insert has the same interface, so
+    :mod:`collector.store` uses this for both databases."""
     if update:
+        conditions: list[Any] = [] if frozen is None else [table_.c[frozen].is_(False)]
+        if compare:
+            conditions.append(
+                or_(*(table_.c[c].is_distinct_from(stmt.excluded[c]) for c in compare))
+            )
         return stmt.on_conflict_do_update(
             index_elements=list(key),
             set_={c: stmt.excluded[c] for c in update},
-            where=None if frozen is None else table_.c[frozen].is_(False),
+            where=and_(*conditions) if conditions else None,
         )
     return stmt.on_conflict_do_nothing(index_elements=list(key))
 
@@ -76,9 +89,10 @@ def _plan(
     key: Sequence[str],
     update: Sequence[str],
     frozen: str | None,
+    compare: Sequence[str] = (),
 ) -> _Plan:
     dialect = connection.dialect
-    cache_key = (target, names, tuple(key), tuple(update), frozen, dialect.name)
+    cache_key = (target, names, tuple(key), tuple(update), frozen, tuple(compare), dialect.name)
     plan = _plans.get(cache_key)
     if plan is not None:
         return plan
@@ -91,6 +105,7 @@ def _plan(
         key,
         update,
         frozen,
+        compare,
     )
     inserted = stmt.returning(target.c.run_id).cte("inserted")
     counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
@@ -127,9 +142,11 @@ def upsert(
     rows: list[dict[str, Any]],
     update: Sequence[str] = (),
     frozen: str | None = None,
+    compare: Sequence[str] = (),
 ) -> Counter[int]:
     """Insert ``rows`` into ``target`` in the connection's transaction; a row whose ``key`` is
-    stored already updates ``update`` (unless its ``frozen`` column is true) or is left as it is.
+    stored already updates ``update`` (unless its ``frozen`` column is true; with ``compare``,
+    only when one of those columns differs) or is left as it is.
     Returns how many rows each ``run_id`` inserted or changed.
 
     ``rows`` must not hold a key twice (one statement can't touch a row twice). The first row's
@@ -138,7 +155,7 @@ def upsert(
     if not rows:
         return Counter()
     names = tuple(c.name for c in target.columns if c.name in rows[0])
-    plan = _plan(connection, target, names, key, update, frozen)
+    plan = _plan(connection, target, names, key, update, frozen, compare)
     # Converted first, a column at a time: a value our own types refuse (a naive datetime) fails
     # before COPY begins.
     values: list[tuple[Any, ...]] = [plan.get(row) for row in rows]

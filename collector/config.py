@@ -62,6 +62,7 @@ TOP_KEYS = (
     "failover",
     "metrics",
     "retention",
+    "reference",
 )
 ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
 METRICS_KEYS = ("listen",)
@@ -200,6 +201,9 @@ class Config:
     metrics_listen: str | None = None
     #: seconds to keep by table (``runs`` and the dataset tables); empty: nothing is deleted
     retention: dict[str, float] = field(default_factory=dict, hash=False)
+    #: whether the service keeps the ``assets`` and ``pairs`` tables itself (Assets and
+    #: AssetPairs at start and daily, with the public budget)
+    reference: bool = True
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -547,6 +551,15 @@ class _Builder:
                 spool_path = str(url.database) + ".spool"
             else:
                 spool_path = str(data_dir / defaults.SPOOL_NAME)
+        reference = raw.get("reference", True)
+        if not isinstance(reference, bool):
+            raise self.error(
+                "must be true (the service keeps the assets and pairs tables: two public calls "
+                "at start and daily) or false",
+                raw,
+                "reference",
+                "reference",
+            )
         return Config(
             self.file,
             with_driver(url),
@@ -560,6 +573,7 @@ class _Builder:
             failover,
             metrics_listen=self.metrics(raw, listen),
             retention=self.retention(raw),
+            reference=reference,
         )
 
     def metrics(self, raw: _Map, override: str | None = None) -> str | None:

@@ -304,13 +304,14 @@ class Leases:
             self._stop.wait(min(self.interval, left))
             self.tick()
 
-    def elsewhere(self) -> list[str]:
+    def elsewhere(self, *, include_public: bool = True) -> list[str]:
         """What another process holds, so this one may not run, in words: ``account main is held
-        by host-a pid 7 since ...``."""
+        by host-a pid 7 since ...`` (without the public jobs' lease unless ``include_public``:
+        a file without public jobs needs it only for the service's reference data)."""
         return [
             f"{_held(name)} held by {lease.holder or 'another process'}"
             for name, lease in self.leases.items()
-            if not lease.permit()
+            if not lease.permit() and (include_public or name != PUBLIC)
         ]
 
     def stop(self, last_nonces: dict[str, int]) -> None:

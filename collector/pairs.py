@@ -6,6 +6,11 @@ people also write ``BTC/USD``, ``btcusd`` or ``BTC-USD``, which Kraken answers w
 asset pair``. :func:`check` finds those in a job file's pairs against one ``AssetPairs`` answer and
 suggests the name Kraken knows; :func:`same` tells, without asking Kraken, whether a stored
 canonical name is the pair a job asks for (``collector status`` counts a job's own rows by it).
+
+The ``pairs`` table keeps every pair's three names (:mod:`collector.datasets.reference`), so the
+store can turn any spelling Kraken uses into the canonical name before a row is written: a closed
+order's ``descr.pair`` is the altname (``ETHUSD``) while its fills say ``XETHZUSD``. :class:`Names`
+is that lookup, built from the table's rows with :func:`known`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,27 @@ def known(answer: Mapping[str, Any]) -> dict[str, str]:
             if isinstance(info.get("altname"), str):
                 out[info["altname"].upper()] = canonical
     return out
+
+
+class Names:
+    """Every spelling of the known pairs, mapped to the canonical name (an empty lookup knows
+    none, and leaves every name as it is)."""
+
+    def __init__(self, rows: Iterable[tuple[str, str | None, str | None]] = ()) -> None:
+        """``rows``: ``(pair, altname, wsname)`` of each known pair (the ``pairs`` table)."""
+        listed = list(rows)
+        self.spellings = known({p: {"altname": alt, "wsname": ws} for p, alt, ws in listed})
+        self.canonical = frozenset(p for p, _, _ in listed)
+
+    def __len__(self) -> int:
+        return len(self.canonical)
+
+    def resolve(self, name: str) -> str | None:
+        """The canonical name of ``name`` (canonical, altname in any case, or wsname), or None
+        when it is not a known pair's."""
+        if name in self.canonical:
+            return name
+        return self.spellings.get(name) or self.spellings.get(name.upper())
 
 
 def _plain(name: str) -> str:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 
 import requests
@@ -48,6 +48,29 @@ logger = logging.getLogger(__name__)
 #: Where versions before the per-key state kept the nonce lease (in the spool file); still read,
 #: so an upgrade right after a crash starts above it.
 LEGACY_LEASE = "nonce_lease"
+
+
+#: The jobs of the service's own: Kraken's assets and pairs (the ``assets`` and ``pairs`` tables,
+#: which name everything else), asked for at start and daily with the public budget. Their names
+#: can't be a job file's (a colon is not allowed there).
+REFERENCE_JOBS = {"collector:assets": "Assets", "collector:pairs": "AssetPairs"}
+
+
+def reference_jobs(settings: KrakenSettings) -> tuple[Job, ...]:
+    """The service's own jobs (:data:`REFERENCE_JOBS`), run like any public job: scheduled every
+    ``REFERENCE_CHECK``, they call Kraken at start and then when their last success is
+    ``REFERENCE_EVERY`` old (:meth:`Service.run_job`)."""
+    return tuple(
+        Job(
+            name=name,
+            method=method,
+            every=timedelta(seconds=defaults.REFERENCE_CHECK),
+            timeout=settings.timeout,
+            deadline=defaults.REFERENCE_DEADLINE,
+            deadline_set=True,
+        )
+        for name, method in REFERENCE_JOBS.items()
+    )
 
 
 def build_api(
@@ -124,7 +147,10 @@ class Service:
         self.api = next(iter(self.apis.values()), self.public_api)
         self.spool = Spool(config.spool_path, config.spool_max_runs)
         self.writer = Writer(self.store, nonce=self._marks, spool=self.spool, events=self.events)
-        needed = {job.account or PUBLIC for job in config.jobs}
+        #: the service's own jobs: the reference data every table's names come from
+        self.reference = reference_jobs(config.kraken) if config.reference else ()
+        # The public lease covers the reference jobs too, whatever the file's jobs are.
+        needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
         self.leases = Leases.for_database(
             sorted(needed),
             self.store.engine,
@@ -149,9 +175,10 @@ class Service:
             stopping=self.stopping,
         )
         self.workers = workers
+        self._reference_ran: set[str] = set()  # the reference jobs run since this start
         self.schedule = Schedule(
-            config.jobs,
-            self.runner.run,
+            (*config.jobs, *self.reference),
+            self.run_job,
             workers,
             on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
         )
@@ -268,21 +295,46 @@ class Service:
         # A lease left by a process that died frees itself within failover: wait for it, then
         # run what this process holds (the log says who holds the rest).
         self.leases.wait(self.config.failover * 1.5, stop)
-        self.held_elsewhere = self.leases.elsewhere()
+        public = any(not job.private for job in self.config.jobs)
+        self.held_elsewhere = self.leases.elsewhere(include_public=public)
         for what in self.held_elsewhere:
             logger.error("not run: %s", what)
-        workers = max(1, min(self.workers, len(self.config.jobs)))
+        # The reference data when it is a day old (a cron's every run would ask again for
+        # nothing); its runs are stored, but what the exit code says is the file's jobs.
+        reference = [job for job in self.reference if self._reference_due(job)]
+        workers = max(1, min(self.workers, len(self.config.jobs) + len(reference)))
         with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
             futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
+            futures += [pool.submit(self.runner.run, job) for job in reference]
             pending = set(futures)
             while pending:
                 pending = wait(pending, timeout=0.2).not_done
                 if pending and stop is not None and stop.is_set():
                     self.stopping.set()  # budget waits end; runs not started yet don't start
                     break
-            results = [f.result() for f in futures]
+            results = [f.result() for f in futures[: len(self.config.jobs)]]
         self.writer.flush()
         return all(r is not None and r.status == "ok" for r in results)
+
+    def run_job(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
+        """Run a scheduled ``job``. A reference job calls Kraken at its first run since start,
+        then only when its last success is a day old (a check every hour costs one read)."""
+        if job.name in REFERENCE_JOBS:
+            first = job.name not in self._reference_ran
+            self._reference_ran.add(job.name)
+            if not first and not self._reference_due(job):
+                return None
+        return self.runner.run(job, scheduled_at)
+
+    def _reference_due(self, job: Job) -> bool:
+        """Whether ``job`` (a reference job) last succeeded ``REFERENCE_EVERY`` ago or more, or
+        never (or the database can't say)."""
+        try:
+            last = self.store.last_success(job.name)
+        except Exception as exc:  # the database is down: its run will go to the spool anyway
+            logger.debug("cannot read the last %s run: %s", job.name, exc)
+            return True
+        return last is None or last < utcnow() - timedelta(seconds=defaults.REFERENCE_EVERY)
 
     def start(self) -> None:
         """Open, then start scheduling in background threads."""

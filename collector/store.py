@@ -14,13 +14,14 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
     DataError,
@@ -32,7 +33,9 @@ from sqlalchemy.exc import (
 
 from . import bulk, defaults
 from .datasets import DEFAULT, Dataset
+from .datasets.reference import pairs
 from .errors import ConfigError
+from .pairs import Names
 from .records import RunRecord
 from .schema import cursors, runs, state
 
@@ -221,6 +224,9 @@ class Store:
         self._path = sqlite_path(engine)
         self._identity: tuple[int, int] | None = None  # the SQLite file's (device, inode)
         self._identity_lock = threading.Lock()
+        # The known pairs' names (read from `pairs`), and when they were read (monotonic).
+        self._names = Names()
+        self._names_read: float | None = None
 
     @classmethod
     def from_url(
@@ -276,6 +282,12 @@ class Store:
         with self.engine.connect() as conn:
             value = conn.execute(select(state.c.value).where(state.c.name == name)).scalar()
         return int(value) if value else 0
+
+    def last_success(self, job: str) -> datetime | None:
+        """When ``job``'s last successful run finished, or None."""
+        query = select(func.max(runs.c.finished_at)).where(runs.c.job == job, runs.c.status == "ok")
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def load_cursor(self, job: str, dataset: str) -> Any:
         """``job``'s stored cursor for ``dataset``, or None before its first run."""
@@ -342,39 +354,70 @@ class Store:
         self, conn: Any, by_uid: dict[str, int], records: list[RunRecord]
     ) -> Counter[int]:
         """Upsert every record's rows; returns how many rows each run added."""
-        by_table: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        written: dict[str, list[tuple[RunRecord, int]]] = {}
         for record in records:
             run_id = by_uid[record.uid]
             for name, rows in record.rows.items():
                 dataset = self.datasets[name]
-                key = dataset.key
                 # Tables of account data say whose each row is (the run's account).
                 extra: dict[str, Any] = {"run_id": run_id}
                 if "account" in dataset.table.c:
                     extra["account"] = record.account or "default"
-                table = by_table.setdefault(name, {})
-                for row in rows:
-                    row = {**row, **extra}
-                    k = tuple(row[c] for c in key)
-                    first = table.get(k)
-                    # One statement must not touch a key twice (PostgreSQL refuses it): the latest
-                    # values win, the run that first had the row keeps it.
-                    table[k] = row if first is None else {**row, "run_id": first["run_id"]}
+                by_table.setdefault(name, []).extend({**row, **extra} for row in rows)
+                written.setdefault(name, []).append((record, run_id))
         added: Counter[int] = Counter()
-        for name, rows_by_key in by_table.items():
+        # The tables that name pairs last: a batch's new pairs are known by then.
+        for name in sorted(by_table, key=lambda n: self.datasets[n].pair_column is not None):
             dataset = self.datasets[name]
+            rows = by_table[name]
+            column = dataset.pair_column
+            rename = self._renames(conn, dataset, rows)
+            unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for row in rows:
+                if rename and column is not None and row[column] in rename:
+                    row[column] = rename[row[column]]
+                k = tuple(row[c] for c in dataset.key)
+                first = unique.get(k)
+                # One statement must not touch a key twice (PostgreSQL refuses it): the latest
+                # values win, the run that first had the row keeps it.
+                unique[k] = row if first is None else {**row, "run_id": first["run_id"]}
             added.update(
                 self._upsert(
                     conn,
                     dataset.table,
                     dataset.key,
-                    list(rows_by_key.values()),
+                    list(unique.values()),
                     dataset.update,
                     dataset.frozen,
                     count=True,
+                    compare=dataset.compare,
                 )
             )
+            added.update(dataset.stored(conn, written[name]))
+            if dataset.table is pairs:
+                self._names_read = None  # read the names again at the next write that names one
         return added
+
+    def _renames(
+        self, conn: Any, dataset: Dataset, rows: list[dict[str, Any]]
+    ) -> dict[str, str] | None:
+        """For a dataset naming pairs: the names in ``rows`` that are another spelling of a known
+        pair, each with its canonical name (None when there are none). The known names are read
+        again when a name is not among them, at most every ``PAIR_NAMES_REREAD`` seconds."""
+        column = dataset.pair_column
+        if column is None or not rows:
+            return None
+        names = {row[column] for row in rows}
+        if names <= self._names.canonical:
+            return None  # what Kraken's answers say, nearly always: nothing to look up
+        now = time.monotonic()
+        if self._names_read is None or now - self._names_read >= defaults.PAIR_NAMES_REREAD:
+            known = conn.execute(select(pairs.c.pair, pairs.c.altname, pairs.c.wsname)).all()
+            self._names = Names(tuple(row) for row in known)
+            self._names_read = now
+        found = {name: self._names.resolve(name) for name in names}
+        return {name: c for name, c in found.items() if c is not None and c != name} or None
 
     def _write_cursors(self, conn: Any, records: list[RunRecord]) -> None:
         now = datetime.now(UTC)
@@ -398,15 +441,16 @@ class Store:
         frozen: str | None = None,
         *,
         count: bool = False,
+        compare: Sequence[str] = (),
     ) -> Counter[int]:
         """Insert ``rows``; a row whose ``key`` is stored already updates ``update`` (unless its
-        ``frozen`` column is true) or is left as it is. With ``count``: how many rows each
-        ``run_id`` inserted or changed."""
+        ``frozen`` column is true; with ``compare``, only when one of those differs) or is left as
+        it is. With ``count``: how many rows each ``run_id`` inserted or changed."""
         if not rows:
             return Counter()
         if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
-            return bulk.upsert(conn, table, key, rows, update, frozen)
-        stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen)
+            return bulk.upsert(conn, table, key, rows, update, frozen, compare)
+        stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen, compare)
         if not count:
             conn.execute(stmt, rows)
             return Counter()

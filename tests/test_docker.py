@@ -141,5 +141,11 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT method, count(*) FROM runs GROUP BY method")).all()
     engine.dispose()
-    # Every call is a row, but the start-up probe (one Time call that only goes to the log).
-    assert dict(stored) == {"Balance": fake.calls["Balance"], "Time": fake.calls["Time"] - 1}
+    # Every call is a row, but the start-up probe (one Time call that only goes to the log); the
+    # service's own reference data (Assets, AssetPairs) came at start.
+    assert dict(stored) == {
+        "Balance": fake.calls["Balance"],
+        "Time": fake.calls["Time"] - 1,
+        "Assets": 1,
+        "AssetPairs": 1,
+    }

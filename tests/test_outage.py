@@ -75,6 +75,7 @@ def test_postgres_down_for_ten_seconds_loses_nothing(
     finally:
         service.stop()
     executed = fake.calls["Time"] - 1 + fake.calls["Balance"]  # less the start-up probe
+    executed += fake.calls["Assets"] + fake.calls["AssetPairs"]  # the service's own runs
     rows = query(url, "SELECT count(*), count(DISTINCT uid) FROM runs")[0]
     assert tuple(rows) == (executed, executed)  # every run stored, none twice
     during = query(

@@ -37,13 +37,18 @@ def job_file(
     jobs: str,
     kraken_extra: str = "rate_limit: {max: 1000, decay: 1000}\n"
     "  public_rate_limit: {max: 1000, decay: 1000}",
+    *,
+    reference: bool = True,
 ) -> Path:
+    """A job file for ``jobs`` against the fake; ``reference=False`` turns the service's own
+    Assets and AssetPairs jobs off (for a test that counts every call and run)."""
     path = tmp_path / "jobs.yaml"
     path.write_text(
         f"database: {database_url}\nkraken:\n  url: {fake.url}\n"
         f"  key: {keypair[0]}\n  secret: {keypair[1]}\n  {kraken_extra}\njobs:\n"
         + textwrap.indent(textwrap.dedent(jobs).strip("\n"), "  ")
         + "\n"
+        + ("" if reference else "reference: false\n")
     )
     return path
 
@@ -91,7 +96,9 @@ FAULTS = [
 
 def test_each_fault_is_one_row_and_the_service_goes_on(service_factory, fake, database_url) -> None:
     service, _ = service_factory(
-        "balances: {method: Balance, every: 0.1s, timeout: 0.5s}", retry=RetryPolicy(max_attempts=1)
+        "balances: {method: Balance, every: 0.1s, timeout: 0.5s}",
+        retry=RetryPolicy(max_attempts=1),
+        reference=False,
     )  # one row per fault
     for kind, *_ in FAULTS:
         fake.inject(kind, method="Balance", delay=1.0)
@@ -134,7 +141,7 @@ def _live_balance(fake: FakeKraken) -> dict[str, str]:
 def test_empty_account_is_an_empty_snapshot_and_junk_amounts_a_failure(
     service_factory, fake, database_url
 ) -> None:
-    service, _ = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}')
+    service, _ = service_factory('b: {method: Balance, cron: "0 0 1 1 *"}', reference=False)
     fake.balance = None
     assert service.run_once()
     fake.balance = {"XXBT": "lots"}
@@ -163,7 +170,8 @@ def test_balance_rows_reject_floats_and_odd_shapes() -> None:
 
 def test_params_never_hold_otp(service_factory, fake, database_url) -> None:
     service, _ = service_factory(
-        'b: {method: TradeBalance, cron: "0 0 1 1 *", params: {otp: "918273", asset: ZUSD}}'
+        'b: {method: TradeBalance, cron: "0 0 1 1 *", params: {otp: "918273", asset: ZUSD}}',
+        reference=False,
     )
     assert service.run_once()
     (row,) = rows(database_url)
@@ -196,7 +204,7 @@ def test_a_job_never_overlaps_itself_and_skips_are_logged(
     service_factory, fake, database_url, caplog
 ) -> None:
     caplog.set_level(logging.INFO, logger="collector")
-    service, _ = service_factory("t: {method: Time, every: 0.2s, timeout: 5s}")
+    service, _ = service_factory("t: {method: Time, every: 0.2s, timeout: 5s}", reference=False)
     fake.inject("slow", method="Time", count=2, delay=0.7)
     service.start()
     wait_for(lambda: service.writer.written >= 5)
@@ -249,6 +257,7 @@ def test_run_once_exit_codes(tmp_path, fake, keypair, database_url) -> None:
         t: {method: Ticker, params: {pair: XBTUSD}, every: 1h}
         b: {method: Balance, cron: "0 * * * *"}
     """,
+        reference=False,
     )
     result = CliRunner().invoke(
         main, ["run", "--once", str(good)], env={"COLLECTOR_DATABASE_URL": ""}
@@ -260,6 +269,7 @@ def test_run_once_exit_codes(tmp_path, fake, keypair, database_url) -> None:
         keypair,
         database_url,
         "t: {method: Ticker, params: {pair: NOPE}, every: 1h}",
+        reference=False,
     )
     result = CliRunner().invoke(
         main, ["run", "--once", str(bad)], env={"COLLECTOR_DATABASE_URL": ""}
@@ -284,6 +294,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_writes_everything(
         t: {method: Ticker, params: {pair: XBTUSD}, every: 0.2s}
         b: {method: Balance, every: 0.3s, timeout: 10s}
     """,
+        reference=False,
     )
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
     with running([sys.executable, "-m", "collector.cli", "run", str(path)], env=env) as proc:

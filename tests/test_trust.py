@@ -235,7 +235,8 @@ def test_sigterm_ends_a_service_waiting_on_a_dripping_answer_promptly(tmp_path) 
                 assert time.monotonic() - started < 15  # the call's own timeout is 10 minutes
         finally:
             stop.set()
-    assert rows(f"sqlite:///{tmp_path / 'c.db'}", "SELECT status FROM runs") == [("timeout",)]
+    stored = rows(f"sqlite:///{tmp_path / 'c.db'}", "SELECT status FROM runs WHERE job = 'l'")
+    assert stored == [("timeout",)]
 
 
 # -- 3. a poisoned answer never stops storage ------------------------------------------------------

@@ -14,6 +14,7 @@ from .base import Dataset, Page
 from .gaps import Gaps
 from .history import Ledger, MyTrades, Orders
 from .market import OHLC, Spread, Ticker, Trades
+from .reference import Assets, Pairs
 
 #: The datasets the service uses unless it is given others.
 DEFAULT: tuple[Dataset, ...] = (
@@ -26,6 +27,8 @@ DEFAULT: tuple[Dataset, ...] = (
     Spread(),
     Ticker(),
     Gaps(),
+    Assets(),
+    Pairs(),
 )
 
 
@@ -48,6 +51,7 @@ def for_method(method: str, datasets: Iterable[Dataset] = DEFAULT) -> Dataset | 
 __all__ = [
     "DEFAULT",
     "OHLC",
+    "Assets",
     "Balances",
     "Dataset",
     "Gaps",
@@ -55,6 +59,7 @@ __all__ = [
     "MyTrades",
     "Orders",
     "Page",
+    "Pairs",
     "Spread",
     "Ticker",
     "Trades",

@@ -9,13 +9,13 @@ next run, from the last page that was stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 
 from ..errors import BadResponse
 from ..records import RunRecord
@@ -57,6 +57,13 @@ class Dataset:
     update: ClassVar[tuple[str, ...]] = ()
     #: a boolean column: a stored row where it is true is never updated again (a final candle)
     frozen: ClassVar[str | None] = None
+    #: when set, a stored row is updated only if one of these columns differs (the other
+    #: ``update`` columns, a time and the run, follow them: a refresh that changes nothing
+    #: writes nothing)
+    compare: ClassVar[tuple[str, ...]] = ()
+    #: a column naming a pair: written under the pair's canonical name whatever spelling Kraken
+    #: sent, once the ``pairs`` table knows it (an order's ``descr.pair`` is the altname)
+    pair_column: ClassVar[str | None] = None
     #: True when the dataset keeps a cursor (the runner loads it before the job's first run)
     incremental: ClassVar[bool] = False
     #: whether ``runs.result`` keeps the raw answer too (a job's ``raw: true`` always keeps it)
@@ -80,6 +87,14 @@ class Dataset:
         """The cursor after a successful call that sent ``params`` and got ``result``; None keeps
         the stored one."""
         return None
+
+    def stored(
+        self, conn: Connection, written: Sequence[tuple[RunRecord, int]]
+    ) -> Mapping[int, int]:
+        """Called in the write's transaction once this dataset's rows of ``written`` (each record
+        with its run's id) are upserted: what else they change (nothing, by default). Returns
+        the rows of the table each run changed besides."""
+        return {}
 
     # -- the paging protocol ---------------------------------------------------------------------
 

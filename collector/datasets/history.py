@@ -182,6 +182,7 @@ class MyTrades(History):
     methods = frozenset({"TradesHistory"})
     key = ("account", "txid")
     entries = "trades"
+    pair_column = "pair"
 
     def entry(self, record: RunRecord, txid: str, e: dict[str, Any]) -> dict[str, Any]:
         trade_id = e.get("trade_id")
@@ -238,6 +239,7 @@ class Orders(History):
     key = ("account", "txid")
     entries = "closed"
     fixed = {"closetime": "close"}
+    pair_column = "pair"  # descr.pair is the altname: stored as the canonical name once known
 
     def entry(self, record: RunRecord, txid: str, e: dict[str, Any]) -> dict[str, Any]:
         descr = mapping(record, e.get("descr") or {}, f"descr of {txid}")

@@ -90,6 +90,7 @@ class Trades(Dataset):
     table = trades
     methods = frozenset({"Trades"})
     key = ("pair", "trade_id")
+    pair_column = "pair"
     incremental = True
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
@@ -148,6 +149,7 @@ class OHLC(Dataset):
     table = ohlc
     methods = frozenset({"OHLC"})
     key = ("pair", "interval", "time")
+    pair_column = "pair"
     update = _VALUES
     frozen = "final"
     incremental = True
@@ -215,6 +217,7 @@ class Spread(Dataset):
     table = spread
     methods = frozenset({"Spread"})
     key = ("pair", "time", "bid", "ask")
+    pair_column = "pair"
     incremental = True
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
@@ -260,6 +263,7 @@ class Ticker(Dataset):
     table = ticker
     methods = frozenset({"Ticker"})
     key = ("run_id", "pair")
+    pair_column = "pair"
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         out = []

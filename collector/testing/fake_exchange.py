@@ -40,7 +40,8 @@ Spread rows are computed from the time alone.
   ``fake.balances()`` (the running balances), ``fake.public_trades(pair)`` (rows, oldest first),
   ``fake.candle(pair, interval, t)`` and ``fake.candles(pair, interval)``;
 * ``fake.balance = None`` (an empty account's answer, without ``result``) or ``= {...}`` (any
-  answer) overrides what Balance and BalanceEx say.
+  answer) overrides what Balance and BalanceEx say;
+* ``fake.delist(pair)`` leaves a pair out of AssetPairs (``delisted=False`` lists it again).
 
 **Faults** are injected on demand (:meth:`FakeKraken.inject`, or ``POST
 /_fake/fault?kind=...&method=...&count=...`` from outside), every kind of ``FAULT_KINDS``:
@@ -205,6 +206,16 @@ class FakeKraken(Gate):
         """Add ``amount`` to ``asset`` in every Balance and BalanceEx answer from now on."""
         with self._lock:
             self.account.offset(asset, Decimal(amount))
+
+    def delist(self, pair: str, delisted: bool = True) -> None:
+        """Leave ``pair`` out of AssetPairs from now on, as Kraken does with a pair it no longer
+        lists (``delisted=False`` lists it again: a new pair, to a client that never saw it)."""
+        (canonical,) = pairs({"pair": pair})
+        with self._lock:
+            if delisted:
+                self.market.delisted.add(canonical)
+            else:
+                self.market.delisted.discard(canonical)
 
     def control(self, action: str, query: dict[str, str]) -> None:
         """``POST /_fake/fault?...`` (see :meth:`inject`), ``/_fake/hide?id=L...`` and
