@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -717,6 +719,152 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
         if not reports:
             click.echo("no private history job in the file: nothing to verify")
     sys.exit(0 if ok else 1)
+
+
+def _moment(value: str | None, option: str) -> Any:
+    """``--since``/``--until``: a date (UTC midnight), an ISO time (UTC unless it says) or unix
+    seconds, as an aware datetime; one line for anything else."""
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ConfigError(
+            f"{value!r} is not a date, a time or unix seconds ({exc}); e.g. 2024-01-31, "
+            "2024-01-31T12:00:00Z or 1706702400",
+            key=option,
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@main.command()
+@click.argument("table")
+@_jobfile
+@_db
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["csv", "jsonl", "kraken"]),
+    default="csv",
+    show_default=True,
+    help="kraken: Kraken's own ledgers.csv (TABLE ledger) or trades.csv (TABLE my_trades).",
+)
+@click.option("--since", metavar="WHEN", help="Rows at or after: a date, a time or unix seconds.")
+@click.option("--until", metavar="WHEN", help="Rows before: a date, a time or unix seconds.")
+@click.option("--account", metavar="NAME", help="Only this account's rows.")
+@click.option(
+    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600) instead of stdout."
+)
+def export(
+    table: str,
+    jobfile: str,
+    database: str | None,
+    format_: str,
+    since: str | None,
+    until: str | None,
+    account: str | None,
+    output: str | None,
+) -> None:
+    """Write TABLE (any table or view) as CSV, JSON lines, or Kraken's CSV.
+
+    Streamed: any size in constant memory. Decimals are exact text, times
+    UTC. --format kraken writes the layout of Kraken's own ledgers.csv
+    (from the ledger) and trades.csv (from my_trades), which tax tools
+    import; one account's, oldest first. A file written with -o is the
+    owner's alone, and replaces FILE only once complete.
+
+    \b
+    Example:
+        collector export ledger jobs.yaml --format kraken -o ledgers.csv
+        collector export my_trades jobs.yaml --format kraken --since 2024-01-01 --until 2025-01-01
+        collector export trades_named jobs.yaml --format jsonl | head
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .export import Request, check
+    from .export import export as write
+    from .status import exists
+    from .store import Store
+
+    request = Request(table, format_, _moment(since, "--since"), _moment(until, "--until"), account)
+    check(request)
+    config = load(jobfile, database=database)
+    _check_sqlite_folder(config, writable=False)
+    if not exists(config):
+        raise ConfigError(
+            f"cannot read database {config.database_for_display()}: it does not exist yet",
+            file=config.path,
+            key="database",
+        )
+    store = Store.from_url(config.database)
+    try:
+        if format_ == "kraken" and account is None:
+            request = _one_account(store, request, config)
+        with _output(output) as out:
+            count = write(store.engine, request, out)
+    except SQLAlchemyError as exc:
+        raise _db_error(config, "read", exc) from None
+    finally:
+        store.dispose()
+    if output is not None:
+        click.echo(f"{count:,} rows of {table} written to {output}", err=True)
+
+
+def _one_account(store: Any, request: Any, config: Config) -> Any:
+    """Kraken's files are one account's: the account of the table's rows, or an error that asks
+    which when there are several."""
+    import dataclasses
+
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        found = (
+            conn.execute(
+                text(f"SELECT DISTINCT account FROM {request.table} ORDER BY account LIMIT 2")
+            )
+            .scalars()
+            .all()
+        )
+    if len(found) > 1:
+        raise ConfigError(
+            f"the {request.table} holds several accounts' rows ({', '.join(found)}, ...); "
+            "a Kraken file is one account's: say which with --account",
+            file=config.path,
+            key="--account",
+        )
+    return dataclasses.replace(request, account=found[0] if found else None)
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[Any]:
+    """stdout, or a new private file beside ``path`` that replaces it once complete (an export
+    that fails leaves ``path`` as it was)."""
+    import tempfile
+
+    if path is None:
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 @main.command("methods")

@@ -199,6 +199,12 @@ REASON_MAX = 300
 #: How often the service asks Kraken for its assets and pairs (and once at start): listings
 #: change a few times a month, two public calls a day cost nothing.
 REFERENCE_EVERY = 86_400.0
+#: How often the service looks whether they are due (a day since the last success): a refresh
+#: that failed (the exchange down at start) is tried again within the hour, not the next day.
+REFERENCE_CHECK = 3_600.0
+#: When a reference call's retries end: the data can wait for the next check, and retrying
+#: longer would take the public budget from the file's jobs while the exchange is down.
+REFERENCE_DEADLINE = 10.0
 #: A store reads the known pairs' names again when a row names one it does not know, at most
 #: this often (a new pair's rows are renamed by the refresh that brings it anyway).
 PAIR_NAMES_REREAD = 60.0

@@ -11,7 +11,6 @@ flight finish (each has a timeout), every run is written, the session is closed,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -61,13 +60,17 @@ REFERENCE_JOBS = {"collector:assets": "Assets", "collector:pairs": "AssetPairs"}
 
 
 def reference_jobs(settings: KrakenSettings) -> tuple[Job, ...]:
-    """The service's own jobs (:data:`REFERENCE_JOBS`), run like any public job."""
+    """The service's own jobs (:data:`REFERENCE_JOBS`), run like any public job: scheduled every
+    ``REFERENCE_CHECK``, they call Kraken at start and then when their last success is
+    ``REFERENCE_EVERY`` old (:meth:`Service.run_job`)."""
     return tuple(
         Job(
             name=name,
             method=method,
-            every=timedelta(seconds=defaults.REFERENCE_EVERY),
+            every=timedelta(seconds=defaults.REFERENCE_CHECK),
             timeout=settings.timeout,
+            deadline=defaults.REFERENCE_DEADLINE,
+            deadline_set=True,
         )
         for name, method in REFERENCE_JOBS.items()
     )
@@ -175,9 +178,10 @@ class Service:
             stopping=self.stopping,
         )
         self.workers = workers
+        self._reference_ran: set[str] = set()  # the reference jobs run since this start
         self.schedule = Schedule(
             (*config.jobs, *self.reference),
-            self.runner.run,
+            self.run_job,
             workers,
             on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
         )
@@ -315,11 +319,7 @@ class Service:
             logger.error("not run: %s", what)
         # The reference data when it is a day old (a cron's every run would ask again for
         # nothing); its runs are stored, but what the exit code says is the file's jobs.
-        reference = [
-            dataclasses.replace(job, deadline=min(job.deadline, defaults.ONCE_DEADLINE))
-            for job in self.reference
-            if self._reference_due(job)
-        ]
+        reference = [job for job in self.reference if self._reference_due(job)]
         workers = max(1, min(self.workers, len(self.config.jobs) + len(reference)))
         with ThreadPoolExecutor(workers, thread_name_prefix="collector-once") as pool:
             futures = [pool.submit(self.runner.run, job) for job in self.config.jobs]
@@ -334,16 +334,25 @@ class Service:
         self.writer.flush()
         return all(r is not None and r.status == "ok" for r in results)
 
+    def run_job(self, job: Job, scheduled_at: datetime | None = None) -> RunRecord | None:
+        """Run a scheduled ``job``. A reference job calls Kraken at its first run since start,
+        then only when its last success is a day old (a check every hour costs one read)."""
+        if job.name in REFERENCE_JOBS:
+            first = job.name not in self._reference_ran
+            self._reference_ran.add(job.name)
+            if not first and not self._reference_due(job):
+                return None
+        return self.runner.run(job, scheduled_at)
+
     def _reference_due(self, job: Job) -> bool:
-        """Whether ``job`` (a reference job) last succeeded more than its interval ago, or never
-        (or the database can't say)."""
+        """Whether ``job`` (a reference job) last succeeded ``REFERENCE_EVERY`` ago or more, or
+        never (or the database can't say)."""
         try:
             last = self.store.last_success(job.name)
         except Exception as exc:  # the database is down: its run will go to the spool anyway
             logger.debug("cannot read the last %s run: %s", job.name, exc)
             return True
-        assert job.every is not None
-        return last is None or last < utcnow() - job.every
+        return last is None or last < utcnow() - timedelta(seconds=defaults.REFERENCE_EVERY)
 
     def start(self) -> None:
         """Open, then start scheduling in background threads."""

@@ -357,46 +357,47 @@ class Store:
         self, conn: Any, by_uid: dict[str, int], records: list[RunRecord]
     ) -> Counter[int]:
         """Upsert every record's rows; returns how many rows each run added."""
-        by_table: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        by_table: dict[str, list[dict[str, Any]]] = {}
         written: dict[str, list[tuple[RunRecord, int]]] = {}
         for record in records:
             run_id = by_uid[record.uid]
             for name, rows in record.rows.items():
                 dataset = self.datasets[name]
-                key = dataset.key
                 # Tables of account data say whose each row is (the run's account).
                 extra: dict[str, Any] = {"run_id": run_id}
                 if "account" in dataset.table.c:
                     extra["account"] = record.account or "default"
-                rename = self._renames(conn, dataset, rows)
-                column = dataset.pair_column
-                table = by_table.setdefault(name, {})
+                by_table.setdefault(name, []).extend({**row, **extra} for row in rows)
                 written.setdefault(name, []).append((record, run_id))
-                for row in rows:
-                    row = {**row, **extra}
-                    if rename and column is not None and row[column] in rename:
-                        row[column] = rename[row[column]]
-                    k = tuple(row[c] for c in key)
-                    first = table.get(k)
-                    # One statement must not touch a key twice (PostgreSQL refuses it): the latest
-                    # values win, the run that first had the row keeps it.
-                    table[k] = row if first is None else {**row, "run_id": first["run_id"]}
         added: Counter[int] = Counter()
-        for name, rows_by_key in by_table.items():
+        # The tables that name pairs last: a batch's new pairs are known by then.
+        for name in sorted(by_table, key=lambda n: self.datasets[n].pair_column is not None):
             dataset = self.datasets[name]
+            rows = by_table[name]
+            column = dataset.pair_column
+            rename = self._renames(conn, dataset, rows)
+            unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for row in rows:
+                if rename and column is not None and row[column] in rename:
+                    row[column] = rename[row[column]]
+                k = tuple(row[c] for c in dataset.key)
+                first = unique.get(k)
+                # One statement must not touch a key twice (PostgreSQL refuses it): the latest
+                # values win, the run that first had the row keeps it.
+                unique[k] = row if first is None else {**row, "run_id": first["run_id"]}
             added.update(
                 self._upsert(
                     conn,
                     dataset.table,
                     dataset.key,
-                    list(rows_by_key.values()),
+                    list(unique.values()),
                     dataset.update,
                     dataset.frozen,
                     count=True,
                     compare=dataset.compare,
                 )
             )
-            dataset.stored(conn, written[name])
+            added.update(dataset.stored(conn, written[name]))
             if dataset.table is pairs:
                 self._names_read = None  # read the names again at the next write that names one
         return added

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
+from collector.cli import main
 from collector.config import load
 from collector.service import Service
 
@@ -18,11 +20,12 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def sql_blocks(dialect: str) -> list[str]:
-    """The statements of the README's ```sql blocks whose first line is ``-- <dialect>``."""
+    """The statements of the README's ```sql blocks whose first line is ``-- <dialect>`` (or
+    ``-- SQLite and PostgreSQL``)."""
     statements = []
     for block in re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL):
         first, _, body = block.partition("\n")
-        if first.strip().lower() == f"-- {dialect}":
+        if first.strip().lower() in (f"-- {dialect}", "-- sqlite and postgresql"):
             statements += [s.strip() for s in body.split(";") if s.strip(" \n")]
     return statements
 
@@ -35,6 +38,7 @@ candles: {method: OHLC, params: {pair: XBTUSD, interval: 1}, every: 1h}
 balances: {method: Balance, every: 1h}
 ledgers: {method: Ledgers, every: 1h}
 fills: {method: TradesHistory, every: 1h}
+orders: {method: ClosedOrders, every: 1h}
 broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
 """
     service = Service(load(job_file(tmp_path, fake, keypair, database_url, jobs)))
@@ -47,7 +51,7 @@ broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
     statements = sql_blocks(dialect)
     if dialect == "sqlite":  # and the shell examples' `sqlite3 FILE "..."`
         statements += re.findall(r'^sqlite3 \S+ "([^"]+)"', README.read_text(), re.MULTILINE)
-    assert len(statements) >= 5  # the blocks are found, so running them means something
+    assert len(statements) >= 7  # the blocks are found, so running them means something
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
@@ -58,6 +62,26 @@ broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
                     assert all(row[1] for row in found), found  # a price on every row
     finally:
         engine.dispose()
+    # The exports, then the Python that reads a table and an export (pandas, DuckDB).
+    path = tmp_path / "jobs.yaml"
+    names = README.read_text().split("### Names, views and exports", 1)[1]
+    exports = re.findall(r"^(collector export .+?)\s+#", names, re.MULTILINE)
+    assert len(exports) == 2
+    env = {"COLLECTOR_DATABASE_URL": ""}
+    for line in exports:
+        args = line.replace("jobs.yaml", str(path)).split()[1:]
+        args = [str(tmp_path / a) if a.endswith(".csv") else a for a in args]
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 0, (line, result.output)
+    (python,) = re.findall(r"```python\n(.*?)```", names, re.DOTALL)
+    candles = tmp_path / "candles.csv"
+    code = python.replace("sqlite:///collector.db", database_url)
+    scope: dict = {}
+    exec(compile(code.replace("'candles.csv'", repr(str(candles))), "README.md", "exec"), scope)
+    fills = scope["fills"]
+    assert len(fills) > 0 and str(fills["time"].dtype).startswith("datetime64")
+    read = scope["duckdb"].sql(f"SELECT count(*), min(symbol) FROM '{candles}'").fetchall()
+    assert read == [(len(candles.read_text().splitlines()) - 1, "XBT/USD")] and read[0][0] > 0
 
 
 def test_the_readme_fault_example_makes_a_failure_row(tmp_path, fake, keypair) -> None:

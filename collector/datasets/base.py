@@ -88,9 +88,13 @@ class Dataset:
         the stored one."""
         return None
 
-    def stored(self, conn: Connection, written: Sequence[tuple[RunRecord, int]]) -> None:
+    def stored(
+        self, conn: Connection, written: Sequence[tuple[RunRecord, int]]
+    ) -> Mapping[int, int]:
         """Called in the write's transaction once this dataset's rows of ``written`` (each record
-        with its run's id) are upserted: what else they change (nothing, by default)."""
+        with its run's id) are upserted: what else they change (nothing, by default). Returns
+        the rows of the table each run changed besides."""
+        return {}
 
     # -- the paging protocol ---------------------------------------------------------------------
 

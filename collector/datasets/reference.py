@@ -17,6 +17,7 @@ the altname), and a refresh that brings new pairs renames the orders and fills s
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -97,17 +98,22 @@ class _Reference(Dataset):
         """Whether an answer to ``params`` lists every name (so a name it lacks is delisted)."""
         return not any(params.get(name) for name in self.filters)
 
-    def stored(self, conn: Connection, written: Sequence[tuple[RunRecord, int]]) -> None:
+    def stored(
+        self, conn: Connection, written: Sequence[tuple[RunRecord, int]]
+    ) -> Mapping[int, int]:
         key = self.table.c[self.key[0]]
+        delisted: Counter[int] = Counter()
         for record, run_id in written:
             names = [row[self.key[0]] for row in record.rows.get(self.name, [])]
             if record.status != "ok" or not names or not self.whole(record.params):
                 continue
-            conn.execute(
+            result = conn.execute(
                 update(self.table)
                 .where(key.not_in(names), self.table.c.status != DELISTED)
                 .values(status=DELISTED, updated_at=record.finished_at, run_id=run_id)
             )
+            delisted[run_id] += max(result.rowcount, 0)
+        return delisted
 
 
 class Assets(_Reference):
@@ -197,9 +203,12 @@ class Pairs(_Reference):
             )
         return out
 
-    def stored(self, conn: Connection, written: Sequence[tuple[RunRecord, int]]) -> None:
-        super().stored(conn, written)
+    def stored(
+        self, conn: Connection, written: Sequence[tuple[RunRecord, int]]
+    ) -> Mapping[int, int]:
+        delisted = super().stored(conn, written)
         rename_pairs(conn)
+        return delisted
 
 
 def rename_pairs(conn: Connection) -> None:

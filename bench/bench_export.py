@@ -1,0 +1,184 @@
+"""`collector export` of a million public trades beside the databases' own CSV dumps.
+
+    python bench/bench_export.py                   # SQLite and PostgreSQL (initdb, as the tests)
+    python bench/bench_export.py --rows 100000 --db sqlite        # a quick look
+
+The table is filled once through ``Store.write`` (as runs would write it). Each round exports it
+with ``collector export trades JOBFILE -o FILE`` and with the reference, each in a process of its
+own (its peak RSS is its own, from ``wait4``): ``sqlite3 -csv -header`` of ``SELECT * FROM
+trades``, and ``psql``'s ``\\copy trades TO FILE WITH (FORMAT csv, HEADER)``. The sides alternate
+over the rounds (``bench/rounds.py``); a ratio is the median of the rounds' own ratios, with
+their min-max. The reference processes are C; on PostgreSQL both sides have the server write the
+CSV (COPY), collector's with every value formatted as text in the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from rounds import alternate, ratio  # noqa: E402
+
+from collector.records import RunRecord  # noqa: E402
+from collector.store import Store  # noqa: E402
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PAIRS = ("XXBTZUSD", "XETHZUSD", "SOLUSD", "XXBTZEUR")
+#: GNU time (Debian's ``time`` package), for each process's own peak RSS.
+TIME = "/usr/bin/time"
+
+
+def fill(url: str, count: int) -> None:
+    """``count`` public trades, written as Trades runs of 10,000 rows."""
+    store = Store.from_url(url)
+    store.upgrade()
+    try:
+        for start in range(0, count, 10_000):
+            rows = []
+            for i in range(start, min(count, start + 10_000)):
+                rows.append(
+                    {
+                        "pair": PAIRS[i % 4],
+                        "trade_id": i,
+                        "time": T0 + timedelta(microseconds=i * 250_137),
+                        "price": Decimal(64000 + i % 9000) + Decimal(i % 97).scaleb(-1),
+                        "volume": Decimal(i % 5_000_000 + 1000).scaleb(-8),
+                        "side": "buy" if i % 3 else "sell",
+                        "order_type": "limit" if i % 5 else "market",
+                        "misc": "",
+                    }
+                )
+            now = T0 + timedelta(seconds=start)
+            run = RunRecord("trades", "Trades", {}, now, now, now)
+            run.rows = {"trades": rows}
+            store.write([run])
+    finally:
+        store.dispose()
+
+
+def measure(
+    cmd: list[str], out: Path | None = None, env: dict | None = None
+) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one process. The RSS is GNU time's (``%M``), which forks
+    ``cmd`` from itself: a child of this Python process would count this process's pages, which
+    it holds until it execs, in its own peak."""
+    report = Path(tempfile.mkstemp(prefix="bench-rss-")[1])
+    stdout = out.open("wb") if out is not None else subprocess.DEVNULL
+    try:
+        started = time.perf_counter()
+        subprocess.run(
+            [TIME, "-f", "%M", "-o", str(report), *cmd],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env,
+            check=True,
+        )
+        took = time.perf_counter() - started
+        peak_kb = int(report.read_text().split()[-1])
+    finally:
+        if out is not None:
+            stdout.close()  # type: ignore[union-attr]
+        report.unlink()
+    return took, peak_kb / 1024
+
+
+def lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def run(name: str, url: str, reference: list[str], count: int, rounds: int, folder: Path) -> dict:
+    jobs = folder / f"{name}.yaml"
+    jobs.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    mine, theirs = folder / f"{name}-collector.csv", folder / f"{name}-reference.csv"
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    cmd = [sys.executable, "-m", "collector.cli", "export", "trades", str(jobs), "-o", str(mine)]
+    rss: dict[str, list[float]] = {"collector": [], "reference": []}
+
+    def side(which: str) -> float:
+        if which == "collector":
+            took, peak = measure(cmd, env=env)
+        else:
+            out = None if "psql" in reference[0] else theirs
+            took, peak = measure(reference, out, env)
+        rss[which].append(peak)
+        return count / took
+
+    print(f"{name}: {count:,} trades, {rounds} rounds", flush=True)
+    speeds = alternate(
+        {"collector": lambda: side("collector"), "reference": lambda: side("reference")}, rounds
+    )
+    assert lines(mine) == count + 1 and lines(theirs) == count + 1, "row counts differ"
+    return {"speeds": speeds, "rss": rss, "ratio": ratio(speeds["collector"], speeds["reference"])}
+
+
+def report(name: str, reference: str, found: dict) -> None:
+    def fig(values: list[float], unit: str = "") -> str:
+        return f"{statistics.median(values):,.0f}{unit} ({min(values):,.0f}-{max(values):,.0f})"
+
+    s, r = found["speeds"], found["rss"]
+    print(f"\n{name}")
+    print(
+        f"  collector export: {fig(s['collector'])} rows/s, peak RSS {fig(r['collector'], ' MB')}"
+    )
+    print(f"  {reference}: {fig(s['reference'])} rows/s, peak RSS {fig(r['reference'], ' MB')}")
+    print(f"  collector / reference: {found['ratio']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        if args.db in ("sqlite", "both"):
+            db = folder / "trades.db"
+            url = f"sqlite:///{db}"
+            started = time.perf_counter()
+            fill(url, args.rows)
+            print(f"filled SQLite in {time.perf_counter() - started:.0f}s", flush=True)
+            cmd = [shutil.which("sqlite3") or "sqlite3", "-csv", "-header", str(db)]
+            cmd.append("SELECT * FROM trades")
+            report(
+                "SQLite", "sqlite3 -csv", run("sqlite", url, cmd, args.rows, args.rounds, folder)
+            )
+        if args.db in ("postgresql", "both"):
+            sys.path.insert(0, str(ROOT / "tests"))
+            from conftest import PostgresServer, _pg_bin
+
+            server = PostgresServer()
+            try:
+                url = server.new_database()
+                started = time.perf_counter()
+                fill(url, args.rows)
+                print(f"filled PostgreSQL in {time.perf_counter() - started:.0f}s", flush=True)
+                out = folder / "postgresql-reference.csv"
+                psql = _pg_bin("psql") or "psql"
+                dsn = url.replace("postgresql+psycopg://", "postgresql://")
+                cmd = [psql, "-q", "-X", dsn, "-c"]
+                cmd.append(f"\\copy trades TO '{out}' WITH (FORMAT csv, HEADER)")
+                found = run("postgresql", url, cmd, args.rows, args.rounds, folder)
+                report("PostgreSQL", "psql \\copy", found)
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

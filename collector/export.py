@@ -1,0 +1,465 @@
+"""``collector export``: a table or a view out as CSV, JSON lines, or Kraken's own CSV layouts.
+
+Streamed in constant memory. The database formats every value as text, the same text on both
+databases: times in UTC as PostgreSQL writes them (``2026-01-01 00:00:00.250137+00``, no trailing
+zeros), decimals exactly as stored (``0.0001000``, never a float), booleans ``true``/``false``. A
+CSV of the same rows is the same bytes from SQLite and from PostgreSQL (an empty text and NULL are
+both an empty field). On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
+(:func:`_sqlite_csv`); on PostgreSQL a CSV is the server's ``COPY … TO STDOUT`` (what ``psql
+\\copy`` does); the other formats read a cursor a batch at a time (server-side on PostgreSQL).
+
+``--format kraken`` writes the layouts of the files Kraken's website exports, the ones tax tools
+import (docs/export.md has the sources):
+
+* ``ledger`` → ledgers.csv: ``txid, refid, time, type, subtype, aclass, asset, amount, fee,
+  balance``; txid is the ledger entry's id, time ``YYYY-MM-DD HH:MM:SS`` (UTC, cut to the
+  second), amounts as Kraken's decimal text, text quoted and numbers not, a missing balance ``""``;
+* ``my_trades`` → trades.csv: ``txid, ordertxid, pair, time, type, ordertype, price, cost, fee,
+  vol, margin, misc, ledgers``; time with up to 4 decimals of a second, ``ledgers`` the ids of the
+  trade's ledger entries (those collected), comma-separated.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from sqlalchemy import JSON, Boolean, Engine, Integer, Numeric
+from sqlalchemy.types import TypeEngine
+
+from .errors import ConfigError
+from .schema import ExactDecimal, UTCDateTime, metadata
+from .views import VIEWS
+
+FORMATS = ("csv", "jsonl", "kraken")
+#: Rows a batch (SQLite's fetchmany, PostgreSQL's server-side cursor).
+BATCH = 5_000
+#: Rows a chunk of a SQLite table's CSV, made by SQLite as one text.
+CHUNK = 10_000
+
+#: The column ``--since`` and ``--until`` filter a table on (else its ``time``, if any).
+TIME_COLUMNS = {
+    "runs": "started_at",
+    "balances": "taken_at",
+    "ticker": "taken_at",
+    "orders": "closetm",
+    "gaps": "start",
+    "cursors": "updated_at",
+    "ledger_verification": "updated_at",
+    "assets": "updated_at",
+    "pairs": "updated_at",
+    "account_leases": "since",
+}
+
+#: Kraken's layouts: the file's columns, each with what fills it.
+KRAKEN_LEDGER = (
+    "txid",
+    "refid",
+    "time",
+    "type",
+    "subtype",
+    "aclass",
+    "asset",
+    "amount",
+    "fee",
+    "balance",
+)
+KRAKEN_TRADES = (
+    "txid",
+    "ordertxid",
+    "pair",
+    "time",
+    "type",
+    "ordertype",
+    "price",
+    "cost",
+    "fee",
+    "vol",
+    "margin",
+    "misc",
+    "ledgers",
+)
+KRAKEN_FILES = {"ledger": "ledgers.csv", "my_trades": "trades.csv"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to export: a table or view, a format, and the rows (times UTC; ``until`` exclusive)."""
+
+    table: str
+    format: str = "csv"
+    since: datetime | None = None
+    until: datetime | None = None
+    account: str | None = None
+
+
+def tables() -> list[str]:
+    """Every table and view that can be exported."""
+    return sorted([*metadata.tables, *VIEWS])
+
+
+def _kind(type_: TypeEngine[Any]) -> str:
+    if isinstance(type_, UTCDateTime):
+        return "time"
+    if isinstance(type_, ExactDecimal | Numeric):
+        return "decimal"
+    if isinstance(type_, Boolean):
+        return "bool"
+    if isinstance(type_, JSON):
+        return "json"
+    if isinstance(type_, Integer):
+        return "int"
+    return "text"
+
+
+def columns(name: str) -> list[tuple[str, str]]:
+    """The columns of a table or view, each with its kind (time, decimal, bool, json, int,
+    text)."""
+    base, added = VIEWS.get(name, (name, ()))
+    table = metadata.tables[base]
+    return [(c.name, _kind(c.type)) for c in table.columns] + [(a, "text") for a in added]
+
+
+def time_column(name: str) -> str | None:
+    base = VIEWS.get(name, (name, ()))[0]
+    found = TIME_COLUMNS.get(base)
+    if found is None and "time" in metadata.tables[base].c:
+        found = "time"
+    return found
+
+
+def check(request: Request) -> None:
+    """The request makes sense before the database is opened, or one :class:`ConfigError`."""
+    if request.table not in tables():
+        close = difflib.get_close_matches(request.table, tables(), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(tables())}"
+        raise ConfigError(f"no table {request.table!r}; {hint}", key="TABLE")
+    if request.format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}", key="--format")
+    if request.format == "kraken" and request.table not in KRAKEN_FILES:
+        raise ConfigError(
+            "--format kraken writes Kraken's ledgers.csv (table ledger) and trades.csv "
+            "(table my_trades); use csv or jsonl for the others",
+            key="--format",
+        )
+    if (request.since or request.until) and time_column(request.table) is None:
+        raise ConfigError(f"{request.table} has no time to filter on", key="--since")
+    if request.since and request.until and request.since >= request.until:
+        raise ConfigError("--since must be before --until", key="--since")
+    names = {c for c, _ in columns(request.table)}
+    if request.account is not None and "account" not in names:
+        raise ConfigError(f"{request.table} has no account column", key="--account")
+
+
+# -- SQL: every value formatted by the database -------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _text(column: str, kind: str, dialect: str, *, csv_text: bool = False) -> str:
+    """``column`` as the text the export writes, in ``dialect``'s SQL (``csv_text``: for
+    PostgreSQL's COPY, which writes each value's text itself)."""
+    c = f"t.{_q(column)}"
+    if kind == "bool":
+        return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END"
+    if dialect == "sqlite":
+        if kind == "time":  # stored as 2026-01-01 00:00:00.250000+00:00: written as PostgreSQL does
+            return f"rtrim(rtrim(substr({c}, 1, 26), '0'), '.') || '+00'"
+        return c  # decimals and JSON are stored as text already
+    if csv_text:  # COPY writes every value as its text: no cast (a function call per value)
+        return f"NULLIF({c}, '')" if kind == "text" else c  # '' as SQLite's CSV: empty either way
+    if kind in ("time", "decimal", "json"):  # times: the session's time zone is UTC (_utc)
+        return f"{c}::text"
+    return c
+
+
+#: How a statement names its parameters: sqlite3's, psycopg's, and psycopg.sql's (for COPY,
+#: which takes literals only).
+_STYLES = {"sqlite": ":{}", "postgresql": "%({})s", "literal": "{{{}}}"}
+
+
+def _where(request: Request, dialect: str, style: str) -> tuple[str, dict[str, Any]]:
+    clauses, params = [], {}
+    column = time_column(request.table)
+    mark = _STYLES[style].format
+    for name, value, op in (("since", request.since, ">="), ("until", request.until, "<")):
+        if value is not None:
+            assert column is not None
+            clauses.append(f"t.{_q(column)} {op} {mark(name)}")
+            params[name] = _time_param(value, dialect)
+    if request.account is not None:
+        clauses.append(f"t.account = {mark('account')}")
+        params["account"] = request.account
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _time_param(value: datetime, dialect: str) -> Any:
+    value = value.astimezone(UTC)
+    if dialect == "sqlite":  # compared with the stored text, which has this form
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+    return value
+
+
+def select(
+    request: Request, dialect: str, *, csv_text: bool = False, style: str | None = None
+) -> tuple[str, dict]:
+    """The SELECT of a csv or jsonl export: every column as text, in the table's order."""
+    cols = ", ".join(
+        f"{_text(c, k, dialect, csv_text=csv_text)} AS {_q(c)}" for c, k in columns(request.table)
+    )
+    where, params = _where(request, dialect, style or dialect)
+    return f"SELECT {cols} FROM {_q(request.table)} t{where}", params
+
+
+def kraken_select(request: Request, dialect: str) -> tuple[str, dict]:
+    """The SELECT of Kraken's layout of ``ledger`` or ``my_trades``, oldest first."""
+    where, params = _where(request, dialect, dialect)
+    if dialect == "sqlite":
+        second, fraction = "substr(t.time, 1, 19)", "substr(t.time, 1, 24)"
+
+        def num(c: str) -> str:
+            return f"t.{c}"
+
+        ids = (
+            "(SELECT group_concat(ledger_id, ',') FROM (SELECT ledger_id FROM ledger l "
+            "WHERE l.account = t.account AND l.refid = t.txid ORDER BY ledger_id))"
+        )
+    else:
+        utc = "t.time AT TIME ZONE 'UTC'"
+        second = f"to_char({utc}, 'YYYY-MM-DD HH24:MI:SS')"
+        fraction = f"substr(to_char({utc}, 'YYYY-MM-DD HH24:MI:SS.US'), 1, 24)"
+
+        def num(c: str) -> str:
+            return f"t.{c}::text"
+
+        ids = (
+            "(SELECT string_agg(ledger_id, ',' ORDER BY ledger_id) FROM ledger l "
+            "WHERE l.account = t.account AND l.refid = t.txid)"
+        )
+    if request.table == "ledger":
+        fields = (
+            f"t.ledger_id, t.refid, {second}, t.type, t.subtype, t.aclass, t.asset, "
+            f"{num('amount')}, {num('fee')}, {num('balance')}"
+        )
+        order = "t.time, t.ledger_id"
+    else:
+        fields = (
+            f"t.txid, t.ordertxid, t.pair, {fraction}, t.type, t.ordertype, {num('price')}, "
+            f"{num('cost')}, {num('fee')}, {num('vol')}, {num('margin')}, t.misc, {ids}"
+        )
+        order = "t.time, t.txid"
+    return f"SELECT {fields} FROM {request.table} t{where} ORDER BY {order}", params
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _quoted(value: str | None) -> str:
+    return '""' if value is None else '"' + value.replace('"', '""') + '"'
+
+
+def _kraken_lines(request: Request, rows: Iterator[Sequence[Any]]) -> Iterator[str]:
+    """Kraken's CSV: every header and text field quoted, numbers bare (as its files are)."""
+    ledger = request.table == "ledger"
+    yield ",".join(_quoted(c) for c in (KRAKEN_LEDGER if ledger else KRAKEN_TRADES)) + "\n"
+    if ledger:
+        for r in rows:
+            texts = ",".join(_quoted(v) for v in r[:7])
+            balance = _quoted(None) if r[9] is None else r[9]
+            yield f"{texts},{r[7]},{r[8]},{balance}\n"
+        return
+    for r in rows:
+        when = r[3].rstrip("0").rstrip(".") if "." in r[3] else r[3]
+        head = ",".join(_quoted(v) for v in (r[0], r[1], r[2], when, r[4], r[5]))
+        margin = "" if r[10] is None else r[10]
+        yield f"{head},{r[6]},{r[7]},{r[8]},{r[9]},{margin},{_quoted(r[11])},{_quoted(r[12])}\n"
+
+
+def _jsonl_lines(request: Request, rows: Iterator[Sequence[Any]]) -> Iterator[str]:
+    """One JSON object a row: decimals and times as strings (exact), integers as numbers,
+    booleans as booleans, JSON columns as JSON."""
+    cols = columns(request.table)
+    names = [c for c, _ in cols]
+    convert: list[Callable[[Any], Any] | None] = []
+    for _, kind in cols:
+        if kind == "bool":
+            convert.append(lambda v: v == "true")
+        elif kind == "json":
+            convert.append(lambda v: json.loads(v) if isinstance(v, str) else v)
+        else:
+            convert.append(None)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    for row in rows:
+        values = [v if f is None or v is None else f(v) for f, v in zip(convert, row, strict=True)]
+        yield dumps(dict(zip(names, values, strict=True))) + "\n"
+
+
+def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
+    """Write ``request``'s rows to ``out`` (binary, UTF-8); returns how many rows."""
+    check(request)
+    dialect = engine.dialect.name
+    raw = engine.raw_connection()
+    try:
+        if dialect == "postgresql" and request.format == "csv":
+            return _copy_csv(raw.driver_connection, request, out)
+        if dialect == "sqlite" and request.format == "csv" and request.table not in VIEWS:
+            return _sqlite_csv(raw, request, out)
+        if request.format == "kraken":
+            sql, params = kraken_select(request, dialect)
+        else:
+            sql, params = select(request, dialect)
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+        rows = _rows(raw, dialect, sql, params)
+        try:
+            count = 0
+            if request.format == "csv":
+                writer = csv.writer(text, lineterminator="\n")
+                writer.writerow([c for c, _ in columns(request.table)])
+                for batch in rows:
+                    writer.writerows(batch)
+                    count += len(batch)
+                return count
+            lines = _kraken_lines if request.format == "kraken" else _jsonl_lines
+            counted = _counting(rows)
+            text.writelines(lines(request, counted.rows()))
+            return counted.count
+        finally:
+            rows.close()  # its cursor, while the connection is open (a reader gone: `| head`)
+            try:
+                text.flush()
+            finally:
+                text.detach()  # ``out`` is the caller's to close
+    finally:
+        raw.rollback()  # read-only: nothing to keep, and a server-side cursor's transaction ends
+        raw.close()
+
+
+class _counting:
+    """The rows of batches, one at a time, counted."""
+
+    def __init__(self, batches: Iterator[list[Any]]) -> None:
+        self.batches, self.count = batches, 0
+
+    def rows(self) -> Iterator[Sequence[Any]]:
+        for batch in self.batches:
+            self.count += len(batch)
+            yield from batch
+
+
+def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Generator[list[Any], None, None]:
+    """The query's rows in batches of ``BATCH``: SQLite's cursor reads as it goes; on
+    PostgreSQL a server-side (named) cursor, so the server holds the result, not us."""
+    if dialect == "sqlite":
+        cursor = raw.cursor()
+    else:
+        _utc(raw.driver_connection)
+        cursor = raw.driver_connection.cursor(name="collector_export")
+        cursor.itersize = BATCH
+    try:
+        cursor.execute(sql, params)
+        while True:
+            batch = cursor.fetchmany(BATCH)
+            if not batch:
+                return
+            yield batch
+    finally:
+        cursor.close()
+
+
+#: A text value that CSV must quote: it holds the delimiter, a quote or a line break.
+_NEEDS_QUOTES = '*[,"\n\r]*'
+
+
+def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
+    """A table's CSV on SQLite, made by SQLite itself: ``CHUNK`` rows at a time as one text
+    (``printf`` of each row, joined by ``group_concat``), the chunks walked by rowid in one read
+    transaction (one snapshot). Python checks each chunk in C-speed scans (as many separators and
+    line breaks as the rows make, no quote): a chunk with a text that needs quoting (a comma in
+    ``misc``, a JSON) is asked again with every such field quoted as Python's csv would. One
+    object per 10,000 rows instead of one per value."""
+    cols = columns(request.table)
+    values = [_text(column, kind, "sqlite") for column, kind in cols]
+    plain = f"printf('{','.join(['%s'] * len(cols))}', {', '.join(values)})"
+    quoted = []
+    for value, (_, kind) in zip(values, cols, strict=True):
+        if kind in ("text", "json"):  # times, numbers and booleans never need quotes
+            value = (
+                f"CASE WHEN {value} GLOB :pattern "
+                f"THEN '\"' || replace({value}, '\"', '\"\"') || '\"' ELSE {value} END"
+            )
+        quoted.append(f"coalesce({value}, '')")
+    where, params = _where(request, "sqlite", "sqlite")
+    rowid = "t.rowid > :after AND t.rowid <= :upto"
+    where = f"{where} AND {rowid}" if where else f" WHERE {rowid}"
+
+    def chunk(line: str) -> str:
+        return (
+            f"SELECT group_concat(line, char(10)), max(rid), count(*) FROM (SELECT t.rowid AS "
+            f"rid, {line} AS line FROM {_q(request.table)} t{where} ORDER BY t.rowid "
+            f"LIMIT {CHUNK})"
+        )
+
+    fast, careful = chunk(plain), chunk(" || ',' || ".join(quoted))
+    commas = len(cols) - 1
+    out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
+    cursor = raw.cursor()
+    count, after, top = 0, -(2**63), 2**63 - 1
+    try:
+        cursor.execute("BEGIN")  # one snapshot for every chunk
+        while True:
+            bound = {**params, "after": after, "upto": top}
+            text, last, n = cursor.execute(fast, bound).fetchone()
+            if not n:
+                return count
+            if (
+                text.count(",") != n * commas
+                or text.count("\n") != n - 1
+                or '"' in text
+                or "\r" in text
+            ):
+                bound = {**params, "after": after, "upto": last, "pattern": _NEEDS_QUOTES}
+                text, last, n = cursor.execute(careful, bound).fetchone()
+            out.write(text.encode())
+            out.write(b"\n")
+            count, after = count + n, last
+    finally:
+        cursor.close()
+
+
+def _utc(conn: Any) -> None:
+    """This transaction's times as PostgreSQL writes them in UTC (``2026-01-01 00:00:00.25+00``):
+    the server formats them itself, at the cost of none; back as they were at its end."""
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    conn.execute("SET LOCAL DateStyle = 'ISO'")
+
+
+def _copy_csv(conn: Any, request: Request, out: IO[bytes]) -> int:
+    """A CSV through PostgreSQL's ``COPY (SELECT …) TO STDOUT``: the server writes it, we pass the
+    blocks on."""
+    from psycopg import sql as pgsql
+
+    _utc(conn)
+    query, params = select(request, "postgresql", csv_text=True, style="literal")
+    # COPY takes no parameters: the values go in as literals, quoted by psycopg.
+    composed = pgsql.SQL(query).format(**{k: pgsql.Literal(v) for k, v in params.items()})
+    statement = pgsql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(composed)
+    out.write((",".join(_csv_field(c) for c, _ in columns(request.table)) + "\n").encode())
+    with conn.cursor() as cursor:
+        with cursor.copy(statement) as copy:
+            for block in copy:
+                out.write(block)
+        return max(cursor.rowcount, 0)
+
+
+def _csv_field(name: str) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([name])
+    return buffer.getvalue()
