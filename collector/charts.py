@@ -84,6 +84,15 @@ def line(
             f'<polyline points="{coords}" fill="none" stroke="currentColor" stroke-width="1.5" '
             'vector-effect="non-scaling-stroke" stroke-linejoin="round"/>'
         )
+        # The newest point as a dot: a line of one point draws nothing, and the latest value is
+        # the one people look for. (A zero-length line with round caps: a circle would be
+        # stretched by the chart's free aspect ratio.)
+        x, y = drawn[-1]
+        shapes.append(
+            f'<line class="last" x1="{x:.1f}" y1="{y_of(y):.1f}" x2="{x:.1f}" y2="{y_of(y):.1f}" '
+            'stroke="currentColor" stroke-width="6" stroke-linecap="round" '
+            'vector-effect="non-scaling-stroke"/>'
+        )
     else:
         shapes.append(
             f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" '

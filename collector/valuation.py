@@ -445,8 +445,11 @@ class Valuation:
             return Routes(self.quote, [], [])
         return Routes(
             self.quote,
-            conn.execute(select(assets.c.asset, assets.c.altname)).tuples(),
-            conn.execute(select(pairs.c.pair, pairs.c.base, pairs.c.quote)).tuples(),
+            [(r[0], r[1]) for r in conn.execute(select(assets.c.asset, assets.c.altname))],
+            [
+                (r[0], r[1], r[2])
+                for r in conn.execute(select(pairs.c.pair, pairs.c.base, pairs.c.quote))
+            ],
         )
 
     def values(
@@ -599,7 +602,7 @@ class _Series:
             f"FROM ({times}) s"
         ).bindparams(*binds, bindparam("minutes", type_=Integer()))
         found: dict[Any, str | None] = dict(
-            self.conn.execute(query, {**params, "pair": pair, "minutes": minutes}).tuples().all()
+            self.conn.execute(query, {**params, "pair": pair, "minutes": minutes}).all()
         )
         width = self.d.width
         out: list[_Point] = []
