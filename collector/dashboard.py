@@ -229,7 +229,7 @@ def _prices(
         latest = samples[-1][1] if samples else None
         symbol, quote = names.get(pair, (pair, ""))
         out.append(Pair(pair, symbol, quote, samples, latest))
-    return out
+    return sorted(out, key=lambda p: (p.symbol, p.pair))  # as people read them: ETH/USD, XBT/USD
 
 
 def _first_price(conn: Any, pair: str) -> datetime | None:
