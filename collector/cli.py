@@ -597,6 +597,67 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
 @main.command()
 @_jobfile
 @_db
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=f"127.0.0.1:{defaults.DASHBOARD_PORT}",
+    show_default=True,
+    help="Where to serve the page (port 0: any free port).",
+)
+def dashboard(jobfile: str, database: str | None, listen: str) -> None:
+    """Serve a read-only page of JOBFILE's database until Ctrl-C.
+
+    From the database alone, like status (for run --once from cron): every
+    job's state, each account's portfolio value over time in valuation.quote
+    (USD by default), a price chart per collected pair, the ledger's
+    verification and the gaps; ranges day, week, year and all. No script,
+    nothing fetched from the internet. A running service serves the same page
+    at / of its metrics listener.
+
+    \b
+    Example:
+        collector dashboard jobs.yaml
+        collector dashboard --listen 0.0.0.0:9109 jobs.yaml
+    """
+    from .dashboard import Dashboard
+    from .listener import Listener
+    from .status import exists
+    from .store import Store
+
+    _setup_logging("warning")
+    address = parse_listen(listen)
+    if address is None:
+        raise click.BadParameter(f"must be HOST:PORT, not {listen!r}", param_hint="--listen")
+    config = load(jobfile, database=database)
+    _check_sqlite_folder(config, writable=False)
+    store = Store.from_url(config.database) if exists(config) else None
+    page = Dashboard(config, store, spooled=lambda: peek_spool(config.spool_path))
+    try:
+        server = Listener(address, {"/": page.answer}, "dashboard")
+    except OSError as exc:
+        raise CollectorError(
+            f"--listen: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"
+        ) from None
+    host, port = server.address
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"dashboard of {config.database_for_display()} on http://{shown}:{port}/ "
+        "(read-only; Ctrl-C stops)"
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if store is not None:
+            store.dispose()
+
+
+@main.command()
+@_jobfile
+@_db
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--account", metavar="NAME", help="Only this account (default: every account).")
 def verify(jobfile: str, database: str | None, as_json: bool, account: str | None) -> None:

@@ -63,9 +63,13 @@ TOP_KEYS = (
     "metrics",
     "retention",
     "reference",
+    "valuation",
 )
 ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
 METRICS_KEYS = ("listen",)
+VALUATION_KEYS = ("quote",)
+#: A quote currency: an asset's code or altname (``USD``, ``ZUSD``, ``EUR``, ``XBT``, ``USDT``).
+_QUOTE = re.compile(r"[A-Z0-9]{2,16}")
 #: What ``retention:`` may name: runs (with their balances and ticker rows), and the dataset
 #: tables, each by its time column.
 RETENTION_KEYS = ("runs", "ledger", "my_trades", "orders", "trades", "ohlc", "spread")
@@ -204,6 +208,9 @@ class Config:
     #: whether the service keeps the ``assets`` and ``pairs`` tables itself (Assets and
     #: AssetPairs at start and daily, with the public budget)
     reference: bool = True
+    #: the currency balance snapshots are valued in (``valuation.quote``): the view
+    #: ``portfolio_value`` and the dashboard
+    valuation_quote: str = defaults.VALUATION_QUOTE
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -574,7 +581,22 @@ class _Builder:
             metrics_listen=self.metrics(raw, listen),
             retention=self.retention(raw),
             reference=reference,
+            valuation_quote=self.valuation(raw),
         )
+
+    def valuation(self, raw: _Map) -> str:
+        spec = self.mapping(raw, "valuation", "valuation")
+        self.check_keys(spec, VALUATION_KEYS, "valuation.")
+        quote = spec.get("quote", defaults.VALUATION_QUOTE)
+        if not isinstance(quote, str) or not _QUOTE.fullmatch(quote.strip().upper()):
+            raise self.error(
+                f"must be the name of the currency to value balances in, such as USD, EUR or "
+                f"XBT (Kraken's asset code or altname), not {show(quote)}",
+                spec,
+                "quote",
+                "valuation.quote",
+            )
+        return quote.strip().upper()
 
     def metrics(self, raw: _Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")

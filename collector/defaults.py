@@ -208,3 +208,10 @@ REFERENCE_DEADLINE = 10.0
 #: A store reads the known pairs' names again when a row names one it does not know, at most
 #: this often (a new pair's rows are renamed by the refresh that brings it anyway).
 PAIR_NAMES_REREAD = 60.0
+
+# -- valuation and the dashboard -----------------------------------------------------------------
+
+#: The currency balance snapshots are valued in (``valuation.quote``): an asset's code or altname.
+VALUATION_QUOTE = "USD"
+#: Where ``collector dashboard`` serves its page by default (beside the metrics' 9108).
+DASHBOARD_PORT = 9109

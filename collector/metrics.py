@@ -14,14 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
-import sys
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
@@ -35,7 +32,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
-from . import deadline, defaults
 from .config import Job, parse_listen
 from .datasets import Dataset
 from .errors import CollectorError
@@ -49,6 +45,7 @@ from .events import (
     RunFinished,
 )
 from .health import Health, cursor_time, utcnow
+from .listener import Answer, Listener, Route
 from .nonce import UNITS
 from .writer import State
 
@@ -354,6 +351,7 @@ class Monitor:
     :param load_cursor: ``(job, dataset) -> cursor`` from the store, read once at start so the
         lag is known before a job's first run
     :param datasets: the datasets by method (the runner's)
+    :param dashboard: the page at ``/`` (:mod:`collector.dashboard`), or None
     """
 
     def __init__(
@@ -371,6 +369,7 @@ class Monitor:
         datasets: Mapping[str, Dataset],
         clock: Callable[[], datetime] = utcnow,
         keys: Callable[[], dict[str, float]] | None = None,
+        dashboard: Route | None = None,
     ) -> None:
         address = parse_listen(listen)
         if address is None:
@@ -386,15 +385,14 @@ class Monitor:
         self.health = Health(jobs, events, writer_state, clock)
         self._load_cursor = load_cursor
         self._datasets = datasets
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._dashboard = dashboard
+        self._server: Listener | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         """Where it listens (the real port when ``listen`` said 0); only after :meth:`start`."""
         assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     def start(self) -> None:
         """Read the stored cursors, then listen (a port in use is an :class:`OSError`)."""
@@ -412,94 +410,38 @@ class Monitor:
                 continue
             if at is not None:
                 self.metrics.cursor(job.name, at)
+        routes: dict[str, Route] = {"/metrics": self._metrics, "/healthz": self._healthz}
+        if self._dashboard is not None:
+            routes["/"] = self._dashboard
         try:
-            self._server = _Server(self.listen, _Handler, self)
+            self._server = Listener(self.listen, routes, "metrics")
         except OSError as exc:
             host, port = self.listen
             raise CollectorError(
                 f"metrics.listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="collector-metrics", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
         host, port = self.address
-        logger.info("metrics on http://%s:%d/metrics, health on /healthz", host, port)
+        shown = f"[{host}]" if ":" in host else host
+        logger.info(
+            "metrics on http://%s:%d/metrics, health on /healthz%s",
+            shown,
+            port,
+            ", the dashboard on /" if self._dashboard is not None else "",
+        )
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def scrape(self) -> bytes:
         return self.metrics.render()
 
+    def _metrics(self, _query: dict[str, str]) -> Answer:
+        return Answer(200, self.scrape(), CONTENT_TYPE_LATEST)
 
-class _Server(ThreadingHTTPServer):
-    """A listener that can never take what the collector needs: at most ``LISTENER_THREADS``
-    requests at a time (a connection beyond them is closed at once, holding no thread and no
-    descriptor), each cut after ``LISTENER_TIMEOUT`` seconds however slowly its peer sends or
-    reads, and no traceback on stderr when a peer resets."""
-
-    daemon_threads = True
-    request_queue_size = 16  # the kernel's backlog, not our descriptors
-
-    def __init__(self, address: tuple[str, int], handler: type, monitor: Monitor) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.monitor = monitor
-        self._slots = threading.BoundedSemaphore(defaults.LISTENER_THREADS)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # busy: refused, not queued
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        watch = deadline.Watch(defaults.LISTENER_TIMEOUT)
-        watch.add(request)
-        deadline.REAPER.add(watch)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            watch.finish()
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A peer that resets or is cut: one debug line, never a traceback on stderr (which would
-        # also break --log-format json).
-        logger.debug("metrics: a request from %s failed: %s", client_address[0], sys.exc_info()[1])
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = defaults.LISTENER_TIMEOUT  # each read; the watch bounds the whole request
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, self.server.monitor.scrape(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            healthy, body = self.server.monitor.health.report()
-            data = json.dumps(body, indent=1).encode() + b"\n"
-            self._send(200 if healthy else 503, data, "application/json")
-        else:
-            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Every scrape would be a line at INFO; they go to DEBUG.
-        logger.debug("metrics: %s " + format, self.address_string(), *args)
+    def _healthz(self, _query: dict[str, str]) -> Answer:
+        healthy, body = self.health.report()
+        data = json.dumps(body, indent=1).encode() + b"\n"
+        return Answer(200 if healthy else 503, data, "application/json")

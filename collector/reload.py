@@ -47,6 +47,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("metrics.listen")
     if old.reference != new.reference:
         changed.append("reference")
+    if old.valuation_quote != new.valuation_quote:
+        changed.append("valuation.quote")
     return sorted(set(changed))
 
 

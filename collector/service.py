@@ -22,11 +22,13 @@ from datetime import datetime, timedelta
 from types import FrameType
 
 import requests
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import defaults
 from .client import API
 from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
+from .dashboard import Dashboard
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
 from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
@@ -40,6 +42,7 @@ from .runner import Runner, utcnow
 from .schedule import Schedule
 from .spool import Spool
 from .store import NONCE_KEY, Store
+from .valuation import remember_quote
 from .verifier import Verifier
 from .writer import Writer
 
@@ -229,6 +232,8 @@ class Service:
                 load_cursor=self.store.load_cursor,
                 datasets=self.runner.datasets,
                 keys=self._key_levels,
+                # The same page as `collector dashboard`, from the same database.
+                dashboard=Dashboard(config, self.store, spooled=lambda: len(self.spool)).answer,
             )
 
     def _key_levels(self) -> dict[str, float]:
@@ -255,6 +260,7 @@ class Service:
             return
         if self._owns_store:
             self.store.upgrade()
+        self._remember_quote()
         # Start above every nonce each key may have been used with: the database's mark, and the
         # key's own state (the last nonce of a clean stop, the lease of a crashed process), which
         # every process using the key shares whatever its database. The last holder's mark in
@@ -283,6 +289,18 @@ class Service:
         self.verifier.start()
         self.leases.start()
         self._opened = True
+
+    def _remember_quote(self) -> None:
+        """The view ``portfolio_value`` values in the job file's ``valuation.quote``."""
+        try:
+            with self.store.engine.begin() as conn:
+                remember_quote(conn, self.config.valuation_quote)
+        except SQLAlchemyError as exc:  # the database is away: the next start says it again
+            logger.warning(
+                "cannot keep valuation.quote %s for the view portfolio_value (%s)",
+                self.config.valuation_quote,
+                type(exc).__name__,
+            )
 
     def run_once(self, stop: threading.Event | None = None) -> bool:
         """Run every job once, at the same time (within the rate limits), store them, and say

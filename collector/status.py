@@ -151,7 +151,7 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
         )
     elif "pair" in table.c and isinstance(job.params.get("pair"), str):
         asked = job.params["pair"]
-        query = query.where(table.c.pair.in_([p for p in _pairs_in(conn, table) if same(asked, p)]))
+        query = query.where(table.c.pair.in_([p for p in pairs_in(conn, table) if same(asked, p)]))
         if "interval" in table.c:
             query = query.where(table.c.interval == int(job.params.get("interval") or 1))
     count, newest = conn.execute(query).one()
@@ -201,7 +201,7 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
     return out
 
 
-def _pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
+def pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
     """The distinct pairs of a table keyed by pair first: one index seek each, not a scan."""
     found: list[str] = []
     while len(found) < most:

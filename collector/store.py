@@ -38,6 +38,7 @@ from .errors import ConfigError
 from .pairs import Names
 from .records import RunRecord
 from .schema import cursors, runs, state
+from .valuation import decimal_functions
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def make_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            # The view portfolio_value multiplies and sums decimal text exactly with them.
+            decimal_functions(dbapi_connection)
             if immediate:
                 dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT of its own
 

@@ -363,7 +363,14 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
     )
     blocker = None
     try:
-        wait_for(lambda: bool(query(f"sqlite:///{db}", "SELECT value FROM collector_state")))
+        wait_for(
+            lambda: bool(
+                query(
+                    f"sqlite:///{db}",
+                    "SELECT value FROM collector_state WHERE name = 'nonce_high_water'",
+                )
+            )
+        )
         blocker = sqlite3.connect(db, timeout=30)
         blocker.execute("BEGIN EXCLUSIVE")  # the writer's next commit waits out its busy timeout
         calls = fake.calls["Balance"]
@@ -376,7 +383,11 @@ def test_sigkill_before_the_nonce_is_committed_reuses_none_even_with_the_clock_b
         if blocker is not None:
             blocker.rollback()
             blocker.close()
-    stored = int(query(f"sqlite:///{db}", "SELECT value FROM collector_state")[0][0])
+    stored = int(
+        query(
+            f"sqlite:///{db}", "SELECT value FROM collector_state WHERE name = 'nonce_high_water'"
+        )[0][0]
+    )
     used = fake.last_nonce[keypair[0]]
     assert used > stored  # the dead process used nonces the database never heard of
     # A new process whose clock is an hour behind the nonces the dead one used.

@@ -187,7 +187,9 @@ def test_nonce_high_water_survives_a_restart_with_the_clock_behind(
     assert service.run_once()
     service.stop()
     used = fake.last_nonce[keypair[0]]
-    assert rows(database_url, "SELECT value FROM collector_state")[0][0] == str(used)
+    assert rows(database_url, "SELECT value FROM collector_state WHERE name = 'nonce_high_water'")[
+        0
+    ][0] == str(used)
     # A new process whose clock is a day behind: without the stored floor, Kraken would refuse it.
     behind = collector.API(*keypair, clock=lambda: (used - 86_400_000) * 10**6)
     behind.uri = fake.url

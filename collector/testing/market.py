@@ -31,6 +31,10 @@ PAIRS: dict[str, tuple[str, str, str, Decimal, int]] = {
     "XETHZEUR": ("ETHEUR", "XETH", "ZEUR", Decimal("2850"), 2),
     "SOLUSD": ("SOLUSD", "SOL", "ZUSD", Decimal("145"), 2),
     "USDTZUSD": ("USDTUSD", "USDT", "ZUSD", Decimal("1.0002"), 4),
+    # A fiat pair, as on Kraken: EUR balances are valued in USD through it.
+    "ZEURZUSD": ("EURUSD", "ZEUR", "ZUSD", Decimal("1.0850"), 5),
+    # DOT has no USD pair here: valued through XBT (and DOT.S as DOT).
+    "DOTXBT": ("DOTXBT", "DOT", "XXBT", Decimal("0.0001071"), 7),
 }
 # canonical name -> (altname, decimals). Staked (.S) and earn (.F) balances are assets of their
 # own on Kraken, with ledger entries and running balances of their own.

@@ -1,0 +1,571 @@
+"""The dashboard: one read-only page from the database alone, for a browser.
+
+``collector dashboard jobs.yaml`` serves it (for ``run --once`` from cron, where no service
+runs); a running service serves the same page at ``/`` of its metrics listener. On it: every
+job's state (``collector status``'s report, the same rule as ``/healthz``), each account's
+portfolio value over time with the latest value as text (:mod:`collector.valuation`, in the job
+file's ``valuation.quote``), a price chart per collected pair, the ledger's verification and the
+gaps. The range is a query parameter (``?range=day|week|year|all``) with a link each.
+
+Nothing is fetched from anywhere: the charts are SVG drawn here (:mod:`collector.charts`), the
+style is inline, there is no script, and the ``Content-Security-Policy`` says so to the browser.
+Everything that comes from the database is HTML-escaped; nothing on it is secret (the database
+URL without its password; no key, no parameter, no nonce). GET only.
+
+Fast on a year of hourly snapshots: the values are computed from one read of the balances and
+a query per price source (``bench/bench_dashboard.py``); a series is drawn with at most four
+points per pixel column, a pair's price sampled at each pixel column's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+from sqlalchemy import func, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import charts
+from .config import Config
+from .datasets.balances import table as balances
+from .datasets.gaps import table as gaps
+from .datasets.market import ohlc, ticker
+from .datasets.reference import assets, pairs
+from .health import utcnow
+from .listener import Answer
+from .schema import runs
+from .status import collect, pairs_in
+from .store import Store
+from .valuation import Valuation, Value
+
+logger = logging.getLogger(__name__)
+
+#: The ranges a page shows (None: everything), as ``?range=``.
+RANGES: dict[str, timedelta | None] = {
+    "day": timedelta(days=1),
+    "week": timedelta(days=7),
+    "year": timedelta(days=365),
+    "all": None,
+}
+DEFAULT_RANGE = "week"
+#: A pair's price is sampled this many times across the range (every other pixel column).
+PRICE_SAMPLES = charts.WIDTH // 2
+#: Gaps listed on the page (the newest), and the length an error or a reason is cut to.
+GAPS_SHOWN = 20
+TEXT_MAX = 300
+#: The browser may load nothing but the page itself: no script, no image, no font, no frame.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account's values in range, and its latest value (possibly before the range)."""
+
+    name: str
+    values: list[Value]
+    latest: Value | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A collected pair: its names, its price at each sample time, its newest price."""
+
+    pair: str
+    symbol: str
+    quote: str
+    samples: list[tuple[datetime, Decimal]]
+    latest: Decimal | None
+
+
+class Dashboard:
+    """The page of one job file's database. Constructing one reads nothing.
+
+    :param store: the database (None: there is none yet, as ``status`` says)
+    :param spooled: runs waiting in the spool (None: no spool)
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None,
+        *,
+        spooled: Callable[[], int | None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.spooled = spooled
+        self.clock = clock
+
+    def answer(self, query: dict[str, str]) -> Answer:
+        """The route: ``?range=`` one of :data:`RANGES`."""
+        name = query.get("range", DEFAULT_RANGE)
+        if name not in RANGES:
+            body = f"unknown range {name!r}: use {', '.join(RANGES)}\n"
+            return Answer(400, body.encode(), "text/plain; charset=utf-8", HEADERS)
+        try:
+            page = self.render(name)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            shown = reason[0][:TEXT_MAX] if reason else type(exc).__name__
+            logger.warning("dashboard: cannot read the database (%s)", shown)
+            body = _document(
+                "collector",
+                f"<main><p class='bad'>cannot read the database "
+                f"{escape(self.config.database_for_display())}: {escape(shown)}</p></main>",
+            )
+            return Answer(503, body.encode(), "text/html; charset=utf-8", HEADERS)
+        return Answer(200, page.encode(), "text/html; charset=utf-8", HEADERS)
+
+    def render(self, range_name: str = DEFAULT_RANGE) -> str:
+        """The page for the range ``range_name``, as HTML."""
+        now = self.clock().astimezone(UTC)
+        span = RANGES[range_name]
+        since = None if span is None else now - span
+        report = collect(self.config, self.store, now, self.spooled())
+        accounts: list[Account] = []
+        prices: list[Pair] = []
+        gap_rows: list[Any] = []
+        gap_count = 0
+        errors: dict[str, str] = {}
+        quote_decimals = 2
+        if self.store is not None:
+            with self.store.engine.connect() as conn:
+                names = set(inspect(conn).get_table_names())
+                valuation = Valuation(self.config.valuation_quote)
+                accounts = _accounts(conn, valuation, since)
+                quote_decimals = _decimals(conn, self.config.valuation_quote, names)
+                prices = _prices(conn, valuation, since, now, names)
+                gap_count, gap_rows = _gaps(conn)
+                failing = [
+                    j["name"] for j in report["jobs"] if j["last_status"] not in (None, "ok")
+                ]
+                errors = _errors(conn, failing)
+        start = since or _earliest(accounts, prices, now)
+        parts = [
+            _header(self.config, report, range_name, now),
+            "<main>",
+            _portfolio(accounts, self.config.valuation_quote, quote_decimals, start, now),
+            _jobs(report, errors),
+            _prices_section(prices, start, now),
+            _ledgers(report),
+            _gaps_section(gap_count, gap_rows),
+            "</main>",
+            "<footer>Read-only, from the database alone; times in UTC. "
+            "<code>collector status</code> says the same in text.</footer>",
+        ]
+        title = f"collector: {os.path.basename(self.config.path)}"
+        return _document(title, "\n".join(parts))
+
+
+# -- what the page reads ---------------------------------------------------------------------
+
+
+def _accounts(conn: Any, valuation: Valuation, since: datetime | None) -> list[Account]:
+    latest = dict(
+        conn.execute(
+            select(balances.c.account, func.max(balances.c.taken_at)).group_by(balances.c.account)
+        ).all()
+    )
+    values = valuation.values(conn, since)
+    out = []
+    for name in sorted(latest):
+        mine = [v for v in values if v.account == name]
+        newest = mine[-1] if mine else None
+        if newest is None or newest.taken_at < latest[name]:
+            found = valuation.values(conn, latest[name], [name])
+            newest = found[-1] if found else newest
+        out.append(Account(name, mine, newest))
+    return out
+
+
+def _decimals(conn: Any, quote: str, tables: set[str]) -> int:
+    """How many decimals Kraken shows of the quote (2 for USD, 5 for XBT); 2 if unknown."""
+    if "assets" not in tables:
+        return 2
+    found = conn.execute(
+        select(assets.c.display_decimals)
+        .where((assets.c.altname == quote) | (assets.c.asset == quote))
+        .limit(1)
+    ).scalar()
+    return int(found) if found is not None else 2
+
+
+def _prices(
+    conn: Any, valuation: Valuation, since: datetime | None, now: datetime, tables: set[str]
+) -> list[Pair]:
+    """Every pair with a ticker or a final candle: its price sampled across the range."""
+    collected = sorted(set(pairs_in(conn, ticker)) | set(pairs_in(conn, ohlc)))
+    names: dict[str, tuple[str, str]] = {}
+    if "pairs" in tables and "assets" in tables:
+        quote_name = select(assets.c.altname).where(assets.c.asset == pairs.c.quote)
+        rows = conn.execute(
+            select(pairs.c.pair, pairs.c.wsname, quote_name.scalar_subquery().label("quote")).where(
+                pairs.c.pair.in_(collected)
+            )
+        ).all()
+        names = {pair: (wsname or pair, quote or "") for pair, wsname, quote in rows}
+    out = []
+    for pair in collected:
+        start = since or _first_price(conn, pair) or now
+        step = (now - start) / PRICE_SAMPLES
+        times = [start + step * i for i in range(PRICE_SAMPLES + 1)]
+        found = valuation.prices(conn, pair, times)
+        samples = [(t, p) for t, p in zip(times, found, strict=True) if p is not None]
+        latest = samples[-1][1] if samples else None
+        symbol, quote = names.get(pair, (pair, ""))
+        out.append(Pair(pair, symbol, quote, samples, latest))
+    return sorted(out, key=lambda p: (p.symbol, p.pair))  # as people read them: ETH/USD, XBT/USD
+
+
+def _first_price(conn: Any, pair: str) -> datetime | None:
+    first = [
+        conn.execute(select(func.min(ticker.c.taken_at)).where(ticker.c.pair == pair)).scalar(),
+        conn.execute(select(func.min(ohlc.c.time)).where(ohlc.c.pair == pair)).scalar(),
+    ]
+    found = [t for t in first if t is not None]
+    return min(found) if found else None
+
+
+def _gaps(conn: Any) -> tuple[int, list[Any]]:
+    count = conn.execute(select(func.count()).select_from(gaps)).scalar() or 0
+    rows = conn.execute(
+        select(gaps.c.job, gaps.c.dataset, gaps.c.pair, gaps.c.start, gaps.c.end, gaps.c.reason)
+        .order_by(gaps.c.start.desc())
+        .limit(GAPS_SHOWN)
+    ).all()
+    return count, rows
+
+
+def _errors(conn: Any, jobs: Sequence[str]) -> dict[str, str]:
+    """The last failure's error of each of ``jobs``."""
+    out = {}
+    for job in jobs:
+        error = conn.execute(
+            select(runs.c.error)
+            .where(runs.c.job == job, runs.c.status != "ok")
+            .order_by(runs.c.started_at.desc())
+            .limit(1)
+        ).scalar()
+        if error:
+            out[job] = error[:TEXT_MAX]
+    return out
+
+
+def _earliest(accounts: Sequence[Account], prices: Sequence[Pair], now: datetime) -> datetime:
+    """Where the ``all`` range starts: the first snapshot or price shown."""
+    firsts = [a.values[0].taken_at for a in accounts if a.values]
+    firsts += [p.samples[0][0] for p in prices if p.samples]
+    return min(firsts, default=now - timedelta(days=1))
+
+
+# -- the page --------------------------------------------------------------------------------
+
+_STYLE = """
+:root{color-scheme:light dark;--fg:#1d232a;--muted:#5d6873;--line:#d8dde3;--card:#fff;
+--bg:#f4f6f8;--ok:#17803d;--warn:#a15c00;--bad:#c0262d;--accent:#2952a3}
+@media (prefers-color-scheme:dark){:root{--fg:#e6e9ec;--muted:#9aa5b1;--line:#2e363f;
+--card:#171c21;--bg:#0f1317;--ok:#4cc27a;--warn:#e0a040;--bad:#ff6b6b;--accent:#7aa2f7}}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}
+header,main,footer{max-width:1100px;margin:0 auto;padding:0 16px}
+header{padding-top:16px}
+h1{font-size:1.4rem;margin:0 0 4px}
+h2{font-size:1.1rem;margin:24px 0 8px}
+h3{font-size:1rem;margin:0 0 4px}
+.meta,.when,.note,footer{color:var(--muted);font-size:.9rem}
+footer{padding:24px 16px}
+nav a{display:inline-block;padding:4px 10px;margin:4px 4px 0 0;border:1px solid var(--line);
+border-radius:6px;text-decoration:none;color:var(--accent)}
+nav a[aria-current]{background:var(--accent);color:var(--card);border-color:var(--accent)}
+figure{margin:0}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px;
+margin:0 0 12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
+.grid .card{margin:0}
+.value{font-size:1.6rem;font-weight:600;font-variant-numeric:tabular-nums}
+.price{font-size:1.2rem;font-weight:600;font-variant-numeric:tabular-nums}
+svg.chart{display:block;width:100%;height:160px;color:var(--accent)}
+svg.chart.small{height:100px}
+.axis{display:flex;justify-content:space-between;gap:8px;color:var(--muted);font-size:.8rem;
+font-variant-numeric:tabular-nums}
+.ok{color:var(--ok)}.waiting{color:var(--warn)}.stale,.bad{color:var(--bad)}
+.state{font-weight:600}
+table{border-collapse:collapse;width:100%;font-size:.9rem;font-variant-numeric:tabular-nums}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+th{color:var(--muted);font-weight:600}
+td.error{color:var(--bad);font-size:.85rem;overflow-wrap:anywhere}
+code{overflow-wrap:anywhere}
+@media (max-width:720px){
+table.rows thead{display:none}
+table.rows,table.rows tbody,table.rows tr,table.rows td{display:block;width:100%}
+table.rows tr{border:1px solid var(--line);border-radius:8px;margin:0 0 10px;padding:4px 0;
+background:var(--card)}
+table.rows td{display:flex;justify-content:space-between;gap:12px;border:0;padding:3px 10px;
+text-align:right;overflow-wrap:anywhere}
+table.rows td::before{content:attr(data-label);color:var(--muted);text-align:left;flex:none}
+.grid{grid-template-columns:1fr}}
+"""
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>\n"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _when(value: datetime | str | None) -> str:
+    """``2026-11-24 22:19`` (UTC), or a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _amount(value: Decimal, decimals: int) -> str:
+    """``12,345.68``: rounded for reading (the exact value is beside it)."""
+    return f"{value.quantize(Decimal(1).scaleb(-decimals)):,f}"
+
+
+def _exact(value: Decimal) -> str:
+    """The exact value with thousands separators: ``64,000.1``."""
+    return f"{value:,f}"
+
+
+def _header(config: Config, report: dict[str, Any], range_name: str, now: datetime) -> str:
+    links = " ".join(
+        f'<a href="?range={name}"{" aria-current=page" if name == range_name else ""}>{name}</a>'
+        for name in RANGES
+    )
+    if report["healthy"]:
+        health = '<span class="state ok">healthy</span>'
+    else:
+        health = '<span class="state stale">unhealthy</span>'
+    problems = "".join(f"<li>{escape(p)}</li>" for p in report["problems"])
+    return (
+        "<header><h1>collector</h1>"
+        f'<p class="meta">{escape(os.path.basename(config.path))} · '
+        f"{escape(report['database'])} · {_when(now)} UTC · {health}</p>"
+        + (f'<ul class="bad">{problems}</ul>' if problems else "")
+        + f'<nav aria-label="range">{links}</nav></header>'
+    )
+
+
+def _axis(low: str, high: str) -> str:
+    return f'<div class="axis"><span>{low}</span><span>{high}</span></div>'
+
+
+def _portfolio(
+    accounts: Sequence[Account], quote: str, decimals: int, start: datetime, now: datetime
+) -> str:
+    out = [f'<section id="portfolio"><h2>Portfolio value ({escape(quote)})</h2>']
+    if not accounts:
+        out.append(
+            '<p class="note">No balance snapshots yet: a job with method Balance or BalanceEx '
+            "takes them.</p>"
+        )
+    for account in accounts:
+        out.append(f'<article class="card account" data-account="{escape(account.name)}">')
+        out.append(f"<h3>{escape(account.name)}</h3>")
+        latest = account.latest
+        if latest is not None:
+            out.append(
+                f'<p><span class="value" data-value="{latest.value}" title="{_exact(latest.value)}'
+                f' {escape(quote)}">{_amount(latest.value, decimals)} {escape(quote)}</span> '
+                f'<span class="when">at {_when(latest.taken_at)} UTC</span></p>'
+            )
+            if latest.unpriced:
+                listed = ", ".join(escape(a) for a in latest.unpriced)
+                out.append(
+                    f'<p class="note unpriced" data-unpriced="{escape(",".join(latest.unpriced))}">'
+                    f"Not in the value, no price in {escape(quote)}: {listed}</p>"
+                )
+        points = [(v.taken_at.timestamp(), float(v.value)) for v in account.values]
+        chart = charts.line(
+            points, start.timestamp(), now.timestamp(), f"{account.name}: value in {quote}"
+        )
+        out.append(_figure(chart, start, now, decimals))
+        out.append("</article>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _figure(chart: charts.Chart, start: datetime, now: datetime, decimals: int) -> str:
+    if chart.low is None or chart.high is None:
+        scale = ""
+    else:
+        scale = _axis(f"low {chart.low:,.{decimals}f}", f"high {chart.high:,.{decimals}f}")
+    return f"<figure>{scale}{chart.svg}{_axis(_when(start), _when(now))}</figure>"
+
+
+def _jobs(report: dict[str, Any], errors: dict[str, str]) -> str:
+    head = (
+        "job",
+        "method",
+        "account",
+        "state",
+        "last run",
+        "last success",
+        "failures 24h",
+        "rows",
+        "newest",
+        "collected to",
+        "gaps",
+    )
+    out = [
+        '<section id="jobs"><h2>Jobs</h2><table class="rows jobs"><thead><tr>',
+        "".join(f"<th>{h}</th>" for h in head),
+        "</tr></thead><tbody>",
+    ]
+    for j in report["jobs"]:
+        failures = ", ".join(f"{s} {n}" for s, n in sorted(j["failures_24h"].items())) or "-"
+        progress = _when(j["cursor"]) if j.get("cursor") else "-"
+        paged = j.get("paged")
+        if j.get("paging"):
+            progress += (
+                f" (paging {paged['entries']:,} of {paged['of']:,})" if paged else " (paging)"
+            )
+        last = _when(j["last_run"])
+        if j["last_status"] and j["last_status"] != "ok":
+            last += f' <span class="bad">{escape(j["last_status"])}</span>'
+        cells = (
+            escape(j["name"]),
+            escape(j["method"]),
+            escape(j.get("account") or "-"),
+            f'<span class="state {j["state"]}">{j["state"]}</span>',
+            last,
+            _when(j["last_success"]),
+            escape(failures),
+            "-" if j["rows"] is None else f"{j['rows']:,}",
+            _when(j["newest"]),
+            escape(progress),
+            str(j["gaps"]),
+        )
+        out.append(
+            f'<tr data-job="{escape(j["name"])}" data-state="{j["state"]}">'
+            + "".join(f'<td data-label="{h}">{c}</td>' for h, c in zip(head, cells, strict=True))
+            + "</tr>"
+        )
+        if j["name"] in errors:
+            out.append(
+                f'<tr class="error"><td class="error" colspan="{len(head)}">'
+                f"{escape(j['name'])}: {escape(errors[j['name']])}</td></tr>"
+            )
+    out.append("</tbody></table>")
+    waiting = report["spool_waiting"]
+    out.append(
+        f'<p class="note">Spool: {f"{waiting:,} runs waiting" if waiting else "empty"}; '
+        f"oldest run kept: {_when(report['oldest_run'])} UTC.</p></section>"
+    )
+    return "".join(out)
+
+
+def _prices_section(prices: Sequence[Pair], start: datetime, now: datetime) -> str:
+    out = ['<section id="prices"><h2>Prices</h2>']
+    if not prices:
+        out.append('<p class="note">No prices yet: a Ticker or OHLC job collects them.</p>')
+    out.append('<div class="grid">')
+    for p in prices:
+        pair_start = start
+        points = [(t.timestamp(), float(v)) for t, v in p.samples]
+        chart = charts.line(
+            points,
+            pair_start.timestamp(),
+            now.timestamp(),
+            f"{p.symbol}: price",
+            css="chart small",
+        )
+        latest = (
+            f'<span class="price" data-price="{p.latest}">{_exact(p.latest)}</span> '
+            f"{escape(p.quote)}"
+            if p.latest is not None
+            else '<span class="note">no price yet</span>'
+        )
+        shown = 2 if p.latest is None else min(8, max(0, -int(p.latest.as_tuple().exponent)))
+        out.append(
+            f'<article class="card pair" data-pair="{escape(p.pair)}">'
+            f'<h3>{escape(p.symbol)} <span class="note">{escape(p.pair)}</span></h3>'
+            f"<p>{latest}</p>{_figure(chart, pair_start, now, shown)}</article>"
+        )
+    out.append("</div></section>")
+    return "".join(out)
+
+
+def _ledgers(report: dict[str, Any]) -> str:
+    out = ['<section id="ledger"><h2>Ledger verification</h2>']
+    ledgers = report.get("ledgers") or []
+    if not ledgers:
+        out.append(
+            '<p class="note">Not verified yet: the service verifies an account\'s ledger after '
+            "each Ledgers run; <code>collector verify</code> checks it all.</p>"
+        )
+    for ledger in ledgers:
+        size = f"{ledger['assets']} assets, {ledger['entries']:,} entries"
+        account = escape(ledger["account"])
+        if ledger["verified"]:
+            out.append(
+                f'<p data-ledger="{account}" data-verified="true">Account {account}: '
+                f'<span class="state ok">verified</span> to {_when(ledger["verified_to"])} UTC '
+                f"({size}).</p>"
+            )
+        else:
+            n = ledger["breaks"]
+            out.append(
+                f'<p data-ledger="{account}" data-verified="false">Account {account}: '
+                f'<span class="state stale">UNVERIFIED</span>, {n} break{"s" if n != 1 else ""} '
+                f"recorded up to {_when(ledger['verified_to'])} UTC ({size}); "
+                "<code>collector verify</code> shows them.</p>"
+            )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _gaps_section(count: int, rows: Sequence[Any]) -> str:
+    out = [f'<section id="gaps"><h2>Gaps ({count:,})</h2>']
+    if not count:
+        out.append(
+            '<p class="note">None recorded: everything asked for was served, and the ledger '
+            "breaks nowhere.</p></section>"
+        )
+        return "".join(out)
+    head = ("job", "dataset", "pair or asset", "from", "to", "reason")
+    out.append('<table class="rows gaps"><thead><tr>')
+    out.append("".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>")
+    for row in rows:
+        cells = (
+            escape(row.job),
+            escape(row.dataset),
+            escape(row.pair),
+            _when(row.start),
+            _when(row.end),
+            escape(row.reason[:TEXT_MAX]),
+        )
+        out.append(
+            "<tr>"
+            + "".join(f'<td data-label="{h}">{c}</td>' for h, c in zip(head, cells, strict=True))
+            + "</tr>"
+        )
+    out.append("</tbody></table>")
+    if count > len(rows):
+        out.append(f'<p class="note">The newest {len(rows)} of {count:,}.</p>')
+    out.append("</section>")
+    return "".join(out)
