@@ -51,6 +51,12 @@ class _Group(click.Group):
         except CollectorError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except BrokenPipeError:
+            # `collector methods | head`: the reader has what it wanted. Nothing more goes to
+            # the closed pipe (Python's own flush at exit included), and that is no error.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
         except OSError as exc:
             # The machine said no (a folder not writable, a disk full) somewhere no check
             # foresaw: still one line that says what and where, never a traceback.

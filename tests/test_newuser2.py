@@ -787,3 +787,23 @@ def test_collector_methods_lists_every_method_with_its_parameters() -> None:
         and bad.output == "error: unknown method 'Tickr'; did you mean 'Ticker'?\n"
     )
     assert "methods" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_a_closed_pipe_is_no_error() -> None:
+    """`collector methods | head -1`: a reader gone before the output ends is no error (exit 0,
+    nothing on stderr), for every command that prints."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line: every write meets EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "collector.cli", "methods"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, b"")
