@@ -125,12 +125,7 @@ def _open_store(
                 store.dispose()
             raise ConfigError(exc.message, file=config_file, key="database") from None
         except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"cannot use {shown}: missing driver {exc.name!r} "
-                "(pip install 'kraken-collector[postgres]', or '.[postgres]' from a checkout)",
-                file=config_file,
-                key="database",
-            ) from None
+            raise _missing_driver(shown, exc, config_file) from None
         except SQLAlchemyError as exc:
             if store is not None:
                 store.dispose()
@@ -173,6 +168,26 @@ def _db_reason(exc: BaseException) -> str:
     """The driver's own first line (SQLAlchemy's wrapping repeats the statement)."""
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
+
+
+def _missing_driver(shown: str, exc: ModuleNotFoundError, config_file: str | None) -> ConfigError:
+    return ConfigError(
+        f"cannot use {shown}: missing driver {exc.name!r} "
+        "(pip install 'kraken-collector[postgres]', or '.[postgres]' from a checkout)",
+        file=config_file,
+        key="database",
+    )
+
+
+def _read_store(config: Config) -> Any:
+    """The store of a command that only reads (status, dashboard, verify, export), not migrated:
+    a missing driver is the one line ``run`` and ``check`` give, not a traceback."""
+    from .store import Store
+
+    try:
+        return Store.from_url(config.database)
+    except ModuleNotFoundError as exc:
+        raise _missing_driver(config.database_for_display(), exc, config.path) from None
 
 
 def _db_error(config: Config, verb: str, exc: BaseException) -> ConfigError:
@@ -584,11 +599,10 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .status import collect, exists, render
-    from .store import Store
 
     config = load(jobfile, database=database)
     _check_sqlite_folder(config, writable=False)
-    store = Store.from_url(config.database) if exists(config) else None
+    store = _read_store(config) if exists(config) else None
     try:
         report = collect(config, store, datetime.now(UTC), peek_spool(config.spool_path))
     except SQLAlchemyError as exc:
@@ -628,7 +642,6 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
     from .dashboard import Dashboard
     from .listener import Listener
     from .status import exists
-    from .store import Store
 
     _setup_logging("warning")
     address = parse_listen(listen)
@@ -636,7 +649,7 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
         raise click.BadParameter(f"must be HOST:PORT, not {listen!r}", param_hint="--listen")
     config = load(jobfile, database=database)
     _check_sqlite_folder(config, writable=False)
-    store = Store.from_url(config.database) if exists(config) else None
+    store = _read_store(config) if exists(config) else None
     page = Dashboard(config, store, spooled=lambda: peek_spool(config.spool_path))
     try:
         server = Listener(address, {"/": page.answer}, "dashboard")
@@ -687,7 +700,6 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
     from sqlalchemy.exc import SQLAlchemyError
 
     from .status import exists
-    from .store import Store
     from .verify import scopes
     from .verify import verify as check
 
@@ -704,7 +716,7 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
             file=config.path,
             key="database",
         )
-    store = Store.from_url(config.database)
+    store = _read_store(config)
     try:
         reports = check(store.engine, scopes(config.jobs, config.retention, account))
     except SQLAlchemyError as exc:
@@ -795,7 +807,6 @@ def export(
     from .export import Request, check
     from .export import export as write
     from .status import exists
-    from .store import Store
 
     request = Request(table, format_, _moment(since, "--since"), _moment(until, "--until"), account)
     check(request)
@@ -807,13 +818,16 @@ def export(
             file=config.path,
             key="database",
         )
-    store = Store.from_url(config.database)
+    store = _read_store(config)
+    # The export streams through the driver's own connection (COPY, a server-side cursor), whose
+    # errors SQLAlchemy does not wrap: a server that is down is still one line.
+    driver_error = store.engine.dialect.loaded_dbapi.Error
     try:
         if format_ == "kraken" and account is None:
             request = _one_account(store, request, config)
         with _output(output) as out:
             count = write(store.engine, request, out)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, driver_error) as exc:
         raise _db_error(config, "read", exc) from None
     finally:
         store.dispose()

@@ -88,17 +88,22 @@ def _job(
     dataset = for_method(job.method, store.datasets.values() if store else ())
     info: dict[str, Any] = {"dataset": dataset.name if dataset else None}
     if conn is not None:
-        by_time = select(runs.c.started_at, runs.c.finished_at, runs.c.status).where(mine)
+        by_time = select(
+            runs.c.id, runs.c.started_at, runs.c.finished_at, runs.c.status, runs.c.error
+        ).where(mine)
         last = conn.execute(by_time.order_by(runs.c.started_at.desc()).limit(1)).first()
         success = conn.execute(
             by_time.where(runs.c.status == "ok").order_by(runs.c.started_at.desc()).limit(1)
         ).first()
         first = conn.execute(by_time.order_by(runs.c.started_at).limit(1)).first()
+        failed = [runs.c.status != "ok", runs.c.started_at > now - timedelta(days=1)]
+        # A paging run's row is `partial` after each page until its last: the latest run,
+        # partial without an error (one cut short says why), is still paging, not a failure.
+        if last is not None and last.status == "partial" and last.error is None:
+            failed.append(runs.c.id != last.id)
         failures = dict(
             conn.execute(
-                select(runs.c.status, func.count())
-                .where(mine, runs.c.status != "ok", runs.c.started_at > now - timedelta(days=1))
-                .group_by(runs.c.status)
+                select(runs.c.status, func.count()).where(mine, *failed).group_by(runs.c.status)
             ).all()
         )
         if dataset is not None:

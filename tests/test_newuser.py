@@ -381,6 +381,7 @@ def test_every_job_of_the_offline_example_runs_within_its_first_minute(tmp_path:
         "Balance",
         "Ledgers",
         "TradesHistory",
+        "ClosedOrders",
     }
     # Starts at, just after, half-way through and at the end of a minute, and just before a
     # five-minute mark.
@@ -392,6 +393,52 @@ def test_every_job_of_the_offline_example_runs_within_its_first_minute(tmp_path:
         for start in starts:
             first = trigger(job).get_next_fire_time(None, start)
             assert first - start <= timedelta(seconds=60), (job.name, start, first)
+
+
+def test_the_offline_example_fills_what_the_readme_queries_and_prices_all_it_holds(
+    tmp_path: Path, fake: Any
+) -> None:
+    """The example had no ClosedOrders job (the README's fills-with-their-orders query found
+    nothing offline) and priced only XBT and ETH (the dashboard's value left out the account's
+    EUR and DOT). Run it twice, as written, against a fake: the second run's snapshot comes after
+    the first run's prices."""
+    examples = tmp_path / "examples"
+    # What git holds (not a database or key a try of the example left in this checkout).
+    shutil.copytree(ROOT / "examples", examples, ignore=shutil.ignore_patterns("offline.db*"))
+    key, secret = fake.add_key()
+    (examples / "fake.key").write_text(f"{key}\n{secret}\n")
+    (examples / "fake.key").chmod(0o600)
+    job_file = examples / "offline.yaml"
+    # This test's fake, and no starter pace: a first run pages the whole history.
+    body = job_file.read_text().replace("http://127.0.0.1:8765", fake.url)
+    job_file.write_text(body.replace("tier: starter", "rate_limit: {max: 10000, decay: 100}"))
+    env = {"COLLECTOR_STATE_DIR": str(tmp_path / "state"), "COLLECTOR_DATABASE_URL": ""}
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["run", "--once", str(job_file)], env=env)
+        assert result.exit_code == 0, result.output
+    engine = make_engine(f"sqlite:///{examples / 'offline.db'}")
+    try:
+        with engine.connect() as conn:
+            fills = conn.execute(
+                text(
+                    "SELECT t.txid FROM my_trades t JOIN orders o"
+                    " ON o.account = t.account AND o.txid = t.ordertxid"
+                )
+            ).all()
+            latest = conn.execute(
+                text("SELECT value, unpriced FROM portfolio_value ORDER BY taken_at DESC LIMIT 1")
+            ).one()
+            held = conn.execute(
+                text(
+                    "SELECT asset FROM balances WHERE run_id = (SELECT max(run_id) FROM balances)"
+                    " AND amount + 0 <> 0"
+                )
+            ).scalars()
+            assert {"ZEUR", "DOT", "DOT.S"} <= set(held)
+    finally:
+        engine.dispose()
+    assert len(fills) > 10
+    assert latest.unpriced is None and float(latest.value) > 0, latest
 
 
 # -- 8. cron jitter keeps fractions of a second ------------------------------------------------

@@ -126,6 +126,42 @@ def test_a_sqlite_url_with_two_slashes_gets_the_same_line_from_check_run_and_sta
     assert not (tmp_path / "m.db").exists()
 
 
+def test_without_the_postgres_driver_every_command_says_how_to_install_it(tmp_path: Path) -> None:
+    """The quick start's `pip install .` has no psycopg; the README's next step is
+    `--db postgresql+psycopg://...`. Every command that opens the database says what is missing,
+    as run and check did: status, verify, export and dashboard printed a traceback."""
+    path = write(tmp_path, "jobs:\n  t: {method: Time, every: 1h}\n")
+    url = "postgresql+psycopg://nobody@127.0.0.1:9/x"
+    expected = (
+        f"error: {path}: database: cannot use {url}: missing driver 'psycopg' "
+        "(pip install 'kraken-collector[postgres]', or '.[postgres]' from a checkout)"
+    )
+    # An installation without psycopg: the import fails as it would there.
+    no_driver = "import sys; sys.modules['psycopg'] = None; from collector.cli import main; main()"
+    commands = [["check"], ["status"], ["verify"], ["export", "ledger"]]
+    for command in [*commands, ["dashboard", "--listen", "127.0.0.1:0"]]:
+        result = subprocess.run(
+            [sys.executable, "-c", no_driver, *command, "--db", url, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (result.returncode, one_line(result)) == (2, expected), command
+
+
+def test_export_from_a_server_that_is_down_is_one_line(tmp_path: Path) -> None:
+    """Export streams through the driver's own connection, whose errors SQLAlchemy does not wrap:
+    a server that is down printed psycopg's traceback."""
+    path = write(tmp_path, "jobs:\n  t: {method: Time, every: 1h}\n")
+    url = "postgresql+psycopg://nobody@127.0.0.1:9/x"
+    for fmt in ("csv", "jsonl", "kraken"):
+        result = cli("export", "ledger", str(path), "--db", url, "--format", fmt)
+        line = one_line(result)
+        assert result.returncode == 2, result.stderr
+        assert line.startswith(f"error: {path}: database: cannot read database {url}: "), line
+        assert "127.0.0.1" in line.split(url)[1], line
+
+
 def test_no_writable_home_is_found_by_check_and_says_how_to_set_the_state_folder(
     tmp_path: Path,
 ) -> None:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import load
+from collector.errors import Status
 from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store
@@ -159,3 +160,38 @@ def test_status_without_a_database_creates_none(tmp_path, fake, keypair) -> None
     assert not db.exists()
     path.write_text("jobs: {t: {method: Time, evry: 1h}}\n")
     assert status(path).exit_code == 2
+
+
+def test_a_run_still_paging_is_not_a_failure(tmp_path, fake, keypair, database_url) -> None:
+    """A paging run's row is `partial` after each page until its last; status and the dashboard
+    counted a first backfill still paging as `failures 24h: partial 1`."""
+    path = job_file(tmp_path, fake, keypair, database_url, "l: {method: Ledgers, every: 1h}\n")
+    store = Store.from_url(database_url)
+    store.upgrade()
+    now = datetime.now(UTC)
+
+    def run(minutes: int, status: Status, error: str | None = None) -> RunRecord:
+        at = now - timedelta(minutes=minutes)
+        return RunRecord(
+            job="l",
+            method="Ledgers",
+            params={},
+            scheduled_at=at,
+            started_at=at,
+            finished_at=at,
+            status=status,
+            error=error,
+            pages=1,
+            account="default",
+        )
+
+    cut_short = "stopped before the last page: stopped while waiting for rate-limit budget"
+    store.write([run(30, Status.OK), run(20, Status.PARTIAL, cut_short), run(1, Status.PARTIAL)])
+    store.dispose()
+    result = status(path, "--json")
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.output)["jobs"]
+    assert job["last_status"] == "partial"
+    assert job["failures_24h"] == {"partial": 1}  # the run cut short, not the one paging now
+    line = status(path).output.splitlines()[1]
+    assert line.startswith("l ") and "partial 1 " in line, line
