@@ -3,8 +3,8 @@ listener (``/metrics``, ``/healthz``, the dashboard at ``/``) and ``collector da
 
 At most ``LISTENER_THREADS`` requests at a time (a connection beyond them is closed at once,
 holding no thread and no descriptor), each cut after ``LISTENER_TIMEOUT`` seconds however slowly
-its peer sends or reads, and no traceback on stderr when a peer resets. GET only: nothing it
-serves changes anything (another method is answered 405).
+its peer sends or reads, and no traceback on stderr when a peer resets. Read-only: nothing it
+serves changes anything (HEAD answers as GET without the body; another method is 405).
 """
 
 from __future__ import annotations
@@ -112,28 +112,40 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self) -> None:
+        self._send(self._answer())
+
+    def do_HEAD(self) -> None:
+        """GET's status and headers without the body (``curl -I``, a load balancer's probe)."""
+        self._send(self._answer(), body=False)
+
+    def _answer(self) -> Answer:
         parts = urlsplit(self.path)
         route = self.server.routes.get(parts.path)
         if route is None:
             known = " or ".join(sorted(self.server.routes))
-            self._send(Answer(404, f"not found: try {known}\n".encode(), "text/plain"))
-            return
+            return Answer(404, f"not found: try {known}\n".encode(), "text/plain")
         query = {k: v[0] for k, v in parse_qs(parts.query, max_num_fields=20).items()}
-        self._send(route(query))
+        return route(query)
 
     def _refuse(self) -> None:
-        self._send(Answer(405, b"read-only: GET only\n", "text/plain", {"Allow": "GET"}))
+        self._send(
+            Answer(405, b"read-only: GET and HEAD only\n", "text/plain", {"Allow": "GET, HEAD"})
+        )
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
-    def _send(self, answer: Answer) -> None:
+    def version_string(self) -> str:
+        return self.server_version  # "collector", not "collector " and Python's version
+
+    def _send(self, answer: Answer, *, body: bool = True) -> None:
         self.send_response(answer.status)
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.body)))
         for name, value in answer.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(answer.body)
+        if body:
+            self.wfile.write(answer.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Every scrape would be a line at INFO; they go to DEBUG.

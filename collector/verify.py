@@ -217,7 +217,7 @@ class Report:
         parts = [
             f"{self.assets} assets, {self.entries:,} ledger entries to "
             f"{_when(self.verified_to)} UTC",
-            f"{self.snapshots:,} balance snapshots",
+            f"{self.snapshots:,} snapshot balances (an asset of a snapshot each)",
         ]
         if self.pending_snapshots:
             parts.append(f"{self.pending_snapshots:,} newer ones not yet verifiable")

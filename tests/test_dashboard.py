@@ -378,7 +378,11 @@ def test_the_service_serves_the_page_at_the_root_of_its_listener(tmp_path, fake)
         assert page.having("data-value")
         bad = requests.get(base + "/?range=decade", timeout=10)
         assert bad.status_code == 400 and "day, week, year, all" in bad.text
-        assert requests.post(base + "/", timeout=10).status_code in (405, 501)
+        refused = requests.post(base + "/", timeout=10)
+        assert (refused.status_code, refused.headers["Allow"]) == (405, "GET, HEAD")
+        head = requests.head(base + "/metrics", timeout=10)
+        assert (head.status_code, head.content, head.headers["Server"]) == (200, b"", "collector")
+        assert int(head.headers["Content-Length"]) > 1000  # what a GET would send
         # The metrics are where they were.
         assert "collector_runs_total" in requests.get(base + "/metrics", timeout=10).text
     finally:

@@ -107,7 +107,7 @@ def test_verify_proves_a_backfill_and_catches_a_hidden_entry_or_an_offset_balanc
     # (the killed service took snapshots too, too recent to be verifiable)
     pending = f"{assets} newer ones not yet verifiable, " if fault == "none" else ""
     assert lines[-1].endswith(
-        f" UTC, {assets} balance snapshots, {pending}{fills} fills, {closed} closed orders"
+        f" UTC, {assets} snapshot balances (an asset of a snapshot each), {pending}{fills} fills, {closed} closed orders"
     ), result.output
     gaps = rows(database_url, "SELECT dataset, pair, amount, reason FROM gaps")
     report = cli("status", str(path)).output
@@ -224,7 +224,10 @@ def test_a_live_service_records_no_false_break_while_the_ledger_grows(tmp_path) 
     result = cli("verify", str(path))
     assert result.exit_code == 0, result.output
     # 4 snapshots of 7 assets; the 5th (after the horizon) not yet verifiable
-    assert "28 balance snapshots, 7 newer ones not yet verifiable" in result.output
+    assert (
+        "28 snapshot balances (an asset of a snapshot each), 7 newer ones not yet verifiable"
+        in result.output
+    )
     states = rows(url, "SELECT verified_to, breaks FROM ledger_verification")
     assert {s.breaks for s in states} == {0}
 

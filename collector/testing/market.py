@@ -51,6 +51,10 @@ ASSETS = {
 }
 
 
+#: Fiat currencies: shown with 2 decimals.
+FIAT = frozenset({"ZUSD", "ZEUR"})
+
+
 def price(pair: str, now: float, offset: float = 0.0) -> Decimal:
     """A price that moves: a slow swing plus a faster wiggle, to the pair's decimals."""
     base, decimals = PAIRS[pair][3], PAIRS[pair][4]
@@ -237,7 +241,8 @@ class Market:
                 "aclass": "currency",
                 "altname": alt,
                 "decimals": dec,
-                "display_decimals": min(dec, 5),
+                # As Kraken: fiat shown with 2 decimals (ZUSD: decimals 4, display 2).
+                "display_decimals": 2 if name in FIAT else min(dec, 5),
                 "status": "enabled",
             }
             for name, (alt, dec) in ASSETS.items()
