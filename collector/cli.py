@@ -823,6 +823,7 @@ def export(
     # errors SQLAlchemy does not wrap: a server that is down is still one line.
     driver_error = store.engine.dialect.loaded_dbapi.Error
     try:
+        _has_table(store, table, config)
         if format_ == "kraken" and account is None:
             request = _one_account(store, request, config)
         with _output(output) as out:
@@ -833,6 +834,26 @@ def export(
         store.dispose()
     if output is not None:
         click.echo(f"{count:,} rows of {table} written to {output}", err=True)
+
+
+def _has_table(store: Any, table: str, config: Config) -> None:
+    """The database has ``table``, or one line saying how to add it (an older collector migrated
+    it), before anything is written."""
+    from sqlalchemy import inspect
+
+    from .store import current_revision
+
+    with store.engine.connect() as conn:
+        found = inspect(conn)
+        if table in found.get_table_names() or table in found.get_view_names():
+            return
+    raise ConfigError(
+        f"database {config.database_for_display()} has no {table} yet (at revision "
+        f"{current_revision(store.engine)}, an older collector's): "
+        f"`collector db upgrade {os.path.basename(config.path)}` adds it",
+        file=config.path,
+        key="database",
+    )
 
 
 def _one_account(store: Any, request: Any, config: Config) -> Any:

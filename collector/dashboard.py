@@ -19,6 +19,7 @@ points per pixel column, a pair's price sampled at each pixel column's end.
 
 from __future__ import annotations
 
+import decimal
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -59,6 +60,8 @@ PRICE_SAMPLES = charts.WIDTH // 2
 #: Gaps listed on the page (the newest), and the length an error or a reason is cut to.
 GAPS_SHOWN = 20
 TEXT_MAX = 300
+#: The most decimals a value is shown with, whatever the quote's display_decimals says.
+MAX_DECIMALS = 10
 #: The browser may load nothing but the page itself: no script, no image, no font, no frame.
 HEADERS = {
     "Content-Security-Policy": (
@@ -202,7 +205,7 @@ def _decimals(conn: Any, quote: str, tables: set[str]) -> int:
         .where((assets.c.altname == quote) | (assets.c.asset == quote))
         .limit(1)
     ).scalar()
-    return int(found) if found is not None else 2
+    return min(max(int(found), 0), MAX_DECIMALS) if found is not None else 2
 
 
 def _prices(
@@ -342,8 +345,11 @@ def _when(value: datetime | str | None) -> str:
 
 
 def _amount(value: Decimal, decimals: int) -> str:
-    """``12,345.68``: rounded for reading (the exact value is beside it)."""
-    return f"{value.quantize(Decimal(1).scaleb(-decimals)):,f}"
+    """``12,345.68``: rounded for reading (the exact value is beside it). With the digits the
+    value needs: the default context's 28 would refuse a value of 10**26 or more."""
+    digits = max(value.adjusted(), 0) + decimals + 2
+    places = Decimal(1).scaleb(-decimals)
+    return f"{value.quantize(places, context=decimal.Context(prec=digits)):,f}"
 
 
 def _exact(value: Decimal) -> str:

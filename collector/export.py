@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from sqlalchemy import JSON, Boolean, Engine, Integer, Numeric
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from .errors import ConfigError
@@ -305,6 +306,15 @@ def _jsonl_lines(request: Request, rows: Iterator[Sequence[Any]]) -> Iterator[st
 def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
     """Write ``request``'s rows to ``out`` (binary, UTF-8); returns how many rows."""
     check(request)
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        return _export(engine, request, out)
+    except dbapi_error as exc:
+        # The raw connection's errors are the driver's own: SQLAlchemy's, as everywhere else.
+        raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
+
+
+def _export(engine: Engine, request: Request, out: IO[bytes]) -> int:
     dialect = engine.dialect.name
     raw = engine.raw_connection()
     try:

@@ -4,7 +4,9 @@ listener (``/metrics``, ``/healthz``, the dashboard at ``/``) and ``collector da
 At most ``LISTENER_THREADS`` requests at a time (a connection beyond them is closed at once,
 holding no thread and no descriptor), each cut after ``LISTENER_TIMEOUT`` seconds however slowly
 its peer sends or reads, and no traceback on stderr when a peer resets. Read-only: nothing it
-serves changes anything (HEAD answers as GET without the body; another method is 405).
+serves changes anything (HEAD answers as GET without the body; another method is 405). A route
+that raises is answered 500 in one line and logged as one warning; more than
+``MAX_QUERY_FIELDS`` query parameters, 400.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Answer:
         self.status, self.body, self.content_type = status, body, content_type
         self.headers = dict(headers or {})
 
+
+#: Query parameters a request may have (more is answered 400).
+MAX_QUERY_FIELDS = 20
 
 #: A route: the query's parameters (each name's first value) to an answer.
 Route = Callable[[dict[str, str]], Answer]
@@ -124,8 +129,21 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             known = " or ".join(sorted(self.server.routes))
             return Answer(404, f"not found: try {known}\n".encode(), "text/plain")
-        query = {k: v[0] for k, v in parse_qs(parts.query, max_num_fields=20).items()}
-        return route(query)
+        try:
+            fields = parse_qs(parts.query, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return Answer(400, b"too many query parameters\n", "text/plain")
+        query = {k: v[0] for k, v in fields.items()}
+        try:
+            return route(query)
+        except Exception as exc:
+            # A route's bug or data it can't show: one line for the peer and one in the log,
+            # never a dropped connection with nothing said (the traceback at DEBUG).
+            logger.warning(
+                "%s: %s failed: %s: %s", self.server.name, parts.path, type(exc).__name__, exc
+            )
+            logger.debug("%s: %s failed", self.server.name, parts.path, exc_info=True)
+            return Answer(500, f"{type(exc).__name__}: see the log\n".encode(), "text/plain")
 
     def _refuse(self) -> None:
         self._send(

@@ -459,3 +459,45 @@ def test_a_month_of_history_in_the_browser(tmp_path) -> None:
     value = page.chart("default: value in USD")
     assert 167 <= int(value["data-series"]) <= 169 and value["line"] >= 167
     assert len([c for c in page.charts if c["aria-label"].endswith(": price")]) == 8
+
+
+def test_a_value_too_large_for_decimals_default_precision_is_shown_exactly(tmp_path) -> None:
+    """A balance Kraken sent as ``1E+30`` (stored, exact) in the quote itself: the page shows it
+    rounded for reading and exact beside it, where the default 28-digit context would fail."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    store = Store.from_url(url)
+    store.upgrade()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    huge = Decimal("1000000000000000000000000000000.125")
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, job, method, params, scheduled_at, started_at, "
+                    "finished_at, status, attempts, pages, new_rows) "
+                    "VALUES (1, 'b', 'Balance', '{}', :at, :at, :at, 'ok', 1, 1, 1)"
+                ),
+                {"at": f"{at:%Y-%m-%d %H:%M:%S.%f}+00:00"},
+            )
+            conn.execute(
+                text("INSERT INTO balances VALUES (1, 'ZUSD', 'b', :at, :amount, 'default')"),
+                {"at": f"{at:%Y-%m-%d %H:%M:%S.%f}+00:00", "amount": format(huge, "f")},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO assets VALUES ('ZUSD', 'USD', 'currency', 4, 2, 'enabled', :at, 1)"
+                ),
+                {"at": f"{at:%Y-%m-%d %H:%M:%S.%f}+00:00"},
+            )
+        dashboard = Dashboard(load(path), store, clock=lambda: at + timedelta(hours=1))
+        answer = dashboard.answer({"range": "day"})
+    finally:
+        store.dispose()
+    assert answer.status == 200, answer.body[-300:]
+    page = Page(answer.body.decode())
+    shown = page.one("data-value")
+    assert Decimal(shown["data-value"]) == huge
+    assert shown["title"] == f"{huge:,f} USD"
+    assert "1,000,000,000,000,000,000,000,000,000,000.12 USD" in page.text

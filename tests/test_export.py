@@ -239,3 +239,53 @@ def test_a_reader_that_stops_early_is_no_error(collected) -> None:
     proc.stdout.close()  # more than a pipe's 64 KB is still to come: the export meets EPIPE
     assert proc.wait(30) == 0 and proc.stderr.read() == b""
     assert first["ledger_id"] in truth["ledger"] and len(truth["ledger"]) * 200 > 65_536
+
+
+def test_a_database_an_older_collector_migrated_is_one_line_that_says_how(
+    tmp_path, database_url
+) -> None:
+    """Revision 0007 has no names views yet: one line naming the fix, never the driver's
+    traceback (the export reads through the raw connection)."""
+    from collector.store import make_engine, upgrade
+
+    engine = make_engine(database_url)
+    upgrade(engine, "0007")
+    engine.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {database_url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    result = cli("balances_named", str(path))
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: ") and "has no balances_named yet (at revision 0007" in line
+    assert "`collector db upgrade jobs.yaml` adds it" in line
+    assert cli("balances", str(path)).output == "run_id,asset,job,taken_at,amount,account\n"
+
+
+def test_postgresql_gone_while_exporting_is_the_databases_error_not_the_drivers(
+    tmp_path, postgres
+) -> None:
+    """The export reads through the raw connection: a server that stops half-way is SQLAlchemy's
+    error, as everywhere else (the command's one line), never psycopg's traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from collector.export import Request, export
+
+    url = postgres.new_database()
+    store = Store.from_url(url)
+    store.upgrade()
+
+    class Halting(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            if not self.tell():
+                postgres.halt()  # after the header, before the rows
+            return super().write(data)
+
+    try:
+        with pytest.raises(SQLAlchemyError) as raised:
+            export(store.engine, Request("runs"), Halting())
+    finally:
+        postgres.start()
+        store.dispose()
+    import psycopg
+
+    assert isinstance(getattr(raised.value, "orig", None), psycopg.OperationalError)

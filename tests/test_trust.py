@@ -659,6 +659,38 @@ def test_slow_and_resetting_peers_cannot_take_the_listeners_threads_or_fds(
         service.stop()
 
 
+def test_a_failing_route_or_a_flood_of_parameters_is_answered_in_one_line(caplog) -> None:
+    """Whatever a route raises (data it can't show, a bug), the peer gets a 500 and one line,
+    the log one warning: never a connection dropped with nothing said."""
+    import requests
+
+    from collector.listener import MAX_QUERY_FIELDS, Answer, Listener
+
+    def broken(query: dict[str, str]) -> Answer:
+        raise ArithmeticError("cannot show 1E+30")
+
+    def echo(query: dict[str, str]) -> Answer:
+        return Answer(200, str(len(query)).encode(), "text/plain")
+
+    listener = Listener(("127.0.0.1", 0), {"/": broken, "/echo": echo}, "test")
+    listener.start()
+    host, port = listener.address
+    base = f"http://{host}:{port}"
+    try:
+        with caplog.at_level(logging.WARNING, logger="collector.listener"):
+            got = requests.get(base + "/", timeout=10)
+        assert (got.status_code, got.text) == (500, "ArithmeticError: see the log\n")
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "collector.listener"]
+        assert line == "test: / failed: ArithmeticError: cannot show 1E+30"
+        fields = "&".join(f"a{i}=1" for i in range(MAX_QUERY_FIELDS))
+        got = requests.get(f"{base}/echo?{fields}", timeout=10)
+        assert (got.status_code, got.text) == (200, str(MAX_QUERY_FIELDS))
+        got = requests.get(f"{base}/echo?{fields}&one=more", timeout=10)
+        assert (got.status_code, got.text) == (400, "too many query parameters\n")
+    finally:
+        listener.stop()
+
+
 def test_a_peer_that_resets_prints_no_traceback(tmp_path, fake, keypair) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     path = job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 0.5s}")
