@@ -270,7 +270,8 @@ def test_run_once_gives_up_on_an_unreachable_exchange_within_ten_seconds(tmp_pat
     # The job's own deadline rules: no attempt starts after its second (full jitter makes the
     # number of attempts random, not the span).
     started, finished = (datetime.fromisoformat(v[:26]) for v in found["patient"][1:])
-    assert (finished - started).total_seconds() < 1.5
+    # (The bound leaves room for the last attempt and a loaded machine; ONCE_DEADLINE is 10 s.)
+    assert (finished - started).total_seconds() < 2.5
 
 
 def test_run_once_while_the_service_runs_names_the_process_holding_the_lease(
