@@ -107,6 +107,7 @@ class Health:
         self._lock = threading.Lock()
         self._since: dict[str, datetime] = {}
         self._last_success: dict[str, datetime] = {}
+        self._remembered: set[str] = set()  # last successes from before this start
         self._last_run: dict[str, tuple[datetime, str]] = {}
         self._spooling = False  # runs went to the spool since it was last empty
         self._stalled: str | None = None  # neither database nor spool takes runs
@@ -130,6 +131,15 @@ class Health:
         with self._lock:
             self._since = dict.fromkeys(self._jobs, now)
 
+    def remember(self, job: str, success: datetime) -> None:
+        """``job``'s last success before this start, from the database: shown as its last
+        success (as ``collector status`` shows it), while staleness still counts from the start
+        at the earliest, so a service back from a long outage gets its jobs' time to run."""
+        with self._lock:
+            if job not in self._last_success:
+                self._last_success[job] = success
+                self._remembered.add(job)
+
     # -- events ---------------------------------------------------------------------------------
 
     def _finished(self, event: RunFinished) -> None:
@@ -138,6 +148,7 @@ class Health:
             self._last_run[record.job] = (record.finished_at, str(record.status))
             if record.status == "ok":
                 self._last_success[record.job] = record.finished_at
+                self._remembered.discard(record.job)
 
     def _spooled(self, _event: Spooled) -> None:
         with self._lock:
@@ -195,7 +206,10 @@ class Health:
             for name, job in self._jobs.items():
                 success = self._last_success.get(name)
                 since = self._since.get(name, now)
-                stale = is_stale(job, success or since, now)
+                counted = success or since
+                if name in self._remembered and success is not None:
+                    counted = max(success, since)
+                stale = is_stale(job, counted, now)
                 last = self._last_run.get(name)
                 jobs[name] = {
                     "state": "stale" if stale else "ok" if success else "waiting",
@@ -206,7 +220,7 @@ class Health:
                     "stale_after_seconds": _finite(stale_after(job)),
                 }
                 if stale:
-                    ago = (now - (success or since)).total_seconds()
+                    ago = (now - counted).total_seconds()
                     what = "no success" if success is None else "last success"
                     problems.append(
                         f"job {name}: {what} for {ago:.0f}s (stale after {stale_after(job):.0f}s)"

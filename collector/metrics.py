@@ -182,6 +182,16 @@ class Metrics:
         with self._lock:
             self._info = "".join(lines)
 
+    def success(self, job: str, at: datetime) -> None:
+        """``job``'s last success before this start (from the database), unless a run since
+        has set a newer one."""
+        with self._lock:
+            series = self._jobs.get(job)
+            if series is None:
+                series = self._jobs[job] = _JobSeries(job)
+            if series.last_success is None:
+                series.last_success = at.timestamp()
+
     def cursor(self, job: str, at: datetime) -> None:
         """``job``'s dataset has collected up to ``at``."""
         with self._lock:
@@ -351,6 +361,9 @@ class Monitor:
     :param load_cursor: ``(job, dataset) -> cursor`` from the store, read once at start so the
         lag is known before a job's first run
     :param datasets: the datasets by method (the runner's)
+    :param last_success: ``job -> when its newest successful run finished`` from the store, read
+        once at start, so ``/healthz`` and ``collector_last_success_timestamp_seconds`` say what
+        ``collector status`` says before each job's first run of this start
     :param dashboard: the page at ``/`` (:mod:`collector.dashboard`), or None
     """
 
@@ -370,6 +383,7 @@ class Monitor:
         clock: Callable[[], datetime] = utcnow,
         keys: Callable[[], dict[str, float]] | None = None,
         dashboard: Route | None = None,
+        last_success: Callable[[str], datetime | None] | None = None,
     ) -> None:
         address = parse_listen(listen)
         if address is None:
@@ -384,9 +398,21 @@ class Monitor:
             self.metrics.registry.register(_Keys(keys, events))
         self.health = Health(jobs, events, writer_state, clock)
         self._load_cursor = load_cursor
+        self._last_success = last_success
         self._datasets = datasets
         self._dashboard = dashboard
         self._server: Listener | None = None
+
+    def _remember(self, last_success: Callable[[str], datetime | None]) -> None:
+        for job in self.jobs:
+            try:
+                success = last_success(job.name)
+            except Exception as exc:  # the database may be down: each job's next success says
+                logger.warning("metrics: cannot read the last successes (%s)", type(exc).__name__)
+                return
+            if success is not None:
+                self.health.remember(job.name, success)
+                self.metrics.success(job.name, success)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -395,8 +421,11 @@ class Monitor:
         return self._server.address
 
     def start(self) -> None:
-        """Read the stored cursors, then listen (a port in use is an :class:`OSError`)."""
+        """Read the stored cursors and last successes, then listen (a port in use is an
+        :class:`OSError`)."""
         self.health.start()
+        if self._last_success is not None:
+            self._remember(self._last_success)
         for job in self.jobs:
             dataset = self._datasets.get(job.method)
             if dataset is None or not dataset.incremental:

@@ -230,6 +230,7 @@ class Service:
                 nonce=(lambda: self.api.nonces.last) if self.api.key else None,
                 nonce_unit=self.api.nonces.unit,
                 load_cursor=self.store.load_cursor,
+                last_success=self.store.last_success,
                 datasets=self.runner.datasets,
                 keys=self._key_levels,
                 # The same page as `collector dashboard`, from the same database.

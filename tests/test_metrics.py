@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from collector.cli import main
 from collector.config import Job, load
@@ -21,6 +22,7 @@ from collector.events import Events, Reloaded, RunFinished
 from collector.health import cursor_time, stale_after
 from collector.metrics import Metrics, Monitor
 from collector.records import RunRecord
+from collector.schema import runs
 from collector.service import Service
 from collector.store import Store
 from collector.writer import State
@@ -342,3 +344,50 @@ def test_job_series_are_exact_in_the_text_format() -> None:
     )
     body = metrics.render().decode("utf-8")
     assert "newline" not in body and 'job="a"' in body
+
+
+def test_a_restarted_service_knows_each_jobs_last_success_from_the_database(
+    tmp_path, started, fake, keypair, database_url
+) -> None:
+    """Before a job's first run of this start, /healthz and collector_last_success say what
+    `collector status` says (not `waiting`, no series); a success from before a long outage
+    counts from the start, so the jobs get their time to run before they are stale."""
+    jobs = """
+yearly: {method: Time, cron: "0 0 1 1 *", stale_after: 60s}
+never: {method: SystemStatus, cron: "0 0 1 1 *"}
+"""
+    first = Service(load(job_file(tmp_path, fake, keypair, database_url, jobs, reference=False)))
+    try:
+        first.run_once()
+    finally:
+        first.stop()
+    store = Store.from_url(database_url)
+    try:
+        with store.engine.begin() as conn:  # that success was two days ago
+            conn.execute(
+                runs.update()
+                .where(runs.c.job == "never")
+                .values(status="kraken_error", error="EGeneral:Internal error")
+            )
+            ran = conn.execute(
+                select(runs.c.finished_at).where(runs.c.job == "yearly")
+            ).scalar_one()
+            finished = ran - timedelta(days=2)
+            conn.execute(runs.update().where(runs.c.job == "yearly").values(finished_at=finished))
+    finally:
+        store.dispose()
+    service = started(jobs, reference=False)
+    status, body = health(service)
+    assert status == 200, body
+    assert body["jobs"]["yearly"]["state"] == "ok"
+    assert datetime.fromisoformat(body["jobs"]["yearly"]["last_success"]) == finished.replace(
+        microsecond=0
+    )
+    assert (body["jobs"]["never"]["state"], body["jobs"]["never"]["last_success"]) == (
+        "waiting",
+        None,
+    )
+    series = scrape(service)
+    key = ("collector_last_success_timestamp_seconds", (("job", "yearly"),))
+    assert series[key] == pytest.approx(finished.timestamp(), abs=1e-3)
+    assert ("collector_last_success_timestamp_seconds", (("job", "never"),)) not in series
