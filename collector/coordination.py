@@ -20,6 +20,12 @@ the database's clock could let anyone else in. A failed renewal (the connection 
 gone) stops it at once. Before issuing a nonce past its saved mark, the holder writes the mark into
 its lease row (refused if the row is no longer its own), so the next holder's first nonce is above
 every nonce the old one may have sent.
+
+**The key's rate counter** rides in the same row: the holder writes its counter's level with each
+renewal and at its release, so the next holder (on another machine, which does not share the
+key's state file) starts from it: from the level left at a clean release, decayed since; after a
+holder died, from a full counter as of the last moment its fence let it send (its last calls may
+have filled it).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,22 @@ logger = logging.getLogger(__name__)
 #: The lease of the public jobs (no account can have this name: names are letters, digits, _ . -).
 PUBLIC = "(public)"
 
+#: A key's rate counter as its holder knows it now: ``(level, refusals in a row)``.
+CounterReading = Callable[[], tuple[float, int] | None]
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """The key's counter as the lease's last holder left it in the row."""
+
+    level: float
+    refusals: int
+    #: seconds since it was written (by the database's clock); for a holder that died, since the
+    #: last moment its fence let it send (its calls after its last renewal are unknown)
+    ago: float
+    #: written at a clean release (exact), or at a renewal of a holder since gone
+    released: bool
+
 
 class Lease:
     """One account's lease, as one process sees it. ``permit()`` says whether it may send now."""
@@ -62,6 +85,10 @@ class Lease:
         self.holder: str | None = None
         #: held when the database was last reached, and not reached since (an outage)
         self.unreachable = False
+        #: the key's counter now, written with each renewal and at the release (PostgreSQL)
+        self.counter: CounterReading = lambda: None
+        #: the counter the last holder left, read when this process took the lease (else None)
+        self.inherited: Inherited | None = None
 
     #: whether a lease held by another process is surely held by a live one (then it is not
     #: worth waiting for); a row's holder may be dead, its lease running out
@@ -108,6 +135,15 @@ class PgLease(Lease):
     def try_take(self) -> tuple[bool, str, int]:
         sent = self.clock()
         with self.engine.begin() as conn:
+            # What the last holder left, before the take below overwrites the row's times.
+            old = conn.execute(
+                text(
+                    "SELECT counter_level, counter_refusals, counter_at >= expires_at AS released, "
+                    "extract(epoch FROM now() - counter_at) AS ago FROM account_leases "
+                    "WHERE account = :account AND counter_at IS NOT NULL FOR UPDATE"
+                ),
+                {"account": self.name},
+            ).one_or_none()
             taken = conn.execute(
                 text(
                     "INSERT INTO account_leases AS l (account, holder, host, pid, since, "
@@ -129,6 +165,18 @@ class PgLease(Lease):
             ).scalar()
             if taken is not None:
                 self._valid_from(sent)
+                self.inherited = None
+                if old is not None and old.counter_level is not None:
+                    released = bool(old.released)
+                    # A holder that died sent, at most, until its fence closed: failover * 2/3
+                    # after its last renewal (see _valid_from).
+                    fenced = 0.0 if released else self.failover * 2 / 3
+                    self.inherited = Inherited(
+                        float(old.counter_level),
+                        int(old.counter_refusals or 0),
+                        max(0.0, float(old.ago) - fenced),
+                        released,
+                    )
                 return True, "", int(taken)
             row = conn.execute(
                 select(leases.c.host, leases.c.pid, leases.c.since).where(
@@ -140,13 +188,22 @@ class PgLease(Lease):
 
     def renew(self) -> bool:
         sent = self.clock()
+        level, refusals = self.counter() or (None, None)
         with self.engine.begin() as conn:
             done = conn.execute(
                 text(
-                    "UPDATE account_leases SET expires_at = now() + make_interval(secs => :ttl) "
+                    "UPDATE account_leases SET expires_at = now() + make_interval(secs => :ttl), "
+                    "counter_level = :level, counter_refusals = :refusals, "
+                    "counter_at = CASE WHEN CAST(:level AS float) IS NULL THEN NULL ELSE now() END "
                     "WHERE account = :account AND holder = :holder AND expires_at > now()"
                 ),
-                {"account": self.name, "holder": self.holder, "ttl": self.failover},
+                {
+                    "account": self.name,
+                    "holder": self.holder,
+                    "ttl": self.failover,
+                    "level": level,
+                    "refusals": refusals,
+                },
             ).rowcount
         if done == 1:
             self._valid_from(sent)
@@ -178,13 +235,23 @@ class PgLease(Lease):
         self.valid_until = 0.0
         # A clean stop knows the last nonce it used: the next holder starts right above it.
         mark = "nonce_mark" if last_nonce is None else ":last"
+        # And the counter as it is now, exact: the next holder starts from it, decayed since.
+        level, refusals = self.counter() or (None, None)
         with contextlib.suppress(SQLAlchemyError), self.engine.begin() as conn:
             conn.execute(
                 text(
-                    f"UPDATE account_leases SET expires_at = now(), nonce_mark = {mark} "
+                    f"UPDATE account_leases SET expires_at = now(), nonce_mark = {mark}, "
+                    "counter_level = :level, counter_refusals = :refusals, "
+                    "counter_at = CASE WHEN CAST(:level AS float) IS NULL THEN NULL ELSE now() END "
                     "WHERE account = :account AND holder = :holder"
                 ),
-                {"account": self.name, "holder": self.holder, "last": last_nonce},
+                {
+                    "account": self.name,
+                    "holder": self.holder,
+                    "last": last_nonce,
+                    "level": level,
+                    "refusals": refusals,
+                },
             )
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -145,6 +146,11 @@ account_leases = Table(
     Column("since", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("nonce_mark", BigInteger, nullable=False, server_default="0"),
+    # The key's rate counter as its holder last knew it (a float: a counter's level, not money),
+    # so a holder on another machine starts from it; at the release, counter_at = expires_at.
+    Column("counter_level", Float),
+    Column("counter_refusals", Integer),
+    Column("counter_at", UTCDateTime()),
 )
 
 state = Table(

@@ -163,6 +163,10 @@ class Service:
         )
         for name, client in self.apis.items():
             client.permit = lambda name=name: self.leases.permit(name)
+            lease = self.leases.leases.get(name)
+            if lease is not None and client.limiter is not None:
+                # The lease row carries the key's counter to the next holder (another machine).
+                lease.counter = client.limiter.snapshot
         clients: dict[str | None, API] = {None: self.public_api}
         clients.update(self.apis)
         self.runner = Runner(
@@ -249,7 +253,15 @@ class Service:
         """This process took ``name``'s lease: start above the last holder's nonces, and read
         the datasets' cursors afresh (the last holder moved them)."""
         if name in self.apis:
-            self.apis[name].nonces.raise_floor(mark)
+            client = self.apis[name]
+            client.nonces.raise_floor(mark)
+            lease = self.leases.leases.get(name)
+            inherited = lease.inherited if lease is not None else None
+            if inherited is not None and client.limiter is not None:
+                # The last holder's counter: exact from a clean release; after one that died,
+                # full as of the last moment its fence let it send. Decayed since.
+                level = inherited.level if inherited.released else client.limiter.limit.max
+                client.limiter.restore(level, inherited.ago, inherited.refusals)
         self.runner.forget_cursors()
         self.schedule.run_now([j.name for j in self.config.jobs if (j.account or PUBLIC) == name])
 

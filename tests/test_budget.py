@@ -275,3 +275,72 @@ def test_refusals_wait_a_drain_that_doubles_then_the_budget_is_used_fully() -> N
     assert limiter.refusals == 0
     # ...and the ones after it at the decay rate: the budget is used fully, not backed off.
     assert limiter.wait_time(1) == pytest.approx(1 / 0.33)
+
+
+def pg_jobs(tmp_path: Path, fake: FakeKraken, key: tuple[str, str], url: str, jobs: str, name: str):
+    """A job file on the PostgreSQL database ``url`` (the lease rows), failover 2 s."""
+    path = jobs_file(tmp_path, fake, key, jobs, name=name)
+    text = path.read_text().replace(f"sqlite:///{tmp_path / name}.db", url)
+    path.write_text(text + "failover: 2s\n")
+    return path
+
+
+BUSY = "".join(f"  b{i}: {{method: Balance, every: 0.05s}}\n" for i in range(6))
+DOZEN = "".join(
+    f"  j{i}: {{method: {m}, every: 1h}}\n"
+    for i, m in enumerate(["Balance", "TradeBalance", "OpenOrders", "BalanceEx"] * 3)
+)
+
+
+def test_another_machine_taking_the_lease_starts_from_the_counter_its_holder_left(
+    tmp_path, postgres, monkeypatch
+) -> None:
+    """Two machines (two state folders, one PostgreSQL): the lease row carries the key's counter,
+    so the standby that takes over after a clean stop is not refused (before: the counter it
+    started with was empty while Kraken's was full)."""
+    url = postgres.new_database()
+    with FakeKraken(tier=LIMIT) as fake:
+        key = fake.add_key()
+        first = Service(load(pg_jobs(tmp_path, fake, key, url, BUSY, "first")))
+        first.start()
+        try:
+            wait_for(lambda: fake.counter_level(key[0]) >= 14)  # the counter is (nearly) full
+        finally:
+            first.stop()
+        monkeypatch.setenv("COLLECTOR_STATE_DIR", str(tmp_path / "other-machine"))
+        second = Service(load(pg_jobs(tmp_path, fake, key, url, DOZEN, "second")))
+        try:
+            assert second.run_once()
+        finally:
+            second.stop()
+        assert fake.errors[REFUSED] == 0
+        assert fake.errors["EAPI:Invalid nonce"] == 0
+
+
+def test_after_a_holder_dies_the_machine_taking_over_assumes_its_counter_full(
+    tmp_path, postgres, monkeypatch
+) -> None:
+    """kill -9 of the holder: its calls after its last renewal are unknown, so the next holder
+    (another machine) takes the counter as full as of that renewal, and is not refused."""
+    url = postgres.new_database()
+    with FakeKraken(tier=LIMIT) as fake:
+        key = fake.add_key()
+        path = pg_jobs(tmp_path, fake, key, url, BUSY, "first")
+        env = {**ENV, "COLLECTOR_STATE_DIR": str(tmp_path / "first-machine")}
+        cmd = [sys.executable, "-m", "collector.cli", "run", str(path)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: fake.accepted[key[0]] >= 40)  # at the counter's pace for a while
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        monkeypatch.setenv("COLLECTOR_STATE_DIR", str(tmp_path / "other-machine"))
+        second = Service(load(pg_jobs(tmp_path, fake, key, url, DOZEN, "second")))
+        try:
+            assert second.run_once()  # waits for the dead holder's lease to run out (2 s)
+        finally:
+            second.stop()
+        assert fake.errors[REFUSED] == 0
+        assert fake.errors["EAPI:Invalid nonce"] == 0
