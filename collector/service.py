@@ -11,6 +11,7 @@ flight finish (each has a timeout), every run is written, the session is closed,
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
 from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS
+from .ratelimit import RateLimiter
 from .records import RunRecord
 from .retention import Retention
 from .retry import RetryPolicy
@@ -166,7 +168,7 @@ class Service:
             lease = self.leases.leases.get(name)
             if lease is not None and client.limiter is not None:
                 # The lease row carries the key's counter to the next holder (another machine).
-                lease.counter = client.limiter.snapshot
+                lease.counter = functools.partial(_sent_level, client.limiter)
         clients: dict[str | None, API] = {None: self.public_api}
         clients.update(self.apis)
         self.runner = Runner(
@@ -486,6 +488,14 @@ def clock_offset(unixtime: int, before: float, after: float) -> float:
 def mark_name(account: str) -> str:
     """The ``collector_state`` row of an account's nonce mark (``default`` keeps the old name)."""
     return NONCE_KEY if account == "default" else f"{NONCE_KEY}:{account}"
+
+
+def _sent_level(limiter: RateLimiter) -> tuple[float, int]:
+    """The counter as the exchange can have it: the limiter's level counts the calls waiting for
+    budget too (a stop cancels them), and our calls alone never take Kraken's counter over its
+    maximum; after a refusal the level over the maximum is the penalty's wait, and is kept."""
+    level, refusals = limiter.snapshot()
+    return (level if refusals else min(level, limiter.limit.max)), refusals
 
 
 def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:

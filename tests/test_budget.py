@@ -307,6 +307,13 @@ def test_another_machine_taking_the_lease_starts_from_the_counter_its_holder_lef
             wait_for(lambda: fake.counter_level(key[0]) >= 14)  # the counter is (nearly) full
         finally:
             first.stop()
+        # The row has the counter as Kraken can have it: near full, never over the maximum
+        # (the calls still waiting for budget at the stop were never sent).
+        ((level, refusals),) = rows(
+            url,
+            "SELECT counter_level, counter_refusals FROM account_leases WHERE account = 'default'",
+        )
+        assert 10 <= level <= LIMIT.max and refusals == 0, level
         monkeypatch.setenv("COLLECTOR_STATE_DIR", str(tmp_path / "other-machine"))
         second = Service(load(pg_jobs(tmp_path, fake, key, url, DOZEN, "second")))
         try:
