@@ -230,10 +230,17 @@ def test_status_and_metrics_say_a_key_is_refused(tmp_path) -> None:
         service = Service(load(path))
         service.start()
         try:
-            wait_for(lambda: fake.errors[REFUSED] >= 25 + 3)  # three of ours refused in a row
-            assert service.monitor is not None
-            healthy, body = service.monitor.health.report()
-            assert not healthy
+            monitor = service.monitor
+            assert monitor is not None
+            seen: list[dict] = []
+
+            def unhealthy() -> bool:  # the refusal's event reaches health after the fake counts it
+                healthy, body = monitor.health.report()
+                seen[:] = [body]
+                return not healthy and fake.errors[REFUSED] >= 25 + 3
+
+            wait_for(unhealthy)  # three of ours refused in a row
+            (body,) = seen
             assert body["refused_keys"]["default"]["refusals"] >= 3
             assert any("refuses account default's key" in p for p in body["problems"])
             scrape = service.monitor.scrape().decode()
