@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
     DataError,
@@ -287,8 +287,15 @@ class Store:
         return int(value) if value else 0
 
     def last_success(self, job: str) -> datetime | None:
-        """When ``job``'s last successful run finished, or None."""
-        query = select(func.max(runs.c.finished_at)).where(runs.c.job == job, runs.c.status == "ok")
+        """When ``job``'s last successful run finished, or None: the newest ``ok`` run by
+        ``ix_runs_job_started_at``, a seek (stepping back over failures), as ``status`` finds it;
+        not ``max(finished_at)``, which reads every run the job has (at start, for every job)."""
+        query = (
+            select(runs.c.finished_at)
+            .where(runs.c.job == job, runs.c.status == "ok")
+            .order_by(runs.c.started_at.desc())
+            .limit(1)
+        )
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
