@@ -1,0 +1,4 @@
+"""Kraken's WebSocket v2 public feed: the pieces a stream is built from (issue 28, in progress).
+
+``book``: one pair's order book, proven by Kraken's checksum after every message.
+"""

@@ -1,0 +1,262 @@
+"""One pair's order book from Kraken's WebSocket v2 ``book`` channel, proven by its checksum.
+
+Kraken sends a snapshot of the top ``depth`` levels, then updates; every message carries the CRC32
+of the book as Kraken holds it after that message. The surprises, each of which breaks the checksum
+of a book kept the obvious way (ccxt's "invalid checksum", cryptofeed's crossed books):
+
+* All of a message's levels are applied first, and only then is the book cut to its depth. A level
+  pushed below the depth by a better one gets no ``qty: 0``: it simply falls out.
+* Prices and quantities are bare JSON numbers (``4.0`` in one capture, ``0.00550000`` in another).
+  They are read as exact decimals (``json.loads(..., parse_float=Decimal)``) and formatted with the
+  pair's ``price_precision`` and ``qty_precision`` from the ``instrument`` channel: through a float,
+  ``0.1 + 0.2`` style digits change the string and so the checksum.
+* The checksum covers the top 10 asks from the lowest price, then the top 10 bids from the highest,
+  whatever the subscribed depth; each level is price then qty, with the ``.`` and the leading zeros
+  removed.
+
+Nothing here does I/O: the stream feeds messages in, and a mismatch raises :class:`BookMismatch`,
+after which the book is unusable until the next snapshot (the stream resubscribes and records the
+gap).
+"""
+
+from __future__ import annotations
+
+import bisect
+import decimal
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = ["CHECKSUM_LEVELS", "DEPTHS", "Book", "BookError", "BookMismatch", "checksum_digits"]
+
+#: The depths Kraken's v2 ``book`` channel accepts.
+DEPTHS = (10, 25, 100, 500, 1000)
+
+#: How many levels a side contributes to the checksum, whatever the subscribed depth.
+CHECKSUM_LEVELS = 10
+
+# Enough digits for any price or quantity Kraken sends (at most ~20 significant digits): quantize
+# never rounds a value it is given in this context, it only pads.
+_CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Inexact])
+
+Side = Literal["bid", "ask"]
+
+
+class BookError(Exception):
+    """A message this book can't apply: wrong symbol, a bad level, an update before any snapshot."""
+
+
+class BookMismatch(BookError):
+    """The book's checksum differs from Kraken's: a message was lost or misapplied.
+
+    ``expected`` is Kraken's, ``actual`` ours; ``verified_at`` the time of the last message whose
+    checksum matched (the start of the gap), or None when the snapshot itself did not verify.
+    """
+
+    def __init__(
+        self, symbol: str, expected: int, actual: int, verified_at: datetime | None
+    ) -> None:
+        super().__init__(
+            f"{symbol}: book checksum {actual} does not match Kraken's {expected}"
+            + (f" (last verified at {verified_at.isoformat()})" if verified_at else "")
+        )
+        self.symbol = symbol
+        self.expected = expected
+        self.actual = actual
+        self.verified_at = verified_at
+
+
+@dataclass(frozen=True)
+class Level:
+    """One price level of one side, as stored: its rank from the best price (0 is the best)."""
+
+    side: Side
+    rank: int
+    price: Decimal
+    qty: Decimal
+
+
+def checksum_digits(value: Decimal, precision: int) -> str:
+    """``value`` with ``precision`` decimals, the ``.`` and the leading zeros removed.
+
+    Raises :class:`BookError` if the value has more decimals than the precision: Kraken never sends
+    one, and rounding it would hide a wrong precision behind a checksum that never matches.
+    """
+    try:
+        fixed = value.quantize(Decimal(1).scaleb(-precision), context=_CONTEXT)
+    except decimal.DecimalException as e:
+        raise BookError(f"{value} does not fit {precision} decimals") from e
+    return format(fixed, "f").replace(".", "").lstrip("0")
+
+
+class _Side:
+    """One side's levels: prices kept sorted (ascending) beside a price → qty map."""
+
+    def __init__(self, *, best_is_highest: bool) -> None:
+        self.best_is_highest = best_is_highest
+        self.prices: list[Decimal] = []
+        self.qty: dict[Decimal, Decimal] = {}
+
+    def clear(self) -> None:
+        self.prices.clear()
+        self.qty.clear()
+
+    def set(self, price: Decimal, qty: Decimal) -> None:
+        if qty == 0:
+            if price in self.qty:
+                del self.qty[price]
+                del self.prices[bisect.bisect_left(self.prices, price)]
+            return
+        if price not in self.qty:
+            bisect.insort(self.prices, price)
+        self.qty[price] = qty
+
+    def cut(self, depth: int) -> None:
+        """Drop the levels beyond ``depth`` from the best: the worst prices."""
+        extra = len(self.prices) - depth
+        if extra <= 0:
+            return
+        dropped = self.prices[-extra:] if not self.best_is_highest else self.prices[:extra]
+        for price in dropped:
+            del self.qty[price]
+        if self.best_is_highest:
+            del self.prices[:extra]
+        else:
+            del self.prices[-extra:]
+
+    def best(self, n: int) -> list[tuple[Decimal, Decimal]]:
+        prices = self.prices[::-1][:n] if self.best_is_highest else self.prices[:n]
+        return [(p, self.qty[p]) for p in prices]
+
+
+class Book:
+    """One symbol's book at one depth, with the pair's precisions.
+
+    Feed it each ``book`` message's entry for its symbol (``data[i]`` of a snapshot or update): it
+    applies the levels, cuts to depth and verifies the checksum. After a :class:`BookMismatch` only a
+    snapshot is accepted.
+    """
+
+    def __init__(
+        self, symbol: str, *, depth: int, price_precision: int, qty_precision: int
+    ) -> None:
+        if depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {DEPTHS}, not {depth}")
+        if not (0 <= price_precision <= 20 and 0 <= qty_precision <= 20):
+            raise ValueError("precisions are between 0 and 20 decimals")
+        self.symbol = symbol
+        self.depth = depth
+        self.price_precision = price_precision
+        self.qty_precision = qty_precision
+        self.bids = _Side(best_is_highest=True)
+        self.asks = _Side(best_is_highest=False)
+        self.synced = False
+        #: The time of the last message applied (its own ``timestamp``), and of the last verified.
+        self.updated_at: datetime | None = None
+        self.verified_at: datetime | None = None
+        self.updates = 0
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def snapshot(self, entry: Mapping[str, Any]) -> None:
+        """Replace the book with a snapshot's levels and verify them."""
+        self._check_symbol(entry)
+        self.bids.clear()
+        self.asks.clear()
+        self.synced = False
+        self.verified_at = None
+        self._apply(entry)
+        self._verify(entry)
+
+    def update(self, entry: Mapping[str, Any]) -> None:
+        """Apply an update's levels, cut to depth, verify. Raises BookMismatch on a wrong checksum."""
+        self._check_symbol(entry)
+        if not self.synced:
+            raise BookError(f"{self.symbol}: an update before a snapshot that verified")
+        self._apply(entry)
+        self.updates += 1
+        self._verify(entry)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def checksum(self) -> int:
+        """Kraken's CRC32 of this book's top 10 levels a side (asks first)."""
+        parts: list[str] = []
+        for side in (self.asks, self.bids):
+            for price, qty in side.best(CHECKSUM_LEVELS):
+                parts.append(checksum_digits(price, self.price_precision))
+                parts.append(checksum_digits(qty, self.qty_precision))
+        return zlib.crc32("".join(parts).encode("ascii"))
+
+    def levels(self) -> list[Level]:
+        """The top ``depth`` levels of each side, bids then asks, best first: the rows to store."""
+        sides: tuple[tuple[Side, _Side], ...] = (("bid", self.bids), ("ask", self.asks))
+        return [
+            Level(name, rank, price, qty)
+            for name, side in sides
+            for rank, (price, qty) in enumerate(side.best(self.depth))
+        ]
+
+    def best_bid(self) -> Decimal | None:
+        return self.bids.prices[-1] if self.bids.prices else None
+
+    def best_ask(self) -> Decimal | None:
+        return self.asks.prices[0] if self.asks.prices else None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_symbol(self, entry: Mapping[str, Any]) -> None:
+        if entry.get("symbol") != self.symbol:
+            raise BookError(f"{self.symbol}: a message for {entry.get('symbol')!r}")
+
+    def _apply(self, entry: Mapping[str, Any]) -> None:
+        for key, side in (("bids", self.bids), ("asks", self.asks)):
+            for price, qty in _levels(self.symbol, entry.get(key, ())):
+                side.set(price, qty)
+        self.bids.cut(self.depth)
+        self.asks.cut(self.depth)
+        stamp = entry.get("timestamp")
+        if isinstance(stamp, str):
+            try:
+                self.updated_at = datetime.fromisoformat(stamp)
+            except ValueError as e:
+                raise BookError(f"{self.symbol}: timestamp {stamp[:40]!r} is not RFC 3339") from e
+
+    def _verify(self, entry: Mapping[str, Any]) -> None:
+        expected = entry.get("checksum")
+        if isinstance(expected, Decimal) and expected == expected.to_integral_value():
+            expected = int(expected)
+        if not isinstance(expected, int) or isinstance(expected, bool) or not 0 <= expected < 2**32:
+            raise BookError(f"{self.symbol}: a message without a valid checksum")
+        actual = self.checksum()
+        if actual != expected:
+            self.synced = False
+            raise BookMismatch(self.symbol, expected, actual, self.verified_at)
+        self.synced = True
+        self.verified_at = self.updated_at
+
+
+def _levels(symbol: str, raw: Iterable[Any]) -> Iterable[tuple[Decimal, Decimal]]:
+    if not isinstance(raw, list):
+        raise BookError(f"{symbol}: levels are not a list")
+    for level in raw:
+        if not isinstance(level, Mapping):
+            raise BookError(f"{symbol}: a level is not an object")
+        price, qty = _exact(symbol, level.get("price")), _exact(symbol, level.get("qty"))
+        if price <= 0 or qty < 0:
+            raise BookError(f"{symbol}: level {price} x {qty} is out of range")
+        yield price, qty
+
+
+def _exact(symbol: str, value: Any) -> Decimal:
+    # bool is an int: refuse it before the int case. Floats are refused: they mean the message was
+    # parsed without parse_float=Decimal, and their digits are not Kraken's.
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise BookError(f"{symbol}: {type(value).__name__} where an exact number belongs")
+    number = Decimal(value)
+    if not number.is_finite() or abs(number.adjusted()) > 30:
+        raise BookError(f"{symbol}: {number!s:.40} is out of range")
+    return number
