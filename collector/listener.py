@@ -59,6 +59,8 @@ class Answer:
 MAX_QUERY_FIELDS = 20
 #: Connections accepted in a row before the loop reads and sends again.
 ACCEPT_BURST = 8
+#: Seconds accepting pauses when the process is out of descriptors (the kernel's backlog waits).
+ACCEPT_PAUSE = 0.1
 #: Names that always mean this machine. IP literals are allowed too (:func:`host_allowed`).
 LOOPBACK_NAMES = frozenset({"localhost"})
 
@@ -156,6 +158,7 @@ class Listener:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._paused: float | None = None  # accepting again at this time (monotonic)
         self._stopping = False
         self._stopped = threading.Event()
         self._stopped.set()  # not serving yet
@@ -209,9 +212,14 @@ class Listener:
             while not self._stopping:
                 now = time.monotonic()
                 self._expire(now)
+                if self._paused is not None and self._paused <= now:
+                    self._paused = None
+                    self._selector.register(self._sock, selectors.EVENT_READ)
                 deadlines = [
                     next(iter(d.values())).deadline for d in (self._reading, self._sending) if d
                 ]
+                if self._paused is not None:
+                    deadlines.append(self._paused)
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
                 for key, _ in self._selector.select(timeout):
                     try:
@@ -254,6 +262,11 @@ class Listener:
                 return
             except OSError as exc:  # out of descriptors: the kernel's backlog waits
                 logger.debug("%s: cannot accept: %s", self.name, exc)
+                if self._reading:  # an idle peer's descriptor is the next one's
+                    self._close(next(iter(self._reading)))
+                else:  # don't spin on a socket that stays readable: ask again in a while
+                    self._selector.unregister(self._sock)
+                    self._paused = time.monotonic() + ACCEPT_PAUSE
                 return
             conn.setblocking(False)
             if len(self._reading) >= defaults.LISTENER_READING:

@@ -835,6 +835,39 @@ def test_a_name_the_listener_does_not_know_is_refused_so_no_page_can_rebind_to_i
         service.stop()
 
 
+FEW_DESCRIPTORS = """
+import resource, sys, threading
+from collector.listener import Answer, Listener
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+listener = Listener(("127.0.0.1", 0), {"/healthz": lambda q: Answer(200, b"ok\\n", "text/plain")})
+print(listener.address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+def test_out_of_descriptors_the_listener_cuts_idle_peers_for_a_probe(tmp_path) -> None:
+    """A process with 40 descriptors and 100 idle connections at its listener: accepting fails
+    (EMFILE), and each failure cuts the oldest idle peer, so a probe is still answered soon."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FEW_DESCRIPTORS], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    peers: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                peers.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        status, took = probe(f"http://127.0.0.1:{port}")
+        assert status == 200 and took < 1, took
+        assert proc.poll() is None
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_a_connection_that_sends_nothing_is_cut_after_the_head_timeout() -> None:
     from collector.listener import Answer, Listener
 
