@@ -826,6 +826,15 @@ def test_a_name_the_listener_does_not_know_is_refused_so_no_page_can_rebind_to_i
             for route in ("/", "/metrics", "/healthz"):
                 got = requests.get(base + route, headers={"Host": name}, timeout=10)
                 assert got.status_code == 200, (name, route, got.text)
+        # No Host: HTTP/1.1 must send one (400); HTTP/1.0 is no browser's (answered). Two: 400.
+        for head, status in (
+            ("GET /healthz HTTP/1.1\r\n", b"400"),
+            ("GET /healthz HTTP/1.0\r\n", b"200"),
+            ("GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n", b"400"),
+        ):
+            with socket.create_connection((host, port), timeout=10) as peer:
+                peer.sendall(head.encode() + b"\r\n")
+                assert peer.makefile("rb").readline().split()[1] == status, head
         # Docker's HEALTHCHECK, on this listener's port.
         health = json.loads(dict(instructions())["HEALTHCHECK"].partition(" CMD ")[2])
         health = [sys.executable, *(a.replace(":9108/", f":{port}/") for a in health[1:])]
