@@ -721,7 +721,7 @@ def test_idle_connections_never_keep_healthz_from_answering(tmp_path, fake, keyp
         crowd.join()
         service.stop()
     assert len(probes) >= 20 and {status for status, _ in probes} == {200}
-    assert max(took for _, took in probes) < 0.5, probes
+    assert max(took for _, took in probes) < 1, probes
 
 
 def test_slow_pages_and_their_slow_readers_never_hold_up_healthz() -> None:
@@ -759,7 +759,7 @@ def test_slow_pages_and_their_slow_readers_never_hold_up_healthz() -> None:
         for _ in range(10):
             assert probe(base)[0] == 200 and probe(base, "/metrics")[0] == 200
             status, took = probe(base)
-            assert took < 0.5
+            assert took < 1
         release.set()
         for _ in range(4):  # readers that never read a 20 MB page
             peer = socket.create_connection((host, port), timeout=5)
@@ -767,7 +767,7 @@ def test_slow_pages_and_their_slow_readers_never_hold_up_healthz() -> None:
             readers.append(peer)
         wait_for(lambda: probe(base, "/")[0] == 200)  # the page's slots are free again
         status, took = probe(base)
-        assert (status, took < 0.5) == (200, True)
+        assert (status, took < 1) == (200, True)
     finally:
         release.set()
         for peer in readers:
@@ -868,7 +868,7 @@ def test_out_of_descriptors_the_listener_cuts_idle_peers_for_a_probe(tmp_path) -
             with contextlib.suppress(OSError):
                 peers.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         status, took = probe(f"http://127.0.0.1:{port}")
-        assert status == 200 and took < 1, took
+        assert status == 200 and took < 1.5, took
         assert proc.poll() is None
     finally:
         for peer in peers:
