@@ -652,7 +652,9 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
     store = _read_store(config) if exists(config) else None
     page = Dashboard(config, store, spooled=lambda: peek_spool(config.spool_path))
     try:
-        server = Listener(address, {"/": page.answer}, "dashboard")
+        server = Listener(
+            address, {"/": page.answer}, "dashboard", hosts=config.metrics_allowed_hosts
+        )
     except OSError as exc:
         raise CollectorError(
             f"--listen: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"

@@ -66,10 +66,14 @@ TOP_KEYS = (
     "valuation",
 )
 ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
-METRICS_KEYS = ("listen",)
+METRICS_KEYS = ("listen", "allowed_hosts")
 VALUATION_KEYS = ("quote",)
 #: A quote currency: an asset's code or altname (``USD``, ``ZUSD``, ``EUR``, ``XBT``, ``USDT``).
 _QUOTE = re.compile(r"[A-Z0-9]{2,16}")
+#: A host name the metrics listener answers to (``collector``, ``metrics.example.com``; a
+#: container's name may hold ``_``).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 #: What ``retention:`` may name: runs (with their balances and ticker rows), and the dataset
 #: tables, each by its time column.
 RETENTION_KEYS = ("runs", "ledger", "my_trades", "orders", "trades", "ohlc", "spread")
@@ -203,6 +207,9 @@ class Config:
 
     #: ``HOST:PORT`` serving /metrics and /healthz, or None (off)
     metrics_listen: str | None = None
+    #: host names the metrics listener answers to besides loopback's and its address's own
+    #: (``metrics.allowed_hosts``: a deployment reached by a name, such as a container's)
+    metrics_allowed_hosts: tuple[str, ...] = ()
     #: seconds to keep by table (``runs`` and the dataset tables); empty: nothing is deleted
     retention: dict[str, float] = field(default_factory=dict, hash=False)
     #: whether the service keeps the ``assets`` and ``pairs`` tables itself (Assets and
@@ -579,6 +586,7 @@ class _Builder:
             accounts,
             failover,
             metrics_listen=self.metrics(raw, listen),
+            metrics_allowed_hosts=self.allowed_hosts(raw),
             retention=self.retention(raw),
             reference=reference,
             valuation_quote=self.valuation(raw),
@@ -614,6 +622,25 @@ class _Builder:
                 "metrics.listen",
             )
         return str(listen)
+
+    def allowed_hosts(self, raw: _Map) -> tuple[str, ...]:
+        spec = self.mapping(raw, "metrics", "metrics")
+        hosts = spec.get("allowed_hosts", [])
+        if isinstance(hosts, str):
+            hosts = [hosts]
+        if (
+            not isinstance(hosts, list)
+            or len(hosts) > defaults.ALLOWED_HOSTS_MAX
+            or not all(isinstance(h, str) and _HOST.fullmatch(h) for h in hosts)
+        ):
+            raise self.error(
+                f"must be a list of at most {defaults.ALLOWED_HOSTS_MAX} host names (without "
+                f"port), e.g. [collector, metrics.example.com], not {show(hosts)}",
+                spec,
+                "allowed_hosts",
+                "metrics.allowed_hosts",
+            )
+        return tuple(h.lower() for h in hosts)
 
     def retention(self, raw: _Map) -> dict[str, float]:
         spec = self.mapping(raw, "retention", "retention")

@@ -14,7 +14,10 @@ URL without its password; no key, no parameter, no nonce). GET only.
 
 Fast on a year of hourly snapshots: the values are computed from one read of the balances and
 a query per price source (``bench/bench_dashboard.py``); a series is drawn with at most four
-points per pixel column, a pair's price sampled at each pixel column's end.
+points per pixel column, a pair's price sampled at each pixel column's end. At most
+``PAIRS_DRAWN`` price charts are drawn, the pairs the job file names and those that value the
+balances first; the other pairs collected are listed by name (a Ticker of every pair, 3,000 of
+them, would take seconds to draw, holding one of the listener's slots all along).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .datasets.market import ohlc, ticker
 from .datasets.reference import assets, pairs
 from .health import utcnow
 from .listener import Answer
+from .pairs import same, split
 from .schema import runs
 from .status import collect, pairs_in
 from .store import Store
@@ -57,6 +61,9 @@ RANGES: dict[str, timedelta | None] = {
 DEFAULT_RANGE = "week"
 #: A pair's price is sampled this many times across the range (every other pixel column).
 PRICE_SAMPLES = charts.WIDTH // 2
+#: Price charts drawn at most (each a query per sample), and other pairs named at most below them.
+PAIRS_DRAWN = 24
+PAIRS_LISTED = 200
 #: Gaps listed on the page (the newest), and the length an error or a reason is cut to.
 GAPS_SHOWN = 20
 TEXT_MAX = 300
@@ -142,6 +149,7 @@ class Dashboard:
         report = collect(self.config, self.store, now, self.spooled())
         accounts: list[Account] = []
         prices: list[Pair] = []
+        undrawn: list[str] = []
         gap_rows: list[Any] = []
         gap_count = 0
         errors: dict[str, str] = {}
@@ -152,7 +160,8 @@ class Dashboard:
                 valuation = Valuation(self.config.valuation_quote)
                 accounts = _accounts(conn, valuation, since)
                 quote_decimals = _decimals(conn, self.config.valuation_quote, names)
-                prices = _prices(conn, valuation, since, now, names)
+                drawn, undrawn = _drawn_pairs(conn, self.config, valuation, names)
+                prices = _prices(conn, valuation, since, now, names, drawn)
                 gap_count, gap_rows = _gaps(conn)
                 failing = [
                     j["name"] for j in report["jobs"] if j["last_status"] not in (None, "ok")
@@ -164,7 +173,7 @@ class Dashboard:
             "<main>",
             _portfolio(accounts, self.config.valuation_quote, quote_decimals, start, now),
             _jobs(report, errors),
-            _prices_section(prices, start, now),
+            _prices_section(prices, start, now, undrawn),
             _ledgers(report),
             _gaps_section(gap_count, gap_rows),
             "</main>",
@@ -208,11 +217,44 @@ def _decimals(conn: Any, quote: str, tables: set[str]) -> int:
     return min(max(int(found), 0), MAX_DECIMALS) if found is not None else 2
 
 
-def _prices(
-    conn: Any, valuation: Valuation, since: datetime | None, now: datetime, tables: set[str]
-) -> list[Pair]:
-    """Every pair with a ticker or a final candle: its price sampled across the range."""
+def _drawn_pairs(
+    conn: Any, config: Config, valuation: Valuation, tables: set[str]
+) -> tuple[list[str], list[str]]:
+    """The collected pairs to draw (at most :data:`PAIRS_DRAWN`: those the job file names, then
+    those that price an asset held, then the others by name), and the others."""
     collected = sorted(set(pairs_in(conn, ticker)) | set(pairs_in(conn, ohlc)))
+    if len(collected) <= PAIRS_DRAWN:
+        return collected, []
+    asked = [
+        name
+        for job in config.jobs
+        if job.method in ("Ticker", "OHLC") and job.params.get("pair")
+        for name in split(job.params["pair"])
+    ]
+    named = {p for p in collected if any(same(a, p) for a in asked)}
+    valuing: set[str] = set()
+    if "pairs" in tables:
+        routes = valuation.routes(conn)
+        held = conn.execute(select(balances.c.asset).distinct()).scalars()
+        plans = [routes.of(asset) for asset in held]
+        valuing = {r.pair for plan in plans for r in plan if r.pair is not None}
+        if any(r.through_xbt for plan in plans for r in plan):
+            valuing.update(routes.xbt_pairs)
+    order = sorted(collected, key=lambda p: (p not in named, p not in valuing, p))
+    drawn = set(order[:PAIRS_DRAWN])
+    return [p for p in collected if p in drawn], [p for p in collected if p not in drawn]
+
+
+def _prices(
+    conn: Any,
+    valuation: Valuation,
+    since: datetime | None,
+    now: datetime,
+    tables: set[str],
+    collected: Sequence[str],
+) -> list[Pair]:
+    """The pairs ``collected`` (with a ticker or a final candle): each one's price sampled
+    across the range."""
     names: dict[str, tuple[str, str]] = {}
     if "pairs" in tables and "assets" in tables:
         quote_name = select(assets.c.altname).where(assets.c.asset == pairs.c.quote)
@@ -485,7 +527,9 @@ def _jobs(report: dict[str, Any], errors: dict[str, str]) -> str:
     return "".join(out)
 
 
-def _prices_section(prices: Sequence[Pair], start: datetime, now: datetime) -> str:
+def _prices_section(
+    prices: Sequence[Pair], start: datetime, now: datetime, undrawn: Sequence[str] = ()
+) -> str:
     out = ['<section id="prices"><h2>Prices</h2>']
     if not prices:
         out.append('<p class="note">No prices yet: a Ticker or OHLC job collects them.</p>')
@@ -512,8 +556,23 @@ def _prices_section(prices: Sequence[Pair], start: datetime, now: datetime) -> s
             f'<h3>{escape(p.symbol)} <span class="note">{escape(p.pair)}</span></h3>'
             f"<p>{latest}</p>{_figure(chart, pair_start, now, shown)}</article>"
         )
-    out.append("</div></section>")
+    out.append("</div>")
+    out.append(_undrawn(undrawn))
+    out.append("</section>")
     return "".join(out)
+
+
+def _undrawn(names: Sequence[str]) -> str:
+    """The pairs collected but not drawn, by name (at most :data:`PAIRS_LISTED`)."""
+    if not names:
+        return ""
+    listed = ", ".join(escape(n) for n in names[:PAIRS_LISTED])
+    more = len(names) - PAIRS_LISTED
+    tail = f" and {more:,} more" if more > 0 else ""
+    return (
+        f'<p class="note undrawn" data-undrawn="{len(names)}">Also collected, not drawn '
+        f"({len(names):,}): {listed}{tail}.</p>"
+    )
 
 
 def _ledgers(report: dict[str, Any]) -> str:

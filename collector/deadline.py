@@ -10,7 +10,8 @@ can look like the end of a body).
 
 :class:`DeadlineAdapter` is a ``requests`` adapter whose connections register with the calling
 thread's current watch (:func:`watch`), at connect (so a TLS handshake is covered too) and at each
-request on a kept-alive connection. The HTTP listeners register their request sockets directly.
+request on a kept-alive connection. (The HTTP listeners cut their own peers: see
+:mod:`collector.listener`.)
 
 Shutting a socket down is the one thing that wakes a thread blocked in ``recv`` from another thread
 without closing a file descriptor it may still use; the owner closes it as usual afterwards.
@@ -126,7 +127,7 @@ class Reaper:
                 watch.expire()  # shutdown() does not block
 
 
-#: The process's reaper: one thread for every client and listener.
+#: The process's reaper: one thread for every client.
 REAPER = Reaper()
 _current = threading.local()
 

@@ -141,11 +141,25 @@ STALE_MIN = 60.0
 #: The metrics port: the one registered for this exporter would be arbitrary, 9108 is free of the
 #: common exporters' defaults (node 9100, postgres 9187). The Docker image listens on it.
 METRICS_PORT = 9108
-#: The metrics listener serves at most this many requests at a time, each for at most
-#: ``LISTENER_TIMEOUT`` seconds: a crowd of slow peers can't take the collector's threads or
-#: descriptors (a scrape of a thousand jobs takes a fraction of a second).
-LISTENER_THREADS = 4
+#: The listener answers each route (``/healthz``, ``/metrics``, the page at ``/``) in at most this
+#: many threads at a time, its own: a page being drawn never holds up a probe or a scrape (a
+#: probe takes milliseconds, a scrape of a thousand jobs a fraction of a second).
+LISTENER_SLOTS = 2
+#: A connection must have sent its whole request head within this many seconds, or it is cut:
+#: a probe or a browser sends it at once, and an idle connection must not hold anything long.
+LISTENER_HEAD_TIMEOUT = 2.0
+#: ...and at most this many bytes of it (a browser's head is under 2 KB): 431 otherwise.
+LISTENER_MAX_HEAD = 16_384
+#: Connections still sending their head, at most (each a descriptor, no thread); one more cuts
+#: the oldest, so a crowd of idle peers can't keep a probe from being read.
+LISTENER_READING = 64
+#: An answer is sent within this many seconds however slowly its peer reads, or the connection
+#: is cut; at most ``LISTENER_SENDING`` answers are being sent (one more cuts the oldest), which
+#: bounds the memory they hold. Sending holds no slot and no thread.
 LISTENER_TIMEOUT = 10.0
+LISTENER_SENDING = 32
+#: Host names allowed in ``metrics.allowed_hosts``, at most (a list, not a database).
+ALLOWED_HOSTS_MAX = 64
 #: Retention deletes at most this many rows per transaction, so it never holds up the writer.
 RETENTION_BATCH = 500
 #: Seconds between retention passes: retention is counted in days, an hour late costs nothing.

@@ -6,7 +6,9 @@ Everything is learnt from the service's events (:mod:`collector.events`) or read
 (and tests) in one process don't clash. No metric holds a secret: labels are job names, table
 names, statuses and ``private``/``public``.
 
-Job file: ``metrics: {listen: "127.0.0.1:9108"}`` (or ``collector run --metrics-listen``).
+Job file: ``metrics: {listen: "127.0.0.1:9108"}`` (or ``collector run --metrics-listen``), and
+``metrics.allowed_hosts`` for the names it is reached by besides loopback's (see
+:func:`collector.listener.host_allowed`).
 """
 
 from __future__ import annotations
@@ -365,6 +367,7 @@ class Monitor:
         once at start, so ``/healthz`` and ``collector_last_success_timestamp_seconds`` say what
         ``collector status`` says before each job's first run of this start
     :param dashboard: the page at ``/`` (:mod:`collector.dashboard`), or None
+    :param allowed_hosts: host names a request may give besides loopback's and ``listen``'s
     """
 
     def __init__(
@@ -384,6 +387,7 @@ class Monitor:
         keys: Callable[[], dict[str, float]] | None = None,
         dashboard: Route | None = None,
         last_success: Callable[[str], datetime | None] | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         address = parse_listen(listen)
         if address is None:
@@ -401,6 +405,7 @@ class Monitor:
         self._last_success = last_success
         self._datasets = datasets
         self._dashboard = dashboard
+        self._hosts = tuple(allowed_hosts)
         self._server: Listener | None = None
 
     def _remember(self, last_success: Callable[[str], datetime | None]) -> None:
@@ -443,7 +448,7 @@ class Monitor:
         if self._dashboard is not None:
             routes["/"] = self._dashboard
         try:
-            self._server = Listener(self.listen, routes, "metrics")
+            self._server = Listener(self.listen, routes, "metrics", hosts=self._hosts)
         except OSError as exc:
             host, port = self.listen
             raise CollectorError(

@@ -45,6 +45,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("spool")
     if old.metrics_listen != new.metrics_listen:
         changed.append("metrics.listen")
+    if old.metrics_allowed_hosts != new.metrics_allowed_hosts:
+        changed.append("metrics.allowed_hosts")
     if old.reference != new.reference:
         changed.append("reference")
     if old.valuation_quote != new.valuation_quote:

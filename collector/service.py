@@ -241,6 +241,7 @@ class Service:
                 keys=self._key_levels,
                 # The same page as `collector dashboard`, from the same database.
                 dashboard=Dashboard(config, self.store, spooled=lambda: len(self.spool)).answer,
+                allowed_hosts=config.metrics_allowed_hosts,
             )
 
     def _key_levels(self) -> dict[str, float]:

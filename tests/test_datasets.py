@@ -310,6 +310,34 @@ def test_ticker_snapshots_and_spread_rows(tmp_path, fake, keypair, database_url)
     assert spreads and len(spreads) == len({tuple(map(str, r)) for r in spreads})
 
 
+@pytest.mark.parametrize("asked", ["XBTUSD,ETHUSD", "XBT/USD, eth/usd", "XXBTZUSD,XETHZUSD"])
+def test_a_ticker_answer_holding_pairs_not_asked_for_stores_only_those_asked(
+    tmp_path, fake, keypair, asked
+) -> None:
+    """A Ticker answer with 3,000 pairs besides the two asked for (a hostile or broken server):
+    only the two are stored, however the job spells them; a job without ``pair`` keeps all."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    real = fake.market.Ticker({"pair": "XBTUSD,ETHUSD"}, time.time())
+    extra = {f"FAKE{i:04d}ZUSD": real["XXBTZUSD"] for i in range(3000)}
+    body = json.dumps({"error": [], "result": {**extra, **real}}).encode()
+    fake.inject("raw", method="Ticker", body=body, count=2)
+    jobs = (
+        f'tick: {{method: Ticker, params: {{pair: "{asked}"}}, every: 1h}}\n'
+        "all: {method: Ticker, every: 1h}\n"
+    )
+    _once(_service(tmp_path, fake, keypair, url, jobs))
+    mine = rows(
+        url,
+        "SELECT t.pair FROM ticker t JOIN runs r ON r.id = t.run_id "
+        "WHERE r.job = 'tick' ORDER BY t.pair",
+    )
+    assert [p for (p,) in mine] == ["XETHZUSD", "XXBTZUSD"]
+    (everything,) = rows(
+        url, "SELECT count(*) FROM ticker t JOIN runs r ON r.id = t.run_id WHERE r.job = 'all'"
+    )[0]
+    assert everything == 3002  # no pair asked: every pair is what the job collects
+
+
 def test_raw_true_keeps_the_answers_too(tmp_path, fake, keypair, database_url) -> None:
     jobs = "tick: {method: Ticker, params: {pair: XBTUSD}, every: 1h, raw: true}"
     _once(_service(tmp_path, fake, keypair, database_url, jobs))

@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 import collector
+from collector import defaults
 from collector.cli import main
 from collector.config import Job, load
 from collector.errors import HTTPStatusError, RequestTimeout, Status
@@ -331,6 +332,11 @@ TOP_BOUNDS = [
     ("failover: 0.01s", "failover: '0.01s' is out of range"),
     ("spool: {max_runs: 1000000000000}", "spool.max_runs: must be a whole number of runs"),
     ("retention: {runs: 1000000d}", "retention.runs: '1000000d' is out of range"),
+    ("metrics: {allowed_hosts: [evil host]}", "metrics.allowed_hosts: must be a list of at most"),
+    (
+        f"metrics: {{allowed_hosts: [{', '.join(f'h{i}' for i in range(65))}]}}",
+        "metrics.allowed_hosts: must be a list of at most 64 host names",
+    ),
 ]
 
 
@@ -646,17 +652,247 @@ def test_slow_and_resetting_peers_cannot_take_the_listeners_threads_or_fds(
                 peers.append(peer)
         for peer in peers:
             peer.setblocking(False)
-        # The listener takes 4 and closes the rest at once: wait until it has.
-        wait_for(lambda: sum(closed(p) for p in peers) >= len(peers) - 4)
+        # The listener reads at most LISTENER_READING heads and cuts the oldest beyond, all
+        # within LISTENER_HEAD_TIMEOUT; none of them takes a thread.
+        # (The service's own threads and descriptors come and go by a few: a run, a connection.)
         assert threading.active_count() <= threads + 4
-        # Our 200 client sockets are ours; the listener's side holds at most its 4 requests.
-        assert len(os.listdir("/proc/self/fd")) <= fds + len(peers) + 4 + 2
+        assert len(os.listdir("/proc/self/fd")) <= fds + len(peers) + defaults.LISTENER_READING + 8
+        started = time.monotonic()
+        wait_for(lambda: all(closed(p) for p in peers))
+        assert time.monotonic() - started < defaults.LISTENER_HEAD_TIMEOUT + 2
         before = count_ok(url, "b")
         wait_for(lambda: count_ok(url, "b") >= before + 10)  # the service goes on
     finally:
         for peer in peers:
             peer.close()
         service.stop()
+
+
+def probe(base: str, path: str = "/healthz", **headers: str) -> tuple[int, float]:
+    """A probe's status and how long it took."""
+    import requests
+
+    started = time.monotonic()
+    got = requests.get(base + path, timeout=5, headers=headers)
+    return got.status_code, time.monotonic() - started
+
+
+def test_idle_connections_never_keep_healthz_from_answering(tmp_path, fake, keypair) -> None:
+    """100 connections that send nothing, re-opened as soon as they are cut (more than the
+    listener reads at once): every /healthz probe over 3 s (past the idle cut) answers at once.
+    Before, 4 such connections took every slot: 0 of 189 probes answered in 95 s."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 0.2s}")
+    path.write_text(path.read_text() + "metrics: {listen: '127.0.0.1:0'}\n")
+    service = Service(load(path))
+    service.start()
+    assert service.monitor is not None
+    host, port = service.monitor.address
+    stop = threading.Event()
+    opened: list[int] = []
+
+    def idle_crowd() -> None:
+        peers: list[socket.socket] = []
+        while not stop.is_set():
+            for peer in [p for p in peers if closed(p)]:
+                peers.remove(peer)
+                peer.close()
+            while len(peers) < 100:
+                with contextlib.suppress(OSError):
+                    peer = socket.create_connection((host, port), timeout=5)
+                    peer.setblocking(False)
+                    peers.append(peer)
+                    opened.append(1)
+            stop.wait(0.01)
+        for peer in peers:
+            peer.close()
+
+    crowd = threading.Thread(target=idle_crowd, daemon=True)
+    try:
+        wait_for(lambda: count_ok(url, "t") >= 1)
+        crowd.start()
+        wait_for(lambda: len(opened) >= 100)
+        probes = []
+        ends = time.monotonic() + 3 * defaults.LISTENER_HEAD_TIMEOUT / 2
+        while time.monotonic() < ends:
+            probes.append(probe(f"http://{host}:{port}"))
+        assert len(opened) > 150  # the crowd was cut after the idle time, and came back
+    finally:
+        stop.set()
+        crowd.join()
+        service.stop()
+    assert len(probes) >= 20 and {status for status, _ in probes} == {200}
+    assert max(took for _, took in probes) < 1, probes
+
+
+def test_slow_pages_and_their_slow_readers_never_hold_up_healthz() -> None:
+    """Pages that take long to draw (every slot of ``/`` busy), and readers that never read a
+    big page: /healthz and /metrics answer at once, and the page's own slots are free again
+    once its answers are made."""
+    from collector.listener import Answer, Listener
+
+    release = threading.Event()
+    drawing: list[int] = []
+    big = b"x" * 20_000_000  # far more than a socket's buffers: its sending can't finish
+
+    def slow_page(query: dict[str, str]) -> Answer:
+        if "big" in query:
+            return Answer(200, big, "text/plain")
+        drawing.append(1)
+        release.wait(30)
+        return Answer(200, b"page\n", "text/plain")
+
+    def quick(query: dict[str, str]) -> Answer:
+        return Answer(200, b"ok\n", "text/plain")
+
+    routes = {"/": slow_page, "/healthz": quick, "/metrics": quick}
+    listener = Listener(("127.0.0.1", 0), routes, "test")
+    listener.start()
+    host, port = listener.address
+    base = f"http://{host}:{port}"
+    readers: list[socket.socket] = []
+    try:
+        for _ in range(4):  # slow pages: 4 asked, the route's slots all taken
+            peer = socket.create_connection((host, port), timeout=5)
+            peer.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            readers.append(peer)
+        wait_for(lambda: len(drawing) >= 2)  # every slot of the page's (before: of all)
+        for _ in range(10):
+            assert probe(base)[0] == 200 and probe(base, "/metrics")[0] == 200
+            status, took = probe(base)
+            assert took < 1
+        release.set()
+        for _ in range(4):  # readers that never read a 20 MB page
+            peer = socket.create_connection((host, port), timeout=5)
+            peer.sendall(f"GET /?big=1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            readers.append(peer)
+        wait_for(lambda: probe(base, "/")[0] == 200)  # the page's slots are free again
+        status, took = probe(base)
+        assert (status, took < 1) == (200, True)
+    finally:
+        release.set()
+        for peer in readers:
+            peer.close()
+        listener.stop()
+
+
+def test_a_name_the_listener_does_not_know_is_refused_so_no_page_can_rebind_to_it(
+    tmp_path, fake, keypair
+) -> None:
+    """DNS rebinding: a web page at a name its DNS then points to 127.0.0.1 sends that name as
+    Host. The page, /metrics and /healthz answer only loopback's names, IP literals and
+    ``metrics.allowed_hosts``; Docker's HEALTHCHECK, as the Dockerfile writes it, still passes."""
+    import requests
+
+    from .test_docker import instructions
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = job_file(tmp_path, fake, keypair, url, "b: {method: Balance, every: 0.2s}")
+    path.write_text(
+        path.read_text() + "metrics: {listen: '127.0.0.1:0', allowed_hosts: [Collector]}\n"
+    )
+    service = Service(load(path))
+    service.start()
+    assert service.monitor is not None
+    host, port = service.monitor.address
+    base = f"http://{host}:{port}"
+    try:
+        wait_for(lambda: count_ok(url, "b") >= 2)
+        for name in (
+            "evil.example",
+            f"evil.example:{port}",
+            f"localhost.evil.example:{port}",
+            f"127.0.0.1.evil.example:{port}",
+            "collector.evil.example",
+            f"[::1]x:{port}",
+            f"localhost:{port}x",
+            "localhost.",
+        ):
+            for route in ("/", "/metrics", "/healthz"):
+                got = requests.get(base + route, headers={"Host": name}, timeout=10)
+                assert (got.status_code, got.text) == (
+                    421,
+                    "unknown Host: add the name to metrics.allowed_hosts\n",
+                ), (name, route)
+        for name in (
+            f"localhost:{port}",
+            "LOCALHOST",
+            f"127.0.0.1:{port}",
+            f"[::1]:{port}",
+            "127.0.0.1",
+            f"collector:{port}",
+            "COLLECTOR",
+            f"192.0.2.7:{port}",
+        ):
+            for route in ("/", "/metrics", "/healthz"):
+                got = requests.get(base + route, headers={"Host": name}, timeout=10)
+                assert got.status_code == 200, (name, route, got.text)
+        # No Host: HTTP/1.1 must send one (400); HTTP/1.0 is no browser's (answered). Two: 400.
+        for head, status in (
+            ("GET /healthz HTTP/1.1\r\n", b"400"),
+            ("GET /healthz HTTP/1.0\r\n", b"200"),
+            ("GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n", b"400"),
+        ):
+            with socket.create_connection((host, port), timeout=10) as peer:
+                peer.sendall(head.encode() + b"\r\n")
+                assert peer.makefile("rb").readline().split()[1] == status, head
+        # Docker's HEALTHCHECK, on this listener's port.
+        health = json.loads(dict(instructions())["HEALTHCHECK"].partition(" CMD ")[2])
+        health = [sys.executable, *(a.replace(":9108/", f":{port}/") for a in health[1:])]
+        checked = subprocess.run(health, capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+    finally:
+        service.stop()
+
+
+FEW_DESCRIPTORS = """
+import resource, sys, threading
+from collector.listener import Answer, Listener
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+listener = Listener(("127.0.0.1", 0), {"/healthz": lambda q: Answer(200, b"ok\\n", "text/plain")})
+print(listener.address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+def test_out_of_descriptors_the_listener_cuts_idle_peers_for_a_probe(tmp_path) -> None:
+    """A process with 40 descriptors and 100 idle connections at its listener: accepting fails
+    (EMFILE), and each failure cuts the oldest idle peer, so a probe is still answered soon."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FEW_DESCRIPTORS], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    peers: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                peers.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        status, took = probe(f"http://127.0.0.1:{port}")
+        assert status == 200 and took < 1.5, took
+        assert proc.poll() is None
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_connection_that_sends_nothing_is_cut_after_the_head_timeout() -> None:
+    from collector.listener import Answer, Listener
+
+    listener = Listener(("127.0.0.1", 0), {"/": lambda q: Answer(200, b"", "text/plain")})
+    listener.start()
+    try:
+        peer = socket.create_connection(listener.address, timeout=10)
+        started = time.monotonic()
+        peer.sendall(b"GET / HT")  # and no more
+        assert peer.recv(100) == b""  # cut
+        took = time.monotonic() - started
+        assert defaults.LISTENER_HEAD_TIMEOUT - 0.2 < took < defaults.LISTENER_HEAD_TIMEOUT + 1
+        peer.close()
+    finally:
+        listener.stop()
 
 
 def test_a_failing_route_or_a_flood_of_parameters_is_answered_in_one_line(caplog) -> None:

@@ -9,7 +9,9 @@
 * ``spread`` (Spread): ``since`` is the stored ``last``. Several rows can share a second, so the key
   is ``(pair, time, bid, ask)``: a quote repeated within its second is stored once (it says
   nothing new). Kraken keeps only about the last 200 rows, so spreads are lossy by nature.
-* ``ticker`` (Ticker): a snapshot per run and pair, like balances.
+* ``ticker`` (Ticker): a snapshot per run and pair, like balances. Only the pairs the job asked
+  for are stored (an answer holding others, thousands of them, is not what the job collects, and
+  the page and the valuation would use them); a job with no ``pair`` asks for, and keeps, all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
 
+from ..pairs import same, split
 from ..records import RunRecord
 from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
 from .base import Dataset, Page, bad, decimal, mapping, text, timestamp
@@ -267,7 +270,10 @@ class Ticker(Dataset):
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         out = []
+        asked = split(record.params["pair"]) if record.params.get("pair") else None
         for pair, t in mapping(record, result, "result").items():
+            if asked is not None and not _asked(pair, asked):
+                continue  # not what the job collects: never stored, priced or drawn
             t = mapping(record, t, pair)
 
             def first(field: str, index: int, t: dict[str, Any] = t, pair: str = pair) -> Any:
@@ -293,3 +299,9 @@ class Ticker(Dataset):
                 }
             )
         return out
+
+
+def _asked(pair: str, asked: list[str]) -> bool:
+    """Whether the answer's key ``pair`` (Kraken's canonical name, ``XXBTZUSD``) is one of the
+    job's ``asked`` names, in any of Kraken's spellings (``XBTUSD``, ``xbtusd``, ``XBT/USD``)."""
+    return any(same(name, pair) for name in asked)
