@@ -26,6 +26,7 @@ from .datasets import for_method
 from .health import cursor_time, interval, is_stale, stale_after
 from .keystate import KeyBudget
 from .pairs import same
+from .ratelimit import sent_level
 from .retention import TIME_COLUMNS
 from .schema import cursors, ledger_verification, runs
 from .store import Store
@@ -183,7 +184,9 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
         counter = None
         if "level" in budget:
             ago = max(0.0, now.timestamp() - float(budget["at"]))
-            counter = round(max(0.0, float(budget["level"]) - ago * account.tier.decay), 1)
+            level = max(0.0, float(budget["level"]) - ago * account.tier.decay)
+            level = sent_level(level, int(budget.get("refusals", 0)), account.tier.max)
+            counter = round(level, 1)
         refused, last = 0, None
         if store is not None:
             with store.engine.connect() as conn:
