@@ -1,0 +1,120 @@
+"""A first backfill, as a user meets it: healthy while it stores pages, stale once it stops;
+the README's failure query doesn't list it. The real fake exchange, a real service, /healthz over
+HTTP and `collector status` from the database."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from collector.cli import main
+from collector.config import load
+from collector.events import RunFinished
+from collector.ratelimit import RateLimit
+from collector.service import Service
+from collector.testing.fake_exchange import FakeKraken
+
+from .helpers import wait_for
+from .test_metrics import health
+from .test_readme import sql_blocks
+
+#: A page a second (Ledgers costs 2): a backfill of 40 pages lasts longer than `stale_after`.
+SLOW = RateLimit(4, 2)
+ENV = {"COLLECTOR_DATABASE_URL": ""}
+
+
+def scalar(url: str, sql: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar() or 0)
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def status(path: Path) -> tuple[int, str, dict]:
+    text_ = CliRunner().invoke(main, ["status", str(path)], env=ENV)
+    as_json = CliRunner().invoke(main, ["status", "--json", str(path)], env=ENV)
+    return text_.exit_code, text_.output, json.loads(as_json.output)
+
+
+def test_a_first_backfill_is_healthy_while_it_stores_pages_and_stale_when_they_stop(
+    tmp_path,
+) -> None:
+    """Before: `status` said `UNHEALTHY: job ledger: no success for ...` and /healthz was 503 all
+    through a first backfill, and the README's failure query listed the paging run."""
+    with FakeKraken(tier=SLOW, history={"ledger": 2000}) as fake:
+        key = fake.add_key()
+        url = f"sqlite:///{tmp_path / 'b.db'}"
+        path = tmp_path / "b.yaml"
+        path.write_text(
+            f"database: {url}\n"
+            f"kraken:\n  url: {fake.url}\n  key: '{key[0]}'\n  secret: '{key[1]}'\n"
+            "  rate_limit: {max: 4, decay: 2}\n"
+            "reference: false\nmetrics: {listen: '127.0.0.1:0'}\n"
+            "jobs:\n"
+            "  ledger: {method: Ledgers, every: 1h, stale_after: 3s, timeout: 30s, deadline: 30s}\n"
+        )
+        service = Service(load(path))
+        finished: list[RunFinished] = []
+        service.events.subscribe(RunFinished, finished.append)
+        started = time.monotonic()
+        service.start()
+        try:
+            # Longer than stale_after into the backfill, pages still coming.
+            wait_for(
+                lambda: (
+                    time.monotonic() - started > 5
+                    and scalar(url, "SELECT count(*) FROM ledger") >= 250
+                )
+            )
+            code, body = health(service)
+            assert not finished  # still paging
+            assert code == 200, body
+            job = body["jobs"]["ledger"]
+            assert job["state"] == "backfilling", body
+            assert re.fullmatch(
+                r"backfilling: [\d,]+ rows so far, last page \d+s ago", job["progress"]
+            )
+            exit_code, out, report = status(path)
+            assert exit_code == 0, out
+            assert "UNHEALTHY" not in out and out.rstrip().endswith("healthy"), out
+            (row,) = report["jobs"]
+            assert row["state"] == "backfilling" and row["failures_24h"] == {}, row
+            line = next(x for x in out.splitlines() if x.startswith("job ledger: backfilling: "))
+            rows = int(line.split(": ")[2].split()[0].replace(",", ""))
+            assert rows >= 250, line
+            # The README's own failure query lists no failure: the run is paging, not failed.
+            (failures,) = [s for s in sql_blocks("sqlite") if "What failed" in s]
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                assert conn.execute(text(failures)).all() == []
+            engine.dispose()
+            # Now the exchange stops answering in time: no page is stored, the job is stale.
+            fake.inject("slow", method="Ledgers", count=100, delay=20)
+            wait_for(lambda: health(service)[0] == 503, timeout=30)
+            code, body = health(service)
+            assert body["jobs"]["ledger"]["state"] == "stale"
+            (problem,) = body["problems"]
+            assert re.fullmatch(
+                r"job ledger: backfilling: [\d,]+ rows so far, last page \d+s ago; "
+                r"no success for \d+s \(stale after 3s\)",
+                problem,
+            ), problem
+            exit_code, out, report = status(path)
+            assert exit_code == 1 and report["jobs"][0]["state"] == "stale", out
+            assert re.search(
+                r"UNHEALTHY: job ledger: backfilling: [\d,]+ rows so far, last page \d+s ago; "
+                r"no success for \d+s \(stale after 3s\)",
+                out,
+            ), out
+            fake.clear_faults()
+        finally:
+            service.stop()
