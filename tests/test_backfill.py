@@ -1,25 +1,34 @@
-"""A first backfill, as a user meets it: healthy while it stores pages, stale once it stops;
-the README's failure query doesn't list it. The real fake exchange, a real service, /healthz over
-HTTP and `collector status` from the database."""
+"""A first afternoon's runs, as a user meets them: a first backfill healthy while it stores pages
+and stale once it stops (the README's failure query doesn't list it); the README's hourly
+balances taken at once, and on SIGUSR1; a long run's skipped times said once. The real fake
+exchange, real services and processes, /healthz over HTTP, `collector status` from the database.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import signal
+import sys
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from collector.cli import main
-from collector.config import load
+from collector.config import Job, load
 from collector.events import RunFinished
 from collector.ratelimit import RateLimit
+from collector.schedule import Schedule
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
 
-from .helpers import wait_for
+from .helpers import running, sigterm, wait_for
 from .test_metrics import health
 from .test_readme import sql_blocks
 
@@ -118,3 +127,73 @@ def test_a_first_backfill_is_healthy_while_it_stores_pages_and_stale_when_they_s
             fake.clear_faults()
         finally:
             service.stop()
+
+
+def test_a_cron_job_that_never_succeeded_runs_at_start_and_sigusr1_runs_every_job_now(
+    tmp_path, fake, keypair
+) -> None:
+    """The README's `balances: {cron: "0 * * * *"}` left the dashboard empty for up to an hour,
+    and nothing took a snapshot now (before: no run at start; SIGUSR1 ended the process)."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"database: {url}\nkraken:\n  url: {fake.url}\n  key: '{keypair[0]}'\n"
+        f"  secret: '{keypair[1]}'\nreference: false\n"
+        'jobs:\n  balances: {method: Balance, cron: "0 0 1 1 *"}\n'  # next: New Year
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    runs = "SELECT count(*) FROM runs WHERE job = 'balances' AND status = 'ok'"
+    snapshots = "SELECT count(DISTINCT run_id) FROM balances"
+    with running([sys.executable, "-m", "collector.cli", "run", str(path)], env=env) as proc:
+        wait_for(lambda: scalar(url, runs) == 1 or proc.poll() is not None, timeout=30)
+        assert scalar(url, snapshots) == 1
+        proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: scalar(url, runs) == 2 or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None  # alive, and it took a second snapshot now
+        assert scalar(url, snapshots) == 2
+        output = sigterm(proc)
+    assert proc.returncode == 0, output
+    assert "received SIGUSR1: every job runs now" in output
+    # Once it has succeeded, a restart leaves it on its clock: no extra run off the hour.
+    service = Service(load(path))
+    service.start()
+    try:
+        next_run = service.schedule.next_run("balances")
+        assert next_run is not None
+        assert next_run.astimezone(UTC) == datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)
+    finally:
+        service.stop()
+
+
+def test_a_run_still_going_has_its_skipped_times_said_once(caplog) -> None:
+    """A budget-limited backfill skipped a time every interval, each a WARNING for minutes: said
+    once at INFO, then at DEBUG until the job runs again (then once more)."""
+    release = threading.Event()
+    calls: list[datetime] = []
+
+    def run(job: Job, scheduled_at: datetime | None = None) -> None:
+        calls.append(datetime.now(UTC))
+        release.wait(30)
+
+    job = Job(name="long", method="Time", every=timedelta(seconds=0.05))
+    schedule = Schedule([job], run, workers=2)
+    caplog.set_level(logging.DEBUG, logger="collector.schedule")
+
+    def skipped() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "skipped the run" in r.getMessage()]
+
+    schedule.start()
+    try:
+        wait_for(lambda: len(skipped()) >= 4)
+        release.set()
+        wait_for(lambda: len(calls) >= 2)
+        release.clear()
+        wait_for(lambda: len([r for r in skipped() if r.levelno == logging.INFO]) >= 2)
+        levels = [r.levelno for r in skipped()]
+    finally:
+        release.set()
+        schedule.shutdown()
+    assert logging.WARNING not in levels
+    assert levels[0] == logging.INFO and levels[1:4] == [logging.DEBUG] * 3, levels
+    # A second run, a second streak: said once more (at INFO), then quiet again.
+    assert levels.count(logging.INFO) == 2, levels
