@@ -197,3 +197,28 @@ def test_a_run_still_going_has_its_skipped_times_said_once(caplog) -> None:
     assert levels[0] == logging.INFO and levels[1:4] == [logging.DEBUG] * 3, levels
     # A second run, a second streak: said once more (at INFO), then quiet again.
     assert levels.count(logging.INFO) == 2, levels
+
+
+def test_an_open_candle_updated_by_later_runs_is_no_new_row(
+    tmp_path, fake, keypair, database_url
+) -> None:
+    """Each candle is a new row of the run that first stored it, once: the open candle replaced
+    by a later run's update is no new row (before: the first run's new_rows grew by one at every
+    later run, 720, 721, 722)."""
+    path = tmp_path / "o.yaml"
+    path.write_text(
+        f"database: {database_url}\nkraken: {{url: {fake.url}}}\nreference: false\n"
+        "jobs:\n  c: {method: OHLC, params: {pair: XBTUSD, interval: 1}, every: 1h}\n"
+    )
+    firsts = []
+    for _ in range(3):
+        service = Service(load(path))
+        try:
+            assert service.run_once()
+        finally:
+            service.stop()
+        firsts.append(scalar(database_url, "SELECT new_rows FROM runs ORDER BY id LIMIT 1"))
+    assert firsts == [720] * 3
+    added = scalar(database_url, "SELECT sum(new_rows) FROM runs")
+    assert added == scalar(database_url, "SELECT count(*) FROM ohlc")
+    assert scalar(database_url, "SELECT count(*) FROM ohlc WHERE NOT final") == 1  # updated twice
