@@ -90,17 +90,17 @@ class Paging:
 
 def verdict(
     job: Job, reference: datetime, paging: Paging | None, succeeded: bool, now: datetime
-) -> tuple[str, datetime]:
-    """``job``'s state (``ok``, ``waiting`` for a first success, ``backfilling``/``paging``, or
-    ``stale``) and the time its staleness counts from: ``reference`` (its last success, or when it
-    could first have run), or its paging run's last page when that is later."""
+) -> str:
+    """``job``'s state: ``ok``, ``waiting`` for a first success, ``backfilling``/``paging``, or
+    ``stale``, counted from ``reference`` (its last success, or when it could first have run), or
+    from its paging run's last page when that is later."""
     if paging is not None and paging.last_page > reference:
         reference = paging.last_page
     if is_stale(job, reference, now):
-        return "stale", reference
+        return "stale"
     if paging is not None:
-        return paging.state(succeeded), reference
-    return ("ok" if succeeded else "waiting"), reference
+        return paging.state(succeeded)
+    return "ok" if succeeded else "waiting"
 
 
 def cursor_time(dataset: str, cursor: Any) -> datetime | None:
@@ -269,7 +269,7 @@ class Health:
                 if name in self._remembered and success is not None:
                     counted = max(success, since)
                 paging = self._paging.get(name)
-                job_state, _ = verdict(job, counted, paging, success is not None, now)
+                job_state = verdict(job, counted, paging, success is not None, now)
                 stale = job_state == "stale"
                 last = self._last_run.get(name)
                 jobs[name] = {

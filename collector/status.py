@@ -125,7 +125,7 @@ def _job(
             ).one()
             info.update(gaps=count, last_gap_end=_iso(end))
     reference = success.finished_at if success else first.started_at if first else mtime
-    state, _ = verdict(job, reference, paging, success is not None, now)
+    state = verdict(job, reference, paging, success is not None, now)
     stale = state == "stale"
     return {
         "name": job.name,

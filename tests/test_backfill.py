@@ -55,13 +55,13 @@ def status(path: Path) -> tuple[int, str, dict]:
 
 
 def test_a_first_backfill_is_healthy_while_it_stores_pages_and_stale_when_they_stop(
-    tmp_path,
+    tmp_path, database_url
 ) -> None:
     """Before: `status` said `UNHEALTHY: job ledger: no success for ...` and /healthz was 503 all
     through a first backfill, and the README's failure query listed the paging run."""
     with FakeKraken(tier=SLOW, history={"ledger": 2000}) as fake:
         key = fake.add_key()
-        url = f"sqlite:///{tmp_path / 'b.db'}"
+        url = database_url
         path = tmp_path / "b.yaml"
         path.write_text(
             f"database: {url}\n"
@@ -101,7 +101,8 @@ def test_a_first_backfill_is_healthy_while_it_stores_pages_and_stale_when_they_s
             rows = int(line.split(": ")[2].split()[0].replace(",", ""))
             assert rows >= 250, line
             # The README's own failure query lists no failure: the run is paging, not failed.
-            (failures,) = [s for s in sql_blocks("sqlite") if "What failed" in s]
+            dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+            (failures,) = [s for s in sql_blocks(dialect) if "What failed" in s]
             engine = create_engine(url)
             with engine.connect() as conn:
                 assert conn.execute(text(failures)).all() == []
