@@ -263,8 +263,10 @@ def run(
         collector run --once --db sqlite:///prices.db jobs.yaml
         collector run --metrics-listen 127.0.0.1:9108 --log-format json jobs.yaml
         kill -HUP <pid>    # reload jobs.yaml
+        kill -USR1 <pid>   # run every job now (a balance snapshot now)
     """
     from .reload import Reloader
+    from .schedule import RunNow
     from .service import Service, stop_signals
 
     if once:  # SIGHUP must never kill a run; --once reads the file once
@@ -272,6 +274,8 @@ def run(
     else:  # taken from the first moment; applied once the service is ready
         reloader = Reloader(lambda: load_config())
         reloader.install()
+        run_now = RunNow()
+        run_now.install()
     _setup_logging(log_level, log_format)
     if metrics_listen is not None and parse_listen(metrics_listen) is None:
         raise click.BadParameter(
@@ -316,9 +320,11 @@ def run(
             _check_sources(store, config)
             service = Service(config, store=store, workers=workers)
             reloader.attach(service)  # SIGHUP re-reads the job file
+            run_now.schedule = service.schedule  # SIGUSR1 runs every job now
             service.run_forever(stop)
     finally:
         reloader.uninstall()
+        run_now.uninstall()
     if service.failed:
         click.echo(f"error: collector stopped: {service.failed}", err=True)
         sys.exit(1)

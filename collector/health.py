@@ -6,6 +6,12 @@ intervals and at least 60 s; a cron job's interval is its average). A job that h
 yet is measured from when it could first have run (the service's start, or the reload that added
 it), so a service that just started is not stale.
 
+A job whose run is still paging (a first backfill takes many minutes on the starter tier) is
+measured from its last stored page too: while pages keep being stored it is not stale but
+``backfilling`` (``paging``, when it has succeeded before), its progress said; a paging run that
+stops storing pages is stale by the same rule. ``status`` finds the paging run in ``runs`` (the
+latest row, ``partial`` without an error), :class:`Health` in its pages' ``BatchStored``.
+
 :class:`Health` follows a running service through its events and adds what only it knows: the
 database unreachable while the spool grows, and the key locked out by Kraken.
 """
@@ -17,11 +23,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from . import defaults
 from .config import Job
+from .errors import Status
 from .events import (
     BatchStored,
     DatabaseUnavailable,
@@ -59,6 +67,40 @@ def is_stale(job: Job, reference: datetime, now: datetime) -> bool:
     """Whether ``job`` is stale at ``now``, ``reference`` being its last success (or, before one,
     when it could first have run)."""
     return (now - reference).total_seconds() > stale_after(job)
+
+
+@dataclass(frozen=True)
+class Paging:
+    """A run still paging: its pages stored so far, the rows they brought (``status``: the new
+    ones, from ``runs.new_rows``), and when the last was fetched."""
+
+    uid: str
+    pages: int
+    rows: int
+    last_page: datetime
+
+    def state(self, succeeded: bool) -> str:
+        return "paging" if succeeded else "backfilling"
+
+    def progress(self, succeeded: bool, now: datetime) -> str:
+        """``backfilling: 550 rows so far, last page 3s ago``."""
+        ago = max(0.0, (now - self.last_page).total_seconds())
+        return f"{self.state(succeeded)}: {self.rows:,} rows so far, last page {ago:.0f}s ago"
+
+
+def verdict(
+    job: Job, reference: datetime, paging: Paging | None, succeeded: bool, now: datetime
+) -> str:
+    """``job``'s state: ``ok``, ``waiting`` for a first success, ``backfilling``/``paging``, or
+    ``stale``, counted from ``reference`` (its last success, or when it could first have run), or
+    from its paging run's last page when that is later."""
+    if paging is not None and paging.last_page > reference:
+        reference = paging.last_page
+    if is_stale(job, reference, now):
+        return "stale"
+    if paging is not None:
+        return paging.state(succeeded)
+    return "ok" if succeeded else "waiting"
 
 
 def cursor_time(dataset: str, cursor: Any) -> datetime | None:
@@ -109,6 +151,7 @@ class Health:
         self._last_success: dict[str, datetime] = {}
         self._remembered: set[str] = set()  # last successes from before this start
         self._last_run: dict[str, tuple[datetime, str]] = {}
+        self._paging: dict[str, Paging] = {}  # runs still paging, from their stored pages
         self._spooling = False  # runs went to the spool since it was last empty
         self._stalled: str | None = None  # neither database nor spool takes runs
         self._locked_until = 0.0  # monotonic
@@ -146,6 +189,7 @@ class Health:
         record = event.record
         with self._lock:
             self._last_run[record.job] = (record.finished_at, str(record.status))
+            self._paging.pop(record.job, None)
             if record.status == "ok":
                 self._last_success[record.job] = record.finished_at
                 self._remembered.discard(record.job)
@@ -175,9 +219,22 @@ class Health:
         with self._lock:
             self._stalled = event.reason
 
-    def _stored(self, _event: BatchStored) -> None:
+    def _stored(self, event: BatchStored) -> None:
         with self._lock:
             self._stalled = None
+            if event.replayed:  # pages of a run that may have ended since: not news of progress
+                return
+            for record in event.records:
+                # A page stored on the way (partial, no error: one cut short says why).
+                if record.status != Status.PARTIAL or record.error is not None:
+                    continue
+                rows = sum(len(v) for k, v in record.rows.items() if k != "gaps")
+                before = self._paging.get(record.job)
+                if before is not None and before.uid == record.uid:
+                    rows += before.rows
+                self._paging[record.job] = Paging(
+                    record.uid, record.pages, rows, record.finished_at
+                )
 
     def _locked_out(self, event: LockedOut) -> None:
         with self._lock:
@@ -191,13 +248,15 @@ class Health:
                 self._since[name] = now  # its new schedule gets its own time to run
             for name in event.removed:
                 self._since.pop(name, None)
+                self._paging.pop(name, None)
 
     # -- the verdict ----------------------------------------------------------------------------
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """``(healthy, body)``: the body says, per job, its last success, its interval, when it
-        counts as stale, and its state (``ok``, ``waiting`` for a first success, or ``stale``),
-        and lists the problems in words."""
+        counts as stale, and its state (``ok``, ``waiting`` for a first success, ``backfilling``
+        or ``paging`` while its run stores pages, with its ``progress``, or ``stale``), and lists
+        the problems in words."""
         now = self._clock()
         state = self._writer_state()
         with self._lock:
@@ -209,10 +268,13 @@ class Health:
                 counted = success or since
                 if name in self._remembered and success is not None:
                     counted = max(success, since)
-                stale = is_stale(job, counted, now)
+                paging = self._paging.get(name)
+                job_state = verdict(job, counted, paging, success is not None, now)
+                stale = job_state == "stale"
                 last = self._last_run.get(name)
                 jobs[name] = {
-                    "state": "stale" if stale else "ok" if success else "waiting",
+                    "state": job_state,
+                    "progress": paging.progress(success is not None, now) if paging else None,
                     "last_success": _iso(success),
                     "last_run": _iso(last[0]) if last else None,
                     "last_status": last[1] if last else None,
@@ -222,6 +284,8 @@ class Health:
                 if stale:
                     ago = (now - counted).total_seconds()
                     what = "no success" if success is None else "last success"
+                    if paging is not None:  # it pages, but stopped storing pages
+                        what = f"{paging.progress(success is not None, now)}; {what}"
                     problems.append(
                         f"job {name}: {what} for {ago:.0f}s (stale after {stale_after(job):.0f}s)"
                     )

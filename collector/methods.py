@@ -489,8 +489,12 @@ PRIVATE_EXTRA: dict[str, Param] = {"otp": Param("text", "the key's 2FA password"
 PUBLIC_METHODS: frozenset[str] = frozenset(m.name for m in READ_METHODS.values() if m.public)
 
 #: Private methods whose call adds 2 to the counter instead of 1 (Kraken's docs; sources differ
-#: on QueryLedgers, so we count it as 2, the safe side).
-COSTLY_METHODS: frozenset[str] = frozenset({"Ledgers", "QueryLedgers", "TradesHistory"})
+#: on QueryLedgers and ClosedOrders, ccxt counting ClosedOrders 2: we count both 2, the safe
+#: side: counted 1, a backfill's burst of ClosedOrders pages leaves our counter a unit per page
+#: below an exchange that counts 2, and it refuses calls).
+COSTLY_METHODS: frozenset[str] = frozenset(
+    {"Ledgers", "QueryLedgers", "TradesHistory", "ClosedOrders"}
+)
 
 #: The methods whose data is a history a job continues (``since:`` says where it starts).
 HISTORY_METHODS: frozenset[str] = frozenset(

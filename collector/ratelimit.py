@@ -56,6 +56,15 @@ TIERS: dict[str, RateLimit] = {
 PUBLIC_DEFAULT = RateLimit(max=defaults.PUBLIC_MAX, decay=defaults.PUBLIC_DECAY)
 
 
+def sent_level(level: float, refusals: int, maximum: float) -> float:
+    """The counter as the exchange can have it, from the level we count: that level includes the
+    calls reserved and still waiting for budget (never sent, and a stop cancels them), and our
+    calls alone never take Kraken's counter over its maximum, so it is capped there ("16.3 of
+    15" was never true). After a refusal the level over the maximum is the penalty's wait, and
+    is kept."""
+    return level if refusals else min(level, maximum)
+
+
 def tier(name_or_limit: str | RateLimit) -> RateLimit:
     """A :class:`RateLimit` from a tier name or a limit."""
     if isinstance(name_or_limit, RateLimit):
@@ -100,9 +109,10 @@ class RateLimiter:
         self.on_refused: Callable[[float, int], None] | None = None
 
     def level(self) -> float:
-        """The counter as we believe it is now (may exceed the cap while callers wait)."""
+        """The counter as Kraken can have it now (what ``status`` and ``collector_key_counter``
+        show): :func:`sent_level` of the level we count, which includes calls still waiting."""
         with self._lock:
-            return self._decayed(self._clock())
+            return sent_level(self._decayed(self._clock()), self.refusals, self.limit.max)
 
     def _decayed(self, now: float) -> float:
         return max(0.0, self._level - (now - self._at) * self.limit.decay)

@@ -2,7 +2,13 @@
 
 What happens to a run that is late or missed (the surprising part):
 
-* **Interval jobs also run once at start**; cron jobs wait for their first time.
+* **Interval jobs also run once at start**, and so do cron jobs that have **never succeeded**
+  (the README's hourly ``balances`` would leave the dashboard empty for up to an hour); a cron job
+  that has succeeded before waits for its time, so a restart does not add runs off its clock.
+  A job added by a reload is treated the same way.
+* **SIGUSR1 makes every job due now** (:class:`RunNow`; ``kill -USR1 PID``, ``docker kill -s
+  USR1``): a snapshot now, without editing the job file. A job whose run is still going is
+  skipped, as below.
 * **Jobs with the same interval are spread evenly across it** after that first run: with 100 jobs
   ``every: 1s``, one starts every 10 ms instead of all 100 at the same instant, which would make
   most of them late and burst past the exchange's rate limits. Each job keeps its phase for the
@@ -12,19 +18,23 @@ What happens to a run that is late or missed (the surprising part):
   (``misfire_grace_time=None``); if several of a job's times came due meanwhile, they are folded
   into one run (coalesced), stamped with the latest of them, and the log says how many.
 * **The same job never runs twice at the same time** (``max_instances=1``). A time that comes due
-  while the job's previous run is still going is skipped, and the log says so.
+  while the job's previous run is still going is skipped, and the log says so once (INFO; a
+  budget-limited backfill skips every interval for minutes), then at DEBUG until the job runs.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -164,6 +174,8 @@ class Schedule:
 
     :param run: called as ``run(job, scheduled_at=...)`` in a worker thread
     :param on_death: called with the reason if the scheduler's thread ever dies
+    :param last_success: a job's last success (None: never), asked when a cron job is added: one
+        that never succeeded runs at once (without it, cron jobs wait for their time)
     """
 
     def __init__(
@@ -172,12 +184,16 @@ class Schedule:
         run: Callable[..., Any],
         workers: int = defaults.WORKERS,
         on_death: Callable[[str], None] | None = None,
+        last_success: Callable[[str], datetime | None] | None = None,
     ) -> None:
         self.jobs = tuple(jobs)
         self._run = run
         self._workers = workers
         self._on_death = on_death or (lambda reason: None)
+        self._last_success = last_success
         self._scheduler: BackgroundScheduler | None = None
+        self._skipping: set[str] = set()  # jobs whose skipped runs were said since they ran
+        self._skip_lock = threading.Lock()
         #: why the scheduler's thread died, or None while it lives
         self.failed: str | None = None
 
@@ -193,7 +209,8 @@ class Schedule:
             job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._submitted, EVENT_JOB_SUBMITTED)
         now = datetime.now(UTC)
         offsets = phases(self.jobs)
         for job in self.jobs:
@@ -205,8 +222,8 @@ class Schedule:
         self, scheduler: BackgroundScheduler, job: Job, now: datetime, offset: timedelta
     ) -> None:
         options = {}
-        if job.every is not None:
-            options["next_run_time"] = now  # interval jobs also run once at start
+        if self._due_at_start(job):
+            options["next_run_time"] = now
         scheduler.add_job(
             self._run,
             trigger(job, now + offset),
@@ -216,6 +233,17 @@ class Schedule:
             replace_existing=True,
             **options,
         )
+
+    def _due_at_start(self, job: Job) -> bool:
+        """Interval jobs run once at start; cron jobs too when they never succeeded (the first
+        snapshot now, not at the next hour)."""
+        if job.every is not None or self._last_success is None:
+            return job.every is not None
+        try:
+            return self._last_success(job.name) is None
+        except Exception as exc:  # the database is away: its run goes to the spool anyway
+            logger.debug("job %s: its last success can't be read (%s)", job.name, exc)
+            return True
 
     def put(self, jobs: Sequence[Job]) -> None:
         """Add ``jobs``, or replace the jobs of the same names (a reload): each starts as at
@@ -251,15 +279,39 @@ class Schedule:
         if self._scheduler is not None:
             self._scheduler.resume()
 
-    def run_now(self, names: Sequence[str]) -> None:
-        """Make the named interval jobs due now (a standby that just took their account over
-        starts as a fresh start would: interval jobs at once, cron jobs at their time)."""
+    def run_now(self, names: Sequence[str] | None = None, *, every: bool = False) -> None:
+        """Make the named jobs (None: all) due now: those that run at start (a standby that just
+        took their account over starts as a fresh start would), or ``every`` one (SIGUSR1). Each
+        then goes back to its own schedule."""
         if self._scheduler is None:
             return
         now = datetime.now(UTC)
         for job in self.jobs:
-            if job.name in names and job.every is not None:
+            if names is not None and job.name not in names:
+                continue
+            if (every or self._due_at_start(job)) and self._scheduler.get_job(job.name):
                 self._scheduler.modify_job(job.name, next_run_time=now)
+
+    def next_run(self, name: str) -> datetime | None:
+        """When job ``name`` runs next (None: not scheduled)."""
+        found = self._scheduler.get_job(name) if self._scheduler is not None else None
+        return found.next_run_time if found is not None else None
+
+    def _submitted(self, event: JobSubmissionEvent) -> None:
+        with self._skip_lock:
+            self._skipping.discard(event.job_id)
+
+    def _skipped(self, event: JobSubmissionEvent) -> None:
+        with self._skip_lock:
+            said = event.job_id in self._skipping
+            self._skipping.add(event.job_id)
+        logger.log(
+            logging.DEBUG if said else logging.INFO,
+            "job %s: skipped the run due at %s, its previous run is still going%s",
+            event.job_id,
+            event.scheduled_run_times[0].isoformat(),
+            "" if said else " (said once until it runs again)",
+        )
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop scheduling; with ``wait``, let the runs in flight finish."""
@@ -268,9 +320,43 @@ class Schedule:
             self._scheduler.shutdown(wait=wait)
 
 
-def _skipped(event: JobSubmissionEvent) -> None:
-    logger.warning(
-        "job %s: skipped the run due at %s, its previous run is still going",
-        event.job_id,
-        event.scheduled_run_times[0].isoformat(),
-    )
+class RunNow:
+    """SIGUSR1 makes every job of ``schedule`` due now, in a thread of its own (the signal handler
+    only wakes it). :meth:`install` from the main thread, at once (SIGUSR1's default ends the
+    process); ``schedule`` is set when the service exists, and one asked before it runs is
+    moot (its jobs run at start). :meth:`uninstall` puts the previous handler back."""
+
+    def __init__(self, schedule: Schedule | None = None) -> None:
+        self.schedule = schedule
+        self._wake = threading.Event()
+        self._done = False
+        self._previous: Any = None
+        self._thread = threading.Thread(target=self._loop, name="collector-run-now", daemon=True)
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+        self._thread.start()
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+        self._done = True
+        self._wake.set()
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            if self.schedule is None or not self.schedule.running:
+                logger.info("received SIGUSR1 before the jobs started: they run at start")
+                continue
+            logger.info("received SIGUSR1: every job runs now")
+            try:
+                self.schedule.run_now(every=True)
+            except Exception:  # the thread must live for the next signal
+                logger.exception("SIGUSR1: the jobs could not be made due")

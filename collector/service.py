@@ -190,6 +190,7 @@ class Service:
             self.run_job,
             workers,
             on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
+            last_success=self.store.last_success,  # a cron job that never succeeded runs at once
         )
         self.keystates = {
             name: KeyState(config.state_dir, client.key, client.nonces.unit)

@@ -23,9 +23,10 @@ from sqlalchemy.engine import make_url
 
 from .config import Config, Job, format_duration
 from .datasets import for_method
-from .health import cursor_time, interval, is_stale, stale_after
+from .health import Paging, cursor_time, interval, stale_after, verdict
 from .keystate import KeyBudget
 from .pairs import same
+from .ratelimit import sent_level
 from .retention import TIME_COLUMNS
 from .schema import cursors, ledger_verification, runs
 from .store import Store
@@ -60,8 +61,9 @@ def collect(
     else:
         jobs = [_job(None, None, job, now, mtime) for job in config.jobs]
     problems = [
-        f"job {j['name']}: no success for {j['stale_for']} (stale after "
-        f"{_ago(timedelta(seconds=j['stale_after_seconds']))})"
+        f"job {j['name']}: {j['progress'] + '; ' if j['progress'] else ''}"
+        f"no success for {j['stale_for']} "
+        f"(stale after {_ago(timedelta(seconds=j['stale_after_seconds']))})"
         for j in jobs
         if j["state"] == "stale"
     ]
@@ -84,12 +86,19 @@ def _job(
 ) -> dict[str, Any]:
     mine = runs.c.job == job.name
     last = success = first = None
+    paging: Paging | None = None
     failures: dict[str, int] = {}
     dataset = for_method(job.method, store.datasets.values() if store else ())
     info: dict[str, Any] = {"dataset": dataset.name if dataset else None}
     if conn is not None:
         by_time = select(
-            runs.c.id, runs.c.started_at, runs.c.finished_at, runs.c.status, runs.c.error
+            runs.c.id,
+            runs.c.started_at,
+            runs.c.finished_at,
+            runs.c.status,
+            runs.c.error,
+            runs.c.pages,
+            runs.c.new_rows,
         ).where(mine)
         last = conn.execute(by_time.order_by(runs.c.started_at.desc()).limit(1)).first()
         success = conn.execute(
@@ -101,6 +110,7 @@ def _job(
         # partial without an error (one cut short says why), is still paging, not a failure.
         if last is not None and last.status == "partial" and last.error is None:
             failed.append(runs.c.id != last.id)
+            paging = Paging(str(last.id), last.pages, last.new_rows, last.finished_at)
         failures = dict(
             conn.execute(
                 select(runs.c.status, func.count()).where(mine, *failed).group_by(runs.c.status)
@@ -115,12 +125,15 @@ def _job(
             ).one()
             info.update(gaps=count, last_gap_end=_iso(end))
     reference = success.finished_at if success else first.started_at if first else mtime
-    stale = is_stale(job, reference, now)
+    state = verdict(job, reference, paging, success is not None, now)
+    stale = state == "stale"
     return {
         "name": job.name,
         "method": job.method,
         "account": job.account,
-        "state": "stale" if stale else "ok" if success else "waiting",
+        "state": state,
+        # A run still paging (a first backfill): how far it got, and when it stored a page.
+        "progress": paging.progress(success is not None, now) if paging else None,
         "last_run": _iso(last.started_at) if last else None,
         "last_status": last.status if last else None,
         "last_success": _iso(success.finished_at) if success else None,
@@ -183,7 +196,9 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
         counter = None
         if "level" in budget:
             ago = max(0.0, now.timestamp() - float(budget["at"]))
-            counter = round(max(0.0, float(budget["level"]) - ago * account.tier.decay), 1)
+            level = max(0.0, float(budget["level"]) - ago * account.tier.decay)
+            level = sent_level(level, int(budget.get("refusals", 0)), account.tier.max)
+            counter = round(level, 1)
         refused, last = 0, None
         if store is not None:
             with store.engine.connect() as conn:
@@ -288,6 +303,9 @@ def render(report: dict[str, Any]) -> str:
     out = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
     ]
+    for j in report["jobs"]:
+        if j.get("progress") and j["state"] != "stale":  # a stale one says it in its problem
+            out.append(f"job {j['name']}: {j['progress']}")
     for a in report.get("accounts", []):
         counter = "-" if a["counter"] is None else f"{a['counter']:g} of {a['counter_max']:g}"
         line = f"account {a['name']}: key counter {counter}"

@@ -392,18 +392,22 @@ class Store:
                 # One statement must not touch a key twice (PostgreSQL refuses it): the latest
                 # values win, the run that first had the row keeps it.
                 unique[k] = row if first is None else {**row, "run_id": first["run_id"]}
-            added.update(
-                self._upsert(
-                    conn,
-                    dataset.table,
-                    dataset.key,
-                    list(unique.values()),
-                    dataset.update,
-                    dataset.frozen,
-                    count=True,
-                    compare=dataset.compare,
-                )
+            touched = self._upsert(
+                conn,
+                dataset.table,
+                dataset.key,
+                list(unique.values()),
+                dataset.update,
+                dataset.frozen,
+                count=True,
+                compare=dataset.compare,
             )
+            # A row counts for the run writing it: inserted, or changed by a dataset that hands
+            # it to that run (reference data updates run_id). A row updated in place keeps the
+            # run that first stored it, and is no new row of that run either (an open candle
+            # replaced by its update counted once more, at every run, for the first one).
+            mine = {row["run_id"] for row in unique.values()}
+            added.update({run: n for run, n in touched.items() if run in mine})
             added.update(dataset.stored(conn, written[name]))
             if dataset.table is pairs:
                 self._names_read = None  # read the names again at the next write that names one

@@ -358,3 +358,75 @@ def test_after_a_holder_dies_the_machine_taking_over_assumes_its_counter_full(
             second.stop()
         assert fake.errors[REFUSED] == 0
         assert fake.errors["EAPI:Invalid nonce"] == 0
+
+
+def test_a_closed_orders_backfill_on_the_starter_tier_is_never_refused(
+    tmp_path, database_url
+) -> None:
+    """ClosedOrders costs 2 on a strict exchange (ccxt counts it so, and so does the fake): a
+    backfill's burst of pages counted 1 each left our counter a unit a page below the exchange's,
+    which refused the 8th page (before: 2-3 refusals a backfill, on both databases)."""
+    with FakeKraken(tier="starter", history={"ledger": 1400}) as fake:
+        key = fake.add_key()
+        total = len(fake.closed_orders())
+        assert total > 8 * 50  # more pages than the starter counter's 15 holds at 1 a page
+        path = tmp_path / "orders.yaml"
+        path.write_text(
+            f"database: {database_url}\n"
+            f"kraken:\n  url: {fake.url}\n  key: '{key[0]}'\n  secret: '{key[1]}'\n"
+            "  tier: starter\n  public_rate_limit: {max: 100, decay: 100}\n"
+            "reference: false\n"
+            "jobs:\n  orders: {method: ClosedOrders, every: 1h}\n"
+        )
+        service = Service(load(path))
+        done: list[RunFinished] = []
+        service.events.subscribe(RunFinished, done.append)
+        service.start()
+        try:
+            wait_for(lambda: bool(done), timeout=120)
+        finally:
+            service.stop()
+        assert [(e.record.status, e.record.error) for e in done] == [("ok", None)]
+        assert rows(database_url, "SELECT count(*) FROM orders")[0][0] == total
+        assert fake.errors[REFUSED] == 0
+        assert fake.spent[key[0]] == 2 * done[0].record.pages
+
+
+def test_the_counter_shown_is_capped_at_the_maximum_unless_refused(tmp_path) -> None:
+    """Calls waiting for budget are counted in the limiter's level but were never sent: `status`
+    and `collector_key_counter` showed "16.3 of 15". Shown capped at the maximum; over it only
+    after a refusal (the penalty's wait)."""
+    from click.testing import CliRunner
+
+    from collector.cli import main
+    from collector.keystate import KeyBudget
+    from collector.nonce import NonceSource
+    from collector.ratelimit import RateLimiter
+
+    now = [1000.0]
+    starter = RateLimit(15, 0.33)  # slow decay: the seconds `status` takes to start don't matter
+    limiter = RateLimiter(starter, clock=lambda: now[0], sleep=lambda s: None)
+    limiter.reserve(15)
+    assert limiter.reserve(1.3) > 0  # a call waits for budget: counted, not sent
+    assert limiter.level() == 15  # before: 16.3 (metrics' collector_key_counter)
+    with FakeKraken(tier=LIMIT) as fake:
+        key = fake.add_key()
+        path = jobs_file(tmp_path, fake, key, "  b: {method: Balance, every: 1h}\n")
+        path.write_text(path.read_text().replace("decay: 5}", "decay: 0.33}"))
+        config = load(path)
+        budget = KeyBudget(config.state_dir, key[0], clock=time.time)
+        with budget.turn(limiter, NonceSource()):
+            pass
+        budget.close()
+        assert float(budget.read()["level"]) == pytest.approx(16.3)  # the file keeps what it counts
+        env = {"COLLECTOR_DATABASE_URL": ""}
+        result = CliRunner().invoke(main, ["status", str(path)], env=env)
+        assert "account default: key counter 15 of 15" in result.output, result.output
+        limiter.refused(1)
+        assert limiter.level() > 15  # after a refusal: the penalty's wait, kept
+        with budget.turn(limiter, NonceSource()):
+            pass
+        budget.close()
+        result = CliRunner().invoke(main, ["status", str(path)], env=env)
+        line = next(x for x in result.output.splitlines() if "key counter" in x)
+        assert float(line.split("key counter ")[1].split(" of")[0]) > 15, line

@@ -161,12 +161,13 @@ def test_an_open_candle_is_updated_until_it_is_final_then_frozen(store) -> None:
             .order_by(ohlc.c.time)
         ).all()
     # The open candle took o2's final close and then froze; the final one never moved. Each
-    # stays the row of the run that first stored it, which is also where a change is counted.
+    # stays the row of the run that first stored it, and its update is no new row of anyone's
+    # (it was counted for o1 once more, as if o1 had stored three candles).
     assert [(str(r[1]), bool(r[2]), r[3]) for r in got] == [
         ("1.20", True, "o1"),
         ("5.00", True, "o1"),
     ]
-    assert new_rows(store) == {"o1": 3, "o2": 0, "o3": 0}
+    assert new_rows(store) == {"o1": 2, "o2": 0, "o3": 0}
 
 
 def test_a_value_the_database_refuses_fails_only_its_own_run(store, tmp_path) -> None:

@@ -33,14 +33,16 @@ def sql_blocks(dialect: str) -> list[str]:
 
 @pytest.mark.usefixtures("copy_path")
 def test_every_readme_query_runs_on_collected_data(tmp_path, fake, keypair, database_url) -> None:
-    jobs = """
-ticker: {method: Ticker, params: {pair: "XBTUSD,ETHUSD"}, every: 1h}
-candles: {method: OHLC, params: {pair: XBTUSD, interval: 1}, every: 1h}
-balances: {method: Balance, every: 1h}
-ledgers: {method: Ledgers, every: 1h}
-fills: {method: TradesHistory, every: 1h}
-orders: {method: ClosedOrders, every: 1h}
-broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
+    # The candles are the README's own job's (its daily closes read that interval).
+    (candles,) = re.findall(r"^  (candles: \{method: OHLC.*\})$", README.read_text(), re.MULTILINE)
+    jobs = f"""
+ticker: {{method: Ticker, params: {{pair: "XBTUSD,ETHUSD"}}, every: 1h}}
+{candles}
+balances: {{method: Balance, every: 1h}}
+ledgers: {{method: Ledgers, every: 1h}}
+fills: {{method: TradesHistory, every: 1h}}
+orders: {{method: ClosedOrders, every: 1h}}
+broken: {{method: Ticker, params: {{pair: NOPE}}, every: 1h}}
 """
     service = Service(load(job_file(tmp_path, fake, keypair, database_url, jobs)))
     try:
@@ -63,6 +65,8 @@ broken: {method: Ticker, params: {pair: NOPE}, every: 1h}
                 assert found, statement  # every example has data to show here
                 if "FROM ticker" in statement:
                     assert all(row[1] for row in found), found  # a price on every row
+                if "Daily closes" in statement:  # of the candles the job file collects
+                    assert all(row[1] is not None for row in found), found
     finally:
         engine.dispose()
     # The exports, then the Python that reads a table and an export (pandas, DuckDB).
