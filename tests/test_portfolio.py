@@ -112,3 +112,39 @@ def test_an_emptied_account_is_worth_zero(tmp_path, database_url) -> None:
     finally:
         store.dispose()
     assert 'data-value="0"' in html
+
+
+def test_the_chart_fits_a_fresh_install_and_sets_incomplete_snapshots_apart(tmp_path) -> None:
+    """Three rounds a minute apart on a week's range: the line spans the chart from the first
+    snapshot; the first round's snapshot, with an asset no pair prices (KFEE, Kraken's fee
+    credits), is a tick below the chart, outside the line and its low."""
+    from collector.dashboard import Dashboard
+
+    from .test_dashboard import Page
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with FakeKraken(tier=None) as fake:
+        path = job_file(tmp_path, fake, fake.add_key(), url, JOBS)
+        fake.balance = {**fake.balances(), "KFEE": "1000"}
+        run_once(path)
+        fake.balance = None
+        for _ in range(2):
+            run_once(path)
+    store = Store.from_url(url)
+    try:
+        with store.engine.connect() as conn:
+            found = Valuation("USD").values(conn)
+        html = Dashboard(load(path), store).render("week")
+    finally:
+        store.dispose()
+    partial = [v for v in found if not v.complete]
+    complete = [v for v in found if v.complete]
+    assert len(partial) >= 1 and len(complete) >= 2
+    page = Page(html)
+    chart = page.chart("default: value in USD")
+    assert (int(chart["data-series"]), int(chart["data-marks"])) == (len(complete), len(partial))
+    xs = [float(p.split(",")[0]) for p in html.split('points="')[1].split('"')[0].split()]
+    assert xs[0] < 360  # from the first snapshot, not squeezed against the week's right edge
+    low = min(v.value for v in complete)
+    assert f"low {low:,.2f}" in page.text
+    assert page.one("data-incomplete")["data-incomplete"] == str(len(partial))
