@@ -197,6 +197,9 @@ class Report:
     unbalanced: int = 0  # entries without a balance (not in the chain)
     snapshots: int = 0
     pending_snapshots: int = 0  # newer than the horizon: not yet verifiable
+    #: the newest of them, and the Ledgers jobs whose next run past it makes them verifiable
+    pending_newest: datetime | None = None
+    ledger_jobs: tuple[str, ...] = ()
     fills: int = 0
     orders: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -220,11 +223,25 @@ class Report:
             f"{self.snapshots:,} snapshot balances (an asset of a snapshot each)",
         ]
         if self.pending_snapshots:
-            parts.append(f"{self.pending_snapshots:,} newer ones not yet verifiable")
+            parts.append(self._pending())
         parts.append(f"{self.fills:,} fills, {self.orders:,} closed orders")
         count = len(self.findings)
         verdict = "verified" if self.ok else f"{count} break{'s' if count > 1 else ''} in"
         return f"account {self.account}: {verdict} {', '.join(parts)}"
+
+    def _pending(self) -> str:
+        """When the snapshots newer than the horizon will be verifiable: once the ledger is read
+        past the newest one (and the minute read again after it), so after which run."""
+        line = f"{self.pending_snapshots:,} newer ones not yet verifiable"
+        if self.pending_newest is None:
+            return line
+        ready = self.pending_newest + WINDOW + OVERLAP
+        jobs = ", ".join(self.ledger_jobs) or "Ledgers"
+        return (
+            f"{line} (the newest taken {_when(self.pending_newest)} UTC; the ledger is complete "
+            f"to {_when(self.verified_to or ready)} UTC): they will be after the first run of the "
+            f"Ledgers job {jobs} that starts after {_when(ready)} UTC"
+        )
 
     def json(self) -> dict[str, Any]:
         return {
@@ -747,7 +764,10 @@ def verify(engine: Engine, scopes_: Sequence[Scope]) -> list[Report]:
             report.verified_to = upto
             walks = _walk_all(main, side, scope, upto)
             _collect(report, walks)
-            report.pending_snapshots = _newer_snapshots(side, scope.account, upto)
+            report.pending_snapshots, report.pending_newest = _newer_snapshots(
+                side, scope.account, upto
+            )
+            report.ledger_jobs = tuple(scope.ledger_jobs)
             trades_to = horizon(main_conn, scope.trades_jobs, "my_trades")
             if trades_to is None:
                 report.notes.append("fills not checked: no TradesHistory job has finished")
@@ -770,15 +790,11 @@ def _latest(*times: datetime | None) -> datetime | None:
     return max(known) if known else None
 
 
-def _newer_snapshots(side: Reader, account: str, upto: datetime) -> int:
-    return int(
-        side.scalar(
-            select(func.count()).where(
-                balances.c.account == account, balances.c.taken_at > upto - WINDOW
-            )
-        )
-        or 0
-    )
+def _newer_snapshots(side: Reader, account: str, upto: datetime) -> tuple[int, datetime | None]:
+    """How many snapshot balances are too new to verify, and when the newest was taken."""
+    newer = (balances.c.account == account) & (balances.c.taken_at > upto - WINDOW)
+    count = int(side.scalar(select(func.count()).where(newer)) or 0)
+    return count, side.scalar(select(func.max(balances.c.taken_at)).where(newer))
 
 
 def advance(
