@@ -238,6 +238,11 @@ class Store:
     def upgrade(self) -> None:
         upgrade(self.engine)
         self._identity = self._stat()
+        if self._path is not None:
+            # The migration ran on a connection of its own: SQLite's connections made before
+            # it keep the old schema until they read, and resolve names by it when preparing
+            # (0011's table would still be 0009's view).
+            self.engine.dispose()
         with self.engine.begin() as conn:
             valuation.catch_up(conn)  # the snapshots stored before 0011, valued once
 

@@ -43,6 +43,7 @@ values with its own job file's, with :class:`Valuation`, the same code.
 from __future__ import annotations
 
 import decimal
+import hashlib
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -79,6 +80,8 @@ from .schema import ExactDecimal, RunId, UTCDateTime, metadata, runs, state
 QUOTE_STATE = "valuation_quote"
 #: The ``collector_state`` row holding the seconds a price values a snapshot for.
 AGE_STATE = "valuation_max_price_age"
+#: The ``collector_state`` row holding a digest of what the table's routes were made of.
+ROUTES_STATE = "valuation_routes"
 #: Suffixes of a variant of an asset: staked on chain, opt-in rewards, parachain, earn, bonded
 #: (Kraken's support pages; rotki's and ccxt's Kraken code read them the same way).
 SUFFIXES = (".S", ".M", ".P", ".F", ".B")
@@ -325,7 +328,7 @@ def after_write(
     """Keep ``portfolio_value`` true after a batch, in the batch's transaction: the batch's
     snapshots; those a price of the batch (its time) can value, taken up to
     ``max_price_age`` after it; all of them when pairs or assets were added (a route)."""
-    if routes_changed:
+    if routes_changed and _routes_changed(conn):
         refresh(conn, everything=True)
         return
     since = until = None
@@ -334,6 +337,23 @@ def after_write(
         since, until = min(prices), max(prices) + age
     if snapshots or since is not None:
         refresh(conn, run_ids=list(snapshots), since=since, until=until)
+
+
+def _routes_changed(conn: Connection) -> bool:
+    """Whether what the routes are made of (each asset's altname; each pair's base and quote)
+    changed since the table was last valued with them: the daily refresh of ``pairs`` also
+    updates fees and statuses, which value nothing, and a year of snapshots is not valued again
+    for them."""
+    digest = hashlib.sha256()
+    for asset, altname in conn.execute(
+        select(assets.c.asset, assets.c.altname).order_by(assets.c.asset)
+    ):
+        digest.update(f"a {asset} {altname}\n".encode())
+    for pair, base, quoted in conn.execute(
+        select(pairs.c.pair, pairs.c.base, pairs.c.quote).order_by(pairs.c.pair)
+    ):
+        digest.update(f"p {pair} {base} {quoted}\n".encode())
+    return _set_state(conn, ROUTES_STATE, digest.hexdigest())
 
 
 def catch_up(conn: Connection) -> int:

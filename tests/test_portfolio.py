@@ -5,8 +5,10 @@ database the service filled; an emptied account's snapshot is a row worth 0."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -15,6 +17,7 @@ from sqlalchemy import create_engine
 
 from collector.cli import main
 from collector.config import load
+from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store
 from collector.testing.fake_exchange import FakeKraken
@@ -148,3 +151,96 @@ def test_the_chart_fits_a_fresh_install_and_sets_incomplete_snapshots_apart(tmp_
     low = min(v.value for v in complete)
     assert f"low {low:,.2f}" in page.text
     assert page.one("data-incomplete")["data-incomplete"] == str(len(partial))
+
+
+# -- the store keeps the table true ---------------------------------------------------------------
+
+
+def record(method: str, at: datetime, rows: dict[str, list[dict[str, Any]]]) -> RunRecord:
+    return RunRecord(
+        job=method.lower(),
+        method=method,
+        params={},
+        scheduled_at=at,
+        started_at=at,
+        finished_at=at,
+        rows=rows,
+        account="default" if method.startswith("Balance") else None,
+    )
+
+
+def tick(at: datetime, last: str) -> RunRecord:
+    v = Decimal(last)
+    row = dict(pair="XXBTZUSD", taken_at=at, trades_24h=1, ask=v, bid=v, last=v, open=v)
+    row |= dict(volume_24h=v, vwap_24h=v, low_24h=v, high_24h=v)
+    return record("Ticker", at, {"ticker": [row]})
+
+
+def snapshot(at: datetime, held: dict[str, str]) -> RunRecord:
+    rows = [dict(asset=a, amount=Decimal(x), job="balance", taken_at=at) for a, x in held.items()]
+    return record("Balance", at, {"balances": rows})
+
+
+def table(url: str) -> dict[int, tuple[Decimal, str | None, str | None]]:
+    found = rows(url, "SELECT run_id, value, unpriced, why_unpriced FROM portfolio_value")
+    return {r[0]: (Decimal(str(r[1])), r[2], r[3]) for r in found}
+
+
+def test_the_store_values_again_what_a_later_price_or_pair_changes(tmp_path, database_url) -> None:
+    """A price stored after a snapshot but taken before it values it (a ticker and a balance
+    of one round, stored in either order); a price older than max_price_age values nothing,
+    and says so; a pair stored after its prices values the snapshots it now can."""
+    with FakeKraken(tier=None) as fake:  # the assets and pairs, as the service stores them
+        path = job_file(
+            tmp_path, fake, fake.add_key(), database_url, "t: {method: Time, every: 1h}"
+        )
+        run_once(path)
+    store = Store.from_url(database_url)
+    try:
+        store.upgrade()
+        t = datetime(2026, 1, 1, tzinfo=UTC)
+        (first,) = store.write([snapshot(t, {"XXBT": "2", "ZUSD": "5"})])
+        assert table(database_url)[first][:2] == (Decimal(5), "XXBT")
+        store.write([tick(t - timedelta(seconds=1), "60000.5")])
+        assert table(database_url)[first] == (Decimal("120006.0"), None, None)
+        # Two days on, that price is too old: XBT unpriced, with the reason.
+        (later,) = store.write([snapshot(t + timedelta(days=2), {"XXBT": "1"})])
+        assert table(database_url)[later] == (
+            Decimal(0),
+            "XXBT",
+            "XXBT: newest price 2025-12-31 23:59:59 UTC is older than valuation.max_price_age (1d)",
+        )
+        # A ticker of a pair not yet listed is stored; its pair arrives later.
+        tocks = tick(t - timedelta(seconds=1), "0.5")
+        tocks.rows["ticker"][0]["pair"] = "NEWZUSD"
+        (held,) = store.write([tocks, snapshot(t, {"NEW": "4"})])[1:]
+        assert table(database_url)[held][1] == "NEW"
+        pair = dict(pair="NEWZUSD", altname="NEWUSD", wsname="NEW/USD", base="NEW", quote="ZUSD")
+        pair |= dict(pair_decimals=4, lot_decimals=8, status="online", updated_at=t)
+        store.write([record("AssetPairs", t, {"pairs": [pair]})])
+        assert table(database_url)[held][:2] == (Decimal("2.0"), None)
+    finally:
+        store.dispose()
+
+
+def test_the_migration_values_the_snapshots_stored_before(tmp_path, database_url) -> None:
+    """A database at 0010 with a full snapshot and an emptied account's (an ok Balance run
+    without rows): after the upgrade, both are rows of the table, the empty one worth 0."""
+    from collector.store import upgrade
+
+    from .test_valuation import Rows
+
+    store = Store.from_url(database_url)
+    try:
+        upgrade(store.engine, "0010")
+        with store.engine.begin() as conn:
+            made = Rows(conn)
+            full = made.snapshot(0, {"USD": "12.5", "KFEE": "3"})  # no assets rows: USD itself
+            empty = made.run("Balance", datetime(2026, 1, 1, 1, tzinfo=UTC))
+        store.upgrade()
+    finally:
+        store.dispose()
+    assert table(database_url) == {
+        full: (Decimal("12.5"), "KFEE", "KFEE: no price at or before the snapshot"),
+        empty: (Decimal(0), None, None),
+    }
