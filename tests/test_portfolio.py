@@ -244,3 +244,36 @@ def test_the_migration_values_the_snapshots_stored_before(tmp_path, database_url
         full: (Decimal("12.5"), "KFEE", "KFEE: no price at or before the snapshot"),
         empty: (Decimal(0), None, None),
     }
+
+
+def test_max_price_age_is_a_job_file_key(tmp_path) -> None:
+    """``valuation.max_price_age``: a day by default, a duration within a minute and a year;
+    a bad one is one line naming the key; a change needs a restart (the table is valued with
+    it)."""
+    from collector.errors import ConfigError
+    from collector.reload import restart_needed
+
+    def jobs(valuation: str) -> Path:
+        path = tmp_path / "jobs.yaml"
+        path.write_text(
+            f"database: sqlite:///{tmp_path / 'c.db'}\n{valuation}"
+            "jobs:\n  t: {method: Time, every: 1h}\n"
+        )
+        return path
+
+    default = load(jobs(""))
+    assert default.valuation_max_price_age == 86_400
+    two_hours = load(jobs("valuation: {max_price_age: 2h}\n"))
+    assert two_hours.valuation_max_price_age == 7_200
+    assert restart_needed(default, two_hours) == ["valuation.max_price_age"]
+    for bad, problem in (("forever", "bad duration 'forever'"), ("10s", "out of range")):
+        try:
+            load(jobs(f"valuation: {{max_price_age: {bad}}}\n"))
+        except ConfigError as exc:
+            assert "valuation.max_price_age" in str(exc) and problem in str(exc), str(exc)
+            assert "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{bad} was taken")
+    result = CliRunner().invoke(main, ["check", str(jobs("valuation: {max_price_age: 10s}\n"))])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "valuation.max_price_age" in result.output
