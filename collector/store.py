@@ -363,8 +363,21 @@ class Store:
             if row.get("final")
         ]
         routes = bool(changed & {"pairs", "assets"})
-        if snapshots or prices or routes:
+        if not (snapshots or prices or routes):
+            return
+        try:
             valuation.after_write(conn, snapshots, prices, routes)
+        except DBAPIError:
+            raise  # the database's refusal: the batch's, handled as any other
+        except Exception as exc:  # a value never costs the runs and their rows
+            # Raised while computing (the SQL so far only read): the batch is stored without
+            # the values, and the next start values the snapshots the table lacks (catch_up).
+            logger.error(
+                "portfolio_value not updated for this batch (%s: %s); the runs are stored, "
+                "and the next start values the snapshots it lacks",
+                type(exc).__name__,
+                exc,
+            )
 
     def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
         uids = [r.uid for r in records]

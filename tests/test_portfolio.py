@@ -277,3 +277,26 @@ def test_max_price_age_is_a_job_file_key(tmp_path) -> None:
     result = CliRunner().invoke(main, ["check", str(jobs("valuation: {max_price_age: 10s}\n"))])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "valuation.max_price_age" in result.output
+
+
+def test_a_value_that_cannot_be_computed_never_costs_the_runs(tmp_path, caplog) -> None:
+    """A snapshot whose value needs more digits than the exact context has (an amount of 1,999
+    digits at a price of 13) is stored with its run and balances; the table lacks it, and the
+    log says so in one line."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with FakeKraken(tier=None) as fake:
+        path = job_file(tmp_path, fake, fake.add_key(), url, "t: {method: Time, every: 1h}")
+        run_once(path)
+    store = Store.from_url(url)
+    try:
+        store.upgrade()
+        t = datetime(2026, 1, 1, tzinfo=UTC)
+        store.write([tick(t - timedelta(seconds=1), "1.111111111111")])
+        amount = "1." + "1" * 1998
+        (run_id,) = store.write([snapshot(t, {"XXBT": amount})])
+    finally:
+        store.dispose()
+    assert rows(url, f"SELECT amount FROM balances WHERE run_id = {run_id}") == [(amount,)]
+    assert run_id not in table(url)
+    (line,) = [r.getMessage() for r in caplog.records if "portfolio_value" in r.getMessage()]
+    assert line.startswith("portfolio_value not updated for this batch (Inexact")
