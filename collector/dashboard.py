@@ -44,6 +44,7 @@ from .schema import runs
 from .status import collect, pairs_in
 from .store import Store
 from .valuation import Valuation, Value
+from .valuation import table as portfolio_value
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,14 @@ def _accounts(conn: Any, valuation: Valuation, since: datetime | None) -> list[A
             select(balances.c.account, func.max(balances.c.taken_at)).group_by(balances.c.account)
         ).all()
     )
+    if inspect(conn).has_table(portfolio_value.name):
+        # An emptied account's snapshots have no balances: the table's rows are their marks.
+        for name, when in conn.execute(
+            select(portfolio_value.c.account, func.max(portfolio_value.c.taken_at)).group_by(
+                portfolio_value.c.account
+            )
+        ):
+            latest[name] = max(when, latest.get(name, when))
     values = valuation.values(conn, since)
     out = []
     for name in sorted(latest):

@@ -304,6 +304,8 @@ def refresh(
     for chunk in range(0, len(run_ids), _CHUNK):
         for v in valuation.values(conn, run_ids=run_ids[chunk : chunk + _CHUNK]):
             found[v.run_id] = v
+    if everything:
+        since = until = None
     if since is not None or everything:
         for v in valuation.values(conn, since, until=until):
             found[v.run_id] = v
@@ -328,15 +330,14 @@ def after_write(
     """Keep ``portfolio_value`` true after a batch, in the batch's transaction: the batch's
     snapshots; those a price of the batch (its time) can value, taken up to
     ``max_price_age`` after it; all of them when pairs or assets were added (a route)."""
-    if routes_changed and _routes_changed(conn):
-        refresh(conn, everything=True)
-        return
+    # All of them, and the batch's own too: an emptied account's has no row to be found by.
+    everything = routes_changed and _routes_changed(conn)
     since = until = None
-    if prices:
+    if prices and not everything:
         age = timedelta(seconds=stored_valuation(conn).max_price_age)
         since, until = min(prices), max(prices) + age
-    if snapshots or since is not None:
-        refresh(conn, run_ids=list(snapshots), since=since, until=until)
+    if snapshots or since is not None or everything:
+        refresh(conn, run_ids=list(snapshots), since=since, until=until, everything=everything)
 
 
 def _routes_changed(conn: Connection) -> bool:

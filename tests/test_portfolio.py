@@ -96,9 +96,9 @@ def test_an_emptied_account_is_worth_zero(tmp_path, database_url) -> None:
     with FakeKraken(tier=None) as fake:
         path = job_file(tmp_path, fake, fake.add_key(), database_url, JOBS)
         run_once(path)
-        fake.balance = {}
+        fake.balance = {}  # an empty mapping of assets
         run_once(path)
-        fake.balance = None
+        fake.balance = None  # no result at all: Kraken's answer for an empty account
         run_once(path)
     table = rows(
         database_url, "SELECT run_id, value, unpriced FROM portfolio_value ORDER BY run_id"
@@ -130,7 +130,7 @@ def test_the_chart_fits_a_fresh_install_and_sets_incomplete_snapshots_apart(tmp_
         path = job_file(tmp_path, fake, fake.add_key(), url, JOBS)
         fake.balance = {**fake.balances(), "KFEE": "1000"}
         run_once(path)
-        fake.balance = None
+        fake.balance = fake.balances()
         for _ in range(2):
             run_once(path)
     store = Store.from_url(url)
@@ -300,3 +300,28 @@ def test_a_value_that_cannot_be_computed_never_costs_the_runs(tmp_path, caplog) 
     assert run_id not in table(url)
     (line,) = [r.getMessage() for r in caplog.records if "portfolio_value" in r.getMessage()]
     assert line.startswith("portfolio_value not updated for this batch (Inexact")
+
+
+def test_an_account_empty_from_the_start_is_shown_at_zero(tmp_path) -> None:
+    """No balance row was ever stored: its snapshots (the table's rows) still put the account
+    on the page, worth 0, rather than "no balance snapshots yet"."""
+    from collector.dashboard import Dashboard
+
+    from .test_dashboard import Page
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with FakeKraken(tier=None) as fake:
+        path = job_file(tmp_path, fake, fake.add_key(), url, JOBS)
+        fake.balance = None  # Kraken's answer for an empty account: no result at all
+        run_once(path)
+    assert rows(url, "SELECT count(*) FROM balances") == [(0,)], rows(url)
+    store = Store.from_url(url)
+    try:
+        page = Page(Dashboard(load(path), store).render("week"))
+    finally:
+        store.dispose()
+    assert rows(url, "SELECT value FROM portfolio_value") == [("0",)], rows(
+        url, "SELECT id, job, method, status, finished_at FROM runs"
+    )
+    assert page.one("data-account")["data-account"] == "default"
+    assert page.one("data-value")["data-value"] == "0"
