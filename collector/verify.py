@@ -253,6 +253,10 @@ class Report:
             "entries_without_balance": self.unbalanced,
             "snapshots": self.snapshots,
             "snapshots_not_yet_verifiable": self.pending_snapshots,
+            # they will be after the first run of a Ledgers job starting after this time
+            "verifiable_after": None
+            if self.pending_newest is None
+            else (self.pending_newest + WINDOW + OVERLAP).isoformat(),
             "fills": self.fills,
             "orders": self.orders,
             "breaks": [f.json() for f in self.findings],

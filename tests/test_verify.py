@@ -238,6 +238,9 @@ def test_a_live_service_records_no_false_break_while_the_ledger_grows(tmp_path) 
         "they will be after the first run of the Ledgers job l that starts after "
         f"{ready:%Y-%m-%d %H:%M:%S} UTC" in result.output
     ), result.output
+    (found,) = json.loads(cli("verify", "--json", str(path)).output)["accounts"]
+    assert found["snapshots_not_yet_verifiable"] == 7
+    assert datetime.fromisoformat(found["verifiable_after"]) == ready
     states = rows(url, "SELECT verified_to, breaks FROM ledger_verification")
     assert {s.breaks for s in states} == {0}
 
