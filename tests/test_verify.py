@@ -234,9 +234,13 @@ def test_a_live_service_records_no_false_break_while_the_ledger_grows(tmp_path) 
         f"(the newest taken {newest:%Y-%m-%d %H:%M:%S} UTC; the ledger is complete to "
         in result.output
     )
+    # The job runs every hour: the next run after that is its last start plus an hour.
+    (last,) = rows(url, "SELECT max(started_at) FROM runs WHERE job = 'l'")[0]
+    due = datetime.fromisoformat(str(last)).replace(tzinfo=UTC) + timedelta(hours=1)
+    assert due > ready
     assert (
-        "they will be after the first run of the Ledgers job l that starts after "
-        f"{ready:%Y-%m-%d %H:%M:%S} UTC" in result.output
+        "they will be after the first run of the Ledgers job l (every 1h) that starts after "
+        f"{ready:%Y-%m-%d %H:%M:%S} UTC, due {due:%Y-%m-%d %H:%M:%S} UTC" in result.output
     ), result.output
     (found,) = json.loads(cli("verify", "--json", str(path)).output)["accounts"]
     assert found["snapshots_not_yet_verifiable"] == 7
