@@ -1,4 +1,4 @@
-"""The dashboard on a year of hourly snapshots of 10 assets, beside the same valuation in SQL alone.
+"""The dashboard on a year of hourly snapshots of 10 assets, beside a read of the table portfolio_value.
 
     python bench/bench_dashboard.py                  # SQLite and PostgreSQL (initdb, as the tests)
     python bench/bench_dashboard.py --db sqlite --hours 2160        # a quick look
@@ -7,7 +7,8 @@ The database is filled once (``collector.testing.portfolio.fill_hourly``: 8,760 
 10 assets, a Ticker run of their 8 pairs before each, one asset through XBT, one staked). Each
 round times, in turn (``bench/rounds.py``), the page of the range ``year`` as ``collector
 dashboard`` renders it (every job's state, the portfolio's values and a price chart per pair, all
-from the database) and the SQL a user would run for the same chart: ``SELECT taken_at, value,
+from the database) and the SQL a user would run for the same chart (a table since 0011, kept by
+the store, so this reads what was valued when the rows were stored): ``SELECT taken_at, value,
 unpriced FROM portfolio_value WHERE taken_at >= now - 1 year``. The page's size and the points
 its chart draws are counted, not timed. Targets (issue 20): render <= 1 s, page <= 2 MB.
 """

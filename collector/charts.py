@@ -65,9 +65,11 @@ def line(
     width: int = WIDTH,
     height: int = HEIGHT,
     css: str = "chart",
+    marks: Sequence[float] = (),
 ) -> Chart:
     """A line through ``points`` (x: seconds, y: a value) over ``[start, end]``; ``label`` is
-    its accessible name."""
+    its accessible name. ``marks``: times drawn as ticks on the bottom edge, outside the line
+    and its low and high (a value that is not the whole of what it measures)."""
     drawn = columns(points, start, end, width)
     ys = [y for _, y in drawn]
     low, high = (min(ys), max(ys)) if ys else (None, None)
@@ -98,6 +100,14 @@ def line(
             f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" '
             'font-size="14" fill="#888">no data in this range</text>'
         )
+    span_x = (end - start) or 1.0
+    for when in marks:
+        x = min(width, max(0.0, (when - start) / span_x * width))
+        shapes.append(
+            f'<line class="incomplete" x1="{x:.1f}" y1="{height:.1f}" x2="{x:.1f}" '
+            f'y2="{height * 0.9:.1f}" stroke="#c60" stroke-width="2" '
+            'vector-effect="non-scaling-stroke"/>'
+        )
     grid = "".join(
         f'<line x1="0" x2="{width}" y1="{height * f:.1f}" y2="{height * f:.1f}" '
         'stroke="#8883" vector-effect="non-scaling-stroke"/>'
@@ -106,6 +116,6 @@ def line(
     svg = (
         f'<svg class="{css}" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
         f'role="img" aria-label="{escape(label)}" data-points="{len(drawn)}" '
-        f'data-series="{len(points)}">{grid}{"".join(shapes)}</svg>'
+        f'data-series="{len(points)}" data-marks="{len(marks)}">{grid}{"".join(shapes)}</svg>'
     )
     return Chart(svg, len(points), len(drawn), low, high)

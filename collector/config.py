@@ -67,7 +67,7 @@ TOP_KEYS = (
 )
 ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
 METRICS_KEYS = ("listen", "allowed_hosts")
-VALUATION_KEYS = ("quote",)
+VALUATION_KEYS = ("quote", "max_price_age")
 #: A quote currency: an asset's code or altname (``USD``, ``ZUSD``, ``EUR``, ``XBT``, ``USDT``).
 _QUOTE = re.compile(r"[A-Z0-9]{2,16}")
 #: A host name the metrics listener answers to (``collector``, ``metrics.example.com``; a
@@ -218,6 +218,8 @@ class Config:
     #: the currency balance snapshots are valued in (``valuation.quote``): the view
     #: ``portfolio_value`` and the dashboard
     valuation_quote: str = defaults.VALUATION_QUOTE
+    #: seconds a price values a snapshot for (``valuation.max_price_age``); older, it is unpriced
+    valuation_max_price_age: float = defaults.VALUATION_MAX_PRICE_AGE
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)
@@ -590,6 +592,7 @@ class _Builder:
             retention=self.retention(raw),
             reference=reference,
             valuation_quote=self.valuation(raw),
+            valuation_max_price_age=self.max_price_age(raw),
         )
 
     def valuation(self, raw: _Map) -> str:
@@ -605,6 +608,18 @@ class _Builder:
                 "valuation.quote",
             )
         return quote.strip().upper()
+
+    def max_price_age(self, raw: _Map) -> float:
+        spec = self.mapping(raw, "valuation", "valuation")
+        if "max_price_age" not in spec:
+            return defaults.VALUATION_MAX_PRICE_AGE
+        return self.duration(
+            spec,
+            "max_price_age",
+            "valuation.max_price_age",
+            low=defaults.VALUATION_MAX_PRICE_AGE_MIN,
+            high=defaults.VALUATION_MAX_PRICE_AGE_MAX,
+        )
 
     def metrics(self, raw: _Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")

@@ -48,6 +48,7 @@ from .schema import runs
 from .status import collect, pairs_in
 from .store import Store
 from .valuation import Valuation, Value
+from .valuation import table as portfolio_value
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ class Dashboard:
         if self.store is not None:
             with self.store.engine.connect() as conn:
                 names = set(inspect(conn).get_table_names())
-                valuation = Valuation(self.config.valuation_quote)
+                valuation = Valuation(
+                    self.config.valuation_quote, self.config.valuation_max_price_age
+                )
                 accounts = _accounts(conn, valuation, since)
                 quote_decimals = _decimals(conn, self.config.valuation_quote, names)
                 drawn, undrawn = _drawn_pairs(conn, self.config, valuation, names)
@@ -193,6 +196,14 @@ def _accounts(conn: Any, valuation: Valuation, since: datetime | None) -> list[A
             select(balances.c.account, func.max(balances.c.taken_at)).group_by(balances.c.account)
         ).all()
     )
+    if inspect(conn).has_table(portfolio_value.name):
+        # An emptied account's snapshots have no balances: the table's rows are their marks.
+        for name, when in conn.execute(
+            select(portfolio_value.c.account, func.max(portfolio_value.c.taken_at)).group_by(
+                portfolio_value.c.account
+            )
+        ):
+            latest[name] = max(when, latest.get(name, when))
     values = valuation.values(conn, since)
     out = []
     for name in sorted(latest):
@@ -444,17 +455,44 @@ def _portfolio(
             if latest.unpriced:
                 listed = ", ".join(escape(a) for a in latest.unpriced)
                 out.append(
-                    f'<p class="note unpriced" data-unpriced="{escape(",".join(latest.unpriced))}">'
+                    f'<p class="note unpriced" data-unpriced="{escape(",".join(latest.unpriced))}"'
+                    f' title="{escape(latest.reasons or "")}">'
                     f"Not in the value, no price in {escape(quote)}: {listed}</p>"
+                    f'<p class="note why">{escape(latest.reasons or "")}</p>'
                 )
-        points = [(v.taken_at.timestamp(), float(v.value)) for v in account.values]
-        chart = charts.line(
-            points, start.timestamp(), now.timestamp(), f"{account.name}: value in {quote}"
-        )
-        out.append(_figure(chart, start, now, decimals))
+        out.append(_value_chart(account, quote, decimals, start, now))
         out.append("</article>")
     out.append("</section>")
     return "".join(out)
+
+
+def _value_chart(
+    account: Account, quote: str, decimals: int, start: datetime, now: datetime
+) -> str:
+    """The account's value over time: a line through its complete snapshots only, over the
+    range or, when the snapshots span less, from the first one (a fresh install's points fill
+    the chart rather than sit in its last pixels). A snapshot with an asset unpriced is worth
+    not its whole worth: a tick on the bottom edge, outside the line and its low and high."""
+    complete = [v for v in account.values if v.complete]
+    partial = [v for v in account.values if not v.complete]
+    if account.values:
+        start = max(start, min(v.taken_at for v in account.values))
+    points = [(v.taken_at.timestamp(), float(v.value)) for v in complete]
+    chart = charts.line(
+        points,
+        start.timestamp(),
+        now.timestamp(),
+        f"{account.name}: value in {quote}",
+        marks=[v.taken_at.timestamp() for v in partial],
+    )
+    note = ""
+    if partial:
+        note = (
+            f'<p class="note incomplete" data-incomplete="{len(partial)}">{len(partial):,} '
+            f"snapshot{'s' if len(partial) != 1 else ''} with an asset unpriced: the ticks "
+            "below the chart, not in the line nor in its low and high.</p>"
+        )
+    return _figure(chart, start, now, decimals) + note
 
 
 def _figure(chart: charts.Chart, start: datetime, now: datetime, decimals: int) -> str:

@@ -227,5 +227,12 @@ PAIR_NAMES_REREAD = 60.0
 
 #: The currency balance snapshots are valued in (``valuation.quote``): an asset's code or altname.
 VALUATION_QUOTE = "USD"
+#: A price older than this at a snapshot's time does not value it (``valuation.max_price_age``):
+#: a pair that stopped trading, or a ticker job removed long ago, would value today's holdings at
+#: a price nobody can get. A day covers the daily candles' close and a ticker job paused a while.
+VALUATION_MAX_PRICE_AGE = 86_400.0
+#: Its bounds: a minute (a ticker job every 30 s still values), a year (a longer age is no limit).
+VALUATION_MAX_PRICE_AGE_MIN = 60.0
+VALUATION_MAX_PRICE_AGE_MAX = 366 * 86_400.0
 #: Where ``collector dashboard`` serves its page by default (beside the metrics' 9108).
 DASHBOARD_PORT = 9109

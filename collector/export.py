@@ -36,6 +36,7 @@ from sqlalchemy.types import TypeEngine
 
 from .errors import ConfigError
 from .schema import ExactDecimal, UTCDateTime, metadata
+from .valuation import table as portfolio_value
 from .views import VIEWS
 
 FORMATS = ("csv", "jsonl", "kraken")
@@ -101,8 +102,9 @@ class Request:
 
 
 def tables() -> list[str]:
-    """Every table and view that can be exported."""
-    return sorted([*metadata.tables, *VIEWS])
+    """Every table and view that can be exported (``portfolio_value`` named: its module may
+    not be imported yet, and ``metadata`` has only the tables of imported modules)."""
+    return sorted({*metadata.tables, portfolio_value.name, *VIEWS})
 
 
 def _kind(type_: TypeEngine[Any]) -> str:

@@ -51,6 +51,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("reference")
     if old.valuation_quote != new.valuation_quote:
         changed.append("valuation.quote")
+    if old.valuation_max_price_age != new.valuation_max_price_age:
+        changed.append("valuation.max_price_age")
     return sorted(set(changed))
 
 

@@ -308,13 +308,15 @@ class Service:
         self._opened = True
 
     def _remember_quote(self) -> None:
-        """The view ``portfolio_value`` values in the job file's ``valuation.quote``."""
+        """The table ``portfolio_value`` values with the job file's ``valuation`` settings."""
         try:
             with self.store.engine.begin() as conn:
-                remember_quote(conn, self.config.valuation_quote)
+                remember_quote(
+                    conn, self.config.valuation_quote, self.config.valuation_max_price_age
+                )
         except SQLAlchemyError as exc:  # the database is away: the next start says it again
             logger.warning(
-                "cannot keep valuation.quote %s for the view portfolio_value (%s)",
+                "cannot keep valuation.quote %s for the table portfolio_value (%s)",
                 self.config.valuation_quote,
                 type(exc).__name__,
             )

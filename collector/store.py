@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,13 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from . import bulk, defaults
+from . import bulk, defaults, valuation
 from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
 from .pairs import Names
 from .records import RunRecord
 from .schema import cursors, runs, state
-from .valuation import decimal_functions
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,6 @@ def make_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-            # The view portfolio_value multiplies and sums decimal text exactly with them.
-            decimal_functions(dbapi_connection)
             if immediate:
                 dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT of its own
 
@@ -241,6 +238,13 @@ class Store:
     def upgrade(self) -> None:
         upgrade(self.engine)
         self._identity = self._stat()
+        if self._path is not None:
+            # The migration ran on a connection of its own: SQLite's connections made before
+            # it keep the old schema until they read, and resolve names by it when preparing
+            # (0011's table would still be 0009's view).
+            self.engine.dispose()
+        with self.engine.begin() as conn:
+            valuation.catch_up(conn)  # the snapshots stored before 0011, valued once
 
     def _stat(self) -> tuple[int, int] | None:
         if self._path is None:
@@ -324,7 +328,8 @@ class Store:
             if records:
                 by_uid = self._write_runs(conn, records)
                 ids = [by_uid[r.uid] for r in records]
-                added = self._write_rows(conn, by_uid, records)
+                changed: set[str] = set()
+                added = self._write_rows(conn, by_uid, records, changed)
                 if added:
                     conn.execute(
                         update(runs)
@@ -333,11 +338,46 @@ class Store:
                         [{"run": run, "added": n} for run, n in added.items()],
                     )
                 self._write_cursors(conn, records)
+                self._value(conn, by_uid, records, changed)
             marks = {NONCE_KEY: nonce} if isinstance(nonce, int) else dict(nonce or {})
             rows = [{"name": k, "value": str(v)} for k, v in marks.items() if v]
             if rows:
                 self._upsert(conn, state, ("name",), rows, ("value",))
         return ids
+
+    def _value(
+        self, conn: Any, by_uid: dict[str, int], records: list[RunRecord], changed: set[str]
+    ) -> None:
+        """Keep ``portfolio_value`` true in the batch's transaction: a reader never sees a
+        snapshot without its value, or a value from before a price it should have."""
+        snapshots = [
+            by_uid[r.uid]
+            for r in records
+            if r.method in valuation.SNAPSHOT_METHODS and r.status == "ok"
+        ]
+        prices = [row["taken_at"] for r in records for row in r.rows.get("ticker", ())]
+        prices += [
+            row["time"] + timedelta(minutes=row["interval"])  # a candle's price is its close's
+            for r in records
+            for row in r.rows.get("ohlc", ())
+            if row.get("final")
+        ]
+        routes = bool(changed & {"pairs", "assets"})
+        if not (snapshots or prices or routes):
+            return
+        try:
+            valuation.after_write(conn, snapshots, prices, routes)
+        except DBAPIError:
+            raise  # the database's refusal: the batch's, handled as any other
+        except Exception as exc:  # a value never costs the runs and their rows
+            # Raised while computing (the SQL so far only read): the batch is stored without
+            # the values, and the next start values the snapshots the table lacks (catch_up).
+            logger.error(
+                "portfolio_value not updated for this batch (%s: %s); the runs are stored, "
+                "and the next start values the snapshots it lacks",
+                type(exc).__name__,
+                exc,
+            )
 
     def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
         uids = [r.uid for r in records]
@@ -361,9 +401,10 @@ class Store:
         return by_uid
 
     def _write_rows(
-        self, conn: Any, by_uid: dict[str, int], records: list[RunRecord]
+        self, conn: Any, by_uid: dict[str, int], records: list[RunRecord], changed: set[str]
     ) -> Counter[int]:
-        """Upsert every record's rows; returns how many rows each run added."""
+        """Upsert every record's rows; returns how many rows each run added (``changed``: the
+        tables whose rows it added or changed)."""
         by_table: dict[str, list[dict[str, Any]]] = {}
         written: dict[str, list[tuple[RunRecord, int]]] = {}
         for record in records:
@@ -402,6 +443,8 @@ class Store:
                 count=True,
                 compare=dataset.compare,
             )
+            if touched:
+                changed.add(name)
             # A row counts for the run writing it: inserted, or changed by a dataset that hands
             # it to that run (reference data updates run_id). A row updated in place keeps the
             # run that first stored it, and is no new row of that run either (an open candle

@@ -1,5 +1,5 @@
-"""What each balance snapshot was worth in one quote currency, exactly: the rules, the SQL view
-``portfolio_value`` that applies them, and the same rules in Python for the dashboard.
+"""What each balance snapshot was worth in one quote currency, exactly: the rules, applied in
+Python, and the table ``portfolio_value`` the store keeps with them for any tool to read.
 
 **The rules** (one asset of one snapshot taken at time T; the quote Q is ``valuation.quote``,
 ``USD`` by default):
@@ -15,28 +15,35 @@
 3. A pair's price at T: the newest of its ``ticker`` rows' ``last`` taken at or before T and its
    final ``ohlc`` candles' ``close`` that closed (start + interval) at or before T, any
    interval. The first route with a price at T gives the asset's price; within a route, the
-   newest price wins (then the ticker, then the shorter interval, then the pair's name).
+   newest price wins (then the ticker, then the shorter interval, then the pair's name). A
+   price older than ``valuation.max_price_age`` (a day) at T does not count: a pair that stopped
+   trading, or a ticker job removed long ago, values nothing today.
 4. The snapshot's value is the exact sum of amount x price; an asset without a price at T (and
    an amount other than zero) is **named** in ``unpriced``, never counted as 0.
 
 An asset quoted only the other way round (``USD`` in a ``EUR`` valuation, through ``EURUSD``) is
 unpriced: valuing it would divide, which is not exact.
 
-**Exact on both databases.** PostgreSQL multiplies and sums ``numeric``. SQLite has no decimal
-type (its arithmetic on decimal text goes through floats), so its view multiplies and sums with
-the decimal extension's ``decimal_mul`` and ``decimal_sum``: the ``sqlite3`` shell has them
-built in (3.35 and later), and collector adds them to its own connections
-(:func:`decimal_functions`, which a Python program can call on its ``sqlite3`` connection).
+**A table, not a view.** SQLite has no exact decimal arithmetic in plain SQL (its arithmetic
+on decimal text goes through floats): a view multiplying exactly needed functions collector
+registers on its own connections, so pandas, ``sqlite3``, DuckDB or Datasette could not read
+it (``no such function: decimal_mul``). So the store keeps ``portfolio_value`` as a table, on
+both databases alike (one behaviour, one code path), in the transaction of each batch that
+could change it (:func:`after_write`): the batch's snapshots; those a stored price can value
+(taken up to ``max_price_age`` after it); all of them when a pair or an asset is added, or
+when ``collector run`` starts with other ``valuation`` settings (:func:`remember_quote`). An
+``ok`` Balance run without rows (Kraken's answer for an emptied account) is a snapshot worth
+0: its row is the only mark that it was taken.
 
-The view values in the quote the service was started with (``collector run`` keeps it in
-``collector_state``, row ``valuation_quote``; ``USD`` without one). The dashboard values in its
-own job file's quote, with :class:`Valuation`; the tests hold the view, the page and a value
-computed from the raw rows to each other.
+The table values with the settings the service was started with (``collector_state``, rows
+``valuation_quote`` and ``valuation_max_price_age``; ``USD`` and a day without). The dashboard
+values with its own job file's, with :class:`Valuation`, the same code.
 """
 
 from __future__ import annotations
 
 import decimal
+import hashlib
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -45,17 +52,36 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, inspect, select, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    exists,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import defaults
+from .datasets.balances import table as balances
 from .datasets.reference import assets, pairs
-from .methods import OHLC_INTERVALS
-from .schema import UTCDateTime, state
+from .schema import ExactDecimal, RunId, UTCDateTime, metadata, runs, state
 
 #: The ``collector_state`` row holding the quote the view values in.
 QUOTE_STATE = "valuation_quote"
+#: The ``collector_state`` row holding the seconds a price values a snapshot for.
+AGE_STATE = "valuation_max_price_age"
+#: The ``collector_state`` row holding a digest of what the table's routes were made of.
+ROUTES_STATE = "valuation_routes"
 #: Suffixes of a variant of an asset: staked on chain, opt-in rewards, parachain, earn, bonded
 #: (Kraken's support pages; rotki's and ccxt's Kraken code read them the same way).
 SUFFIXES = (".S", ".M", ".P", ".F", ".B")
@@ -181,42 +207,6 @@ class Dialect:
             return f"to_char(({when}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' ' || {price}"
         return f"{when} || ' ' || {price}"
 
-    def price(self, stamp: str) -> str:
-        """The price of a stamp, exact: numeric again on PostgreSQL, decimal text on SQLite."""
-        if self.pg:
-            return f"CAST(substr({stamp}, 28) AS numeric)"
-        return f"substr({stamp}, 34)"
-
-    def when(self, stamp: str) -> str:
-        return f"substr({stamp}, 1, {self.width})"
-
-    @property
-    def fence(self) -> str:
-        """Ends a subquery that must stay one: merged into the query around it, each use of
-        its columns would run their subqueries again, and so would a condition pushed into it."""
-        return "OFFSET 0" if self.pg else "LIMIT -1 OFFSET 0"
-
-    def mul(self, a: str, b: str) -> str:
-        return f"({a}) * ({b})" if self.pg else f"decimal_mul({a}, {b})"
-
-    @property
-    def one(self) -> str:
-        return "1" if self.pg else "'1'"
-
-    def total(self, value: str) -> str:
-        return f"COALESCE(sum({value}), 0)" if self.pg else f"COALESCE(decimal_sum({value}), '0')"
-
-    def nonzero(self, amount: str) -> str:
-        # SQLite compares decimal text with 0 as text; as a number, any amount other than zero
-        # is a float other than zero.
-        return f"{amount} <> 0" if self.pg else f"CAST({amount} AS REAL) <> 0"
-
-    def names(self, value: str) -> str:
-        """The comma list of ``value``'s non-NULL values, in order."""
-        if self.pg:
-            return f"string_agg({value}, ',' ORDER BY {value})"
-        return f"group_concat({value}, ',')"  # the rows come in asset order: the key's
-
 
 def stamp_sql(d: Dialect, pair: str, minutes: str, at: str) -> str:
     """A scalar subquery: the stamp (:meth:`Dialect.stamp`) of ``pair``'s newest price at or
@@ -233,165 +223,152 @@ ELSE (
   ORDER BY o.time DESC LIMIT 1) END"""
 
 
-def _indent(text_: str, spaces: int) -> str:
-    return text_.replace("\n", "\n" + " " * spaces)
-
-
-def view_sql(dialect: str) -> str:
-    """``CREATE VIEW portfolio_value``: one row per balance snapshot (``run_id``, ``job``,
-    ``account``, ``taken_at``), with ``quote``, ``value`` and ``unpriced``.
-
-    Its subqueries that must be computed once a row end with :attr:`Dialect.fence`, and
-    ``priced`` is ``DISTINCT`` (its rows are distinct anyway): merged into the query around
-    them, every use of a price would compute it again. ``priced`` stays open to a condition
-    on its columns, so ``WHERE taken_at >= ...`` or ``WHERE run_id = ...`` values only those
-    snapshots."""
-    d = Dialect(dialect)
-    intervals = " UNION ALL ".join(f"SELECT {m}" for m in OHLC_INTERVALS)
-    xbt = " UNION ALL ".join(f"SELECT '{code}'" for code in XBT)
-    stamp = stamp_sql(d, "s.pair", "s.minutes", "b.taken_at")
-    suffixes = ", ".join(f"'{s}'" for s in SUFFIXES)
-    return f"""CREATE VIEW {VIEW} AS
-WITH
--- The quote (collector run keeps the job file's valuation.quote) and its codes: USD is ZUSD.
-quote(name) AS (
-  SELECT COALESCE((SELECT value FROM collector_state WHERE name = '{QUOTE_STATE}'), 'USD')),
-quote_codes(code) AS (
-  SELECT name FROM quote UNION SELECT a.asset FROM assets a JOIN quote q ON a.altname = q.name),
-xbt(code) AS ({xbt}),
-intervals(minutes) AS ({intervals}),
-held(asset) AS (SELECT DISTINCT asset FROM balances),
--- DOT.S, DOT28.S, XBT.M, ETH.F, USD.HOLD: the name of the asset each is a variant of.
-variants(asset, name) AS (
-  SELECT asset, CASE
-    WHEN substr(asset, length(asset) - 4) = '.HOLD' THEN substr(asset, 1, length(asset) - 5)
-    WHEN substr(asset, length(asset) - 1) IN ({suffixes})
-      THEN rtrim(substr(asset, 1, length(asset) - 2), '0123456789') END
-  FROM held),
--- What an asset is valued as: itself (step 0), then what it is a variant of (step 1).
-candidates(asset, step, code) AS (
-  SELECT asset, 0, asset FROM held
-  UNION ALL
-  SELECT v.asset, 1, COALESCE(
-    (SELECT a.asset FROM assets a WHERE a.asset = v.name),
-    (SELECT min(a.asset) FROM assets a WHERE a.altname = v.name),
-    v.name)
-  FROM variants v WHERE v.name <> ''),
--- Its routes in order: it is the quote (rank 0, 3), a direct pair (1, 4), a pair in XBT (2, 5).
-routes(asset, rank, pair) AS (
-  SELECT c.asset, 3 * c.step, CAST(NULL AS VARCHAR(32)) FROM candidates c
-  WHERE c.code IN (SELECT code FROM quote_codes)
-  UNION ALL
-  SELECT c.asset, 3 * c.step + 1, p.pair FROM candidates c JOIN pairs p ON p.base = c.code
-  WHERE p.quote IN (SELECT code FROM quote_codes)
-  UNION ALL
-  SELECT c.asset, 3 * c.step + 2, p.pair FROM candidates c JOIN pairs p ON p.base = c.code
-  WHERE p.quote IN (SELECT code FROM xbt)
-    AND NOT EXISTS (SELECT 1 FROM quote_codes q WHERE q.code IN (SELECT code FROM xbt))),
-xbt_pairs(pair) AS (
-  SELECT p.pair FROM pairs p
-  WHERE p.base IN (SELECT code FROM xbt) AND p.quote IN (SELECT code FROM quote_codes)),
-wanted(pair) AS (
-  SELECT pair FROM routes WHERE pair IS NOT NULL UNION SELECT pair FROM xbt_pairs),
--- Each wanted pair's sources: its ticker (0), the OHLC intervals it has final candles of.
-sources(pair, minutes) AS (
-  SELECT w.pair, 0 FROM wanted w WHERE EXISTS (SELECT 1 FROM ticker t WHERE t.pair = w.pair)
-  UNION ALL
-  SELECT w.pair, i.minutes FROM wanted w CROSS JOIN intervals i
-  WHERE EXISTS (
-    SELECT 1 FROM ohlc o WHERE o.pair = w.pair AND o.interval = i.minutes AND o.final)),
--- Each balance's price at its snapshot's time: the first route with one, the newest price
--- within a route (a stamp is the price's time, then the price, as text).
-priced AS (
-  SELECT DISTINCT b.run_id, b.job, b.account, b.taken_at, b.asset, b.amount, (
-    SELECT CASE WHEN y.pair IS NULL THEN {d.one}
-      WHEN y.xbt IS NULL THEN {d.price("y.stamp")}
-      ELSE {d.mul(d.price("y.stamp"), "y.xbt")} END
-    FROM (
-      SELECT r.rank, r.pair, s.minutes,
-        {_indent(stamp, 8)} AS stamp,
-        CASE WHEN r.rank IN (2, 5) THEN (
-          SELECT {d.price("x.stamp")} FROM (
-            SELECT s.pair, s.minutes,
-              {_indent(stamp, 14)} AS stamp
-            FROM xbt_pairs xp JOIN sources s ON s.pair = xp.pair {d.fence}) x
-          WHERE x.stamp IS NOT NULL
-          ORDER BY {d.when("x.stamp")} DESC, x.minutes, x.pair LIMIT 1) END AS xbt
-      FROM routes r LEFT JOIN sources s ON s.pair = r.pair
-      WHERE r.asset = b.asset {d.fence}) y
-    WHERE y.pair IS NULL
-      OR (y.stamp IS NOT NULL AND (y.rank NOT IN (2, 5) OR y.xbt IS NOT NULL))
-    ORDER BY y.rank, {d.when("y.stamp")} DESC, y.minutes, y.pair LIMIT 1) AS price
-  FROM balances b)
-SELECT p.run_id, p.job, p.account, p.taken_at, q.name AS quote,
-  {d.total(d.mul("p.amount", "p.price"))} AS value,
-  {d.names(f"CASE WHEN p.price IS NULL AND {d.nonzero('p.amount')} THEN p.asset END")}
-    AS unpriced
-FROM priced p CROSS JOIN quote q
-GROUP BY p.run_id, p.job, p.account, p.taken_at, q.name"""
-
-
-# -- SQLite's decimal functions ----------------------------------------------------------------
-
-
 def _number(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         return value
     return Decimal(value) if isinstance(value, str | int) else Decimal(str(value))
 
 
-def _text(value: Decimal) -> str:
-    """Plain notation without trailing zeros, as the decimal extension prints."""
-    if value == 0:
-        return "0"
-    out = format(value, "f")
-    return out.rstrip("0").rstrip(".") if "." in out else out
+# -- the table portfolio_value, kept by the store ---------------------------------------------
+
+table = Table(
+    VIEW,
+    metadata,
+    Column("run_id", RunId, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("job", String(200), nullable=False),
+    Column("account", String(64), nullable=False),
+    Column("taken_at", UTCDateTime(), nullable=False),
+    Column("quote", String(32), nullable=False),
+    Column("value", ExactDecimal(), nullable=False),
+    # The assets without a price, comma-separated (NULL: none), and why each has none.
+    Column("unpriced", Text),
+    Column("why_unpriced", Text),
+)
+Index("ix_portfolio_value_taken_at", table.c.taken_at)
+
+#: The methods whose ``ok`` run is a balance snapshot (one with no rows: an emptied account).
+SNAPSHOT_METHODS = ("Balance", "BalanceEx")
+#: Snapshots written back a statement at a time.
+_CHUNK = 500
 
 
-def _mul(a: Any, b: Any) -> str | None:
-    if a is None or b is None:
-        return None
-    return _text(EXACT.multiply(_number(a), _number(b)))
+def _state(conn: Connection, name: str) -> str | None:
+    return conn.execute(select(state.c.value).where(state.c.name == name)).scalar()
 
 
-class _Sum:
-    """``decimal_sum``: NULLs are skipped; no rows at all, NULL."""
-
-    def __init__(self) -> None:
-        self.total: Decimal | None = None
-
-    def step(self, value: Any) -> None:
-        self.total = self.total or Decimal(0)
-        if value is not None:
-            self.total = EXACT.add(self.total, _number(value))
-
-    def finalize(self) -> str | None:
-        return None if self.total is None else format(self.total, "f")
-
-
-def decimal_functions(connection: Any) -> None:
-    """Add ``decimal_mul`` and ``decimal_sum`` to a ``sqlite3`` connection, exact as the SQLite
-    decimal extension's (the ``sqlite3`` shell's): the view needs them."""
-    connection.create_function("decimal_mul", 2, _mul, deterministic=True)
-    connection.create_aggregate("decimal_sum", 1, _Sum)
-
-
-# -- the quote the view uses ----------------------------------------------------------------------
-
-
-def remember_quote(conn: Connection, quote: str) -> None:
-    """Keep ``quote`` as the view's (``collector_state``), unless it is already."""
-    found = conn.execute(select(state.c.value).where(state.c.name == QUOTE_STATE)).scalar()
-    if found == quote:
-        return
+def _set_state(conn: Connection, name: str, value: str) -> bool:
+    """Keep ``value`` under ``name``; whether it changed."""
+    found = _state(conn, name)
+    if found == value:
+        return False
     if found is not None:
-        conn.execute(update(state).where(state.c.name == QUOTE_STATE).values(value=quote))
-        return
+        conn.execute(update(state).where(state.c.name == name).values(value=value))
+        return True
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(insert(state).values(name=QUOTE_STATE, value=quote).on_conflict_do_nothing())
+    conn.execute(insert(state).values(name=name, value=value).on_conflict_do_nothing())
+    return True
 
 
-# -- the same in Python, for the dashboard ------------------------------------------------------
+def remember_quote(
+    conn: Connection, quote: str, max_price_age: float = defaults.VALUATION_MAX_PRICE_AGE
+) -> None:
+    """Keep the job file's ``valuation`` settings as the table's (``collector_state``); when they
+    changed, value every snapshot again with them."""
+    changed = _set_state(conn, QUOTE_STATE, quote)
+    changed = _set_state(conn, AGE_STATE, repr(float(max_price_age))) or changed
+    if changed:
+        refresh(conn, everything=True)
+
+
+def stored_valuation(conn: Connection) -> Valuation:
+    """The valuation the table holds: ``collector run``'s settings (USD and a day without)."""
+    age = _state(conn, AGE_STATE)
+    return Valuation(
+        _state(conn, QUOTE_STATE) or defaults.VALUATION_QUOTE,
+        float(age) if age else defaults.VALUATION_MAX_PRICE_AGE,
+    )
+
+
+def refresh(
+    conn: Connection,
+    *,
+    run_ids: Sequence[int] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    everything: bool = False,
+) -> int:
+    """Value again the snapshots ``run_ids``, those taken in ``[since, until]`` (when ``since`` is
+    given), or all of them, and write them into ``portfolio_value``; how many."""
+    valuation = stored_valuation(conn)
+    found: dict[int, Value] = {}
+    for chunk in range(0, len(run_ids), _CHUNK):
+        for v in valuation.values(conn, run_ids=run_ids[chunk : chunk + _CHUNK]):
+            found[v.run_id] = v
+    if everything:
+        since = until = None
+    if since is not None or everything:
+        for v in valuation.values(conn, since, until=until):
+            found[v.run_id] = v
+    rows = [v.row() for v in found.values()]
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    for chunk in range(0, len(rows), _CHUNK):
+        stmt = insert(table)
+        fields = ("job", "account", "taken_at", "quote", "value", "unpriced", "why_unpriced")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.run_id], set_={f: stmt.excluded[f] for f in fields}
+        )
+        conn.execute(stmt, rows[chunk : chunk + _CHUNK])
+    return len(rows)
+
+
+def after_write(
+    conn: Connection,
+    snapshots: Sequence[int],
+    prices: Sequence[datetime],
+    routes_changed: bool,
+) -> None:
+    """Keep ``portfolio_value`` true after a batch, in the batch's transaction: the batch's
+    snapshots; those a price of the batch (its time) can value, taken up to
+    ``max_price_age`` after it; all of them when pairs or assets were added (a route)."""
+    # All of them, and the batch's own too: an emptied account's has no row to be found by.
+    everything = routes_changed and _routes_changed(conn)
+    since = until = None
+    if prices and not everything:
+        age = timedelta(seconds=stored_valuation(conn).max_price_age)
+        since, until = min(prices), max(prices) + age
+    if snapshots or since is not None or everything:
+        refresh(conn, run_ids=list(snapshots), since=since, until=until, everything=everything)
+
+
+def _routes_changed(conn: Connection) -> bool:
+    """Whether what the routes are made of (each asset's altname; each pair's base and quote)
+    changed since the table was last valued with them: the daily refresh of ``pairs`` also
+    updates fees and statuses, which value nothing, and a year of snapshots is not valued again
+    for them."""
+    digest = hashlib.sha256()
+    for asset, altname in conn.execute(
+        select(assets.c.asset, assets.c.altname).order_by(assets.c.asset)
+    ):
+        digest.update(f"a {asset} {altname}\n".encode())
+    for pair, base, quoted in conn.execute(
+        select(pairs.c.pair, pairs.c.base, pairs.c.quote).order_by(pairs.c.pair)
+    ):
+        digest.update(f"p {pair} {base} {quoted}\n".encode())
+    return _set_state(conn, ROUTES_STATE, digest.hexdigest())
+
+
+def catch_up(conn: Connection) -> int:
+    """Value the snapshots the table lacks (those stored before 0011 made it); how many."""
+    missing = (
+        select(balances.c.run_id)
+        .distinct()
+        .where(~exists().where(table.c.run_id == balances.c.run_id))
+    )
+    ids = list(conn.execute(missing).scalars())
+    return refresh(conn, run_ids=ids) if ids else 0
+
+
+# -- the rules in Python: the table's and the dashboard's -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -406,10 +383,59 @@ class Value:
     value: Decimal
     #: the assets with an amount and no price at the snapshot's time, sorted
     unpriced: tuple[str, ...]
+    #: of those, the ones whose newest price was older than ``max_price_age``: (asset, its time)
+    stale: tuple[tuple[str, datetime], ...] = ()
+    max_price_age: float = defaults.VALUATION_MAX_PRICE_AGE
+
+    @property
+    def complete(self) -> bool:
+        """Every asset had a price: the value is the snapshot's whole worth."""
+        return not self.unpriced
+
+    @property
+    def reasons(self) -> str | None:
+        """Why each unpriced asset has no price, one clause each (None: all priced)."""
+        if not self.unpriced:
+            return None
+        old = dict(self.stale)
+        limit = format_age(self.max_price_age)
+        return "; ".join(
+            f"{a}: newest price {old[a]:%Y-%m-%d %H:%M:%S} UTC is older than "
+            f"valuation.max_price_age ({limit})"
+            if a in old
+            else f"{a}: no price at or before the snapshot"
+            for a in self.unpriced
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The ``portfolio_value`` row."""
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "account": self.account,
+            "taken_at": self.taken_at,
+            "quote": self.quote,
+            "value": self.value,
+            "unpriced": ",".join(self.unpriced) or None,
+            "why_unpriced": self.reasons,
+        }
+
+
+def format_age(seconds: float) -> str:
+    """``86400``: ``1d``; ``5400``: ``1h30m``."""
+    left, out = int(seconds), ""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if left >= size:
+            out += f"{left // size}{unit}"
+            left %= size
+    return out or "0s"
 
 
 #: One pair's source: ``(pair, minutes)``, 0 minutes for its ticker.
 Source = tuple[str, int]
+#: Prices at each time (None: none recent enough), and the time of the newest price that was too
+#: old (None: there was none too old), as the database returns times.
+_Prices = tuple[list["Decimal | None"], list[Any]]
 
 
 class Valuation:
@@ -436,8 +462,14 @@ class Valuation:
         series.add(pair)
         return series.newest((pair,))
 
-    def __init__(self, quote: str = defaults.VALUATION_QUOTE) -> None:
+    def __init__(
+        self,
+        quote: str = defaults.VALUATION_QUOTE,
+        max_price_age: float = defaults.VALUATION_MAX_PRICE_AGE,
+    ) -> None:
         self.quote = quote
+        #: seconds a price values a snapshot for; an older one leaves its asset unpriced
+        self.max_price_age = max_price_age
 
     def routes(self, conn: Connection) -> Routes:
         """The routes from the ``assets`` and ``pairs`` tables (none before 0008 made them)."""
@@ -457,20 +489,26 @@ class Valuation:
         conn: Connection,
         since: datetime | None = None,
         accounts: Sequence[str] | None = None,
+        *,
+        until: datetime | None = None,
+        run_ids: Sequence[int] | None = None,
     ) -> list[Value]:
-        """Each snapshot taken at or after ``since`` (None: all) of ``accounts`` (None: all),
-        oldest first."""
-        where, params = _where(since, accounts)
+        """Each snapshot taken at or after ``since`` (None: all) and at or before ``until`` of
+        ``accounts`` (None: all), or the snapshots ``run_ids``, oldest first. A snapshot of an
+        emptied account (an ``ok`` Balance run without rows) is worth 0."""
+        where, params = _where(since, until, accounts, run_ids)
+        binds = _binds(since, until, accounts, run_ids)
         rows = _fetch(
             conn,
             text(
                 "SELECT run_id, job, account, taken_at, asset, amount FROM balances b"
                 f"{where} ORDER BY run_id, asset"  # the key's order: no sort
-            ).bindparams(*_binds(since, accounts)),
+            ).bindparams(*binds),
             params,
         )
+        out = self._empty(conn, since, until, accounts, run_ids)
         if not rows:
-            return []
+            return sorted(out, key=lambda v: (v.taken_at, v.run_id))
         routes = self.routes(conn)
         plans = {asset: _Plan(routes.of(asset)) for asset in {row[4] for row in rows}}
         wanted = {pair for plan in plans.values() for pair in plan.pairs}
@@ -481,12 +519,11 @@ class Valuation:
         raw_times = sorted({row[3] for row in rows})
         index = {t: i for i, t in enumerate(raw_times)}
         times = f"SELECT DISTINCT b.taken_at FROM balances b{where}"
-        series = _Series(conn, raw_times, (times, params, _binds(since, accounts)))
+        series = _Series(conn, raw_times, (times, params, binds), self.max_price_age)
         for pair in sorted(wanted):
             series.add(pair)
         xbt = _Plan([Route(1, pair) for pair in routes.xbt_pairs])
         prices = {asset: plan.prices(series, xbt) for asset, plan in plans.items()}
-        out: list[Value] = []
         start = 0
         for end in range(1, len(rows) + 1):
             if end < len(rows) and rows[end][0] == rows[start][0]:
@@ -495,21 +532,80 @@ class Valuation:
             i = index[taken_at]
             total = Decimal(0)
             unpriced = []
+            stale = []
             for row in rows[start:end]:
                 asset, amount = row[4], _number(row[5])
-                price = prices[asset][i]
+                found, old = prices[asset]
+                price = found[i]
                 if price is None:
                     if amount != 0:
                         unpriced.append(asset)
+                        if old[i] is not None:
+                            stale.append((asset, _utc(old[i])))
                     continue
                 total = EXACT.add(total, EXACT.multiply(amount, price))
             out.append(
                 Value(
-                    run_id, job, account, _utc(taken_at), self.quote, total, tuple(sorted(unpriced))
+                    run_id,
+                    job,
+                    account,
+                    _utc(taken_at),
+                    self.quote,
+                    total,
+                    tuple(sorted(unpriced)),
+                    tuple(sorted(stale)),
+                    self.max_price_age,
                 )
             )
             start = end
         return sorted(out, key=lambda v: (v.taken_at, v.run_id))
+
+    def _empty(
+        self,
+        conn: Connection,
+        since: datetime | None,
+        until: datetime | None,
+        accounts: Sequence[str] | None,
+        run_ids: Sequence[int] | None,
+    ) -> list[Value]:
+        """The snapshots without a balance: worth 0. Kraken answers an emptied account with no
+        assets at all, so its ``ok`` run is the snapshot; the store marks it in
+        ``portfolio_value`` (an ``ok`` run read by id; for a time range, the table's mark)."""
+        no_rows = ~exists().where(balances.c.run_id == runs.c.id)
+        if run_ids is not None:
+            query = select(runs.c.id, runs.c.job, runs.c.account, runs.c.finished_at).where(
+                runs.c.id.in_(list(run_ids)),
+                runs.c.method.in_(SNAPSHOT_METHODS),
+                runs.c.status == "ok",
+                no_rows,
+            )
+        else:
+            if not inspect(conn).has_table(table.name):
+                return []
+            query = select(table.c.run_id, table.c.job, table.c.account, table.c.taken_at).where(
+                ~exists().where(balances.c.run_id == table.c.run_id)
+            )
+            if since is not None:
+                query = query.where(table.c.taken_at >= since)
+            if until is not None:
+                query = query.where(table.c.taken_at <= until)
+            if accounts is not None:
+                query = query.where(table.c.account.in_(list(accounts)))
+        return [
+            Value(
+                r[0],
+                r[1],
+                r[2] or "default",
+                r[3],
+                self.quote,
+                Decimal(0),
+                (),
+                (),
+                self.max_price_age,
+            )
+            for r in conn.execute(query)
+            if accounts is None or (r[2] or "default") in accounts
+        ]
 
 
 #: A source's price at a snapshot time: (when, as the database returns times; the price, as text
@@ -524,17 +620,28 @@ class _Series:
     SCAN_RATIO = 4
 
     def __init__(
-        self, conn: Connection, times: list[Any], query: tuple[str, dict[str, Any], list[Any]]
+        self,
+        conn: Connection,
+        times: list[Any],
+        query: tuple[str, dict[str, Any], list[Any]],
+        max_age: float | None = None,
     ) -> None:
         """``times``: ascending, as the database returns them; ``query``: SQL selecting them as
-        ``taken_at``, its parameters and their binds."""
+        ``taken_at``, its parameters and their binds; ``max_age``: seconds a price holds for
+        (None: no limit)."""
         self.conn, self.times, self.query = conn, times, query
         self.d = Dialect(conn.dialect.name)
+        #: each time's oldest price that still values it, as the database returns times (they
+        #: compare as the times do: SQLite's text is of one format)
+        self.oldest: list[Any] | None = None
+        if max_age is not None:
+            age = timedelta(seconds=max_age)
+            self.oldest = [_raw(_utc(t) - age, self.d) for t in times]
         #: (pair, minutes) -> prices by time index
         self.sources: dict[Source, list[_Point]] = {}
         #: pair -> its sources' minutes, the ticker (0) first, then the shorter interval
         self.minutes: dict[str, list[int]] = {}
-        self._xbt: list[Decimal | None] | None = None
+        self._xbt: _Prices | None = None
         self._decimals: dict[str, Decimal] = {}
 
     def add(self, pair: str) -> None:
@@ -617,20 +724,37 @@ class _Series:
 
     def newest(self, names: tuple[str, ...]) -> list[Decimal | None]:
         """The newest price of the pairs ``names`` at each time (then the ticker, the shorter
-        interval, the pair's name: the view's order)."""
+        interval, the pair's name: the view's order), however old."""
+        return [None if p is None else self._decimal(p[1]) for p in self._best(names)]
+
+    def fresh(self, names: tuple[str, ...]) -> _Prices:
+        """The newest price of ``names`` at each time unless it is older than the age limit,
+        and the time of each newest price that was too old."""
+        prices: list[Decimal | None] = []
+        old: list[Any] = []
+        for i, point in enumerate(self._best(names)):
+            if point is not None and self.oldest is not None and point[0] < self.oldest[i]:
+                prices.append(None)
+                old.append(point[0])
+            else:
+                prices.append(None if point is None else self._decimal(point[1]))
+                old.append(None)
+        return prices, old
+
+    def _best(self, names: tuple[str, ...]) -> list[_Point]:
         keys = sorted((m, p) for p in names for m in self.minutes.get(p, ()))
         order = [self.sources[(p, m)] for m, p in keys]
         if not order:
             return [None] * len(self.times)
         if len(order) == 1:
-            return [None if point is None else self._decimal(point[1]) for point in order[0]]
-        out: list[Decimal | None] = []
+            return order[0]
+        out: list[_Point] = []
         for points in zip(*order, strict=True):
             best: _Point = None
             for point in points:
                 if point is not None and (best is None or point[0] > best[0]):
                     best = point
-            out.append(None if best is None else self._decimal(best[1]))
+            out.append(best)
         return out
 
     def _decimal(self, value: Any) -> Decimal:
@@ -643,8 +767,8 @@ class _Series:
             found = self._decimals[value] = _number(value)
         return found
 
-    def xbt(self, plan: _Plan) -> list[Decimal | None]:
-        """XBT's price in the quote at each time."""
+    def xbt(self, plan: _Plan) -> _Prices:
+        """XBT's price in the quote at each time (and the time of a price too old)."""
         if self._xbt is None:
             self._xbt = plan.prices(self, plan)
         return self._xbt
@@ -661,21 +785,35 @@ class _Plan:
         self.pairs = {pair for _, names in self.groups for pair in names}
         self.through_xbt = any(rank % 3 == 2 for rank, _ in self.groups)
 
-    def prices(self, series: _Series, xbt: _Plan) -> list[Decimal | None]:
-        """The asset's price at each time: the first route with one."""
+    def prices(self, series: _Series, xbt: _Plan) -> _Prices:
+        """The asset's price at each time: the first route with one that is recent enough; where
+        none is, the time of the newest price that was too old (else None)."""
         out: list[Decimal | None] = [None] * len(series.times)
+        stale: list[Any] = [None] * len(series.times)
         for rank, names in self.groups:
             if not names:  # it is the quote
-                return [ONE if price is None else price for price in out]
-            found = series.newest(names)
+                return [ONE if price is None else price for price in out], stale
+            found, old = series.fresh(names)
             if rank % 3 == 2:
-                via = series.xbt(xbt)
+                via, via_old = series.xbt(xbt)
+                # priced in XBT, but XBT's own price too old: that is the reason
+                old = [
+                    v if p is not None and x is None else o
+                    for p, x, o, v in zip(found, via, old, via_old, strict=True)
+                ]
                 found = [
                     None if p is None or x is None else EXACT.multiply(p, x)
                     for p, x in zip(found, via, strict=True)
                 ]
-            out = [p if p is not None else f for p, f in zip(out, found, strict=True)]
-        return out
+            for i, price in enumerate(found):
+                if out[i] is not None:
+                    continue
+                if price is not None:
+                    out[i] = price
+                    stale[i] = None
+                elif old[i] is not None and (stale[i] is None or old[i] > stale[i]):
+                    stale[i] = old[i]
+        return out, stale
 
 
 def _fetch(conn: Connection, query: Any, params: dict[str, Any]) -> list[Any]:
@@ -700,20 +838,40 @@ def _utc(value: Any) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _where(since: datetime | None, accounts: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+def _where(
+    since: datetime | None,
+    until: datetime | None,
+    accounts: Sequence[str] | None,
+    run_ids: Sequence[int] | None,
+) -> tuple[str, dict[str, Any]]:
     terms: list[str] = []
     params: dict[str, Any] = {}
+    if run_ids is not None:
+        terms.append("b.run_id IN :run_ids")
+        params["run_ids"] = list(run_ids) or [-1]
     if since is not None:
         terms.append("b.taken_at >= :since")
         params["since"] = since
+    if until is not None:
+        terms.append("b.taken_at <= :until")
+        params["until"] = until
     if accounts is not None:
         terms.append("b.account IN :accounts")
         params["accounts"] = list(accounts)
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
-def _binds(since: datetime | None, accounts: Sequence[str] | None) -> list[Any]:
+def _binds(
+    since: datetime | None,
+    until: datetime | None,
+    accounts: Sequence[str] | None,
+    run_ids: Sequence[int] | None,
+) -> list[Any]:
     out = [] if since is None else [bindparam("since", type_=UTCDateTime())]
+    if until is not None:
+        out.append(bindparam("until", type_=UTCDateTime()))
     if accounts is not None:
         out.append(bindparam("accounts", expanding=True))
+    if run_ids is not None:
+        out.append(bindparam("run_ids", expanding=True))
     return out

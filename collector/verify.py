@@ -30,6 +30,7 @@ after each Ledgers run.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,7 +49,7 @@ from .datasets.balances import table as balances
 from .datasets.gaps import table as gaps
 from .datasets.history import ledger, my_trades, orders
 from .health import cursor_time
-from .schema import cursors, ledger_verification
+from .schema import cursors, ledger_verification, runs
 
 WINDOW = timedelta(seconds=defaults.SNAPSHOT_WINDOW)
 OVERLAP = timedelta(seconds=defaults.HISTORY_OVERLAP)
@@ -81,6 +82,9 @@ class Scope:
     trades_since: datetime | None = None
     orders_since: datetime | None = None
     notes: tuple[str, ...] = ()
+    #: each Ledgers job's schedule (``every 1h``), and the shortest ``every`` among them (seconds)
+    ledger_schedules: tuple[str, ...] = ()
+    ledger_every: float | None = None
 
     @property
     def job(self) -> str:
@@ -121,6 +125,11 @@ def scopes(
             Scope(
                 account=name,
                 ledger_jobs=tuple(j.name for j in ledgers),
+                ledger_schedules=tuple(j.describe() for j in ledgers),
+                ledger_every=min(
+                    (j.every.total_seconds() for j in ledgers if j.every is not None),
+                    default=None,
+                ),
                 trades_jobs=tuple(j.name for j in trades),
                 orders_jobs=tuple(j.name for j in closed),
                 # From the account's first entry: every chain starts at 0.
@@ -197,6 +206,13 @@ class Report:
     unbalanced: int = 0  # entries without a balance (not in the chain)
     snapshots: int = 0
     pending_snapshots: int = 0  # newer than the horizon: not yet verifiable
+    #: the newest of them, and the Ledgers jobs whose next run past it makes them verifiable
+    pending_newest: datetime | None = None
+    ledger_jobs: tuple[str, ...] = ()
+    ledger_schedules: tuple[str, ...] = ()
+    #: when the first Ledgers run that verifies them is due (an ``every`` job's last start plus
+    #: whole intervals), if known
+    pending_due: datetime | None = None
     fills: int = 0
     orders: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -220,11 +236,29 @@ class Report:
             f"{self.snapshots:,} snapshot balances (an asset of a snapshot each)",
         ]
         if self.pending_snapshots:
-            parts.append(f"{self.pending_snapshots:,} newer ones not yet verifiable")
+            parts.append(self._pending())
         parts.append(f"{self.fills:,} fills, {self.orders:,} closed orders")
         count = len(self.findings)
         verdict = "verified" if self.ok else f"{count} break{'s' if count > 1 else ''} in"
         return f"account {self.account}: {verdict} {', '.join(parts)}"
+
+    def _pending(self) -> str:
+        """When the snapshots newer than the horizon will be verifiable: once the ledger is read
+        past the newest one (and the minute read again after it), so after which run."""
+        line = f"{self.pending_snapshots:,} newer ones not yet verifiable"
+        if self.pending_newest is None:
+            return line
+        ready = self.pending_newest + WINDOW + OVERLAP
+        jobs = ", ".join(
+            f"{name} ({schedule})"
+            for name, schedule in zip(self.ledger_jobs, self.ledger_schedules, strict=False)
+        ) or ", ".join(self.ledger_jobs)
+        due = "" if self.pending_due is None else f", due {_when(self.pending_due)} UTC"
+        return (
+            f"{line} (the newest taken {_when(self.pending_newest)} UTC; the ledger is complete "
+            f"to {_when(self.verified_to or ready)} UTC): they will be after the first run of the "
+            f"Ledgers job {jobs} that starts after {_when(ready)} UTC{due}"
+        )
 
     def json(self) -> dict[str, Any]:
         return {
@@ -236,6 +270,10 @@ class Report:
             "entries_without_balance": self.unbalanced,
             "snapshots": self.snapshots,
             "snapshots_not_yet_verifiable": self.pending_snapshots,
+            # they will be after the first run of a Ledgers job starting after this time
+            "verifiable_after": None
+            if self.pending_newest is None
+            else (self.pending_newest + WINDOW + OVERLAP).isoformat(),
             "fills": self.fills,
             "orders": self.orders,
             "breaks": [f.json() for f in self.findings],
@@ -747,7 +785,15 @@ def verify(engine: Engine, scopes_: Sequence[Scope]) -> list[Report]:
             report.verified_to = upto
             walks = _walk_all(main, side, scope, upto)
             _collect(report, walks)
-            report.pending_snapshots = _newer_snapshots(side, scope.account, upto)
+            report.pending_snapshots, report.pending_newest = _newer_snapshots(
+                side, scope.account, upto
+            )
+            report.ledger_jobs = tuple(scope.ledger_jobs)
+            report.ledger_schedules = scope.ledger_schedules
+            if report.pending_newest is not None:
+                report.pending_due = _due(
+                    main_conn, scope, report.pending_newest + WINDOW + OVERLAP
+                )
             trades_to = horizon(main_conn, scope.trades_jobs, "my_trades")
             if trades_to is None:
                 report.notes.append("fills not checked: no TradesHistory job has finished")
@@ -770,15 +816,27 @@ def _latest(*times: datetime | None) -> datetime | None:
     return max(known) if known else None
 
 
-def _newer_snapshots(side: Reader, account: str, upto: datetime) -> int:
-    return int(
-        side.scalar(
-            select(func.count()).where(
-                balances.c.account == account, balances.c.taken_at > upto - WINDOW
-            )
-        )
-        or 0
-    )
+def _due(conn: Connection, scope: Scope, ready: datetime) -> datetime | None:
+    """When the first Ledgers run starting after ``ready`` is due: the last run's start plus
+    whole intervals of the shortest ``every`` (None for cron jobs, or before any run)."""
+    if scope.ledger_every is None or not scope.ledger_jobs:
+        return None
+    last = conn.execute(
+        select(func.max(runs.c.started_at)).where(runs.c.job.in_(scope.ledger_jobs))
+    ).scalar()
+    if last is None:
+        return None
+    step = timedelta(seconds=scope.ledger_every)
+    if last > ready:
+        return last
+    return last + step * (math.floor((ready - last) / step) + 1)
+
+
+def _newer_snapshots(side: Reader, account: str, upto: datetime) -> tuple[int, datetime | None]:
+    """How many snapshot balances are too new to verify, and when the newest was taken."""
+    newer = (balances.c.account == account) & (balances.c.taken_at > upto - WINDOW)
+    count = int(side.scalar(select(func.count()).where(newer)) or 0)
+    return count, side.scalar(select(func.max(balances.c.taken_at)).where(newer))
 
 
 def advance(

@@ -1,4 +1,4 @@
-"""Valuation and the dashboard: the view ``portfolio_value`` and the page hold to a value this file
+"""Valuation and the dashboard: the table ``portfolio_value`` and the page hold to a value this file
 computes from the raw rows itself, on SQLite and PostgreSQL; the page loads in a real, offline
 headless Chromium with every job, its charts' points and the latest value; the service serves the
 same page at ``/`` of its metrics listener."""
@@ -192,8 +192,7 @@ def browse(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[s
 
 
 def view(url: str, where: str = "") -> list[Any]:
-    """The view's rows through collector's own engine (on SQLite, with the decimal functions
-    the view multiplies and sums with)."""
+    """The table's rows through collector's own engine."""
     store = Store.from_url(url)
     try:
         with store.engine.connect() as conn:
@@ -286,7 +285,7 @@ def test_the_quote_is_the_job_files_and_what_has_no_price_is_named(tmp_path) -> 
     assert unpriced == ("ZUSD",)
     ((_, quote, got, names),) = view(url, f"WHERE run_id = {latest_run}")
     assert (quote, Decimal(got), tuple(sorted(names.split(",")))) == ("EUR", value, unpriced)
-    # The sqlite3 shell has the view's decimal functions built in: a user's query there agrees.
+    # A user's query in the sqlite3 shell agrees.
     shell = shutil.which("sqlite3")
     if shell:
         sql = f"SELECT quote, value, unpriced FROM portfolio_value WHERE run_id = {latest_run}"

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 
 from collector.cli import main
 from collector.config import load
 from collector.service import Service
-from collector.valuation import decimal_functions
 
 from .test_service import job_file
 
@@ -56,8 +55,6 @@ broken: {{method: Ticker, params: {{pair: NOPE}}, every: 1h}}
         statements += re.findall(r'^sqlite3 \S+ "([^"]+)"', README.read_text(), re.MULTILINE)
     assert len(statements) >= 7  # the blocks are found, so running them means something
     engine = create_engine(database_url)
-    if dialect == "sqlite":  # what the sqlite3 shell has built in (portfolio_value uses them)
-        event.listen(engine, "connect", lambda connection, _: decimal_functions(connection))
     try:
         with engine.connect() as conn:
             for statement in statements:

@@ -105,10 +105,11 @@ def test_verify_proves_a_backfill_and_catches_a_hidden_entry_or_an_offset_balanc
         f"{entries:,} ledger entries to "
     ), result.output
     # (the killed service took snapshots too, too recent to be verifiable)
-    pending = f"{assets} newer ones not yet verifiable, " if fault == "none" else ""
-    assert lines[-1].endswith(
-        f" UTC, {assets} snapshot balances (an asset of a snapshot each), {pending}{fills} fills, {closed} closed orders"
-    ), result.output
+    snapshots = f" UTC, {assets} snapshot balances (an asset of a snapshot each), "
+    assert snapshots in lines[-1], result.output
+    if fault == "none":
+        assert f"{snapshots}{assets} newer ones not yet verifiable (the newest taken " in lines[-1]
+    assert lines[-1].endswith(f", {fills} fills, {closed} closed orders"), result.output
     gaps = rows(database_url, "SELECT dataset, pair, amount, reason FROM gaps")
     report = cli("status", str(path)).output
     if fault == "none":
@@ -223,11 +224,27 @@ def test_a_live_service_records_no_false_break_while_the_ledger_grows(tmp_path) 
     assert rows(url, "SELECT * FROM gaps") == []
     result = cli("verify", str(path))
     assert result.exit_code == 0, result.output
-    # 4 snapshots of 7 assets; the 5th (after the horizon) not yet verifiable
+    # 4 snapshots of 7 assets; the 5th (after the horizon) not yet verifiable: the line says
+    # when it will be (the ledger read past it and the minute read again), after which job
+    (newest,) = rows(url, "SELECT max(taken_at) FROM balances")[0]
+    newest = datetime.fromisoformat(str(newest)).replace(tzinfo=UTC)
+    ready = newest + verify.WINDOW + verify.OVERLAP
     assert (
-        "28 snapshot balances (an asset of a snapshot each), 7 newer ones not yet verifiable"
+        "28 snapshot balances (an asset of a snapshot each), 7 newer ones not yet verifiable "
+        f"(the newest taken {newest:%Y-%m-%d %H:%M:%S} UTC; the ledger is complete to "
         in result.output
     )
+    # The job runs every hour: the next run after that is its last start plus an hour.
+    (last,) = rows(url, "SELECT max(started_at) FROM runs WHERE job = 'l'")[0]
+    due = datetime.fromisoformat(str(last)).replace(tzinfo=UTC) + timedelta(hours=1)
+    assert due > ready
+    assert (
+        "they will be after the first run of the Ledgers job l (every 1h) that starts after "
+        f"{ready:%Y-%m-%d %H:%M:%S} UTC, due {due:%Y-%m-%d %H:%M:%S} UTC" in result.output
+    ), result.output
+    (found,) = json.loads(cli("verify", "--json", str(path)).output)["accounts"]
+    assert found["snapshots_not_yet_verifiable"] == 7
+    assert datetime.fromisoformat(found["verifiable_after"]) == ready
     states = rows(url, "SELECT verified_to, breaks FROM ledger_verification")
     assert {s.breaks for s in states} == {0}
 

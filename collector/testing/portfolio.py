@@ -20,6 +20,7 @@ from ..datasets.market import ticker
 from ..datasets.reference import assets as assets_table
 from ..datasets.reference import pairs as pairs_table
 from ..schema import runs
+from ..valuation import catch_up
 
 #: (asset, altname, how it is priced: a USD pair, a pair in XBT, its own variant, or the quote),
 #: amount held, the pair's price at the start.
@@ -149,6 +150,8 @@ def fill_hourly(engine: Engine, *, end: datetime, hours: int, assets: int = 10) 
         for table, rows in ((runs, all_runs()), (ticker, all_prices()), (balances, all_balances())):
             for batch in _chunks(rows):
                 conn.execute(insert(table), batch)
+        # Written as the store would have: each snapshot's value in portfolio_value.
+        catch_up(conn)
     return hours
 
 
