@@ -14,7 +14,9 @@ the dead process's lease still counts: the next start begins above it, which is 
 seconds ahead of the clock (see :meth:`collector.nonce.NonceSource.lease`).
 
 Writes are atomic (a temporary file, fsync, rename) under an exclusive lock on a sidecar file, so
-two processes never lose each other's marks.
+two processes never lose each other's marks. Every file here is opened, and every value read is
+bounded, by :mod:`collector.statefile` (no link followed; a mark a day ahead of the clock or a
+counter over its ceiling is not one a collector writes).
 
 :class:`KeyBudget` is the key's other shared state: Kraken's call counter as last seen and the last
 nonce sent, in a second small file (``key-<hash>.budget``). Every private call of every process on
@@ -143,7 +145,7 @@ class KeyState:
                 return {"last": 0, "leases": {}}
             data = statefile.parse(raw)
             unit = data.get("unit", self.unit)
-            if unit not in UNITS:
+            if not isinstance(unit, str) or unit not in UNITS:
                 raise statefile.Corrupt(f"unknown nonce unit {_show(unit)}")
             leases = data.get("leases", {})
             if not isinstance(leases, dict):
@@ -339,7 +341,7 @@ class KeyBudget:
         except statefile.Corrupt as exc:
             problem = str(exc)
         unit = data.get("unit", self.unit)
-        if unit not in UNITS:
+        if not isinstance(unit, str) or unit not in UNITS:
             problem, data = problem or f"unknown nonce unit {_show(unit)}", {}
             unit = self.unit
         checked: dict[str, Any] = {"unit": unit}

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from collector import defaults, statefile
@@ -484,3 +486,88 @@ def test_a_lease_row_counter_no_collector_writes_is_a_full_counter(
         and r.getMessage().endswith("taken as full as of now")
         for r in caplog.records
     )
+
+
+# -- any content at all ----------------------------------------------------------------------------
+
+_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, 7, 15, 1_000_000.0, 2**63, 10**29, 1e29, 1.5e15]),
+)
+_values = st.one_of(_numbers, st.booleans(), st.none(), st.text(max_size=5), st.lists(_numbers))
+_budgets = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "level": _values,
+            "at": _values,
+            "refusals": _values,
+            "nonce": _values,
+            "unit": st.one_of(st.sampled_from(["ms", "us", "ns"]), _values),
+            "writer": st.one_of(st.text(max_size=400), _values),
+        },
+    ).map(lambda d: json.dumps(d, allow_nan=True)),
+    st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(content=_budgets)
+def test_any_budget_content_gives_a_counter_in_bounds_and_a_nonce_near_the_clock(
+    tmp_path, content
+) -> None:
+    """Whatever the file holds: no exception, a level within [0, ceiling] (full when unsound),
+    a nonce floor at most a day ahead of the clock, and the file written back sound."""
+    folder = tmp_path / "hyp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    budget = KeyBudget(folder, "key", clock=lambda: 1_000_000.0)
+    budget.path.unlink(missing_ok=True)
+    budget.path.write_text(content)
+    budget.path.chmod(0o600)
+    limiter = RateLimiter(LIMIT, clock=lambda: 0.0)
+    nonces = NonceSource("ms", clock=lambda: 1_000_000 * 10**9)
+    try:
+        with budget.turn(limiter, nonces):
+            level, _ = limiter.snapshot()
+            assert 0.0 <= level <= ceiling(LIMIT)
+            assert nonces.last <= 1_000_000 * 1000 + DAY_MS
+    finally:
+        budget.close()
+    written = json.loads(budget.path.read_text())
+    assert 0.0 <= written["level"] <= ceiling(LIMIT) and written["unit"] == "ms"
+
+
+_marks = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "last": _values,
+            "leases": st.one_of(st.dictionaries(st.text(max_size=8), _values, max_size=3), _values),
+            "unit": st.one_of(st.sampled_from(["ms", "us", "ns"]), _values),
+        },
+    ).map(lambda d: json.dumps(d, allow_nan=True)),
+    st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(content=_marks)
+def test_any_mark_file_content_is_one_line_or_a_floor_near_the_clock(tmp_path, content) -> None:
+    folder = tmp_path / "hyp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    state = KeyState(folder, "key", clock=lambda: 1_000_000 * 10**9)
+    state.path.unlink(missing_ok=True)
+    state.path.write_text(content)
+    state.path.chmod(0o600)
+    try:
+        floor = state.start()
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{state.path}: cannot read the key's nonce mark: ")
+        assert "\n" not in str(exc)
+        return
+    assert 0 <= floor <= 1_000_000 * 1000 + DAY_MS
