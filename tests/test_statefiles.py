@@ -571,3 +571,25 @@ def test_any_mark_file_content_is_one_line_or_a_floor_near_the_clock(tmp_path, c
         assert "\n" not in str(exc)
         return
     assert 0 <= floor <= 1_000_000 * 1000 + DAY_MS
+
+
+def test_a_link_planted_at_the_temporary_name_is_removed_not_written_through(
+    tmp_path, state_dir
+) -> None:
+    """The mark file is replaced through a temporary file: before, it was opened with O_TRUNC at
+    a name anyone writing in the folder could guess (``key-….tmpPID``), following a link there."""
+    import threading
+
+    victim = tmp_path / "precious.db"
+    victim.write_bytes(b"keep me")
+    state = KeyState(state_dir, "k")
+    Path(state_dir).mkdir(mode=0o700)
+    old_name = state.path.with_suffix(f".tmp{os.getpid()}")
+    new_name = state.folder / f".{state.path.name}.tmp{os.getpid()}.{threading.get_ident()}"
+    for name in (old_name, new_name):
+        name.symlink_to(victim)
+    state.start()
+    state.lease(now_ms() + 1000)
+    assert victim.read_bytes() == b"keep me"
+    assert not new_name.exists() and not new_name.is_symlink()
+    assert state.read()["leases"][state.owner] > 0
