@@ -174,14 +174,14 @@ class PgLease(Lease):
                 self.inherited = None
                 if old is not None and old.counter_level is not None:
                     self.inherited = self._inherited(old)
-                mark = statefile.nonce_mark(taken, self.nonce_unit, time.time_ns())
+                mark = statefile.floor(
+                    taken,
+                    self.nonce_unit,
+                    self._where(),
+                    time.time_ns(),
+                    "refused (and reset in the row): nonces start from the clock",
+                )
                 if mark is None:
-                    statefile.warn(
-                        self._where(),
-                        f"nonce_mark {str(taken)[:40]} is not one a collector writes (more than "
-                        "a day ahead of the clock, or past 64 bits)",
-                        "refused (and reset in the row): nonces start from the clock",
-                    )
                     # The row is ours now: a mark left there would be refused again by every
                     # holder, and `greatest()` in save_mark would never bring it down.
                     conn.execute(
@@ -213,8 +213,8 @@ class PgLease(Lease):
         if level is None or not 0 <= refusals <= 10**6 or ago is None or ago != ago:
             statefile.warn(
                 self._where(),
-                f"the counter (level {str(old.counter_level)[:40]}, refusals "
-                f"{str(old.counter_refusals)[:20]}) is not one a collector writes",
+                f"the counter (level {statefile.show(old.counter_level)}, refusals "
+                f"{statefile.show(old.counter_refusals)}) is not one a collector writes",
                 "taken as full as of now",
             )
             return Inherited(self.level_ceiling, 0, 0.0, released=False)

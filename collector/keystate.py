@@ -146,7 +146,7 @@ class KeyState:
             data = statefile.parse(raw)
             unit = data.get("unit", self.unit)
             if not isinstance(unit, str) or unit not in UNITS:
-                raise statefile.Corrupt(f"unknown nonce unit {_show(unit)}")
+                raise statefile.Corrupt(f"unknown nonce unit {statefile.show(unit)}")
             leases = data.get("leases", {})
             if not isinstance(leases, dict):
                 raise statefile.Corrupt("leases is not an object")
@@ -166,22 +166,8 @@ class KeyState:
     def _mark(self, value: object, unit: str) -> int:
         """One mark of the file, in this unit; one no collector writes (a float, 1e29, a day
         ahead of the clock) is refused: the clock is then the floor, as for a new key."""
-        mark = statefile.nonce_mark(value, unit, self._clock())
-        if mark is None:
-            statefile.warn(
-                str(self.path),
-                f"nonce mark {_show(value)} is not one a collector writes (an integer at most "
-                f"{defaults.NONCE_AHEAD_MAX // 3600} h ahead of the clock)",
-                "refused: nonces start from the clock",
-            )
-            return 0
-        return _convert(mark, UNITS[unit], UNITS[self.unit])
-
-
-def _show(value: object) -> str:
-    """A value read from a file, for a log line: its repr, cut."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+        mark = statefile.floor(value, unit, str(self.path), self._clock())
+        return 0 if mark is None else _convert(mark, UNITS[unit], UNITS[self.unit])
 
 
 def _convert(value: int, from_ns: int, to_ns: int) -> int:
@@ -342,7 +328,7 @@ class KeyBudget:
             problem = str(exc)
         unit = data.get("unit", self.unit)
         if not isinstance(unit, str) or unit not in UNITS:
-            problem, data = problem or f"unknown nonce unit {_show(unit)}", {}
+            problem, data = problem or f"unknown nonce unit {statefile.show(unit)}", {}
             unit = self.unit
         checked: dict[str, Any] = {"unit": unit}
         for name in ("writer", "database"):
@@ -350,15 +336,8 @@ class KeyBudget:
             if isinstance(value, str) and len(value) <= 300:
                 checked[name] = value
         if data.get("nonce") is not None:
-            nonce = statefile.nonce_mark(data["nonce"], unit, int(now * 10**9))
-            if nonce is None:
-                statefile.warn(
-                    str(self.path),
-                    f"nonce {_show(data['nonce'])} is not one a collector writes (an integer at "
-                    f"most {defaults.NONCE_AHEAD_MAX // 3600} h ahead of the clock)",
-                    "refused: nonces start from the clock",
-                )
-            else:
+            nonce = statefile.floor(data["nonce"], unit, str(self.path), int(now * 10**9))
+            if nonce is not None:
                 checked["nonce"] = nonce
         if not problem and not data and not made:
             problem = "empty"
@@ -368,11 +347,11 @@ class KeyBudget:
             at: Any = data.get("at")
             refusals = data.get("refusals")
             if level is None:
-                problem = f"counter level {_show(data.get('level'))} out of [0, {high:g}]"
+                problem = f"counter level {statefile.show(data.get('level'))} out of [0, {high:g}]"
             elif not _finite(at) or not 0 <= float(at) <= now + defaults.NONCE_AHEAD_MAX:
-                problem = f"counter time {_show(at)} is not a time"
+                problem = f"counter time {statefile.show(at)} is not a time"
             elif not _count(refusals):
-                problem = f"refusal count {_show(refusals)} is not a count"
+                problem = f"refusal count {statefile.show(refusals)} is not a count"
             else:
                 checked.update(level=level, at=float(at), refusals=refusals)
         if problem:

@@ -25,7 +25,7 @@ from types import FrameType
 import requests
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import defaults
+from . import defaults, statefile
 from .client import API
 from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
@@ -287,7 +287,11 @@ class Service:
         legacy = int(self.spool.get(LEGACY_LEASE) or 0)
         for name, client in self.apis.items():
             state, lease = self.keystates[name], self.leases.leases.get(name)
-            floor = max(self.store.load_nonce(mark_name(name)), legacy, state.start())
+            # The database's mark is an outside value too: bounded as the state files' are.
+            where = f"{self.config.database_for_display()}: collector_state {mark_name(name)}"
+            stored = self.store.load_nonce(mark_name(name))
+            stored = statefile.floor(stored, client.nonces.unit, where, time.time_ns()) or 0
+            floor = max(stored, legacy, state.start())
             if client.shared is not None:
                 client.shared.check()  # a budget file that can't be used: one line, now
             client.nonces.lease(

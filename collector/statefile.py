@@ -278,6 +278,27 @@ def nonce_mark(value: object, unit: str, now_ns: int) -> int | None:
     return value
 
 
+def floor(value: object, unit: str, where: str, now_ns: int, taken: str = "") -> int | None:
+    """:func:`nonce_mark`, with the one warning (per ``where``) when ``value`` is refused: the
+    caller then keeps the clock as the floor."""
+    mark = nonce_mark(value, unit, now_ns)
+    if mark is None:
+        warn(
+            where,
+            f"nonce mark {show(value)} is not one a collector writes (an integer under 2**63, "
+            f"at most {defaults.NONCE_AHEAD_MAX // 3600} h ahead of the clock)",
+            taken or "refused: nonces start from the clock",
+        )
+    return mark
+
+
+def show(value: object) -> str:
+    """A value read from a state file or row, for a message: its repr (control characters
+    escaped), cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def counter_level(value: object, ceiling: float) -> float | None:
     """``value`` as a rate counter's level, or None when it is not a finite number within
     ``[0, ceiling]`` (then the counter is taken as full: the safe reading of an unknown one)."""

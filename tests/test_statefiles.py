@@ -226,7 +226,8 @@ def test_a_mark_file_nonce_no_collector_writes_is_refused_and_the_clock_used(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [w for w in warnings if str(state.path) in w] == [
         f"{state.path}: nonce mark {json.loads(last)!r:.40} is not one a collector writes (an "
-        "integer at most 24 h ahead of the clock); refused: nonces start from the clock"
+        "integer under 2**63, at most 24 h ahead of the clock); refused: nonces start from the "
+        "clock"
     ]
     # ...and the file holds a sound mark again.
     assert 0 < json.loads(state.path.read_text())["last"] <= now_ms()
@@ -403,6 +404,38 @@ def test_a_service_that_never_opened_does_not_say_it_stopped(
     assert "collector stopped" not in caplog.text
 
 
+def test_a_database_nonce_mark_no_collector_writes_is_refused(
+    tmp_path, fast, state_dir, caplog
+) -> None:
+    """The database's own mark (collector_state) is a floor too: before, 9e18 there was sent."""
+    caplog.set_level(logging.WARNING, logger="collector")
+    key = fast.add_key()
+    path = jobs_file(tmp_path, fast, key, BALANCE)
+    first = Service(load(path))
+    try:
+        assert first.run_once()
+    finally:
+        first.stop()
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        with engine.begin() as conn:
+            names = [r[0] for r in conn.execute(text("SELECT name FROM collector_state"))]
+            conn.execute(text("UPDATE collector_state SET value = '9000000000000000000'"))
+    finally:
+        engine.dispose()
+    second = Service(load(path))
+    try:
+        assert second.run_once()
+    finally:
+        second.stop()
+    assert fast.last_nonce[key[0]] <= now_ms()
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if "collector_state" in r.getMessage() and "9000000000000000000" in r.getMessage()
+    ], names
+
+
 # -- the lease row (PostgreSQL) ------------------------------------------------------------------
 
 
@@ -439,8 +472,8 @@ def test_a_lease_row_nonce_mark_no_collector_writes_is_refused_and_reset(
     assert fast.last_nonce[key[0]] <= now_ms()
     warnings = [r.getMessage() for r in caplog.records if "lease row" in r.getMessage()]
     assert warnings == [
-        "the lease row of account default (account_leases): nonce_mark 9000000000000000000 is "
-        "not one a collector writes (more than a day ahead of the clock, or past 64 bits); "
+        "the lease row of account default (account_leases): nonce mark 9000000000000000000 is "
+        "not one a collector writes (an integer under 2**63, at most 24 h ahead of the clock); "
         "refused (and reset in the row): nonces start from the clock"
     ]
     engine = create_engine(url)
