@@ -351,6 +351,38 @@ def test_a_sound_budget_is_read_as_it_is_and_a_new_one_as_empty(tmp_path, caplog
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.parametrize("content", ["garbage", "", '{"level": NaN, "refusals": 0, "at": 1}'])
+def test_a_corrupt_budget_while_kraken_counter_is_full_gets_no_refusal(
+    tmp_path, fast, state_dir, content
+) -> None:
+    """Before: the corrupt counter was read as empty, and a dozen calls went at once into
+    Kraken's full counter: refused, each extending the penalty."""
+    import krakenex
+
+    key = fast.add_key()
+    jobs = "".join(
+        f"  j{i}: {{method: {m}, every: 1h}}\n"
+        for i, m in enumerate(["Balance", "TradeBalance", "OpenOrders", "BalanceEx"] * 3)
+    )
+    path = jobs_file(tmp_path, fast, key, jobs)
+    budget = KeyBudget(state_dir, key[0])
+    Path(state_dir).mkdir(mode=0o700)
+    budget.path.write_text(content)
+    budget.path.chmod(0o600)
+    service = Service(load(path))
+    other = krakenex.API(*key)  # another program fills the key's counter just before
+    other.uri = fast.url
+    for _ in range(15):
+        other.query_private("Balance")
+        time.sleep(0.002)  # krakenex's nonce is the millisecond
+    try:
+        assert service.run_once()
+    finally:
+        service.stop()
+    assert fast.errors["EAPI:Rate limit exceeded"] == 0
+    assert fast.errors["EAPI:Invalid nonce"] == 0
+
+
 @pytest.mark.parametrize("level", ["Infinity", "1e12"])
 def test_a_budget_level_no_collector_writes_still_lets_the_runs_go(
     tmp_path, fast, state_dir, level
