@@ -578,6 +578,10 @@ def _check_state_folder(config: Config) -> None:
             file=config.path,
             key=STATE_DIR_ENV,
         )
+    if os.path.lexists(config.state_dir):  # a link, a folder others write, a file not ours
+        from .keystate import check_files
+
+        check_files(config.state_dir, [(a.key, a.nonce_unit) for a in config.accounts])
 
 
 @main.command()

@@ -47,7 +47,8 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import NotPermitted
+from . import statefile
+from .errors import ConfigError, NotPermitted
 from .schema import account_leases as leases
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class Lease:
         self.counter: CounterReading = lambda: None
         #: the counter the last holder left, read when this process took the lease (else None)
         self.inherited: Inherited | None = None
+        #: the account key's nonce unit, and the highest counter level it can have
+        #: (:func:`collector.ratelimit.ceiling`): what the row holds is bounded by them
+        #: (:mod:`collector.statefile`'s rules), as the key's state files are
+        self.nonce_unit = "ms"
+        self.level_ceiling = 0.0
 
     #: whether a lease held by another process is surely held by a live one (then it is not
     #: worth waiting for); a row's holder may be dead, its lease running out
@@ -167,17 +173,22 @@ class PgLease(Lease):
                 self._valid_from(sent)
                 self.inherited = None
                 if old is not None and old.counter_level is not None:
-                    released = bool(old.released)
-                    # A holder that died sent, at most, until its fence closed: failover * 2/3
-                    # after its last renewal (see _valid_from).
-                    fenced = 0.0 if released else self.failover * 2 / 3
-                    self.inherited = Inherited(
-                        float(old.counter_level),
-                        int(old.counter_refusals or 0),
-                        max(0.0, float(old.ago) - fenced),
-                        released,
+                    self.inherited = self._inherited(old)
+                mark = statefile.floor(
+                    taken,
+                    self.nonce_unit,
+                    self._where(),
+                    time.time_ns(),
+                    "refused (and reset in the row): nonces start from the clock",
+                )
+                if mark is None:
+                    # The row is ours now: a mark left there would be refused again by every
+                    # holder, and `greatest()` in save_mark would never bring it down.
+                    conn.execute(
+                        leases.update().where(leases.c.account == self.name).values(nonce_mark=0)
                     )
-                return True, "", int(taken)
+                    mark = 0
+                return True, "", mark
             row = conn.execute(
                 select(leases.c.host, leases.c.pid, leases.c.since).where(
                     leases.c.account == self.name
@@ -185,6 +196,32 @@ class PgLease(Lease):
             ).one_or_none()
         holder = "?" if row is None else f"{row.host} pid {row.pid} since {_iso(row.since)}"
         return False, holder, 0
+
+    def _inherited(self, old: Any) -> Inherited:
+        """The counter of the row, bounded: one no collector writes (over the ceiling, NaN,
+        negative) is a full counter as of now, as that of a holder that died."""
+        released = bool(old.released)
+        # A holder that died sent, at most, until its fence closed: failover * 2/3 after its
+        # last renewal (see _valid_from).
+        fenced = 0.0 if released else self.failover * 2 / 3
+        level = statefile.counter_level(
+            float(old.counter_level) if old.counter_level is not None else None,
+            self.level_ceiling,
+        )
+        refusals = old.counter_refusals or 0
+        ago = float(old.ago) if old.ago is not None else None
+        if level is None or not 0 <= refusals <= 10**6 or ago is None or ago != ago:
+            statefile.warn(
+                self._where(),
+                f"the counter (level {statefile.show(old.counter_level)}, refusals "
+                f"{statefile.show(old.counter_refusals)}) is not one a collector writes",
+                "taken as full as of now",
+            )
+            return Inherited(self.level_ceiling, 0, 0.0, released=False)
+        return Inherited(level, int(refusals), max(0.0, ago - fenced), released)
+
+    def _where(self) -> str:
+        return f"the lease row of {_label(self.name)} (account_leases)"
 
     def renew(self) -> bool:
         sent = self.clock()
@@ -267,16 +304,17 @@ class FileLease(Lease):
         self._fd: int | None = None
 
     def try_take(self) -> tuple[bool, str, int]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link, never a file not ours or with another name (a planted link to
+        # the database would be truncated): statefile says which, in one line.
+        fd, _ = statefile.open_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "?"
             os.close(fd)
             return False, holder, 0
-        os.ftruncate(fd, 0)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()} since {stamp}\n".encode(), 0)
+        statefile.write_fd(fd, f"{socket.gethostname()} pid {os.getpid()} since {stamp}\n".encode())
         self._fd = fd
         self.valid_until = float("inf")  # the kernel holds it for as long as we live
         return True, "", 0
@@ -339,7 +377,7 @@ class Leases:
         return lease is not None and lease.permit()
 
     def start(self) -> None:
-        self.tick()  # take what is free at once, before the first runs
+        self.tick(strict=True)  # take what is free at once, before the first runs
         self._thread.start()
 
     def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
@@ -392,14 +430,23 @@ class Leases:
         while not self._stop.wait(self.interval):
             self.tick()
 
-    def tick(self) -> None:
-        """Renew the leases held, try to take the others; never raises."""
+    def tick(self, *, strict: bool = False) -> None:
+        """Renew the leases held, try to take the others; never raises, unless ``strict`` (at
+        start) and a lock file can't be used (:class:`ConfigError`: one line, nothing runs)."""
         for name, lease in self.leases.items():
             held = bool(lease.valid_until) or lease.unreachable
             try:
                 if lease.valid_until and lease.renew():
                     continue
                 taken, holder, mark = lease.try_take()
+            except ConfigError as exc:
+                if strict:
+                    raise
+                if lease.standby_logged != str(exc):  # said once, not at every tick
+                    lease.standby_logged = str(exc)
+                    logger.error("%s", exc)
+                lease.valid_until = 0.0
+                continue
             except (SQLAlchemyError, OSError) as exc:
                 if lease.valid_until:
                     logger.error(

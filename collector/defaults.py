@@ -112,6 +112,17 @@ NONCE_LEASE_SECONDS = 5
 #: While the clock is behind the nonces (after a crash, or a clock stepped back), the lease covers
 #: this many nonces past the last one instead, so repeated crashes don't push nonces further ahead.
 NONCE_LEASE_SLACK = 100
+#: The furthest ahead of the clock a nonce mark read from a state file or a lease row may be
+#: (seconds of nonces). Ours lead it by ``NONCE_LEASE_SECONDS`` plus the slack of a few crashes;
+#: a mark further ahead was not written by a collector, and using it would make every later nonce
+#: of the key, from any program, too low for Kraken for as long as it leads.
+NONCE_AHEAD_MAX = 24 * 3600
+#: Kraken reads a nonce as an unsigned 64-bit integer, PostgreSQL's ``bigint`` is signed: a mark
+#: stays under both.
+NONCE_MAX = 2**63 - 1
+#: A state file (nonce marks, a key's budget) is a few hundred bytes; one larger than this (a
+#: thousand leases) is not ours, and is not read into memory.
+STATE_FILE_MAX_BYTES = 64 * 1024
 
 #: How soon a standby takes over an account whose holder is gone (seconds): the holder's lease on
 #: the account lasts this long and is renewed every fifth of it.

@@ -65,6 +65,15 @@ def sent_level(level: float, refusals: int, maximum: float) -> float:
     return level if refusals else min(level, maximum)
 
 
+def ceiling(limit: RateLimit, lockout: float = defaults.LOCKOUT_PAUSE) -> float:
+    """The highest level a counter of ``limit`` is ever believed at, by any process: full, plus
+    the penalty a refusal streak adds (a full drain, see :meth:`RateLimiter.refused`) and a
+    lockout's pause of ``lockout`` seconds (:meth:`RateLimiter.pause`). A level read from a state
+    file or a lease row above it was not written by a collector (see
+    :func:`collector.statefile.counter_level`)."""
+    return 2 * limit.max + max(0.0, lockout) * limit.decay
+
+
 def tier(name_or_limit: str | RateLimit) -> RateLimit:
     """A :class:`RateLimit` from a tier name or a limit."""
     if isinstance(name_or_limit, RateLimit):

@@ -25,7 +25,7 @@ from types import FrameType
 import requests
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import defaults
+from . import defaults, statefile
 from .client import API
 from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
@@ -36,7 +36,7 @@ from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
 from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, ceiling
 from .records import RunRecord
 from .retention import Retention
 from .retry import RetryPolicy
@@ -166,9 +166,12 @@ class Service:
         for name, client in self.apis.items():
             client.permit = lambda name=name: self.leases.permit(name)
             lease = self.leases.leases.get(name)
+            if lease is not None:  # what the row may hold is bounded by the key's unit and tier
+                lease.nonce_unit = client.nonces.unit
             if lease is not None and client.limiter is not None:
                 # The lease row carries the key's counter to the next holder (another machine).
                 lease.counter = functools.partial(_sent_level, client.limiter)
+                lease.level_ceiling = ceiling(client.limiter.limit, config.kraken.lockout)
         clients: dict[str | None, API] = {None: self.public_api}
         clients.update(self.apis)
         self.runner = Runner(
@@ -203,6 +206,7 @@ class Service:
                 client.key,
                 client.nonces.unit,
                 database=config.database_for_display(),
+                lockout=config.kraken.lockout,
             )
             if client.limiter is not None:
                 client.limiter.on_refused = lambda s, n, name=name: self.events.publish(
@@ -285,7 +289,13 @@ class Service:
         legacy = int(self.spool.get(LEGACY_LEASE) or 0)
         for name, client in self.apis.items():
             state, lease = self.keystates[name], self.leases.leases.get(name)
-            floor = max(self.store.load_nonce(mark_name(name)), legacy, state.start())
+            # The database's mark is an outside value too: bounded as the state files' are.
+            where = f"{self.config.database_for_display()}: collector_state {mark_name(name)}"
+            stored = self.store.load_nonce(mark_name(name))
+            stored = statefile.floor(stored, client.nonces.unit, where, time.time_ns()) or 0
+            floor = max(stored, legacy, state.start())
+            if client.shared is not None:
+                client.shared.check()  # a budget file that can't be used: one line, now
             client.nonces.lease(
                 defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[client.nonces.unit],
                 state.lease if lease is None else _both(state.lease, lease.save_mark),
@@ -454,7 +464,8 @@ class Service:
                 self.verifier.stop(defaults.WRITE_GRACE)
                 self.store.dispose()
                 self.spool.close()
-        logger.info("collector stopped: %d runs written", self.writer.runs_written)
+        if self._opened:  # a service that never opened (its error says why) did not stop
+            logger.info("collector stopped: %d runs written", self.writer.runs_written)
 
     def _clients(self) -> list[API]:
         return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())
