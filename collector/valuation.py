@@ -52,6 +52,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from . import defaults
 from .datasets.reference import assets, pairs
 from .methods import OHLC_INTERVALS
+from .numbers import readable
 from .schema import UTCDateTime, state
 
 #: The ``collector_state`` row holding the quote the view values in.
@@ -334,10 +335,11 @@ GROUP BY p.run_id, p.job, p.account, p.taken_at, q.name"""
 # -- SQLite's decimal functions ----------------------------------------------------------------
 
 
-def _number(value: Any) -> Decimal:
-    if isinstance(value, Decimal):
-        return value
-    return Decimal(value) if isinstance(value, str | int) else Decimal(str(value))
+def _number(value: Any) -> Decimal | None:
+    """A stored amount or price, or None for one out of the bounds every number from outside
+    keeps now (:mod:`collector.numbers`): an older collector stored ``1E+999999``, whose products
+    and sums no exact context holds. Such a value counts as unpriced, never as an error."""
+    return readable(value)
 
 
 def _text(value: Decimal) -> str:
@@ -349,9 +351,10 @@ def _text(value: Decimal) -> str:
 
 
 def _mul(a: Any, b: Any) -> str | None:
-    if a is None or b is None:
+    x, y = _number(a), _number(b)
+    if x is None or y is None:
         return None
-    return _text(EXACT.multiply(_number(a), _number(b)))
+    return _text(EXACT.multiply(x, y))
 
 
 class _Sum:
@@ -362,8 +365,9 @@ class _Sum:
 
     def step(self, value: Any) -> None:
         self.total = self.total or Decimal(0)
-        if value is not None:
-            self.total = EXACT.add(self.total, _number(value))
+        number = None if value is None else _number(value)
+        if number is not None:
+            self.total = EXACT.add(self.total, number)
 
     def finalize(self) -> str | None:
         return None if self.total is None else format(self.total, "f")
@@ -498,6 +502,9 @@ class Valuation:
             for row in rows[start:end]:
                 asset, amount = row[4], _number(row[5])
                 price = prices[asset][i]
+                if amount is None:  # out of bounds: shown as not valued, as a missing price
+                    unpriced.append(asset)
+                    continue
                 if price is None:
                     if amount != 0:
                         unpriced.append(asset)
@@ -535,7 +542,7 @@ class _Series:
         #: pair -> its sources' minutes, the ticker (0) first, then the shorter interval
         self.minutes: dict[str, list[int]] = {}
         self._xbt: list[Decimal | None] | None = None
-        self._decimals: dict[str, Decimal] = {}
+        self._decimals: dict[str, Decimal | None] = {}
 
     def add(self, pair: str) -> None:
         found = []
@@ -633,14 +640,14 @@ class _Series:
             out.append(None if best is None else self._decimal(best[1]))
         return out
 
-    def _decimal(self, value: Any) -> Decimal:
+    def _decimal(self, value: Any) -> Decimal | None:
         """A price as a Decimal (from SQLite's text once each: a price holds for the times
-        until the next)."""
+        until the next), or None for one out of bounds."""
         if isinstance(value, Decimal):
-            return value
-        found = self._decimals.get(value)
-        if found is None:
-            found = self._decimals[value] = _number(value)
+            return _number(value)
+        if value in self._decimals:
+            return self._decimals[value]
+        found = self._decimals[value] = _number(value)
         return found
 
     def xbt(self, plan: _Plan) -> list[Decimal | None]:
