@@ -50,20 +50,20 @@ class NumberError(ValueError):
 
 
 def _shown(value: object) -> str:
-    """The value as a message shows it: its repr, cut (a hostile one may be megabytes)."""
+    """The value as a message shows it: its repr, cut (a hostile one may be megabytes; an int
+    past 4,300 digits has no repr at all)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a {value.bit_length()}-bit integer"
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def bounded(number: Decimal) -> bool:
-    """Whether ``number`` is finite and within the bounds (digits and exponent)."""
+def bounded(number: Decimal, *, digits: int = defaults.NUMBER_DIGITS) -> bool:
+    """Whether ``number`` is finite and within the bounds (``digits`` and the exponent)."""
     if not number.is_finite():
         return False
     limit = defaults.NUMBER_EXPONENT
-    return (
-        len(number.as_tuple().digits) <= defaults.NUMBER_DIGITS
-        and -limit <= number.adjusted() <= limit
-    )
+    return len(number.as_tuple().digits) <= digits and -limit <= number.adjusted() <= limit
 
 
 def parse_decimal(value: object, *, field: str) -> Decimal:
@@ -148,11 +148,15 @@ def parse_time(value: object, *, field: str) -> datetime:
 def readable(value: object) -> Decimal | None:
     """A number as a database returned it (``Decimal``, SQLite's text, an int) if it is within
     the bounds; None for one stored before they held (or anything that is not a number), so a
-    reader can show it as missing instead of failing."""
+    reader can show it as missing instead of failing.
+
+    A bounded number written out in plain notation has more digits than it came with (``1E+40``
+    is 41 of them): what is read back is bounded by its text's length instead."""
     if value is None or isinstance(value, bool):
         return None
+    digits = defaults.NUMBER_TEXT
     if isinstance(value, Decimal):
-        return value if bounded(value) else None
+        return value if bounded(value, digits=digits) else None
     if isinstance(value, int):
         number = Decimal(value) if value.bit_length() <= 512 else None
     elif isinstance(value, str | float):
@@ -167,4 +171,4 @@ def readable(value: object) -> Decimal | None:
             return None
     else:
         return None
-    return number if number is not None and bounded(number) else None
+    return number if number is not None and bounded(number, digits=digits) else None
