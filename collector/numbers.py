@@ -83,7 +83,7 @@ def parse_decimal(value: object, *, field: str) -> Decimal:
         if len(value) > defaults.NUMBER_TEXT or not _DECIMAL.fullmatch(value):
             if value.strip().lower().lstrip("+-") in ("nan", "snan", "inf", "infinity"):
                 raise NumberError(field, "is not a finite number")
-            raise NumberError(field, f"{_shown(value)} is not a number")
+            raise NumberError(field, f"is not a number: {_shown(value)}")
         try:
             number = Decimal(value)
         except InvalidOperation:  # an exponent beyond what Decimal represents at all
@@ -91,8 +91,8 @@ def parse_decimal(value: object, *, field: str) -> Decimal:
     if not bounded(number):
         raise NumberError(
             field,
-            f"{_shown(value)} is out of range (at most {defaults.NUMBER_DIGITS} digits, "
-            f"within 1E-{defaults.NUMBER_EXPONENT} to 1E+{defaults.NUMBER_EXPONENT})",
+            f"is out of range (at most {defaults.NUMBER_DIGITS} digits, within "
+            f"1E-{defaults.NUMBER_EXPONENT} to 1E+{defaults.NUMBER_EXPONENT}): {_shown(value)}",
         )
     return number
 
@@ -107,9 +107,9 @@ def parse_integer(
     if isinstance(value, str) and len(value) <= defaults.NUMBER_TEXT and _DIGITS.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NumberError(field, f"{_shown(value)} is not a whole number")
+        raise NumberError(field, f"is not a whole number: {_shown(value)}")
     if not low <= value <= high:
-        raise NumberError(field, f"{_shown(value)} is out of range ({low} to {high})")
+        raise NumberError(field, f"is out of range ({low} to {high}): {_shown(value)}")
     return value
 
 
