@@ -91,6 +91,11 @@ _SIDES = {"b": "buy", "s": "sell"}
 _ORDER_TYPES = {"m": "market", "l": "limit"}
 
 
+def _named(names: Mapping[str, str], code: str) -> str:
+    """Kraken's one-letter code by its name (``b``: ``buy``); another code as it came."""
+    return names.get(code) or code
+
+
 class Trades(Dataset):
     name = "trades"
     table = trades
@@ -119,8 +124,10 @@ class Trades(Dataset):
                     "time": timestamp(record, when, "trade time"),
                     "price": decimal(record, price, "price"),
                     "volume": decimal(record, volume, "volume"),
-                    "side": _SIDES.get(side) or text(record, side, "side", 4),
-                    "order_type": _ORDER_TYPES.get(kind) or text(record, kind, "order type", 6),
+                    # Read as text first: a list or a mapping there is a bad answer, not a
+                    # TypeError from the lookup.
+                    "side": _named(_SIDES, text(record, side, "side", 4)),
+                    "order_type": _named(_ORDER_TYPES, text(record, kind, "order type", 6)),
                     "misc": text(record, misc, "misc", 64),
                 }
             )
