@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from collector.retry import RetryPolicy
 from collector.service import Service
 from collector.store import Store
 
+from .helpers import wait_for
 from .test_service import job_file
 
 # -- the parser ------------------------------------------------------------------------------------
@@ -300,6 +302,32 @@ def test_an_out_of_range_candle_cursor_is_refused_so_status_still_reads(
     result = CliRunner().invoke(main, ["status", str(path)])
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "candles" in result.output
+
+
+@pytest.mark.parametrize("unixtime", ["Infinity", "1e300", "1.5", '"1E+99999999"'])
+def test_the_start_up_probe_reads_the_exchanges_clock_through_the_bound(
+    tmp_path, fake, keypair, caplog, unixtime
+) -> None:
+    """On main an ``Infinity`` (or ``1e300``) ``unixtime`` ended the probe's thread with an
+    OverflowError traceback; now it is the probe's one line."""
+    caplog.set_level(logging.INFO, logger="collector")
+    body = b'{"error": [], "result": {"unixtime": ' + unixtime.encode() + b"}}"
+    fake.inject("raw", method="Time", body=body, count=100)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = job_file(tmp_path, fake, keypair, url, "t: {method: Time, every: 1h}", reference=False)
+    failures: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args.exc_value)
+    service = Service(load(path))
+    try:
+        service.start()
+        said = f"exchange {fake.url} answered Time with an unexpected result"
+        wait_for(lambda: said in caplog.text or bool(failures), timeout=20)
+    finally:
+        service.stop()
+        threading.excepthook = previous
+    assert failures == []
+    assert said in caplog.text
 
 
 # -- the generator ---------------------------------------------------------------------------------
