@@ -5,7 +5,7 @@ Kraken sends decimal strings of at most about 20 significant digits and small ex
 ``Decimal`` takes far more than that: ``1E+99999999`` is finite, 11 bytes, and 100 MB once written
 out in plain notation (as SQLite keeps exact numbers), and ``Decimal()`` also reads ``" 1_0 "``
 and other scripts' digits. So every number that comes in goes through here: plain ASCII decimal
-text (or an int) within :data:`~collector.defaults.NUMBER_DIGITS` significant digits and an
+text (or an int; a float only where the caller says so, read through its shortest text) within :data:`~collector.defaults.NUMBER_DIGITS` significant digits and an
 adjusted exponent within :data:`~collector.defaults.NUMBER_EXPONENT` either way, or
 :class:`NumberError`, whose message names the field. Callers turn it into their own error (a
 dataset: ``bad_response`` for that run; a state file: a warning naming the file).
@@ -66,12 +66,19 @@ def bounded(number: Decimal, *, digits: int = defaults.NUMBER_DIGITS) -> bool:
     return len(number.as_tuple().digits) <= digits and -limit <= number.adjusted() <= limit
 
 
-def parse_decimal(value: object, *, field: str) -> Decimal:
-    """``value`` (decimal text or an int, never a float: a float has already lost the digits
-    Kraken sent) as an exact, finite, bounded ``Decimal``.
+def parse_decimal(value: object, *, field: str, floats: bool = False) -> Decimal:
+    """``value`` (decimal text or an int) as an exact, finite, bounded ``Decimal``.
+
+    A float is refused unless ``floats`` (an amount Kraken sent as a JSON number has already lost
+    digits); with it, a float is read through its shortest text (``2.5`` is exactly that), as a
+    state file written by ``json.dumps`` holds them.
 
     :raises NumberError: when it is anything else
     """
+    if floats and isinstance(value, float):
+        if not math.isfinite(value):
+            raise NumberError(field, "is not a finite number")
+        value = repr(value)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise NumberError(field, "is not a decimal string")
     if isinstance(value, int):
@@ -120,12 +127,8 @@ def parse_seconds(value: object, *, field: str) -> Decimal:
 
     :raises NumberError: when it is anything else
     """
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NumberError(field, "is not a time")
-        value = repr(value)
     try:
-        seconds = parse_decimal(value, field=field)
+        seconds = parse_decimal(value, field=field, floats=True)
     except NumberError:
         raise NumberError(field, "is not a time") from None
     if not 0 <= seconds < defaults.MAX_SECONDS:

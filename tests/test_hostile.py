@@ -116,6 +116,12 @@ def test_times_ids_and_stored_values_are_bounded_by_the_same_module() -> None:
     for value in (10**11, -1, float("inf"), float("nan"), "1E+99999999", True, "x"):
         with pytest.raises(NumberError, match=r"^t is not a time$"):
             parse_time(value, field="t")
+    # A state file's floats (json.dumps wrote them), when the caller says so; never NaN or 1e300.
+    assert parse_decimal(2.5, field="level", floats=True) == Decimal("2.5")
+    assert parse_decimal(1765000000.123, field="at", floats=True) == Decimal("1765000000.123")
+    for value in (float("nan"), float("inf"), 1e300, 1e-300):
+        with pytest.raises(NumberError, match=r"^level is (not a finite number|out of range)"):
+            parse_decimal(value, field="level", floats=True)
     assert parse_integer("42", field="id") == 42
     for value in (2**63, -1, 1.5, 1e29, "1e29", True, "4 2", 10**5000):
         with pytest.raises(NumberError, match=r"^id "):
