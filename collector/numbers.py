@@ -5,9 +5,10 @@ Kraken sends decimal strings of at most about 20 significant digits and small ex
 ``Decimal`` takes far more than that: ``1E+99999999`` is finite, 11 bytes, and 100 MB once written
 out in plain notation (as SQLite keeps exact numbers), and ``Decimal()`` also reads ``" 1_0 "``
 and other scripts' digits. So every number that comes in goes through here: plain ASCII decimal
-text (or an int; a float only where the caller says so, read through its shortest text) within :data:`~collector.defaults.NUMBER_DIGITS` significant digits and an
-adjusted exponent within :data:`~collector.defaults.NUMBER_EXPONENT` either way, or
-:class:`NumberError`, whose message names the field. Callers turn it into their own error (a
+text or an int (a float only where the caller says so, read through its shortest text), within
+:data:`~collector.defaults.NUMBER_DIGITS` significant digits and an adjusted exponent within
+:data:`~collector.defaults.NUMBER_EXPONENT` either way, or :class:`NumberError`, whose message
+names the field. Callers turn it into their own error (a
 dataset: ``bad_response`` for that run; a state file: a warning naming the file).
 
 :func:`readable` is the same bound on the way out, for values a database stored before it held
