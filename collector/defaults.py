@@ -36,6 +36,30 @@ MAX_RESPONSE = 50 * 1024 * 1024
 #: How much of an answer is read at a time while counting it against ``MAX_RESPONSE``.
 READ_CHUNK = 64 * 1024
 
+# -- numbers from outside (collector/numbers.py) -------------------------------------------------
+
+#: Significant digits a number from outside may have (an answer's price, amount or time, a state
+#: file's field). Kraken sends at most about 20 (a balance of 10 decimals, a price of 8), so 40 is
+#: twice what it needs while keeping every stored text short: ``1E+99999999`` is 11 bytes whose
+#: plain notation (SQLite keeps exact numbers as plain text) is 100 MB.
+NUMBER_DIGITS = 40
+#: Largest power of ten (the adjusted exponent, either sign) of such a number: Kraken's smallest
+#: unit is 1e-10 and its largest volumes about 1e15. Within +-40 a number's plain text is at most
+#: 82 characters (SQLite's text column), PostgreSQL's NUMERIC (131,072 digits before the point,
+#: 16,383 after) holds it, and valuation's exact products and sums of such numbers need a few
+#: hundred digits at most, far inside its 2,000 (so no value ever fails as "Inexact").
+NUMBER_EXPONENT = 40
+#: Characters of a number's text read at most: the longest bounded number written out in full
+#: (sign, point, 39 zeros, 40 digits) is 82; anything longer is refused before it is parsed.
+NUMBER_TEXT = 100
+#: Seconds since 1970 a time from outside may be, exclusive: the year 5138, far past any real
+#: entry and far inside ``datetime``'s year 9999, so no time from an answer overflows a date.
+MAX_SECONDS = 10**11
+#: The largest whole number a BIGINT column holds (a trade id, a count of trades).
+MAX_BIGINT = 2**63 - 1
+#: The largest whole number an INTEGER column holds (a candle's count of trades).
+MAX_INTEGER = 2**31 - 1
+
 # -- retries ------------------------------------------------------------------------------------
 
 #: The first backoff (seconds); each failure doubles it, up to ``BACKOFF_CAP``. Short enough that a

@@ -122,7 +122,10 @@ def cursor_time(dataset: str, cursor: Any) -> datetime | None:
         return None
     if seconds is None or not math.isfinite(seconds):
         return None
-    return datetime.fromtimestamp(seconds, UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):  # a cursor an older collector stored unbounded
+        return None
 
 
 def utcnow() -> datetime:

@@ -36,6 +36,7 @@ from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
 from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS
+from .numbers import parse_integer
 from .ratelimit import RateLimiter, ceiling
 from .records import RunRecord
 from .retention import Retention
@@ -405,7 +406,12 @@ class Service:
         try:
             before = time.time()
             reply = self.public_api.call("Time", timeout=min(self.config.kraken.timeout, 10.0))
-            offset = clock_offset(int(reply.result["unixtime"]), before, time.time())
+            # Bounded like every number of an answer (NumberError is a ValueError): an
+            # `Infinity` or a float here must not end the probe's thread with a traceback.
+            unixtime = parse_integer(
+                reply.result["unixtime"], field="unixtime", high=defaults.MAX_SECONDS
+            )
+            offset = clock_offset(unixtime, before, time.time())
         except Cancelled:
             return
         except RequestError as exc:

@@ -74,6 +74,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from . import defaults
 from .datasets.balances import table as balances
 from .datasets.reference import assets, pairs
+from .numbers import readable
 from .schema import ExactDecimal, RunId, UTCDateTime, metadata, runs, state
 
 #: The ``collector_state`` row holding the quote the view values in.
@@ -223,10 +224,11 @@ ELSE (
   ORDER BY o.time DESC LIMIT 1) END"""
 
 
-def _number(value: Any) -> Decimal:
-    if isinstance(value, Decimal):
-        return value
-    return Decimal(value) if isinstance(value, str | int) else Decimal(str(value))
+def _number(value: Any) -> Decimal | None:
+    """A stored amount or price, or None for one out of the bounds every number from outside
+    keeps now (:mod:`collector.numbers`): an older collector stored ``1E+999999``, whose products
+    and sums no exact context holds. Such a value counts as unpriced, never as an error."""
+    return readable(value)
 
 
 # -- the table portfolio_value, kept by the store ---------------------------------------------
@@ -537,6 +539,9 @@ class Valuation:
                 asset, amount = row[4], _number(row[5])
                 found, old = prices[asset]
                 price = found[i]
+                if amount is None:  # out of bounds: shown as not valued, as a missing price
+                    unpriced.append(asset)
+                    continue
                 if price is None:
                     if amount != 0:
                         unpriced.append(asset)
@@ -642,7 +647,7 @@ class _Series:
         #: pair -> its sources' minutes, the ticker (0) first, then the shorter interval
         self.minutes: dict[str, list[int]] = {}
         self._xbt: _Prices | None = None
-        self._decimals: dict[str, Decimal] = {}
+        self._decimals: dict[str, Decimal | None] = {}
 
     def add(self, pair: str) -> None:
         found = []
@@ -757,14 +762,14 @@ class _Series:
             out.append(best)
         return out
 
-    def _decimal(self, value: Any) -> Decimal:
+    def _decimal(self, value: Any) -> Decimal | None:
         """A price as a Decimal (from SQLite's text once each: a price holds for the times
-        until the next)."""
+        until the next), or None for one out of bounds."""
         if isinstance(value, Decimal):
-            return value
-        found = self._decimals.get(value)
-        if found is None:
-            found = self._decimals[value] = _number(value)
+            return _number(value)
+        if value in self._decimals:
+            return self._decimals[value]
+        found = self._decimals[value] = _number(value)
         return found
 
     def xbt(self, plan: _Plan) -> _Prices:

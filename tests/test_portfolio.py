@@ -279,10 +279,13 @@ def test_max_price_age_is_a_job_file_key(tmp_path) -> None:
     assert "valuation.max_price_age" in result.output
 
 
-def test_a_value_that_cannot_be_computed_never_costs_the_runs(tmp_path, caplog) -> None:
-    """A snapshot whose value needs more digits than the exact context has (an amount of 1,999
-    digits at a price of 13) is stored with its run and balances; the table lacks it, and the
-    log says so in one line."""
+def test_an_amount_no_exact_context_holds_is_unpriced_and_never_costs_the_runs(
+    tmp_path, caplog
+) -> None:
+    """A snapshot whose value would need more digits than the exact context has (an amount of
+    1,999 digits, as an older collector could store) is stored with its run and balances, and
+    valued with that asset unpriced: out of the bounds of every number read from outside
+    (:mod:`collector.numbers`), never an error that costs the batch."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     with FakeKraken(tier=None) as fake:
         path = job_file(tmp_path, fake, fake.add_key(), url, "t: {method: Time, every: 1h}")
@@ -297,9 +300,10 @@ def test_a_value_that_cannot_be_computed_never_costs_the_runs(tmp_path, caplog) 
     finally:
         store.dispose()
     assert rows(url, f"SELECT amount FROM balances WHERE run_id = {run_id}") == [(amount,)]
-    assert run_id not in table(url)
-    (line,) = [r.getMessage() for r in caplog.records if "portfolio_value" in r.getMessage()]
-    assert line.startswith("portfolio_value not updated for this batch (Inexact")
+    assert rows(url, f"SELECT value, unpriced FROM portfolio_value WHERE run_id = {run_id}") == [
+        ("0", "XXBT")
+    ]
+    assert not [r for r in caplog.records if "portfolio_value not updated" in r.getMessage()]
 
 
 def test_an_account_empty_from_the_start_is_shown_at_zero(tmp_path) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Column, ForeignKey, Index, String, Table
 
 from ..errors import BadResponse
+from ..numbers import NumberError, parse_decimal
 from ..records import RunRecord
 from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
 from .base import Dataset
@@ -49,11 +49,9 @@ class Balances(Dataset):
             if not isinstance(amount, str):
                 raise self._bad(method, f"amount of {asset!r} is not a decimal string")
             try:
-                number = Decimal(amount)
-            except InvalidOperation:
-                raise self._bad(method, f"amount of {asset!r} is not a number") from None
-            if not number.is_finite():
-                raise self._bad(method, f"amount of {asset!r} is not a finite number")
+                number = parse_decimal(amount, field=f"amount of {asset!r}")
+            except NumberError as e:
+                raise self._bad(method, str(e)) from None
             rows.append(
                 {
                     "asset": str(asset)[:32],

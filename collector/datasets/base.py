@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Table
 
+from .. import defaults
 from ..errors import BadResponse
+from ..numbers import NumberError, parse_decimal, parse_integer, parse_time
 from ..records import RunRecord
 
 
@@ -117,37 +119,33 @@ def bad(record: RunRecord, problem: str) -> BadResponse:
 
 
 def decimal(record: RunRecord, value: Any, what: str, *, optional: bool = False) -> Decimal | None:
-    """A decimal string (or an int) as an exact, finite ``Decimal``; never through float."""
+    """A decimal string (or an int) as an exact, finite, bounded ``Decimal`` (never through float;
+    :func:`collector.numbers.parse_decimal`)."""
     if value is None or value == "":
         if optional:
             return None
         raise bad(record, f"{what} is missing")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise bad(record, f"{what} is not a decimal string")
     try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise bad(record, f"{what} is not a number") from None
-    if not number.is_finite():
-        raise bad(record, f"{what} is not a finite number")
-    return number
+        return parse_decimal(value, field=what)
+    except NumberError as e:
+        raise bad(record, str(e)) from None
 
 
 def timestamp(record: RunRecord, value: Any, what: str) -> datetime:
-    """Kraken's seconds (an int, or a float with 4 decimals) as a UTC datetime, to the microsecond.
-
-    The float goes through its shortest decimal text, so ``1688669448.1234`` is exactly that."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise bad(record, f"{what} is not a time")
+    """Kraken's seconds (an int, or a float with up to 7 decimals) as a UTC datetime, to the
+    microsecond (:func:`collector.numbers.parse_time`)."""
     try:
-        seconds = Decimal(repr(value) if isinstance(value, float) else str(value))
-    except InvalidOperation:
-        raise bad(record, f"{what} is not a time") from None
-    if not seconds.is_finite() or not 0 <= seconds < 10**11:
-        raise bad(record, f"{what} is not a time")
-    whole = int(seconds)
-    micros = int((seconds - whole) * 1_000_000)
-    return datetime.fromtimestamp(whole, UTC).replace(microsecond=micros)
+        return parse_time(value, field=what)
+    except NumberError as e:
+        raise bad(record, str(e)) from None
+
+
+def integer(record: RunRecord, value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
+    """A whole number from 0 to ``high`` (an id, a count: what its column holds)."""
+    try:
+        return parse_integer(value, field=what, high=high)
+    except NumberError as e:
+        raise bad(record, str(e)) from None
 
 
 def text(record: RunRecord, value: Any, what: str, limit: int = 200) -> str:

@@ -22,10 +22,11 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
 
+from .. import defaults
 from ..pairs import same, split
 from ..records import RunRecord
 from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
-from .base import Dataset, Page, bad, decimal, mapping, text, timestamp
+from .base import Dataset, Page, bad, decimal, integer, mapping, text, timestamp
 
 #: A public Trades page when the job does not set ``count``.
 TRADES_PAGE = 1000
@@ -45,9 +46,14 @@ def _series(
         raise bad(record, "answer has no last")
     # `last` becomes the next call's `since` and the stored cursor: it must be what Kraken sends
     # (whole seconds, or nanoseconds as digits), never text that would poison the next run.
-    if isinstance(found, int) and not 0 <= found < 10**20:
+    # Seconds (OHLC, Spread) within MAX_SECONDS, nanoseconds (Trades, its text) within the same
+    # time: a later `last` becomes a cursor no date can hold (status and /healthz read it).
+    top = defaults.MAX_SECONDS if last is int else defaults.MAX_SECONDS * 10**9
+    if isinstance(found, int) and not 0 <= found < top:
         raise bad(record, f"last {found} is out of range")
-    if isinstance(found, str) and not (found.isascii() and found.isdigit() and len(found) <= 20):
+    if isinstance(found, str) and not (
+        found.isascii() and found.isdigit() and len(found) <= 20 and int(found) < top
+    ):
         raise bad(record, f"last {found[:40]!r} is not a number")
     return pairs[0][:32], answer[pairs[0]], found
 
@@ -88,6 +94,11 @@ _SIDES = {"b": "buy", "s": "sell"}
 _ORDER_TYPES = {"m": "market", "l": "limit"}
 
 
+def _named(names: Mapping[str, str], code: str) -> str:
+    """Kraken's one-letter code by its name (``b``: ``buy``); another code as it came."""
+    return names.get(code) or code
+
+
 class Trades(Dataset):
     name = "trades"
     table = trades
@@ -108,16 +119,18 @@ class Trades(Dataset):
         for value in rows:
             price, volume, when, side, kind, misc, trade_id = _row(record, value, 7)[:7]
             if isinstance(trade_id, bool) or not isinstance(trade_id, int):
-                raise bad(record, f"trade_id {trade_id!r} is not an integer")
+                raise bad(record, f"trade_id {trade_id!r:.40} is not an integer")
             out.append(
                 {
                     "pair": pair,
-                    "trade_id": trade_id,
+                    "trade_id": integer(record, trade_id, "trade_id"),
                     "time": timestamp(record, when, "trade time"),
                     "price": decimal(record, price, "price"),
                     "volume": decimal(record, volume, "volume"),
-                    "side": _SIDES.get(side) or text(record, side, "side", 4),
-                    "order_type": _ORDER_TYPES.get(kind) or text(record, kind, "order type", 6),
+                    # Read as text first: a list or a mapping there is a bad answer, not a
+                    # TypeError from the lookup.
+                    "side": _named(_SIDES, text(record, side, "side", 4)),
+                    "order_type": _named(_ORDER_TYPES, text(record, kind, "order type", 6)),
                     "misc": text(record, misc, "misc", 64),
                 }
             )
@@ -167,19 +180,23 @@ class OHLC(Dataset):
         for value in rows:
             t, o, h, low, c, vwap, volume, count = _row(record, value, 8)[:8]
             if isinstance(t, bool) or not isinstance(t, int):
-                raise bad(record, f"candle time {t!r} is not an integer")
+                raise bad(record, f"candle time {t!r:.40} is not an integer")
+            when = timestamp(record, t, "candle time")
             out.append(
                 {
                     "pair": pair,
                     "interval": interval,
-                    "time": datetime.fromtimestamp(t, UTC),
+                    "time": when,
                     "open": decimal(record, o, "open"),
                     "high": decimal(record, h, "high"),
                     "low": decimal(record, low, "low"),
                     "close": decimal(record, c, "close"),
                     "vwap": decimal(record, vwap, "vwap"),
                     "volume": decimal(record, volume, "volume"),
-                    "count": int(count) if isinstance(count, int) else 0,
+                    # Not every answer counts its trades (0 then), but a count is what INTEGER holds.
+                    "count": integer(record, count, "count", defaults.MAX_INTEGER)
+                    if isinstance(count, int)
+                    else 0,
                     "final": t <= last,
                 }
             )
@@ -292,7 +309,9 @@ class Ticker(Dataset):
                     "last": decimal(record, first("c", 0), f"{pair} last"),
                     "volume_24h": decimal(record, first("v", 1), f"{pair} volume"),
                     "vwap_24h": decimal(record, first("p", 1), f"{pair} vwap"),
-                    "trades_24h": trades_24h if isinstance(trades_24h, int) else 0,
+                    "trades_24h": integer(record, trades_24h, f"{pair} trades")
+                    if isinstance(trades_24h, int)
+                    else 0,
                     "low_24h": decimal(record, first("l", 1), f"{pair} low"),
                     "high_24h": decimal(record, first("h", 1), f"{pair} high"),
                     "open": decimal(record, t.get("o"), f"{pair} open"),
