@@ -148,6 +148,10 @@ NONCE_MAX = 2**63 - 1
 #: thousand leases) is not ours, and is not read into memory.
 STATE_FILE_MAX_BYTES = 64 * 1024
 
+#: How many (file, problem) warnings about state files a process remembers having said: each is
+#: said once, but a value rewritten wrong at every turn must not grow that memory for months.
+STATE_WARNINGS_KEPT = 1_000
+
 #: How soon a standby takes over an account whose holder is gone (seconds): the holder's lease on
 #: the account lasts this long and is renewed every fifth of it.
 FAILOVER = 15.0

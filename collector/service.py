@@ -287,14 +287,17 @@ class Service:
         # key's own state (the last nonce of a clean stop, the lease of a crashed process), which
         # every process using the key shares whatever its database. The last holder's mark in
         # the account's lease row comes when the lease is taken (_taken).
-        legacy = int(self.spool.get(LEGACY_LEASE) or 0)
+        legacy_value = statefile.integer_text(self.spool.get(LEGACY_LEASE) or 0)
         for name, client in self.apis.items():
             state, lease = self.keystates[name], self.leases.leases.get(name)
             # The database's mark is an outside value too: bounded as the state files' are.
             where = f"{self.config.database_for_display()}: collector_state {mark_name(name)}"
             stored = self.store.load_nonce(mark_name(name))
             stored = statefile.floor(stored, client.nonces.unit, where, time.time_ns()) or 0
-            floor = max(stored, legacy, state.start())
+            legacy = statefile.floor(
+                legacy_value, client.nonces.unit, f"the spool's {LEGACY_LEASE}", time.time_ns()
+            )
+            floor = max(stored, legacy or 0, state.start())
             if client.shared is not None:
                 client.shared.check()  # a budget file that can't be used: one line, now
             client.nonces.lease(

@@ -278,6 +278,15 @@ def nonce_mark(value: object, unit: str, now_ns: int) -> int | None:
     return value
 
 
+def integer_text(value: object) -> object:
+    """A mark kept as text (a database's ``collector_state``, the spool's legacy row) as the int
+    it spells when it is plain digits (at most 20); anything else (``1e29``, ``1.5e15``, garbage)
+    as it is, for :func:`floor` to refuse with its warning instead of a traceback from ``int()``."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    return value
+
+
 def floor(value: object, unit: str, where: str, now_ns: int, taken: str = "") -> int | None:
     """:func:`nonce_mark`, with the one warning (per ``where``) when ``value`` is refused: the
     caller then keeps the clock as the floor."""
@@ -318,9 +327,13 @@ _warned_lock = threading.Lock()
 
 
 def warn(where: str, problem: str, taken: str) -> None:
-    """One warning per process for each (file, problem): ``where: problem; taken``."""
+    """One warning per process for each (file, problem): ``where: problem; taken``. The memory of
+    what was said is bounded: past ``STATE_WARNINGS_KEPT`` pairs it starts again (a file rewritten
+    with a new bad value each turn is said again, never grows the set without end)."""
     with _warned_lock:
         if (where, problem) in _warned:
             return
+        if len(_warned) >= defaults.STATE_WARNINGS_KEPT:
+            _warned.clear()
         _warned.add((where, problem))
     logger.warning("%s: %s; %s", where, problem, taken)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from . import bulk, defaults, valuation
+from . import bulk, defaults, statefile, valuation
 from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
@@ -284,11 +284,13 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def load_nonce(self, name: str = NONCE_KEY) -> int:
-        """The highest nonce a previous process recorded under ``name`` (0 when none did)."""
+    def load_nonce(self, name: str = NONCE_KEY) -> object:
+        """The highest nonce a previous process recorded under ``name`` (0 when none did), as
+        stored: an outside value, bounded by the caller (:func:`statefile.floor`), so a mark that
+        is not plain digits is refused with a warning rather than a traceback at start."""
         with self.engine.connect() as conn:
             value = conn.execute(select(state.c.value).where(state.c.name == name)).scalar()
-        return int(value) if value else 0
+        return statefile.integer_text(value) if value else 0
 
     def last_success(self, job: str) -> datetime | None:
         """When ``job``'s last successful run finished, or None: the newest ``ok`` run by

@@ -436,10 +436,12 @@ def test_a_service_that_never_opened_does_not_say_it_stopped(
     assert "collector stopped" not in caplog.text
 
 
+@pytest.mark.parametrize("mark", ["9000000000000000000", "1e29", "1.5e15"])
 def test_a_database_nonce_mark_no_collector_writes_is_refused(
-    tmp_path, fast, state_dir, caplog
+    tmp_path, fast, state_dir, caplog, mark
 ) -> None:
-    """The database's own mark (collector_state) is a floor too: before, 9e18 there was sent."""
+    """The database's own mark (collector_state) is a floor too: before, 9e18 there was sent,
+    and text that is not digits was a traceback at start (``int('1e29')``)."""
     caplog.set_level(logging.WARNING, logger="collector")
     key = fast.add_key()
     path = jobs_file(tmp_path, fast, key, BALANCE)
@@ -452,7 +454,9 @@ def test_a_database_nonce_mark_no_collector_writes_is_refused(
     try:
         with engine.begin() as conn:
             names = [r[0] for r in conn.execute(text("SELECT name FROM collector_state"))]
-            conn.execute(text("UPDATE collector_state SET value = '9000000000000000000'"))
+            conn.execute(
+                text("UPDATE collector_state SET value = :v WHERE name LIKE 'nonce%'"), {"v": mark}
+            )
     finally:
         engine.dispose()
     second = Service(load(path))
@@ -464,7 +468,7 @@ def test_a_database_nonce_mark_no_collector_writes_is_refused(
     assert [
         r.getMessage()
         for r in caplog.records
-        if "collector_state" in r.getMessage() and "9000000000000000000" in r.getMessage()
+        if "collector_state" in r.getMessage() and mark in r.getMessage()
     ], names
 
 
