@@ -380,3 +380,18 @@ def test_a_redirect_is_not_followed(fake: FakeKraken) -> None:
         assert conn.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_a_quiet_connection_is_pinged_not_replaced(fake: FakeKraken) -> None:
+    # Kraken sends heartbeats only to a connection with a subscription: with its one symbol
+    # refused, the connection asks for a pong before stale_after instead of going stale.
+    assert fake.ws is not None
+    rec = Recorder()
+    conn = connect(fake, rec, Subscription("trade", ("BTC/XYZ",)), stale_after=0.8)
+    try:
+        wait_for(lambda: rec.failures("refused") != [], WAIT)
+        pings = lambda: [r for r in fake.ws.requests if r.get("method") == "ping"]  # type: ignore[union-attr]  # noqa: E731
+        wait_for(lambda: len(pings()) >= 3, WAIT)
+        assert rec.failures("stale") == [] and len(rec.of(StreamOpened)) == 1
+    finally:
+        assert conn.stop()

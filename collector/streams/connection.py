@@ -389,6 +389,7 @@ class Connection:
         finally:
             self._connecting = None
         self.connections += 1
+        self.messages = 0
         self._ws = ws
         opened = self._clock()
         logger.info("stream %s: connection %d open to %s", self.name, self.connections, self.url)
@@ -427,10 +428,17 @@ class Connection:
 
     async def _watchdog(self, ws: ClientConnection) -> None:
         step = min(self.stale_after / 4, 1.0)
+        pinged = 0.0
         while True:
             await asyncio.sleep(step)
             idle = self._clock() - self._last
-            if idle >= self.stale_after:
+            if self.stale_after / 2 <= idle < self.stale_after and pinged < self._last:
+                # Kraken's heartbeats need a subscription: a connection whose symbols were all
+                # refused (or not yet answered) is asked for a pong instead of going stale.
+                pinged = self._clock()
+                self._req_id += 1
+                await ws.send(json.dumps({"method": "ping", "req_id": self._req_id}))
+            elif idle >= self.stale_after:
                 self._reason = f"stale: no message for {idle:.1f} s"
                 self._fail("stale", None, self._reason)
                 await ws.close(1000, "stale")
