@@ -395,3 +395,21 @@ def test_a_quiet_connection_is_pinged_not_replaced(fake: FakeKraken) -> None:
         assert rec.failures("stale") == [] and len(rec.of(StreamOpened)) == 1
     finally:
         assert conn.stop()
+
+
+def test_rest_depth_answers_the_book_the_feed_serves() -> None:
+    fake = FakeKraken(tier=None, ws=True)
+    assert fake.ws is not None
+    fake.ws.tick = 3600.0  # the book holds still: the two answers are compared at one moment
+    with fake:
+        rec = Books()
+        conn = connect(fake, rec, BOOK)
+        try:
+            wait_for(lambda: "BTC/USD" in rec.books, WAIT)
+        finally:
+            assert conn.stop()
+        book = rec.books["BTC/USD"]
+        depth = fake.result("Depth", {"pair": "XBTUSD", "count": 10})["XXBTZUSD"]
+        rest = [("bid", Decimal(p), Decimal(q)) for p, q, _ in depth["bids"]]
+        rest += [("ask", Decimal(p), Decimal(q)) for p, q, _ in depth["asks"]]
+        assert rest == [(level.side, level.price, level.qty) for level in book.levels()]

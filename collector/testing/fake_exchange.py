@@ -362,6 +362,8 @@ class FakeKraken(Gate):
     def _compute(self, method: str, params: dict[str, str], private: bool) -> Any:
         now = self.now()
         if not private and method in Market.METHODS:
+            if method == "Depth" and self.ws is not None:  # the book the WebSocket serves
+                return self.ws.depth(self.market.answer(method, params, now), now)
             if method != "Trades":
                 return self.market.answer(method, params, now)
             with self._lock:  # one consistent look: the growth due by now, then the page

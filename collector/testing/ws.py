@@ -11,7 +11,7 @@ of its own) from a :class:`~.market.Market`:
   gives it; a snapshot of the last 50, then every new trade (``fake.grow("public_trades")`` or the
   growth rate), ``timestamp`` in RFC 3339;
 * ``book``: one book per pair, at REST Depth's prices when first asked for (its own quantities)
-  and changed a few levels every ``tick``: a snapshot of the top ``depth``, then updates with Kraken's rules
+  and changed a few levels every ``tick``; from then on REST Depth answers that same book: a snapshot of the top ``depth``, then updates with Kraken's rules
   (levels pushed below the depth just fall out; a deleted level is ``qty: 0``) and the CRC32
   ``checksum`` computed here from the fake's own decimal strings, not with the collector's code;
 * ``ticker`` and ``ohlc`` (``interval`` minutes) from the prices and candles REST serves;
@@ -451,9 +451,10 @@ class FakeKrakenWS:
                 self._by_symbol[s]
                 for c in self._clients
                 for (ch, s) in c.subs
-                if ch == "book" and s
+                if ch == "book" and s and not c.stalled
             }:
-                self._pair_book(book).move()
+                with self.lock:
+                    self._pair_book(book).move()
             for client in list(self._clients):
                 try:
                     await self._push(client, now)
@@ -511,7 +512,26 @@ class FakeKrakenWS:
         data = {"assets": [], "pairs": changed}
         await self._send(client, {"channel": "instrument", "type": "update", "data": data})
 
+    def depth(self, answer: dict[str, Any], now: float) -> dict[str, Any]:
+        """REST Depth's ``answer`` for a pair, with the levels of the book this endpoint serves
+        when it has one (the same book on both APIs), up to as many levels as were asked for."""
+        ((pair, levels),) = answer.items()
+        with self.lock:
+            book = self.books.get(pair)
+            if book is None:
+                return answer
+            count = len(levels["asks"])
+            sides = {side: book.top(side, count) for side in ("asks", "bids")}
+        decimals = PAIRS[pair][4]
+        return {
+            pair: {
+                side: [[fmt(p, decimals), fmt(q, QTY_PRECISION), int(now)] for p, q in top]
+                for side, top in sides.items()
+            }
+        }
+
     def _pair_book(self, pair: str) -> _PairBook:
+        """The pair's book (the caller holds the lock)."""
         if pair not in self.books:
             # At the prices REST Depth answers now, so the two agree on where the market is.
             self.books[pair] = _PairBook(pair, price(pair, self.now()))
@@ -520,8 +540,10 @@ class FakeKrakenWS:
     async def _book(
         self, client: _Client, symbol: str, pair: str, depth: int, *, snapshot: bool
     ) -> None:
-        book = self._pair_book(pair)
-        bids, asks = book.top("bids", depth), book.top("asks", depth)
+        with self.lock:
+            book = self._pair_book(pair)
+            bids, asks = book.top("bids", depth), book.top("asks", depth)
+            full = (set(book.bids), set(book.asks))
         new = (dict(bids), dict(asks))
         entry: dict[str, Any] = {"symbol": symbol}
         if snapshot:
@@ -532,14 +554,14 @@ class FakeKrakenWS:
             if old is None:
                 return
             sides = []
-            for (was, now), full in zip(
-                zip(old, new, strict=True), (book.bids, book.asks), strict=True
-            ):
+            for (was, now), present in zip(zip(old, new, strict=True), full, strict=True):
                 changes = [{"price": p, "qty": q} for p, q in now.items() if was.get(p) != q]
                 # A level gone from the book is sent as qty 0; one merely pushed below the
                 # depth by a better one is not sent at all (Kraken's rule).
                 changes += [
-                    {"price": p, "qty": Decimal(0)} for p in was if p not in now and p not in full
+                    {"price": p, "qty": Decimal(0)}
+                    for p in was
+                    if p not in now and p not in present
                 ]
                 sides.append(changes)
             if not sides[0] and not sides[1]:
