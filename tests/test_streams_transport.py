@@ -5,13 +5,16 @@ stalls, Kraken's message rate, a clean stop."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.server import ServerConnection, serve
 
 from collector.backoff import Backoff
 from collector.streams.book import Book, BookMismatch
@@ -26,6 +29,7 @@ from collector.streams.connection import (
     check_url,
 )
 from collector.testing.fake_exchange import FakeKraken
+from collector.testing.ws import dumps
 
 from .helpers import wait_for
 
@@ -413,3 +417,45 @@ def test_rest_depth_answers_the_book_the_feed_serves() -> None:
         rest = [("bid", Decimal(p), Decimal(q)) for p, q, _ in depth["bids"]]
         rest += [("ask", Decimal(p), Decimal(q)) for p, q, _ in depth["asks"]]
         assert rest == [(level.side, level.price, level.qty) for level in book.levels()]
+
+
+CAPTURE = Path(__file__).parent / "data" / "book-v2-btcusd-depth10.json"
+
+
+def test_kraken_s_own_book_session_verifies_through_the_transport() -> None:
+    # The real capture, sent with its own digits (4.0, 0.001, 0.00011621): the transport parses
+    # them as exact decimals and all 510 messages verify.
+    capture = json.loads(CAPTURE.read_text(), parse_float=Decimal)
+    messages = [capture["init"], *capture["updates"]]
+
+    def replay(ws: ServerConnection) -> None:
+        request = json.loads(ws.recv())
+        result = {"channel": "book", "symbol": "BTC/USD", "depth": 10, "snapshot": True}
+        ws.send(
+            json.dumps(
+                {
+                    "method": "subscribe",
+                    "req_id": request["req_id"],
+                    "success": True,
+                    "result": result,
+                }
+            )
+        )
+        for message in messages:
+            ws.send(dumps(message))
+        ws.recv()  # until the client closes
+
+    with serve(replay, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        rec = Books()
+        port = server.socket.getsockname()[1]
+        conn = Connection(f"ws://127.0.0.1:{port}/v2", [BOOK], rec.handle, publish=rec.publish)
+        rec.connection = conn
+        try:
+            conn.start()
+            wait_for(lambda: rec.verified == len(messages), WAIT)
+            assert rec.mismatches == [] and conn.messages == len(messages) + 1
+        finally:
+            assert conn.stop()
+            server.shutdown()
