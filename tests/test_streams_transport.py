@@ -459,3 +459,37 @@ def test_kraken_s_own_book_session_verifies_through_the_transport() -> None:
         finally:
             assert conn.stop()
             server.shutdown()
+
+
+def test_a_message_over_the_bound_closes_the_connection(fake: FakeKraken) -> None:
+    rec = Recorder()
+    # The instrument snapshot is a few kB: over a 1,000-byte bound.
+    conn = connect(fake, rec, Subscription("instrument"), max_message=1000)
+    try:
+        wait_for(lambda: rec.failures("disconnect") != [], WAIT)
+        assert "1009" in rec.failures("disconnect")[0].message
+        assert rec.channel("instrument") == []
+    finally:
+        assert conn.stop()
+
+
+def test_a_handler_that_raises_is_a_failure_and_the_stream_goes_on(fake: FakeKraken) -> None:
+    rec = Recorder()
+    calls: list[str] = []
+
+    def handler(channel: str, kind: str, data: Any, received_at: datetime) -> None:
+        calls.append(kind)
+        if len(calls) == 1:
+            raise KeyError("bids")
+        rec.handle(channel, kind, data, received_at)
+
+    conn = Connection(
+        fake.ws_url, [BOOK], handler, publish=rec.publish, backoff=FAST, rate=50.0
+    ).start()
+    try:
+        wait_for(lambda: len(rec.channel("book", "update")) >= 3, WAIT)
+        (failure,) = rec.failures("handler")
+        assert failure.message == "book: 'bids'"
+        assert len(rec.of(StreamOpened)) == 1
+    finally:
+        assert conn.stop()

@@ -651,7 +651,11 @@ def _describe(e: BaseException) -> str:
 
 
 def _close_text(ws: ClientConnection) -> str:
-    code = ws.close_code
-    if code is None or code == 1006:
-        return "1006, no close frame"
-    return f"{code} {ws.close_reason or ''}".strip()
+    """The close frames exchanged: the peer's, else ours (e.g. 1009, a message over the bound),
+    else none at all (Cloudflare's 1006)."""
+    rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if rcvd is not None:
+        return f"{rcvd.code} {rcvd.reason}".strip()[: defaults.REASON_MAX]
+    if sent is not None:
+        return f"{sent.code} {sent.reason}; no close frame back".strip()[: defaults.REASON_MAX]
+    return "1006, no close frame"
