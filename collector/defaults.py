@@ -262,6 +262,41 @@ REFERENCE_DEADLINE = 10.0
 #: this often (a new pair's rows are renamed by the refresh that brings it anyway).
 PAIR_NAMES_REREAD = 60.0
 
+# -- streams (Kraken's WebSocket v2 public feed) ------------------------------------------------
+
+#: Kraken's public WebSocket v2 endpoint.
+WS_URL = "wss://ws.kraken.com/v2"
+#: A connection with no message for this long is stale and replaced: Kraken sends a heartbeat
+#: about once a second on a subscribed connection, so ten missed ones mean it is gone (a stall or a
+#: dead TCP connection that never closed), not slow.
+WS_STALE_AFTER = 10.0
+#: Requests (subscribe, unsubscribe) sent per second at most. Kraken publishes no number and
+#: answers a burst with ``Exceeded msg rate``; a resubscribe storm after a reconnect is the usual
+#: cause, and 5 a second with 50 symbols a request subscribes every listed pair in a few seconds.
+WS_MESSAGES_PER_SECOND = 5.0
+#: Symbols in one subscribe request: each is acknowledged on its own, and a smaller batch keeps
+#: one refused request from costing many pairs' snapshots at once.
+WS_BATCH = 50
+#: Reconnect delays: the first, doubling (full jitter) up to the cap, so a fleet of collectors
+#: cut off together by Cloudflare does not come back together; a minute at most is short next to
+#: the trades REST fills in after a gap.
+WS_BACKOFF_FIRST, WS_BACKOFF_CAP = 1.0, 60.0
+#: How long connecting (TCP, TLS, the HTTP upgrade) may take before it is a failure.
+WS_OPEN_TIMEOUT = 10.0
+#: How long a close waits for the peer's close frame before dropping the TCP connection, so a
+#: stop never hangs on a peer that stopped answering.
+WS_CLOSE_TIMEOUT = 2.0
+#: The largest message accepted: a depth-1000 book snapshot is about 100 KB and the instrument
+#: snapshot of ~750 pairs well under 1 MB; anything bigger is not Kraken's and closes the
+#: connection (1009) instead of growing memory.
+WS_MAX_MESSAGE = 4 * 2**20
+#: Messages websockets buffers before it stops reading the socket (memory is at most this times
+#: the largest message; TCP's own flow control then holds Kraken back).
+WS_MAX_QUEUE = 64
+#: ``Already subscribed`` answered to a resubscription this many times in a row for one symbol is
+#: a failure, not a loop.
+WS_RESUBSCRIBE_TRIES = 3
+
 # -- valuation and the dashboard -----------------------------------------------------------------
 
 #: The currency balance snapshots are valued in (``valuation.quote``): an asset's code or altname.

@@ -79,6 +79,7 @@ from .account import Account
 from .history import PAGE_SIZE, Refusal
 from .market import ASSETS, OHLC_INTERVALS, OHLC_ROWS, PAIRS, Market, candle, interval, pairs
 from .server import FAULT_KINDS, Fault, Gate, Server
+from .ws import FakeKrakenWS
 
 __all__ = [
     "ASSETS",
@@ -117,6 +118,8 @@ class FakeKraken(Gate):
     :param ledger_size: the old name of ``history={"ledger": n}``
     :param clock: monotonic seconds for the counters
     :param now: wall-clock seconds for the data (prices, candles, history times, growth)
+    :param ws: also serve Kraken's WebSocket v2 public feed over the same market, at
+        :attr:`ws_url` (see :mod:`.ws`)
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class FakeKraken(Gate):
         ledger_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
+        ws: bool = False,
     ) -> None:
         ledger, public = _sizes(history)
         if ledger_size is not None:
@@ -148,6 +152,8 @@ class FakeKraken(Gate):
         self._balance: Any = _UNSET
         self._server = Server((host, port), self, self.answer)
         self._thread: threading.Thread | None = None
+        #: the WebSocket v2 endpoint over the same market (``ws=True``), at :attr:`ws_url`
+        self.ws = FakeKrakenWS(self.market, lock=self._lock, now=now, host=host) if ws else None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -156,7 +162,15 @@ class FakeKraken(Gate):
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def ws_url(self) -> str:
+        if self.ws is None:
+            raise RuntimeError("the WebSocket endpoint is opt-in: FakeKraken(ws=True)")
+        return self.ws.url
+
     def start(self) -> FakeKraken:
+        if self.ws is not None:
+            self.ws.start()
         self._thread = threading.Thread(target=self.serve_forever, name="fake-kraken", daemon=True)
         self._thread.start()
         return self
@@ -175,6 +189,8 @@ class FakeKraken(Gate):
         self._server.server_close()
         if self._thread:
             self._thread.join(5)
+        if self.ws is not None:
+            self.ws.stop()
 
     def __enter__(self) -> FakeKraken:
         return self.start()
@@ -346,6 +362,8 @@ class FakeKraken(Gate):
     def _compute(self, method: str, params: dict[str, str], private: bool) -> Any:
         now = self.now()
         if not private and method in Market.METHODS:
+            if method == "Depth" and self.ws is not None:  # the book the WebSocket serves
+                return self.ws.depth(self.market.answer(method, params, now), now)
             if method != "Trades":
                 return self.market.answer(method, params, now)
             with self._lock:  # one consistent look: the growth due by now, then the page
