@@ -4,7 +4,9 @@ Streamed in constant memory. The database formats every value as text, the same 
 databases: times in UTC as PostgreSQL writes them (``2026-01-01 00:00:00.250137+00``, no trailing
 zeros), decimals exactly as stored (``0.0001000``, never a float), booleans ``true``/``false``. A
 CSV of the same rows is the same bytes from SQLite and from PostgreSQL (an empty text and NULL are
-both an empty field). On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
+both an empty field). A CSV's text cells that a spreadsheet would run as a formula (starting with
+``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'`` (:func:`collector.sanitize.cell`, in
+SQL on the database's side); numbers, times and JSON lines are as stored. On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
 (:func:`_sqlite_csv`); on PostgreSQL a CSV is the server's ``COPY … TO STDOUT`` (what ``psql
 \\copy`` does); the other formats read a cursor a batch at a time (server-side on PostgreSQL).
 
@@ -35,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from .errors import ConfigError
+from .sanitize import cell
 from .schema import ExactDecimal, UTCDateTime, metadata
 from .views import VIEWS
 
@@ -165,10 +168,26 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _text(column: str, kind: str, dialect: str, *, csv_text: bool = False) -> str:
+#: :data:`collector.sanitize.FORMULA_START` in each dialect's SQL: the first characters that make
+#: a spreadsheet run a cell.
+_FORMULA_START = {
+    "sqlite": "('=', '+', '-', '@', char(9), char(13))",
+    "postgresql": "('=', '+', '-', '@', chr(9), chr(13))",
+}
+
+
+def _text(
+    column: str, kind: str, dialect: str, *, csv_text: bool = False, cells: bool = False
+) -> str:
     """``column`` as the text the export writes, in ``dialect``'s SQL (``csv_text``: for
-    PostgreSQL's COPY, which writes each value's text itself)."""
+    PostgreSQL's COPY, which writes each value's text itself; ``cells``: a CSV's, where a text
+    that a spreadsheet would run as a formula gets a leading ``'``, as
+    :func:`collector.sanitize.cell` does, by the database at its own speed)."""
     c = f"t.{_q(column)}"
+    if cells and kind == "text":
+        first = f"substr({c}, 1, 1)" if dialect == "sqlite" else f"left({c}, 1)"
+        plain = f"NULLIF({c}, '')" if csv_text else c
+        return f"CASE WHEN {first} IN {_FORMULA_START[dialect]} THEN '''' || {c} ELSE {plain} END"
     if kind == "bool":
         return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END"
     if dialect == "sqlite":
@@ -212,9 +231,12 @@ def _time_param(value: datetime, dialect: str) -> Any:
 def select(
     request: Request, dialect: str, *, csv_text: bool = False, style: str | None = None
 ) -> tuple[str, dict]:
-    """The SELECT of a csv or jsonl export: every column as text, in the table's order."""
+    """The SELECT of a csv or jsonl export: every column as text, in the table's order (a CSV's
+    text cells neutralised)."""
+    cells = request.format == "csv"
     cols = ", ".join(
-        f"{_text(c, k, dialect, csv_text=csv_text)} AS {_q(c)}" for c, k in columns(request.table)
+        f"{_text(c, k, dialect, csv_text=csv_text, cells=cells)} AS {_q(c)}"
+        for c, k in columns(request.table)
     )
     where, params = _where(request, dialect, style or dialect)
     return f"SELECT {cols} FROM {_q(request.table)} t{where}", params
@@ -264,6 +286,8 @@ def kraken_select(request: Request, dialect: str) -> tuple[str, dict]:
 
 
 def _quoted(value: str | None) -> str:
+    """A text field of Kraken's CSV: quoted, and neutralised when a spreadsheet would run it."""
+    value = cell(value)
     return '""' if value is None else '"' + value.replace('"', '""') + '"'
 
 
@@ -396,7 +420,7 @@ def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
     ``misc``, a JSON) is asked again with every such field quoted as Python's csv would. One
     object per 10,000 rows instead of one per value."""
     cols = columns(request.table)
-    values = [_text(column, kind, "sqlite") for column, kind in cols]
+    values = [_text(column, kind, "sqlite", cells=True) for column, kind in cols]
     plain = f"printf('{','.join(['%s'] * len(cols))}', {', '.join(values)})"
     quoted = []
     for value, (_, kind) in zip(values, cols, strict=True):

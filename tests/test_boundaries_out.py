@@ -1,0 +1,185 @@
+"""What goes out is safe where it lands (issue 25's "Out"): CSV cells no spreadsheet runs, log
+lines and terminal output no value can forge or drive, exit codes that say what happened, an
+``export -o`` that never replaces what is not a regular file, and read-only commands that need
+only read (no key, a database they may only read)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+import pytest
+from click.testing import CliRunner
+
+from collector.cli import main
+from collector.records import RunRecord
+from collector.store import Store
+from collector.testing.fake_exchange import FakeKraken
+
+from .test_service import job_file
+
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+#: Exchange text that a spreadsheet would run, one in each text column of Kraken's layouts.
+LEDGER = {
+    "ledger_id": "=cmd|' /C calc'!A0",
+    "refid": "=1+1",
+    "time": NOW,
+    "type": "+cmd|'/C calc'!A0",
+    "subtype": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "aclass": "\tcurrency",
+    "asset": '=HYPERLINK("http://e.vil/",A1)',
+    "amount": Decimal("-0.5"),
+    "fee": Decimal("0.0001"),
+    "balance": Decimal("-1.25"),
+}
+FILL = {
+    "txid": "-2+3+cmd|' /C calc'!A0",
+    "ordertxid": "=1+1",
+    "postxid": "@x",
+    "pair": "XXBTZUSD",
+    "time": NOW,
+    "type": "buy",
+    "ordertype": "=ordertype()",
+    "price": Decimal("64000.1"),
+    "cost": Decimal("-3.5"),
+    "fee": Decimal("0.1"),
+    "vol": Decimal("0.001"),
+    "margin": Decimal("-0.01"),
+    "leverage": None,
+    "misc": "\r=misc",
+    "trade_id": None,
+    "maker": True,
+}
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(args), env={"COLLECTOR_DATABASE_URL": ""})
+
+
+def _hostile_database(tmp_path, url: str):
+    store = Store.from_url(url)
+    store.upgrade()
+    ledger = RunRecord("l", "Ledgers", {}, NOW, NOW, NOW, account="main")
+    ledger.rows = {"ledger": [LEDGER]}
+    fills = RunRecord("t", "TradesHistory", {}, NOW, NOW, NOW, account="main")
+    fills.rows = {"my_trades": [FILL]}
+    store.write([ledger, fills])
+    store.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    return path
+
+
+def _is_number(value: str) -> bool:
+    try:
+        Decimal(value)
+    except InvalidOperation:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("table", "args"),
+    [
+        ("ledger", ()),
+        ("ledger_named", ()),  # a view: Python's csv writer on SQLite
+        ("my_trades", ()),
+        ("ledger", ("--format", "kraken")),
+        ("my_trades", ("--format", "kraken")),
+    ],
+)
+def test_no_exported_csv_cell_is_a_formula_and_numbers_stay_numbers(
+    tmp_path, database_url, table, args
+) -> None:
+    path = _hostile_database(tmp_path, database_url)
+    result = cli("export", table, str(path), *args)
+    assert result.exit_code == 0, result.output
+    read = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+    assert len(read) == 1
+    (row,) = read
+    for name, value in row.items():
+        assert not value.startswith(FORMULA) or _is_number(value), (name, value)
+    kraken = "kraken" in args
+    if table.startswith("ledger"):
+        assert row["txid" if kraken else "ledger_id"] == "'=cmd|' /C calc'!A0"
+        assert row["refid"] == "'=1+1" and row["type"] == "'+cmd|'/C calc'!A0"
+        assert row["asset"] == "'" + LEDGER["asset"] and row["aclass"] == "'\tcurrency"
+        assert row["amount"] == "-0.5" and row["balance"] == "-1.25"  # numbers, not prefixed
+    else:
+        assert row["txid"] == "'-2+3+cmd|' /C calc'!A0" and row["ordertxid"] == "'=1+1"
+        assert row["ordertype"] == "'=ordertype()" and row["misc"] == "'\r=misc"
+        assert row["cost"] == "-3.5" and row["margin"] == "-0.01"
+    if kraken:  # Kraken's quoting as its own files have it: text quoted, numbers bare
+        line = result.stdout.splitlines()[1]
+        assert ",-0.5,0.0001,-1.25" in line or ",-3.5,0.1,0.001,-0.01," in line
+
+
+def test_jsonl_keeps_the_text_as_it_is(tmp_path) -> None:
+    path = _hostile_database(tmp_path, f"sqlite:///{tmp_path / 'c.db'}")
+    result = cli("export", "ledger", str(path), "--format", "jsonl")
+    assert json.loads(result.stdout)["refid"] == "=1+1"  # JSON is data, never a formula
+
+
+# -- logs and terminals ------------------------------------------------------------------------
+
+FORGED = "EGeneral:Internal error\n2026-12-07 18:00:00,000 CRITICAL collector.service: FORGED"
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x9b31m\u2028"
+#: A record's first line in the text format.
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_kraken_error_forges_no_log_line_and_sends_no_escape(tmp_path, log_format) -> None:
+    with FakeKraken(tier=None) as fake:
+        path = job_file(
+            tmp_path,
+            fake,
+            fake.add_key(),
+            f"sqlite:///{tmp_path / 'c.db'}",
+            "b: {method: Balance, every: 1h}",
+            reference=False,
+        )
+        fake.inject("kraken_error", method="Balance", error=FORGED + ESCAPES, count=10)
+        cmd = [sys.executable, "-m", "collector.cli", "run", "--once", "--log-format", log_format]
+        proc = subprocess.run(
+            [*cmd, str(path)], capture_output=True, text=True, env=_env(), timeout=60
+        )
+    log = proc.stderr
+    assert "FORGED" in log, log  # the error is logged, escaped
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", log), repr(log)
+    for line in log.splitlines():
+        if log_format == "json":
+            assert "FORGED" not in json.loads(line)["level"]
+        else:  # a line at column 0 is a real record's first line; a traceback's are indented
+            assert RECORD.match(line) or line.startswith("  ") or line.startswith("error: "), line
+            assert not line.startswith("2026-12-07 18:00:00,000 CRITICAL"), line
+    if log_format == "text":
+        assert "\\n2026-12-07 18:00:00,000 CRITICAL collector.service: FORGED\\x1b]0;owned" in log
+
+
+def test_a_traceback_line_is_indented_and_escaped() -> None:
+    import logging
+
+    from collector.logs import TEXT, TextFormatter
+
+    try:
+        raise ValueError("boom\n2026-12-07 18:00:00,000 CRITICAL x: FORGED\x1b[2J")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "%s", ("a\nb",), sys.exc_info())
+    out = TextFormatter(TEXT).format(record).splitlines()
+    assert out[0].endswith("ERROR x: a\\nb")
+    assert all(line.startswith("  ") for line in out[1:]) and "\x1b" not in "".join(out)
+    assert "  2026-12-07 18:00:00,000 CRITICAL x: FORGED\\x1b[2J" in out
