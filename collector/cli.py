@@ -21,6 +21,7 @@ from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
 from .methods import cost
 from .ratelimit import RateLimit, tier
+from .sanitize import text as _safe
 from .spool import peek as peek_spool
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ def _rate_limit_option(value: str | None) -> RateLimit | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def _say(*lines: str, err: bool = False) -> None:
+    """Print each of ``lines`` as one line, every control character escaped: what a command
+    prints holds outside text (an asset, a Kraken error, a lease holder, a database's message),
+    which must neither forge a line nor drive the terminal."""
+    for line in lines:
+        click.echo(_safe(line), err=err)
+
+
 class _Group(click.Group):
     """Domain errors become one line on stderr and exit code 2, never a traceback."""
 
@@ -49,7 +58,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CollectorError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _say(f"error: {exc}", err=True)
             ctx.exit(2)
         except BrokenPipeError:
             # `collector methods | head`: the reader has what it wanted. Nothing more goes to
@@ -61,7 +70,7 @@ class _Group(click.Group):
             # The machine said no (a folder not writable, a disk full) somewhere no check
             # foresaw: still one line that says what and where, never a traceback.
             where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            _say(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
             ctx.exit(2)
 
 
@@ -301,7 +310,7 @@ def run(
             logger.warning("interrupted: the runs that finished are stored")
             sys.exit(130)
         for held in service.held_elsewhere:
-            click.echo(
+            _say(
                 f"error: not run: {held}; another collector is running these jobs "
                 "(stop it, or let it collect)",
                 err=True,
@@ -610,7 +619,8 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
     finally:
         if store is not None:
             store.dispose()
-    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    # JSON escapes every control character itself; render() escapes each value of its table.
+    _say(*(json.dumps(report, indent=2) if as_json else render(report)).splitlines())
     sys.exit(0 if report["healthy"] else 1)
 
 
@@ -725,17 +735,15 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
         store.dispose()
     ok = all(r.ok for r in reports)
     if as_json:
-        click.echo(json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2))
+        _say(json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2))
     else:
         for report in reports:
-            for finding in report.findings:
-                click.echo(finding.line())
+            _say(*(finding.line() for finding in report.findings))
         for report in reports:
-            click.echo(report.summary())
-            for note in report.notes:
-                click.echo(f"account {report.account}: {note}")
+            _say(report.summary())
+            _say(*(f"account {report.account}: {note}" for note in report.notes))
         if not reports:
-            click.echo("no private history job in the file: nothing to verify")
+            _say("no private history job in the file: nothing to verify")
     sys.exit(0 if ok else 1)
 
 
@@ -833,7 +841,7 @@ def export(
     finally:
         store.dispose()
     if output is not None:
-        click.echo(f"{count:,} rows of {table} written to {output}", err=True)
+        _say(f"{count:,} rows of {table} written to {output}", err=True)
 
 
 def _has_table(store: Any, table: str, config: Config) -> None:

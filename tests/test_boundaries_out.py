@@ -183,3 +183,43 @@ def test_a_traceback_line_is_indented_and_escaped() -> None:
     assert out[0].endswith("ERROR x: a\\nb")
     assert all(line.startswith("  ") for line in out[1:]) and "\x1b" not in "".join(out)
     assert "  2026-12-07 18:00:00,000 CRITICAL x: FORGED\\x1b[2J" in out
+
+
+#: What a database row may hold that a terminal would obey: a line break (a forged line), OSC
+#: (the window title), CSI (clear the screen), and C1's one-byte CSI.
+HOSTILE = "Z\nOK: all verified\x1b]0;t\x07\x1b[2J\x9b1m"
+CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def test_verify_and_status_print_what_the_database_holds_escaped(tmp_path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from .test_names import PRIVATE, once
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with FakeKraken(tier=None, history={"ledger": 40}) as fake:
+        path = job_file(tmp_path, fake, fake.add_key(), url, PRIVATE, reference=False)
+        once(path)
+    engine = create_engine(url)
+    with engine.begin() as conn:  # one asset renamed and its last balance off: a break to show
+        asset = conn.execute(text("SELECT asset FROM ledger ORDER BY time DESC")).scalar()
+        conn.execute(
+            text("UPDATE ledger SET asset = :h WHERE asset = :a"), {"h": HOSTILE, "a": asset}
+        )
+        conn.execute(
+            text(
+                "UPDATE ledger SET balance = '123456' WHERE ledger_id = "
+                "(SELECT ledger_id FROM ledger WHERE asset = :h ORDER BY time DESC LIMIT 1)"
+            ),
+            {"h": HOSTILE},
+        )
+        conn.execute(text("UPDATE runs SET status = :h WHERE job = 'l'"), {"h": HOSTILE})
+    engine.dispose()
+    verify = cli("verify", str(path))
+    assert verify.exit_code == 1, verify.output
+    assert "Z\\nOK: all verified\\x1b]0;t\\x07\\x1b[2J\\x9b1m" in verify.output
+    status = cli("status", str(path))
+    assert "Z\\nOK: all verified\\x1b]0;t" in status.output, status.output
+    for shown in (verify.output, status.output):
+        assert not CONTROLS.search(shown), repr(shown)
+        assert not any(line.startswith("OK: all verified") for line in shown.splitlines())
