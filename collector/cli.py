@@ -107,6 +107,23 @@ def _short_retries(config: Config) -> Config:
     return dataclasses.replace(config, jobs=jobs)
 
 
+def _unstored(service: Any, config: Config) -> list[str]:
+    """The names of the file's jobs whose runs the database refused or the spool took, filled
+    as the service stores (for ``run --once``'s exit code)."""
+    from .events import RecordRefused, Spooled
+
+    found: list[str] = []
+    names = {job.name for job in config.jobs}
+
+    def refused(event: RecordRefused) -> None:
+        if event.record.job in names:
+            found.append(event.record.job)
+
+    service.events.subscribe(RecordRefused, refused)
+    service.events.subscribe(Spooled, lambda event: found.append("(spooled)"))
+    return found
+
+
 def _ignore_sighup(_signum: int, _frame: Any) -> None:
     logger.info("received SIGHUP: ignored, run --once reads the job file once")
 
@@ -231,8 +248,9 @@ _log = click.option(
 @click.option(
     "--once",
     is_flag=True,
-    help="Run every job once, at the same time, and exit: 0 if all succeeded, else 1; "
-    "130 when interrupted.",
+    help="Run every job once, at the same time, and exit: 0 if every run succeeded and is "
+    "stored, 1 if one failed, was not run, or was not stored as it ran; 2 for a bad file or "
+    "database; 130 when interrupted.",
 )
 @click.option(
     "--workers", default=defaults.WORKERS, show_default=True, help="Threads making calls."
@@ -302,6 +320,7 @@ def run(
             store = _open_store(config.database, jobfile)
             _check_sources(store, config)
             service = Service(config, store=store, workers=workers)
+            unstored = _unstored(service, config)
             try:
                 ok = service.run_once(stop)
             finally:
@@ -315,7 +334,10 @@ def run(
                 "(stop it, or let it collect)",
                 err=True,
             )
-        sys.exit(0 if ok else 1)
+        # A run that succeeded at the exchange but that the database refused (a value it can't
+        # hold, memory) is stored as a failure, and one in the spool is not stored yet: neither
+        # is the success cron must be told of.
+        sys.exit(0 if ok and not unstored else 1)
     try:
         with stop_signals() as stop:
             store = _open_store(config.database, jobfile, until=stop)

@@ -223,3 +223,26 @@ def test_verify_and_status_print_what_the_database_holds_escaped(tmp_path) -> No
     for shown in (verify.output, status.output):
         assert not CONTROLS.search(shown), repr(shown)
         assert not any(line.startswith("OK: all verified") for line in shown.splitlines())
+
+
+# -- exit codes ------------------------------------------------------------------------------
+
+
+def test_run_once_exits_1_when_the_database_refused_a_run_it_got(tmp_path, postgres) -> None:
+    """Kraken answered (status ok at the exchange), PostgreSQL refused the row (a NUL in an asset's
+    name, which its text can't hold): the run is stored as bad_response, and cron must hear of
+    it."""
+    url = postgres.new_database()
+    with FakeKraken(tier=None) as fake:
+        path = job_file(
+            tmp_path, fake, fake.add_key(), url, "b: {method: Balance, every: 1h}", reference=False
+        )
+        body = json.dumps({"error": [], "result": {"ZU\u0000SD": "1.0000"}})
+        fake.inject("raw", method="Balance", body=body.encode())
+        cmd = [sys.executable, "-m", "collector.cli", "run", "--once", str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
+    from .test_service import rows
+
+    assert rows(url, "SELECT job, status FROM runs") == [("b", "bad_response")]
+    assert "its answer could not be stored" in proc.stderr
+    assert proc.returncode == 1, proc.stderr
