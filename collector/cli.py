@@ -806,7 +806,11 @@ def _moment(value: str | None, option: str) -> Any:
 @click.option("--until", metavar="WHEN", help="Rows before: a date, a time or unix seconds.")
 @click.option("--account", metavar="NAME", help="Only this account's rows.")
 @click.option(
-    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600) instead of stdout."
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write to FILE (created 0600, replaced once complete) instead of stdout ('-'); a FIFO "
+    "or a device is written into, a folder or a link refused.",
 )
 def export(
     table: str,
@@ -824,7 +828,8 @@ def export(
     UTC. --format kraken writes the layout of Kraken's own ledgers.csv
     (from the ledger) and trades.csv (from my_trades), which tax tools
     import; one account's, oldest first. A file written with -o is the
-    owner's alone, and replaces FILE only once complete.
+    owner's alone, and replaces FILE only once complete; a FIFO or a
+    device (/dev/null) is written into, never replaced.
 
     \b
     Example:
@@ -834,12 +839,13 @@ def export(
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .export import Request, check
+    from .export import Request, check, target
     from .export import export as write
     from .status import exists
 
     request = Request(table, format_, _moment(since, "--since"), _moment(until, "--until"), account)
     check(request)
+    where = target(output)  # before anything is read: a folder or a link is refused now
     config = load(jobfile, database=database)
     _check_sqlite_folder(config, writable=False)
     if not exists(config):
@@ -856,14 +862,14 @@ def export(
         _has_table(store, table, config)
         if format_ == "kraken" and account is None:
             request = _one_account(store, request, config)
-        with _output(output) as out:
+        with _output(where) as out:
             count = write(store.engine, request, out)
     except (SQLAlchemyError, driver_error) as exc:
         raise _db_error(config, "read", exc) from None
     finally:
         store.dispose()
-    if output is not None:
-        _say(f"{count:,} rows of {table} written to {output}", err=True)
+    if where.path is not None:
+        _say(f"{count:,} rows of {table} written to {where.path}", err=True)
 
 
 def _has_table(store: Any, table: str, config: Config) -> None:
@@ -912,30 +918,21 @@ def _one_account(store: Any, request: Any, config: Config) -> Any:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[Any]:
-    """stdout, or a new private file beside ``path`` that replaces it once complete (an export
-    that fails leaves ``path`` as it was)."""
-    import tempfile
+def _output(where: Any) -> Iterator[Any]:
+    """stdout, or ``export.open_target``'s stream."""
+    from .export import open_target
 
-    if path is None:
-        try:
-            yield sys.stdout.buffer
-            sys.stdout.flush()
-        except BrokenPipeError:  # `| head`: the reader has what it wanted
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(0)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+    if where.path is not None:
+        with open_target(where) as out:
             yield out
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
+        return
+    try:
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 @main.command("methods")

@@ -23,10 +23,16 @@ import (docs/export.md has the sources):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
+import fcntl
 import io
 import json
+import logging
+import os
+import stat
+import tempfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +46,8 @@ from .errors import ConfigError
 from .sanitize import cell
 from .schema import ExactDecimal, UTCDateTime, metadata
 from .views import VIEWS
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "kraken")
 #: Rows a batch (SQLite's fetchmany, PostgreSQL's server-side cursor).
@@ -497,3 +505,125 @@ def _csv_field(name: str) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow([name])
     return buffer.getvalue()
+
+
+# -- where it goes -------------------------------------------------------------------------------
+
+#: The names ``-o`` takes for the standard output.
+STDOUT = ("-", "/dev/stdout")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an export goes: ``path`` None is stdout; ``stream`` writes into ``path`` in place (a
+    FIFO or a character device such as ``/dev/null``); otherwise a new file replaces ``path``
+    once complete."""
+
+    path: str | None
+    stream: bool = False
+
+
+def _streamable(mode: int) -> bool:
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def target(path: str | None) -> Target:
+    """``-o path`` checked before anything is exported, or one :class:`ConfigError` line. A
+    file is replaced only by a complete export; a FIFO or a device is written into, never
+    replaced (as root, replacing ``/dev/null`` with a file breaks the machine); a folder, a
+    symbolic link (to anything but a FIFO or a device: its target would be replaced or written
+    through) or a socket is refused."""
+    if path is None or path in STDOUT:
+        return Target(None)
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{path}: its folder {folder} does not exist", key="-o") from None
+        return Target(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or type(exc).__name__}", key="-o") from None
+    mode = link.st_mode
+    if stat.S_ISLNK(mode):
+        try:
+            pointed = os.stat(path).st_mode
+        except OSError:
+            pointed = 0
+        if _streamable(pointed):
+            return Target(path, stream=True)
+        raise ConfigError(
+            f"{path} is a symbolic link; an export never replaces a link nor writes through one "
+            "to a file: give the file's own path",
+            key="-o",
+        )
+    if stat.S_ISDIR(mode):
+        raise ConfigError(
+            f"{path} is a folder; give a file in it, e.g. {os.path.join(path, 'export.csv')}",
+            key="-o",
+        )
+    if _streamable(mode):
+        return Target(path, stream=True)
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"{path} is neither a file, a FIFO nor a character device; an export writes those",
+            key="-o",
+        )
+    return Target(path)
+
+
+@contextlib.contextmanager
+def open_target(found: Target) -> Iterator[IO[bytes]]:
+    """The binary stream of ``found`` (not stdout, which is the caller's). A file: a new private
+    (0600) file beside it, locked while written, that replaces it once complete; an export
+    that fails leaves it as it was. The ``.NAME.XXXX.part`` files a killed export left (no lock
+    held) are removed first."""
+    assert found.path is not None
+    path = found.path
+    if found.stream:
+        # Never created nor truncated: a FIFO or a device is written as it is.
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        if not _streamable(os.fstat(fd).st_mode):  # swapped since it was checked
+            os.close(fd)
+            raise ConfigError(f"{path} is no longer a FIFO or a device", key="-o")
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    _remove_leftovers(folder, name)
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: the next export of this file leaves it be
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+        target(path)  # nothing planted at the path meanwhile (a link, a folder) is replaced
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _remove_leftovers(folder: str, name: str) -> None:
+    """Remove the partial files of exports of ``name`` that were killed: no process holds
+    their lock (an export still writing one does)."""
+    prefix = f".{name}."
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.endswith(".part") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(entry.path)
+            logger.info("removed %s, left by an export that was killed", entry.path)
+        except OSError:  # locked: an export writing it now
+            pass
+        finally:
+            os.close(fd)

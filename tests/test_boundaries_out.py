@@ -246,3 +246,111 @@ def test_run_once_exits_1_when_the_database_refused_a_run_it_got(tmp_path, postg
     assert rows(url, "SELECT job, status FROM runs") == [("b", "bad_response")]
     assert "its answer could not be stored" in proc.stderr
     assert proc.returncode == 1, proc.stderr
+
+
+# -- export -o -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A job file whose SQLite database holds one ledger entry, and the export's CSV of it."""
+    path = _hostile_database(tmp_path, f"sqlite:///{tmp_path / 'c.db'}")
+    plain = cli("export", "ledger", str(path))
+    assert plain.exit_code == 0
+    return path, plain.stdout_bytes
+
+
+def test_export_o_dash_is_stdout(tmp_path, exported, monkeypatch) -> None:
+    path, csv_bytes = exported
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", "ledger", str(path), "-o", "-")
+    assert result.exit_code == 0 and result.stdout_bytes == csv_bytes
+    assert not os.path.lexists(tmp_path / "-")
+
+
+@pytest.mark.parametrize("kind", ["folder", "link to a file", "dangling link", "socket"])
+def test_export_o_refuses_what_it_must_not_replace_before_exporting(
+    tmp_path, exported, kind
+) -> None:
+    import socket
+
+    path, _ = exported
+    out, victim = tmp_path / "out", tmp_path / "victim.csv"
+    victim.write_text("precious\n")
+    if kind == "folder":
+        out.mkdir()
+        said = "is a folder; give a file in it"
+    elif kind == "socket":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(out))
+        said = "is neither a file, a FIFO nor a character device"
+    else:
+        out.symlink_to(victim if kind == "link to a file" else tmp_path / "nowhere")
+        said = "is a symbolic link; an export never replaces a link"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = cli("export", "ledger", str(path), "-o", str(out))
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: -o: ") and said in line and ".part" not in line, line
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left, nothing replaced
+    assert kind != "folder" or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("via_link", [False, True])
+def test_export_o_writes_into_a_fifo(tmp_path, exported, via_link) -> None:
+    import stat
+    import threading
+
+    path, csv_bytes = exported
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = fifo
+    if via_link:
+        out = tmp_path / "link"
+        out.symlink_to(fifo)
+    got: list[bytes] = []
+    # A daemon: if the export never opened the FIFO, the test fails instead of hanging.
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = cli("export", "ledger", str(path), "-o", str(out))
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    assert got == [csv_bytes]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and out.is_symlink() == via_link
+
+
+def test_export_o_writes_into_a_character_device_and_leaves_it_one(tmp_path, exported) -> None:
+    """As root, the old export replaced /dev/null with a regular file: a null device of our own
+    (mknod needs root, which the tests have; skipped where it is refused)."""
+    import stat
+
+    path, _ = exported
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod refused: not root")
+    result = cli("export", "ledger", str(path), "-o", str(null))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_the_part_file_a_killed_export_left_is_removed_by_the_next(tmp_path, exported) -> None:
+    """A SIGKILLed export leaves ``.NAME.XXXX.part``, its lock gone with its process; one being
+    written now (its lock held) is left alone."""
+    import fcntl
+
+    path, csv_bytes = exported
+    out = tmp_path / "ledgers.csv"
+    killed = tmp_path / ".ledgers.csv.k1ll3d.part"
+    killed.write_bytes(b"half an export")
+    live = tmp_path / ".ledgers.csv.l1v3.part"
+    live.write_bytes(b"being written")
+    with live.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = cli("export", "ledger", str(path), "-o", str(out))
+        assert result.exit_code == 0, result.output
+        assert not killed.exists() and live.read_bytes() == b"being written"
+    assert out.read_bytes() == csv_bytes
