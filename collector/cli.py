@@ -206,14 +206,33 @@ def _missing_driver(shown: str, exc: ModuleNotFoundError, config_file: str | Non
 
 
 def _read_store(config: Config) -> Any:
-    """The store of a command that only reads (status, dashboard, verify, export), not migrated:
-    a missing driver is the one line ``run`` and ``check`` give, not a traceback."""
-    from .store import Store
+    """The store of a command that only reads (status, dashboard, verify, export): opened
+    read-only (a database this user may only read will do; nothing is created or migrated), at
+    a revision this collector knows. A missing driver or a newer collector's database is the
+    one line ``run`` and ``check`` give, not a traceback or a table."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import Store, check_revision
 
     try:
-        return Store.from_url(config.database)
+        store = Store.from_url(config.database, read_only=True)
     except ModuleNotFoundError as exc:
         raise _missing_driver(config.database_for_display(), exc, config.path) from None
+    try:
+        check_revision(store.engine)
+    except ConfigError as exc:
+        store.dispose()
+        raise ConfigError(exc.message, file=config.path, key="database") from None
+    except SQLAlchemyError as exc:
+        store.dispose()
+        raise _db_error(config, "read", exc) from None
+    return store
+
+
+def _load_for_reading(jobfile: str, database: str | None) -> Config:
+    """The job file of a command that only reads the database: it sends nothing, so it needs
+    no key (a key file it can't read is no error)."""
+    return load(jobfile, database=database, keys=False)
 
 
 def _db_error(config: Config, verb: str, exc: BaseException) -> ConfigError:
@@ -631,7 +650,7 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
 
     from .status import collect, exists, render
 
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     store = _read_store(config) if exists(config) else None
     try:
@@ -679,7 +698,7 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
     address = parse_listen(listen)
     if address is None:
         raise click.BadParameter(f"must be HOST:PORT, not {listen!r}", param_hint="--listen")
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     store = _read_store(config) if exists(config) else None
     page = Dashboard(config, store, spooled=lambda: peek_spool(config.spool_path))
@@ -735,7 +754,7 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
     from .verify import scopes
     from .verify import verify as check
 
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     names = [a.name for a in config.accounts]
     if account is not None and account not in names:
@@ -757,7 +776,9 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
         store.dispose()
     ok = all(r.ok for r in reports)
     if as_json:
-        _say(json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2))
+        _say(
+            *json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2).splitlines()
+        )
     else:
         for report in reports:
             _say(*(finding.line() for finding in report.findings))
@@ -846,7 +867,7 @@ def export(
     request = Request(table, format_, _moment(since, "--since"), _moment(until, "--until"), account)
     check(request)
     where = target(output)  # before anything is read: a folder or a link is refused now
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     if not exists(config):
         raise ConfigError(

@@ -354,3 +354,152 @@ def test_the_part_file_a_killed_export_left_is_removed_by_the_next(tmp_path, exp
         assert result.exit_code == 0, result.output
         assert not killed.exists() and live.read_bytes() == b"being written"
     assert out.read_bytes() == csv_bytes
+
+
+# -- read-only commands ------------------------------------------------------------------------
+
+#: Root as the tests run, without the capabilities that ignore file modes: a file's mode then
+#: holds for it as for any user (root owns the files, so their owner bits apply).
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def _modes_hold(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    try:
+        done = subprocess.run([*NO_DAC, "cat", str(probe)], capture_output=True, timeout=30)
+    except (FileNotFoundError, subprocess.SubprocessError):
+        return False
+    finally:
+        probe.unlink()
+    return done.returncode != 0
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A collected SQLite database the commands may only read (the file 0444, its folder 0555,
+    no -wal), a job file whose key file they can't read (0000): what a reader such as a
+    backup or a report user has."""
+    from .test_names import PRIVATE, once
+
+    if not _modes_hold(tmp_path):
+        pytest.skip("setpriv can't drop CAP_DAC_OVERRIDE here: file modes would not hold")
+    data = tmp_path / "data"
+    data.mkdir()
+    with FakeKraken(tier=None, history={"ledger": 30}) as fake:
+        key, secret = fake.add_key()
+        key_file = tmp_path / "kraken.key"
+        key_file.write_text(f"{key}\n{secret}\n")
+        key_file.chmod(0o600)
+        path = tmp_path / "jobs.yaml"
+        path.write_text(
+            f"database: sqlite:///{data / 'c.db'}\nkraken:\n  url: {fake.url}\n"
+            f"  key_file: {key_file}\n  rate_limit: {{max: 1000, decay: 1000}}\njobs:\n"
+            + "".join(f"  {line}\n" for line in PRIVATE.strip().splitlines())
+        )
+        once(path)
+    assert not (data / "c.db-wal").exists()  # nothing left in a -wal to read
+    key_file.chmod(0)
+    (data / "c.db").chmod(0o444)
+    data.chmod(0o555)
+    yield path, data
+    data.chmod(0o755)
+
+
+def _as_reader(*args: str) -> subprocess.CompletedProcess:
+    cmd = [*NO_DAC, sys.executable, "-m", "collector.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+
+
+def test_read_only_commands_need_no_key_and_only_read(read_only) -> None:
+    path, data = read_only
+    assert "cannot read key file" in _as_reader("check", str(path)).stderr  # run would need it
+    status = _reads_the_database(path, data)
+    assert "account default: key counter -" in status  # its budget file is named by the key
+
+
+def test_a_database_this_user_may_only_read_is_read(read_only) -> None:
+    path, data = read_only
+    (path.parent / "kraken.key").chmod(0o600)  # the key is readable: the database alone
+    assert "account default: key counter 0" in _reads_the_database(path, data)
+
+
+def _reads_the_database(path, data) -> str:
+    """status, verify and export as this reader, and status's output."""
+    status = _as_reader("status", str(path))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[-1] == "healthy"
+    verify = _as_reader("verify", str(path))
+    assert verify.returncode == 0, verify.stderr
+    assert "account default: verified" in verify.stdout
+    export = _as_reader("export", "ledger", str(path), "--format", "kraken")
+    assert export.returncode == 0, export.stderr
+    assert len(export.stdout.splitlines()) == 31
+    assert not [p.name for p in data.iterdir() if p.name.endswith(("-wal", "-shm"))]
+    return status.stdout
+
+
+def test_read_only_commands_read_a_wal_they_may_not_write(read_only) -> None:
+    """Rows still in the -wal (a collector writing now) are read, through a database file and
+    a folder this user may not write."""
+    import sqlite3
+
+    path, data = read_only
+    (path.parent / "kraken.key").chmod(0o600)
+    data.chmod(0o755)
+    writer = sqlite3.connect(data / "c.db")  # root with its capabilities: the collector
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute(
+            "UPDATE ledger SET refid = 'FROM-THE-WAL' WHERE ledger_id = "
+            "(SELECT min(ledger_id) FROM ledger)"
+        )
+        writer.commit()
+        for name in ("c.db-wal", "c.db-shm"):  # the reader may read them, not write them
+            (data / name).chmod(0o444)
+        data.chmod(0o555)
+        export = _as_reader("export", "ledger", str(path))
+        assert export.returncode == 0, export.stderr
+        assert "FROM-THE-WAL" in export.stdout
+    finally:
+        writer.close()
+        data.chmod(0o755)
+
+
+def test_a_read_only_postgresql_session_refuses_writes(postgres) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    url = postgres.new_database()
+    Store.from_url(url).upgrade()
+    store = Store.from_url(url, read_only=True)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 0
+            with pytest.raises(DBAPIError, match="read-only transaction"):
+                conn.execute(text("DELETE FROM runs"))
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("command", ["status", "verify", "export"])
+def test_a_newer_collectors_database_is_the_one_line_run_gives(tmp_path, command) -> None:
+    from sqlalchemy import create_engine, text
+
+    from .test_names import PRIVATE, once
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with FakeKraken(tier=None, history={"ledger": 5}) as fake:
+        path = job_file(tmp_path, fake, fake.add_key(), url, PRIVATE, reference=False)
+        once(path)
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        engine.dispose()
+        run = cli("run", "--once", str(path))
+    args = ["export", "ledger", str(path)] if command == "export" else [command, str(path)]
+    result = cli(*args)
+    (said,) = run.output.splitlines()
+    assert "the database is at revision 9999, which this collector does not know" in said
+    assert (result.exit_code, result.output.splitlines()) == (2, [said])
