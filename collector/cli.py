@@ -710,7 +710,7 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
         ) from None
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    click.echo(
+    _say(
         f"dashboard of {config.database_for_display()} on http://{shown}:{port}/ "
         "(read-only; Ctrl-C stops)"
     )
