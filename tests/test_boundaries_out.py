@@ -503,3 +503,42 @@ def test_a_newer_collectors_database_is_the_one_line_run_gives(tmp_path, command
     (said,) = run.output.splitlines()
     assert "the database is at revision 9999, which this collector does not know" in said
     assert (result.exit_code, result.output.splitlines()) == (2, [said])
+
+
+def test_an_export_killed_mid_way_leaves_a_part_the_next_export_removes(tmp_path, postgres) -> None:
+    """A real SIGKILL: the export waits on a table another session holds locked (its partial
+    file made, nothing written yet), is killed there, and the next export cleans up after it."""
+    import signal
+
+    from sqlalchemy import create_engine, text
+
+    from .helpers import wait_for
+
+    url = postgres.new_database()
+    path = _hostile_database(tmp_path, url)
+    out = tmp_path / "ledgers.csv"
+    holder = create_engine(url).connect()
+    try:
+        holder.execute(text("LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE"))
+        cmd = [sys.executable, "-m", "collector.cli", "export", "ledger", str(path), "-o", str(out)]
+        proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE)
+
+        def waiting() -> bool:  # the export's query is queued behind the lock
+            return bool(
+                holder.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar()
+            )
+
+        wait_for(waiting)
+        parts = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+        assert len(parts) == 1 and parts[0].name.startswith(".ledgers.csv.")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        proc.stderr.close()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert parts[0].exists() and not out.exists()  # what a SIGKILL leaves
+    result = cli("export", "ledger", str(path), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+    assert "'=1+1" in out.read_text()
