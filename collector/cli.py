@@ -370,7 +370,7 @@ def run(
     finally:
         reloader.uninstall()
     if service.failed:
-        click.echo(f"error: collector stopped: {service.failed}", err=True)
+        _say(f"error: collector stopped: {service.failed}", err=True)
         sys.exit(1)
 
 
@@ -1040,7 +1040,7 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
             raise ConfigError(problem or "", key="--db" if database else DATABASE_ENV)
         url = with_driver(parsed)
     store = _open_store(url, jobfile)
-    click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
+    _say(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
 
 
@@ -1135,13 +1135,13 @@ def fake_exchange(
                 key, secret = f.readline().strip(), f.readline().strip()
         else:
             key, secret = new_key_file(key_file)
-            click.echo(f"wrote a new random key pair to {key_file}")
+            _say(f"wrote a new random key pair to {key_file}")
         fake.add_key(key, secret, permissions=allowed)
     except (OSError, ValueError) as exc:
         fake.close()
         reason = getattr(exc, "strerror", None) or "not a key file (key, then base64 secret)"
         raise CollectorError(f"{key_file}: {reason}") from None
-    click.echo(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
+    _say(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
     if allowed is not None:
         click.echo(f"the key may only: {', '.join(sorted(allowed)) or 'nothing private'}")
     signal.signal(signal.SIGTERM, _interrupt)
