@@ -436,8 +436,33 @@ def _reads_the_database(path, data) -> str:
     export = _as_reader("export", "ledger", str(path), "--format", "kraken")
     assert export.returncode == 0, export.stderr
     assert len(export.stdout.splitlines()) == 31
+    _dashboard_answers(path)
     assert not [p.name for p in data.iterdir() if p.name.endswith(("-wal", "-shm"))]
     return status.stdout
+
+
+def _dashboard_answers(path) -> None:
+    """``collector dashboard`` as this reader serves its page from the database."""
+    import signal
+    import urllib.request
+
+    cmd = [*NO_DAC, sys.executable, "-m", "collector.cli", "dashboard", "--listen"]
+    proc = subprocess.Popen(
+        [*cmd, "127.0.0.1:0", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()  # printed once it listens
+        url = re.search(r"http://[^/]+/", first)
+        assert url, first + proc.stderr.read().decode() if proc.stderr else first
+        with urllib.request.urlopen(url.group(), timeout=30) as page:
+            assert page.status == 200 and b"default" in page.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def test_read_only_commands_read_a_wal_they_may_not_write(read_only) -> None:
