@@ -590,10 +590,11 @@ def open_target(found: Target) -> Iterator[IO[bytes]]:
             yield out
         return
     folder, name = os.path.split(os.path.abspath(path))
-    _remove_leftovers(folder, name)
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    try:
+    with _folder_locked(folder):  # no export sees another's .part before it is locked
+        _remove_leftovers(folder, name)
+        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
         fcntl.flock(fd, fcntl.LOCK_EX)  # alive: the next export of this file leaves it be
+    try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             yield out
         target(path)  # nothing planted at the path meanwhile (a link, a folder) is replaced
@@ -602,6 +603,22 @@ def open_target(found: Target) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` while an export cleans up and makes its partial file
+    (none when the folder can't be opened: the cleanup is then best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_leftovers(folder: str, name: str) -> None:
