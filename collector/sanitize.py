@@ -35,7 +35,8 @@ def _escape(match: re.Match[str]) -> str:
 
 def text(value: object) -> str:
     """``value`` as one line of printable text: each control character escaped (``\\n``,
-    ``\\x1b``), everything else as it is."""
+    ``\\x1b``), everything else as it is. A backslash is left alone: the escapes are for a
+    person reading, not for parsing back."""
     found = value if isinstance(value, str) else str(value)
     return _CONTROL.sub(_escape, found)
 
