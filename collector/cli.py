@@ -21,6 +21,7 @@ from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
 from .methods import cost
 from .ratelimit import RateLimit, tier
+from .sanitize import text as _safe
 from .spool import peek as peek_spool
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ def _rate_limit_option(value: str | None) -> RateLimit | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def _say(*lines: str, err: bool = False) -> None:
+    """Print each of ``lines`` as one line, every control character escaped: what a command
+    prints holds outside text (an asset, a Kraken error, a lease holder, a database's message),
+    which must neither forge a line nor drive the terminal."""
+    for line in lines:
+        click.echo(_safe(line), err=err)
+
+
 class _Group(click.Group):
     """Domain errors become one line on stderr and exit code 2, never a traceback."""
 
@@ -49,7 +58,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CollectorError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _say(f"error: {exc}", err=True)
             ctx.exit(2)
         except BrokenPipeError:
             # `collector methods | head`: the reader has what it wanted. Nothing more goes to
@@ -61,7 +70,7 @@ class _Group(click.Group):
             # The machine said no (a folder not writable, a disk full) somewhere no check
             # foresaw: still one line that says what and where, never a traceback.
             where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            _say(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
             ctx.exit(2)
 
 
@@ -96,6 +105,23 @@ def _short_retries(config: Config) -> Config:
         for job in config.jobs
     )
     return dataclasses.replace(config, jobs=jobs)
+
+
+def _unstored(service: Any, config: Config) -> list[str]:
+    """The names of the file's jobs whose runs the database refused or the spool took, filled
+    as the service stores (for ``run --once``'s exit code)."""
+    from .events import RecordRefused, Spooled
+
+    found: list[str] = []
+    names = {job.name for job in config.jobs}
+
+    def refused(event: RecordRefused) -> None:
+        if event.record.job in names:
+            found.append(event.record.job)
+
+    service.events.subscribe(RecordRefused, refused)
+    service.events.subscribe(Spooled, lambda event: found.append("(spooled)"))
+    return found
 
 
 def _ignore_sighup(_signum: int, _frame: Any) -> None:
@@ -180,14 +206,33 @@ def _missing_driver(shown: str, exc: ModuleNotFoundError, config_file: str | Non
 
 
 def _read_store(config: Config) -> Any:
-    """The store of a command that only reads (status, dashboard, verify, export), not migrated:
-    a missing driver is the one line ``run`` and ``check`` give, not a traceback."""
-    from .store import Store
+    """The store of a command that only reads (status, dashboard, verify, export): opened
+    read-only (a database this user may only read will do; nothing is created or migrated), at
+    a revision this collector knows. A missing driver or a newer collector's database is the
+    one line ``run`` and ``check`` give, not a traceback or a table."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import Store, check_revision
 
     try:
-        return Store.from_url(config.database)
+        store = Store.from_url(config.database, read_only=True)
     except ModuleNotFoundError as exc:
         raise _missing_driver(config.database_for_display(), exc, config.path) from None
+    try:
+        check_revision(store.engine)
+    except ConfigError as exc:
+        store.dispose()
+        raise ConfigError(exc.message, file=config.path, key="database") from None
+    except SQLAlchemyError as exc:
+        store.dispose()
+        raise _db_error(config, "read", exc) from None
+    return store
+
+
+def _load_for_reading(jobfile: str, database: str | None) -> Config:
+    """The job file of a command that only reads the database: it sends nothing, so it needs
+    no key (a key file it can't read is no error)."""
+    return load(jobfile, database=database, keys=False)
 
 
 def _db_error(config: Config, verb: str, exc: BaseException) -> ConfigError:
@@ -222,8 +267,9 @@ _log = click.option(
 @click.option(
     "--once",
     is_flag=True,
-    help="Run every job once, at the same time, and exit: 0 if all succeeded, else 1; "
-    "130 when interrupted.",
+    help="Run every job once, at the same time, and exit: 0 if every run succeeded and is "
+    "stored, 1 if one failed, was not run, or was not stored as it ran; 2 for a bad file or "
+    "database; 130 when interrupted.",
 )
 @click.option(
     "--workers", default=defaults.WORKERS, show_default=True, help="Threads making calls."
@@ -297,6 +343,7 @@ def run(
             store = _open_store(config.database, jobfile)
             _check_sources(store, config)
             service = Service(config, store=store, workers=workers)
+            unstored = _unstored(service, config)
             try:
                 ok = service.run_once(stop)
             finally:
@@ -305,12 +352,15 @@ def run(
             logger.warning("interrupted: the runs that finished are stored")
             sys.exit(130)
         for held in service.held_elsewhere:
-            click.echo(
+            _say(
                 f"error: not run: {held}; another collector is running these jobs "
                 "(stop it, or let it collect)",
                 err=True,
             )
-        sys.exit(0 if ok else 1)
+        # A run that succeeded at the exchange but that the database refused (a value it can't
+        # hold, memory) is stored as a failure, and one in the spool is not stored yet: neither
+        # is the success cron must be told of.
+        sys.exit(0 if ok and not unstored else 1)
     try:
         with stop_signals() as stop:
             store = _open_store(config.database, jobfile, until=stop)
@@ -326,7 +376,7 @@ def run(
         reloader.uninstall()
         run_now.uninstall()
     if service.failed:
-        click.echo(f"error: collector stopped: {service.failed}", err=True)
+        _say(f"error: collector stopped: {service.failed}", err=True)
         sys.exit(1)
 
 
@@ -610,7 +660,7 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
 
     from .status import collect, exists, render
 
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     store = _read_store(config) if exists(config) else None
     try:
@@ -620,7 +670,8 @@ def status(jobfile: str, database: str | None, as_json: bool) -> None:
     finally:
         if store is not None:
             store.dispose()
-    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    # JSON escapes every control character itself; render() escapes each value of its table.
+    _say(*(json.dumps(report, indent=2) if as_json else render(report)).splitlines())
     sys.exit(0 if report["healthy"] else 1)
 
 
@@ -657,7 +708,7 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
     address = parse_listen(listen)
     if address is None:
         raise click.BadParameter(f"must be HOST:PORT, not {listen!r}", param_hint="--listen")
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     store = _read_store(config) if exists(config) else None
     page = Dashboard(config, store, spooled=lambda: peek_spool(config.spool_path))
@@ -671,7 +722,7 @@ def dashboard(jobfile: str, database: str | None, listen: str) -> None:
         ) from None
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    click.echo(
+    _say(
         f"dashboard of {config.database_for_display()} on http://{shown}:{port}/ "
         "(read-only; Ctrl-C stops)"
     )
@@ -715,7 +766,7 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
     from .verify import scopes
     from .verify import verify as check
 
-    config = load(jobfile, database=database)
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     names = [a.name for a in config.accounts]
     if account is not None and account not in names:
@@ -737,17 +788,17 @@ def verify(jobfile: str, database: str | None, as_json: bool, account: str | Non
         store.dispose()
     ok = all(r.ok for r in reports)
     if as_json:
-        click.echo(json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2))
+        _say(
+            *json.dumps({"ok": ok, "accounts": [r.json() for r in reports]}, indent=2).splitlines()
+        )
     else:
         for report in reports:
-            for finding in report.findings:
-                click.echo(finding.line())
+            _say(*(finding.line() for finding in report.findings))
         for report in reports:
-            click.echo(report.summary())
-            for note in report.notes:
-                click.echo(f"account {report.account}: {note}")
+            _say(report.summary())
+            _say(*(f"account {report.account}: {note}" for note in report.notes))
         if not reports:
-            click.echo("no private history job in the file: nothing to verify")
+            _say("no private history job in the file: nothing to verify")
     sys.exit(0 if ok else 1)
 
 
@@ -788,7 +839,11 @@ def _moment(value: str | None, option: str) -> Any:
 @click.option("--until", metavar="WHEN", help="Rows before: a date, a time or unix seconds.")
 @click.option("--account", metavar="NAME", help="Only this account's rows.")
 @click.option(
-    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600) instead of stdout."
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write to FILE (created 0600, replaced once complete) instead of stdout ('-'); a FIFO "
+    "or a device is written into, a folder or a link refused.",
 )
 def export(
     table: str,
@@ -806,7 +861,8 @@ def export(
     UTC. --format kraken writes the layout of Kraken's own ledgers.csv
     (from the ledger) and trades.csv (from my_trades), which tax tools
     import; one account's, oldest first. A file written with -o is the
-    owner's alone, and replaces FILE only once complete.
+    owner's alone, and replaces FILE only once complete; a FIFO or a
+    device (/dev/null) is written into, never replaced.
 
     \b
     Example:
@@ -816,13 +872,14 @@ def export(
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .export import Request, check
+    from .export import Request, check, target
     from .export import export as write
     from .status import exists
 
     request = Request(table, format_, _moment(since, "--since"), _moment(until, "--until"), account)
     check(request)
-    config = load(jobfile, database=database)
+    where = target(output)  # before anything is read: a folder or a link is refused now
+    config = _load_for_reading(jobfile, database)
     _check_sqlite_folder(config, writable=False)
     if not exists(config):
         raise ConfigError(
@@ -838,14 +895,14 @@ def export(
         _has_table(store, table, config)
         if format_ == "kraken" and account is None:
             request = _one_account(store, request, config)
-        with _output(output) as out:
+        with _output(where) as out:
             count = write(store.engine, request, out)
     except (SQLAlchemyError, driver_error) as exc:
         raise _db_error(config, "read", exc) from None
     finally:
         store.dispose()
-    if output is not None:
-        click.echo(f"{count:,} rows of {table} written to {output}", err=True)
+    if where.path is not None:
+        _say(f"{count:,} rows of {table} written to {where.path}", err=True)
 
 
 def _has_table(store: Any, table: str, config: Config) -> None:
@@ -894,30 +951,21 @@ def _one_account(store: Any, request: Any, config: Config) -> Any:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[Any]:
-    """stdout, or a new private file beside ``path`` that replaces it once complete (an export
-    that fails leaves ``path`` as it was)."""
-    import tempfile
+def _output(where: Any) -> Iterator[Any]:
+    """stdout, or ``export.open_target``'s stream."""
+    from .export import open_target
 
-    if path is None:
-        try:
-            yield sys.stdout.buffer
-            sys.stdout.flush()
-        except BrokenPipeError:  # `| head`: the reader has what it wanted
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(0)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+    if where.path is not None:
+        with open_target(where) as out:
             yield out
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
+        return
+    try:
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 @main.command("methods")
@@ -1004,7 +1052,7 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
             raise ConfigError(problem or "", key="--db" if database else DATABASE_ENV)
         url = with_driver(parsed)
     store = _open_store(url, jobfile)
-    click.echo(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
+    _say(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
 
 
@@ -1099,13 +1147,13 @@ def fake_exchange(
                 key, secret = f.readline().strip(), f.readline().strip()
         else:
             key, secret = new_key_file(key_file)
-            click.echo(f"wrote a new random key pair to {key_file}")
+            _say(f"wrote a new random key pair to {key_file}")
         fake.add_key(key, secret, permissions=allowed)
     except (OSError, ValueError) as exc:
         fake.close()
         reason = getattr(exc, "strerror", None) or "not a key file (key, then base64 secret)"
         raise CollectorError(f"{key_file}: {reason}") from None
-    click.echo(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
+    _say(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
     if allowed is not None:
         click.echo(f"the key may only: {', '.join(sorted(allowed)) or 'nothing private'}")
     signal.signal(signal.SIGTERM, _interrupt)

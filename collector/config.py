@@ -296,6 +296,7 @@ def load(
     database: str | None = None,
     environ: dict[str, str] | None = None,
     metrics_listen: str | None = None,
+    keys: bool = True,
 ) -> Config:
     """Read and validate a job file.
 
@@ -303,6 +304,9 @@ def load(
     :param metrics_listen: overrides the file's ``metrics.listen``, which is then not looked at
         (the CLI's ``--metrics-listen``)
     :param environ: the environment for ``${VAR}`` and credentials (default ``os.environ``)
+    :param keys: False for the commands that only read the database (status, export, verify,
+        dashboard): they send nothing, so a key file they can't read is no error (the account's
+        key is then :data:`UNREAD_KEY` and its path) and no secret is checked
     :raises ConfigError: with file, line and key
     """
     name = str(path)
@@ -325,7 +329,7 @@ def load(
     if not isinstance(raw, _Map):
         raise ConfigError("the job file must be a mapping with a 'jobs' key", file=name, line=1)
     try:
-        return _Builder(name, env).config(raw, database, metrics_listen)
+        return _Builder(name, env, keys=keys).config(raw, database, metrics_listen)
     except RecursionError:
         raise ConfigError("nested too deeply", file=name) from None
 
@@ -382,9 +386,13 @@ def _range(low: float, high: float) -> str:
     )
 
 
+#: The key and secret a read-only load gives an account whose key file it can't read.
+UNREAD_KEY = "(key file not read) "
+
+
 class _Builder:
-    def __init__(self, file: str, env: dict[str, str]) -> None:
-        self.file, self.env = file, env
+    def __init__(self, file: str, env: dict[str, str], *, keys: bool = True) -> None:
+        self.file, self.env, self.keys = file, env, keys
         self.warnings: list[str] = []
         self.original = _Map()  # the file as written, before ${VAR} expansion
         self.kraken_line = 1
@@ -823,7 +831,7 @@ class _Builder:
         """``key``/``secret`` or ``key_file`` under ``k`` (and, with ``environment``, the
         ``$KRAKEN_API_KEY``/``$KRAKEN_API_SECRET`` fallback); the secret must be base64."""
         key, secret = self._credentials(k, prefix, environment)
-        if key or secret:
+        if (key or secret) and self.keys:
             try:
                 decode_secret(secret)
             except CredentialsError as exc:
@@ -874,6 +882,8 @@ class _Builder:
                 lines = read_small(path, defaults.KEY_FILE_MAX).decode("utf-8-sig").splitlines()
                 key, secret, *_ = (line.strip() for line in [*lines, "", ""])
             except (OSError, UnicodeDecodeError) as exc:
+                if not self.keys:
+                    return UNREAD_KEY + str(path), UNREAD_KEY
                 raise self.error(
                     f"cannot read key file {str(path)!r}: {_reason(exc)}",
                     k,

@@ -4,7 +4,9 @@ Streamed in constant memory. The database formats every value as text, the same 
 databases: times in UTC as PostgreSQL writes them (``2026-01-01 00:00:00.250137+00``, no trailing
 zeros), decimals exactly as stored (``0.0001000``, never a float), booleans ``true``/``false``. A
 CSV of the same rows is the same bytes from SQLite and from PostgreSQL (an empty text and NULL are
-both an empty field). On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
+both an empty field). A CSV's text cells that a spreadsheet would run as a formula (starting with
+``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'`` (:func:`collector.sanitize.cell`, in
+SQL on the database's side); numbers, times and JSON lines are as stored. On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
 (:func:`_sqlite_csv`); on PostgreSQL a CSV is the server's ``COPY … TO STDOUT`` (what ``psql
 \\copy`` does); the other formats read a cursor a batch at a time (server-side on PostgreSQL).
 
@@ -21,10 +23,16 @@ import (docs/export.md has the sources):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
+import fcntl
 import io
 import json
+import logging
+import os
+import stat
+import tempfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,9 +43,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from .errors import ConfigError
+from .sanitize import cell
 from .schema import ExactDecimal, UTCDateTime, metadata
 from .valuation import table as portfolio_value
 from .views import VIEWS
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "kraken")
 #: Rows a batch (SQLite's fetchmany, PostgreSQL's server-side cursor).
@@ -167,10 +178,26 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _text(column: str, kind: str, dialect: str, *, csv_text: bool = False) -> str:
+#: :data:`collector.sanitize.FORMULA_START` in each dialect's SQL: the first characters that make
+#: a spreadsheet run a cell.
+_FORMULA_START = {
+    "sqlite": "('=', '+', '-', '@', char(9), char(13))",
+    "postgresql": "('=', '+', '-', '@', chr(9), chr(13))",
+}
+
+
+def _text(
+    column: str, kind: str, dialect: str, *, csv_text: bool = False, cells: bool = False
+) -> str:
     """``column`` as the text the export writes, in ``dialect``'s SQL (``csv_text``: for
-    PostgreSQL's COPY, which writes each value's text itself)."""
+    PostgreSQL's COPY, which writes each value's text itself; ``cells``: a CSV's, where a text
+    that a spreadsheet would run as a formula gets a leading ``'``, as
+    :func:`collector.sanitize.cell` does, by the database at its own speed)."""
     c = f"t.{_q(column)}"
+    if cells and kind == "text":
+        first = f"substr({c}, 1, 1)" if dialect == "sqlite" else f"left({c}, 1)"
+        plain = f"NULLIF({c}, '')" if csv_text else c
+        return f"CASE WHEN {first} IN {_FORMULA_START[dialect]} THEN '''' || {c} ELSE {plain} END"
     if kind == "bool":
         return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END"
     if dialect == "sqlite":
@@ -214,9 +241,12 @@ def _time_param(value: datetime, dialect: str) -> Any:
 def select(
     request: Request, dialect: str, *, csv_text: bool = False, style: str | None = None
 ) -> tuple[str, dict]:
-    """The SELECT of a csv or jsonl export: every column as text, in the table's order."""
+    """The SELECT of a csv or jsonl export: every column as text, in the table's order (a CSV's
+    text cells neutralised)."""
+    cells = request.format == "csv"
     cols = ", ".join(
-        f"{_text(c, k, dialect, csv_text=csv_text)} AS {_q(c)}" for c, k in columns(request.table)
+        f"{_text(c, k, dialect, csv_text=csv_text, cells=cells)} AS {_q(c)}"
+        for c, k in columns(request.table)
     )
     where, params = _where(request, dialect, style or dialect)
     return f"SELECT {cols} FROM {_q(request.table)} t{where}", params
@@ -266,6 +296,8 @@ def kraken_select(request: Request, dialect: str) -> tuple[str, dict]:
 
 
 def _quoted(value: str | None) -> str:
+    """A text field of Kraken's CSV: quoted, and neutralised when a spreadsheet would run it."""
+    value = cell(value)
     return '""' if value is None else '"' + value.replace('"', '""') + '"'
 
 
@@ -398,7 +430,7 @@ def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
     ``misc``, a JSON) is asked again with every such field quoted as Python's csv would. One
     object per 10,000 rows instead of one per value."""
     cols = columns(request.table)
-    values = [_text(column, kind, "sqlite") for column, kind in cols]
+    values = [_text(column, kind, "sqlite", cells=True) for column, kind in cols]
     plain = f"printf('{','.join(['%s'] * len(cols))}', {', '.join(values)})"
     quoted = []
     for value, (_, kind) in zip(values, cols, strict=True):
@@ -475,3 +507,142 @@ def _csv_field(name: str) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow([name])
     return buffer.getvalue()
+
+
+# -- where it goes -------------------------------------------------------------------------------
+
+#: The names ``-o`` takes for the standard output.
+STDOUT = ("-", "/dev/stdout")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an export goes: ``path`` None is stdout; ``stream`` writes into ``path`` in place (a
+    FIFO or a character device such as ``/dev/null``); otherwise a new file replaces ``path``
+    once complete."""
+
+    path: str | None
+    stream: bool = False
+
+
+def _streamable(mode: int) -> bool:
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def target(path: str | None) -> Target:
+    """``-o path`` checked before anything is exported, or one :class:`ConfigError` line. A
+    file is replaced only by a complete export; a FIFO or a device is written into, never
+    replaced (as root, replacing ``/dev/null`` with a file breaks the machine); a folder, a
+    symbolic link (to anything but a FIFO or a device: its target would be replaced or written
+    through) or a socket is refused."""
+    if path is None or path in STDOUT:
+        return Target(None)
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{path}: its folder {folder} does not exist", key="-o") from None
+        return Target(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or type(exc).__name__}", key="-o") from None
+    mode = link.st_mode
+    if stat.S_ISLNK(mode):
+        try:
+            pointed = os.stat(path).st_mode
+        except OSError:
+            pointed = 0
+        if _streamable(pointed):
+            return Target(path, stream=True)
+        raise ConfigError(
+            f"{path} is a symbolic link; an export never replaces a link nor writes through one "
+            "to a file: give the file's own path",
+            key="-o",
+        )
+    if stat.S_ISDIR(mode):
+        raise ConfigError(
+            f"{path} is a folder; give a file in it, e.g. {os.path.join(path, 'export.csv')}",
+            key="-o",
+        )
+    if _streamable(mode):
+        return Target(path, stream=True)
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"{path} is neither a file, a FIFO nor a character device; an export writes those",
+            key="-o",
+        )
+    return Target(path)
+
+
+@contextlib.contextmanager
+def open_target(found: Target) -> Iterator[IO[bytes]]:
+    """The binary stream of ``found`` (not stdout, which is the caller's). A file: a new private
+    (0600) file beside it, locked while written, that replaces it once complete; an export
+    that fails leaves it as it was. The ``.NAME.XXXX.part`` files a killed export left (no lock
+    held) are removed first."""
+    assert found.path is not None
+    path = found.path
+    if found.stream:
+        # Never created nor truncated: a FIFO or a device is written as it is.
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        if not _streamable(os.fstat(fd).st_mode):  # swapped since it was checked
+            os.close(fd)
+            raise ConfigError(f"{path} is no longer a FIFO or a device", key="-o")
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    with _folder_locked(folder):  # no export sees another's .part before it is locked
+        _remove_leftovers(folder, name)
+        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: the next export of this file leaves it be
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            yield out
+        target(path)  # nothing planted at the path meanwhile (a link, a folder) is replaced
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` while an export cleans up and makes its partial file
+    (none when the folder can't be opened: the cleanup is then best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(folder: str, name: str) -> None:
+    """Remove the partial files of exports of ``name`` that were killed: no process holds
+    their lock (an export still writing one does)."""
+    prefix = f".{name}."
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.endswith(".part") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(entry.path)
+            logger.info("removed %s, left by an export that was killed", entry.path)
+        except OSError:  # locked: an export writing it now
+            pass
+        finally:
+            os.close(fd)

@@ -28,6 +28,7 @@ from .keystate import KeyBudget
 from .pairs import same
 from .ratelimit import sent_level
 from .retention import TIME_COLUMNS
+from .sanitize import text
 from .schema import cursors, ledger_verification, runs
 from .store import Store
 from .verify import status as verification
@@ -265,7 +266,8 @@ def _paging(job: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The report as a table, then the spool, the oldest run kept and the verdict."""
+    """The report as a table, then the spool, the oldest run kept and the verdict. Each line is
+    one line whatever the database holds: every value is escaped (:func:`sanitize.text`)."""
     header = (
         "job",
         "method",
@@ -280,7 +282,7 @@ def render(report: dict[str, Any]) -> str:
         "gaps",
         "state",
     )
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for j in report["jobs"]:
         failures = ", ".join(f"{s} {n}" for s, n in sorted(j["failures_24h"].items())) or "-"
         lines.append(
@@ -299,6 +301,7 @@ def render(report: dict[str, Any]) -> str:
                 j["state"],
             )
         )
+    lines = [tuple(text(c) for c in row) for row in lines]
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
@@ -314,9 +317,9 @@ def render(report: dict[str, Any]) -> str:
                 f"; Kraken refused it for the rate limit {a['rate_limit_refusals_1h']} times in "
                 f"the last hour (last {_short(a['last_refusal'])}): is another program using it?"
             )
-        out.append(line)
+        out.append(text(line))
     for ledger in report.get("ledgers", []):
-        who = f"ledger of account {ledger['account']}"
+        who = f"ledger of account {text(ledger['account'])}"
         size = f"{ledger['assets']} assets, {ledger['entries']:,} entries"
         if ledger["verified"]:
             out.append(f"{who}: verified to {_short(ledger['verified_to'])} ({size})")
@@ -332,5 +335,5 @@ def render(report: dict[str, Any]) -> str:
     if report["healthy"]:
         out.append("healthy")
     else:
-        out.extend(f"UNHEALTHY: {p}" for p in report["problems"])
+        out.extend(f"UNHEALTHY: {text(p)}" for p in report["problems"])
     return "\n".join(out)

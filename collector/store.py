@@ -62,6 +62,7 @@ def make_engine(
     *,
     busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEOUT_MS,
     immediate: bool = False,
+    read_only: bool = False,
 ) -> Engine:
     """An engine for ``url`` (no connection is made yet); SQLite gets WAL mode and a busy timeout,
     and a file it creates is the owner's alone (mode 0600; its ``-wal`` and ``-shm`` take the
@@ -72,7 +73,10 @@ def make_engine(
     :param immediate: SQLite only: every transaction is a real one from its first statement
         (``BEGIN IMMEDIATE``), DDL included. pysqlite otherwise commits each ``CREATE`` on its own,
         so a migration killed half-way would leave tables without their revision.
+    :param read_only: for the commands that only read (:func:`read_only_engine`)
     """
+    if read_only:
+        return read_only_engine(url, busy_timeout_ms)
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         path = sqlite_path(engine)
@@ -101,6 +105,51 @@ def make_engine(
             @event.listens_for(engine, "begin")
             def _begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def read_only_engine(url: str, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine that can only read, and needs only read permission: SQLite opens the file
+    ``mode=ro`` (nothing created, no journal mode set), or ``immutable=1`` when its folder is
+    not writable and it has no ``-wal`` to read (SQLite could not make the ``-shm`` it needs);
+    PostgreSQL's every transaction is read-only."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or path in ("", ":memory:")
+        or path.startswith("file:")
+    ):
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "postgresql":
+
+            @event.listens_for(engine, "connect")
+            def _read_only(dbapi_connection: Any, _record: Any) -> None:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                dbapi_connection.commit()
+
+        return engine
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    frozen = not os.access(folder, os.W_OK) and not os.path.exists(full + "-wal")
+    uri = f"file:{quote(full)}?{'immutable=1' if frozen else 'mode=ro'}"
+
+    def connect() -> Any:
+        import sqlite3
+
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    engine = create_engine(url, pool_pre_ping=True, creator=connect)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_reader(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
 
     return engine
 
