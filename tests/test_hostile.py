@@ -12,8 +12,11 @@ function in that list.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import logging
+import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -31,6 +34,7 @@ from sqlalchemy import create_engine, text
 from collector.cli import main
 from collector.config import load
 from collector.dashboard import Dashboard
+from collector.logs import TextFormatter
 from collector.numbers import (
     NumberError,
     parse_decimal,
@@ -362,6 +366,10 @@ HOSTILE_NUMBERS = [
 HOSTILE_TEXT = [
     "1\x00",
     "=1+1",
+    "+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    '\t=HYPERLINK("http://example.invalid")',
     "a\nb CRITICAL collector: FORGED",
     "\x1b]0;owned\x07\x1b[2J",
     "x" * 50_000,
@@ -507,6 +515,35 @@ def page_answers(o: Outcome) -> None:
     assert len(o.page_body) < 2_000_000
 
 
+#: What a spreadsheet runs when a cell starts with it (OWASP's list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        return Decimal(cell).is_finite()
+    except ArithmeticError:
+        return False
+
+
+def no_formula_cell(o: Outcome) -> None:
+    # Exchange text in an export never starts with what a spreadsheet would run; a number (a
+    # negative amount) stays a number.
+    for row in csv.reader(io.StringIO(o.export_output)):
+        for cell in row:
+            assert not (cell.startswith(FORMULA_STARTS) and not _is_number(cell)), (cell, row)
+
+
+def no_raw_control_in_logs(o: Outcome) -> None:
+    # Each record is one line in the text format (its traceback indented below it), and no
+    # control character reaches a terminal or a journal: nothing an answer holds forges a line.
+    formatter = TextFormatter("%(levelname)s %(name)s: %(message)s")
+    for record in o.logs:
+        first, *rest = formatter.format(record).split("\n")
+        assert not CONTROL.search(first), first[:300]
+        assert all(line.startswith("  ") and not CONTROL.search(line) for line in rest), rest
+
+
 #: What must hold whatever the answer held; one function each.
 INVARIANTS: list[Callable[[Outcome], None]] = [
     no_traceback,
@@ -514,7 +551,13 @@ INVARIANTS: list[Callable[[Outcome], None]] = [
     sizes_are_bounded,
     export_answers,
     page_answers,
+    no_formula_cell,
+    no_raw_control_in_logs,
 ]
+
+#: A control character (C0, DEL, C1, the line separators, bidirectional overrides): what a log
+#: line or a terminal must never receive.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 #: The columns holding numbers of an answer, by dataset table (checked for their length).
 TABLES = {
@@ -545,9 +588,9 @@ def pipeline(tmp_path, fake, keypair, database_url) -> Iterator[Callable[[str, A
     service.open()  # migrated: the size the database starts from
     start = size(engine)
 
-    def feed(method: str, result: Any) -> Outcome:
+    def feed(method: str, result: Any, errors: list[Any] | None = None) -> Outcome:
         logs.clear()
-        body = json.dumps({"error": [], "result": result}).encode()
+        body = json.dumps({"error": errors or [], "result": result}).encode()
         fake.clear_faults()
         fake.inject("raw", method=method, body=body)
         crash = None
@@ -632,6 +675,9 @@ def hostile_answers(draw: st.DrawFn) -> tuple[str, Any]:
 @example(case=("OHLC", poisoned(TEMPLATES["OHLC"][1], ("last",), 10**19)))
 # A name PostgreSQL can't hold: the run is stored as bad_response without it.
 @example(case=("Balance", poisoned(TEMPLATES["Balance"][1], (("key", "XXBT"),), "1\x00")))
+# Exchange text a spreadsheet would run, in a ledger entry's refid and an asset's name.
+@example(case=("Ledgers", poisoned(TEMPLATES["Ledgers"][1], ("ledger", "L1", "refid"), "=1+1")))
+@example(case=("Balance", poisoned(TEMPLATES["Balance"][1], (("key", "XXBT"),), "@SUM(1)")))
 # What the generator found: a list where a trade's side belongs was a TypeError and a traceback.
 @example(case=("Trades", poisoned(TEMPLATES["Trades"][1], ("XXBTZUSD", 0, 3), [])))
 def test_any_hostile_value_in_any_answer_keeps_every_invariant(pipeline, case) -> None:
@@ -648,3 +694,22 @@ def test_the_generator_reaches_every_number_of_every_template() -> None:
         paths = leaves(template)
         assert len(paths) >= 3, method
         assert poisoned(template, paths[-1], "1E+99999999") != template
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "EGeneral:Internal error\n2026-01-01 CRITICAL collector.service: FORGED",
+        "EService:Unavailable\x1b]0;owned\x07\x1b[2J",
+        "EAPI:Bad request\r\u2028\u202e",
+    ],
+)
+def test_a_hostile_kraken_error_forges_no_log_line(pipeline, error) -> None:
+    """An error text from the exchange is logged and stored as it came, but reaches a log line
+    escaped: no forged record, no terminal escape."""
+    outcome = pipeline("Ticker", {}, [error])
+    assert outcome.status == "kraken_error" and outcome.error is not None
+    assert dict(outcome.runs).get(outcome.uid) == "kraken_error"
+    assert any(error.split(":")[0] in r.getMessage() for r in outcome.logs)
+    no_traceback(outcome)
+    no_raw_control_in_logs(outcome)
