@@ -11,9 +11,11 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import venv
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from .helpers import running, sigterm, wait_for
@@ -149,3 +151,69 @@ def test_replay_install_and_start_steps(tmp_path: Path, fake, keypair) -> None:
         "Assets": 1,
         "AssetPairs": 1,
     }
+
+
+def _as_image_user() -> list[str]:
+    return ["setpriv", "--reuid", str(IMAGE_UID), "--regid", str(IMAGE_UID), "--clear-groups"]
+
+
+IMAGE_UID = 10001  # the Dockerfile's useradd --uid
+
+
+def test_a_mounted_key_file_of_the_host_user_is_one_line_saying_what_to_do(keypair) -> None:
+    """`docker run -v "$PWD/kraken.key:/config/kraken.key:ro"`: the file keeps the host user's
+    owner and `chmod 600`, and the image's user cannot read it. The image's command, run as its
+    uid, says so in one line with the fix; once the key is given to that uid, it starts."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as the image's uid 10001")
+    assert any(f"--uid {IMAGE_UID}" in rest for word, rest in instructions() if word == "RUN")
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # the image's user must reach /config and /data
+        data, config = Path(top, "data"), Path(top, "config")
+        data.mkdir()
+        config.mkdir(mode=0o755)
+        os.chown(data, IMAGE_UID, IMAGE_UID)
+        key = config / "kraken.key"
+        key.write_text(f"{keypair[0]}\n{keypair[1]}\n")
+        key.chmod(0o600)  # owned by root here: the host user there
+        (config / "jobs.yaml").write_text(
+            "database: sqlite:///collector.db\nkraken:\n  url: http://127.0.0.1:9\n"
+            "  key_file: kraken.key\njobs:\n  balance: {method: Balance, every: 1h}\n"
+        )
+        (config / "jobs.yaml").chmod(0o644)
+        env = dict(os.environ)
+        env.pop("COLLECTOR_DATABASE_URL", None)
+        env.update(environment({"/data": str(data), "/config": str(config)}))
+        entry = [str(ROOT / ".venv" / "bin" / json.loads(dict(instructions())["ENTRYPOINT"])[0])]
+        if not Path(entry[0]).exists():
+            entry = [shutil.which("collector") or "collector"]
+        cmd = [a.replace("/config/", f"{config}/") for a in json.loads(dict(instructions())["CMD"])]
+        cmd = [a.replace("0.0.0.0:9108", "127.0.0.1:0") for a in cmd]
+        refused = subprocess.run(
+            _as_image_user() + entry + cmd,
+            cwd=data,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2
+        assert refused.stderr.splitlines() == [
+            f"error: {config}/jobs.yaml:4: kraken.key_file: cannot read key file '{key}': "
+            f"Permission denied; it belongs to uid 0 (mode 0600) and collector runs as uid "
+            f"{IMAGE_UID}: give it to uid {IMAGE_UID} (chown {IMAGE_UID} kraken.key; on the host "
+            "for a Docker mount) or pass the key as ${KRAKEN_API_KEY} and ${KRAKEN_API_SECRET}"
+        ]
+        # The README's way: the key file given to the image's user (still 0600, no warning).
+        os.chown(key, IMAGE_UID, IMAGE_UID)
+        checked = subprocess.run(
+            [*_as_image_user(), *entry, "check", f"{config}/jobs.yaml"],
+            cwd=data,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "warning" not in checked.stderr
+        assert keypair[1] not in refused.stderr + checked.stdout + checked.stderr
