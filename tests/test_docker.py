@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
+import tomllib
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from sqlalchemy import create_engine, text
+
+from collector.config import load
 
 from .helpers import running, sigterm, wait_for
 
@@ -35,7 +43,8 @@ def instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_is_plain_slim_and_unprivileged() -> None:
     steps = dict(instructions())
-    assert steps["FROM"].startswith("python:3.1") and steps["FROM"].endswith("-slim")
+    # An exact tag (a digest may follow), never a moving one such as python:3.11-slim.
+    assert re.fullmatch(r"python:3\.1\d\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", steps["FROM"])
     assert steps["USER"] == "collector"
     assert json.loads(steps["VOLUME"]) == ["/data"]
     assert json.loads(steps["ENTRYPOINT"]) == ["collector"]
@@ -217,3 +226,89 @@ def test_a_mounted_key_file_of_the_host_user_is_one_line_saying_what_to_do(keypa
         assert checked.returncode == 0, checked.stderr
         assert "warning" not in checked.stderr
         assert keypair[1] not in refused.stderr + checked.stdout + checked.stderr
+
+
+def _locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_image_installs_the_lock_and_nothing_resolved_at_build_time() -> None:
+    runs = [
+        " ".join(rest.split()) for word, rest in instructions() if word == "RUN" and "pip" in rest
+    ]
+    assert runs == [
+        "pip install --no-cache-dir -r requirements.lock"
+        " && pip install --no-cache-dir --no-deps . && pip check"
+    ]
+    copied = [shlex.split(rest) for word, rest in instructions() if word == "COPY"]
+    assert "requirements.lock" in copied[0]
+
+
+def test_the_lock_pins_exactly_the_runtime_dependencies() -> None:
+    """Every runtime dependency of pyproject (and the postgres extra the image installs), at a
+    version its specifier allows, and everything those need in turn (this venv's metadata, for
+    Linux on the image's Python): nothing left for pip to pick next month, nothing extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for r in project["optional-dependencies"]["postgres"]]
+    pins = _locked()
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req} is not in requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req}: {pins[name]}"
+    needed: set[str] = set()
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(r, tuple(sorted(r.extras))) for r in wanted]
+    target = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
+    while todo:
+        req, extras = todo.pop()
+        name = canonicalize_name(req.name)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        needed.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: the image's pip check judges its needs
+        # The lock is this venv's: a version that drifted is a lock to regenerate.
+        assert dist.version == pins.get(name, dist.version), f"{name}: venv has {dist.version}"
+        for line in dist.requires or []:
+            sub = Requirement(line)
+            if sub.marker is None or any(
+                sub.marker.evaluate({**target, "extra": extra}) for extra in (extras or ("",))
+            ):
+                todo.append((sub, tuple(sorted(sub.extras))))
+    assert set(pins) == needed, (
+        f"missing: {sorted(needed - set(pins))}, not needed: {sorted(set(pins) - needed)}"
+    )
+
+
+def test_compose_gives_the_key_as_a_secret_file_the_job_file_names(tmp_path: Path, keypair) -> None:
+    """examples/compose.yaml mounts the key as /run/secrets/main.key, and the job file it runs
+    (replicas.yaml) reads its account's key from there; no key in the environment."""
+    compose = yaml.safe_load((ROOT / "examples" / "compose.yaml").read_text())
+    service = compose["services"]["collector"]
+    assert service["secrets"] == ["main.key"]
+    assert compose["secrets"]["main.key"] == {"file": "./main.key"}
+    assert not any("KEY" in name or "SECRET" in name for name in service["environment"])
+    mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"] if v.startswith("./"))
+    job_file = ROOT / "examples" / mounts["/config/jobs.yaml"].removeprefix("./")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "main.key").write_text(f"{keypair[0]}\n{keypair[1]}\n")
+    (secrets / "main.key").chmod(0o600)
+    moved = tmp_path / "jobs.yaml"
+    moved.write_text(job_file.read_text().replace("/run/secrets/", f"{secrets}/"))
+    assert "/run/secrets/main.key" in job_file.read_text()
+    env = {"COLLECTOR_DATABASE_URL": "postgresql+psycopg://collector:collector@db/kraken"}
+    config = load(moved, environ=env)
+    assert config.account("main").key == keypair[0]
+    assert config.warnings == ()
