@@ -1,6 +1,8 @@
-"""The job file: YAML in, frozen and validated dataclasses out, or one clear :class:`ConfigError`.
+"""The job file: YAML in, frozen and validated dataclasses out, or clear :class:`ConfigError` lines.
 
-Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``).
+Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``); a
+file with several mistakes gets them all at once (:class:`ConfigErrors`, one line each, in the
+file's order), as a linter reports them.
 Duplicate keys are refused (plain YAML loaders silently keep the last one), unknown keys get a
 did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment in every string
 (an unset variable without a default is an error naming it; ``${VAR:-}`` allows it to be empty). Secrets are validated but never repeated in a message.

@@ -379,6 +379,8 @@ def test_check_reports_every_mistake_one_line_each_in_file_order(tmp_path: Path)
         "balances in, such as USD, EUR or XBT (Kraken's asset code or altname), not 'U S D'",
     ]
     # load() raises them together: run, status, export and a reload print the same lines.
+    run = CliRunner().invoke(main, ["run", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
+    assert run.exit_code == 2 and run.output == output
     with pytest.raises(ConfigErrors) as raised:
         load(path, environ={})
     assert [f"error: {line}" for line in str(raised.value).splitlines()] == output.splitlines()
