@@ -414,6 +414,7 @@ class _Builder:
         # (a mapping's line, the key an unknown key there was taken for): that key is not also
         # reported missing, the did-you-mean says it.
         self.misspelt: set[tuple[int, str]] = set()
+        self.unset = False  # a ${VAR} without a value or a default
         self.original = _Map()  # the file as written, before ${VAR} expansion
         self.kraken_line = 1
 
@@ -496,10 +497,18 @@ class _Builder:
         if default is not None:
             return default
         if value is None:
-            raise ConfigError(
-                f"{match.group(0)} is not set", file=self.file, line=line or None, key=path or None
+            # Noted, and every other variable still looked at; config() stops after expanding,
+            # before an empty value is taken for a missing credential or the default database.
+            self.unset = True
+            self.errors.append(
+                ConfigError(
+                    f"{match.group(0)} is not set",
+                    file=self.file,
+                    line=line or None,
+                    key=path or None,
+                )
             )
-        return value
+        return value or ""
 
     def mapping(self, parent: _Map, key: str, path: str) -> _Map:
         value = parent.get(key)
@@ -544,6 +553,8 @@ class _Builder:
         self.original = raw
         self.kraken_line = raw.lines.get("kraken", raw.line)
         raw = self.expand(raw)
+        if self.unset:
+            self.raise_errors()
         # Each section below is checked even when another has a mistake (attempt, @_section);
         # all of them are raised together at the end.
         kraken_map = self.attempt(lambda: self.mapping(raw, "kraken", "kraken"), _Map())

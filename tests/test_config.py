@@ -293,7 +293,11 @@ def test_an_unset_variable_is_an_error_naming_file_line_key_and_variable(tmp_pat
     """,
     )
     code, output = check(path, env={"KRAKEN_KEY": None, "KRAKEN_SECRET": None})
-    assert (code, output) == (2, f"error: {path}:4: kraken.key: ${{KRAKEN_KEY}} is not set\n")
+    assert (code, output) == (
+        2,
+        f"error: {path}:4: kraken.key: ${{KRAKEN_KEY}} is not set\n"
+        f"error: {path}:5: kraken.secret: ${{KRAKEN_SECRET}} is not set\n",
+    )
 
 
 @pytest.mark.parametrize(
@@ -474,3 +478,24 @@ def test_keys_the_right_way_round_and_the_fakes_keys_pass(tmp_path: Path) -> Non
         )
         code, output = check(path)
         assert code == 0, output
+
+
+def test_every_unset_variable_is_a_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        database: ${DB_URL}
+        kraken:
+          key: ${MY_KEY}
+          secret: ${MY_SECRET}
+        jobs:
+          b: {method: Balance, every: 1h}
+        """,
+    )
+    code, output = check(path)
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: {path}:1: database: ${{DB_URL}} is not set",
+        f"error: {path}:3: kraken.key: ${{MY_KEY}} is not set",
+        f"error: {path}:4: kraken.secret: ${{MY_SECRET}} is not set",
+    ]
