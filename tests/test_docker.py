@@ -312,3 +312,25 @@ def test_compose_gives_the_key_as_a_secret_file_the_job_file_names(tmp_path: Pat
     config = load(moved, environ=env)
     assert config.account("main").key == keypair[0]
     assert config.warnings == ()
+
+
+def test_the_readmes_docker_lines_mount_the_key_where_live_yaml_names_it() -> None:
+    """The README's `docker run` mounts its live.yaml as the image's job file and the key file
+    beside it, where live.yaml's `key_file:` resolves in the container; its `chown` gives the key
+    to the image's user (the uid the test above runs as)."""
+    readme = (ROOT / "README.md").read_text()
+    docker = readme[readme.index("### Docker") :].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [re.sub(r"\s+#\s.*$", "", line) for line in docker.splitlines()]
+    (chown,) = [line for line in lines if "chown" in line]
+    assert shlex.split(chown) == ["sudo", "chown", str(IMAGE_UID), "kraken.key"]
+    (run,) = [line for line in lines if line.startswith("docker run")]
+    words = shlex.split(run.replace('"$PWD/', '"./'))
+    mounts = dict(words[i + 1].split(":")[:2][::-1] for i, word in enumerate(words) if word == "-v")
+    assert words[-1] == "collector" and mounts.get("/data") == "collector-data"
+    live_text = readme[readme.index("## Going live") :]
+    (live,) = [
+        b for b in re.findall(r"```yaml\n(.*?)```", live_text, re.DOTALL) if "# live.yaml" in b
+    ]
+    assert mounts[json.loads(dict(instructions())["CMD"])[-1]] == "./live.yaml"
+    key_file = yaml.safe_load(live)["kraken"]["key_file"]
+    assert mounts[f"/config/{key_file}"] == f"./{key_file}"
