@@ -408,8 +408,8 @@ class _Builder:
         self.warnings: list[str] = []
         # Every mistake found, as a linter lists them; raised together at the end of config().
         self.errors: list[ConfigError] = []
-        # Whether the credentials or accounts had a mistake: the private jobs then are not told
-        # again that they have no account.
+        # Whether accounts: as a whole is wrong (not a mapping): the private jobs then are not
+        # also told that they have no account. (A broken account or credentials get a stand-in.)
         self.accounts_broken = False
         # (a mapping's line, the key an unknown key there was taken for): that key is not also
         # reported missing, the did-you-mean says it.
@@ -557,9 +557,10 @@ class _Builder:
             self.raise_errors()
         # Each section below is checked even when another has a mistake (attempt, @_section);
         # all of them are raised together at the end.
-        kraken_map = self.attempt(lambda: self.mapping(raw, "kraken", "kraken"), _Map())
-        if not hasattr(kraken_map, "lines"):
-            kraken_map.line, kraken_map.lines = raw.line, {}
+        kraken_map = self.attempt(lambda: self.mapping(raw, "kraken", "kraken"), None)
+        if kraken_map is None:  # not a mapping (noted): the defaults, while the rest is checked
+            kraken_map = _Map()
+            kraken_map.line, kraken_map.lines = raw.lines.get("kraken", raw.line), {}
         kraken = self.kraken(kraken_map)
         accounts = self.attempt(lambda: self.accounts(raw, kraken_map, kraken), ())
         jobs = self.jobs(raw, kraken, accounts)
