@@ -3,17 +3,29 @@
 #   docker run -v "$PWD/jobs.yaml:/config/jobs.yaml:ro" -v collector-data:/data collector
 # Relative data paths in the job file (sqlite:///collector.db, spool.path) land in the /data
 # volume ($COLLECTOR_DATA_DIR), not beside the read-only job file in /config.
-FROM python:3.11-slim
+# A key file (key_file: kraken.key, beside the job file) is mounted too, and must be readable by
+# the image's user, uid 10001: a mount keeps the host's owner and mode, so on the host
+#   sudo chown 10001 kraken.key   (still chmod 600)
+#   docker run -v "$PWD/jobs.yaml:/config/jobs.yaml:ro" -v "$PWD/kraken.key:/config/kraken.key:ro" ...
+# or give the key as ${KRAKEN_API_KEY}/${KRAKEN_API_SECRET} (docker run --env-file), or as a compose
+# secret (examples/compose.yaml). A key file it cannot read is one line at start saying so.
+# An exact tag (its Python is the one requirements.lock was made with); pin its digest too where
+# the registry can be asked: docker buildx imagetools inspect python:3.11.7-slim-bookworm.
+FROM python:3.11.7-slim-bookworm
 
 RUN useradd --system --uid 10001 --home-dir /data collector \
  && mkdir -p /data /config \
  && chown collector /data
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY collector ./collector
 COPY migrations ./migrations
-RUN pip install --no-cache-dir '.[postgres]'
+# The locked versions (runtime and the postgres extra), then the package alone: nothing resolved
+# at build time. pip check: the lock still satisfies pyproject's dependencies.
+RUN pip install --no-cache-dir -r requirements.lock \
+ && pip install --no-cache-dir --no-deps . \
+ && pip check
 
 USER collector
 WORKDIR /data

@@ -58,7 +58,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CollectorError as exc:
-            _say(f"error: {exc}", err=True)
+            # A job file with several mistakes: a line for each (ConfigErrors), as a linter.
+            for line in str(exc).splitlines():
+                _say(f"error: {line}", err=True)
             ctx.exit(2)
         except BrokenPipeError:
             # `collector methods | head`: the reader has what it wanted. Nothing more goes to

@@ -1,6 +1,8 @@
-"""The job file: YAML in, frozen and validated dataclasses out, or one clear :class:`ConfigError`.
+"""The job file: YAML in, frozen and validated dataclasses out, or clear :class:`ConfigError` lines.
 
-Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``).
+Every error names the file, the line and the key (``jobs.yaml:14: jobs.ticker.every: ...``); a
+file with several mistakes gets them all at once (:class:`ConfigErrors`, one line each, in the
+file's order), as a linter reports them.
 Duplicate keys are refused (plain YAML loaders silently keep the last one), unknown keys get a
 did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environment in every string
 (an unset variable without a default is an error naming it; ``${VAR:-}`` allows it to be empty). Secrets are validated but never repeated in a message.
@@ -8,6 +10,8 @@ did-you-mean, and ``${VAR}`` / ``${VAR:-default}`` are expanded from the environ
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime
 import difflib
@@ -16,10 +20,12 @@ import os
 import re
 import reprlib
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial, wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,7 +45,7 @@ from .defaults import (
     STATE_DIR_ENV,
     XDG_STATE_ENV,
 )
-from .errors import ConfigError, CredentialsError
+from .errors import ConfigError, ConfigErrors, CredentialsError
 from .methods import (
     HISTORY_METHODS,
     PRIVATE_READ_METHODS,
@@ -388,12 +394,42 @@ def _range(low: float, high: float) -> str:
 
 #: The key and secret a read-only load gives an account whose key file it can't read.
 UNREAD_KEY = "(key file not read) "
+#: An option whose value had a mistake (None is a value: ``since: all``).
+_MISSING = object()
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _section(fallback: Any) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
+    """A :class:`_Builder` step whose mistake does not stop the others: it is noted and
+    ``fallback`` stands in, so the rest of the file is still checked and every mistake is
+    reported at once (a stand-in never leaves the builder: :meth:`_Builder.config` raises)."""
+
+    def wrap(build: Callable[_P, _T]) -> Callable[_P, _T]:
+        @wraps(build)
+        def step(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            builder = args[0]
+            assert isinstance(builder, _Builder)
+            return builder.attempt(lambda: build(*args, **kwargs), fallback)
+
+        return step
+
+    return wrap
 
 
 class _Builder:
     def __init__(self, file: str, env: dict[str, str], *, keys: bool = True) -> None:
         self.file, self.env, self.keys = file, env, keys
         self.warnings: list[str] = []
+        # Every mistake found, as a linter lists them; raised together at the end of config().
+        self.errors: list[ConfigError] = []
+        # Whether accounts: as a whole is wrong (not a mapping): the private jobs then are not
+        # also told that they have no account. (A broken account or credentials get a stand-in.)
+        self.accounts_broken = False
+        # (a mapping's line, the key an unknown key there was taken for): that key is not also
+        # reported missing, the did-you-mean says it.
+        self.misspelt: set[tuple[int, str]] = set()
+        self.unset = False  # a ${VAR} without a value or a default
         self.original = _Map()  # the file as written, before ${VAR} expansion
         self.kraken_line = 1
 
@@ -403,7 +439,27 @@ class _Builder:
             path = show(path)
         return ConfigError(message, file=self.file, line=line, key=path or None)
 
+    def attempt(self, build: Callable[[], _T], fallback: Any) -> _T:
+        """``build()``; its :class:`ConfigError` is noted and ``fallback`` returned instead."""
+        try:
+            return build()
+        except ConfigErrors as exc:
+            self.errors.extend(exc.errors)
+        except ConfigError as exc:
+            self.errors.append(exc)
+        return fallback
+
+    def raise_errors(self) -> None:
+        """One :class:`ConfigError`, or :class:`ConfigErrors` in line order, if any were noted."""
+        unique = list({str(e): e for e in self.errors}.values())  # each line once
+        unique.sort(key=lambda e: e.line or 0)
+        if len(unique) == 1:
+            raise unique[0]
+        if unique:
+            raise ConfigErrors(unique)
+
     def check_keys(self, where: _Map, allowed: tuple[str, ...], prefix: str) -> None:
+        """Every unknown key is a mistake of its own; the known ones are still checked."""
         for key in where:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
@@ -412,7 +468,9 @@ class _Builder:
                     if close
                     else f"; expected one of {', '.join(allowed)}"
                 )
-                raise self.error(f"unknown key{hint}", where, key, prefix + key)
+                if close:
+                    self.misspelt.add((where.line, close[0]))
+                self.errors.append(self.error(f"unknown key{hint}", where, key, prefix + key))
 
     def expand(
         self, value: Any, memo: dict[int, Any] | None = None, path: str = "", line: int = 0
@@ -454,10 +512,18 @@ class _Builder:
         if default is not None:
             return default
         if value is None:
-            raise ConfigError(
-                f"{match.group(0)} is not set", file=self.file, line=line or None, key=path or None
+            # Noted, and every other variable still looked at; config() stops after expanding,
+            # before an empty value is taken for a missing credential or the default database.
+            self.unset = True
+            self.errors.append(
+                ConfigError(
+                    f"{match.group(0)} is not set",
+                    file=self.file,
+                    line=line or None,
+                    key=path or None,
+                )
             )
-        return value
+        return value or ""
 
     def mapping(self, parent: _Map, key: str, path: str) -> _Map:
         value = parent.get(key)
@@ -502,17 +568,77 @@ class _Builder:
         self.original = raw
         self.kraken_line = raw.lines.get("kraken", raw.line)
         raw = self.expand(raw)
-        kraken_map = self.mapping(raw, "kraken", "kraken")
+        if self.unset:
+            self.raise_errors()
+        # Each section below is checked even when another has a mistake (attempt, @_section);
+        # all of them are raised together at the end.
+        kraken_map = self.attempt(lambda: self.mapping(raw, "kraken", "kraken"), None)
+        if kraken_map is None:  # not a mapping (noted): the defaults, while the rest is checked
+            kraken_map = _Map()
+            kraken_map.line, kraken_map.lines = raw.lines.get("kraken", raw.line), {}
         kraken = self.kraken(kraken_map)
-        accounts = self.accounts(raw, kraken_map, kraken)
-        jobs_map = raw.get("jobs")
-        if not isinstance(jobs_map, _Map) or not jobs_map:
-            raise self.error(
-                "'jobs' must be a mapping from job name to job, with at least one job",
-                raw,
-                "jobs" if "jobs" in raw else None,
-                "jobs",
+        accounts = self.attempt(lambda: self.accounts(raw, kraken_map, kraken), ())
+        jobs = self.jobs(raw, kraken, accounts)
+        failover = defaults.FAILOVER
+        if "failover" in raw:
+            failover = self.attempt(
+                lambda: self.duration(
+                    raw, "failover", "failover", defaults.FAILOVER_MIN, defaults.FAILOVER_MAX
+                ),
+                failover,
             )
+        data_dir = self.data_dir()
+        url = self.attempt(lambda: self.database(raw, database, data_dir), None)
+        spool_path, max_runs = self.spool(raw, url, data_dir)
+        reference = raw.get("reference", True)
+        if not isinstance(reference, bool):
+            self.errors.append(
+                self.error(
+                    "must be true (the service keeps the assets and pairs tables: two public "
+                    "calls at start and daily) or false",
+                    raw,
+                    "reference",
+                    "reference",
+                )
+            )
+        config = Config(
+            self.file,
+            with_driver(url) if url is not None else "",
+            kraken,
+            jobs,
+            spool_path,
+            max_runs,
+            self.state_dir(),
+            tuple(self.warnings),
+            accounts,
+            failover,
+            metrics_listen=self.metrics(raw, listen),
+            metrics_allowed_hosts=self.allowed_hosts(raw),
+            retention=self.retention(raw),
+            reference=reference,
+            valuation_quote=self.valuation(raw),
+            valuation_max_price_age=self.max_price_age(raw),
+        )
+        self.raise_errors()
+        return config
+
+    def jobs(
+        self, raw: _Map, kraken: KrakenSettings, accounts: tuple[Account, ...]
+    ) -> tuple[Job, ...]:
+        """Every job; one with a mistake is left out (and the mistake noted), the others checked."""
+        jobs_map = raw.get("jobs")
+        if "jobs" not in raw and (raw.line, "jobs") in self.misspelt:
+            return ()
+        if not isinstance(jobs_map, _Map) or not jobs_map:
+            self.errors.append(
+                self.error(
+                    "'jobs' must be a mapping from job name to job, with at least one job",
+                    raw,
+                    "jobs" if "jobs" in raw else None,
+                    "jobs",
+                )
+            )
+            return ()
         if len(jobs_map) > defaults.JOBS_MAX:
             raise self.error(
                 f"{len(jobs_map):,} jobs; at most {defaults.JOBS_MAX:,} in one file",
@@ -520,16 +646,17 @@ class _Builder:
                 "jobs",
                 "jobs",
             )
-        jobs = tuple(self.job(name, jobs_map, kraken, accounts) for name in jobs_map)
-        failover = defaults.FAILOVER
-        if "failover" in raw:
-            failover = self.duration(
-                raw, "failover", "failover", defaults.FAILOVER_MIN, defaults.FAILOVER_MAX
-            )
+        built = (
+            self.attempt(partial(self.job, name, jobs_map, kraken, accounts), None)
+            for name in jobs_map
+        )
+        return tuple(job for job in built if job is not None)
+
+    def database(self, raw: _Map, database: str | None, data_dir: Path) -> URL:
+        """The database URL: ``--db``, else ``$COLLECTOR_DATABASE_URL``, else the file's."""
         # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
         # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
         # shell, and are relative to where they are.
-        data_dir = self.data_dir()
         from_file = not database and not self.env.get(DATABASE_ENV)
         db = database or self.env.get(DATABASE_ENV) or raw.get("database") or defaults.DATABASE
         if not isinstance(db, str):
@@ -550,6 +677,11 @@ class _Builder:
             raise self.error(problem, where_db[1], where_db[0], "database")
         if from_file:
             url = _sqlite_under(url, data_dir)
+        return url
+
+    @_section(("", defaults.SPOOL_MAX_RUNS))
+    def spool(self, raw: _Map, url: URL | None, data_dir: Path) -> tuple[str, int]:
+        """``spool.path`` (else beside the SQLite file, or in the data folder) and ``max_runs``."""
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
         max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
@@ -571,38 +703,17 @@ class _Builder:
         spool_path = self.env.get(SPOOL_ENV) or (str(data_dir / in_file) if in_file else None)
         if not spool_path:
             # Beside the SQLite file, or in the data folder for a database on a server.
-            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            if (
+                url is not None
+                and url.get_backend_name() == "sqlite"
+                and url.database not in (None, "", ":memory:")
+            ):
                 spool_path = str(url.database) + ".spool"
             else:
                 spool_path = str(data_dir / defaults.SPOOL_NAME)
-        reference = raw.get("reference", True)
-        if not isinstance(reference, bool):
-            raise self.error(
-                "must be true (the service keeps the assets and pairs tables: two public calls "
-                "at start and daily) or false",
-                raw,
-                "reference",
-                "reference",
-            )
-        return Config(
-            self.file,
-            with_driver(url),
-            kraken,
-            jobs,
-            spool_path,
-            max_runs,
-            self.state_dir(),
-            tuple(self.warnings),
-            accounts,
-            failover,
-            metrics_listen=self.metrics(raw, listen),
-            metrics_allowed_hosts=self.allowed_hosts(raw),
-            retention=self.retention(raw),
-            reference=reference,
-            valuation_quote=self.valuation(raw),
-            valuation_max_price_age=self.max_price_age(raw),
-        )
+        return spool_path, max_runs
 
+    @_section(defaults.VALUATION_QUOTE)
     def valuation(self, raw: _Map) -> str:
         spec = self.mapping(raw, "valuation", "valuation")
         self.check_keys(spec, VALUATION_KEYS, "valuation.")
@@ -617,6 +728,7 @@ class _Builder:
             )
         return quote.strip().upper()
 
+    @_section(defaults.VALUATION_MAX_PRICE_AGE)
     def max_price_age(self, raw: _Map) -> float:
         spec = self.mapping(raw, "valuation", "valuation")
         if "max_price_age" not in spec:
@@ -629,6 +741,7 @@ class _Builder:
             high=defaults.VALUATION_MAX_PRICE_AGE_MAX,
         )
 
+    @_section(None)
     def metrics(self, raw: _Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")
         self.check_keys(spec, METRICS_KEYS, "metrics.")
@@ -646,6 +759,7 @@ class _Builder:
             )
         return str(listen)
 
+    @_section(())
     def allowed_hosts(self, raw: _Map) -> tuple[str, ...]:
         spec = self.mapping(raw, "metrics", "metrics")
         hosts = spec.get("allowed_hosts", [])
@@ -665,12 +779,19 @@ class _Builder:
             )
         return tuple(h.lower() for h in hosts)
 
+    @_section({})
     def retention(self, raw: _Map) -> dict[str, float]:
         spec = self.mapping(raw, "retention", "retention")
         self.check_keys(spec, RETENTION_KEYS, "retention.")
         return {
-            table: self.duration(spec, table, f"retention.{table}", high=defaults.RETENTION_MAX)
+            table: self.attempt(
+                partial(
+                    self.duration, spec, table, f"retention.{table}", high=defaults.RETENTION_MAX
+                ),
+                0.0,
+            )
             for table in spec
+            if table in RETENTION_KEYS
         }
 
     def data_dir(self) -> Path:
@@ -694,6 +815,13 @@ class _Builder:
 
     def kraken(self, k: _Map) -> KrakenSettings:
         self.check_keys(k, KRAKEN_KEYS, "kraken.")
+        opts: dict[str, Any] = self.attempt(lambda: self.kraken_options(k), {})
+        opts.update(self.attempt(lambda: self.account_opts(k, "kraken."), {}))
+        key, secret = self.credentials(k, "kraken.", environment=True)
+        return KrakenSettings(key=key, secret=secret, **opts)
+
+    def kraken_options(self, k: _Map) -> dict[str, Any]:
+        """``kraken:``'s settings but the account's (its counter, nonce unit and credentials)."""
         opts: dict[str, Any] = {}
         if "url" in k:
             url = k["url"]
@@ -710,7 +838,6 @@ class _Builder:
                     "kraken.url",
                 )
             opts["url"] = url.rstrip("/")
-        opts.update(self.account_opts(k, "kraken."))
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
@@ -733,8 +860,7 @@ class _Builder:
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
             opts["lockout"] = self.duration(k, "lockout", "kraken.lockout", high=defaults.WAIT_MAX)
-        key, secret = self.credentials(k, "kraken.", environment=True)
-        return KrakenSettings(key=key, secret=secret, **opts)
+        return opts
 
     def account_opts(self, k: _Map, prefix: str) -> dict[str, Any]:
         """An account's counter (``tier`` or ``rate_limit``) and ``nonce_unit``."""
@@ -783,39 +909,28 @@ class _Builder:
             )
         found = raw["accounts"]
         if not isinstance(found, _Map) or not found:
+            self.accounts_broken = True
             raise self.error(
                 "must map account names to {key, secret} or {key_file}", raw, "accounts", "accounts"
             )
         for shared in ("key", "secret", "key_file"):
             if shared in k:
-                raise self.error(
-                    "with accounts:, credentials go under each account",
-                    k,
-                    shared,
-                    f"kraken.{shared}",
+                self.errors.append(
+                    self.error(
+                        "with accounts:, credentials go under each account",
+                        k,
+                        shared,
+                        f"kraken.{shared}",
+                    )
                 )
-        out = []
-        for name, spec in found.items():
-            path = f"accounts.{name}"
-            if not isinstance(spec, _Map):
-                raise self.error(
-                    "must be a mapping with key and secret, or key_file", found, name, path
-                )
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-                raise self.error(
-                    "an account name is 1 to 64 letters, digits, _ . or -", found, name, path
-                )
-            self.check_keys(spec, ACCOUNT_KEYS, path + ".")
-            opts = {
-                "tier": kraken.tier,
-                "tier_name": kraken.tier_name,
-                "nonce_unit": kraken.nonce_unit,
-                **self.account_opts(spec, path + "."),
-            }
-            key, secret = self.credentials(spec, path + ".")
-            if not key:
-                raise self.error("needs key and secret, or key_file", found, name, path)
-            out.append(Account(str(name), key, secret, **opts))
+        out = [
+            self.attempt(
+                partial(self.account, name, found, kraken),
+                # A stand-in, so that its jobs are still checked, and not told it is missing.
+                Account(str(name), key=f"<account {name}>"),
+            )
+            for name in found
+        ]
         keys = [a.key for a in out]
         for account in out:
             if keys.count(account.key) > 1:
@@ -827,9 +942,40 @@ class _Builder:
                 )
         return tuple(out)
 
+    def account(self, name: str, found: _Map, kraken: KrakenSettings) -> Account:
+        """One account of ``accounts:``."""
+        spec = found[name]
+        path = f"accounts.{name}"
+        if not isinstance(spec, _Map):
+            raise self.error(
+                "must be a mapping with key and secret, or key_file", found, name, path
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise self.error(
+                "an account name is 1 to 64 letters, digits, _ . or -", found, name, path
+            )
+        self.check_keys(spec, ACCOUNT_KEYS, path + ".")
+        opts = {
+            "tier": kraken.tier,
+            "tier_name": kraken.tier_name,
+            "nonce_unit": kraken.nonce_unit,
+            **self.attempt(lambda: self.account_opts(spec, path + "."), {}),
+        }
+        key, secret = self.credentials(spec, path + ".")
+        if not key:
+            raise self.error("needs key and secret, or key_file", found, name, path)
+        return Account(str(name), key, secret, **opts)
+
     def credentials(self, k: _Map, prefix: str, *, environment: bool = False) -> tuple[str, str]:
         """``key``/``secret`` or ``key_file`` under ``k`` (and, with ``environment``, the
-        ``$KRAKEN_API_KEY``/``$KRAKEN_API_SECRET`` fallback); the secret must be base64."""
+        ``$KRAKEN_API_KEY``/``$KRAKEN_API_SECRET`` fallback); the secret must be base64.
+
+        A mistake is noted, and a stand-in key returned: the account still exists, so its jobs
+        are checked and not also told that they have no credentials."""
+        stand_in = (f"<{prefix}key>", "<secret>")
+        return self.attempt(lambda: self.checked_credentials(k, prefix, environment), stand_in)
+
+    def checked_credentials(self, k: _Map, prefix: str, environment: bool) -> tuple[str, str]:
         key, secret = self._credentials(k, prefix, environment)
         if (key or secret) and self.keys:
             try:
@@ -852,6 +998,26 @@ class _Builder:
                         error.message, file=self.file, line=self.kraken_line, key=error.key
                     )
                 raise error from None
+            if _swapped(key, secret):
+                where = "key_file" if "key_file" in k else "key" if "key" in k else None
+                what = {
+                    "key_file": "the key file holds the secret on line 1 and the key on line 2",
+                    "key": f"{prefix}key holds the secret and {prefix}secret the key",
+                    None: f"${KEY_ENV} holds the secret and ${SECRET_ENV} the key",
+                }[where]
+                error = self.error(
+                    f"{what} (a secret is {_length(defaults.SECRET_BYTES)} of base64, a key "
+                    f"{len(secret)}: here the other way round); swap them, or every private "
+                    "call fails with EAPI:Invalid key",
+                    k,
+                    where,
+                    f"{prefix}{where or 'key'}",
+                )
+                if where is None:
+                    error = ConfigError(
+                        error.message, file=self.file, line=self.kraken_line, key=error.key
+                    )
+                raise error
         return key, secret
 
     def origin(self, path: str) -> str | None:
@@ -885,7 +1051,7 @@ class _Builder:
                 if not self.keys:
                     return UNREAD_KEY + str(path), UNREAD_KEY
                 raise self.error(
-                    f"cannot read key file {str(path)!r}: {_reason(exc)}",
+                    f"cannot read key file {str(path)!r}: {_reason(exc)}{_not_ours(path, exc)}",
                     k,
                     "key_file",
                     prefix + "key_file",
@@ -989,7 +1155,7 @@ class _Builder:
 
     def job(
         self, name: str, jobs: _Map, kraken: KrakenSettings, accounts: tuple[Account, ...]
-    ) -> Job:
+    ) -> Job | None:
         path = f"jobs.{name}" if name.isprintable() else f"jobs.{name!r}"
         spec = jobs[name]
         if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}", name):
@@ -1008,6 +1174,8 @@ class _Builder:
             )
         self.check_keys(spec, JOB_KEYS, path + ".")
         method = spec.get("method")
+        if method is None and (spec.line, "method") in self.misspelt:
+            return None  # the unknown key's did-you-mean says it; nothing else can be checked
         if not isinstance(method, str) or not method:
             raise self.error(
                 "needs a method, e.g. method: Ticker",
@@ -1052,11 +1220,29 @@ class _Builder:
                     f"{path}.params.{reserved}",
                 )
         self.check_params(method, params, spec, path)
+        # The schedule, then each option: a mistake in one does not hide one in the next.
+        opts: dict[str, Any] = self.attempt(lambda: self.schedule(name, jobs, path), {})
+        opts.update(self.job_options(method, spec, path, kraken, opts))
+        job = Job(
+            name=str(name),
+            method=method,
+            params=dict(params),
+            timezone=str(spec.get("timezone", "UTC")),
+            line=jobs.lines.get(name, 0),
+            **opts,
+        )
+        return self.account_of(job, spec, path, accounts)
+
+    def schedule(self, name: str, jobs: _Map, path: str) -> dict[str, Any]:
+        """A job's ``every`` or ``cron`` (with its ``timezone``)."""
+        spec = jobs[name]
         opts: dict[str, Any] = {}
         has_every, has_cron = "every" in spec, "cron" in spec
         if has_every and has_cron:
             raise self.error("has both every and cron; keep one", spec, "cron", path)
         if not has_every and not has_cron:
+            if {(spec.line, "every"), (spec.line, "cron")} & self.misspelt:
+                return {}
             raise self.error(
                 "needs exactly one of every: (e.g. 30s) or cron: (5 fields)", jobs, name, path
             )
@@ -1076,52 +1262,65 @@ class _Builder:
             opts["every"] = timedelta(seconds=seconds)
         else:
             opts["cron"] = self.cron(spec, tz, path + ".cron")
-        if "jitter" in spec:
-            most = defaults.JITTER_MAX
-            if has_every:
-                most = min(most, opts["every"].total_seconds())
-            opts["jitter"] = self.duration(spec, "jitter", path + ".jitter", high=most)
-        opts["timeout"] = (
-            self.duration(spec, "timeout", path + ".timeout", high=defaults.TIMEOUT_MAX)
-            if "timeout" in spec
-            else kraken.timeout
+        return opts
+
+    def job_options(
+        self, method: str, spec: _Map, path: str, kraken: KrakenSettings, schedule: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A job's options but its schedule; each mistake is noted, and the next option checked."""
+        opts: dict[str, Any] = {}
+
+        def option(key: str, build: Callable[[], Any]) -> None:
+            if key in spec:
+                value = self.attempt(build, _MISSING)
+                if value is not _MISSING:
+                    opts[key] = value
+
+        every = schedule.get("every")
+        most = (
+            defaults.JITTER_MAX
+            if every is None
+            else min(defaults.JITTER_MAX, every.total_seconds())
+        )
+        option("jitter", lambda: self.duration(spec, "jitter", path + ".jitter", high=most))
+        opts["timeout"] = kraken.timeout
+        option(
+            "timeout",
+            lambda: self.duration(spec, "timeout", path + ".timeout", high=defaults.TIMEOUT_MAX),
         )
         # Retries must not run into the next run: by default they end after one interval (or a
         # minute, whichever is shorter).
+        if every is not None:
+            opts["deadline"] = min(every.total_seconds(), defaults.DEADLINE)
+        option("deadline", lambda: self.duration(spec, "deadline", path + ".deadline"))
         if "deadline" in spec:
-            opts["deadline"] = self.duration(spec, "deadline", path + ".deadline")
             opts["deadline_set"] = True
-        elif "every" in opts:
-            opts["deadline"] = min(opts["every"].total_seconds(), defaults.DEADLINE)
-        if "since" in spec:
-            if method not in HISTORY_METHODS:
-                raise self.error(
-                    f"{method} keeps no history to start from; since: applies to "
-                    f"{', '.join(sorted(HISTORY_METHODS))}",
-                    spec,
-                    "since",
-                    path + ".since",
-                )
-            opts["since"] = self.since(spec, path + ".since")
-        if "raw" in spec:
-            if not isinstance(spec["raw"], bool):
-                raise self.error("must be true or false", spec, "raw", path + ".raw")
-            opts["raw"] = spec["raw"]
-        if "stale_after" in spec:
-            opts["stale_after"] = self.duration(spec, "stale_after", f"{path}.stale_after")
-        if "retention" in spec:
-            opts["retention"] = self.duration(
+        option("since", lambda: self.job_since(method, spec, path))
+        option("raw", lambda: self.job_raw(spec, path))
+        option("stale_after", lambda: self.duration(spec, "stale_after", f"{path}.stale_after"))
+        option(
+            "retention",
+            lambda: self.duration(
                 spec, "retention", f"{path}.retention", high=defaults.RETENTION_MAX
-            )
-        job = Job(
-            name=str(name),
-            method=method,
-            params=dict(params),
-            timezone=str(tz),
-            line=jobs.lines.get(name, 0),
-            **opts,
+            ),
         )
-        return self.account_of(job, spec, path, accounts)
+        return opts
+
+    def job_since(self, method: str, spec: _Map, path: str) -> float | None:
+        if method not in HISTORY_METHODS:
+            raise self.error(
+                f"{method} keeps no history to start from; since: applies to "
+                f"{', '.join(sorted(HISTORY_METHODS))}",
+                spec,
+                "since",
+                path + ".since",
+            )
+        return self.since(spec, path + ".since")
+
+    def job_raw(self, spec: _Map, path: str) -> bool:
+        if not isinstance(spec["raw"], bool):
+            raise self.error("must be true or false", spec, "raw", path + ".raw")
+        return spec["raw"]
 
     def check_params(self, method: str, params: _Map, spec: _Map, path: str) -> None:
         """``params`` against what ``method`` takes (:data:`collector.methods.READ_METHODS`): no
@@ -1131,10 +1330,14 @@ class _Builder:
         if known is None:
             return
         managed = READ_METHODS[method].managed
+        # Each parameter's mistake is a line of its own.
         for name, value in params.items():
             where = f"{path}.params.{name}"
             if name in managed:
-                raise self.error(f"{managed[name]}; leave it out", params, name, where)
+                self.errors.append(
+                    self.error(f"{managed[name]}; leave it out", params, name, where)
+                )
+                continue
             param = known.get(name)
             if param is None:
                 names = sorted(known)
@@ -1146,12 +1349,13 @@ class _Builder:
                     if names
                     else "; it takes none"
                 )
-                raise self.error(
-                    f"{method} has no parameter {show(name)}{hint}", params, name, where
+                self.errors.append(
+                    self.error(f"{method} has no parameter {show(name)}{hint}", params, name, where)
                 )
+                continue
             problem = _param_problem(method, param, value)
             if problem:
-                raise self.error(problem, params, name, where)
+                self.errors.append(self.error(problem, params, name, where))
         for name in READ_METHODS[method].required:
             if name not in params:
                 example = "XBTUSD" if known[name].kind == "pair" else "..."
@@ -1192,6 +1396,8 @@ class _Builder:
         """``job`` with the account it runs as: the one it names, or the only one there is."""
         names = [a.name for a in accounts]
         named = spec.get("account")
+        if job.private and self.accounts_broken:
+            return job  # accounts: has its own mistake; the job is not told it again
         if not job.private:
             if named is not None:
                 raise self.error(
@@ -1223,6 +1429,47 @@ class _Builder:
             hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(names)})"
             raise self.error(f"no account {show(named)}{hint}", spec, "account", path + ".account")
         return dataclasses.replace(job, account=str(named))
+
+
+def _length(size: int) -> str:
+    """How many base64 characters ``size`` bytes are."""
+    return f"{4 * ((size + 2) // 3)} characters"
+
+
+def _decoded_size(text: str) -> int | None:
+    try:
+        return len(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _swapped(key: str, secret: str) -> bool:
+    """Whether ``key`` is shaped as Kraken's secrets are and ``secret`` is not: the two swapped.
+    A key of any other shape (a test's ``KEY``) is not judged."""
+    return (
+        _decoded_size(key) == defaults.SECRET_BYTES
+        and _decoded_size(secret) != defaults.SECRET_BYTES
+    )
+
+
+def _not_ours(path: Path, exc: BaseException) -> str:
+    """Why a key file this process may not read is so, and what to do: in a container, one
+    mounted from the host keeps the host user's owner and ``chmod 600``, which the image's user
+    (uid 10001) is not."""
+    if not isinstance(exc, PermissionError) or not hasattr(os, "geteuid"):
+        return ""
+    try:
+        info = path.stat()
+    except OSError:
+        return ""
+    me = os.geteuid()
+    if info.st_uid == me:
+        return ""
+    return (
+        f"; it belongs to uid {info.st_uid} (mode {info.st_mode & 0o777:04o}) and collector runs "
+        f"as uid {me}: give it to uid {me} (chown {me} {path.name}; on the host for a Docker "
+        "mount) or pass the key as ${KRAKEN_API_KEY} and ${KRAKEN_API_SECRET}"
+    )
 
 
 def _param_problem(method: str, param: Param, value: Any) -> str | None:

@@ -236,6 +236,10 @@ JOBS_MAX = 10_000
 #: The job file and key files are read only if they are regular files no larger than this.
 JOB_FILE_MAX = 16 * 1024 * 1024
 KEY_FILE_MAX = 64 * 1024
+#: Kraken's API secret is base64 of 64 bytes (88 characters); its API key is base64 of 42 bytes
+#: (56 characters). A key that decodes to this many bytes beside a secret that does not is the
+#: two swapped: every private call would fail with EAPI:Invalid key.
+SECRET_BYTES = 64
 #: YAML aliases in one job file: anchors for shared settings are a handful; an alias bomb is
 #: thousands.
 ALIASES_MAX = 1000

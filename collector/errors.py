@@ -4,6 +4,7 @@
 
     CollectorError
      +-- ConfigError              a job file or setting is wrong (file:line: key)  status "config_error"
+     |    +-- ConfigErrors        several at once, one line each (``collector check``)
      +-- CredentialsError         no usable key/secret for a private call          status "config_error"
      +-- Cancelled                a call waiting for budget gave up: the service is stopping
      +-- NotPermitted             a private call not sent: another process holds the account
@@ -89,6 +90,20 @@ class ConfigError(CollectorError):
             where = self.file + (f":{self.line}" if self.line else "") + ": "
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Every mistake found in one job file, in the file's order, as a linter reports them:
+    ``str()`` is one ``file:line: key: problem`` line for each (the first is also this error's
+    own ``message``, ``line`` and ``key``)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
 
 
 class CredentialsError(CollectorError, ValueError):

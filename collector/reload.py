@@ -158,8 +158,9 @@ class Reloader:
         try:
             new = self.load()
         except CollectorError as exc:
-            # The line `collector check` prints.
-            logger.error("error: %s; reload refused, nothing changed", exc)
+            # The lines `collector check` prints, one for each mistake.
+            for line in str(exc).splitlines():
+                logger.error("error: %s; reload refused, nothing changed", line)
             return False
         for warning in new.warnings:
             logger.warning("%s", warning)

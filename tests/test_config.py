@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import load, parse_duration
-from collector.errors import ConfigError
+from collector.errors import ConfigError, ConfigErrors
 
 SECRET = base64.b64encode(b"s" * 64).decode()
 
@@ -293,7 +293,11 @@ def test_an_unset_variable_is_an_error_naming_file_line_key_and_variable(tmp_pat
     """,
     )
     code, output = check(path, env={"KRAKEN_KEY": None, "KRAKEN_SECRET": None})
-    assert (code, output) == (2, f"error: {path}:4: kraken.key: ${{KRAKEN_KEY}} is not set\n")
+    assert (code, output) == (
+        2,
+        f"error: {path}:4: kraken.key: ${{KRAKEN_KEY}} is not set\n"
+        f"error: {path}:5: kraken.secret: ${{KRAKEN_SECRET}} is not set\n",
+    )
 
 
 @pytest.mark.parametrize(
@@ -339,3 +343,159 @@ def test_defaults_and_empty_variables(tmp_path: Path) -> None:
     # its default when it has one (D, as in the shell).
     config = load(path, environ={"C": "", "D": "", "E": "set"})
     assert [j.params["pair"] for j in config.jobs] == ["", "x", "xy", "z", "set"]
+
+
+def test_check_reports_every_mistake_one_line_each_in_file_order(tmp_path: Path) -> None:
+    """A file with five mistakes in five places takes one round, not five: a line for each, as
+    a linter, and no second line for what a first one already says (a misspelt `every` is not
+    also a job without a schedule)."""
+    path = write(
+        tmp_path,
+        """
+        database: sqlite:///x.db
+        failover: 2x
+        jobs:
+          ticker:
+            method: Ticker
+            params: {pair: XBTUSD, cont: 1}
+            evry: 30s
+          candles:
+            method: OHLC
+            params: {pair: XBTUSD, interval: 7}
+            every: 1h
+            raw: maybe
+          ok: {method: Time, every: 1m}
+        valuation: {quote: "U S D"}
+        """,
+    )
+    code, output = check(path)
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: {path}:2: failover: bad duration '2x': use 30s, 5m, 1h, 1d or combinations "
+        "such as 1h30m",
+        f"error: {path}:6: jobs.ticker.params.cont: Ticker has no parameter 'cont'; it takes "
+        "asset_class, pair",
+        f"error: {path}:7: jobs.ticker.evry: unknown key; did you mean 'every'?",
+        f"error: {path}:10: jobs.candles.params.interval: 7 is not one Kraken takes: use one "
+        "of 1, 5, 15, 30, 60, 240, 1440, 10080, 21600 (minutes)",
+        f"error: {path}:12: jobs.candles.raw: must be true or false",
+        f"error: {path}:14: valuation.quote: must be the name of the currency to value "
+        "balances in, such as USD, EUR or XBT (Kraken's asset code or altname), not 'U S D'",
+    ]
+    # load() raises them together: run, status, export and a reload print the same lines.
+    run = CliRunner().invoke(main, ["run", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
+    assert run.exit_code == 2 and run.output == output
+    with pytest.raises(ConfigErrors) as raised:
+        load(path, environ={})
+    assert [f"error: {line}" for line in str(raised.value).splitlines()] == output.splitlines()
+    assert [e.line for e in raised.value.errors] == [2, 6, 7, 10, 12, 14]
+
+
+def test_a_misspelt_method_or_jobs_key_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs:\n  t: {methd: Time, every: 1m}\n  u: {method: Time, evry: 1m}\n")
+    code, output = check(path)
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: {path}:2: jobs.t.methd: unknown key; did you mean 'method'?",
+        f"error: {path}:3: jobs.u.evry: unknown key; did you mean 'every'?",
+    ]
+    path = write(tmp_path, "jbos:\n  t: {method: Time, every: 1m}\n")
+    assert check(path)[1].splitlines() == [
+        f"error: {path}:1: jbos: unknown key; did you mean 'jobs'?"
+    ]
+
+
+def test_a_broken_account_does_not_make_its_jobs_mistakes_too(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        kraken:
+          key: abc
+          secret: "not base64!"
+        accounts:
+          main: {key_file: nowhere.key, tier: sarter}
+        jobs:
+          b: {method: Balance, account: main, every: 1h}
+          l: {method: Ledgers, account: main, every: 0s}
+        """,
+    )
+    code, output = check(path)
+    assert code == 2
+    lines = output.splitlines()
+    assert [line.split(": ", 3)[2] for line in lines] == [
+        "kraken.key",
+        "kraken.secret",  # not base64
+        "kraken.secret",  # and in the wrong place
+        "accounts.main.tier",
+        "accounts.main.key_file",
+        "jobs.l.every",
+    ], output
+
+
+FAKE_KEY = base64.b64encode(b"k" * 42).decode()  # 56 characters, as Kraken's keys
+FAKE_SECRET = base64.b64encode(b"s" * 64).decode()  # 88 characters, 64 bytes, as its secrets
+
+
+@pytest.mark.parametrize("where", ["key_file", "yaml", "environment"])
+def test_a_key_and_secret_swapped_are_one_line_that_says_so(tmp_path: Path, where: str) -> None:
+    head = {
+        "key_file": "kraken:\n  key_file: kraken.key\n",
+        "yaml": f"kraken:\n  key: {FAKE_SECRET}\n  secret: {FAKE_KEY}\n",
+        "environment": "kraken:\n  url: https://api.kraken.com\n",
+    }[where]
+    (tmp_path / "kraken.key").write_text(f"{FAKE_SECRET}\n{FAKE_KEY}\n")
+    (tmp_path / "kraken.key").chmod(0o600)
+    path = write(tmp_path, head + "jobs:\n  b: {method: Balance, every: 1h}\n")
+    env = {"KRAKEN_API_KEY": FAKE_SECRET, "KRAKEN_API_SECRET": FAKE_KEY}
+    code, output = check(path, env=env if where == "environment" else None)
+    assert code == 2
+    expected = {
+        "key_file": ":2: kraken.key_file: the key file holds the secret on line 1 and the key "
+        "on line 2",
+        "yaml": ":2: kraken.key: kraken.key holds the secret and kraken.secret the key",
+        "environment": ":1: kraken.key: $KRAKEN_API_KEY holds the secret and $KRAKEN_API_SECRET "
+        "the key",
+    }[where]
+    assert output.splitlines() == [
+        f"error: {path}{expected} (a secret is 88 characters of base64, a key 56: here the "
+        "other way round); swap them, or every private call fails with EAPI:Invalid key"
+    ]
+    assert FAKE_SECRET not in output and FAKE_KEY not in output
+
+
+def test_keys_the_right_way_round_and_the_fakes_keys_pass(tmp_path: Path) -> None:
+    from collector.testing.fake_exchange import new_key_file
+
+    for key, secret in (
+        (FAKE_KEY, FAKE_SECRET),
+        new_key_file(str(tmp_path / "fake.key")),
+        ("KEY", SECRET),  # the tests' short keys are not judged
+        (SECRET, SECRET),  # nor a key beside a secret of the same shape
+    ):
+        path = write(
+            tmp_path,
+            f"kraken:\n  key: {key}\n  secret: {secret}\njobs:\n  b: {{method: Balance, every: 1h}}\n",
+        )
+        code, output = check(path)
+        assert code == 0, output
+
+
+def test_every_unset_variable_is_a_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        database: ${DB_URL}
+        kraken:
+          key: ${MY_KEY}
+          secret: ${MY_SECRET}
+        jobs:
+          b: {method: Balance, every: 1h}
+        """,
+    )
+    code, output = check(path)
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: {path}:1: database: ${{DB_URL}} is not set",
+        f"error: {path}:3: kraken.key: ${{MY_KEY}} is not set",
+        f"error: {path}:4: kraken.secret: ${{MY_SECRET}} is not set",
+    ]

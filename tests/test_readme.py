@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
@@ -14,6 +23,7 @@ from collector.cli import main
 from collector.config import load
 from collector.service import Service
 
+from .helpers import wait_for
 from .test_service import job_file
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -225,3 +235,250 @@ def test_help_shows_examples_and_every_fault_kind() -> None:
         assert result.exit_code == 0 and "Example:" in result.output, command
     help_ = CliRunner().invoke(main, ["fake-exchange", "--help"]).output
     assert FAULT_KINDS and all(kind in help_ for kind in FAULT_KINDS)
+
+
+# -- the README's afternoon, as one script --------------------------------------------------------
+
+
+def _section(start: str, end: str) -> str:
+    text_ = README.read_text()
+    return text_[text_.index(start) : text_.index(end)]
+
+
+def _commands(section: str) -> list[str]:
+    """The shell lines of ``section``'s ```sh blocks, their trailing comments dropped."""
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Shell:
+    """A new user's terminal: the README's lines run by bash in their checkout."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home, self.env = home, env
+
+    def run(self, line: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", line],
+            cwd=self.home,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, line: str, timeout: float = 120) -> str:
+        done = self.run(line, timeout)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        return done.stdout
+
+    @contextlib.contextmanager
+    def background(self, line: str) -> Iterator[subprocess.Popen[str]]:
+        """``line`` running until Ctrl-C (SIGINT), which must stop it cleanly."""
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {line}"],
+            cwd=self.home,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            yield proc
+            proc.send_signal(signal.SIGINT)
+            output, _ = proc.communicate(timeout=60)
+            assert proc.returncode in (0, 130), (line, output)
+            assert "Traceback" not in output, output
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _rows(url: str, query: str) -> list[Any]:
+    """``query``'s rows; none while the service has not made the database or its tables (a
+    SQLite file is never created here: the service makes it, with its own mode)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        return []
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query)).all())
+    except DBAPIError:
+        return []
+    finally:
+        engine.dispose()
+
+
+# Paced as a real account is (the starter tier's budget: the backfill, then `run --once`): minutes.
+@pytest.mark.timeout(600)
+def test_the_readmes_afternoon_runs_as_written(
+    tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> None:
+    """A new user's afternoon from the README alone, its commands parsed from its own text and
+    run by bash, against the README's own fake exchange: the quick start, the offline tour with
+    its fault, going live (the key file, check --online, run), then the tax file, the chart and
+    verify; the live database on SQLite and on PostgreSQL."""
+    on_postgres = database_url.startswith("postgresql")
+    root = README.parent
+    home = tmp_path / "checkout"
+    (home / "examples").mkdir(parents=True)
+    port = _free_port()
+    fake_url = f"http://127.0.0.1:{port}"
+    # The job files as shipped, but for the exchange's address: this fake, on a port of its own.
+    (home / "jobs.yaml").write_text(
+        (root / "jobs.yaml").read_text().replace("https://api.kraken.com", fake_url)
+    )
+    (home / "examples" / "offline.yaml").write_text(
+        (root / "examples" / "offline.yaml").read_text().replace("http://127.0.0.1:8765", fake_url)
+    )
+    assert fake_url in (home / "jobs.yaml").read_text()
+    assert fake_url in (home / "examples" / "offline.yaml").read_text()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HOME": str(tmp_path / "home"),
+        "LANG": "C.UTF-8",
+    }
+    shell = _Shell(home, env)
+
+    # -- Quick start ------------------------------------------------------------------------------
+    quick = _commands(_section("## Quick start", "## Try it offline"))
+    assert quick[0] == "python3 -m venv .venv && . .venv/bin/activate"  # before any pip
+    install, run = quick[1].split(" && ")
+    assert install == "python -m pip install ." and run == "collector run jobs.yaml"
+    if not on_postgres:
+        # The install as written, into a venv of the checkout (what the Dockerfile COPYs); every
+        # command below then runs the collector installed there.
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, home)
+        for name in ("collector", "migrations"):
+            shutil.copytree(root / name, home / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shell.ok(f"{quick[0]} && {install} && collector --version", timeout=600)
+        shell.env["PATH"] = f"{home / '.venv' / 'bin'}:{env['PATH']}"
+        assert shell.ok("command -v collector").strip() == str(home / ".venv" / "bin" / "collector")
+    (query,) = [line for line in quick if line.startswith("sqlite3 collector.db")]
+    assert quick[3].startswith("python -m pip install -e '.[dev]' && python -m pytest")
+
+    offline = _commands(_section("## Try it offline", "## Going live"))
+    serve = offline[0].removesuffix("&").strip()
+    assert serve == "collector fake-exchange --key-file examples/fake.key"
+    with shell.background(f"{serve} --port {port}"):
+        wait_for(lambda: (home / "examples" / "fake.key").exists() and _listening(port))
+        if not on_postgres:
+            with shell.background(run):
+                wait_for(lambda: shell.run(query).stdout.count("\n") >= 2)  # both pairs priced
+            # -- Try it offline ---------------------------------------------------------------
+            assert offline[1] == "collector run examples/offline.yaml"
+            curl = offline[3].replace("http://127.0.0.1:8765", fake_url)
+            failures = offline[4]
+            assert curl.startswith("curl -X POST") and failures.startswith("sqlite3 examples/")
+            with shell.background(offline[1]):
+                wait_for(lambda: "ticker|ok" in shell.run(_ok_runs("examples/offline.db")).stdout)
+                shell.ok(curl)
+                wait_for(lambda: "ticker|kraken_error|" in shell.run(failures).stdout)
+        else:
+            pg = offline[2]
+            assert pg.startswith("collector run --db postgresql+psycopg://you@localhost/kraken ")
+            pg = pg.replace("postgresql+psycopg://you@localhost/kraken", database_url)
+            with shell.background(pg):
+                wait_for(lambda: _rows(database_url, "SELECT 1 FROM ledger LIMIT 1") != [])
+            # Step 4 of going live: a fresh database.
+            database_url = request.getfixturevalue("postgres").new_database()
+
+        # -- Going live: the key file, check --online, run ----------------------------------------
+        live_text = _section("## Going live", "## The job file")
+        (live_yaml,) = [
+            b for b in re.findall(r"```yaml\n(.*?)```", live_text, re.DOTALL) if "# live.yaml" in b
+        ]
+        live_yaml = live_yaml.replace("kraken:\n", f"kraken:\n  url: {fake_url}\n", 1)
+        if on_postgres:
+            live_yaml = live_yaml.replace("sqlite:///kraken.db", database_url)
+        else:
+            database_url = f"sqlite:///{home / 'kraken.db'}"
+        (home / "live.yaml").write_text(live_yaml)
+        # The fake's key stands in for the one made on Kraken, saved as the README says.
+        (home / "kraken.key").write_text((home / "examples" / "fake.key").read_text())
+        steps = re.findall(
+            r"`((?:chmod|collector) [^`]*live\.yaml|chmod 600 kraken\.key)`", live_text
+        )
+        assert steps == [
+            "chmod 600 kraken.key",
+            "collector check --online live.yaml",
+            "collector run live.yaml",
+        ]
+        shell.ok(steps[0])
+        assert (home / "kraken.key").stat().st_mode & 0o777 == 0o600
+        checked = shell.run(steps[1])
+        assert checked.returncode == 0 and "warning" not in checked.stderr, checked
+        history = ("ledger", "fills", "orders")
+        with shell.background(steps[2]):
+            wait_for(
+                lambda: (
+                    {job for (job,) in _rows(database_url, _OK_JOBS)}
+                    >= {*history, "candles", "prices"}
+                ),
+                timeout=180,
+            )
+        # A snapshot now (balances runs hourly): the commands table's `run --once`.
+        commands = _section("## Commands", "## Operations")
+        assert "`collector run --once jobs.yaml`" in commands
+        shell.ok("collector run --once live.yaml", timeout=180)
+        assert _rows(database_url, "SELECT count(*) FROM balances")[0][0] > 0
+
+    # -- The tax file, the chart, verify ----------------------------------------------------------
+    names = _section("### Names, views and exports", "### Portfolio value")
+    (tax,) = re.findall(
+        r"^(collector export ledger jobs\.yaml --format kraken -o ledgers\.csv)",
+        names,
+        re.MULTILINE,
+    )
+    shell.ok(tax.replace("jobs.yaml", "live.yaml"))
+    exported = (home / "ledgers.csv").read_text().splitlines()
+    (stored,) = _rows(database_url, "SELECT count(*) FROM ledger")[0]
+    assert stored > 0 and len(exported) == stored + 1
+    assert exported[0].startswith('"txid","refid","time"'), exported[0]
+
+    dashboard = _section("### Dashboard", "### Metrics and health")
+    assert "`collector dashboard jobs.yaml`" in dashboard and "--listen HOST:PORT" in commands
+    page_port = _free_port()
+    with shell.background(f"collector dashboard --listen 127.0.0.1:{page_port} live.yaml"):
+        wait_for(lambda: _listening(page_port))
+        page = requests.get(f"http://127.0.0.1:{page_port}/", timeout=30)
+    assert page.status_code == 200
+    portfolio = page.text.split('<section id="portfolio">', 1)[1].split("</section>", 1)[0]
+    assert "<svg" in portfolio, portfolio
+
+    assert "`collector verify [--json] [--account NAME] jobs.yaml`" in commands
+    verified = shell.run("collector verify live.yaml", timeout=180)
+    assert verified.returncode == 0, (verified.stdout, verified.stderr)
+
+
+_OK_JOBS = "SELECT DISTINCT job FROM runs WHERE status = 'ok'"
+
+
+def _ok_runs(db: str) -> str:
+    return f"sqlite3 {db} \"SELECT job, status FROM runs WHERE status = 'ok' AND job = 'ticker' LIMIT 1\""
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -56,14 +56,20 @@ def test_sighup_applies_the_new_job_file(tmp_path, fake, keypair, database_url) 
         assert pairs[0] == {"pair": "XBTUSD"} and pairs[-1] == {"pair": "ETHUSD"}
         wait_for(lambda: "reloaded: 2 jobs; added c; removed a; changed keep" in log.read_text())
 
-        # A file that no longer validates changes nothing, and says what `check` says.
-        write("c: {method: Assets, evry: 0.1s}")
+        # A file that no longer validates changes nothing, and says what `check` says: a line
+        # for each mistake.
+        write("c: {method: Assets, evry: 0.1s, raw: maybe}")
         check = CliRunner().invoke(main, ["check", str(path)], env={"COLLECTOR_DATABASE_URL": ""})
         assert check.exit_code == 2
-        line = check.output.strip()
-        assert line.startswith("error: ") and "jobs.c.evry: unknown key" in line
+        lines = check.output.strip().splitlines()
+        assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+        assert "jobs.c.evry: unknown key" in lines[0] and "jobs.c.raw: must be" in lines[1]
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: line in log.read_text())
+        wait_for(
+            lambda: all(
+                f"{line}; reload refused, nothing changed" in log.read_text() for line in lines
+            )
+        )
         before = count(database_url, "keep")
         wait_for(lambda: count(database_url, "keep") >= before + 3)  # still running as it was
 
@@ -72,6 +78,7 @@ def test_sighup_applies_the_new_job_file(tmp_path, fake, keypair, database_url) 
             path.read_text()
             .replace(database_url, f"sqlite:///{tmp_path / 'other.db'}")
             .replace("evry", "every")
+            .replace("maybe", "false")
             + "  d: {method: Time, every: 0.1s}\n"
         )
         proc.send_signal(signal.SIGHUP)
