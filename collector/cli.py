@@ -444,8 +444,11 @@ def check(jobfile: str, database: str | None, online: bool) -> None:
         )
         for a in config.accounts
     }
-    if [a.name for a in config.accounts] in ([], ["default"]) and not _named_accounts(config):
-        private = needs.get("default", 0.0)
+    if [a.name for a in config.accounts] in (
+        [],
+        [defaults.DEFAULT_ACCOUNT],
+    ) and not _named_accounts(config):
+        private = needs.get(defaults.DEFAULT_ACCOUNT, 0.0)
         click.echo(
             f"budget: private {private:.4g} calls/s of {k.tier.decay:g}/s ({k.tier_name}), "
             f"public {public:.4g} calls/s of {k.public_rate_limit.decay:g}/s"
@@ -465,7 +468,7 @@ def check(jobfile: str, database: str | None, online: bool) -> None:
     )
     for account in config.accounts:
         if needs[account.name] > account.tier.decay:
-            who = "" if account.name == "default" else f"account {account.name} "
+            who = "" if account.name == defaults.DEFAULT_ACCOUNT else f"account {account.name} "
             click.echo(
                 f"warning: {who}needs {needs[account.name]:.2g} private calls/s, "
                 f"{account.tier_name} allows {account.tier.decay:g}/s; runs will be late",
@@ -524,7 +527,9 @@ def _check_pairs(config: Config) -> None:
 
 def _named_accounts(config: Config) -> bool:
     """Whether the file has an ``accounts:`` section (else one account from ``kraken:``)."""
-    return any(a.name != "default" for a in config.accounts) or len(config.accounts) > 1
+    return (
+        any(a.name != defaults.DEFAULT_ACCOUNT for a in config.accounts) or len(config.accounts) > 1
+    )
 
 
 def _check_database(config: Config) -> None:

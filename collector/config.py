@@ -899,7 +899,7 @@ class _Builder:
                 return ()
             return (
                 Account(
-                    "default",
+                    defaults.DEFAULT_ACCOUNT,
                     kraken.key,
                     kraken.secret,
                     kraken.tier,

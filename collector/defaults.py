@@ -152,6 +152,10 @@ STATE_FILE_MAX_BYTES = 64 * 1024
 #: said once, but a value rewritten wrong at every turn must not grow that memory for months.
 STATE_WARNINGS_KEPT = 1_000
 
+#: The name of the implicit account: a job file's top-level key (``kraken.key`` / ``key_file``)
+#: with no ``accounts:`` section; rows of its private jobs carry it in their ``account`` column.
+DEFAULT_ACCOUNT = "default"
+
 #: How soon a standby takes over an account whose holder is gone (seconds): the holder's lease on
 #: the account lasts this long and is renewed every fifth of it.
 FAILOVER = 15.0

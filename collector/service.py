@@ -142,7 +142,9 @@ class Service:
         self.store = store or Store.from_url(config.database, datasets)
         if api is not None:
             self.public_api = api
-            names = [a.name for a in config.accounts] or (["default"] if api.key else [])
+            names = [a.name for a in config.accounts] or (
+                [defaults.DEFAULT_ACCOUNT] if api.key else []
+            )
             self.apis = {name: api for name in names}
         else:
             self.public_api = build_api(config.kraken, cancel=self.stopping)
@@ -219,7 +221,7 @@ class Service:
         # Metrics count the waits (the clients stay metrics-free): the public budget, and each
         # account's counter ("private" for the one account of a file without accounts:).
         limiters = [("public", self.public_api.public_limiter)] + [
-            ("private" if name == "default" else f"private:{name}", client.limiter)
+            ("private" if name == defaults.DEFAULT_ACCOUNT else f"private:{name}", client.limiter)
             for name, client in self.apis.items()
         ]
         for name, limiter in limiters:
@@ -511,7 +513,7 @@ def clock_offset(unixtime: int, before: float, after: float) -> float:
 
 def mark_name(account: str) -> str:
     """The ``collector_state`` row of an account's nonce mark (``default`` keeps the old name)."""
-    return NONCE_KEY if account == "default" else f"{NONCE_KEY}:{account}"
+    return NONCE_KEY if account == defaults.DEFAULT_ACCOUNT else f"{NONCE_KEY}:{account}"
 
 
 def _sent_level(limiter: RateLimiter) -> tuple[float, int]:

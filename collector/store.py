@@ -465,7 +465,7 @@ class Store:
                 # Tables of account data say whose each row is (the run's account).
                 extra: dict[str, Any] = {"run_id": run_id}
                 if "account" in dataset.table.c:
-                    extra["account"] = record.account or "default"
+                    extra["account"] = record.account or defaults.DEFAULT_ACCOUNT
                 by_table.setdefault(name, []).extend({**row, **extra} for row in rows)
                 written.setdefault(name, []).append((record, run_id))
         added: Counter[int] = Counter()

@@ -600,7 +600,7 @@ class Valuation:
             Value(
                 r[0],
                 r[1],
-                r[2] or "default",
+                r[2] or defaults.DEFAULT_ACCOUNT,
                 r[3],
                 self.quote,
                 Decimal(0),
@@ -609,7 +609,7 @@ class Valuation:
                 self.max_price_age,
             )
             for r in conn.execute(query)
-            if accounts is None or (r[2] or "default") in accounts
+            if accounts is None or (r[2] or defaults.DEFAULT_ACCOUNT) in accounts
         ]
 
 

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from . import defaults
 from .config import Job
 from .events import BatchStored, Events, LedgerVerified, Reloaded
 from .health import utcnow
@@ -97,7 +98,7 @@ class Verifier:
             cursor = record.cursor
             # A finished window moved the ledger's horizon; the pages of one did not.
             if record.dataset == "ledger" and isinstance(cursor, dict) and not cursor.get("window"):
-                marked.add(record.account or "default")
+                marked.add(record.account or defaults.DEFAULT_ACCOUNT)
         if marked:
             with self._cond:
                 self._dirty |= marked & set(self._scopes)

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Column, ForeignKey, Index, String, Table
 
+from .. import defaults
 from ..errors import BadResponse
 from ..numbers import NumberError, parse_decimal
 from ..records import RunRecord
@@ -20,7 +21,7 @@ table = Table(
     Column("job", String(200), nullable=False),
     Column("taken_at", UTCDateTime(), nullable=False),
     Column("amount", ExactDecimal(), nullable=False),
-    Column("account", String(64), nullable=False, server_default="default"),
+    Column("account", String(64), nullable=False, server_default=defaults.DEFAULT_ACCOUNT),
 )
 Index("ix_balances_asset_taken_at", table.c.asset, table.c.taken_at)
 # Verification finds the snapshots taken since its last pass (0007).
