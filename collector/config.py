@@ -1223,11 +1223,14 @@ class _Builder:
         # The schedule, then each option: a mistake in one does not hide one in the next.
         opts: dict[str, Any] = self.attempt(lambda: self.schedule(name, jobs, path), {})
         opts.update(self.job_options(method, spec, path, kraken, opts))
+        # A timezone that is not text was reported by schedule(); str() of it could be an alias
+        # bomb's billion items (a stand-in is never used: config() raises).
+        timezone = spec.get("timezone", "UTC")
         job = Job(
             name=str(name),
             method=method,
             params=dict(params),
-            timezone=str(spec.get("timezone", "UTC")),
+            timezone=timezone if isinstance(timezone, str) else "UTC",
             line=jobs.lines.get(name, 0),
             **opts,
         )

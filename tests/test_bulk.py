@@ -65,12 +65,13 @@ def run(job: str = "t", rows: dict | None = None, **kw) -> RunRecord:
 
 
 def trade_rows(first: int, count: int, pair: str = "XXBTZUSD") -> list[dict]:
-    """Trades as the dataset reads them from Kraken's answer: 7-decimal times, long decimals."""
+    """Trades as the dataset reads them from Kraken's answer: 7-decimal times, long decimals
+    (past a float's and Decimal's default 28 digits, within the 40 any number may have)."""
     answer = {
         pair: [
             [
-                f"{i}.{'0' * 30}{i:09d}",  # 40 decimals
-                f"{10**28 + i}.12345678901234567890",  # 29 digits before the point, 20 after
+                f"{i}.{'0' * 25}{i:09d}",  # 34 decimals
+                f"{10**18 + i}.12345678901234567890",  # 19 digits before the point, 20 after
                 f"1688669448.{i % 10_000_000:07d}",  # Kraken's 7 decimals
                 "b" if i % 2 else "s",
                 "l" if i % 3 else "m",
@@ -113,7 +114,7 @@ def test_values_come_back_exactly(store, statements) -> None:
     assert [_exact(g) for g in got] == [_exact(w) for w in want]
     assert all(g[2].tzinfo is not None and g[2].utcoffset() == timedelta(0) for g in got)
     assert {g[7] for g in got} == set(ODD)  # every odd text, byte for byte
-    assert str(got[0][3]) == "1." + "0" * 30 + "000000001"
+    assert str(got[0][3]) == "1." + "0" * 25 + "000000001"
     if store.engine.dialect.name == "postgresql":
         copied, bound = dataset_writes(statements)
         assert copied == ["trades"] and bound == []
