@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import defaults
+from . import datasets, defaults
 from .config import Job
 from .errors import Status
 from .events import (
@@ -104,28 +104,9 @@ def verdict(
 
 
 def cursor_time(dataset: str, cursor: Any) -> datetime | None:
-    """Up to when a dataset's stored cursor says it has collected (None: not known yet).
-
-    The private histories keep ``{"done": seconds, "window": ...}``; ``trades`` keeps Kraken's
-    ``last`` in nanoseconds (as text); ``ohlc`` and ``spread`` keep ``last`` in seconds."""
-    try:
-        if isinstance(cursor, dict):
-            done = cursor.get("done")
-            seconds = None if done is None else float(done)
-        elif cursor is None or isinstance(cursor, bool):
-            seconds = None
-        elif dataset == "trades":
-            seconds = int(cursor) / 1e9
-        else:
-            seconds = float(cursor)
-    except (TypeError, ValueError):
-        return None
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):  # a cursor an older collector stored unbounded
-        return None
+    """Up to when a dataset's stored cursor says it has collected (None: not known yet), as the
+    dataset of that name reads its cursor (:meth:`collector.datasets.Dataset.cursor_time`)."""
+    return datasets.cursor_time(dataset, cursor)
 
 
 def utcnow() -> datetime:

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from .config import Job, parse_listen
-from .datasets import Dataset
+from .datasets import DEFAULT, Dataset
 from .errors import CollectorError
 from .events import (
     BatchStored,
@@ -46,7 +46,7 @@ from .events import (
     Reloaded,
     RunFinished,
 )
-from .health import Health, cursor_time, utcnow
+from .health import Health, utcnow
 from .listener import Answer, Listener, Route
 from .nonce import UNITS
 from .writer import State
@@ -115,6 +115,7 @@ class Metrics:
     :param spooled: runs waiting in the spool, read when scraped
     :param nonce: the highest nonce issued, read when scraped (None: no key, no nonce metric)
     :param nonce_unit: ``ms``, ``us`` or ``ns``
+    :param datasets: the datasets whose cursors stored runs carry (each reads its own as a time)
     """
 
     def __init__(
@@ -125,7 +126,9 @@ class Metrics:
         spooled: Callable[[], int],
         nonce: Callable[[], int] | None = None,
         nonce_unit: str = "ms",
+        datasets: Iterable[Dataset] = DEFAULT,
     ) -> None:
+        self._datasets = {dataset.name: dataset for dataset in datasets}
         # No `_created` series: a second series for every counter, which nothing here reads
         # (process-wide in prometheus_client; this process is ours).
         disable_created_metrics()
@@ -231,8 +234,9 @@ class Metrics:
                     if child is None:
                         child = self._rows[table] = self.rows.labels(table)
                     child.inc(len(rows))
-            if record.dataset and record.cursor is not None:
-                at = cursor_time(record.dataset, record.cursor)
+            dataset = self._datasets.get(record.dataset) if record.dataset else None
+            if dataset is not None and record.cursor is not None:
+                at = dataset.cursor_time(record.cursor)
                 if at is not None:
                     self.cursor(record.job, at)
 
@@ -395,7 +399,12 @@ class Monitor:
         self.listen = address
         self.jobs = tuple(jobs)
         self.metrics = Metrics(
-            events, pending=pending, spooled=spooled, nonce=nonce, nonce_unit=nonce_unit
+            events,
+            pending=pending,
+            spooled=spooled,
+            nonce=nonce,
+            nonce_unit=nonce_unit,
+            datasets=datasets.values(),
         )
         self.metrics.describe(jobs)
         if keys is not None:
@@ -436,7 +445,7 @@ class Monitor:
             if dataset is None or not dataset.incremental:
                 continue
             try:
-                at = cursor_time(dataset.name, self._load_cursor(job.name, dataset.name))
+                at = dataset.cursor_time(self._load_cursor(job.name, dataset.name))
             except Exception as exc:  # the database may be down; the first run sets it then
                 logger.warning(
                     "metrics: cannot read %s's cursor (%s)", job.name, type(exc).__name__

@@ -2,9 +2,9 @@
 
 ``retention: {runs: 90d}`` keeps 90 days of ``runs``; a job's own ``jobs.NAME.retention: 30d``
 applies to its runs instead. A run's ``balances`` and ``ticker`` rows go with it (their foreign
-keys cascade). Dataset tables (ledger, my_trades, orders, trades, ohlc, spread) are kept unless
-``retention`` names them, by their time column (orders: ``closetm``). Without ``retention``
-nothing is deleted.
+keys cascade). The prunable dataset tables (``Dataset.prunable``: ledger, my_trades, orders, trades,
+ohlc, spread) are kept unless ``retention`` names them, by their ``Dataset.time_column`` (orders:
+``closetm``). Without ``retention`` nothing is deleted.
 
 A background thread prunes once shortly after start, then every hour, in batches of 500 rows per
 transaction, so the writer is never held up for long (SQLite is in WAL mode: readers are never
@@ -18,25 +18,16 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Table, delete, literal_column, select
+from sqlalchemy import ColumnElement, delete, literal_column, select
 
 from . import defaults
 from .config import Config, format_duration
+from .datasets import Dataset
 from .health import utcnow
 from .schema import runs
 from .store import Store
 
 logger = logging.getLogger(__name__)
-
-#: Each dataset table's time column, by which ``retention`` ages its rows.
-TIME_COLUMNS = {
-    "ledger": "time",
-    "my_trades": "time",
-    "orders": "closetm",
-    "trades": "time",
-    "ohlc": "time",
-    "spread": "time",
-}
 
 
 class Retention:
@@ -128,7 +119,7 @@ class Retention:
             if table == "runs":
                 continue
             cut = now - timedelta(seconds=seconds)
-            deleted[table] = self._rows(self.store.datasets[table].table, table, cut)
+            deleted[table] = self._rows(self.store.datasets[table], cut)
         done = {table: n for table, n in deleted.items() if n}
         if done:
             logger.info(
@@ -142,13 +133,15 @@ class Retention:
         oldest = select(runs.c.id).where(condition).order_by(runs.c.id).limit(self.batch)
         return self._batches(delete(runs).where(runs.c.id.in_(oldest)))
 
-    def _rows(self, table: Table, name: str, cut: datetime) -> int:
+    def _rows(self, dataset: Dataset, cut: datetime) -> int:
         """Delete a dataset table's rows older than ``cut``, a batch per transaction (by the row's
         physical id: the tables' keys are composite)."""
         rid: ColumnElement[object] = literal_column(
             "rowid" if self.store.engine.dialect.name == "sqlite" else "ctid"
         )
-        column = table.c[TIME_COLUMNS[name]]
+        table = dataset.table
+        assert dataset.prunable and dataset.time_column, f"{dataset.name} is not prunable"
+        column = table.c[dataset.time_column]
         batch = select(rid).select_from(table).where(column < cut).limit(self.batch)
         return self._batches(delete(table).where(rid.in_(batch)))
 

@@ -1,5 +1,8 @@
 """When jobs run: APScheduler 3 triggers, phases, and an executor that says when a run was due.
 
+Only public APScheduler 3 API is used, except one abstract method :class:`RunExecutor` must
+define (see there); ``tests/test_schedule.py`` holds APScheduler to what this module relies on.
+
 What happens to a run that is late or missed (the surprising part):
 
 * **Interval jobs also run once at start**, and so do cron jobs that have **never succeeded**
@@ -34,9 +37,14 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
-from apscheduler.executors.base import BaseExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_SUBMITTED,
+    EVENT_SCHEDULER_STARTED,
+    JobSubmissionEvent,
+)
+from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
+from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -120,7 +128,15 @@ def _cron_rate_at(expression: str, timezone: str, now: datetime) -> float:
 
 
 class RunExecutor(BaseExecutor):
-    """A thread pool that calls each due job as ``func(*args, scheduled_at=<its due time>)``.
+    """The one adapter between APScheduler 3 and a run: a thread pool that calls each due job as
+    ``func(*args, scheduled_at=<its due time>)``.
+
+    APScheduler 3 never hands a job its due time; it hands every due time of a job to the
+    executor, through the executor's public ``submit_job(job, run_times)``. This executor takes
+    them there (overriding that public method whole, instance counting included), so no private
+    method of APScheduler is called or overridden. The one private name is
+    ``BaseExecutor._do_submit_job``: abstract, so it must be defined, and never called.
+    ``tests/test_schedule.py`` fails the day an APScheduler release changes any of this.
 
     It also does the coalescing itself (the jobs are added with ``coalesce=False``) so that it can
     log how many due times were folded into one run.
@@ -129,48 +145,55 @@ class RunExecutor(BaseExecutor):
     def __init__(self, workers: int) -> None:
         super().__init__()
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="collector-run")
+        self._running: dict[str, int] = {}  # runs in flight by job id (``max_instances``)
+        self._running_lock = threading.Lock()
 
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+    def submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        """Run ``job`` once, stamped with the latest of its ``run_times``; a job already running
+        ``max_instances`` times raises, and the scheduler publishes ``EVENT_JOB_MAX_INSTANCES``."""
+        with self._running_lock:
+            if self._running.get(job.id, 0) >= job.max_instances:
+                raise MaxInstancesReachedError(job)
+            self._running[job.id] = self._running.get(job.id, 0) + 1
         if len(run_times) > 1:
             logger.warning(
                 "job %s: %d runs came due while it was late; running once (coalesced)",
                 job.id,
                 len(run_times),
             )
-        future = self._threads.submit(job.func, *job.args, scheduled_at=run_times[-1])
-        future.add_done_callback(lambda f: self._finished(job.id, f))
+        try:
+            future = self._threads.submit(job.func, *job.args, scheduled_at=run_times[-1])
+        except BaseException:  # the pool is shut down: the run never starts
+            self._release(job.id)
+            raise
+        future.add_done_callback(functools.partial(self._finished, job.id))
+
+    def _release(self, job_id: str) -> None:
+        with self._running_lock:
+            left = self._running.get(job_id, 0) - 1
+            if left > 0:
+                self._running[job_id] = left
+            else:
+                self._running.pop(job_id, None)
 
     def _finished(self, job_id: str, future: Future[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self._run_job_error(job_id, exc, exc.__traceback__)
-        else:
-            self._run_job_success(job_id, [])
+        self._release(job_id)
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:  # a run records its own failures: one that raises is a bug
+            logger.error(
+                "job %s: its run raised", job_id, exc_info=(type(exc), exc, exc.__traceback__)
+            )
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        """Abstract in ``BaseExecutor``; never called, :meth:`submit_job` does the submitting."""
+        raise NotImplementedError("RunExecutor.submit_job submits")
 
     def shutdown(self, wait: bool = True) -> None:
         self._threads.shutdown(wait)
 
 
-class _Scheduler(BackgroundScheduler):
-    """APScheduler's background scheduler, whose thread cannot die unnoticed: if its loop ever
-    raises (a trigger computing a date out of range, a bug), ``on_death`` is told, so the service
-    stops and exits non-zero instead of living on with no job running."""
-
-    def __init__(self, on_death: Callable[[str], None], **options: Any) -> None:
-        super().__init__(**options)
-        self.on_death = on_death
-
-    def _main_loop(self) -> None:
-        try:
-            super()._main_loop()
-        except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.critical("the scheduler's thread died (%s); no job runs: stopping", reason)
-            self.on_death(reason)
-
-
 class Schedule:
-    """The jobs on an APScheduler background scheduler, each run handed to ``run``.
+    """The jobs on an APScheduler scheduler in a thread of its own, each run handed to ``run``.
 
     :param run: called as ``run(job, scheduled_at=...)`` in a worker thread
     :param on_death: called with the reason if the scheduler's thread ever dies
@@ -191,7 +214,8 @@ class Schedule:
         self._workers = workers
         self._on_death = on_death or (lambda reason: None)
         self._last_success = last_success
-        self._scheduler: BackgroundScheduler | None = None
+        self._scheduler: BlockingScheduler | None = None
+        self._thread: threading.Thread | None = None
         self._skipping: set[str] = set()  # jobs whose skipped runs were said since they ran
         self._skip_lock = threading.Lock()
         #: why the scheduler's thread died, or None while it lives
@@ -202,24 +226,55 @@ class Schedule:
         self._on_death(reason)
 
     def start(self) -> None:
-        """Add the jobs and start the scheduler thread; interval jobs run once now."""
-        scheduler = _Scheduler(
-            self._died,
+        """Add the jobs and start the scheduler thread; interval jobs run once now.
+
+        The scheduler is APScheduler's ``BlockingScheduler``, whose public ``start()`` runs its loop
+        in the calling thread: called in a thread of ours, the loop's death is an exception we
+        catch (``on_death``), which no public hook of the background scheduler tells."""
+        scheduler = BlockingScheduler(
             executors={"default": RunExecutor(self._workers)},
             job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._submitted, EVENT_JOB_SUBMITTED)
+        started = threading.Event()
+        scheduler.add_listener(lambda _event: started.set(), EVENT_SCHEDULER_STARTED)
         now = datetime.now(UTC)
         offsets = phases(self.jobs)
         for job in self.jobs:
             self._add(scheduler, job, now, offsets.get(job.name, timedelta(0)))
         self._scheduler = scheduler
-        scheduler.start()
+        refused: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._loop, args=(scheduler, started, refused), name="APScheduler", daemon=True
+        )
+        self._thread.start()
+        started.wait()
+        if refused:  # it did not start (a job it could not add): the caller's error, as before
+            self._thread.join()
+            self._scheduler = None
+            raise refused[0]
+
+    def _loop(
+        self, scheduler: BlockingScheduler, started: threading.Event, refused: list[BaseException]
+    ) -> None:
+        """The scheduler's thread: its loop until :meth:`shutdown`. If the loop ever raises (a
+        trigger computing a date out of range, a bug), ``on_death`` is told, so the service stops
+        and exits non-zero instead of living on with no job running."""
+        try:
+            scheduler.start()
+        except BaseException as exc:
+            if not started.is_set():
+                refused.append(exc)
+                started.set()
+                return
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.critical("the scheduler's thread died (%s); no job runs: stopping", reason)
+            self._died(reason)
 
     def _add(
-        self, scheduler: BackgroundScheduler, job: Job, now: datetime, offset: timedelta
+        self, scheduler: BlockingScheduler, job: Job, now: datetime, offset: timedelta
     ) -> None:
         options = {}
         if self._due_at_start(job):
@@ -318,6 +373,9 @@ class Schedule:
         if self.running:
             assert self._scheduler is not None
             self._scheduler.shutdown(wait=wait)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 class RunNow:

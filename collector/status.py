@@ -23,18 +23,14 @@ from sqlalchemy.engine import make_url
 
 from .config import Config, Job, format_duration
 from .datasets import for_method
-from .health import Paging, cursor_time, interval, stale_after, verdict
+from .health import Paging, interval, stale_after, verdict
 from .keystate import KeyBudget
 from .pairs import same
 from .ratelimit import sent_level
-from .retention import TIME_COLUMNS
 from .sanitize import text
 from .schema import cursors, ledger_verification, runs
 from .store import Store
 from .verify import status as verification
-
-#: The time column of the snapshot tables, which keep no history of their own.
-SNAPSHOT_TIME = {"balances": "taken_at", "ticker": "taken_at"}
 
 
 def exists(config: Config) -> bool:
@@ -157,8 +153,8 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
     spreads, its pair's (and its interval's); and the job's cursor, with how far a history
     window being paged has got."""
     assert store is not None
-    table = store.datasets[name].table
-    column = TIME_COLUMNS.get(name) or SNAPSHOT_TIME.get(name)
+    dataset = store.datasets[name]
+    table, column = dataset.table, dataset.time_column
     query = select(func.count(), func.max(table.c[column]) if column else func.count())
     if name == "balances":
         query = query.where(table.c.job == job.name)
@@ -175,11 +171,11 @@ def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, A
             query = query.where(table.c.interval == int(job.params.get("interval") or 1))
     count, newest = conn.execute(query).one()
     out: dict[str, Any] = {"rows": count, "newest": _iso(newest) if column else None}
-    if store.datasets[name].incremental:
+    if dataset.incremental:
         value = conn.execute(
             select(cursors.c.value).where(cursors.c.job == job.name, cursors.c.dataset == name)
         ).scalar()
-        out["cursor"] = _iso(cursor_time(name, value))
+        out["cursor"] = _iso(dataset.cursor_time(value))
         window = value.get("window") if isinstance(value, dict) else None
         out["paging"] = window is not None
         if isinstance(window, dict) and isinstance(window.get("count"), int):

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from . import defaults
 from .chain import ZERO, Break, Chain, Entry, time_groups
 from .config import Job
+from .datasets import for_method
 from .datasets.balances import table as balances
 from .datasets.gaps import table as gaps
 from .datasets.history import ledger, my_trades, orders
@@ -61,7 +62,6 @@ _WHOLE = {
     "TradesHistory": {"type": "all"},
     "ClosedOrders": {},
 }
-_DATASETS = {"Ledgers": "ledger", "TradesHistory": "my_trades", "ClosedOrders": "orders"}
 
 
 # -- what the job file says ------------------------------------------------------------------
@@ -110,7 +110,7 @@ def scopes(
             narrowed.append("userref")
         if narrowed:
             notes.setdefault(job.account, []).append(
-                f"job {job.name} collects part of {_DATASETS[job.method]} ({', '.join(narrowed)}):"
+                f"job {job.name} collects part of {_named(job.method)} ({', '.join(narrowed)}):"
                 " not used to verify"
             )
             continue
@@ -141,6 +141,12 @@ def scopes(
             )
         )
     return out
+
+
+def _named(method: str) -> str:
+    """The table a job of ``method`` fills, as its dataset declares."""
+    dataset = for_method(method)
+    return dataset.name if dataset is not None else method
 
 
 def _since(jobs: Sequence[Job], pruned: bool) -> datetime | None:

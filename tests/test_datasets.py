@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from collector import config, datasets, methods
 from collector.config import load
 from collector.datasets.base import timestamp
 from collector.records import RunRecord
@@ -417,3 +418,54 @@ def test_stopping_in_the_middle_of_a_backfill_keeps_its_pages(tmp_path, database
         stored = [r[0] for r in rows(database_url, "SELECT ledger_id FROM ledger")]
         assert len(stored) == len(set(stored)) and set(stored) == set(fake.ledger())
         assert fake.calls["Ledgers"] == 40  # no stored page fetched again
+
+
+def test_each_dataset_declares_what_the_others_ask_of_it() -> None:
+    """The time column, retention eligibility and history flag are the datasets' own, and every
+    list the package used to keep by hand is read from them."""
+    for dataset in datasets.DEFAULT:
+        if dataset.time_column is not None:
+            assert dataset.time_column in dataset.table.c, dataset.name
+        if dataset.prunable:  # retention deletes by the time column
+            assert dataset.time_column is not None, dataset.name
+        if dataset.history:  # a history continues from its cursor
+            assert dataset.incremental, dataset.name
+    assert datasets.retention_tables() == (
+        "ledger",
+        "my_trades",
+        "orders",
+        "trades",
+        "ohlc",
+        "spread",
+    )
+    assert datasets.named("orders").time_column == "closetm"
+    assert datasets.named("balances").time_column == "taken_at"
+    assert datasets.named("nothing") is None
+    assert datasets.history_methods() == {
+        "Ledgers",
+        "TradesHistory",
+        "ClosedOrders",
+        "Trades",
+        "OHLC",
+        "Spread",
+    }
+    # The copies config.py and methods.py keep until they read the datasets (then these go).
+    assert ("runs", *datasets.retention_tables()) == config.RETENTION_KEYS
+    assert datasets.history_methods() == methods.HISTORY_METHODS
+
+
+def test_each_dataset_reads_its_own_cursor_as_a_time() -> None:
+    t = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    s = t.timestamp()
+    ledger, trades, ohlc = (datasets.named(n) for n in ("ledger", "trades", "ohlc"))
+    assert ledger is not None and trades is not None and ohlc is not None
+    assert ledger.cursor_time({"done": s, "window": None}) == t
+    assert ledger.cursor_time({"done": None, "window": {"start": 0}}) is None
+    assert ledger.cursor_time(int(s)) is None  # a history's cursor is a mapping
+    assert trades.cursor_time(str(int(s * 1e9))) == t
+    assert trades.cursor_time("9" * 40) is None  # no date holds it
+    assert ohlc.cursor_time(int(s)) == t and ohlc.cursor_time(str(int(s))) == t
+    assert ohlc.cursor_time(True) is None and ohlc.cursor_time(float("nan")) is None
+    assert ohlc.cursor_time(10**30) is None
+    assert datasets.cursor_time("balances", None) is None
+    assert datasets.cursor_time("nothing", int(s)) is None

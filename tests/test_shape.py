@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
 
+from collector import datasets
 from collector.config import load
 from collector.datasets import DEFAULT, Dataset
-from collector.events import BatchStored, RunFinished
+from collector.datasets.base import epoch
+from collector.events import BatchStored, Events, RunFinished
+from collector.metrics import Metrics
 from collector.records import RunRecord
+from collector.retention import Retention
+from collector.schema import UTCDateTime
 from collector.service import Service
 from collector.store import Store
 
@@ -59,6 +67,29 @@ class Lasts(Dataset):
 
     def cursor(self, params: Any, result: Any, cursor: Any) -> Any:
         return result["last"]
+
+
+class Stamps(Dataset):
+    """A toy history that declares what the rest asks of it: its rows age by ``at``, ``retention``
+    may prune it, and its cursor is a mapping ``{"upto": seconds}`` only it knows how to read."""
+
+    name = "toy_stamps"
+    table = Table(
+        "toy_stamps",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime(), nullable=False),
+        Column("run_id", BigInteger),
+    )
+    methods = frozenset({"Time"})
+    key = ("id",)
+    incremental = True
+    history = True
+    prunable = True
+    time_column = "at"
+
+    def cursor_time(self, cursor: Any) -> datetime | None:
+        return epoch(cursor.get("upto")) if isinstance(cursor, dict) else None
 
 
 def _store(url: str, *extra: Dataset) -> Store:
@@ -113,6 +144,47 @@ def test_an_incremental_dataset_continues_from_its_stored_cursor(
     assert sorted(r[0] for r in rows(database_url, "SELECT last FROM toy_lasts")) == sorted(
         set(lasts)
     )
+
+
+def test_a_new_datasets_declarations_reach_retention_and_metrics(
+    tmp_path, fake, keypair, database_url
+) -> None:
+    """Adding a dataset is its module: retention prunes it by its declared time column and the
+    metrics read its cursor its own way (before: retention's list of time columns had no entry
+    for it, a KeyError, and the metrics read cursors by a switch on the built-in names)."""
+    toy = Stamps()
+    store = _store(database_url, toy)
+    now = datetime.now(UTC)
+    upto = now - timedelta(hours=1)
+    record = RunRecord(
+        "s", "Time", {}, now, now, now, dataset=toy.name, cursor={"upto": upto.timestamp()}
+    )
+    record.rows[toy.name] = [
+        {"id": 1, "at": now - timedelta(days=10)},
+        {"id": 2, "at": now - timedelta(days=1)},
+    ]
+    store.write([record])
+    assert datasets.retention_tables((*DEFAULT, toy))[-1] == toy.name
+    assert "Time" in datasets.history_methods((*DEFAULT, toy))
+
+    config = load(job_file(tmp_path, fake, keypair, database_url, "s: {method: Time, every: 1h}"))
+    config = dataclasses.replace(config, retention={toy.name: 5 * 86400.0})
+    assert Retention(store, config).prune_once() == {toy.name: 1}
+    assert rows(database_url, "SELECT id FROM toy_stamps") == [(2,)]
+
+    events = Events()
+    metrics = Metrics(events, pending=lambda: 0, spooled=lambda: 0, datasets=(*DEFAULT, toy))
+    metrics.describe(config.jobs)
+    events.publish(BatchStored([record]))
+    families = text_string_to_metric_families(metrics.render().decode())
+    lags = {
+        s.labels["job"]: s.value
+        for f in families
+        if f.name == "collector_dataset_lag_seconds"
+        for s in f.samples
+    }
+    assert 3600 <= lags["s"] < 3600 + 60
+    store.engine.dispose()
 
 
 def test_events_reach_subscribers(tmp_path, fake, keypair, database_url) -> None:

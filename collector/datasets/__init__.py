@@ -3,11 +3,17 @@
 A job's method decides its dataset (:func:`for_method`). To add a table, write a module with a
 :class:`Dataset` subclass and its ``Table`` on :data:`collector.schema.metadata`, add an instance to
 :data:`DEFAULT`, and add a migration that creates the table.
+
+What the rest of the package asks of the tables is read from their declarations, never listed
+again: :func:`retention_tables` (what ``retention:`` may name), :func:`history_methods` (the
+methods a job's ``since:`` applies to), :func:`cursor_time` (a cursor read as a time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from .balances import Balances
 from .base import Dataset, Page
@@ -32,6 +38,9 @@ DEFAULT: tuple[Dataset, ...] = (
 )
 
 
+_NAMED = {dataset.name: dataset for dataset in DEFAULT}
+
+
 def by_method(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
     """Each method's dataset; a method read by two datasets is a programming error."""
     out: dict[str, Dataset] = {}
@@ -46,6 +55,31 @@ def by_method(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
 def for_method(method: str, datasets: Iterable[Dataset] = DEFAULT) -> Dataset | None:
     """The dataset a job calling ``method`` fills, or None (the run keeps only its answer)."""
     return by_method(datasets).get(method)
+
+
+def named(name: str, datasets: Iterable[Dataset] = DEFAULT) -> Dataset | None:
+    """The dataset of table ``name`` (None: no such dataset)."""
+    if datasets is DEFAULT:
+        return _NAMED.get(name)
+    return next((d for d in datasets if d.name == name), None)
+
+
+def retention_tables(datasets: Iterable[Dataset] = DEFAULT) -> tuple[str, ...]:
+    """The tables the job file's ``retention:`` may name besides ``runs`` (the prunable ones), in
+    the datasets' order."""
+    return tuple(d.name for d in datasets if d.prunable)
+
+
+def history_methods(datasets: Iterable[Dataset] = DEFAULT) -> frozenset[str]:
+    """The methods whose data is a history a job continues (``since:`` says where it starts)."""
+    return frozenset(method for d in datasets if d.history for method in d.methods)
+
+
+def cursor_time(name: str, cursor: Any, datasets: Iterable[Dataset] = DEFAULT) -> datetime | None:
+    """Up to when dataset ``name``'s stored ``cursor`` says it has collected, as the dataset reads
+    it (:meth:`Dataset.cursor_time`); None when not known, or for a name no dataset has."""
+    dataset = named(name, datasets)
+    return None if dataset is None else dataset.cursor_time(cursor)
 
 
 __all__ = [
@@ -64,5 +98,9 @@ __all__ = [
     "Ticker",
     "Trades",
     "by_method",
+    "cursor_time",
     "for_method",
+    "history_methods",
+    "named",
+    "retention_tables",
 ]

@@ -36,6 +36,7 @@ class Balances(Dataset):
     methods = frozenset({"Balance", "BalanceEx"})
     key = ("run_id", "asset")
     keep_result = True  # as before datasets: a balance run keeps its answer
+    time_column = "taken_at"  # a snapshot: its rows go with their run (not prunable)
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         method = record.method

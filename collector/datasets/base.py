@@ -1,4 +1,6 @@
-"""What a dataset declares: its table, the methods it reads, its rows, its key and its cursor.
+"""What a dataset declares: its table, the methods it reads, its rows, its key and its cursor, and
+what the rest of the package asks of it (its time column, whether ``retention:`` may prune it,
+whether it is a history a job's ``since:`` starts, up to when its cursor says it has collected).
 
 A run of a dataset's job is a conversation: :meth:`Dataset.first` says what to ask (from the job
 and the stored cursor), and :meth:`Dataset.page` reads each answer into rows, the cursor to store
@@ -9,9 +11,10 @@ next run, from the last page that was stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -70,6 +73,17 @@ class Dataset:
     incremental: ClassVar[bool] = False
     #: whether ``runs.result`` keeps the raw answer too (a job's ``raw: true`` always keeps it)
     keep_result: ClassVar[bool] = False
+    #: the column saying when a row's fact happened (an entry's time, a snapshot's taking, an
+    #: order's close): ``retention`` ages rows by it, ``status`` shows the newest. None: the table
+    #: is a listing, not a history (assets, pairs)
+    time_column: ClassVar[str | None] = None
+    #: whether the job file's ``retention:`` may name the table, its rows deleted by
+    #: ``time_column``. A snapshot table's rows go with their run instead (their foreign key
+    #: cascades), so it is not prunable on its own
+    prunable: ClassVar[bool] = False
+    #: whether the table is a history a job continues from its cursor: a job of its methods may
+    #: say where the history starts (``since:``)
+    history: ClassVar[bool] = False
 
     # -- the simple protocol: one call, one answer ---------------------------------------------
 
@@ -98,6 +112,13 @@ class Dataset:
         the rows of the table each run changed besides."""
         return {}
 
+    def cursor_time(self, cursor: Any) -> datetime | None:
+        """Up to when a stored ``cursor`` says this dataset has collected (None: not known yet,
+        or not readable as a time). By default a cursor is seconds since the epoch (Kraken's
+        ``last`` of OHLC and Spread); a dataset whose cursor holds something else says how to
+        read it."""
+        return epoch(cursor)
+
     # -- the paging protocol ---------------------------------------------------------------------
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
@@ -109,6 +130,18 @@ class Dataset:
         """Read the answer ``result`` to the call that sent ``sent``, the run's cursor being
         ``cursor``."""
         return Page(self.rows(record, result), self.cursor(sent, result, cursor))
+
+
+def epoch(seconds: Any) -> datetime | None:
+    """Seconds since the epoch (a number, or its digits) as a UTC time; None for anything else or
+    a time no date holds (a cursor an older collector stored unbounded)."""
+    if seconds is None or isinstance(seconds, bool | dict | list):
+        return None
+    try:
+        number = float(seconds)
+        return datetime.fromtimestamp(number, UTC) if math.isfinite(number) else None
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 # -- reading Kraken's values exactly ----------------------------------------------------------

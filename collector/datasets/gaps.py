@@ -34,3 +34,4 @@ class Gaps(Dataset):
     table = table
     methods = frozenset()
     key = ("job", "dataset", "pair", "start")
+    time_column = "start"

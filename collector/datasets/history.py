@@ -28,7 +28,7 @@ from sqlalchemy import BigInteger, Boolean, Column, Index, String, Table
 from .. import defaults
 from ..records import RunRecord
 from ..schema import ExactDecimal, JSONType, RunId, UTCDateTime, metadata
-from .base import Dataset, Page, bad, decimal, mapping, text, timestamp
+from .base import Dataset, Page, bad, decimal, epoch, mapping, text, timestamp
 
 #: Entries in a full page (Kraken's).
 PAGE = 50
@@ -41,6 +41,9 @@ class History(Dataset):
     a row holds."""
 
     incremental = True
+    history = True
+    prunable = True
+    time_column = "time"
     #: the key of the entries in the answer (``ledger``, ``trades``, ``closed``)
     entries: ClassVar[str]
     #: parameters every call sends (ClosedOrders windows by close time)
@@ -48,6 +51,11 @@ class History(Dataset):
 
     def entry(self, record: RunRecord, entry_id: str, entry: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def cursor_time(self, cursor: Any) -> datetime | None:
+        """The cursor's ``done`` mark: every entry up to it is stored (None before a first
+        window is done)."""
+        return epoch(cursor.get("done")) if isinstance(cursor, dict) else None
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
         cursor = dict(cursor or {"done": None, "window": None})
@@ -239,6 +247,7 @@ class Orders(History):
     key = ("account", "txid")
     entries = "closed"
     fixed = {"closetime": "close"}
+    time_column = "closetm"  # an order is history once closed; retention ages it from then
     pair_column = "pair"  # descr.pair is the altname: stored as the canonical name once known
 
     def entry(self, record: RunRecord, txid: str, e: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .. import defaults
 from ..pairs import same, split
 from ..records import RunRecord
 from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
-from .base import Dataset, Page, bad, decimal, integer, mapping, text, timestamp
+from .base import Dataset, Page, bad, decimal, epoch, integer, mapping, text, timestamp
 
 #: A public Trades page when the job does not set ``count``.
 TRADES_PAGE = 1000
@@ -106,6 +106,18 @@ class Trades(Dataset):
     key = ("pair", "trade_id")
     pair_column = "pair"
     incremental = True
+    history = True
+    prunable = True
+    time_column = "time"
+
+    def cursor_time(self, cursor: Any) -> datetime | None:
+        """The cursor is Kraken's ``last`` in nanoseconds (as text)."""
+        if cursor is None or isinstance(cursor, bool):
+            return None
+        try:
+            return epoch(int(cursor) / 1e9)
+        except (TypeError, ValueError, OverflowError):
+            return None
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
         if cursor is None:
@@ -169,6 +181,9 @@ class OHLC(Dataset):
     update = _VALUES
     frozen = "final"
     incremental = True
+    history = True
+    prunable = True
+    time_column = "time"
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
         return _since_last(job, cursor), cursor
@@ -239,6 +254,9 @@ class Spread(Dataset):
     key = ("pair", "time", "bid", "ask")
     pair_column = "pair"
     incremental = True
+    history = True
+    prunable = True
+    time_column = "time"
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
         return _since_last(job, cursor), cursor
@@ -284,6 +302,7 @@ class Ticker(Dataset):
     methods = frozenset({"Ticker"})
     key = ("run_id", "pair")
     pair_column = "pair"
+    time_column = "taken_at"  # a snapshot: its rows go with their run (not prunable)
 
     def rows(self, record: RunRecord, result: Any) -> list[dict[str, Any]]:
         out = []
