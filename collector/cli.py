@@ -16,9 +16,9 @@ import click
 
 from . import defaults, methods
 from .backoff import Backoff
-from .config import Config, load, parse_listen
 from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
+from .jobfile import Config, load, parse_listen
 from .methods import cost
 from .ratelimit import RateLimit, tier
 from .sanitize import text as _safe
@@ -1043,7 +1043,7 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from .config import database_problem, with_driver
+    from .jobfile import database_problem, with_driver
     from .store import current_revision
 
     if jobfile:

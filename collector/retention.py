@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Table, delete, literal_column, select
 
 from . import defaults
-from .config import Config, format_duration
 from .health import utcnow
+from .jobfile import Config, format_duration
 from .schema import runs
 from .store import Store
 

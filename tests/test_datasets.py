@@ -14,8 +14,8 @@ from decimal import Decimal
 
 import pytest
 
-from collector.config import load
 from collector.datasets.base import timestamp
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
 
-from collector.config import load
 from collector.datasets import DEFAULT, Dataset
 from collector.events import BatchStored, RunFinished
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store
