@@ -90,24 +90,15 @@ class Builder(JobChecks, Resolver):
         failover = defaults.FAILOVER
         if "failover" in raw:
             failover = self.attempt(
-                lambda: self.duration(
-                    raw, "failover", "failover", defaults.FAILOVER_MIN, defaults.FAILOVER_MAX
-                ),
-                failover,
+                lambda: self.declared(raw, "failover", "failover", "failover"), failover
             )
         data_dir = self.data_dir()
         url = self.attempt(lambda: self.database(raw, database, data_dir), None)
         spool_path, max_runs = self.spool(raw, url, data_dir)
-        reference = raw.get("reference", True)
-        if not isinstance(reference, bool):
-            self.errors.append(
-                self.error(
-                    "must be true (the service keeps the assets and pairs tables: two public "
-                    "calls at start and daily) or false",
-                    raw,
-                    "reference",
-                    "reference",
-                )
+        reference = True
+        if "reference" in raw:
+            reference = self.attempt(
+                lambda: self.declared(raw, "reference", "reference", "reference"), True
             )
         config = Config(
             self.file,
@@ -150,13 +141,8 @@ class Builder(JobChecks, Resolver):
         spec = self.mapping(raw, "valuation", "valuation")
         if "max_price_age" not in spec:
             return defaults.VALUATION_MAX_PRICE_AGE
-        return self.duration(
-            spec,
-            "max_price_age",
-            "valuation.max_price_age",
-            low=defaults.VALUATION_MAX_PRICE_AGE_MIN,
-            high=defaults.VALUATION_MAX_PRICE_AGE_MAX,
-        )
+        path = "valuation.max_price_age"
+        return float(self.declared(spec, "max_price_age", path, path))
 
     @section(None)
     def metrics(self, raw: Map, override: str | None = None) -> str | None:
@@ -202,9 +188,7 @@ class Builder(JobChecks, Resolver):
         self.check_keys(spec, RETENTION_KEYS, "retention.")
         return {
             table: self.attempt(
-                partial(
-                    self.duration, spec, table, f"retention.{table}", high=defaults.RETENTION_MAX
-                ),
+                partial(self.declared, spec, table, f"retention.{table}", f"retention.{table}"),
                 0.0,
             )
             for table in spec
@@ -239,23 +223,11 @@ class Builder(JobChecks, Resolver):
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:
-            opts["timeout"] = self.duration(
-                k, "timeout", "kraken.timeout", high=defaults.TIMEOUT_MAX
-            )
+            opts["timeout"] = self.declared(k, "timeout", "kraken.timeout", "kraken.timeout")
         if "max_response_mb" in k:
-            size = k["max_response_mb"]
-            if (
-                isinstance(size, bool)
-                or not isinstance(size, int | float)
-                or not 0.001 <= size <= defaults.MAX_RESPONSE_MB_MAX
-            ):
-                raise self.error(
-                    f"must be a number of megabytes from 0.001 to {defaults.MAX_RESPONSE_MB_MAX}",
-                    k,
-                    "max_response_mb",
-                    "kraken.max_response_mb",
-                )
+            path = "kraken.max_response_mb"
+            size = self.declared(k, "max_response_mb", path, path)
             opts["max_response"] = int(size * 1024 * 1024)
         if "lockout" in k:
-            opts["lockout"] = self.duration(k, "lockout", "kraken.lockout", high=defaults.WAIT_MAX)
+            opts["lockout"] = self.declared(k, "lockout", "kraken.lockout", "kraken.lockout")
         return opts

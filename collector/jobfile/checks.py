@@ -32,6 +32,8 @@ from .model import JOB_KEYS, RESERVED_PARAMS, Account, Job, KrakenSettings
 from .report import MISSING, Base
 from .source import Map, show
 
+JITTER = "jobs.NAME.jitter"
+
 
 class JobChecks(Base):
     """The ``jobs:`` section (a part of the builder)."""
@@ -209,9 +211,7 @@ class JobChecks(Base):
                 f"unknown timezone {show(tz)}", spec, "timezone", path + ".timezone"
             ) from None
         if has_every:
-            seconds = self.duration(
-                spec, "every", path + ".every", defaults.EVERY_MIN, defaults.EVERY_MAX
-            )
+            seconds = self.declared(spec, "every", path + ".every", "jobs.NAME.every")
             opts["every"] = timedelta(seconds=seconds)
         else:
             opts["cron"] = self.cron(spec, tz, path + ".cron")
@@ -235,27 +235,33 @@ class JobChecks(Base):
             if every is None
             else min(defaults.JITTER_MAX, every.total_seconds())
         )
-        option("jitter", lambda: self.duration(spec, "jitter", path + ".jitter", high=most))
+        option("jitter", lambda: self.declared(spec, "jitter", path + ".jitter", JITTER, most))
         opts["timeout"] = kraken.timeout
         option(
             "timeout",
-            lambda: self.duration(spec, "timeout", path + ".timeout", high=defaults.TIMEOUT_MAX),
+            lambda: self.declared(spec, "timeout", path + ".timeout", "jobs.NAME.timeout"),
         )
         # Retries must not run into the next run: by default they end after one interval (or a
         # minute, whichever is shorter).
         if every is not None:
             opts["deadline"] = min(every.total_seconds(), defaults.DEADLINE)
-        option("deadline", lambda: self.duration(spec, "deadline", path + ".deadline"))
+        option(
+            "deadline",
+            lambda: self.declared(spec, "deadline", path + ".deadline", "jobs.NAME.deadline"),
+        )
         if "deadline" in spec:
             opts["deadline_set"] = True
         option("since", lambda: self.job_since(method, spec, path))
         option("raw", lambda: self.job_raw(spec, path))
-        option("stale_after", lambda: self.duration(spec, "stale_after", f"{path}.stale_after"))
+        option(
+            "stale_after",
+            lambda: self.declared(
+                spec, "stale_after", f"{path}.stale_after", "jobs.NAME.stale_after"
+            ),
+        )
         option(
             "retention",
-            lambda: self.duration(
-                spec, "retention", f"{path}.retention", high=defaults.RETENTION_MAX
-            ),
+            lambda: self.declared(spec, "retention", f"{path}.retention", "jobs.NAME.retention"),
         )
         return opts
 
@@ -271,9 +277,7 @@ class JobChecks(Base):
         return self.since(spec, path + ".since")
 
     def job_raw(self, spec: Map, path: str) -> bool:
-        if not isinstance(spec["raw"], bool):
-            raise self.error("must be true or false", spec, "raw", path + ".raw")
-        return spec["raw"]
+        return bool(self.declared(spec, "raw", path + ".raw", "jobs.NAME.raw"))
 
     def check_params(self, method: str, params: Map, spec: Map, path: str) -> None:
         """``params`` against what ``method`` takes (:data:`collector.methods.READ_METHODS`): no

@@ -13,55 +13,250 @@ from sqlalchemy.engine import make_url
 
 from .. import defaults
 from ..methods import is_public
+from ..nonce import UNITS
 from ..ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
-TOP_KEYS = (
-    "database",
-    "kraken",
-    "accounts",
-    "jobs",
-    "spool",
-    "failover",
-    "metrics",
-    "retention",
-    "reference",
-    "valuation",
-)
-ACCOUNT_KEYS = ("key", "secret", "key_file", "tier", "rate_limit", "nonce_unit")
-METRICS_KEYS = ("listen", "allowed_hosts")
-VALUATION_KEYS = ("quote", "max_price_age")
 #: What ``retention:`` may name: runs (with their balances and ticker rows), and the dataset
 #: tables, each by its time column.
 RETENTION_KEYS = ("runs", "ledger", "my_trades", "orders", "trades", "ohlc", "spread")
-SPOOL_KEYS = ("path", "max_runs")
-KRAKEN_KEYS = (
-    "url",
-    "key",
-    "secret",
-    "key_file",
-    "tier",
-    "rate_limit",
-    "public_rate_limit",
-    "timeout",
-    "nonce_unit",
-    "lockout",
-    "max_response_mb",
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the job file, declared once: what it holds, its bounds, what it means.
+
+    The table of them (:data:`KEYS`) drives the unknown-key checks and their did-you-mean, the
+    bounds of the generic checks (:meth:`~collector.jobfile.report.Base.declared`), the JSON
+    Schema of ``collector schema`` and the test that keeps the README's table of keys true.
+    """
+
+    #: dotted; ``NAME`` stands for a name the file chooses (a job's, an account's)
+    path: str
+    #: ``section`` (a mapping of declared keys), ``names`` (a mapping from names the file chooses
+    #: to sections), ``duration``, ``boolean``, ``integer``, ``number``, ``choice``, ``text``, or a
+    #: key of its own checked in :mod:`.checks`/:mod:`.resolve` (``rate_limit``, ``since``, ...)
+    kind: str
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    #: what a value of the wrong kind or out of bounds is told, when not the kind's own words
+    problem: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition(".")[2]
+
+    @property
+    def parent(self) -> str:
+        return self.path.rpartition(".")[0]
+
+
+def _credentials(at: str, whose: str) -> tuple[Key, ...]:
+    return (
+        Key(f"{at}.key", "text", f"{whose} API key (${{VAR}} from the environment)"),
+        Key(f"{at}.secret", "text", f"{whose} API secret, base64 (never repeated in a message)"),
+        Key(
+            f"{at}.key_file",
+            "text",
+            f"a file holding {whose} key on line 1 and its secret on line 2 (krakenex's "
+            "format), relative to the job file; instead of key and secret",
+        ),
+        Key(
+            f"{at}.tier",
+            "tier",
+            f"{whose} verification tier, the private counter to stay under "
+            f"(default {defaults.TIER}); or rate_limit",
+            choices=tuple(TIERS),
+        ),
+        Key(
+            f"{at}.rate_limit",
+            "rate_limit",
+            "the private counter as {max: N, decay: per-second}, instead of tier",
+            high=defaults.RATE_MAX,
+        ),
+    )
+
+
+_NONCE = "the nonce unit: ms (default, as krakenex and ccxt), us or ns for a key already used at it"
+
+#: Every key of the job file, in the order the README and the did-you-mean list them.
+KEYS: tuple[Key, ...] = (
+    Key(
+        "database",
+        "database",
+        "SQLAlchemy URL (sqlite:///FILE beside the job file, postgresql+psycopg://...); "
+        f"--db and $COLLECTOR_DATABASE_URL override it. Default {defaults.DATABASE}",
+    ),
+    Key("kraken", "section", "the exchange, and the one account's key when there is no accounts:"),
+    Key(
+        "kraken.url",
+        "url",
+        f"the exchange's address without a path (default {defaults.KRAKEN_URL})",
+    ),
+    *_credentials("kraken", "the"),
+    Key(
+        "kraken.public_rate_limit",
+        "rate_limit",
+        "the public budget as {max: N, decay: per-second} (Kraken limits public calls per IP)",
+        high=defaults.RATE_MAX,
+    ),
+    Key(
+        "kraken.timeout",
+        "duration",
+        f"per call (default {defaults.TIMEOUT:g}s)",
+        high=defaults.TIMEOUT_MAX,
+    ),
+    Key("kraken.nonce_unit", "choice", _NONCE, choices=tuple(UNITS)),
+    Key(
+        "kraken.lockout",
+        "duration",
+        "the pause after EGeneral:Temporary lockout (default 15m)",
+        high=defaults.WAIT_MAX,
+    ),
+    Key(
+        "kraken.max_response_mb",
+        "number",
+        f"the largest answer read, in megabytes (default {defaults.MAX_RESPONSE >> 20})",
+        low=0.001,
+        high=defaults.MAX_RESPONSE_MB_MAX,
+        problem=f"must be a number of megabytes from 0.001 to {defaults.MAX_RESPONSE_MB_MAX}",
+    ),
+    Key("accounts", "names", "several accounts, by name; private jobs name theirs"),
+    *_credentials("accounts.NAME", "the account's"),
+    Key("accounts.NAME.nonce_unit", "choice", _NONCE, choices=tuple(UNITS)),
+    Key("jobs", "names", "the jobs, by name (letters, digits, _ . -)", high=defaults.JOBS_MAX),
+    Key(
+        "jobs.NAME.method",
+        "method",
+        "a read method (collector methods lists them); state-changing ones are refused",
+    ),
+    Key(
+        "jobs.NAME.params",
+        "params",
+        "the method's parameters (lists are comma-joined); OHLC, Trades and Spread take one pair",
+    ),
+    Key(
+        "jobs.NAME.every",
+        "duration",
+        "how often: 30s, 5m, 1h, 1d, 1h30m...; exactly one of every and cron",
+        low=defaults.EVERY_MIN,
+        high=defaults.EVERY_MAX,
+    ),
+    Key("jobs.NAME.cron", "cron", "5 cron fields, e.g. '0 * * * *'; exactly one of every and cron"),
+    Key("jobs.NAME.timezone", "timezone", "the cron's timezone (default UTC)"),
+    Key(
+        "jobs.NAME.jitter",
+        "duration",
+        "a random delay up to this (never more than the interval)",
+        high=defaults.JITTER_MAX,
+    ),
+    Key("jobs.NAME.timeout", "duration", "the job's call timeout", high=defaults.TIMEOUT_MAX),
+    Key(
+        "jobs.NAME.deadline",
+        "duration",
+        "when a call's retries end (default: its interval, at most 60s)",
+        high=defaults.WAIT_MAX,
+    ),
+    Key(
+        "jobs.NAME.since",
+        "since",
+        "where a history starts: all, a date, a time or unix seconds",
+    ),
+    Key(
+        "jobs.NAME.raw",
+        "boolean",
+        "true keeps the raw answers in runs.result too (default false)",
+        problem="must be true or false",
+    ),
+    Key("jobs.NAME.account", "text", "the account a private job runs as"),
+    Key(
+        "jobs.NAME.stale_after",
+        "duration",
+        "no success for this long makes the job stale (default 3 intervals, at least 60s)",
+        high=defaults.WAIT_MAX,
+    ),
+    Key(
+        "jobs.NAME.retention",
+        "duration",
+        "how long this job's runs are kept (default: retention.runs)",
+        high=defaults.RETENTION_MAX,
+    ),
+    Key("spool", "section", "where runs wait while the database can't be reached"),
+    Key("spool.path", "text", "the spool's file (default beside the SQLite file)"),
+    Key(
+        "spool.max_runs",
+        "integer",
+        f"how many runs at most (default {defaults.SPOOL_MAX_RUNS:,})",
+        low=1,
+        high=defaults.SPOOL_MAX_RUNS_MAX,
+        problem=f"must be a whole number of runs from 1 to {defaults.SPOOL_MAX_RUNS_MAX:,}",
+    ),
+    Key(
+        "failover",
+        "duration",
+        f"how soon a standby takes over an account whose holder is gone "
+        f"(default {defaults.FAILOVER:g}s)",
+        low=defaults.FAILOVER_MIN,
+        high=defaults.FAILOVER_MAX,
+    ),
+    Key("metrics", "section", "the /metrics and /healthz listener"),
+    Key("metrics.listen", "listen", "HOST:PORT serving /metrics and /healthz"),
+    Key(
+        "metrics.allowed_hosts",
+        "hosts",
+        "host names the listener answers to besides localhost and IP addresses",
+        high=defaults.ALLOWED_HOSTS_MAX,
+    ),
+    Key("retention", "section", "how long runs and dataset rows are kept; nothing without it"),
+    *(
+        Key(
+            f"retention.{table}",
+            "duration",
+            "how long runs are kept"
+            if table == "runs"
+            else f"how long {table} rows are kept, by their time",
+            high=defaults.RETENTION_MAX,
+        )
+        for table in RETENTION_KEYS
+    ),
+    Key(
+        "reference",
+        "boolean",
+        "false: the service does not keep the assets and pairs tables itself (default true)",
+        problem="must be true (the service keeps the assets and pairs tables: two public "
+        "calls at start and daily) or false",
+    ),
+    Key("valuation", "section", "the currency portfolio values are in"),
+    Key(
+        "valuation.quote",
+        "quote",
+        f"the currency balances are valued in (default {defaults.VALUATION_QUOTE})",
+    ),
+    Key(
+        "valuation.max_price_age",
+        "duration",
+        "an older price values nothing (default 1d)",
+        low=defaults.VALUATION_MAX_PRICE_AGE_MIN,
+        high=defaults.VALUATION_MAX_PRICE_AGE_MAX,
+    ),
 )
-JOB_KEYS = (
-    "method",
-    "params",
-    "every",
-    "cron",
-    "timezone",
-    "jitter",
-    "timeout",
-    "deadline",
-    "since",
-    "raw",
-    "account",
-    "stale_after",
-    "retention",
-)
+#: Each key by its path.
+DECLARED: dict[str, Key] = {key.path: key for key in KEYS}
+
+
+def keys_of(section: str) -> tuple[str, ...]:
+    """The names ``section`` (a dotted path, ``""`` for the top) takes, in declared order."""
+    return tuple(key.name for key in KEYS if key.parent == section)
+
+
+TOP_KEYS = keys_of("")
+KRAKEN_KEYS = keys_of("kraken")
+ACCOUNT_KEYS = keys_of("accounts.NAME")
+JOB_KEYS = keys_of("jobs.NAME")
+SPOOL_KEYS = keys_of("spool")
+METRICS_KEYS = keys_of("metrics")
+VALUATION_KEYS = keys_of("valuation")
 #: Parameters the client sets itself and which are never stored.
 RESERVED_PARAMS = ("nonce",)
 

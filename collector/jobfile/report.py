@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .. import defaults
 from ..errors import ConfigError, ConfigErrors
-from .model import format_duration, parse_duration
+from .model import DECLARED, format_duration, parse_duration
 from .source import Map, show
 
 #: An option whose value had a mistake (None is a value: ``since: all``).
@@ -138,3 +138,35 @@ class Base:
                 path,
             )
         return seconds
+
+    def declared(
+        self, where: Map, key: str, path: str, declared: str, high: float | None = None
+    ) -> Any:
+        """``where[key]`` checked as the key ``declared`` (:data:`~.model.KEYS`) says: its
+        kind and its bounds (``high`` narrows the declared one, as ``jitter`` by the interval),
+        in the declaration's words when it has its own."""
+        decl = DECLARED[declared]
+        value = where[key]
+        low = decl.low if decl.low is not None else 0.0
+        top = high if high is not None else decl.high
+        if decl.kind == "duration":
+            return self.duration(where, key, path, low, defaults.WAIT_MAX if top is None else top)
+        if decl.kind == "choice":
+            if not isinstance(value, str) or value not in decl.choices:
+                problem = decl.problem or f"must be one of {', '.join(decl.choices)}"
+                raise self.error(problem, where, key, path)
+            return value
+        if decl.kind == "boolean":
+            if not isinstance(value, bool):
+                raise self.error(decl.problem or "must be true or false", where, key, path)
+            return value
+        kinds = {"integer": int, "number": int | float}
+        if decl.kind in kinds:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kinds[decl.kind])
+                or not (low <= value and (top is None or value <= top))
+            ):
+                raise self.error(decl.problem, where, key, path)
+            return value
+        raise AssertionError(f"{declared} is a {decl.kind}, checked where it is read")

@@ -31,7 +31,6 @@ from ..defaults import (
     XDG_STATE_ENV,
 )
 from ..errors import ConfigError, CredentialsError
-from ..nonce import UNITS
 from ..ratelimit import TIERS, RateLimit
 from .model import ACCOUNT_KEYS, SPOOL_KEYS, Account, KrakenSettings
 from .report import Base, section
@@ -72,23 +71,13 @@ class Resolver(Base):
         return url
 
     @section(("", defaults.SPOOL_MAX_RUNS))
-    @section(("", defaults.SPOOL_MAX_RUNS))
     def spool(self, raw: Map, url: URL | None, data_dir: Path) -> tuple[str, int]:
         """``spool.path`` (else beside the SQLite file, or in the data folder) and ``max_runs``."""
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, SPOOL_KEYS, "spool.")
-        max_runs = spool.get("max_runs", defaults.SPOOL_MAX_RUNS)
-        if (
-            isinstance(max_runs, bool)
-            or not isinstance(max_runs, int)
-            or not 1 <= max_runs <= defaults.SPOOL_MAX_RUNS_MAX
-        ):
-            raise self.error(
-                f"must be a whole number of runs from 1 to {defaults.SPOOL_MAX_RUNS_MAX:,}",
-                spool,
-                "max_runs",
-                "spool.max_runs",
-            )
+        max_runs = defaults.SPOOL_MAX_RUNS
+        if "max_runs" in spool:
+            max_runs = self.declared(spool, "max_runs", "spool.max_runs", "spool.max_runs")
         in_file = spool.get("path")
         if in_file is not None and not isinstance(in_file, str):
             raise self.error("must be a file path", spool, "path", "spool.path")
@@ -148,11 +137,10 @@ class Resolver(Base):
             opts["tier"] = self.rate_limit(k, "rate_limit", prefix)
             opts["tier_name"] = f"max {opts['tier'].max:g}, decay {opts['tier'].decay:g}/s"
         if "nonce_unit" in k:
-            if not isinstance(k["nonce_unit"], str) or k["nonce_unit"] not in UNITS:
-                raise self.error(
-                    f"must be one of {', '.join(UNITS)}", k, "nonce_unit", prefix + "nonce_unit"
-                )
-            opts["nonce_unit"] = k["nonce_unit"]
+            section = "kraken" if prefix == "kraken." else "accounts.NAME"
+            opts["nonce_unit"] = self.declared(
+                k, "nonce_unit", prefix + "nonce_unit", f"{section}.nonce_unit"
+            )
         return opts
 
     def accounts(self, raw: Map, k: Map, kraken: KrakenSettings) -> tuple[Account, ...]:
