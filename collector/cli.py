@@ -18,7 +18,7 @@ from . import defaults, methods
 from .backoff import Backoff
 from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
-from .jobfile import Config, load, parse_listen
+from .jobfile import Config, json_schema, load, parse_listen
 from .methods import cost
 from .ratelimit import RateLimit, tier
 from .sanitize import text as _safe
@@ -1061,6 +1061,24 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     store = _open_store(url, jobfile)
     _say(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the job file's JSON Schema, for an editor to complete and check it.
+
+    Every key with its description and bounds; an unknown key is refused.
+    `collector check` still judges what only it can (crons, parameters, keys).
+
+    \b
+    Example:
+      collector schema > jobs.schema.json
+      # first line of jobs.yaml:
+      # yaml-language-server: $schema=jobs.schema.json
+    """
+    import json
+
+    click.echo(json.dumps(json_schema(), indent=2))
 
 
 @main.command("fake-exchange")

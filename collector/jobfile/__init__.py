@@ -10,11 +10,13 @@ but never repeated in a message.
 - :mod:`.report`: mistakes as ``file:line: key: problem``, all of them;
 - :mod:`.checks`: the jobs (methods and parameters, schedules, ``since``, accounts);
 - :mod:`.resolve`: credentials, paths, the database's precedence;
-- :mod:`.build`: :func:`load`, the sections put together.
+- :mod:`.build`: :func:`load`, the sections put together;
+- :mod:`.describe`: :func:`json_schema`, the file's JSON Schema for editors (``collector schema``).
 """
 
 from ..errors import ConfigError, ConfigErrors
 from .build import load
+from .describe import json_schema
 from .model import (
     ACCOUNT_KEYS,
     JOB_KEYS,
@@ -55,6 +57,7 @@ __all__ = [
     "KrakenSettings",
     "database_problem",
     "format_duration",
+    "json_schema",
     "load",
     "parse_duration",
     "parse_listen",
