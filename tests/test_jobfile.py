@@ -188,3 +188,62 @@ def test_the_schema_refuses_what_check_refuses(tmp_path: Path) -> None:
             pass
         else:
             raise AssertionError(f"load took {text!r}")
+
+
+# -- the declarations are what load enforces --------------------------------------------------------
+
+#: The kinds a declaration alone checks (``report.Base.declared``), and a value each refuses.
+WRONG = {"boolean": "maybe", "choice": "zz", "integer": 1.5, "number": "many"}
+
+
+def _file_with(path: str, value: Any) -> dict[str, Any]:
+    """A small job file that is fine but for ``value`` at the declared ``path``."""
+    data: dict[str, Any] = {"jobs": {"t": {"method": "Time", "every": "1d"}}}
+    if path.startswith("accounts."):
+        data["accounts"] = {"a": {"key": "K", "secret": "S"}}
+    node = data
+    parts = path.replace("jobs.NAME", "jobs.t").replace("accounts.NAME", "accounts.a").split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return data
+
+
+def _refusal(tmp_path: Path, data: dict[str, Any]) -> str | None:
+    file = tmp_path / "jobs.yaml"
+    file.write_text(yaml.safe_dump(data))
+    try:
+        load(file, environ={}, keys=False)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def test_each_declaration_is_what_load_enforces(tmp_path: Path) -> None:
+    """Each duration, number, boolean and choice is refused past its declared bounds, by its
+    path, and taken at them: the schema's bounds and the checks' are one."""
+    checked = 0
+    for key in KEYS:
+        where = key.path.replace("jobs.NAME", "jobs.t").replace("accounts.NAME", "accounts.a")
+        if key.kind == "duration":
+            good, bad = [key.high], [(key.high or 0) * 1.5, "3x"]
+            if key.low:
+                good.append(key.low)
+                bad.append(key.low / 2)
+        elif key.kind in ("integer", "number"):
+            good, bad = [key.high, key.low], [(key.high or 0) + 1, WRONG[key.kind]]
+        elif key.kind in WRONG:
+            good, bad = [key.choices[0] if key.choices else True], [WRONG[key.kind]]
+        else:
+            continue
+        for value in good:
+            assert _refusal(tmp_path, _file_with(key.path, value)) is None, (key.path, value)
+        for value in bad:
+            said = _refusal(tmp_path, _file_with(key.path, value))
+            assert said is not None and "jobs.yaml:" in said and f" {where}: " in said, (
+                key.path,
+                value,
+                said,
+            )
+        checked += 1
+    assert checked >= 20
