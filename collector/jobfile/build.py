@@ -13,13 +13,9 @@ from .. import defaults
 from ..errors import ConfigError
 from .checks import JobChecks
 from .model import (
-    KRAKEN_KEYS,
-    METRICS_KEYS,
-    RETENTION_KEYS,
-    TOP_KEYS,
-    VALUATION_KEYS,
     Config,
     KrakenSettings,
+    keys_of,
     parse_listen,
 )
 from .report import section
@@ -70,7 +66,7 @@ class Builder(JobChecks, Resolver):
     """One job file's build: its sections, each checked even when another has a mistake."""
 
     def config(self, raw: Map, database: str | None, listen: str | None = None) -> Config:
-        self.check_keys(raw, TOP_KEYS, "")
+        self.check_keys(raw, "", "")
         self.original = raw
         self.kraken_line = raw.lines.get("kraken", raw.line)
         expansion = Expansion(self.file, self.env)
@@ -124,7 +120,7 @@ class Builder(JobChecks, Resolver):
     @section(defaults.VALUATION_QUOTE)
     def valuation(self, raw: Map) -> str:
         spec = self.mapping(raw, "valuation", "valuation")
-        self.check_keys(spec, VALUATION_KEYS, "valuation.")
+        self.check_keys(spec, "valuation", "valuation.")
         quote = spec.get("quote", defaults.VALUATION_QUOTE)
         if not isinstance(quote, str) or not _QUOTE.fullmatch(quote.strip().upper()):
             raise self.error(
@@ -147,7 +143,7 @@ class Builder(JobChecks, Resolver):
     @section(None)
     def metrics(self, raw: Map, override: str | None = None) -> str | None:
         spec = self.mapping(raw, "metrics", "metrics")
-        self.check_keys(spec, METRICS_KEYS, "metrics.")
+        self.check_keys(spec, "metrics", "metrics.")
         if override is not None:  # --metrics-listen: the file's value is not used
             return override
         if "listen" not in spec:
@@ -185,18 +181,18 @@ class Builder(JobChecks, Resolver):
     @section({})
     def retention(self, raw: Map) -> dict[str, float]:
         spec = self.mapping(raw, "retention", "retention")
-        self.check_keys(spec, RETENTION_KEYS, "retention.")
+        self.check_keys(spec, "retention", "retention.")
         return {
             table: self.attempt(
                 partial(self.declared, spec, table, f"retention.{table}", f"retention.{table}"),
                 0.0,
             )
             for table in spec
-            if table in RETENTION_KEYS
+            if table in keys_of("retention")
         }
 
     def kraken(self, k: Map) -> KrakenSettings:
-        self.check_keys(k, KRAKEN_KEYS, "kraken.")
+        self.check_keys(k, "kraken", "kraken.")
         opts: dict[str, Any] = self.attempt(lambda: self.kraken_options(k), {})
         opts.update(self.attempt(lambda: self.account_opts(k, "kraken."), {}))
         key, secret = self.credentials(k, "kraken.", environment=True)

@@ -28,7 +28,7 @@ from ..methods import (
     Param,
     params_of,
 )
-from .model import JOB_KEYS, RESERVED_PARAMS, Account, Job, KrakenSettings
+from .model import RESERVED_PARAMS, Account, Job, KrakenSettings
 from .report import MISSING, Base
 from .source import Map, show
 
@@ -127,7 +127,7 @@ class JobChecks(Base):
             raise self.error(
                 "a job must be a mapping with method and every or cron", jobs, name, path
             )
-        self.check_keys(spec, JOB_KEYS, path + ".")
+        self.check_keys(spec, "jobs.NAME", path + ".")
         method = spec.get("method")
         if method is None and (spec.line, "method") in self.misspelt:
             return None  # the unknown key's did-you-mean says it; nothing else can be checked

@@ -16,6 +16,7 @@ Schema (:mod:`.describe`) and the test of the README's table of keys; no depende
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -258,6 +259,7 @@ KEYS: tuple[Key, ...] = (
 DECLARED: dict[str, Key] = {key.path: key for key in KEYS}
 
 
+@functools.cache
 def keys_of(section: str) -> tuple[str, ...]:
     """The names ``section`` (a dotted path, ``""`` for the top) takes, in declared order."""
     return tuple(key.name for key in KEYS if key.parent == section)

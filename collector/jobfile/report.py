@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .. import defaults
 from ..errors import ConfigError, ConfigErrors
-from .model import DECLARED, format_duration, parse_duration
+from .model import DECLARED, format_duration, keys_of, parse_duration
 from .source import Map, show
 
 #: An option whose value had a mistake (None is a value: ``since: all``).
@@ -87,8 +87,10 @@ class Base:
         if unique:
             raise ConfigErrors(unique)
 
-    def check_keys(self, where: Map, allowed: tuple[str, ...], prefix: str) -> None:
-        """Every unknown key is a mistake of its own; the known ones are still checked."""
+    def check_keys(self, where: Map, section: str, prefix: str) -> None:
+        """Every key of ``where`` that ``section`` (a declared path: ``jobs.NAME``) does not
+        declare is a mistake of its own, with a did-you-mean; the known ones are still checked."""
+        allowed = keys_of(section)
         for key in where:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)

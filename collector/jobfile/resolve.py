@@ -32,7 +32,7 @@ from ..defaults import (
 )
 from ..errors import ConfigError, CredentialsError
 from ..ratelimit import TIERS, RateLimit
-from .model import ACCOUNT_KEYS, SPOOL_KEYS, Account, KrakenSettings
+from .model import Account, KrakenSettings
 from .report import Base, section
 from .source import VAR, Map, read_small, reason, show
 
@@ -74,7 +74,7 @@ class Resolver(Base):
     def spool(self, raw: Map, url: URL | None, data_dir: Path) -> tuple[str, int]:
         """``spool.path`` (else beside the SQLite file, or in the data folder) and ``max_runs``."""
         spool = self.mapping(raw, "spool", "spool")
-        self.check_keys(spool, SPOOL_KEYS, "spool.")
+        self.check_keys(spool, "spool", "spool.")
         max_runs = defaults.SPOOL_MAX_RUNS
         if "max_runs" in spool:
             max_runs = self.declared(spool, "max_runs", "spool.max_runs", "spool.max_runs")
@@ -205,7 +205,7 @@ class Resolver(Base):
             raise self.error(
                 "an account name is 1 to 64 letters, digits, _ . or -", found, name, path
             )
-        self.check_keys(spec, ACCOUNT_KEYS, path + ".")
+        self.check_keys(spec, "accounts.NAME", path + ".")
         opts = {
             "tier": kraken.tier,
             "tier_name": kraken.tier_name,
