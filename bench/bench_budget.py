@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import krakenex  # noqa: E402
 
-from collector.config import load  # noqa: E402
 from collector.events import RunFinished  # noqa: E402
+from collector.jobfile import load  # noqa: E402
 from collector.ratelimit import RateLimit  # noqa: E402
 from collector.service import Service  # noqa: E402
 from collector.testing.fake_exchange import FakeKraken  # noqa: E402

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rounds import alternate, ratio  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from collector.config import load  # noqa: E402
 from collector.dashboard import Dashboard  # noqa: E402
+from collector.jobfile import load  # noqa: E402
 from collector.store import Store  # noqa: E402
 from collector.testing.portfolio import fill_hourly  # noqa: E402
 

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rounds import ROUNDS, alternate, ratio, spread  # noqa: E402
 from sqlalchemy import Column, MetaData, Table, event, text  # noqa: E402
 
-from collector.config import load  # noqa: E402
 from collector.datasets import OHLC, Trades  # noqa: E402
+from collector.jobfile import load  # noqa: E402
 from collector.records import RunRecord  # noqa: E402
 from collector.service import Service  # noqa: E402
 from collector.store import Store  # noqa: E402

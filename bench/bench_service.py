@@ -31,7 +31,7 @@ from pathlib import Path
 import krakenex
 from sqlalchemy import create_engine, text
 
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 from collector.testing.fake_exchange import new_key_file
 

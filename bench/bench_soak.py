@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RAISED, job_file, rss_mb, start_fake
 
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 
 FAULTS = [

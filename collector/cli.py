@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from . import defaults, methods
+from . import datasets, defaults, methods
 from .backoff import Backoff
-from .config import Config, load, parse_listen
 from .defaults import DATA_DIR_ENV, DATABASE_ENV, STATE_DIR_ENV
 from .errors import CollectorError, ConfigError
+from .jobfile import Config, json_schema, load, parse_listen
 from .methods import cost
 from .ratelimit import RateLimit, tier
 from .sanitize import text as _safe
@@ -1011,7 +1011,7 @@ def list_methods(names: tuple[str, ...]) -> None:
         for key, param in shown.items():
             mark = "*" if key in method.required else " "
             click.echo(f"  {mark} {key:<{width}} {param.kind:<8} {param.describe()}")
-        if method.name in methods.HISTORY_METHODS:
+        if method.name in datasets.history_methods():
             click.echo("    since: (job key) where its history starts: all, a date or unix seconds")
 
 
@@ -1043,7 +1043,7 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from .config import database_problem, with_driver
+    from .jobfile import database_problem, with_driver
     from .store import current_revision
 
     if jobfile:
@@ -1061,6 +1061,24 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     store = _open_store(url, jobfile)
     _say(f"{_display_url(url)} is at revision {current_revision(store.engine)}")
     store.dispose()
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the job file's JSON Schema, for an editor to complete and check it.
+
+    Every key with its description and bounds; an unknown key is refused.
+    `collector check` still judges what only it can (crons, parameters, keys).
+
+    \b
+    Example:
+      collector schema > jobs.schema.json
+      # first line of jobs.yaml:
+      # yaml-language-server: $schema=jobs.schema.json
+    """
+    import json
+
+    click.echo(json.dumps(json_schema(), indent=2))
 
 
 @main.command("fake-exchange")

@@ -36,12 +36,12 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import charts
-from .config import Config
 from .datasets.balances import table as balances
 from .datasets.gaps import table as gaps
 from .datasets.market import ohlc, ticker
 from .datasets.reference import assets, pairs
 from .health import utcnow
+from .jobfile import Config
 from .listener import Answer
 from .pairs import same, split
 from .schema import runs

@@ -131,7 +131,7 @@ class LedgerVerified:
 
 @dataclass(frozen=True)
 class Reloaded:
-    """The job file was read again (SIGHUP): these jobs (:class:`collector.config.Job`) now run;
+    """The job file was read again (SIGHUP): these jobs (:class:`collector.jobfile.Job`) now run;
     ``added``, ``removed`` and ``changed`` are names."""
 
     jobs: tuple[Any, ...]

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import datasets, defaults
-from .config import Job
 from .errors import Status
 from .events import (
     BatchStored,
@@ -43,6 +42,7 @@ from .events import (
     Spooled,
     WriteStalled,
 )
+from .jobfile import Job
 from .schedule import calls_per_second
 from .writer import State
 

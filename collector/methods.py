@@ -496,14 +496,6 @@ COSTLY_METHODS: frozenset[str] = frozenset(
     {"Ledgers", "QueryLedgers", "TradesHistory", "ClosedOrders"}
 )
 
-#: The methods whose data is a history a job continues (``since:`` says where it starts).
-#: The datasets declare it (``Dataset.history``; :func:`collector.datasets.history_methods` is the
-#: source): this copy stays only until the job file's checks and ``check`` read that instead,
-#: ``tests/test_datasets.py`` holding the two equal meanwhile.
-HISTORY_METHODS: frozenset[str] = frozenset(
-    {"Ledgers", "TradesHistory", "ClosedOrders", "Trades", "OHLC", "Spread"}
-)
-
 STATE_CHANGING_METHODS: frozenset[str] = frozenset(
     {
         "AddOrder",

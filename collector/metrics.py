@@ -34,7 +34,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
-from .config import Job, parse_listen
 from .datasets import DEFAULT, Dataset
 from .errors import CollectorError
 from .events import (
@@ -47,6 +46,7 @@ from .events import (
     RunFinished,
 )
 from .health import Health, utcnow
+from .jobfile import Job, parse_listen
 from .listener import Answer, Listener, Route
 from .nonce import UNITS
 from .writer import State

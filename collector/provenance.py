@@ -19,9 +19,9 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .config import Config, Job
 from .datasets import for_method
 from .errors import ConfigError
+from .jobfile import Config, Job
 from .schema import cursors, state
 
 

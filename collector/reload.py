@@ -23,9 +23,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .config import Config, Job
 from .errors import CollectorError
 from .events import Reloaded
+from .jobfile import Config, Job
 
 if TYPE_CHECKING:
     from .service import Service

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, delete, literal_column, select
 
 from . import defaults
-from .config import Config, format_duration
 from .datasets import Dataset
 from .health import utcnow
+from .jobfile import Config, format_duration
 from .schema import runs
 from .store import Store
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from . import defaults
 from .client import API
-from .config import Job
 from .datasets import DEFAULT, Dataset, Page, by_method
 from .errors import (
     BadResponse,
@@ -30,6 +29,7 @@ from .errors import (
     cut,
 )
 from .events import Events, LockedOut, RecordRefused, RunFinished
+from .jobfile import Job
 from .methods import cost, permission
 from .records import RunRecord
 from .retry import Kind, RetryPolicy, classify

@@ -50,7 +50,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from . import defaults
-from .config import Job
+from .jobfile import Job
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import defaults, statefile
 from .client import API
-from .config import Account, Config, Job, KrakenSettings
 from .coordination import PUBLIC, Leases
 from .dashboard import Dashboard
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
 from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
+from .jobfile import Account, Config, Job, KrakenSettings
 from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
 from .nonce import UNITS

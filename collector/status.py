@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
-from .config import Config, Job, format_duration
 from .datasets import for_method
 from .health import Paging, interval, stale_after, verdict
+from .jobfile import Config, Job, format_duration
 from .keystate import KeyBudget
 from .pairs import same
 from .ratelimit import sent_level

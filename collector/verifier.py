@@ -20,9 +20,9 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from . import defaults
-from .config import Job
 from .events import BatchStored, Events, LedgerVerified, Reloaded
 from .health import utcnow
+from .jobfile import Job
 from .verify import Scope, Stopped, advance, scopes
 
 logger = logging.getLogger(__name__)

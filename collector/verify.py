@@ -44,12 +44,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from . import defaults
 from .chain import ZERO, Break, Chain, Entry, time_groups
-from .config import Job
 from .datasets import for_method
 from .datasets.balances import table as balances
 from .datasets.gaps import table as gaps
 from .datasets.history import ledger, my_trades, orders
 from .health import cursor_time
+from .jobfile import Job
 from .schema import cursors, ledger_verification, runs
 
 WINDOW = timedelta(seconds=defaults.SNAPSHOT_WINDOW)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
 

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from collector.cli import main
-from collector.config import Job, load
 from collector.events import RunFinished
+from collector.jobfile import Job, load
 from collector.ratelimit import RateLimit
 from collector.schedule import Schedule
 from collector.service import Service

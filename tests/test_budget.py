@@ -17,8 +17,8 @@ import krakenex
 import pytest
 
 import collector
-from collector.config import load
 from collector.events import RunFinished
+from collector.jobfile import load
 from collector.ratelimit import RateLimit
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken

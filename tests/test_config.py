@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.config import load, parse_duration
 from collector.errors import ConfigError, ConfigErrors
+from collector.jobfile import load, parse_duration
 
 SECRET = base64.b64encode(b"s" * 64).decode()
 

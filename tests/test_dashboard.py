@@ -24,8 +24,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from collector.config import load
 from collector.dashboard import Dashboard
+from collector.jobfile import load
 from collector.service import Service
 from collector.store import Store
 from collector.testing.fake_exchange import FakeKraken

@@ -14,9 +14,9 @@ from decimal import Decimal
 
 import pytest
 
-from collector import config, datasets, methods
-from collector.config import load
+from collector import datasets
 from collector.datasets.base import timestamp
+from collector.jobfile import RETENTION_KEYS, load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
@@ -449,9 +449,8 @@ def test_each_dataset_declares_what_the_others_ask_of_it() -> None:
         "OHLC",
         "Spread",
     }
-    # The copies config.py and methods.py keep until they read the datasets (then these go).
-    assert ("runs", *datasets.retention_tables()) == config.RETENTION_KEYS
-    assert datasets.history_methods() == methods.HISTORY_METHODS
+    # The job file reads them from the datasets: no copy to keep equal.
+    assert ("runs", *datasets.retention_tables()) == RETENTION_KEYS
 
 
 def test_each_dataset_reads_its_own_cursor_as_a_time() -> None:

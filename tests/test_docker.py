@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sqlalchemy import create_engine, text
 
-from collector.config import load
+from collector.jobfile import load
 
 from .helpers import running, sigterm, wait_for
 

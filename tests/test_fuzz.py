@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from collector.config import JOB_KEYS, KRAKEN_KEYS, TOP_KEYS, load
 from collector.errors import ConfigError, Status
+from collector.jobfile import JOB_KEYS, KRAKEN_KEYS, TOP_KEYS, load
 from collector.retry import RetryPolicy
 from collector.service import Service
 

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from collector.cli import main
-from collector.config import load
 from collector.dashboard import Dashboard
+from collector.jobfile import load
 from collector.logs import TextFormatter
 from collector.numbers import (
     NumberError,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import collector
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.keystate import KeyState, key_id
 from collector.service import Service
 

@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from collector.cli import main
-from collector.config import Job, load
 from collector.errors import Status
 from collector.events import Events, Reloaded, RunFinished
 from collector.health import cursor_time, stale_after
+from collector.jobfile import Job, load
 from collector.metrics import Metrics, Monitor
 from collector.records import RunRecord
 from collector.schema import runs

@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from collector.config import load
 from collector.datasets.reference import DELISTED
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import REFERENCE_JOBS, Service
 from collector.store import Store

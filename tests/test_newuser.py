@@ -22,7 +22,6 @@ from sqlalchemy import select, text
 
 import collector
 from collector.cli import main
-from collector.config import load
 from collector.errors import (
     ConfigError,
     ConnectionFailed,
@@ -31,6 +30,7 @@ from collector.errors import (
     RequestTimeout,
     Status,
 )
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.schedule import trigger
 from collector.schema import runs

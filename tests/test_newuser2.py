@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from collector.cli import main
-from collector.config import load
 from collector.datasets import Ledger
 from collector.errors import ConfigError
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service, build_api
 from collector.status import collect, render

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 
 from .helpers import running, wait_for

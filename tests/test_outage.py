@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine, text
 
-from collector.config import load
+from collector.jobfile import load
 from collector.records import RunRecord, decode, encode
 from collector.service import Service
 from collector.spool import Spool, peek

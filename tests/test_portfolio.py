@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine
 
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store

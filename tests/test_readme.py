@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 
 from .helpers import wait_for

@@ -10,7 +10,7 @@ from decimal import Decimal
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.retention import Retention
 from collector.store import Store

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from collector.config import load
 from collector.errors import (
     BadResponse,
     ConnectionFailed,
@@ -12,6 +11,7 @@ from collector.errors import (
     KrakenAPIError,
     RequestTimeout,
 )
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.retry import LOCKOUT, NEVER, NONCE, RATE_LIMIT, TRANSIENT, RetryPolicy, classify
 from collector.service import Service

@@ -138,6 +138,6 @@ def test_group_or_world_readable_key_file_gets_a_warning(tmp_path, keypair) -> N
 
 
 def test_job_repr_hides_params() -> None:
-    from collector.config import Job
+    from collector.jobfile import Job
 
     assert OTP not in repr(Job(name="b", method="Balance", params={"otp": OTP}))

@@ -19,8 +19,8 @@ from sqlalchemy import create_engine, text
 
 import collector
 from collector.cli import main
-from collector.config import Config, load
 from collector.datasets import Balances
+from collector.jobfile import Config, load
 from collector.records import RunRecord
 from collector.retry import RetryPolicy
 from collector.service import Service

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
 
 from collector import datasets
-from collector.config import load
 from collector.datasets import DEFAULT, Dataset
 from collector.datasets.base import epoch
 from collector.events import BatchStored, Events, RunFinished
+from collector.jobfile import load
 from collector.metrics import Metrics
 from collector.records import RunRecord
 from collector.retention import Retention

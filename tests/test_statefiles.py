@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from collector import defaults, statefile
-from collector.config import load
 from collector.errors import ConfigError
+from collector.jobfile import load
 from collector.keystate import KeyBudget, KeyState
 from collector.nonce import NonceSource
 from collector.ratelimit import RateLimit, RateLimiter, ceiling

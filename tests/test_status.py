@@ -12,8 +12,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.config import load
 from collector.errors import Status
+from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.store import Store

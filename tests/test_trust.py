@@ -33,9 +33,9 @@ from sqlalchemy import create_engine, inspect, text
 import collector
 from collector import defaults
 from collector.cli import main
-from collector.config import Job, load
 from collector.errors import HTTPStatusError, RequestTimeout, Status
 from collector.events import RunFinished
+from collector.jobfile import Job, load
 from collector.records import RunRecord
 from collector.service import Service
 from collector.spool import Spool

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from collector import verify
 from collector.cli import main
-from collector.config import load
+from collector.jobfile import load
 from collector.service import Service
 from collector.store import Store
 from collector.testing.fake_exchange import FakeKraken

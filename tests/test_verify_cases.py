@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from collector import verify
-from collector.config import Job
+from collector.jobfile import Job
 from collector.records import RunRecord
 from collector.store import Store
 

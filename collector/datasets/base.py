@@ -122,7 +122,7 @@ class Dataset:
     # -- the paging protocol ---------------------------------------------------------------------
 
     def first(self, job: Any, cursor: Any, now: datetime) -> tuple[dict[str, Any], Any]:
-        """The first call of a run of ``job`` (a :class:`collector.config.Job`): its parameters,
+        """The first call of a run of ``job`` (a :class:`collector.jobfile.Job`): its parameters,
         and the cursor the run starts from (stored with the first page's rows)."""
         return self.params(job.params, cursor), cursor
 
