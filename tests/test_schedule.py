@@ -24,9 +24,9 @@ import apscheduler.triggers.cron
 import apscheduler.triggers.interval
 from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
 from apscheduler.schedulers.blocking import BlockingScheduler
-from collector.config import Job
 
 import collector
+from collector.jobfile import Job
 from collector.schedule import RunExecutor, Schedule
 
 from .helpers import wait_for
