@@ -130,6 +130,24 @@ class LedgerVerified:
 
 
 @dataclass(frozen=True)
+class LeaseTaken:
+    """This process took the lease of ``name`` (an account, or ``(public)`` for the public
+    jobs): the last holder may have moved its cursors, and its jobs may run now. Published
+    before the lease lets anything be sent, after the key's session raised its nonce floor."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another process (``holder``) holds the lease of ``name`` that this one held: its calls
+    stop until it is taken again."""
+
+    name: str
+    holder: str
+
+
+@dataclass(frozen=True)
 class Reloaded:
     """The job file was read again (SIGHUP): these jobs (:class:`collector.config.Job`) now run;
     ``added``, ``removed`` and ``changed`` are names."""
