@@ -29,11 +29,12 @@ from .coordination import PUBLIC, Leases
 from .dashboard import Dashboard
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events, LeaseTaken, RateLimitWaited, ServiceFailed
+from .events import Events, LeaseTaken, RateLimitWaited, Reloaded, ServiceFailed
 from .metrics import Monitor
 from .numbers import parse_integer
 from .ratelimit import RateLimiter
 from .records import RunRecord
+from .reload import JobChanges
 from .retention import Retention
 from .retry import RetryPolicy
 from .runner import Runner, utcnow
@@ -216,6 +217,20 @@ class Service:
         self.schedule.run_now(
             [j.name for j in self.config.jobs if (j.account or PUBLIC) == event.name]
         )
+
+    def apply(self, config: Config, changes: JobChanges) -> None:
+        """Take a job file read again (SIGHUP; :mod:`collector.reload` checked that nothing a
+        restart needs changed, and says what did): its jobs stop, start or change in the schedule,
+        the runner drops the cursors it holds of jobs whose rows change, retention applies, and
+        :class:`~collector.events.Reloaded` tells the rest (health, metrics)."""
+        self.schedule.remove(changes.removed)
+        for name in changes.forget:
+            self.runner.forget(name)
+        jobs = {job.name: job for job in config.jobs}
+        self.schedule.put([jobs[name] for name in (*changes.added, *changes.changed)])
+        self.config = config
+        self.retention.configure(config)
+        self.events.publish(Reloaded(config.jobs, changes.added, changes.removed, changes.changed))
 
     # -- life cycle -----------------------------------------------------------------------------
 
