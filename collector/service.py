@@ -376,33 +376,41 @@ class Service:
         self.stopping.set()
         for client in self._clients():
             client.cut_calls(defaults.STOP_GRACE)
-        if self.monitor is not None:
-            self.monitor.stop()
-        self.retention.stop()
-        try:
+        # Each step runs whatever the ones before it raised (a key's file that can't be written
+        # at the end never leaves the database, the spool or the other keys' files open): the
+        # stack runs the later steps, registered last first, after the body's.
+        with contextlib.ExitStack() as later:
+            later.callback(self.spool.close)
+            later.callback(self.store.dispose)
+            # The last runs are written: their verification may finish, within the grace.
+            later.callback(self.verifier.stop, defaults.WRITE_GRACE)
+            later.callback(self._close_keys)
+            later.callback(self._close_writer)
+            if self.monitor is not None:
+                self.monitor.stop()
+            self.retention.stop()
             # Waits for calls in flight; each has a timeout, and budget waits end at once.
             self.schedule.shutdown(wait=True)
-        finally:
-            try:
-                if not self.writer.close(defaults.WRITE_GRACE):
-                    logger.critical(
-                        "%d runs could not be written before shutdown and are lost",
-                        self.writer.pending,
-                    )
-            finally:
-                # Every call has returned: the last nonce issued is the last one used.
-                last = {name: session.last for name, session in self.sessions.items()}
-                if self._opened:
-                    self.leases.stop(last)
-                self.public_api.close()
-                for name, session in self.sessions.items():
-                    session.close(self._opened, last[name])
-                # The last runs are written: their verification may finish, within the grace.
-                self.verifier.stop(defaults.WRITE_GRACE)
-                self.store.dispose()
-                self.spool.close()
         if self._opened:  # a service that never opened (its error says why) did not stop
             logger.info("collector stopped: %d runs written", self.writer.runs_written)
+
+    def _close_writer(self) -> None:
+        if not self.writer.close(defaults.WRITE_GRACE):
+            logger.critical(
+                "%d runs could not be written before shutdown and are lost", self.writer.pending
+            )
+
+    def _close_keys(self) -> None:
+        """Give the leases back and close each key's session (in that order, each whatever the
+        others raised)."""
+        # Every call has returned: the last nonce issued is the last one used.
+        last = {name: session.last for name, session in self.sessions.items()}
+        with contextlib.ExitStack() as later:
+            for name, session in reversed(self.sessions.items()):
+                later.callback(session.close, self._opened, last[name])
+            later.callback(self.public_api.close)
+            if self._opened:
+                self.leases.stop(last)
 
     def _clients(self) -> list[API]:
         return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())

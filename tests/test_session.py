@@ -3,20 +3,27 @@ owner of the nonce mark, events where the others react."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
-from collector.config import Account, KrakenSettings
+from collector.config import Account, KrakenSettings, load
 from collector.coordination import Leases
+from collector.errors import ConfigError
 from collector.events import Events, LeaseTaken, RateLimitWaited
 from collector.keystate import KeyState, key_id
 from collector.ratelimit import RateLimit
+from collector.service import Service
 from collector.session import KeySession
 from collector.store import Store
+
+from .test_service import job_file
 
 
 def _now_ms() -> int:
@@ -137,3 +144,30 @@ def test_waits_for_the_keys_budget_are_published_under_the_accounts_name(
         session.close(True)
         store.dispose()
     assert waits and set(waits) == {"private:main"}
+
+
+def _open_files() -> set[str]:
+    """The files this process holds open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def test_a_key_file_that_cant_be_written_at_stop_still_closes_everything(
+    tmp_path, fake, keypair, state_dir
+) -> None:
+    """Before: the mark file's ConfigError at stop left the budget file, the database and the
+    spool open (the steps after it never ran)."""
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    service = Service(
+        load(job_file(tmp_path, fake, keypair, url, "b: {method: Balance, every: 1h}"))
+    )
+    assert service.run_once()
+    ours = {str(tmp_path / "k.db"), str(Path(service.config.spool_path)), str(Path(state_dir))}
+    assert any(f.startswith(tuple(ours)) for f in _open_files())
+    os.chmod(state_dir, 0o770)  # the mark file's folder can no longer be trusted
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        service.stop()
+    assert not [f for f in _open_files() if f.startswith(tuple(ours))]
