@@ -1,8 +1,9 @@
 """What happened, for whoever wants to know: components publish events, subscribers listen.
 
 The runner and the writer publish (a run finished, a batch was stored, runs were spooled or
-replayed), the verifier what it verified; logs, metrics and tests subscribe, instead of reaching
-into the components.
+replayed), the verifier what it verified, the leases a lease taken or lost, a key's session its
+waits and refusals; logs, metrics, the service and tests subscribe, instead of reaching into the
+components.
 
 Subscribers run synchronously in the publisher's thread (the runner's worker, the writer's
 thread), so they must be quick. One that raises is logged and skipped: it never breaks a run or a

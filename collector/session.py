@@ -22,8 +22,8 @@ where the processes that must see it read it. The session's rule:
   row of versions before the mark file; when the lease is taken, the lease row's mark (the last
   holder, on any machine: PostgreSQL only); at every private call, the budget file's last nonce
   (a process on this machine sending with the key now, :meth:`~collector.keystate.KeyBudget.turn`).
-  Every one of them goes through :meth:`raise_floor`, except the last, read inside the call's
-  turn.
+  Every one but the last (read inside the call's turn, bounded there) goes through
+  :meth:`raise_floor`: the nonces only go up, so the order they come in does not matter.
 * **Persisted where the deployment needs it**: before a nonce past the saved mark is issued, the
   new mark goes, synchronously, to the mark file (this machine) and, on PostgreSQL, the lease row
   (another machine taking over; refused when the lease is no longer ours, and then the nonce is
@@ -57,6 +57,10 @@ from .ratelimit import RateLimiter, ceiling, sent_level
 from .store import NONCE_KEY
 
 logger = logging.getLogger(__name__)
+
+#: Where versions before the per-key state kept the nonce lease (in the spool file); still read,
+#: so an upgrade right after a crash starts above it.
+LEGACY_LEASE = "nonce_lease"
 
 
 def build_api(
@@ -206,7 +210,7 @@ class KeySession:
         """
         self.raise_floor(database_mark, f"{database}: collector_state {mark_name(self.name)}")
         self.raise_floor(legacy_mark, f"the spool's {LEGACY_LEASE}")
-        self.client.nonces.raise_floor(self.state.start())
+        self.raise_floor(self.state.start(), str(self.state.path))
         self.budget.check()  # a budget file that can't be used: one line, now
         self.client.nonces.lease(
             defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[self.client.nonces.unit],
@@ -247,7 +251,7 @@ class KeySession:
         """This process took the account's lease: start above the last holder's nonces, and from
         its counter (exact from a clean release; after one that died, full as of the last moment
         its fence let it send; decayed since)."""
-        self.client.nonces.raise_floor(mark)
+        self.raise_floor(mark, f"the lease row of account {self.name} (account_leases)")
         inherited = self.lease.inherited if self.lease is not None else None
         limiter = self.client.limiter
         if inherited is not None and limiter is not None:
@@ -268,8 +272,3 @@ class KeySession:
 
     def _refused(self, seconds: float, refusals: int) -> None:
         self.events.publish(RateLimitRefused(self.name, seconds, refusals))
-
-
-#: Where versions before the per-key state kept the nonce lease (in the spool file); still read,
-#: so an upgrade right after a crash starts above it.
-LEGACY_LEASE = "nonce_lease"
