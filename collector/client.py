@@ -117,8 +117,9 @@ class API:
 
     :param key: (optional) the API key
     :param secret: (optional) the API secret (base64)
-    :param rate_limit: (optional) a tier name (``"starter"``, ``"intermediate"``, ``"pro"``) or a
-        :class:`~collector.ratelimit.RateLimit`; private calls then wait for budget
+    :param rate_limit: (optional) a tier name (``"starter"``, ``"intermediate"``, ``"pro"``), a
+        :class:`~collector.ratelimit.RateLimit`, or the :class:`~collector.ratelimit.RateLimiter`
+        to use; private calls then wait for budget
     :param public_rate_limit: (optional) the same for public calls; ``True`` means Kraken's ~1/s
     :param nonce_unit: ``"ms"`` (default, as krakenex and ccxt), ``"us"`` or ``"ns"``
     :param nonce_floor: every nonce is greater than this (the last one a previous process used)
@@ -127,6 +128,9 @@ class API:
     :param clock: wall clock in integer ns, for nonces; a seam for tests
     :param cancel: when this event is set, calls waiting for rate-limit budget give up with
         :class:`~collector.errors.Cancelled` (a service that is stopping)
+    :param uri: Kraken's address (krakenex's ``uri``)
+    :param permit: (optional) private calls are sent only while it returns True
+    :param shared: (optional) the key's budget shared with other processes (see :attr:`shared`)
     """
 
     def __init__(
@@ -134,18 +138,21 @@ class API:
         key: str = "",
         secret: str = "",
         *,
-        rate_limit: str | RateLimit | None = None,
-        public_rate_limit: RateLimit | bool | None = None,
+        rate_limit: str | RateLimit | RateLimiter | None = None,
+        public_rate_limit: RateLimit | RateLimiter | bool | None = None,
         nonce_unit: str = defaults.NONCE_UNIT,
         nonce_floor: int = 0,
         timeout: float | None = None,
         max_response: int = defaults.MAX_RESPONSE,
         clock: Callable[[], int] = time.time_ns,
         cancel: threading.Event | None = None,
+        uri: str = defaults.KRAKEN_URL,
+        permit: Callable[[], bool] | None = None,
+        shared: KeyBudget | None = None,
     ) -> None:
         self.key = key
         self.secret = secret
-        self.uri = defaults.KRAKEN_URL
+        self.uri = uri
         self.apiversion = "0"
         self.session = requests.Session()
         self.session.headers.update(
@@ -158,18 +165,20 @@ class API:
         self.timeout = timeout
         self.max_response = max_response
         self.nonces = NonceSource(nonce_unit, nonce_floor, clock)
-        self.limiter = RateLimiter(tier(rate_limit)) if rate_limit else None
+        self.limiter = _limiter(rate_limit)
         if public_rate_limit is True:
             public_rate_limit = PUBLIC_DEFAULT
-        self.public_limiter = RateLimiter(public_rate_limit) if public_rate_limit else None
+        self.public_limiter = _limiter(
+            None if isinstance(public_rate_limit, bool) else public_rate_limit
+        )
         self.cancel = cancel
         #: when set, private calls are sent only while it returns True (checked under the private
         #: lock, right before the nonce is taken): an account this process holds the lease on
-        self.permit: Callable[[], bool] | None = None
+        self.permit = permit
         #: when set, the key's counter and nonce sequence shared with the other processes using
         #: the key on this machine (:class:`collector.keystate.KeyBudget`): each private call
         #: takes its turn under it
-        self.shared: KeyBudget | None = None
+        self.shared = shared
         self._json_options: dict[str, Any] = {}
         self._private_lock = threading.Lock()
         self._auth_cache: tuple[str, str, KrakenAuth] | None = None
@@ -572,6 +581,15 @@ def _transport_reason(chain: list[BaseException], host: str) -> str:
         if any(isinstance(e, kind) for e in chain):
             return reason
     return f"connection failed ({type(chain[-1]).__name__})"
+
+
+def _limiter(limit: RateLimit | RateLimiter | str | None) -> RateLimiter | None:
+    """The limiter given, or one made for the limit given, or None (no limit, as krakenex)."""
+    if not limit:
+        return None
+    if isinstance(limit, RateLimiter):
+        return limit
+    return RateLimiter(tier(limit))
 
 
 def _innermost(chain: list[BaseException]) -> str:

@@ -49,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import statefile
 from .errors import ConfigError, NotPermitted
+from .events import LeaseLost, LeaseTaken
 from .schema import account_leases as leases
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,23 @@ PUBLIC = "(public)"
 
 #: A key's rate counter as its holder knows it now: ``(level, refusals in a row)``.
 CounterReading = Callable[[], tuple[float, int] | None]
+
+
+@dataclass(frozen=True)
+class LeaseKey:
+    """What an account's lease knows of its key, from the key's owner
+    (:class:`collector.session.KeySession`): given whole when the lease is made."""
+
+    #: the key's nonce unit, and the highest counter level it can have
+    #: (:func:`collector.ratelimit.ceiling`): what the row holds is bounded by them
+    #: (:mod:`collector.statefile`'s rules), as the key's state files are
+    nonce_unit: str
+    level_ceiling: float
+    #: the key's counter now, written with each renewal and at the release (PostgreSQL)
+    counter: CounterReading
+    #: called with the last holder's nonce mark when this process takes the lease, before
+    #: ``permit()`` turns true (the owner raises its nonce floor and takes in :attr:`Lease.inherited`)
+    on_taken: Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -76,8 +94,16 @@ class Inherited:
 class Lease:
     """One account's lease, as one process sees it. ``permit()`` says whether it may send now."""
 
-    def __init__(self, name: str, failover: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        name: str,
+        failover: float,
+        key: LeaseKey | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.name = name
+        #: the account key's unit, ceiling, counter and owner (None: the public jobs' lease)
+        self.key = key
         self.failover = failover
         self.clock = clock
         self.valid_until = 0.0  # monotonic; 0: not held
@@ -86,15 +112,14 @@ class Lease:
         self.holder: str | None = None
         #: held when the database was last reached, and not reached since (an outage)
         self.unreachable = False
-        #: the key's counter now, written with each renewal and at the release (PostgreSQL)
-        self.counter: CounterReading = lambda: None
         #: the counter the last holder left, read when this process took the lease (else None)
         self.inherited: Inherited | None = None
-        #: the account key's nonce unit, and the highest counter level it can have
-        #: (:func:`collector.ratelimit.ceiling`): what the row holds is bounded by them
-        #: (:mod:`collector.statefile`'s rules), as the key's state files are
-        self.nonce_unit = "ms"
-        self.level_ceiling = 0.0
+        self.nonce_unit = key.nonce_unit if key is not None else "ms"
+        self.level_ceiling = key.level_ceiling if key is not None else 0.0
+
+    def counter(self) -> tuple[float, int] | None:
+        """The key's counter now (None for the public jobs' lease: no key, no counter)."""
+        return self.key.counter() if self.key is not None else None
 
     #: whether a lease held by another process is surely held by a live one (then it is not
     #: worth waiting for); a row's holder may be dead, its lease running out
@@ -128,8 +153,10 @@ class Lease:
 class PgLease(Lease):
     """A lease row in PostgreSQL (``account_leases``), timed by the database's clock."""
 
-    def __init__(self, name: str, engine: Engine, failover: float, holder: str) -> None:
-        super().__init__(name, failover)
+    def __init__(
+        self, name: str, engine: Engine, failover: float, holder: str, key: LeaseKey | None = None
+    ) -> None:
+        super().__init__(name, failover, key)
         self.engine = engine
         self.holder = holder
 
@@ -298,8 +325,8 @@ class FileLease(Lease):
     #: the kernel drops the lock when its holder dies: a lock held is a holder alive
     holder_alive = True
 
-    def __init__(self, name: str, path: Path, failover: float) -> None:
-        super().__init__(name, failover)
+    def __init__(self, name: str, path: Path, failover: float, key: LeaseKey | None = None) -> None:
+        super().__init__(name, failover, key)
         self.path = path
         self._fd: int | None = None
 
@@ -332,19 +359,25 @@ class FileLease(Lease):
 class Leases:
     """The leases a process needs, and the thread that takes, renews and gives them back.
 
-    :param on_taken: called as ``on_taken(name, previous_mark)`` when a lease is taken (the
-        caller raises the account's nonce floor and forgets cached cursors), before ``permit``
-        turns true
+    Each lease is made by :meth:`add` (an account's by its key's session, which hands in a
+    :class:`LeaseKey`) before :meth:`start`. When one is taken, its key's owner hears first
+    (``LeaseKey.on_taken``: the nonce floor, the counter), then ``publish`` gets a
+    :class:`~collector.events.LeaseTaken` (the service re-reads cursors and runs the account's
+    jobs), all before ``permit`` turns true; one lost is a :class:`~collector.events.LeaseLost`.
+
+    :param make: makes the lease of a name (the kind the database needs)
+    :param publish: where the events go
     """
 
     def __init__(
         self,
-        leases_: dict[str, Lease],
-        on_taken: Callable[[str, int], None],
+        make: Callable[[str, LeaseKey | None], Lease],
         failover: float,
+        publish: Callable[[object], None],
     ) -> None:
-        self.leases = leases_
-        self.on_taken = on_taken
+        self.leases: dict[str, Lease] = {}
+        self._make = make
+        self.publish = publish
         self.interval = failover / 5
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="collector-leases", daemon=True)
@@ -352,25 +385,37 @@ class Leases:
     @classmethod
     def for_database(
         cls,
-        names: list[str],
         engine: Engine,
         database_path: str | None,
         failover: float,
-        on_taken: Callable[[str, int], None],
+        publish: Callable[[object], None],
     ) -> Leases:
         """Row leases on PostgreSQL, file locks beside a SQLite file, none for in-memory SQLite."""
-        found: dict[str, Lease] = {}
+        make: Callable[[str, LeaseKey | None], Lease]
         if engine.dialect.name == "postgresql":
             holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            found = {n: PgLease(n, engine, failover, holder) for n in names}
+
+            def make(n: str, key: LeaseKey | None) -> Lease:
+                return PgLease(n, engine, failover, holder, key)
+
         elif database_path and database_path != ":memory:":
-            found = {
-                n: FileLease(n, Path(f"{database_path}.{_file_name(n)}.lock"), failover)
-                for n in names
-            }
+
+            def make(n: str, key: LeaseKey | None) -> Lease:
+                return FileLease(n, Path(f"{database_path}.{_file_name(n)}.lock"), failover, key)
+
         else:
-            found = {n: _Always(n, failover) for n in names}
-        return cls(found, on_taken, failover)
+
+            def make(n: str, key: LeaseKey | None) -> Lease:
+                return _Always(n, failover, key)
+
+        return cls(make, failover, publish)
+
+    def add(self, name: str, key: LeaseKey | None = None) -> Lease:
+        """The lease of ``name`` (made now, taken from :meth:`start`): touches nothing."""
+        lease = self._make(name, key)
+        # In name order, whoever adds first: the order they are taken in and logged.
+        self.leases = dict(sorted({**self.leases, name: lease}.items()))
+        return lease
 
     def permit(self, name: str) -> bool:
         lease = self.leases.get(name)
@@ -462,7 +507,10 @@ class Leases:
             lease.unreachable = False
             if taken:
                 lease.valid_until, until = 0.0, lease.valid_until
-                self.on_taken(name, mark)  # before any call: the floor, fresh cursors
+                # Before any call: the key's floor and counter, then fresh cursors and runs.
+                if lease.key is not None:
+                    lease.key.on_taken(mark)
+                self.publish(LeaseTaken(name))
                 lease.valid_until = until
                 lease.standby_logged = None
                 logger.info("holding the lease on %s", _label(name))
@@ -470,6 +518,7 @@ class Leases:
             lease.holder = holder
             if held:
                 logger.error("lost the lease on %s: %s stop", _label(name), _calls(name))
+                self.publish(LeaseLost(name, holder))
             if holder != lease.standby_logged:
                 lease.standby_logged = holder
                 logger.warning("standing by: %s held by %s", _held(name), holder)

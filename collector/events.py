@@ -1,8 +1,9 @@
 """What happened, for whoever wants to know: components publish events, subscribers listen.
 
 The runner and the writer publish (a run finished, a batch was stored, runs were spooled or
-replayed), the verifier what it verified; logs, metrics and tests subscribe, instead of reaching
-into the components.
+replayed), the verifier what it verified, the leases a lease taken or lost, a key's session its
+waits and refusals; logs, metrics, the service and tests subscribe, instead of reaching into the
+components.
 
 Subscribers run synchronously in the publisher's thread (the runner's worker, the writer's
 thread), so they must be quick. One that raises is logged and skipped: it never breaks a run or a
@@ -127,6 +128,24 @@ class LedgerVerified:
     entries: int
     breaks: tuple[str, ...] = ()
     recorded: int = 0
+
+
+@dataclass(frozen=True)
+class LeaseTaken:
+    """This process took the lease of ``name`` (an account, or ``(public)`` for the public
+    jobs): the last holder may have moved its cursors, and its jobs may run now. Published
+    before the lease lets anything be sent, after the key's session raised its nonce floor."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another process (``holder``) holds the lease of ``name`` that this one held: its calls
+    stop until it is taken again."""
+
+    name: str
+    holder: str
 
 
 @dataclass(frozen=True)

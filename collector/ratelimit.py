@@ -91,6 +91,10 @@ class RateLimiter:
     :param headroom: stay this many units under ``limit.max`` (never more than ``max - 1``)
     :param clock: monotonic seconds; a seam for tests
     :param sleep: how to wait when no ``cancel`` event is given; a seam for tests
+    :param on_wait: called with the seconds a call is about to wait for budget (metrics count
+        them); quick, and it must not raise
+    :param on_refused: called with the seconds nothing is sent after a refusal and the refusals
+        in a row
     """
 
     def __init__(
@@ -100,6 +104,8 @@ class RateLimiter:
         headroom: float = defaults.HEADROOM,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[float], None] | None = None,
+        on_refused: Callable[[float, int], None] | None = None,
     ) -> None:
         self.limit = limit
         # A cost-1 call must always fit eventually, so the usable size is at least 1.
@@ -111,11 +117,8 @@ class RateLimiter:
         self._lock = threading.Lock()
         #: refusals in a row (``EAPI:Rate limit exceeded``) since the last accepted call
         self.refusals = 0
-        #: called with the seconds a call is about to wait for budget (metrics count them); quick,
-        #: and it must not raise
-        self.on_wait: Callable[[float], None] | None = None
-        #: called with the seconds nothing is sent after a refusal and the refusals in a row
-        self.on_refused: Callable[[float, int], None] | None = None
+        self.on_wait = on_wait
+        self.on_refused = on_refused
 
     def level(self) -> float:
         """The counter as Kraken can have it now (what ``status`` and ``collector_key_counter``

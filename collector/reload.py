@@ -20,15 +20,12 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import CollectorError
-from .events import Reloaded
 from .jobfile import Config, Job
-
-if TYPE_CHECKING:
-    from .service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +58,51 @@ def _what(job: Job) -> tuple[object, ...]:
     return (job.method, sorted(job.params.items()), job.since)
 
 
-def apply(service: Service, new: Config) -> bool:
+@dataclass(frozen=True)
+class JobChanges:
+    """What a reload changes in the jobs, by name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: changed in any way (schedule, params, ...): they take their new definition
+    changed: tuple[str, ...] = ()
+    #: removed, or changed in what decides their rows: the cursor held in memory is dropped, so
+    #: the next run starts from the stored one, as after a restart with the edited file
+    forget: tuple[str, ...] = ()
+
+
+def diff(old: Config, new: Config) -> JobChanges:
+    """The jobs ``new`` adds, removes and changes from ``old``."""
+    before = {j.name: j for j in old.jobs}
+    after = {j.name: j for j in new.jobs}
+    removed = tuple(n for n in before if n not in after)
+    # The line a job is on is not part of it: editing another job moves it.
+    changed = tuple(
+        n
+        for n in after
+        if n in before
+        and dataclasses.replace(before[n], line=0) != dataclasses.replace(after[n], line=0)
+    )
+    return JobChanges(
+        added=tuple(n for n in after if n not in before),
+        removed=removed,
+        changed=changed,
+        forget=removed + tuple(n for n in changed if _what(before[n]) != _what(after[n])),
+    )
+
+
+class Reloadable(Protocol):
+    """What a reload applies to (:class:`collector.service.Service`): it changes its own parts."""
+
+    config: Config
+
+    def apply(self, config: Config, changes: JobChanges) -> None: ...
+
+
+def apply(service: Reloadable, new: Config) -> bool:
     """Apply ``new`` to the running ``service``; False (and nothing changed) when it needs a
     restart."""
-    old = service.config
-    refused = restart_needed(old, new)
+    refused = restart_needed(service.config, new)
     if refused:
         logger.error(
             "%s: reload refused, nothing changed: %s changed; restart collector to apply",
@@ -73,34 +110,15 @@ def apply(service: Service, new: Config) -> bool:
             ", ".join(refused),
         )
         return False
-    before = {j.name: j for j in old.jobs}
-    after = {j.name: j for j in new.jobs}
-    added = [n for n in after if n not in before]
-    removed = [n for n in before if n not in after]
-    # The line a job is on is not part of it: editing another job moves it.
-    changed = [
-        n
-        for n in after
-        if n in before
-        and dataclasses.replace(before[n], line=0) != dataclasses.replace(after[n], line=0)
-    ]
-    service.schedule.remove(removed)
-    for name in removed:
-        service.runner.forget(name)
-    for name in changed:
-        if _what(before[name]) != _what(after[name]):
-            service.runner.forget(name)
-    service.schedule.put([after[n] for n in (*added, *changed)])
-    service.config = new
-    service.retention.configure(new)
-    service.events.publish(Reloaded(new.jobs, tuple(added), tuple(removed), tuple(changed)))
+    changes = diff(service.config, new)
+    service.apply(new, changes)
     logger.info(
         "%s reloaded: %d jobs; added %s; removed %s; changed %s",
         new.path,
         len(new.jobs),
-        ", ".join(added) or "none",
-        ", ".join(removed) or "none",
-        ", ".join(changed) or "none",
+        ", ".join(changes.added) or "none",
+        ", ".join(changes.removed) or "none",
+        ", ".join(changes.changed) or "none",
     )
     return True
 
@@ -111,7 +129,7 @@ class Reloader:
     while the service starts (waiting for its database) never kills the process; it is applied
     once :meth:`attach` hands over the running service."""
 
-    def __init__(self, load: Callable[[], Config], service: Service | None = None) -> None:
+    def __init__(self, load: Callable[[], Config], service: Reloadable | None = None) -> None:
         self.service = service
         self.load = load
         self._wake = threading.Event()
@@ -124,7 +142,7 @@ class Reloader:
         if self.service is not None:
             self._thread.start()
 
-    def attach(self, service: Service) -> None:
+    def attach(self, service: Reloadable) -> None:
         """The service is ready: reloads apply to it from now on (one asked before, now)."""
         self.service = service
         if self._wake.is_set():

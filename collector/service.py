@@ -11,9 +11,7 @@ flight finish (each has a timeout), every run is written, the session is closed,
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -22,39 +20,33 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from types import FrameType
 
-import requests
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import defaults, statefile
+from . import defaults
 from .client import API
 from .coordination import PUBLIC, Leases
 from .dashboard import Dashboard
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
-from .events import Events, RateLimitRefused, RateLimitWaited, ServiceFailed
+from .events import Events, LeaseTaken, RateLimitWaited, Reloaded, ServiceFailed
 from .jobfile import Account, Config, Job, KrakenSettings
-from .keystate import KeyBudget, KeyState
 from .metrics import Monitor
-from .nonce import UNITS
 from .numbers import parse_integer
-from .ratelimit import RateLimiter, ceiling
+from .ratelimit import RateLimiter
 from .records import RunRecord
+from .reload import JobChanges
 from .retention import Retention
 from .retry import RetryPolicy
 from .runner import Runner, utcnow
 from .schedule import Schedule
+from .session import LEGACY_LEASE, KeySession, build_api, mark_name
 from .spool import Spool
-from .store import NONCE_KEY, Store
+from .store import Store
 from .valuation import remember_quote
 from .verifier import Verifier
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
-
-#: Where versions before the per-key state kept the nonce lease (in the spool file); still read,
-#: so an upgrade right after a crash starts above it.
-LEGACY_LEASE = "nonce_lease"
-
 
 #: The jobs of the service's own: Kraken's assets and pairs (the ``assets`` and ``pairs`` tables,
 #: which name everything else), asked for at start and daily with the public budget. Their names
@@ -77,35 +69,6 @@ def reference_jobs(settings: KrakenSettings) -> tuple[Job, ...]:
         )
         for name, method in REFERENCE_JOBS.items()
     )
-
-
-def build_api(
-    settings: KrakenSettings,
-    account: Account | None = None,
-    *,
-    cancel: threading.Event | None = None,
-) -> API:
-    """A shared client: rate limits on, a timeout on every call, proxies resolved once. With an
-    ``account``, its key, counter and nonce unit; without, a public client (no credentials)."""
-    api = API(
-        account.key if account else "",
-        account.secret if account else "",
-        rate_limit=account.tier if account else settings.tier,
-        public_rate_limit=settings.public_rate_limit,
-        nonce_unit=account.nonce_unit if account else settings.nonce_unit,
-        timeout=settings.timeout,
-        max_response=settings.max_response,
-        cancel=cancel,
-    )
-    api.uri = settings.url
-    # requests re-reads proxy variables and ~/.netrc on every request; a long-running service
-    # resolves them once here (a netrc login must never be sent to Kraken anyway).
-    api.session.proxies.update(requests.utils.get_environ_proxies(settings.url))
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        api.session.verify = bundle
-    api.session.trust_env = False
-    return api
 
 
 class Service:
@@ -140,41 +103,48 @@ class Service:
         self.events = events or Events()
         self._owns_store = store is None  # a store passed in is migrated by whoever made it
         self.store = store or Store.from_url(config.database, datasets)
-        if api is not None:
-            self.public_api = api
-            names = [a.name for a in config.accounts] or (
-                [defaults.DEFAULT_ACCOUNT] if api.key else []
-            )
-            self.apis = {name: api for name in names}
-        else:
-            self.public_api = build_api(config.kraken, cancel=self.stopping)
-            self.apis = {
-                a.name: build_api(config.kraken, a, cancel=self.stopping) for a in config.accounts
-            }
-        #: the first account's client (the only one, in a file with credentials under kraken:)
-        self.api = next(iter(self.apis.values()), self.public_api)
         self.spool = Spool(config.spool_path, config.spool_max_runs)
         self.writer = Writer(self.store, nonce=self._marks, spool=self.spool, events=self.events)
         #: the service's own jobs: the reference data every table's names come from
         self.reference = reference_jobs(config.kraken) if config.reference else ()
-        # The public lease covers the reference jobs too, whatever the file's jobs are.
-        needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
+        engine = self.store.engine
         self.leases = Leases.for_database(
-            sorted(needed),
-            self.store.engine,
-            self.store.engine.url.database if self.store.engine.dialect.name == "sqlite" else None,
+            engine,
+            engine.url.database if engine.dialect.name == "sqlite" else None,
             config.failover,
-            self._taken,
+            self.events.publish,
         )
-        for name, client in self.apis.items():
-            client.permit = lambda name=name: self.leases.permit(name)
-            lease = self.leases.leases.get(name)
-            if lease is not None:  # what the row may hold is bounded by the key's unit and tier
-                lease.nonce_unit = client.nonces.unit
-            if lease is not None and client.limiter is not None:
-                # The lease row carries the key's counter to the next holder (another machine).
-                lease.counter = functools.partial(_sent_level, client.limiter)
-                lease.level_ceiling = ceiling(client.limiter.limit, config.kraken.lockout)
+        # A lease for each account a job uses, and the public one (which covers the reference
+        # jobs too, whatever the file's jobs are).
+        needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
+        if PUBLIC in needed:
+            self.leases.add(PUBLIC)
+        self.public_api = api or build_api(
+            config.kraken,
+            cancel=self.stopping,
+            public_limiter=RateLimiter(config.kraken.public_rate_limit, on_wait=self._waited),
+        )
+        if api is not None and api.public_limiter is not None:
+            api.public_limiter.on_wait = self._waited  # the seam's client, wired once here
+        accounts = config.accounts
+        if api is not None and not accounts and api.key:
+            accounts = (Account(defaults.DEFAULT_ACCOUNT, api.key),)
+        #: each account's key: its client, counter, nonces, state files and lease
+        self.sessions = {
+            a.name: KeySession(
+                a,
+                config.kraken,
+                state_dir=config.state_dir,
+                database=config.database_for_display(),
+                events=self.events,
+                leases=self.leases if a.name in needed else None,
+                cancel=self.stopping,
+                client=api,
+            )
+            for a in accounts
+        }
+        #: each account's client (a view of the sessions')
+        self.apis = {name: s.client for name, s in self.sessions.items()}
         clients: dict[str | None, API] = {None: self.public_api}
         clients.update(self.apis)
         self.runner = Runner(
@@ -198,35 +168,10 @@ class Service:
             on_death=lambda reason: self.events.publish(ServiceFailed(reason)),
             last_success=self.store.last_success,  # a cron job that never succeeded runs at once
         )
-        self.keystates = {
-            name: KeyState(config.state_dir, client.key, client.nonces.unit)
-            for name, client in self.apis.items()
-        }
-        # Each key's counter and nonce sequence, shared with every process using the key here.
-        for name, client in self.apis.items():
-            client.shared = KeyBudget(
-                config.state_dir,
-                client.key,
-                client.nonces.unit,
-                database=config.database_for_display(),
-                lockout=config.kraken.lockout,
-            )
-            if client.limiter is not None:
-                client.limiter.on_refused = lambda s, n, name=name: self.events.publish(
-                    RateLimitRefused(name, s, n)
-                )
+        self.events.subscribe(LeaseTaken, self._lease_taken)
         self._opened = False
         #: after :meth:`run_once`: what another process held (in words), so its jobs did not run
         self.held_elsewhere: list[str] = []
-        # Metrics count the waits (the clients stay metrics-free): the public budget, and each
-        # account's counter ("private" for the one account of a file without accounts:).
-        limiters = [("public", self.public_api.public_limiter)] + [
-            ("private" if name == defaults.DEFAULT_ACCOUNT else f"private:{name}", client.limiter)
-            for name, client in self.apis.items()
-        ]
-        for name, limiter in limiters:
-            if limiter is not None:
-                limiter.on_wait = lambda s, n=name: self.events.publish(RateLimitWaited(n, s))
         self.retention = Retention(self.store, config)
         # Each account's ledger verified as it is collected, in a thread of its own.
         self.verifier = Verifier(
@@ -234,6 +179,7 @@ class Service:
         )
         self.monitor: Monitor | None = None
         if config.metrics_listen:
+            first = next(iter(self.sessions.values()), None)
             self.monitor = Monitor(
                 config.metrics_listen,
                 jobs=config.jobs,
@@ -241,8 +187,8 @@ class Service:
                 writer_state=lambda: self.writer.state,
                 pending=lambda: self.writer.pending,
                 spooled=lambda: len(self.spool),
-                nonce=(lambda: self.api.nonces.last) if self.api.key else None,
-                nonce_unit=self.api.nonces.unit,
+                nonce=(lambda: first.last) if first is not None else None,
+                nonce_unit=(first.client if first is not None else self.public_api).nonces.unit,
                 load_cursor=self.store.load_cursor,
                 last_success=self.store.last_success,
                 datasets=self.runner.datasets,
@@ -252,29 +198,39 @@ class Service:
                 allowed_hosts=config.metrics_allowed_hosts,
             )
 
+    def _waited(self, seconds: float) -> None:
+        self.events.publish(RateLimitWaited("public", seconds))
+
     def _key_levels(self) -> dict[str, float]:
         """Each account key's rate counter, as this process believes it."""
-        return {n: c.limiter.level() for n, c in self.apis.items() if c.limiter is not None}
+        levels = {name: s.level() for name, s in self.sessions.items()}
+        return {name: level for name, level in levels.items() if level is not None}
 
     def _marks(self) -> dict[str, int]:
         """Each account's highest nonce so far, by its row in ``collector_state``."""
-        return {mark_name(name): client.nonces.last for name, client in self.apis.items()}
+        return {row: mark for s in self.sessions.values() for row, mark in s.marks().items()}
 
-    def _taken(self, name: str, mark: int) -> None:
-        """This process took ``name``'s lease: start above the last holder's nonces, and read
-        the datasets' cursors afresh (the last holder moved them)."""
-        if name in self.apis:
-            client = self.apis[name]
-            client.nonces.raise_floor(mark)
-            lease = self.leases.leases.get(name)
-            inherited = lease.inherited if lease is not None else None
-            if inherited is not None and client.limiter is not None:
-                # The last holder's counter: exact from a clean release; after one that died,
-                # full as of the last moment its fence let it send. Decayed since.
-                level = inherited.level if inherited.released else client.limiter.limit.max
-                client.limiter.restore(level, inherited.ago, inherited.refusals)
+    def _lease_taken(self, event: LeaseTaken) -> None:
+        """This process took a lease (the key's session raised its floor already): read the
+        datasets' cursors afresh (the last holder moved them) and run its jobs now."""
         self.runner.forget_cursors()
-        self.schedule.run_now([j.name for j in self.config.jobs if (j.account or PUBLIC) == name])
+        self.schedule.run_now(
+            [j.name for j in self.config.jobs if (j.account or PUBLIC) == event.name]
+        )
+
+    def apply(self, config: Config, changes: JobChanges) -> None:
+        """Take a job file read again (SIGHUP; :mod:`collector.reload` checked that nothing a
+        restart needs changed, and says what did): its jobs stop, start or change in the schedule,
+        the runner drops the cursors it holds of jobs whose rows change, retention applies, and
+        :class:`~collector.events.Reloaded` tells the rest (health, metrics)."""
+        self.schedule.remove(changes.removed)
+        for name in changes.forget:
+            self.runner.forget(name)
+        jobs = {job.name: job for job in config.jobs}
+        self.schedule.put([jobs[name] for name in (*changes.added, *changes.changed)])
+        self.config = config
+        self.retention.configure(config)
+        self.events.publish(Reloaded(config.jobs, changes.added, changes.removed, changes.changed))
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -285,39 +241,14 @@ class Service:
         if self._owns_store:
             self.store.upgrade()
         self._remember_quote()
-        # Start above every nonce each key may have been used with: the database's mark, and the
-        # key's own state (the last nonce of a clean stop, the lease of a crashed process), which
-        # every process using the key shares whatever its database. The last holder's mark in
-        # the account's lease row comes when the lease is taken (_taken).
-        legacy_value = statefile.integer_text(self.spool.get(LEGACY_LEASE) or 0)
-        for name, client in self.apis.items():
-            state, lease = self.keystates[name], self.leases.leases.get(name)
-            # The database's mark is an outside value too: bounded as the state files' are.
-            where = f"{self.config.database_for_display()}: collector_state {mark_name(name)}"
-            stored = self.store.load_nonce(mark_name(name))
-            stored = statefile.floor(stored, client.nonces.unit, where, time.time_ns()) or 0
-            legacy = statefile.floor(
-                legacy_value, client.nonces.unit, f"the spool's {LEGACY_LEASE}", time.time_ns()
+        # Each key's session starts above every mark the deployment has (its rule says which).
+        legacy = self.spool.get(LEGACY_LEASE) or 0
+        for name, session in self.sessions.items():
+            session.open(
+                self.store.load_nonce(mark_name(name)),
+                legacy,
+                database=self.config.database_for_display(),
             )
-            floor = max(stored, legacy or 0, state.start())
-            if client.shared is not None:
-                client.shared.check()  # a budget file that can't be used: one line, now
-            client.nonces.lease(
-                defaults.NONCE_LEASE_SECONDS * 10**9 // UNITS[client.nonces.unit],
-                state.lease if lease is None else _both(state.lease, lease.save_mark),
-                slack=defaults.NONCE_LEASE_SLACK,
-            )
-            client.nonces.raise_floor(floor)
-            if client.shared is not None and client.limiter is not None and state.crashed:
-                # A process died with the key: its last calls may have filled the counter.
-                client.shared.assume_full(client.limiter.limit.max)
-            for owner in state.live_owners():
-                logger.warning(
-                    "another process uses the API key of account %s: %s; they share one budget "
-                    "and one nonce sequence: give each collector a key of its own",
-                    name,
-                    owner.replace(":", " pid "),
-                )
         self.writer.start()
         self.verifier.start()
         self.leases.start()
@@ -445,38 +376,41 @@ class Service:
         self.stopping.set()
         for client in self._clients():
             client.cut_calls(defaults.STOP_GRACE)
-        if self.monitor is not None:
-            self.monitor.stop()
-        self.retention.stop()
-        try:
+        # Each step runs whatever the ones before it raised (a key's file that can't be written
+        # at the end never leaves the database, the spool or the other keys' files open): the
+        # stack runs the later steps, registered last first, after the body's.
+        with contextlib.ExitStack() as later:
+            later.callback(self.spool.close)
+            later.callback(self.store.dispose)
+            # The last runs are written: their verification may finish, within the grace.
+            later.callback(self.verifier.stop, defaults.WRITE_GRACE)
+            later.callback(self._close_keys)
+            later.callback(self._close_writer)
+            if self.monitor is not None:
+                self.monitor.stop()
+            self.retention.stop()
             # Waits for calls in flight; each has a timeout, and budget waits end at once.
             self.schedule.shutdown(wait=True)
-        finally:
-            try:
-                if not self.writer.close(defaults.WRITE_GRACE):
-                    logger.critical(
-                        "%d runs could not be written before shutdown and are lost",
-                        self.writer.pending,
-                    )
-            finally:
-                # Every call has returned: the last nonce issued is the last one used.
-                last = {name: client.nonces.last for name, client in self.apis.items()}
-                if self._opened:
-                    self.leases.stop(last)
-                for client in self._clients():
-                    client.close()
-                if self._opened:
-                    for name, state in self.keystates.items():
-                        state.stop(last[name])
-                for client in self.apis.values():
-                    if client.shared is not None:
-                        client.shared.close()
-                # The last runs are written: their verification may finish, within the grace.
-                self.verifier.stop(defaults.WRITE_GRACE)
-                self.store.dispose()
-                self.spool.close()
         if self._opened:  # a service that never opened (its error says why) did not stop
             logger.info("collector stopped: %d runs written", self.writer.runs_written)
+
+    def _close_writer(self) -> None:
+        if not self.writer.close(defaults.WRITE_GRACE):
+            logger.critical(
+                "%d runs could not be written before shutdown and are lost", self.writer.pending
+            )
+
+    def _close_keys(self) -> None:
+        """Give the leases back and close each key's session (in that order, each whatever the
+        others raised)."""
+        # Every call has returned: the last nonce issued is the last one used.
+        last = {name: session.last for name, session in self.sessions.items()}
+        with contextlib.ExitStack() as later:
+            for name, session in reversed(self.sessions.items()):
+                later.callback(session.close, self._opened, last[name])
+            later.callback(self.public_api.close)
+            if self._opened:
+                self.leases.stop(last)
 
     def _clients(self) -> list[API]:
         return list({id(c): c for c in [self.public_api, *self.apis.values()]}.values())
@@ -509,29 +443,6 @@ def clock_offset(unixtime: int, before: float, after: float) -> float:
     if unixtime > after:  # its second began after it answered: ahead
         return unixtime - after
     return 0.0
-
-
-def mark_name(account: str) -> str:
-    """The ``collector_state`` row of an account's nonce mark (``default`` keeps the old name)."""
-    return NONCE_KEY if account == defaults.DEFAULT_ACCOUNT else f"{NONCE_KEY}:{account}"
-
-
-def _sent_level(limiter: RateLimiter) -> tuple[float, int]:
-    """The counter as the exchange can have it: the limiter's level counts the calls waiting for
-    budget too (a stop cancels them), and our calls alone never take Kraken's counter over its
-    maximum; after a refusal the level over the maximum is the penalty's wait, and is kept."""
-    level, refusals = limiter.snapshot()
-    return (level if refusals else min(level, limiter.limit.max)), refusals
-
-
-def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
-    def save(mark: int) -> None:
-        first(mark)
-        second(
-            mark
-        )  # raises NotPermitted when the lease is no longer ours: the nonce is not issued
-
-    return save
 
 
 @contextlib.contextmanager

@@ -93,3 +93,57 @@ def test_sighup_applies_the_new_job_file(tmp_path, fake, keypair, database_url) 
     assert proc.returncode == 0, log.read_text()[-2000:]
     text = log.read_text()
     assert keypair[1] not in text and "Traceback" not in text
+
+
+def test_a_reload_is_applied_by_the_service_to_its_own_parts(tmp_path, fake, keypair) -> None:
+    from collector.events import Reloaded
+    from collector.jobfile import load
+    from collector.reload import apply, diff
+    from collector.service import Service
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    before = """
+        a: {method: Time, every: 1h}
+        keep: {method: Ticker, params: {pair: XBTUSD}, every: 1h}
+        later: {method: Ticker, params: {pair: XBTUSD}, every: 1h}
+    """
+    old = load(job_file(tmp_path, fake, keypair, url, before, reference=False))
+    new = load(
+        job_file(
+            tmp_path,
+            fake,
+            keypair,
+            url,
+            """
+            keep: {method: Ticker, params: {pair: ETHUSD}, every: 1h}
+            later: {method: Ticker, params: {pair: XBTUSD}, every: 2h}
+            c: {method: Assets, every: 1h}
+            """,
+            reference=False,
+        )
+    )
+    moved = load(job_file(tmp_path, fake, keypair, f"sqlite:///{tmp_path / 'x.db'}", before))
+    service = Service(old)
+    heard: list[Reloaded] = []
+    service.events.subscribe(Reloaded, heard.append)
+    try:
+        changes = diff(old, new)
+        # `later` changed only its schedule: its cursor held in memory stays.
+        assert (changes.added, changes.removed, changes.changed, changes.forget) == (
+            ("c",),
+            ("a",),
+            ("keep", "later"),
+            ("a", "keep"),
+        )
+        assert not apply(service, moved)  # a new database needs a restart: nothing changes
+        assert service.config is old and heard == []
+        assert apply(service, new)
+        assert service.config is new
+        assert {j.name: j.every for j in service.schedule.jobs} == {
+            j.name: j.every for j in new.jobs
+        }
+        assert [(e.added, e.removed, e.changed) for e in heard] == [
+            (("c",), ("a",), ("keep", "later"))
+        ]
+    finally:
+        service.stop()
