@@ -646,3 +646,79 @@ def _remove_leftovers(folder: str, name: str) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def moment(value: str | None, option: str) -> datetime | None:
+    """``--since``/``--until``: a date (UTC midnight), an ISO time (UTC unless it says) or unix
+    seconds, as an aware datetime; one line for anything else."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), UTC)
+        found = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ConfigError(
+            f"{value!r} is not a date, a time or unix seconds ({exc}); e.g. 2024-01-31, "
+            "2024-01-31T12:00:00Z or 1706702400",
+            key=option,
+        ) from None
+    return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
+
+
+def has_table(engine: Engine, table: str, *, shown: str, file: str) -> None:
+    """The database (``shown``, of the job file ``file``) has ``table``, or one line saying how
+    to add it (an older collector migrated it), before anything is written."""
+    from sqlalchemy import inspect
+
+    from .store import current_revision
+
+    with engine.connect() as conn:
+        found = inspect(conn)
+        if table in found.get_table_names() or table in found.get_view_names():
+            return
+    raise ConfigError(
+        f"database {shown} has no {table} yet (at revision "
+        f"{current_revision(engine)}, an older collector's): "
+        f"`collector db upgrade {os.path.basename(file)}` adds it",
+        file=file,
+        key="database",
+    )
+
+
+def one_account(engine: Engine, request: Request, *, file: str) -> Request:
+    """Kraken's files are one account's: ``request`` for the account of the table's rows, or an
+    error that asks which when there are several."""
+    import dataclasses
+
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        found = (
+            conn.execute(
+                text(f"SELECT DISTINCT account FROM {request.table} ORDER BY account LIMIT 2")
+            )
+            .scalars()
+            .all()
+        )
+    if len(found) > 1:
+        raise ConfigError(
+            f"the {request.table} holds several accounts' rows ({', '.join(found)}, ...); "
+            "a Kraken file is one account's: say which with --account",
+            file=file,
+            key="--account",
+        )
+    return dataclasses.replace(request, account=found[0] if found else None)
+
+
+@contextlib.contextmanager
+def destination(where: Target, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
+    """Where an export writes: ``stdout`` (flushed at the end), or :func:`open_target`'s stream.
+    A reader that closed the pipe (``| head``) raises ``BrokenPipeError`` out of here."""
+    if where.path is not None:
+        with open_target(where) as out:
+            yield out
+        return
+    yield stdout
+    stdout.flush()

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from sqlalchemy.exc import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    SQLAlchemyError,
 )
 
 from . import bulk, defaults, statefile, valuation
+from .backoff import Backoff
 from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
@@ -182,6 +184,13 @@ def is_outage(exc: BaseException) -> bool:
     return not isinstance(exc, DataError | IntegrityError)
 
 
+def error_line(exc: BaseException) -> str:
+    """The driver's own first line of a database error (SQLAlchemy's wrapping repeats the
+    statement), bounded: what a one-line error or a log line says of it."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def migrations_dir() -> Path:
     """The Alembic scripts: inside the package when installed from a wheel, else the checkout's."""
     here = Path(__file__).resolve().parent
@@ -283,6 +292,54 @@ class Store:
     ) -> Store:
         """A store on a new engine; ``engine_options`` go to :func:`make_engine`."""
         return cls(make_engine(url, **engine_options), datasets)
+
+    @classmethod
+    def wait_until_reachable(
+        cls,
+        url: str,
+        wait: Callable[[float], bool] | None = None,
+        delays: Iterable[float] | None = None,
+    ) -> Store | None:
+        """The store at ``url``, migrated.
+
+        Without ``wait``, the first failure is raised. With it (a service started before its
+        database), a database that can't be reached yet is logged and tried again after each of
+        ``delays`` (the one backoff's by default): ``wait(delay)`` waits up to ``delay`` seconds
+        and says True when told to stop (``threading.Event.wait``), and then None is returned.
+        A server that is down comes back; a SQLite file that can't be opened or created
+        (permissions, a full or read-only disk) does not: only its lock is waited for. Raised as
+        they come: :class:`ConfigError` (a revision this collector does not know),
+        ``ModuleNotFoundError`` (no driver), and any database error waiting would not cure.
+        """
+        from sqlalchemy.engine import make_url
+
+        steps: Iterator[float] = iter(delays) if delays is not None else Backoff().delays()
+        sqlite_file = url.startswith("sqlite")
+        while True:
+            store = None
+            try:
+                store = cls.from_url(url)
+                store.upgrade()
+                return store
+            except (ConfigError, SQLAlchemyError, ModuleNotFoundError) as exc:
+                if store is not None:
+                    store.dispose()
+                reason = error_line(exc)
+                if (
+                    wait is None
+                    or not isinstance(exc, OperationalError | InterfaceError)
+                    or (sqlite_file and "locked" not in reason)
+                ):
+                    raise
+            delay = next(steps)
+            logger.error(
+                "database %s unavailable at start (%s); waiting for it, next try in %.0fs",
+                make_url(url).render_as_string(hide_password=True),
+                reason,
+                delay,
+            )
+            if wait(delay):
+                return None
 
     def upgrade(self) -> None:
         upgrade(self.engine)
