@@ -18,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import Protocol
 
 from .errors import CollectorError
 from .jobfile import Config, Job
+from .signals import SignalThread
 
 logger = logging.getLogger(__name__)
 
@@ -132,42 +131,25 @@ class Reloader:
     def __init__(self, load: Callable[[], Config], service: Reloadable | None = None) -> None:
         self.service = service
         self.load = load
-        self._wake = threading.Event()
-        self._done = threading.Event()
-        self._previous: object = None
-        self._thread = threading.Thread(target=self._loop, name="collector-reload", daemon=True)
+        self._signal = SignalThread(
+            signal.SIGHUP,
+            self.reload,
+            name="collector-reload",
+            failure="reload failed; nothing changed",
+        )
 
     def install(self) -> None:
-        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
-        if self.service is not None:
-            self._thread.start()
+        self._signal.install(start=self.service is not None)
 
     def attach(self, service: Reloadable) -> None:
         """The service is ready: reloads apply to it from now on (one asked before, now)."""
         self.service = service
-        if self._wake.is_set():
+        if self._signal.pending:
             logger.info("a reload was asked while the service started; applying it now")
-        self._thread.start()
+        self._signal.start()
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)  # type: ignore[arg-type]
-        self._done.set()
-        self._wake.set()
-
-    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._done.is_set():
-                return
-            try:
-                self.reload()
-            except Exception:  # the thread must live for the next SIGHUP, whatever happened
-                logger.exception("reload failed; nothing changed")
+        self._signal.uninstall()
 
     def reload(self) -> bool:
         """Read the job file again and apply it; False when nothing changed because of an error."""

@@ -34,7 +34,6 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
 
 from apscheduler.events import (
@@ -51,6 +50,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from . import defaults
 from .jobfile import Job
+from .signals import SignalThread
 
 logger = logging.getLogger(__name__)
 
@@ -386,35 +386,22 @@ class RunNow:
 
     def __init__(self, schedule: Schedule | None = None) -> None:
         self.schedule = schedule
-        self._wake = threading.Event()
-        self._done = False
-        self._previous: Any = None
-        self._thread = threading.Thread(target=self._loop, name="collector-run-now", daemon=True)
+        self._signal = SignalThread(
+            signal.SIGUSR1,
+            self._run_now,
+            name="collector-run-now",
+            failure="SIGUSR1: the jobs could not be made due",
+        )
 
     def install(self) -> None:
-        self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
-        self._thread.start()
+        self._signal.install()
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-        self._done = True
-        self._wake.set()
+        self._signal.uninstall()
 
-    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._done:
-                return
-            if self.schedule is None or not self.schedule.running:
-                logger.info("received SIGUSR1 before the jobs started: they run at start")
-                continue
-            logger.info("received SIGUSR1: every job runs now")
-            try:
-                self.schedule.run_now(every=True)
-            except Exception:  # the thread must live for the next signal
-                logger.exception("SIGUSR1: the jobs could not be made due")
+    def _run_now(self) -> None:
+        if self.schedule is None or not self.schedule.running:
+            logger.info("received SIGUSR1 before the jobs started: they run at start")
+            return
+        logger.info("received SIGUSR1: every job runs now")
+        self.schedule.run_now(every=True)
