@@ -26,6 +26,10 @@ Same constructor, attributes and methods as krakenex (``key``, ``secret``, ``uri
 
 Beside the krakenex interface, :meth:`API.call` is the outcome model the collector uses: it returns
 a :class:`Reply` or raises one :class:`~collector.errors.RequestError` subclass per failure kind.
+
+Why one module of this length: krakenex's whole interface plus the outcome model, around one send
+lock under which the nonce is taken, the body signed and sent; splitting it would put that lock's
+parts in different modules.
 """
 
 from __future__ import annotations

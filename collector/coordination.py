@@ -26,6 +26,10 @@ renewal and at its release, so the next holder (on another machine, which does n
 key's state file) starts from it: from the level left at a clean release, decayed since; after a
 holder died, from a full counter as of the last moment its fence let it send (its last calls may
 have filled it).
+
+Why one module of this length: two backends (PostgreSQL lease rows, ``flock`` beside SQLite) of
+one promise, one active collector per account, with the fence every send checks; the caller
+sees one interface.
 """
 
 from __future__ import annotations

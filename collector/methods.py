@@ -7,6 +7,9 @@ is checked against them when it is loaded: an unknown parameter gets a did-you-m
 ``interval`` outside Kraken's list is named, and a method that takes one pair refuses two, at
 ``collector check``, not at run time. Every public method not listed there is still known, but
 its parameters are not checked (``params`` is None).
+
+Why one module of this length: it is a table (Kraken's read methods, their parameters, costs and
+permissions, from the OpenAPI spec), a leaf of declarations with little code.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ SQLite runs in WAL mode with a busy timeout, so people can query while the colle
 job's cursor, so a crash never leaves rows without their cursor, or a cursor ahead of its rows.
 Dataset rows are upserted by the dataset's key, so writing the same rows twice stores them once; on
 PostgreSQL they are copied into a staging table first and upserted in one statement (:mod:`.bulk`).
+
+Why one module of this length: everything here holds or opens the one database connection pool
+and its transaction rules (migrations, the read-only engine, the write transaction with its
+per-record fallback); what is not about that lives in :mod:`.bulk`, :mod:`.valuation` and
+:mod:`.preflight`.
 """
 
 from __future__ import annotations

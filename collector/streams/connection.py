@@ -23,6 +23,10 @@ What it promises (docs/streams.md has the reasons):
 
 The connection runs in its own thread with its own asyncio loop: the service is threaded, and
 :meth:`Connection.start` and :meth:`Connection.stop` are called from its threads.
+
+Why one module of this length: the connection's states (connecting, subscribing, open, stale,
+backing off, closing) and the per-symbol acknowledgements share one asyncio loop and its state;
+split across modules they would reach into each other's.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ Two faults make the account disagree with itself, so that verification can be sh
 :meth:`Account.hide` leaves a ledger entry out of every Ledgers answer (its running balance stays
 in the entries after it), and :meth:`Account.offset` adds an amount to an asset in Balance and
 BalanceEx.
+
+Why one module of this length: one coherent account (fills, ledger legs, orders, running balances)
+is the fake's promise; its pieces must agree, so they are made together. Test equipment only.
 """
 
 from __future__ import annotations

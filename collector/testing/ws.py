@@ -26,6 +26,10 @@ acknowledgement, the subscription still made), ``checksum`` (a wrong checksum), 
 on the open connections, not even heartbeats), ``rate`` (the next ``count`` requests answered
 ``Exceeded msg rate``). Close frames the clients sent are kept in :attr:`FakeKrakenWS.closes`,
 their requests in :attr:`FakeKrakenWS.requests`.
+
+Why one module of this length: the fake's endpoint is one server whose channels and faults share
+its connections and the market they serve; it is test equipment, loaded only by tests and
+``collector fake-exchange``.
 """
 
 from __future__ import annotations
