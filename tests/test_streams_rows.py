@@ -412,3 +412,35 @@ def test_every_takes_one_snapshot_a_slot() -> None:
     assert every.due("XETHZUSD", t + timedelta(seconds=1))  # each pair its own
     with pytest.raises(ValueError):
         Every(0)
+
+
+def test_a_ticker_s_open_is_exact_and_a_bad_entry_is_refused_alone() -> None:
+    symbols = Symbols([("XXBTZUSD", "XBTUSD", "XBT/USD"), ("XETHZUSD", "ETHUSD", "ETH/USD")])
+    at = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    one = {
+        k: Decimal(v)
+        for k, v in dict(bid="1", ask="2", volume="3", vwap="4", low="5", high="6").items()
+    }
+    data = [
+        # 32 digits: Python's default 28-digit context would round the difference.
+        {
+            **one,
+            "symbol": "BTC/USD",
+            "last": Decimal("12345678901234567890.123456789012"),
+            "change": Decimal("0.000000000001"),
+        },
+        {
+            **one,
+            "symbol": "ETH/USD",
+            "last": Decimal("3100.5"),
+            "change": Decimal("-0.5"),
+            "timestamp": "2026-12-07T11:59:59.5Z",
+        },
+        {**one, "symbol": "ETH/USD", "last": "NaN", "change": Decimal("1")},
+    ]
+    read = ticker_rows(data, symbols, at)
+    assert [(r["pair"], r["open"], r["taken_at"]) for r in read.rows] == [
+        ("XXBTZUSD", Decimal("12345678901234567890.123456789011"), at),
+        ("XETHZUSD", Decimal("3101.0"), datetime(2026, 12, 7, 11, 59, 59, 500000, tzinfo=UTC)),
+    ]
+    assert read.refused == ["ticker ETH/USD: last is not a finite number"]

@@ -31,6 +31,7 @@ How a stream's rows are traced: each batch is a run (:func:`batch`, job ``stream
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -68,6 +69,9 @@ _TO_V2 = {rest: v2 for v2, rest in _TO_REST.items()}
 # RFC 3339 as Kraken writes it (2023-09-25T07:49:37.708706Z, nanoseconds in some channels); an
 # offset instead of Z is taken too. Anything else (no zone, a space, a week date) is refused.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+
+# Wide enough that a difference of two bounded numbers is exact (no rounding at 28 digits).
+_EXACT = decimal.Context(prec=4 * defaults.NUMBER_EXPONENT + defaults.NUMBER_DIGITS)
 
 _SIDES = frozenset({"buy", "sell"})
 _ORDER_TYPES = frozenset({"market", "limit"})
@@ -241,7 +245,7 @@ def ticker_rows(data: Any, symbols: Symbols, received_at: datetime) -> Read:
             "low_24h": number(t.get("low"), "low"),
             "high_24h": number(t.get("high"), "high"),
             # The price 24 hours ago: REST's ``o`` is today's opening, v2 gives the 24h change.
-            "open": last - number(t.get("change"), "change"),
+            "open": number(str(_EXACT.subtract(last, number(t.get("change"), "change"))), "open"),
         }
 
     return _each(data, "ticker", symbols, row)
