@@ -34,7 +34,7 @@ from __future__ import annotations
 import decimal
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -151,27 +151,33 @@ def _whole(value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
 def moment(value: Any, what: str) -> datetime:
     """An RFC 3339 time (``2023-09-25T07:49:37.708706Z``) as a UTC datetime, cut to the
     microsecond as REST's times are (:func:`collector.numbers.parse_time`)."""
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
-        raise RowError(f"{what} is not an RFC 3339 time: {shown}")
-    match = _RFC3339.fullmatch(value)
-    assert match is not None
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise RowError(f"{what} is not an RFC 3339 time: {_shown(value)}")
     digits = (match.group(2) or "")[:6].ljust(6, "0")  # beyond the microsecond: cut, not rounded
     whole = value[: match.start(1)] if match.group(1) else value[: match.start(3)]
     zone = match.group(3).replace("Z", "+00:00")
     try:
         t = datetime.fromisoformat(f"{whole}.{digits}{zone}")
     except ValueError:
-        raise RowError(f"{what} is not a time: {value!r}") from None
+        raise RowError(f"{what} is not a time: {_shown(value)}") from None
     t = t.astimezone(UTC)
     if not 0 <= t.timestamp() < defaults.MAX_SECONDS:
-        raise RowError(f"{what} is out of range: {value!r}")
+        raise RowError(f"{what} is out of range: {_shown(value)}")
     return t
+
+
+def _shown(value: Any) -> str:
+    """A value as a refusal shows it: short text quoted, anything else by its type (a hostile
+    entry's list may be megabytes)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else f"{value[:37]!r}..."
+    return type(value).__name__
 
 
 def _text(value: Any, what: str, allowed: frozenset[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise RowError(f"{what} is {str(value)[:20]!r}, not one of {', '.join(sorted(allowed))}")
+        raise RowError(f"{what} is {_shown(value)}, not one of {', '.join(sorted(allowed))}")
     return value
 
 
@@ -190,18 +196,25 @@ def _pair(entry: Mapping[str, Any], symbols: Symbols) -> str:
     symbol = entry.get("symbol")
     pair = symbols.pair(symbol) if isinstance(symbol, str) else None
     if pair is None:
-        raise RowError(f"symbol {str(symbol)[:40]!r} is no known pair's")
+        raise RowError(f"symbol {_shown(symbol)} is no known pair's")
     return pair
 
 
-def _each(data: Any, channel: str, symbols: Symbols, row: Any, read: Read | None = None) -> Read:
+def _each(
+    data: Any,
+    channel: str,
+    symbols: Symbols,
+    row: Callable[[Mapping[str, Any], str], dict[str, Any]],
+) -> Read:
     """``row(entry, pair)`` for each entry of ``data``; an entry it refuses is a line."""
-    read = read or Read()
+    read = Read()
     for entry in _entries(data, channel, read):
         try:
             read.rows.append(row(entry, _pair(entry, symbols)))
         except RowError as e:
-            read.refused.append(f"{channel} {str(entry.get('symbol'))[:40]}: {e}")
+            symbol = entry.get("symbol")
+            name = symbol[:40] if isinstance(symbol, str) else _shown(symbol)
+            read.refused.append(f"{channel} {name}: {e}")
     return read
 
 
