@@ -7,15 +7,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 import collector
 from collector.backoff import Backoff
+from collector.store import Store
 from collector.streams.connection import Connection, StreamFailed, Subscribed, Subscription
-from collector.streams.gaps import Fill, Filler, TradeIds
+from collector.streams.gaps import Fill, Filler, Hole, TradeIds, trade_time
 from collector.testing.fake_exchange import FakeKraken
+from collector.testing.ws import rfc3339
 
 from .helpers import wait_for
 
@@ -85,13 +89,26 @@ def tape(fake: FakeKraken) -> Iterator[Tape]:
         t.close()
 
 
+def stored(tmp_path: Path, fill: Fill) -> tuple[list[int], list[tuple[Any, ...]]]:
+    """``fill.record`` written by the store into a fresh SQLite database: the trade ids and the
+    gaps rows it holds (the record is what the writer takes)."""
+    store = Store.from_url(f"sqlite:///{tmp_path / 'gaps.sqlite'}")
+    store.upgrade()
+    store.write([fill.record])
+    with store.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT trade_id FROM trades ORDER BY trade_id"))]
+        gaps = [tuple(r) for r in conn.execute(text("SELECT job, dataset, pair, reason FROM gaps"))]
+    store.engine.dispose()
+    return ids, gaps
+
+
 def rest_ids(fake: FakeKraken, lo: int, hi: int) -> list[int]:
     """REST Trades' ids of the whole range ``lo..hi``: the ground truth."""
     return [row[6] for row in fake.public_trades("XBTUSD") if lo <= row[6] <= hi]
 
 
 def test_a_disconnect_s_hole_is_found_by_id_and_filled_so_every_trade_is_there_once(
-    fake: FakeKraken, tape: Tape
+    fake: FakeKraken, tape: Tape, tmp_path: Path
 ) -> None:
     assert fake.ws is not None
     last = tape.feed[-1]
@@ -114,6 +131,7 @@ def test_a_disconnect_s_hole_is_found_by_id_and_filled_so_every_trade_is_there_o
     # Through the public client, from just before the last trade seen: one page.
     assert fill.record.method == "Trades" and fill.record.pages == 1
     assert tape.filler.filled == 10 and tape.filler.left == 0
+    assert stored(tmp_path, fill) == (filled, [])
 
 
 def test_a_trade_the_feed_skips_at_one_timestamp_is_found_by_the_id_jump_and_filled(
@@ -148,7 +166,7 @@ def test_a_trade_the_feed_skips_at_one_timestamp_is_found_by_the_id_jump_and_fil
 
 
 def test_what_rest_cannot_fill_is_a_gaps_row_naming_the_ids_on_each_side(
-    fake: FakeKraken, tape: Tape
+    fake: FakeKraken, tape: Tape, tmp_path: Path
 ) -> None:
     assert fake.ws is not None
     last = tape.feed[-1]
@@ -178,3 +196,96 @@ def test_what_rest_cannot_fill_is_a_gaps_row_naming_the_ids_on_each_side(
         " (jump); REST Trades did not serve them: HTTP 502"
     )
     assert tape.filler.left == 1 and tape.filler.filled == 0
+    assert stored(tmp_path, fill) == ([], [("streams:tape", "trades", PAIR, gap["reason"])])
+
+
+# -- bounds, with the filler driven directly against the fake's REST Trades ---------------------
+
+
+def _hole(fake: FakeKraken, after: int, before: int, cause: str = "jump") -> Hole:
+    """A hole between two of the tape's real trades, their times as the feed gives them
+    (microseconds)."""
+    rows = {row[6]: row for row in fake.public_trades("XBTUSD")}
+    when = {i: trade_time(rfc3339(rows[i][2])) for i in (after, before)}
+    return Hole(PAIR, after, when[after], before, when[before], cause)
+
+
+def test_a_hole_longer_than_the_page_bound_is_filled_as_far_as_it_goes_and_the_rest_a_gap() -> None:
+    with (
+        FakeKraken(tier=None, history={"public_trades": 1500}) as fake,
+        collector.API(uri=fake.url) as api,
+    ):
+        filler = Filler(api, lambda fill: None, max_pages=1)
+        fill = filler.fill(_hole(fake, 1, 1500))
+    # One page of 1000 from just before trade 1: trades 2..1000 found, 1001..1499 left.
+    assert [row["trade_id"] for row in fill.trades] == list(range(2, 1001))
+    assert fill.record.pages == 1 and fill.missing == [(1001, 1499)]
+    assert fill.gap is not None and fill.gap["reason"] == (
+        "trades 1001-1499 (499 trades) missing between trade 1 and trade 1500 (jump); REST "
+        "Trades did not serve them: 1 pages did not reach trade 1500"
+    )
+
+
+def test_the_deadline_is_on_the_injected_clock_and_ends_the_hole_as_a_gap(
+    fake: FakeKraken,
+) -> None:
+    ticks = iter([0.0, 121.0])  # the hole taken up, then past the deadline before any call
+    with collector.API(uri=fake.url) as api:
+        filler = Filler(api, lambda fill: None, deadline=120.0, clock=lambda: next(ticks))
+        fill = filler.fill(_hole(fake, 10, 14))
+    assert fill.record.attempts == 0 and fill.trades == [] and fill.missing == [(11, 13)]
+    assert fill.record.status == "timeout"
+    assert fill.gap is not None
+    assert fill.gap["reason"].endswith("did not serve them: the deadline of 120 s passed")
+
+
+def test_holes_past_the_queue_bound_widen_the_newest_and_none_is_lost(fake: FakeKraken) -> None:
+    fills: list[Fill] = []
+    with collector.API(uri=fake.url) as api:
+        filler = Filler(api, fills.append, max_queued=2)
+        for a, b in [(10, 12), (20, 23), (30, 32), (40, 45)]:
+            filler.submit(_hole(fake, a, b))
+        assert filler.pending() == 2 and filler.widened == 2
+        filler.start()
+        wait_for(lambda: len(fills) == 2, WAIT)
+        assert filler.stop()
+    assert [(f.hole.after, f.hole.before) for f in fills] == [(10, 12), (20, 45)]
+    assert [row["trade_id"] for row in fills[0].trades] == [11]
+    # The widened hole brings back what the feed had too (stored once by key): nothing missing.
+    assert [row["trade_id"] for row in fills[1].trades] == list(range(21, 45))
+    assert all(f.gap is None for f in fills)
+
+
+def test_holes_queued_at_stop_are_delivered_as_gaps(fake: FakeKraken) -> None:
+    fills: list[Fill] = []
+    with collector.API(uri=fake.url) as api:
+        filler = Filler(api, fills.append)
+        filler.submit(_hole(fake, 10, 13, "reconnect"))
+        assert filler.stop()
+    (fill,) = fills
+    assert fill.missing == [(11, 12)] and fill.gap is not None
+    assert fill.gap["reason"] == (
+        "trades 11-12 (2 trades) missing between trade 10 and trade 13 (reconnect); REST Trades "
+        "did not serve them: the collector stopped first"
+    )
+
+
+def test_the_tracker_reads_the_feed_s_ids_strictly() -> None:
+    holes: list[Hole] = []
+    ids = TradeIds(holes.append)
+    t = trade_time("2026-12-07T19:00:00.123456Z")
+    assert ids.seen(PAIR, 5, t) and not ids.seen(PAIR, 5, t) and not ids.seen(PAIR, 3, t)
+    assert ids.seen(PAIR, 6, t) and holes == []
+    ids.interrupted("stall")
+    assert ids.seen(PAIR, 7, t) and holes == []  # the cut cost nothing
+    ids.interrupted("reconnect", PAIR)
+    assert ids.seen(PAIR, 9, t)
+    assert holes == [Hole(PAIR, 7, t, 9, t, "reconnect")] and ids.holes["reconnect"] == 1
+    for bad in (True, "10", 10.0, -1, None):
+        with pytest.raises(ValueError, match="is not a whole number"):
+            ids.seen(PAIR, bad, t)
+    with pytest.raises(ValueError, match="no time zone"):
+        trade_time("2026-12-07T19:00:00")
+    with pytest.raises(ValueError, match="not RFC 3339 text"):
+        ids.trades([{"symbol": "BTC/USD", "trade_id": 10, "timestamp": 1.5}], lambda s: PAIR)
+    assert ids.last(PAIR) == (9, t)

@@ -261,6 +261,7 @@ class Filler:
         with self._cond:
             self._cond.notify_all()
         if self._thread is None:
+            self._drain()  # never started: the queued holes are still told
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -269,8 +270,8 @@ class Filler:
         with self._cond:
             while not self._turns and not self._stopping.is_set():
                 self._cond.wait()
-            if not self._turns:
-                return None
+            if self._stopping.is_set():
+                return None  # the queued holes are delivered as gaps by _drain
             pair = self._turns.popleft()
             queue = self._queues[pair]
             hole = queue.popleft()
@@ -288,7 +289,10 @@ class Filler:
             finally:
                 with self._cond:
                     self._busy = False
-        # Stopping: what is still queued is not lost silently.
+        self._drain()
+
+    def _drain(self) -> None:
+        """Stopping: what is still queued is delivered as gaps, not lost silently."""
         with self._cond:
             left = [h for q in self._queues.values() for h in q]
             self._queues.clear()
