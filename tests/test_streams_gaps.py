@@ -4,6 +4,7 @@ REST cannot fill is a ``gaps`` row naming the ids on each side."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -32,7 +33,7 @@ class Tape:
     """The stream's side as the service will wire it: the feed's trades into the tracker, its
     holes into the filler, reconnects and stalls told to the tracker."""
 
-    def __init__(self, fake: FakeKraken) -> None:
+    def __init__(self, fake: FakeKraken, **options: Any) -> None:
         self.lock = threading.Lock()
         self.feed: list[int] = []  # new ids, in the order the feed delivered them
         self.fills: list[Fill] = []
@@ -47,6 +48,7 @@ class Tape:
             publish=self.publish,
             backoff=FAST,
             rate=50.0,
+            **options,
         ).start()
 
     def deliver(self, fill: Fill) -> None:
@@ -79,14 +81,20 @@ def fake() -> Iterator[FakeKraken]:
         yield fake
 
 
-@pytest.fixture
-def tape(fake: FakeKraken) -> Iterator[Tape]:
-    t = Tape(fake)
+@contextlib.contextmanager
+def open_tape(fake: FakeKraken, **options: Any) -> Iterator[Tape]:
+    t = Tape(fake, **options)
     try:
         wait_for(lambda: t.subscribed == 1 and len(t.feed) == 50, WAIT)
         yield t
     finally:
         t.close()
+
+
+@pytest.fixture
+def tape(fake: FakeKraken) -> Iterator[Tape]:
+    with open_tape(fake) as t:
+        yield t
 
 
 def stored(tmp_path: Path, fill: Fill) -> tuple[list[int], list[tuple[Any, ...]]]:
@@ -107,19 +115,24 @@ def rest_ids(fake: FakeKraken, lo: int, hi: int) -> list[int]:
     return [row[6] for row in fake.public_trades("XBTUSD") if lo <= row[6] <= hi]
 
 
-def test_a_disconnect_s_hole_is_found_by_id_and_filled_so_every_trade_is_there_once(
-    fake: FakeKraken, tape: Tape, tmp_path: Path
+@pytest.mark.parametrize("cut", ["disconnect", "stall"])
+def test_a_cut_s_hole_is_found_by_id_and_filled_so_every_trade_is_there_once(
+    fake: FakeKraken, tmp_path: Path, cut: str
 ) -> None:
     assert fake.ws is not None
-    last = tape.feed[-1]
-    # Trades happen while the connection is cut: more than the 50 a snapshot brings back.
-    fake.ws.inject("stall")
-    fake.grow("public_trades", 60, pair="XBTUSD")
-    fake.ws.inject("disconnect")
-    wait_for(lambda: len(tape.fills) == 1, WAIT)
+    # A stall is seen when the heartbeats stop for stale_after.
+    fake.ws.heartbeat = 0.1
+    with open_tape(fake, stale_after=1.5) as tape:
+        last = tape.feed[-1]
+        # Trades happen while the connection is cut: more than the 50 a snapshot brings back.
+        fake.ws.inject("stall")
+        fake.grow("public_trades", 60, pair="XBTUSD")
+        if cut == "disconnect":
+            fake.ws.inject("disconnect")
+        wait_for(lambda: len(tape.fills) == 1, WAIT)
     (fill,) = tape.fills
     assert (fill.hole.pair, fill.hole.after, fill.hole.before) == (PAIR, last, last + 11)
-    assert fill.hole.cause == "reconnect"
+    assert fill.hole.cause == {"disconnect": "reconnect", "stall": "stall"}[cut]
     assert fill.gap is None and fill.missing == [] and fill.record.error is None
     filled = [row["trade_id"] for row in fill.trades]
     assert filled == list(range(last + 1, last + 11))  # exactly the ten the feed never sent
