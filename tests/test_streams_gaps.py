@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,7 @@ def test_a_hole_longer_than_the_page_bound_is_filled_as_far_as_it_goes_and_the_r
     # One page of 1000 from just before trade 1: trades 2..1000 found, 1001..1499 left.
     assert [row["trade_id"] for row in fill.trades] == list(range(2, 1001))
     assert fill.record.pages == 1 and fill.missing == [(1001, 1499)]
+    assert fill.record.status == "ok" and fill.record.error is None  # a bound, not a failure
     assert fill.gap is not None and fill.gap["reason"] == (
         "trades 1001-1499 (499 trades) missing between trade 1 and trade 1500 (jump); REST "
         "Trades did not serve them: 1 pages did not reach trade 1500"
@@ -277,6 +279,7 @@ def test_holes_queued_at_stop_are_delivered_as_gaps(fake: FakeKraken) -> None:
         assert filler.stop()
     (fill,) = fills
     assert fill.missing == [(11, 12)] and fill.gap is not None
+    assert fill.record.status == "partial" and fill.record.attempts == 0
     assert fill.gap["reason"] == (
         "trades 11-12 (2 trades) missing between trade 10 and trade 13 (reconnect); REST Trades "
         "did not serve them: the collector stopped first"
@@ -302,3 +305,25 @@ def test_the_tracker_reads_the_feed_s_ids_strictly() -> None:
     with pytest.raises(ValueError, match="not RFC 3339 text"):
         ids.trades([{"symbol": "BTC/USD", "trade_id": 10, "timestamp": 1.5}], lambda s: PAIR)
     assert ids.last(PAIR) == (9, t)
+
+
+def test_two_unfilled_holes_at_one_timestamp_are_two_gaps_rows(
+    fake: FakeKraken, tmp_path: Path
+) -> None:
+    # Split fills at one time, the feed skipping two that are not next to each other, and REST
+    # failing for both: the gaps key (job, dataset, pair, start) must not fold them into one.
+    fake.inject("http_502", method="Trades", count=2)
+    first = _hole(fake, 10, 12)
+    second = replace(_hole(fake, 12, 14), after_time=first.after_time)
+    with collector.API(uri=fake.url) as api:
+        filler = Filler(api, lambda fill: None, attempts=1)
+        fills = [filler.fill(first), filler.fill(second)]
+    starts = [f.gap["start"] for f in fills if f.gap]
+    assert starts == [first.after_time, first.after_time + timedelta(microseconds=1)]
+    store = Store.from_url(f"sqlite:///{tmp_path / 'gaps.sqlite'}")
+    store.upgrade()
+    store.write([f.record for f in fills])
+    with store.engine.connect() as conn:
+        reasons = [r[0] for r in conn.execute(text("SELECT reason FROM gaps ORDER BY start"))]
+    store.engine.dispose()
+    assert [r.split(" (")[0] for r in reasons] == ["trades 11", "trades 13"]

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import defaults
@@ -100,7 +100,6 @@ class TradeIds:
         self._lock = threading.Lock()
         self._last: dict[str, tuple[int, datetime]] = {}
         self._cut: dict[str, str] = {}  # pair -> cause, until its next new id
-        self._all_cut: str | None = None  # a cut of every pair (a reconnect), for pairs seen so far
         #: holes found so far, by cause
         self.holes: dict[str, int] = dict.fromkeys(CAUSES, 0)
 
@@ -219,6 +218,7 @@ class Filler:
         self._busy = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gap_starts: dict[str, datetime] = {}  # pair -> its last gaps row's start
         #: trades filled and holes left (recorded as gaps) so far, and holes widened by the bound
         self.filled = 0
         self.left = 0
@@ -255,8 +255,9 @@ class Filler:
         return self
 
     def stop(self, timeout: float = defaults.WS_CLOSE_TIMEOUT + 1) -> bool:
-        """Stop the worker: a hole being filled ends at its next page (what is missing then is a
-        gap), holes still queued are delivered as gaps. True when the thread ended in time."""
+        """Stop the worker (after the feed, so no hole comes later): a hole being filled ends at
+        its next page (what is missing then is a gap), holes still queued are delivered as gaps.
+        True when the thread ended in time."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
@@ -298,7 +299,7 @@ class Filler:
             self._queues.clear()
             self._turns.clear()
         for hole in left:
-            self._hand(self._unfilled(hole, self.now(), 0, 0, "the collector stopped first"))
+            self._hand(self._unfilled(hole, self.now(), "the collector stopped first"))
 
     def _hand(self, fill: Fill) -> None:
         self.filled += len(fill.trades)
@@ -328,21 +329,26 @@ class Filler:
         )
         found: dict[int, dict[str, Any]] = {}
         sent: dict[str, Any] | None = first
+        # `why` ends the gap's reason; `error` is the run's failure, when a call failed (a bound
+        # reached is not one: the calls that were made succeeded).
+        why: str | None = None
         error: str | None = None
         status = Status.OK
         while sent is not None:
             if record.pages >= self.max_pages:
-                error = f"{self.max_pages} pages did not reach trade {hole.before}"
+                why = f"{self.max_pages} pages did not reach trade {hole.before}"
                 break
             if self._stopping.is_set():
-                error = "the collector stopped first"
+                why = error = "the collector stopped first"
+                status = Status.PARTIAL
                 break
             try:
                 result = self._call(sent, t0, record)
                 page = self._dataset.page(record, sent, result, None)
             except CollectorError as e:
-                error = getattr(e, "reason", None) or str(e)
-                status = getattr(e, "status", Status.BAD_RESPONSE)
+                why = error = getattr(e, "reason", None) or str(e)
+                # A call given up because the service is stopping (Cancelled) was cut short.
+                status = getattr(e, "status", Status.PARTIAL)
                 break
             record.pages += 1
             passed = False
@@ -359,7 +365,7 @@ class Filler:
         if rows:
             record.rows["trades"] = rows
         if missing:
-            record.rows["gaps"] = [self._gap(hole, missing, error)]
+            record.rows["gaps"] = [self._gap(hole, missing, why)]
             logger.warning("%s", record.rows["gaps"][0]["reason"])
         return Fill(hole, record, missing)
 
@@ -392,11 +398,20 @@ class Filler:
 
     def _gap(self, hole: Hole, missing: list[tuple[int, int]], error: str | None) -> dict[str, Any]:
         why = f": {error}" if error else ""
+        # The gaps key is (job, dataset, pair, start), and two holes can start at one time: split
+        # fills at one timestamp, the feed skipping two that are not next to each other. The
+        # later row then starts a microsecond after the earlier one, so neither replaces the
+        # other; its reason names its ids exactly.
+        start = hole.after_time
+        earlier = self._gap_starts.get(hole.pair)
+        if earlier is not None and start <= earlier:
+            start = earlier + timedelta(microseconds=1)
+        self._gap_starts[hole.pair] = start
         return {
             "job": self.job,
             "dataset": "trades",
             "pair": hole.pair,
-            "start": hole.after_time,
+            "start": start,
             "end": hole.before_time,
             "reason": (
                 f"trades {_ranges(missing)} missing between trade {hole.after} and trade "
@@ -404,7 +419,7 @@ class Filler:
             ),
         }
 
-    def _unfilled(self, hole: Hole, at: datetime, pages: int, attempts: int, why: str) -> Fill:
+    def _unfilled(self, hole: Hole, at: datetime, why: str) -> Fill:
         missing = [(hole.after + 1, hole.before - 1)]
         record = RunRecord(
             job=self.job,
@@ -413,8 +428,8 @@ class Filler:
             scheduled_at=at,
             started_at=at,
             finished_at=at,
-            attempts=attempts,
-            pages=pages,
+            attempts=0,
+            status=Status.PARTIAL,
             error=why,
             rows={"gaps": [self._gap(hole, missing, why)]},
         )
