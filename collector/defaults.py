@@ -304,6 +304,19 @@ WS_MAX_QUEUE = 64
 #: ``Already subscribed`` answered to a resubscription this many times in a row for one symbol is
 #: a failure, not a loop.
 WS_RESUBSCRIBE_TRIES = 3
+#: Holes in one pair's trade-id sequence waiting for REST at most: a feed that keeps dropping
+#: trades must not grow memory; a hole beyond this widens the newest one queued (REST serves the
+#: trades the feed did deliver in between again, stored once by their key), so none is lost.
+WS_GAP_QUEUE = 8
+#: REST Trades pages (1000 trades each) one hole may take: a minute's cut of the busiest pair is
+#: a few pages; a hole longer than this is a ``gaps`` row, not an hour of the public budget.
+WS_GAP_PAGES = 20
+#: Attempts at one page before the hole is a ``gaps`` row (transient failures only; an answer
+#: that retrying cannot change is a row at once).
+WS_GAP_ATTEMPTS = 3
+#: Seconds one hole may take in all, waits for the public budget included: past it, what is
+#: still missing is a ``gaps`` row, so a REST outage never holds up the holes behind it.
+WS_GAP_DEADLINE = 120.0
 
 # -- valuation and the dashboard -----------------------------------------------------------------
 
