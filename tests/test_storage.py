@@ -55,10 +55,20 @@ def store(database_url: str):
 
 def test_migrations_create_the_tables_and_are_idempotent(store) -> None:
     store.upgrade()  # again: nothing to do
-    assert current_revision(store.engine) == "0011"
+    assert current_revision(store.engine) == "0012"
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "balances", "cursors", "collector_state", "alembic_version"} <= tables
-    datasets = {"ledger", "my_trades", "orders", "trades", "ohlc", "spread", "ticker", "gaps"}
+    datasets = {
+        "ledger",
+        "my_trades",
+        "orders",
+        "trades",
+        "ohlc",
+        "spread",
+        "ticker",
+        "gaps",
+        "book",
+    }
     assert datasets <= tables
     keys = {t: inspect(store.engine).get_pk_constraint(t)["constrained_columns"] for t in datasets}
     assert sorted(keys["ledger"]) == ["account", "ledger_id"]
@@ -233,7 +243,7 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path) -> None:
     )
     where, revision = out.stdout.split()
     assert where == str(tmp_path / "site" / "collector" / "migrations")
-    assert revision == "0011"
+    assert revision == "0012"
 
 
 def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> None:

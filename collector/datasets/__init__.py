@@ -17,6 +17,8 @@ from typing import Any
 
 from .balances import Balances
 from .base import Dataset, Page
+from .book import Book
+from .connections import StreamConnections
 from .gaps import Gaps
 from .history import Ledger, MyTrades, Orders
 from .market import OHLC, Spread, Ticker, Trades
@@ -36,6 +38,13 @@ DEFAULT: tuple[Dataset, ...] = (
     Assets(),
     Pairs(),
 )
+
+
+#: The tables a stream of Kraken's WebSocket feed fills besides the REST ones (issue 28): kept out of
+#: :data:`DEFAULT` until the service runs streams (``retention:`` would name them, the lists of
+#: tables would show them); a store that writes a stream's batches is given ``(*DEFAULT,
+#: *STREAMS)``.
+STREAMS: tuple[Dataset, ...] = (Book(), StreamConnections())
 
 
 _NAMED = {dataset.name: dataset for dataset in DEFAULT}
@@ -85,8 +94,10 @@ def cursor_time(name: str, cursor: Any, datasets: Iterable[Dataset] = DEFAULT) -
 __all__ = [
     "DEFAULT",
     "OHLC",
+    "STREAMS",
     "Assets",
     "Balances",
+    "Book",
     "Dataset",
     "Gaps",
     "Ledger",
@@ -95,6 +106,7 @@ __all__ = [
     "Page",
     "Pairs",
     "Spread",
+    "StreamConnections",
     "Ticker",
     "Trades",
     "by_method",

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -75,6 +75,16 @@ def v2_symbol(pair: str) -> str:
 
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def trade_time(t: float) -> str:
+    """A trade's time as the feed sends it: the microsecond REST's ``time`` (the float ``t``)
+    reads as, cut, not rounded (``fromtimestamp`` rounds: a trade at .7503376 would be .750338
+    on the feed and .750337 from REST, two rows' worth of one trade)."""
+    micros = int((Decimal(repr(t)) * 1_000_000).to_integral_value(rounding=ROUND_DOWN))
+    whole, micro = divmod(micros, 1_000_000)
+    stamp = datetime.fromtimestamp(whole, UTC).replace(microsecond=micro)
+    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def dumps(value: Any) -> str:
@@ -611,7 +621,7 @@ class FakeKrakenWS:
             "qty": Decimal(volume),
             "ord_type": "market" if kind == "m" else "limit",
             "trade_id": trade_id,
-            "timestamp": rfc3339(t),
+            "timestamp": trade_time(t),
         }
 
     def _ticker(self, symbol: str, pair: str, now: float) -> dict[str, Any]:
