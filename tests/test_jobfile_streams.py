@@ -64,7 +64,7 @@ def test_defaults_and_options(tmp_path: Path) -> None:
         kraken: {ws_url: "ws://127.0.0.1:8790/v2"}
         jobs: {t: {method: Time, every: 1m}}
         streams:
-          b: {channel: book, pairs: "XBTUSD, XBTUSD,ETHUSD", stale_after: 1m}
+          b: {channel: book, pairs: ["XBTUSD, XBTUSD", ETHUSD], stale_after: 1m}
           c: {channel: ohlc, pairs: [XBTUSD], interval: 60}
           d: {channel: book, pairs: all, depth: 1000, snapshot_every: 1h}
         """,
@@ -99,6 +99,8 @@ def test_each_mistake_is_its_own_line_with_file_line_and_key(tmp_path: Path) -> 
           book2: {chanel: book, pairs: all}
           tick: {channel: ticker, pairs: [XBTUSD], snapshot_every: 1m, interval: 5}
           slow: {channel: trade, pairs: all, stale_after: 2d}
+          mixed: {channel: trade, pairs: [XBTUSD, all]}
+          odd: {channel: trade, pairs: [XBTUSD, 5]}
         """,
     )
     assert errors(path) == [
@@ -119,6 +121,9 @@ def test_each_mistake_is_its_own_line_with_file_line_and_key(tmp_path: Path) -> 
         "11: streams.tick.snapshot_every: applies to book streams only, not to a ticker stream",
         "11: streams.tick.interval: applies to ohlc streams only, not to a ticker stream",
         "12: streams.slow.stale_after: '2d' is out of range: must be between 1s and 1d",
+        "13: streams.mixed.pairs: all stands alone (pairs: all), not in a list of pairs",
+        "14: streams.odd.pairs: must be a list of pairs, e.g. [XBTUSD, ETH/USD], or all, "
+        "not ['XBTUSD', 5]",
     ]
 
 

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from .. import defaults
+from ..pairs import split
 from ..streams.connection import check_url
 from .model import CHANNEL_KEYS, CHANNELS, Stream
 from .report import Base
@@ -155,14 +156,16 @@ class StreamChecks(Base):
         value = spec["pairs"]
         if value == "all":
             return "all"
-        if isinstance(value, str):  # one pair, or a comma list as a job's pair parameter
-            value = [p for p in value.split(",")]
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(p, str) and p.strip() and p.strip().isprintable() for p in value)
-        ):
+        items = value if isinstance(value, list) else [value]
+        # A comma list as a job's pair parameter takes, in the text or in a list's item.
+        names = split(items) if all(isinstance(p, str) for p in items) else []
+        if not names or not all(p.isprintable() for p in names):
+            raise self.error(f"must be {usage}, not {show(value)}", spec, "pairs", path + ".pairs")
+        if "all" in names:
             raise self.error(
-                f"must be {usage}, not {show(spec['pairs'])}", spec, "pairs", path + ".pairs"
+                "all stands alone (pairs: all), not in a list of pairs",
+                spec,
+                "pairs",
+                path + ".pairs",
             )
-        return list(dict.fromkeys(p.strip() for p in value))
+        return list(dict.fromkeys(names))
