@@ -318,6 +318,24 @@ WS_GAP_ATTEMPTS = 3
 #: still missing is a ``gaps`` row, so a REST outage never holds up the holes behind it.
 WS_GAP_DEADLINE = 120.0
 
+#: The book depths Kraken's v2 ``book`` channel takes (it refuses any other).
+WS_DEPTHS: tuple[int, ...] = (10, 25, 100, 500, 1000)
+#: A book stream's depth when the job file names none: Kraken's own default, and the depth its
+#: checksum covers, so nothing is kept that is not verified.
+WS_DEPTH = 10
+#: How often a book's top levels are stored by default: a minute of depth-10 snapshots of a pair
+#: is ~29k rows a day, a history fine enough for spreads and depth charts.
+WS_SNAPSHOT_EVERY = 60.0
+#: A snapshot at least this far apart (a second: the book's own updates arrive about that often,
+#: so more would store the same levels again) and at most a day (a rarer one records no history).
+WS_SNAPSHOT_EVERY_MIN, WS_SNAPSHOT_EVERY_MAX = 1.0, 86400.0
+#: A stream's ``stale_after`` from a second (Kraken's heartbeat) to a day (a quiet pair's trade
+#: stream may go hours without a trade; beyond a day, staleness says nothing).
+WS_STALE_AFTER_MIN, WS_STALE_AFTER_MAX = 1.0, 86400.0
+#: Streams in one job file at most: each is a metric label and a status line, and ~750 pairs of
+#: four channels fit in a few; more is a generated file gone wrong.
+STREAMS_MAX = 1_000
+
 # -- valuation and the dashboard -----------------------------------------------------------------
 
 #: The currency balance snapshots are valued in (``valuation.quote``): an asset's code or altname.

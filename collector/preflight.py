@@ -229,11 +229,11 @@ def check_state_folder(config: Config) -> None:
 
 
 def unknown_pairs(config: Config) -> list[ConfigError]:
-    """Each pair the jobs name that the exchange does not know (one public AssetPairs call), with
+    """Each pair the jobs and streams name that the exchange does not know (one public AssetPairs call), with
     the name Kraken knows when there is one; a failed call is a :class:`CollectorError`."""
     from .errors import RequestError
     from .methods import params_of
-    from .pairs import check, split
+    from .pairs import check, same, split
     from .session import build_api
 
     api = build_api(config.kraken)
@@ -261,6 +261,19 @@ def unknown_pairs(config: Config) -> list[ConfigError]:
                         file=config.path,
                         line=job.line or None,
                         key=f"jobs.{job.name}.params.{name}",
+                    )
+                )
+    for stream in config.streams:
+        # A stream may also spell a pair as v2 does (BTC/USD for XBT/USD): the same pair.
+        for pair, hint in check(stream.pairs, answer).items():
+            if not any(same(pair, canonical) for canonical in answer):
+                problems.append(
+                    ConfigError(
+                        f"{config.kraken.url} knows no pair {pair!r}"
+                        + (f"; did you mean '{hint}'?" if hint else ""),
+                        file=config.path,
+                        line=stream.line or None,
+                        key=f"streams.{stream.name}.pairs",
                     )
                 )
     return problems

@@ -7,6 +7,8 @@
   stored one, exactly as a restart with the edited file would; a job changed only in its schedule
   keeps it (it is the stored one, or ahead of it by what the writer is still storing).
 * ``retention`` applies at once; ``jobs.NAME.stale_after`` too (health follows the new jobs).
+* ``streams:`` added, removed and changed are in :func:`diff`'s result (:class:`StreamChanges`)
+  for the service to apply; ``kraken.ws_url`` needs a restart, as the rest of ``kraken``.
 * A file that no longer validates changes nothing; the log has the line ``collector check`` prints.
 * Changes to ``database``, ``kraken`` (credentials, url, limits, ...), ``spool`` or ``metrics`` need
   a restart: such a reload is refused as a whole (nothing changes), with a line naming the keys, so
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import CollectorError
-from .jobfile import Config, Job
+from .jobfile import Config, Job, Stream
 from .signals import SignalThread
 
 logger = logging.getLogger(__name__)
@@ -58,8 +60,33 @@ def _what(job: Job) -> tuple[object, ...]:
 
 
 @dataclass(frozen=True)
+class StreamChanges:
+    """What a reload changes in the streams, by name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: changed in any way (channel, pairs, depth, ...): resubscribed with the new definition
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def diff_streams(old: tuple[Stream, ...], new: tuple[Stream, ...]) -> StreamChanges:
+    """The streams ``new`` adds, removes and changes from ``old``."""
+    before = {s.name: dataclasses.replace(s, line=0) for s in old}
+    # The line a stream is on is not part of it: editing another one moves it.
+    after = {s.name: dataclasses.replace(s, line=0) for s in new}
+    return StreamChanges(
+        added=tuple(n for n in after if n not in before),
+        removed=tuple(n for n in before if n not in after),
+        changed=tuple(n for n in after if n in before and before[n] != after[n]),
+    )
+
+
+@dataclass(frozen=True)
 class JobChanges:
-    """What a reload changes in the jobs, by name."""
+    """What a reload changes in the jobs, by name (and in the streams, :attr:`streams`)."""
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -68,10 +95,12 @@ class JobChanges:
     #: removed, or changed in what decides their rows: the cursor held in memory is dropped, so
     #: the next run starts from the stored one, as after a restart with the edited file
     forget: tuple[str, ...] = ()
+    #: the streams added, removed and changed (applied by the service once it runs streams)
+    streams: StreamChanges = StreamChanges()
 
 
 def diff(old: Config, new: Config) -> JobChanges:
-    """The jobs ``new`` adds, removes and changes from ``old``."""
+    """The jobs (and streams) ``new`` adds, removes and changes from ``old``."""
     before = {j.name: j for j in old.jobs}
     after = {j.name: j for j in new.jobs}
     removed = tuple(n for n in before if n not in after)
@@ -87,6 +116,7 @@ def diff(old: Config, new: Config) -> JobChanges:
         removed=removed,
         changed=changed,
         forget=removed + tuple(n for n in changed if _what(before[n]) != _what(after[n])),
+        streams=diff_streams(old.streams, new.streams),
     )
 
 
@@ -119,6 +149,14 @@ def apply(service: Reloadable, new: Config) -> bool:
         ", ".join(changes.removed) or "none",
         ", ".join(changes.changed) or "none",
     )
+    if changes.streams:
+        logger.info(
+            "%s: streams added %s; removed %s; changed %s",
+            new.path,
+            ", ".join(changes.streams.added) or "none",
+            ", ".join(changes.streams.removed) or "none",
+            ", ".join(changes.streams.changed) or "none",
+        )
     return True
 
 

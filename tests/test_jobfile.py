@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from collector import defaults
 from collector.cli import main
 from collector.jobfile import RETENTION_KEYS, ConfigError, json_schema, load
-from collector.jobfile.model import KEYS
+from collector.jobfile.model import CHANNEL_KEYS, KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -139,7 +139,8 @@ def test_collector_schema_prints_the_declared_keys_with_descriptions_and_bounds(
     schema = json.loads(result.output)
     assert schema == json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["required"] == ["jobs"] and schema["additionalProperties"] is False
+    assert schema["anyOf"] == [{"required": ["jobs"]}, {"required": ["streams"]}]
+    assert schema["additionalProperties"] is False
     for key in KEYS:
         node = schema
         for part in key.path.split("."):
@@ -196,13 +197,25 @@ def test_the_schema_refuses_what_check_refuses(tmp_path: Path) -> None:
 WRONG = {"boolean": "maybe", "choice": "zz", "integer": 1.5, "number": "many"}
 
 
+def _named(path: str) -> str:
+    """``path`` with the names ``_file_with`` gives its job, account and stream."""
+    return (
+        path.replace("jobs.NAME", "jobs.t")
+        .replace("accounts.NAME", "accounts.a")
+        .replace("streams.NAME", "streams.s")
+    )
+
+
 def _file_with(path: str, value: Any) -> dict[str, Any]:
     """A small job file that is fine but for ``value`` at the declared ``path``."""
     data: dict[str, Any] = {"jobs": {"t": {"method": "Time", "every": "1d"}}}
     if path.startswith("accounts."):
         data["accounts"] = {"a": {"key": "K", "secret": "S"}}
+    if path.startswith("streams."):  # a stream of the channel the key applies to
+        channel = CHANNEL_KEYS.get(path.rpartition(".")[2], "trade")
+        data["streams"] = {"s": {"channel": channel, "pairs": ["XBTUSD"]}}
     node = data
-    parts = path.replace("jobs.NAME", "jobs.t").replace("accounts.NAME", "accounts.a").split(".")
+    parts = _named(path).split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -224,7 +237,7 @@ def test_each_declaration_is_what_load_enforces(tmp_path: Path) -> None:
     path, and taken at them: the schema's bounds and the checks' are one."""
     checked = 0
     for key in KEYS:
-        where = key.path.replace("jobs.NAME", "jobs.t").replace("accounts.NAME", "accounts.a")
+        where = _named(key.path)
         if key.kind == "duration":
             good, bad = [key.high], [(key.high or 0) * 1.5, "3x"]
             if key.low:

@@ -57,16 +57,22 @@ def check(jobfile: str, database: str | None, online: bool) -> None:
         say(f"warning: {warning}", err=True)
     now = datetime.now(UTC)
     say(
-        f"{jobfile}: {len(config.jobs)} job(s), database {config.database_for_display()}, "
-        f"exchange {config.kraken.url}"
+        f"{jobfile}: {len(config.jobs)} job(s), {len(config.streams)} stream(s), "
+        f"database {config.database_for_display()}, exchange {config.kraken.url}"
     )
-    width = max(len(j.name) for j in config.jobs)
+    width = max((len(j.name) for j in config.jobs), default=0)
     for job in config.jobs:
         kind = "private" if job.private else "public"
         say(
             f"  {job.name:<{width}}  {job.method:<13} {kind:<7}  {job.describe():<28} "
             f"next {next_run(job, now)}"
         )
+    if config.streams:
+        say(f"streams: {config.kraken.ws_url}")
+    named = max((len(s.name) for s in config.streams), default=0)
+    for stream in config.streams:
+        pairs = "every pair" if stream.all_pairs else f"{len(stream.pairs)} pair(s)"
+        say(f"  {stream.name:<{named}}  {stream.channel:<7} {pairs:<12} {stream.describe()}")
     need = budget(config)
     k = config.kraken
     public = f"public {need.public:.4g} calls/s of {k.public_rate_limit.decay:g}/s"

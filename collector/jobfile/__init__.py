@@ -9,6 +9,7 @@ but never repeated in a message.
 - :mod:`.model`: the dataclasses a file becomes and the keys each section takes;
 - :mod:`.report`: mistakes as ``file:line: key: problem``, all of them;
 - :mod:`.checks`: the jobs (methods and parameters, schedules, ``since``, accounts);
+- :mod:`.streamcheck`: the streams (WebSocket v2 feeds: channel, pairs, the channel's options);
 - :mod:`.resolve`: credentials, paths, the database's precedence;
 - :mod:`.build`: :func:`load`, the sections put together;
 - :mod:`.describe`: :func:`json_schema`, the file's JSON Schema for editors (``collector schema``).
@@ -25,12 +26,14 @@ from .model import (
     RESERVED_PARAMS,
     RETENTION_KEYS,
     SPOOL_KEYS,
+    STREAM_KEYS,
     TOP_KEYS,
     VALUATION_KEYS,
     Account,
     Config,
     Job,
     KrakenSettings,
+    Stream,
     format_duration,
     parse_duration,
     parse_listen,
@@ -46,6 +49,7 @@ __all__ = [
     "RESERVED_PARAMS",
     "RETENTION_KEYS",
     "SPOOL_KEYS",
+    "STREAM_KEYS",
     "TOP_KEYS",
     "UNREAD_KEY",
     "VALUATION_KEYS",
@@ -55,6 +59,7 @@ __all__ = [
     "ConfigErrors",
     "Job",
     "KrakenSettings",
+    "Stream",
     "database_problem",
     "format_duration",
     "json_schema",

@@ -21,6 +21,7 @@ from .model import (
 from .report import section
 from .resolve import Resolver, with_driver
 from .source import Expansion, Map, parse, read_small, reason, show
+from .streamcheck import StreamChecks
 
 #: A quote currency: an asset's code or altname (``USD``, ``ZUSD``, ``EUR``, ``XBT``, ``USDT``).
 _QUOTE = re.compile(r"[A-Z0-9]{2,16}")
@@ -62,7 +63,7 @@ def load(
         raise ConfigError("nested too deeply", file=name) from None
 
 
-class Builder(JobChecks, Resolver):
+class Builder(JobChecks, StreamChecks, Resolver):
     """One job file's build: its sections, each checked even when another has a mistake."""
 
     def config(self, raw: Map, database: str | None, listen: str | None = None) -> Config:
@@ -83,6 +84,7 @@ class Builder(JobChecks, Resolver):
         kraken = self.kraken(kraken_map)
         accounts = self.attempt(lambda: self.accounts(raw, kraken_map, kraken), ())
         jobs = self.jobs(raw, kraken, accounts)
+        streams = self.attempt(lambda: self.streams(raw), ())
         failover = defaults.FAILOVER
         if "failover" in raw:
             failover = self.attempt(
@@ -113,6 +115,7 @@ class Builder(JobChecks, Resolver):
             reference=reference,
             valuation_quote=self.valuation(raw),
             valuation_max_price_age=self.max_price_age(raw),
+            streams=streams,
         )
         self.raise_errors()
         return config
@@ -216,6 +219,8 @@ class Builder(JobChecks, Resolver):
                     "kraken.url",
                 )
             opts["url"] = url.rstrip("/")
+        if "ws_url" in k:
+            opts["ws_url"] = self.ws_url(k)
         if "public_rate_limit" in k:
             opts["public_rate_limit"] = self.rate_limit(k, "public_rate_limit")
         if "timeout" in k:

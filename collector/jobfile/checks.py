@@ -45,10 +45,13 @@ class JobChecks(Base):
         jobs_map = raw.get("jobs")
         if "jobs" not in raw and (raw.line, "jobs") in self.misspelt:
             return ()
+        if "jobs" not in raw and "streams" in raw:
+            return ()  # a file that only records streams
         if not isinstance(jobs_map, Map) or not jobs_map:
             self.errors.append(
                 self.error(
-                    "'jobs' must be a mapping from job name to job, with at least one job",
+                    "'jobs' must be a mapping from job name to job, with at least one job "
+                    "(or streams: without jobs)",
                     raw,
                     "jobs" if "jobs" in raw else None,
                     "jobs",

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import defaults
 from ..methods import PRIVATE_READ_METHODS, PUBLIC_METHODS
-from .model import KEYS, Key, format_duration
+from .model import CHANNEL_KEYS, KEYS, Key, format_duration
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 #: A duration as text (``30s``, ``1h30m``), or a ``${VAR}`` the collector expands.
@@ -69,6 +69,14 @@ KINDS: dict[str, Any] = {
     "text": lambda key: {"type": "string"},
     "database": lambda key: {"type": "string", "examples": [defaults.DATABASE]},
     "url": lambda key: {"type": "string", "pattern": r"^https?://|\$\{"},
+    "ws_url": lambda key: {"type": "string", "pattern": r"^wss?://|\$\{"},
+    "integer_choice": lambda key: {"enum": [int(c) for c in key.choices]},
+    "stream_pairs": lambda key: {
+        "anyOf": [
+            {"enum": ["all"]},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        ]
+    },
     "rate_limit": _rate_limit,
     "method": lambda key: {"enum": sorted(PUBLIC_METHODS | PRIVATE_READ_METHODS)},
     "params": lambda key: {
@@ -107,7 +115,18 @@ def _node(key: Key | None, path: str) -> dict[str, Any]:
         if path == "jobs":
             one["required"] = ["method"]
             one["oneOf"] = [{"required": ["every"]}, {"required": ["cron"]}]
-        out["propertyNames"] = {"pattern": NAME if path == "jobs" else r"^[A-Za-z0-9_.-]{1,64}$"}
+        if path == "streams":
+            one["required"] = ["channel", "pairs"]
+            # A key that applies to one channel only is refused on the others' streams.
+            one["allOf"] = [
+                {
+                    "if": {"properties": {"channel": {"not": {"const": only}}}},
+                    "then": {"not": {"required": [name]}},
+                }
+                for name, only in CHANNEL_KEYS.items()
+            ]
+        named = path in ("jobs", "streams")
+        out["propertyNames"] = {"pattern": NAME if named else r"^[A-Za-z0-9_.-]{1,64}$"}
         out["additionalProperties"] = one
         out["minProperties"] = 1
         if key.high is not None:
@@ -117,10 +136,11 @@ def _node(key: Key | None, path: str) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """The job file's JSON Schema: every declared key with its description and bounds, unknown
-    keys refused, ``jobs`` required."""
+    keys refused, ``jobs`` required unless there are ``streams``."""
     return {
         "$schema": DRAFT,
         "title": "collector job file",
         **_node(None, ""),
-        "required": ["jobs"],
+        # jobs, unless the file only records streams
+        "anyOf": [{"required": ["jobs"]}, {"required": ["streams"]}],
     }

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from .. import defaults
 from ..datasets import retention_tables
-from ..methods import is_public
+from ..methods import OHLC_INTERVALS, is_public
 from ..nonce import UNITS
 from ..ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
@@ -48,7 +48,8 @@ class Key:
     #: dotted; ``NAME`` stands for a name the file chooses (a job's, an account's)
     path: str
     #: ``section`` (a mapping of declared keys), ``names`` (a mapping from names the file chooses
-    #: to sections), ``duration``, ``boolean``, ``integer``, ``number``, ``choice``, ``text``, or a
+    #: to sections), ``duration``, ``boolean``, ``integer``, ``integer_choice`` (one of
+    #: ``choices``), ``number``, ``choice``, ``text``, or a
     #: key of its own checked in :mod:`.checks`/:mod:`.resolve` (``rate_limit``, ``since``, ...)
     kind: str
     description: str
@@ -93,6 +94,16 @@ def _credentials(at: str, whose: str) -> tuple[Key, ...]:
     )
 
 
+def format_seconds(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds))
+
+
+#: The v2 channels a stream may name (``instrument`` and the private ones are the collector's own
+#: business or not read at all).
+CHANNELS = ("book", "trade", "ticker", "ohlc")
+#: The keys that apply to one channel only (``depth`` on a trade stream is a mistake).
+CHANNEL_KEYS = {"depth": "book", "snapshot_every": "book", "interval": "ohlc"}
+
 _NONCE = "the nonce unit: ms (default, as krakenex and ccxt), us or ns for a key already used at it"
 
 #: Every key of the job file, in the order the README and the did-you-mean list them.
@@ -108,6 +119,12 @@ KEYS: tuple[Key, ...] = (
         "kraken.url",
         "url",
         f"the exchange's address without a path (default {defaults.KRAKEN_URL})",
+    ),
+    Key(
+        "kraken.ws_url",
+        "ws_url",
+        f"the streams' WebSocket v2 address (default {defaults.WS_URL}); ws:// only for this "
+        "machine",
     ),
     *_credentials("kraken", "the"),
     Key(
@@ -197,6 +214,51 @@ KEYS: tuple[Key, ...] = (
         "how long this job's runs are kept (default: retention.runs)",
         high=defaults.RETENTION_MAX,
     ),
+    Key(
+        "streams",
+        "names",
+        "Kraken's WebSocket v2 feeds, by name (letters, digits, _ . -)",
+        high=defaults.STREAMS_MAX,
+    ),
+    Key(
+        "streams.NAME.channel",
+        "choice",
+        "the feed: book, trade, ticker or ohlc",
+        choices=CHANNELS,
+    ),
+    Key(
+        "streams.NAME.pairs",
+        "stream_pairs",
+        "a list of pairs in any spelling a job accepts (XBTUSD, XBT/USD, BTC/USD), or all",
+    ),
+    Key(
+        "streams.NAME.depth",
+        "integer_choice",
+        f"book only: the levels kept (default {defaults.WS_DEPTH})",
+        choices=tuple(str(d) for d in defaults.WS_DEPTHS),
+        problem=f"must be one of {', '.join(map(str, defaults.WS_DEPTHS))}",
+    ),
+    Key(
+        "streams.NAME.snapshot_every",
+        "duration",
+        f"book only: how often the top levels are stored (default {defaults.WS_SNAPSHOT_EVERY:g}s)",
+        low=defaults.WS_SNAPSHOT_EVERY_MIN,
+        high=defaults.WS_SNAPSHOT_EVERY_MAX,
+    ),
+    Key(
+        "streams.NAME.interval",
+        "integer_choice",
+        "ohlc only: minutes per candle (default 1), as the REST OHLC job",
+        choices=tuple(str(i) for i in OHLC_INTERVALS),
+        problem=f"must be one of {', '.join(map(str, OHLC_INTERVALS))} (minutes)",
+    ),
+    Key(
+        "streams.NAME.stale_after",
+        "duration",
+        f"no data for this long makes the stream stale (default {defaults.WS_STALE_AFTER:g}s)",
+        low=defaults.WS_STALE_AFTER_MIN,
+        high=defaults.WS_STALE_AFTER_MAX,
+    ),
     Key("spool", "section", "where runs wait while the database can't be reached"),
     Key("spool.path", "text", "the spool's file (default beside the SQLite file)"),
     Key(
@@ -270,6 +332,7 @@ TOP_KEYS = keys_of("")
 KRAKEN_KEYS = keys_of("kraken")
 ACCOUNT_KEYS = keys_of("accounts.NAME")
 JOB_KEYS = keys_of("jobs.NAME")
+STREAM_KEYS = keys_of("streams.NAME")
 SPOOL_KEYS = keys_of("spool")
 METRICS_KEYS = keys_of("metrics")
 VALUATION_KEYS = keys_of("valuation")
@@ -320,8 +383,44 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """One WebSocket v2 feed of the job file: a channel over some pairs (or every listed one)."""
+
+    name: str
+    channel: str
+    #: the pairs as the file spells them (resolved to canonical names against the ``pairs``
+    #: table when subscribing); empty when ``all``
+    pairs: tuple[str, ...] = ()
+    #: every listed pair, kept current as pairs are listed and delisted
+    all_pairs: bool = False
+    #: book only: the levels kept and checksummed (None on other channels)
+    depth: int | None = None
+    #: book only: seconds between stored snapshots of the top ``depth`` levels
+    snapshot_every: float | None = None
+    #: ohlc only: minutes per candle
+    interval: int | None = None
+    #: seconds without data after which the stream counts as stale
+    stale_after: float = defaults.WS_STALE_AFTER
+    line: int = 0
+
+    def describe(self) -> str:
+        """The options of ``check``'s line: ``depth 10, snapshot every 1m, stale after 10s``."""
+        parts = []
+        if self.depth is not None:
+            parts.append(f"depth {self.depth}")
+        if self.snapshot_every is not None:
+            parts.append(f"snapshot every {format_seconds(self.snapshot_every)}")
+        if self.interval is not None:
+            parts.append(f"interval {self.interval}m")
+        parts.append(f"stale after {format_seconds(self.stale_after)}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class KrakenSettings:
     url: str = defaults.KRAKEN_URL
+    #: the streams' WebSocket v2 endpoint (``kraken.ws_url``)
+    ws_url: str = defaults.WS_URL
     key: str = field(default="", repr=False)
     secret: str = field(default="", repr=False)
     tier: RateLimit = TIERS[defaults.TIER]
@@ -386,6 +485,8 @@ class Config:
     valuation_quote: str = defaults.VALUATION_QUOTE
     #: seconds a price values a snapshot for (``valuation.max_price_age``); older, it is unpriced
     valuation_max_price_age: float = defaults.VALUATION_MAX_PRICE_AGE
+    #: the WebSocket feeds (``streams:``), in the file's order
+    streams: tuple[Stream, ...] = ()
 
     def database_for_display(self) -> str:
         return make_url(self.database).render_as_string(hide_password=True)

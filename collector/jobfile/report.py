@@ -162,6 +162,14 @@ class Base:
             if not isinstance(value, bool):
                 raise self.error(decl.problem or "must be true or false", where, key, path)
             return value
+        if decl.kind == "integer_choice":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or str(value) not in decl.choices
+            ):
+                raise self.error(f"{decl.problem}, not {show(value)}", where, key, path)
+            return value
         kinds = {"integer": int, "number": int | float}
         if decl.kind in kinds:
             if (
