@@ -265,6 +265,8 @@ def whole(label: str, url: str, rounds: int) -> None:
             f"  {ratio(times, seconds['raw']).fmt()} the driver's"
             f"   peak RSS {peak:6.1f} MB (+{over:4.1f} MB over the process before it)"
         )
+    for name in ("chain", "full") if _BEFORE else ():
+        print(f"    {name} now / before: {ratio(seconds[name], seconds[name + '-before']).fmt()}")
 
 
 # -- the incremental check ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
@@ -316,17 +317,17 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
 
 
 def pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
-    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan."""
-    found: list[str] = []
-    while len(found) < most:
-        query = select(func.min(table.c.pair))
-        if found:
-            query = query.where(table.c.pair > found[-1])
-        pair = conn.execute(query).scalar()
-        if pair is None:
-            break
-        found.append(pair)
-    return found
+    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan, all
+    in one recursive statement (a thousand pairs were a thousand statements)."""
+    name = table.name
+    assert name.isidentifier()  # a table of ours, not text from outside
+    query = sql(
+        f"WITH RECURSIVE seen(pair) AS (SELECT min(pair) FROM {name} UNION ALL "
+        f"SELECT (SELECT min(pair) FROM {name} WHERE pair > seen.pair) FROM seen "
+        "WHERE seen.pair IS NOT NULL) "
+        "SELECT pair FROM seen WHERE pair IS NOT NULL LIMIT :most"
+    )
+    return list(conn.execute(query, {"most": most}).scalars())
 
 
 def _finite(value: float) -> float | None:

@@ -135,3 +135,34 @@ def test_the_pairs_named_are_the_ones_same_says() -> None:
     want = {p for p in collected if any(same(a, p) for a in asked)}
     assert named(asked, collected) == want
     assert {"XXBTZUSD", "XETHZEUR", "SOLUSD", "XETHXXBT", "ZUSDZCAD"} <= want
+
+
+def test_the_pairs_collected_are_one_statement(tmp_path) -> None:
+    """pairs_in: the distinct pairs of the ticker in order, one statement however many (before:
+    one a pair, a thousand statements for the page of a thousand pairs)."""
+    from collector.datasets.market import ticker
+    from collector.status import pairs_in
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store.from_url(url)
+    store.upgrade()
+    at = NOW - timedelta(hours=1)
+    price = {k: "1.5" for k in ("ask", "bid", "last", "vwap_24h", "open")}
+    price |= {"low_24h": "1", "high_24h": "2", "volume_24h": "9", "trades_24h": 1}
+    with store.engine.begin() as conn:
+        conn.execute(insert(runs), [_run(1, "t", "ok", at), _run(2, "t", "ok", NOW)])
+        conn.execute(
+            insert(ticker),
+            [
+                {"run_id": r, "pair": f"P{i:03d}USD", "taken_at": at} | price
+                for r in (1, 2)
+                for i in range(299, -1, -1)
+            ],
+        )
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with store.engine.connect() as conn:
+        assert pairs_in(conn, ticker) == [f"P{i:03d}USD" for i in range(300)]
+        assert pairs_in(conn, ticker, most=5) == [f"P{i:03d}USD" for i in range(5)]
+    assert len(statements) == 2
+    store.dispose()
