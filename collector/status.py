@@ -151,9 +151,11 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
             .scalar_subquery()
         )
 
-    ids = conn.execute(
-        select(asked.c.value, one(), one(runs.c.status == "ok"), one(newest=False))
-    ).all()
+    # The status through a no-op (it is never NULL): a seek by (job, started_at) per job, where
+    # PostgreSQL, not knowing the job when it plans, would AND in ix_runs_status's every ok run
+    # for each job (5,000 jobs: 5 s instead of 20 ms).
+    ok = func.coalesce(runs.c.status, "") == "ok"
+    ids = conn.execute(select(asked.c.value, one(), one(ok), one(newest=False))).all()
     wanted = sorted({i for _, *three in ids for i in three if i is not None})
     rows: dict[int, Any] = {}
     for start in range(0, len(wanted), RUNS_A_STATEMENT):
