@@ -11,6 +11,11 @@ from the database) and the SQL a user would run for the same chart (a table sinc
 the store, so this reads what was valued when the rows were stored): ``SELECT taken_at, value,
 unpriced FROM portfolio_value WHERE taken_at >= now - 1 year``. The page's size and the points
 its chart draws are counted, not timed. Targets (issue 20): render <= 1 s, page <= 2 MB.
+
+``--jobs`` and ``--pairs`` (issue 29: 5,000 and 1,000) add to the job file that many jobs
+beside the two above, one Ticker job a pair for ``--pairs`` of them (each a run a week over the
+year, its pair's ticker row in it: a thousand pairs priced) and ``Time`` jobs for the rest
+(a run each), as a large service's database holds them.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from rounds import alternate, ratio  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 
 from collector.dashboard import Dashboard  # noqa: E402
+from collector.datasets.market import ticker  # noqa: E402
 from collector.jobfile import load  # noqa: E402
+from collector.schema import runs  # noqa: E402
 from collector.store import Store  # noqa: E402
 from collector.testing.portfolio import fill_hourly  # noqa: E402
 
@@ -45,15 +52,71 @@ jobs:
 """
 
 
-def bench(name: str, url: str, hours: int, rounds: int, folder: Path) -> None:
+def many(url: str, jobs: int, pairs: int) -> str:
+    """``jobs`` more jobs in the database (and their lines for the job file): ``pairs`` Ticker
+    jobs of a pair each, a run a week with its ticker row; ``Time`` jobs for the rest."""
+    engine = Store.from_url(url).engine
+    lines = []
+    price = {k: "1.5" for k in ("ask", "bid", "last", "vwap_24h", "open")}
+    price |= {"low_24h": "1", "high_24h": "2", "volume_24h": "9", "trades_24h": 1}
+    run_id = 10_000_000
+    with engine.begin() as conn:
+        run_rows: list[dict] = []
+        ticker_rows: list[dict] = []
+        for i in range(jobs):
+            name = f"j{i:05d}"
+            if i < pairs:
+                lines.append(
+                    f"  {name}: {{method: Ticker, params: {{pair: AAA{i:04d}USD}}, every: 168h}}"
+                )
+                times = [NOW - timedelta(weeks=w, hours=1) for w in range(52)]
+            else:
+                lines.append(f"  {name}: {{method: Time, every: 1h}}")
+                times = [NOW - timedelta(minutes=30)]
+            for at in times:
+                run_id += 1
+                run_rows.append(
+                    {
+                        "id": run_id,
+                        "job": name,
+                        "method": "Ticker" if i < pairs else "Time",
+                        "params": {},
+                        "status": "ok",
+                        "scheduled_at": at,
+                        "started_at": at,
+                        "finished_at": at,
+                        "attempts": 1,
+                        "pages": 1,
+                        "new_rows": int(i < pairs),
+                    }
+                )
+                if i < pairs:
+                    ticker_rows.append(
+                        {"run_id": run_id, "pair": f"AAA{i:04d}USD", "taken_at": at} | price
+                    )
+        for k in range(0, len(run_rows), 5000):
+            conn.execute(insert(runs), run_rows[k : k + 5000])
+        for k in range(0, len(ticker_rows), 5000):
+            conn.execute(insert(ticker), ticker_rows[k : k + 5000])
+    engine.dispose()
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def bench(
+    name: str, url: str, hours: int, rounds: int, folder: Path, jobs: int = 0, pairs: int = 0
+) -> None:
     store = Store.from_url(url)
     try:
         store.upgrade()
         started = time.perf_counter()
         fill_hourly(store.engine, end=NOW, hours=hours, assets=10)
-        print(f"{name}: filled {hours:,} snapshots in {time.perf_counter() - started:.0f}s")
+        more = many(url, jobs, pairs)
+        print(
+            f"{name}: filled {hours:,} snapshots, {jobs:,} more jobs ({pairs:,} pairs priced) "
+            f"in {time.perf_counter() - started:.0f}s"
+        )
         path = folder / f"{name}.yaml"
-        path.write_text(JOBS.format(url=url, secret="A" * 86 + "=="))
+        path.write_text(JOBS.format(url=url, secret="A" * 86 + "==") + more)
         page = Dashboard(load(path), store, clock=lambda: NOW)
         since = NOW - timedelta(days=365)
         sizes: list[int] = []
@@ -98,18 +161,21 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=24 * 365)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--jobs", type=int, default=0, help="more jobs (issue 29: 5000)")
+    parser.add_argument("--pairs", type=int, default=0, help="of them, Ticker jobs (1000)")
     args = parser.parse_args()
+    more = (args.jobs, args.pairs)
     folder = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     try:
         if args.db in ("sqlite", "both"):
-            bench("SQLite", f"sqlite:///{folder / 'c.db'}", args.hours, args.rounds, folder)
+            bench("SQLite", f"sqlite:///{folder / 'c.db'}", args.hours, args.rounds, folder, *more)
         if args.db in ("postgresql", "both"):
             sys.path.insert(0, str(ROOT / "tests"))
             from conftest import PostgresServer
 
             server = PostgresServer()
             try:
-                bench("PostgreSQL", server.new_database(), args.hours, args.rounds, folder)
+                bench("PostgreSQL", server.new_database(), args.hours, args.rounds, folder, *more)
             finally:
                 server.stop()
     finally:

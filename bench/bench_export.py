@@ -70,7 +70,7 @@ def fill(url: str, count: int) -> None:
 
 
 def measure(
-    cmd: list[str], out: Path | None = None, env: dict | None = None
+    cmd: list[str], out: Path | None = None, env: dict | None = None, cwd: Path | None = None
 ) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of one process. The RSS is GNU time's (``%M``), which forks
     ``cmd`` from itself: a child of this Python process would count this process's pages, which
@@ -84,6 +84,7 @@ def measure(
             stdout=stdout,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=cwd,
             check=True,
         )
         took = time.perf_counter() - started
@@ -100,17 +101,27 @@ def lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def run(name: str, url: str, reference: list[str], count: int, rounds: int, folder: Path) -> dict:
+def run(
+    name: str,
+    url: str,
+    reference: list[str],
+    count: int,
+    rounds: int,
+    folder: Path,
+    before: Path | None = None,
+) -> dict:
     jobs = folder / f"{name}.yaml"
     jobs.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
     mine, theirs = folder / f"{name}-collector.csv", folder / f"{name}-reference.csv"
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
     cmd = [sys.executable, "-m", "collector.cli", "export", "trades", str(jobs), "-o", str(mine)]
-    rss: dict[str, list[float]] = {"collector": [], "reference": []}
+    rss: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
 
     def side(which: str) -> float:
         if which == "collector":
-            took, peak = measure(cmd, env=env)
+            took, peak = measure(cmd, env=env, cwd=ROOT)
+        elif which == "before":  # the earlier checkout's collector (python -m finds it first)
+            took, peak = measure(cmd, env=env, cwd=before)
         else:
             out = None if "psql" in reference[0] else theirs
             took, peak = measure(reference, out, env)
@@ -118,11 +129,16 @@ def run(name: str, url: str, reference: list[str], count: int, rounds: int, fold
         return count / took
 
     print(f"{name}: {count:,} trades, {rounds} rounds", flush=True)
-    speeds = alternate(
-        {"collector": lambda: side("collector"), "reference": lambda: side("reference")}, rounds
-    )
+    sides = {"collector": lambda: side("collector"), "reference": lambda: side("reference")}
+    if before is not None:
+        sides["before"] = lambda: side("before")
+    speeds = alternate(sides, rounds)
     assert lines(mine) == count + 1 and lines(theirs) == count + 1, "row counts differ"
-    return {"speeds": speeds, "rss": rss, "ratio": ratio(speeds["collector"], speeds["reference"])}
+    found = {"speeds": speeds, "rss": rss, "ratio": ratio(speeds["collector"], speeds["reference"])}
+    if before is not None:
+        found["before"] = ratio(speeds["before"], speeds["reference"])
+        found["now/before"] = ratio(speeds["collector"], speeds["before"])
+    return found
 
 
 def report(name: str, reference: str, found: dict) -> None:
@@ -136,6 +152,9 @@ def report(name: str, reference: str, found: dict) -> None:
     )
     print(f"  {reference}: {fig(s['reference'])} rows/s, peak RSS {fig(r['reference'], ' MB')}")
     print(f"  collector / reference: {found['ratio']}")
+    if "before" in found:
+        print(f"  before: {fig(s['before'])} rows/s; before / reference: {found['before']}")
+        print(f"  collector / before: {found['now/before']}")
 
 
 def main() -> None:
@@ -143,6 +162,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--before", type=Path, help="an earlier checkout: its export as a side")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
@@ -155,7 +175,9 @@ def main() -> None:
             cmd = [shutil.which("sqlite3") or "sqlite3", "-csv", "-header", str(db)]
             cmd.append("SELECT * FROM trades")
             report(
-                "SQLite", "sqlite3 -csv", run("sqlite", url, cmd, args.rows, args.rounds, folder)
+                "SQLite",
+                "sqlite3 -csv",
+                run("sqlite", url, cmd, args.rows, args.rounds, folder, args.before),
             )
         if args.db in ("postgresql", "both"):
             sys.path.insert(0, str(ROOT / "tests"))
@@ -172,7 +194,7 @@ def main() -> None:
                 dsn = url.replace("postgresql+psycopg://", "postgresql://")
                 cmd = [psql, "-q", "-X", dsn, "-c"]
                 cmd.append(f"\\copy trades TO '{out}' WITH (FORMAT csv, HEADER)")
-                found = run("postgresql", url, cmd, args.rows, args.rounds, folder)
+                found = run("postgresql", url, cmd, args.rows, args.rounds, folder, args.before)
                 report("PostgreSQL", "psql \\copy", found)
             finally:
                 server.stop()

@@ -50,7 +50,11 @@ logging.basicConfig(level=logging.ERROR)
 T0 = 1_790_000_000.0
 CHAIN = verify.Scope("default", ("l",), from_start=True)
 FULL = verify.Scope("default", ("l",), ("t",), ("o",), from_start=True)
-SIDES = ("scan", "chain", "full")
+SIDES = ("scan", "raw", "chain", "full")
+#: The ledger's columns verification reads.
+COLUMNS = ("asset", "ledger_id", "time", "amount", "fee", "balance", "run_id")
+#: With ``--before DIR`` (a checkout of an earlier commit), its own chain and full check too.
+BEFORE = ("chain-before", "full-before")
 
 
 # -- the data -----------------------------------------------------------------------------------
@@ -159,7 +163,27 @@ def child(side: str, url: str) -> None:
         pass  # connected: the baseline includes the driver
     base = _rss_kb("VmRSS")
     started = time.perf_counter()
-    if side == "scan":
+    if side == "raw":
+        # The driver alone: the same SELECT's rows as tuples of what the database gives, no
+        # column types (the floor of any reading in Python).
+        rows = 0
+        query = select(*(ledger.c[n] for n in COLUMNS))
+        raw = store.engine.raw_connection()
+        try:
+            sql = str(query.compile(store.engine))
+            cursor = (
+                raw.cursor()
+                if store.engine.dialect.name == "sqlite"
+                else (raw.driver_connection.cursor(name="bench_raw"))
+            )
+            cursor.execute(sql)
+            while batch := cursor.fetchmany(verify.BATCH):
+                rows += len(batch)
+            cursor.close()
+        finally:
+            raw.close()
+        checked = {"rows": rows}
+    elif side == "scan":
         rows = 0
         columns = (
             ledger.c.asset,
@@ -185,9 +209,16 @@ def child(side: str, url: str) -> None:
     print(json.dumps({"seconds": seconds, "base_kb": base, "peak_kb": peak, **checked}))
 
 
+#: ``--before``'s checkout, whose bench runs its sides.
+_BEFORE: list[Path] = []
+
+
 def measure(side: str, url: str) -> dict[str, Any]:
+    script = Path(__file__)
+    if side.endswith("-before"):
+        side, script = side.removesuffix("-before"), _BEFORE[0] / "bench" / "bench_verify.py"
     out = subprocess.run(
-        [sys.executable, __file__, "--child", side, "--url", url],
+        [sys.executable, str(script), "--child", side, "--url", url],
         check=True,
         capture_output=True,
         text=True,
@@ -198,7 +229,8 @@ def measure(side: str, url: str) -> dict[str, Any]:
 def whole(label: str, url: str, rounds: int) -> None:
     """The three sides in alternating rounds (``bench/rounds.py``): each side's time, its ratio
     to the scan (the median of the rounds' own ratios, with their min-max), its peak RSS."""
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    sides = SIDES + (BEFORE if _BEFORE else ())
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
 
     def side(name: str) -> Callable[[], float]:
         def once() -> float:
@@ -208,7 +240,7 @@ def whole(label: str, url: str, rounds: int) -> None:
         return once
 
     print(f"  {label}:")
-    seconds = alternate({name: side(name) for name in SIDES}, rounds)
+    seconds = alternate({name: side(name) for name in sides}, rounds)
     first = runs["full"][0]
     print(
         f"  {label}: {first['entries']:,} entries, {first['snapshots']:,} snapshot rows, "
@@ -216,17 +248,25 @@ def whole(label: str, url: str, rounds: int) -> None:
     )
     for name, what in (
         ("scan", "plain scan of the ledger"),
+        ("raw", "the driver's scan, no types"),
         ("chain", "chains + snapshots"),
         ("full", "+ fills and orders"),
+        ("chain-before", "chains + snapshots, before"),
+        ("full-before", "+ fills and orders, before"),
     ):
+        if name not in runs:
+            continue
         peak = statistics.median(r["peak_kb"] for r in runs[name]) / 1024
         over = statistics.median(r["peak_kb"] - r["base_kb"] for r in runs[name]) / 1024
         times = seconds[name]
         print(
             f"    {what:<26} {statistics.median(times):6.1f} s ({min(times):.1f}-{max(times):.1f})"
             f"  {ratio(times, seconds['scan']).fmt()} the scan"
+            f"  {ratio(times, seconds['raw']).fmt()} the driver's"
             f"   peak RSS {peak:6.1f} MB (+{over:4.1f} MB over the process before it)"
         )
+    for name in ("chain", "full") if _BEFORE else ():
+        print(f"    {name} now / before: {ratio(seconds[name], seconds[name + '-before']).fmt()}")
 
 
 # -- the incremental check ----------------------------------------------------------------------
@@ -268,13 +308,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-incremental", dest="incremental", action="store_false")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--before", type=Path, help="a checkout of an earlier commit: its checks as sides too"
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.url)
         return
+    if args.before:
+        _BEFORE.append(args.before.resolve())
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress, piped
     began = time.perf_counter()
     account = Account(t0=T0, size=args.entries, rates={})
@@ -304,7 +350,8 @@ def main() -> None:
             "2. the incremental check after a run (the service's), with the whole ledger verified"
         )
         for label, url in urls:
-            incremental(label, url, Account(t0=T0, size=args.entries, rates={}), args.entries)
+            if args.incremental:
+                incremental(label, url, Account(t0=T0, size=args.entries, rates={}), args.entries)
     finally:
         if server is not None:
             server.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import decimal
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from .datasets.reference import assets, pairs
 from .health import utcnow
 from .jobfile import Config
 from .listener import Answer
-from .pairs import same, split
+from .pairs import named as matching
+from .pairs import split
 from .schema import runs
 from .status import collect, pairs_in
 from .store import Store
@@ -65,6 +67,11 @@ PRICE_SAMPLES = charts.WIDTH // 2
 #: Price charts drawn at most (each a query per sample), and other pairs named at most below them.
 PAIRS_DRAWN = 24
 PAIRS_LISTED = 200
+#: Jobs a page lists (``?jobs=2`` the next ones, in the job file's order): 5,000 jobs' rows took
+#: 2.4 MB and, each job's rows counted, seconds. Every job's state still decides the health.
+JOBS_SHOWN = 100
+#: Stale jobs named in the header at most (the jobs' rows say the rest).
+PROBLEMS_SHOWN = 20
 #: Gaps listed on the page (the newest), and the length an error or a reason is cut to.
 GAPS_SHOWN = 20
 TEXT_MAX = 300
@@ -123,13 +130,17 @@ class Dashboard:
         self.clock = clock
 
     def answer(self, query: dict[str, str]) -> Answer:
-        """The route: ``?range=`` one of :data:`RANGES`."""
+        """The route: ``?range=`` one of :data:`RANGES`, ``?jobs=`` a page of the jobs."""
         name = query.get("range", DEFAULT_RANGE)
         if name not in RANGES:
             body = f"unknown range {name!r}: use {', '.join(RANGES)}\n"
             return Answer(400, body.encode(), "text/plain; charset=utf-8", HEADERS)
+        asked = query.get("jobs", "1")
+        if not (asked.isascii() and asked.isdigit() and len(asked) <= 9 and int(asked) >= 1):
+            body = f"jobs={asked[:TEXT_MAX]!r}: a page number, 1 or more\n"
+            return Answer(400, body.encode(), "text/plain; charset=utf-8", HEADERS)
         try:
-            page = self.render(name)
+            page = self.render(name, int(asked))
         except SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             shown = reason[0][:TEXT_MAX] if reason else type(exc).__name__
@@ -142,12 +153,20 @@ class Dashboard:
             return Answer(503, body.encode(), "text/html; charset=utf-8", HEADERS)
         return Answer(200, page.encode(), "text/html; charset=utf-8", HEADERS)
 
-    def render(self, range_name: str = DEFAULT_RANGE) -> str:
-        """The page for the range ``range_name``, as HTML."""
+    def render(self, range_name: str = DEFAULT_RANGE, jobs_page: int = 1) -> str:
+        """The page for the range ``range_name``, as HTML, with the ``jobs_page``-th
+        :data:`JOBS_SHOWN` jobs listed (the last page when there are fewer)."""
         now = self.clock().astimezone(UTC)
         span = RANGES[range_name]
         since = None if span is None else now - span
-        report = collect(self.config, self.store, now, self.spooled())
+        pages = max(1, math.ceil(len(self.config.jobs) / JOBS_SHOWN))
+        jobs_page = min(jobs_page, pages)
+        shown = {
+            j.name for j in self.config.jobs[(jobs_page - 1) * JOBS_SHOWN : jobs_page * JOBS_SHOWN]
+        }
+        report = collect(
+            self.config, self.store, now, self.spooled(), detailed=lambda j: j.name in shown
+        )
         accounts: list[Account] = []
         prices: list[Pair] = []
         undrawn: list[str] = []
@@ -167,7 +186,9 @@ class Dashboard:
                 prices = _prices(conn, valuation, since, now, names, drawn)
                 gap_count, gap_rows = _gaps(conn)
                 failing = [
-                    j["name"] for j in report["jobs"] if j["last_status"] not in (None, "ok")
+                    j["name"]
+                    for j in report["jobs"]
+                    if j["name"] in shown and j["last_status"] not in (None, "ok")
                 ]
                 errors = _errors(conn, failing)
         start = since or _earliest(accounts, prices, now)
@@ -175,7 +196,7 @@ class Dashboard:
             _header(self.config, report, range_name, now),
             "<main>",
             _portfolio(accounts, self.config.valuation_quote, quote_decimals, start, now),
-            _jobs(report, errors),
+            _jobs(report, errors, shown, (jobs_page, pages), range_name),
             _prices_section(prices, start, now, undrawn),
             _ledgers(report),
             _gaps_section(gap_count, gap_rows),
@@ -242,7 +263,7 @@ def _drawn_pairs(
         if job.method in ("Ticker", "OHLC") and job.params.get("pair")
         for name in split(job.params["pair"])
     ]
-    named = {p for p in collected if any(same(a, p) for a in asked)}
+    named = matching(asked, collected)
     valuing: set[str] = set()
     if "pairs" in tables:
         routes = valuation.routes(conn)
@@ -419,7 +440,11 @@ def _header(config: Config, report: dict[str, Any], range_name: str, now: dateti
         health = '<span class="state ok">healthy</span>'
     else:
         health = '<span class="state stale">unhealthy</span>'
-    problems = "".join(f"<li>{escape(p)}</li>" for p in report["problems"])
+    problems = "".join(f"<li>{escape(p)}</li>" for p in report["problems"][:PROBLEMS_SHOWN])
+    more = len(report["problems"]) - PROBLEMS_SHOWN
+    if more > 0:
+        problems += f'<li class="more">and {more:,} more stale jobs (in the jobs\' rows)</li>'
+
     return (
         "<header><h1>collector</h1>"
         f'<p class="meta">{escape(os.path.basename(config.path))} · '
@@ -503,7 +528,13 @@ def _figure(chart: charts.Chart, start: datetime, now: datetime, decimals: int) 
     return f"<figure>{scale}{chart.svg}{_axis(_when(start), _when(now))}</figure>"
 
 
-def _jobs(report: dict[str, Any], errors: dict[str, str]) -> str:
+def _jobs(
+    report: dict[str, Any],
+    errors: dict[str, str],
+    shown: set[str] | None = None,
+    page: tuple[int, int] = (1, 1),
+    range_name: str = DEFAULT_RANGE,
+) -> str:
     head = (
         "job",
         "method",
@@ -523,6 +554,8 @@ def _jobs(report: dict[str, Any], errors: dict[str, str]) -> str:
         "</tr></thead><tbody>",
     ]
     for j in report["jobs"]:
+        if shown is not None and j["name"] not in shown:
+            continue
         failures = ", ".join(f"{s} {n}" for s, n in sorted(j["failures_24h"].items())) or "-"
         progress = _when(j["cursor"]) if j.get("cursor") else "-"
         paged = j.get("paged")
@@ -557,12 +590,32 @@ def _jobs(report: dict[str, Any], errors: dict[str, str]) -> str:
                 f"{escape(j['name'])}: {escape(errors[j['name']])}</td></tr>"
             )
     out.append("</tbody></table>")
+    out.append(_pages(page, len(report["jobs"]), range_name))
     waiting = report["spool_waiting"]
     out.append(
         f'<p class="note">Spool: {f"{waiting:,} runs waiting" if waiting else "empty"}; '
         f"oldest run kept: {_when(report['oldest_run'])} UTC.</p></section>"
     )
     return "".join(out)
+
+
+def _pages(page: tuple[int, int], jobs: int, range_name: str) -> str:
+    """Plain links to the other pages of jobs (none when one page holds them all)."""
+    at, pages = page
+    if pages <= 1:
+        return ""
+    near = sorted({1, at - 1, at, at + 1, pages} & set(range(1, pages + 1)))
+    links = []
+    for n in near:
+        current = " aria-current=page" if n == at else ""
+        links.append(f'<a href="?range={range_name}&amp;jobs={n}"{current}>{n}</a>')
+    low, high = (at - 1) * JOBS_SHOWN + 1, min(at * JOBS_SHOWN, jobs)
+    return (
+        f'<nav aria-label="jobs" class="pages" data-page="{at}" data-pages="{pages}">'
+        f'<span class="note">jobs {low:,}-{high:,} of {jobs:,}, page</span> '
+        + " ".join(links)
+        + "</nav>"
+    )
 
 
 def _prices_section(

@@ -109,15 +109,25 @@ def same(asked: str, canonical: str) -> bool:
     """Whether the canonical name ``canonical`` (``XXBTZUSD``, ``SOLUSD``, ``XETHXXBT``) is the
     pair ``asked`` (``XBTUSD``, ``xbtusd``, ``XBT/USD``, ``XXBTZUSD``) without asking Kraken: the
     same letters once the X/Z that prefix Kraken's old four-letter asset codes are dropped."""
-    want = _plain(asked)
-    if want == canonical.upper():
-        return True
+    return _plain(asked) in _spellings(canonical)
+
+
+def named(asked: Iterable[str], canonical: Iterable[str]) -> set[str]:
+    """The names of ``canonical`` that are one of the pairs ``asked`` (as :func:`same` says):
+    each side's spellings made once, so a thousand asked of a thousand collected is a set
+    lookup each, not a million comparisons."""
+    wanted = {_plain(a) for a in asked}
+    return {c for c in canonical if not wanted.isdisjoint(_spellings(c))}
+
+
+def _spellings(canonical: str) -> set[str]:
+    """What :func:`_plain` of a name of the pair ``canonical`` may be: itself, or its base and
+    quote (split anywhere) without the X/Z of the old four-letter codes."""
     upper = canonical.upper()
+    out = {upper}
     for cut in range(3, len(upper) - 2):
-        base, quote = upper[:cut], upper[cut:]
-        if _short(base) + _short(quote) == want:
-            return True
-    return False
+        out.add(_short(upper[:cut]) + _short(upper[cut:]))
+    return out
 
 
 def _short(code: str) -> str:

@@ -13,12 +13,17 @@ should have run since then), so a job just added is not stale before it had its 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy import text as sql
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from .datasets import for_method
@@ -32,6 +37,9 @@ from .schema import cursors, ledger_verification, runs
 from .store import Store
 from .verify import status as verification
 
+#: Runs read by id in one statement (SQLite's parameters stop at 32,766).
+RUNS_A_STATEMENT = 5_000
+
 
 def exists(config: Config) -> bool:
     """False for a SQLite file that is not there yet (reading must not create it)."""
@@ -42,9 +50,17 @@ def exists(config: Config) -> bool:
 
 
 def collect(
-    config: Config, store: Store | None, now: datetime, spool_waiting: int | None
+    config: Config,
+    store: Store | None,
+    now: datetime,
+    spool_waiting: int | None,
+    detailed: Callable[[Job], bool] | None = None,
 ) -> dict[str, Any]:
-    """The status of ``config``'s jobs in ``store`` (None: there is no database yet)."""
+    """The status of ``config``'s jobs in ``store`` (None: there is no database yet).
+
+    Every job's state and runs come from a few statements for all jobs, not a few a job (5,000
+    jobs: 4 statements, where 30,000 took seconds); its rows and cursor, a statement or two a
+    job, only for the jobs ``detailed`` says (None: all; the dashboard's page of jobs)."""
     mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
     jobs: list[dict[str, Any]] = []
     ledgers: list[dict[str, Any]] = []
@@ -52,11 +68,15 @@ def collect(
     if store is not None:
         with store.engine.connect() as conn:
             oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
-            jobs = [_job(conn, store, job, now, mtime) for job in config.jobs]
+            known = _runs_of(conn, store, [job.name for job in config.jobs], now)
+            jobs = [
+                _job(conn, store, job, now, mtime, known, detailed is None or detailed(job))
+                for job in config.jobs
+            ]
             if inspect(conn).has_table(ledger_verification.name):  # before 0007: not yet
                 ledgers = verification(conn)
     else:
-        jobs = [_job(None, None, job, now, mtime) for job in config.jobs]
+        jobs = [_job(None, None, job, now, mtime, _Known()) for job in config.jobs]
     problems = [
         f"job {j['name']}: {j['progress'] + '; ' if j['progress'] else ''}"
         f"no success for {j['stale_for']} "
@@ -78,48 +98,125 @@ def collect(
     }
 
 
+@dataclass
+class _Known:
+    """What the runs and gaps say of each job, read for all jobs at once (:func:`_runs_of`):
+    its last run, last success and first run, its failures in the last day by status, and its
+    gaps (count, newest end)."""
+
+    last: dict[str, Any] = field(default_factory=dict)
+    success: dict[str, Any] = field(default_factory=dict)
+    first: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    gaps: dict[str, tuple[int, Any]] | None = None
+
+
+_RUN_COLUMNS = (
+    runs.c.id,
+    runs.c.started_at,
+    runs.c.finished_at,
+    runs.c.status,
+    runs.c.error,
+    runs.c.pages,
+    runs.c.new_rows,
+)
+
+
+def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime) -> _Known:
+    """Each job's runs (as :class:`_Known`) in three statements for all jobs: its last, last
+    successful and first run by the index (job, started_at), one seek each in a correlated
+    subquery over the names (one parameter: a JSON array on SQLite, an array on PostgreSQL),
+    then those rows by id; its failures of the last day, a range of the same index."""
+    known = _Known()
+    day = now - timedelta(days=1)
+    unique = list(dict.fromkeys(names))
+    if not unique:
+        return known
+    if conn.dialect.name == "sqlite":
+        asked = func.json_each(json.dumps(unique)).table_valued("value").alias("asked")
+    else:
+        names_ = literal(unique, postgresql.ARRAY(String))
+        asked = func.unnest(names_).table_valued("value").render_derived(name="asked")
+
+    def one(*where: Any, newest: bool = True) -> Any:
+        order = runs.c.started_at.desc() if newest else runs.c.started_at
+        return (
+            select(runs.c.id)
+            .where(runs.c.job == asked.c.value, *where)
+            .order_by(order)
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    # The status through a no-op (it is never NULL): a seek by (job, started_at) per job, where
+    # PostgreSQL, not knowing the job when it plans, would AND in ix_runs_status's every ok run
+    # for each job (5,000 jobs: 5 s instead of 20 ms).
+    ok = func.coalesce(runs.c.status, "") == "ok"
+    ids = conn.execute(select(asked.c.value, one(), one(ok), one(newest=False))).all()
+    wanted = sorted({i for _, *three in ids for i in three if i is not None})
+    rows: dict[int, Any] = {}
+    for start in range(0, len(wanted), RUNS_A_STATEMENT):
+        chunk = wanted[start : start + RUNS_A_STATEMENT]
+        rows.update(
+            (r.id, r) for r in conn.execute(select(*_RUN_COLUMNS).where(runs.c.id.in_(chunk)))
+        )
+    for name, last, success, first in ids:
+        for into, run_id in ((known.last, last), (known.success, success), (known.first, first)):
+            if run_id is not None:
+                into[name] = rows[run_id]
+    failed = conn.execute(
+        select(runs.c.job, runs.c.status, func.count())
+        .where(
+            runs.c.job.in_(select(asked.c.value)),
+            runs.c.started_at > day,
+            runs.c.status != "ok",
+        )
+        .group_by(runs.c.job, runs.c.status)
+    )
+    for name, status, count in failed:
+        known.failures.setdefault(name, {})[status] = count
+    gaps = store.datasets["gaps"].table if store and "gaps" in store.datasets else None
+    if gaps is not None:
+        known.gaps = {
+            name: (count, end)
+            for name, count, end in conn.execute(
+                select(gaps.c.job, func.count(), func.max(gaps.c.end))
+                .where(gaps.c.job.in_(select(asked.c.value)))
+                .group_by(gaps.c.job)
+            )
+        }
+    return known
+
+
 def _job(
-    conn: Any, store: Store | None, job: Job, now: datetime, mtime: datetime
+    conn: Any,
+    store: Store | None,
+    job: Job,
+    now: datetime,
+    mtime: datetime,
+    known: _Known,
+    detailed: bool = True,
 ) -> dict[str, Any]:
-    mine = runs.c.job == job.name
-    last = success = first = None
     paging: Paging | None = None
-    failures: dict[str, int] = {}
     dataset = for_method(job.method, store.datasets.values() if store else ())
     info: dict[str, Any] = {"dataset": dataset.name if dataset else None}
+    last = known.last.get(job.name)
+    success = known.success.get(job.name)
+    first = known.first.get(job.name)
+    failures = dict(known.failures.get(job.name, {}))
+    # A paging run's row is `partial` after each page until its last: the latest run, partial
+    # without an error (one cut short says why), is still paging, not a failure.
+    if last is not None and last.status == "partial" and last.error is None:
+        paging = Paging(str(last.id), last.pages, last.new_rows, last.finished_at)
+        if last.started_at > now - timedelta(days=1):
+            failures["partial"] -= 1
+            if not failures["partial"]:
+                del failures["partial"]
     if conn is not None:
-        by_time = select(
-            runs.c.id,
-            runs.c.started_at,
-            runs.c.finished_at,
-            runs.c.status,
-            runs.c.error,
-            runs.c.pages,
-            runs.c.new_rows,
-        ).where(mine)
-        last = conn.execute(by_time.order_by(runs.c.started_at.desc()).limit(1)).first()
-        success = conn.execute(
-            by_time.where(runs.c.status == "ok").order_by(runs.c.started_at.desc()).limit(1)
-        ).first()
-        first = conn.execute(by_time.order_by(runs.c.started_at).limit(1)).first()
-        failed = [runs.c.status != "ok", runs.c.started_at > now - timedelta(days=1)]
-        # A paging run's row is `partial` after each page until its last: the latest run,
-        # partial without an error (one cut short says why), is still paging, not a failure.
-        if last is not None and last.status == "partial" and last.error is None:
-            failed.append(runs.c.id != last.id)
-            paging = Paging(str(last.id), last.pages, last.new_rows, last.finished_at)
-        failures = dict(
-            conn.execute(
-                select(runs.c.status, func.count()).where(mine, *failed).group_by(runs.c.status)
-            ).all()
-        )
-        if dataset is not None:
+        if dataset is not None and detailed:
             info.update(_dataset(conn, store, job, dataset.name))
-        gaps = store.datasets["gaps"].table if store and "gaps" in store.datasets else None
-        if gaps is not None:
-            count, end = conn.execute(
-                select(func.count(), func.max(gaps.c.end)).where(gaps.c.job == job.name)
-            ).one()
+        if known.gaps is not None:
+            count, end = known.gaps.get(job.name, (0, None))
             info.update(gaps=count, last_gap_end=_iso(end))
     reference = success.finished_at if success else first.started_at if first else mtime
     state = verdict(job, reference, paging, success is not None, now)
@@ -219,17 +316,17 @@ def _accounts(config: Config, store: Store | None, now: datetime) -> list[dict[s
 
 
 def pairs_in(conn: Any, table: Any, most: int = 10_000) -> list[str]:
-    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan."""
-    found: list[str] = []
-    while len(found) < most:
-        query = select(func.min(table.c.pair))
-        if found:
-            query = query.where(table.c.pair > found[-1])
-        pair = conn.execute(query).scalar()
-        if pair is None:
-            break
-        found.append(pair)
-    return found
+    """The distinct pairs of a table keyed by pair first: one index seek each, not a scan, all
+    in one recursive statement (a thousand pairs were a thousand statements)."""
+    name = table.name
+    assert name.isidentifier()  # a table of ours, not text from outside
+    query = sql(
+        f"WITH RECURSIVE seen(pair) AS (SELECT min(pair) FROM {name} UNION ALL "
+        f"SELECT (SELECT min(pair) FROM {name} WHERE pair > seen.pair) FROM seen "
+        "WHERE seen.pair IS NOT NULL) "
+        "SELECT pair FROM seen WHERE pair IS NOT NULL LIMIT :most"
+    )
+    return list(conn.execute(query, {"most": most}).scalars())
 
 
 def _finite(value: float) -> float | None:

@@ -1,0 +1,168 @@
+"""The page with thousands of jobs (issue 29): a page of jobs at a time behind plain links, every
+job's state still in the health, and a constant number of statements for the jobs' runs, not a
+few per job; the pairs a job file names found among a thousand collected without comparing
+every one with every one."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from collector.jobfile import load
+from sqlalchemy import event, insert
+
+from collector.dashboard import JOBS_SHOWN, PROBLEMS_SHOWN, Dashboard
+from collector.pairs import named, same
+from collector.schema import runs
+from collector.status import collect
+from collector.store import Store
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def _many(tmp_path: Path, url: str, count: int) -> Path:
+    """``count`` Time jobs every hour: the first half ran 30 minutes ago (ok), the second half
+    last ran two days ago (stale); job 1 also failed twice today, once a partial page still
+    paging (its latest run, not a failure)."""
+    store = Store.from_url(url)
+    store.upgrade()
+    lines = []
+    rows = []
+    for i in range(count):
+        lines.append(f"  j{i:04d}: {{method: Time, every: 1h}}")
+        at = NOW - (timedelta(minutes=30) if i < count // 2 else timedelta(days=2))
+        rows.append(_run(len(rows) + 1, f"j{i:04d}", "ok", at))
+    rows.append(_run(len(rows) + 1, "j0001", "http_error", NOW - timedelta(minutes=20)))
+    rows.append(_run(len(rows) + 1, "j0001", "partial", NOW - timedelta(minutes=10)))
+    with store.engine.begin() as conn:
+        conn.execute(insert(runs), rows)
+    store.dispose()
+    path = tmp_path / "jobs.yaml"
+    secret = base64.b64encode(bytes(64)).decode()
+    path.write_text(
+        f"database: {url}\nkraken: {{key: k, secret: '{secret}'}}\njobs:\n" + "\n".join(lines)
+    )
+    return path
+
+
+def _run(run_id: int, job: str, status: str, at: datetime) -> dict:
+    return {
+        "id": run_id,
+        "job": job,
+        "method": "Time",
+        "params": {},
+        "status": status,
+        "scheduled_at": at,
+        "started_at": at,
+        "finished_at": at,
+        "attempts": 1,
+    }
+
+
+def test_a_page_of_jobs_at_a_time_with_every_jobs_state_in_the_health(tmp_path) -> None:
+    """600 jobs, half of them stale: the page lists the first JOBS_SHOWN, links to the others
+    with ``?jobs=N``, says unhealthy and names PROBLEMS_SHOWN stale jobs and how many more;
+    before, all 600 rows and 300 problem lines were on the page."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    page = Dashboard(load(_many(tmp_path, url, 600)), Store.from_url(url), clock=lambda: NOW)
+    first = page.answer({"range": "day"})
+    html = first.body.decode()
+    listed = re.findall(r'<tr data-job="([^"]+)"', html)
+    assert listed == [f"j{i:04d}" for i in range(JOBS_SHOWN)]
+    assert 'data-page="1" data-pages="6"' in html
+    assert 'href="?range=day&amp;jobs=2"' in html and 'href="?range=day&amp;jobs=6"' in html
+    assert "unhealthy" in html
+    assert html.count("no success for") == PROBLEMS_SHOWN
+    assert f"and {300 - PROBLEMS_SHOWN:,} more stale jobs" in html
+    assert "<script" not in html
+    last = page.answer({"range": "day", "jobs": "6"}).body.decode()
+    assert re.findall(r'<tr data-job="([^"]+)"', last) == [f"j{i:04d}" for i in range(500, 600)]
+    assert re.findall(r'<tr data-job="(j0001)" data-state="([a-z]+)"', html) == [
+        ("j0001", "paging")
+    ]
+    # j0001's paging run is no failure; its http_error is.
+    row = html[html.index('data-job="j0001"') :]
+    assert re.findall(r'data-label="failures 24h">([^<]*)<', row)[0] == "http_error 1"
+
+
+@pytest.mark.parametrize("asked", ["0", "-1", "x", "1e3", "٣", "9" * 12])
+def test_a_jobs_page_that_is_no_page_number_is_refused_in_one_line(tmp_path, asked) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    page = Dashboard(load(_many(tmp_path, url, 3)), Store.from_url(url), clock=lambda: NOW)
+    answer = page.answer({"jobs": asked})
+    assert answer.status == 400
+    assert answer.body.decode().count("\n") == 1 and "a page number" in answer.body.decode()
+
+
+def test_the_jobs_runs_are_read_in_a_constant_number_of_statements(tmp_path) -> None:
+    """status.collect of 50 and of 500 jobs runs the same number of statements (before: about
+    six a job), and says the same of each job as one job at a time would."""
+    counts = []
+    reports = []
+    for n in (50, 500):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        url = f"sqlite:///{folder / 'c.db'}"
+        config = load(_many(folder, url, n))
+        store = Store.from_url(url)
+        statements: list[str] = []
+        event.listen(
+            store.engine, "before_cursor_execute", lambda *a, seen=statements: seen.append(a[2])
+        )
+        report = collect(config, store, NOW, 0)
+        counts.append(len(statements))
+        reports.append(report)
+        store.dispose()
+    assert counts[0] == counts[1] < 12, counts
+    jobs = {j["name"]: j for j in reports[1]["jobs"]}
+    assert jobs["j0000"]["state"] == "ok" and jobs["j0000"]["failures_24h"] == {}
+    assert jobs["j0001"]["state"] == "paging"
+    assert jobs["j0001"]["failures_24h"] == {"http_error": 1}
+    assert jobs["j0499"]["state"] == "stale"
+    assert len(reports[1]["problems"]) == 250
+
+
+def test_the_pairs_named_are_the_ones_same_says() -> None:
+    """named() is same() over every pair: a thousand asked of a thousand collected, and the
+    spellings a job file uses (altname, wsname, lower case, the old X/Z codes)."""
+    collected = [f"AAA{i:04d}USD" for i in range(1000)]
+    collected += ["XXBTZUSD", "XETHZEUR", "SOLUSD", "XETHXXBT", "DOT.SUSD", "ZUSDZCAD"]
+    asked = [f"AAA{i:04d}USD" for i in range(0, 2000, 3)]
+    asked += ["XBTUSD", "eth/eur", "SOL-USD", "ETHXBT", "USDCAD", "NOPE"]
+    want = {p for p in collected if any(same(a, p) for a in asked)}
+    assert named(asked, collected) == want
+    assert {"XXBTZUSD", "XETHZEUR", "SOLUSD", "XETHXXBT", "ZUSDZCAD"} <= want
+
+
+def test_the_pairs_collected_are_one_statement(tmp_path) -> None:
+    """pairs_in: the distinct pairs of the ticker in order, one statement however many (before:
+    one a pair, a thousand statements for the page of a thousand pairs)."""
+    from collector.datasets.market import ticker
+    from collector.status import pairs_in
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store.from_url(url)
+    store.upgrade()
+    at = NOW - timedelta(hours=1)
+    price = {k: "1.5" for k in ("ask", "bid", "last", "vwap_24h", "open")}
+    price |= {"low_24h": "1", "high_24h": "2", "volume_24h": "9", "trades_24h": 1}
+    with store.engine.begin() as conn:
+        conn.execute(insert(runs), [_run(1, "t", "ok", at), _run(2, "t", "ok", NOW)])
+        conn.execute(
+            insert(ticker),
+            [
+                {"run_id": r, "pair": f"P{i:03d}USD", "taken_at": at} | price
+                for r in (1, 2)
+                for i in range(299, -1, -1)
+            ],
+        )
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with store.engine.connect() as conn:
+        assert pairs_in(conn, ticker) == [f"P{i:03d}USD" for i in range(300)]
+        assert pairs_in(conn, ticker, most=5) == [f"P{i:03d}USD" for i in range(5)]
+    assert len(statements) == 2
+    store.dispose()
