@@ -18,6 +18,10 @@ points per pixel column, a pair's price sampled at each pixel column's end. At m
 ``PAIRS_DRAWN`` price charts are drawn, the pairs the job file names and those that value the
 balances first; the other pairs collected are listed by name (a Ticker of every pair, 3,000 of
 them, would take seconds to draw, holding one of the listener's slots all along).
+
+Why one module of this length: the page's sections read one consistent view of the database
+(one status collection, one valuation) and are rendered into one escaped document; the drawing
+of lines is :mod:`.charts`, the serving :mod:`.listener`.
 """
 
 from __future__ import annotations

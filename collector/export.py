@@ -19,6 +19,10 @@ import (docs/export.md has the sources):
 * ``my_trades`` → trades.csv: ``txid, ordertxid, pair, time, type, ordertype, price, cost, fee,
   vol, margin, misc, ledgers``; time with up to 4 decimals of a second, ``ledgers`` the ids of the
   trade's ledger entries (those collected), comma-separated.
+
+Why one module of this length: every format (CSV by the database, JSON lines, Kraken's two
+layouts) shares the one SQL that turns a column into its exported text, the formula-cell rule in
+it, and where ``-o`` may write; a format apart would have to repeat or reach into them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ never a break. So a live service never records a false break.
 ``ledger_verification`` table), reading only the entries and snapshots that are new, and records
 what it finds: breaks become ``gaps`` rows. The service's :class:`collector.verifier.Verifier` runs it
 after each Ledgers run.
+
+Why one module of this length: the four proofs (chains, snapshots, fills, orders) read one
+stream of the ledger up to one horizon and record their breaks in one transaction; the arithmetic
+of a chain alone is its own module (:mod:`.chain`). Splitting the proofs into a package is the
+next step when a fifth arrives.
 """
 
 from __future__ import annotations

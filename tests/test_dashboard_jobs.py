@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from collector.jobfile import load
 from sqlalchemy import event, insert
 
 from collector.dashboard import JOBS_SHOWN, PROBLEMS_SHOWN, Dashboard
+from collector.jobfile import load
 from collector.pairs import named, same
 from collector.schema import runs
 from collector.status import collect

@@ -12,6 +12,10 @@ rules (``every``/``cron``, ``tier``/``rate_limit``, ``key_file``/``key``). So ea
 bad value), which drives the unknown-key checks and their did-you-mean, the generic checks of
 durations, booleans, numbers and choices (``report.Base.declared``), ``collector schema``'s JSON
 Schema (:mod:`.describe`) and the test of the README's table of keys; no dependency is added.
+
+Why one module of this length: it is the job file's declaration table (every key, its kind,
+bounds and description) beside the frozen dataclasses it fills; a table split in two would let a
+key be declared in one half and forgotten in the other.
 """
 
 from __future__ import annotations
