@@ -248,34 +248,30 @@ def unknown_pairs(config: Config) -> list[ConfigError]:
     if not isinstance(answer, dict):
         raise CollectorError(f"check --online: {config.kraken.url} answered AssetPairs oddly")
     problems = []
+
+    def unknown(pair: str, hint: str | None, line: int, key: str) -> None:
+        problems.append(
+            ConfigError(
+                f"{config.kraken.url} knows no pair {pair!r}"
+                + (f"; did you mean '{hint}'?" if hint else ""),
+                file=config.path,
+                line=line or None,
+                key=key,
+            )
+        )
+
     for job in config.jobs:
         known = params_of(job.method) or {}
         for name, value in job.params.items():
             if name not in known or known[name].kind not in ("pair", "pairs"):
                 continue
             for pair, hint in check(split(value), answer).items():
-                problems.append(
-                    ConfigError(
-                        f"{config.kraken.url} knows no pair {pair!r}"
-                        + (f"; did you mean '{hint}'?" if hint else ""),
-                        file=config.path,
-                        line=job.line or None,
-                        key=f"jobs.{job.name}.params.{name}",
-                    )
-                )
+                unknown(pair, hint, job.line, f"jobs.{job.name}.params.{name}")
     for stream in config.streams:
         # A stream may also spell a pair as v2 does (BTC/USD for XBT/USD): the same pair.
         for pair, hint in check(stream.pairs, answer).items():
             if not any(same(pair, canonical) for canonical in answer):
-                problems.append(
-                    ConfigError(
-                        f"{config.kraken.url} knows no pair {pair!r}"
-                        + (f"; did you mean '{hint}'?" if hint else ""),
-                        file=config.path,
-                        line=stream.line or None,
-                        key=f"streams.{stream.name}.pairs",
-                    )
-                )
+                unknown(pair, hint, stream.line, f"streams.{stream.name}.pairs")
     return problems
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import datetime
 import difflib
 import math
-import re
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -116,16 +115,7 @@ class JobChecks(Base):
     ) -> Job | None:
         path = f"jobs.{name}" if name.isprintable() else f"jobs.{name!r}"
         spec = jobs[name]
-        if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}", name):
-            # A name is a log field, a metric label and a status column: no newline that forges
-            # a log line, no terminal escape, no space that breaks a table.
-            raise self.error(
-                f"a job name is 1 to {defaults.NAME_MAX} letters, digits, _ . or -, "
-                f"not {show(name)}",
-                jobs,
-                name,
-                path,
-            )
+        self.check_name("job", name, jobs, path)
         if not isinstance(spec, Map):
             raise self.error(
                 "a job must be a mapping with method and every or cron", jobs, name, path

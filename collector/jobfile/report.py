@@ -5,6 +5,7 @@ raises them together in the file's order; an unknown key gets a did-you-mean."""
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -14,6 +15,9 @@ from .. import defaults
 from ..errors import ConfigError, ConfigErrors
 from .model import DECLARED, format_duration, keys_of, parse_duration
 from .source import Map, show
+
+#: What a job or stream may be called.
+NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}")
 
 #: An option whose value had a mistake (None is a value: ``since: all``).
 MISSING = object()
@@ -86,6 +90,18 @@ class Base:
             raise unique[0]
         if unique:
             raise ConfigErrors(unique)
+
+    def check_name(self, kind: str, name: str, where: Map, path: str) -> None:
+        """A job's or a stream's name: a log field, a metric label and a status column, so no
+        newline that forges a log line, no terminal escape, no space that breaks a table."""
+        if not NAME.fullmatch(name):
+            raise self.error(
+                f"a {kind} name is 1 to {defaults.NAME_MAX} letters, digits, _ . or -, "
+                f"not {show(name)}",
+                where,
+                name,
+                path,
+            )
 
     def check_keys(self, where: Map, section: str, prefix: str) -> None:
         """Every key of ``where`` that ``section`` (a declared path: ``jobs.NAME``) does not

@@ -5,7 +5,6 @@ candles), checked as jobs are: one line per mistake, a did-you-mean for a key or
 from __future__ import annotations
 
 import difflib
-import re
 from functools import partial
 from typing import Any
 
@@ -59,15 +58,7 @@ class StreamChecks(Base):
     def stream(self, name: str, streams: Map) -> Stream | None:
         path = f"streams.{name}" if name.isprintable() else f"streams.{name!r}"
         spec = streams[name]
-        if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{defaults.NAME_MAX}}}", name):
-            # As a job's: a log field, a metric label and a status column.
-            raise self.error(
-                f"a stream name is 1 to {defaults.NAME_MAX} letters, digits, _ . or -, "
-                f"not {show(name)}",
-                streams,
-                name,
-                path,
-            )
+        self.check_name("stream", name, streams, path)
         if not isinstance(spec, Map):
             raise self.error(
                 "a stream must be a mapping with channel and pairs, e.g. "
