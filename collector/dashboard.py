@@ -385,7 +385,7 @@ svg.chart{display:block;width:100%;height:160px;color:var(--accent)}
 svg.chart.small{height:100px}
 .axis{display:flex;justify-content:space-between;gap:8px;color:var(--muted);font-size:.8rem;
 font-variant-numeric:tabular-nums}
-.ok{color:var(--ok)}.waiting{color:var(--warn)}.stale,.bad{color:var(--bad)}
+.ok,.backfilling,.paging{color:var(--ok)}.waiting{color:var(--warn)}.stale,.bad{color:var(--bad)}
 .state{font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:.9rem;font-variant-numeric:tabular-nums}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top}
