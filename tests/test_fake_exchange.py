@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from decimal import Decimal
 
 import pytest
@@ -47,6 +48,23 @@ def test_a_replayed_or_equal_nonce_is_refused(api, fake, keypair) -> None:
     lower.uri = fake.url
     assert lower.query_private("Balance")["error"] == ["EAPI:Invalid nonce"]
     assert fake.errors["EAPI:Invalid nonce"] == 2
+
+
+def test_a_request_cut_between_its_head_and_its_body_is_not_acted_on(api, fake) -> None:
+    """http.client sends a request's head and body in two writes: a process killed between
+    them leaves a head whose body never comes. Before, the fake read the empty body as a
+    request without a nonce and counted an ``EAPI:Invalid nonce`` that no nonce earned."""
+    api.query_private("Balance")
+    sent = api.response.request
+    head = "".join(f"{k}: {v}\r\n" for k, v in sent.headers.items())
+    host, port = fake.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"POST /0/private/Balance HTTP/1.1\r\n{head}\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)  # the sender is gone: its body never comes
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    assert answer == b""  # nothing answered ...
+    assert fake.errors == {}  # ... and nothing counted
+    assert api.query_private("Balance")["error"] == []
 
 
 def test_counter_refuses_over_max_and_calls_while_over_extend_it() -> None:

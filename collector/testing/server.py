@@ -311,7 +311,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, verb: str) -> None:
         gate = self.server.gate
         split = urlsplit(self.path)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            # The client went away mid-request (a process killed between its head and its
+            # body): a server acts on no request it has not read whole, and neither does Kraken.
+            self.close_connection = True
+            return
         if split.path.startswith("/_fake/") and verb == "POST":
             return self._control(split.path[7:], dict(parse_qsl(split.query or body.decode())))
         parts = split.path.split("/", 3)
