@@ -159,6 +159,69 @@ class Reloaded:
     changed: tuple[str, ...] = ()
 
 
+# -- streams (issue 28): what a stream's recorder publishes, each naming its stream ---------------
+
+
+@dataclass(frozen=True)
+class StreamConnected:
+    """A connection of stream ``stream`` opened (``connection`` is its ``stream_connections``
+    uid)."""
+
+    stream: str
+    connection: str
+    url: str
+
+
+@dataclass(frozen=True)
+class StreamDisconnected:
+    """A connection of ``stream`` closed: ``reason`` (``stopping`` for a clean stop, else the
+    failure: ``disconnect``, ``stale``, ...) after ``messages`` data messages. Any reason but
+    ``stopping`` is followed by a reconnect."""
+
+    stream: str
+    connection: str
+    reason: str
+    messages: int
+
+
+@dataclass(frozen=True)
+class StreamProblem:
+    """Something went wrong on ``stream`` that is not a disconnect: ``kind`` is one of
+    :data:`collector.streams.connection.FAILURE_KINDS` or ``checksum`` (a book's checksum did
+    not verify: the pair is resubscribed); ``pair`` when it concerns one."""
+
+    stream: str
+    kind: str
+    pair: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class StreamStored:
+    """A batch of ``stream``'s data was stored: ``messages`` data messages became ``rows`` rows;
+    ``lags`` are, per message, the seconds from the message's own time (or its receipt) to the
+    store; ``newest`` is the newest data time in the batch."""
+
+    stream: str
+    channel: str
+    messages: int
+    rows: int
+    lags: tuple[float, ...]
+    newest: datetime
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """A hole in ``stream``'s data for ``pair`` (a reconnect, a stall, a trade id skipped, a
+    book resubscribed): ``filled`` rows came from REST; ``left`` when part of it could not be
+    filled (a ``gaps`` row says which)."""
+
+    stream: str
+    pair: str
+    filled: int
+    left: bool
+
+
 class Events:
     """A registry of subscribers by event type. Thread-safe."""
 
