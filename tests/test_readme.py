@@ -327,7 +327,11 @@ def _rows(url: str, query: str) -> list[Any]:
         engine.dispose()
 
 
-# Paced as a real account is (the starter tier's budget: the backfill, then `run --once`): minutes.
+#: The afternoon's counter: the starter tier's size (15), draining at 5 a second instead of 0.33.
+_FAST = "15/5"
+_FAST_LIMIT = "rate_limit: {max: 15, decay: 5}"
+
+
 @pytest.mark.timeout(600)
 def test_the_readmes_afternoon_runs_as_written(
     tmp_path: Path, database_url: str, request: pytest.FixtureRequest
@@ -379,7 +383,9 @@ def test_the_readmes_afternoon_runs_as_written(
     offline = _commands(_section("## Try it offline", "## Going live"))
     serve = offline[0].removesuffix("&").strip()
     assert serve == "collector fake-exchange --key-file examples/fake.key"
-    with shell.background(f"{serve} --port {port}"):
+    # The counter decays 15x faster than the starter tier's, in the fake and in live.yaml alike:
+    # the same pacing code, in seconds instead of minutes (the real tiers are test_budget.py's).
+    with shell.background(f"{serve} --port {port} --tier {_FAST}"):
         wait_for(lambda: (home / "examples" / "fake.key").exists() and _listening(port))
         if not on_postgres:
             with shell.background(run):
@@ -408,6 +414,8 @@ def test_the_readmes_afternoon_runs_as_written(
             b for b in re.findall(r"```yaml\n(.*?)```", live_text, re.DOTALL) if "# live.yaml" in b
         ]
         live_yaml = live_yaml.replace("kraken:\n", f"kraken:\n  url: {fake_url}\n", 1)
+        live_yaml, paced = re.subn(r"tier: starter[^\n]*", _FAST_LIMIT, live_yaml)
+        assert paced == 1, live_yaml
         if on_postgres:
             live_yaml = live_yaml.replace("sqlite:///kraken.db", database_url)
         else:
