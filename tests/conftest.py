@@ -65,6 +65,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _memory_folder() -> str | None:
+    """Where the throwaway server keeps its data: in memory (``/dev/shm``) when it has room. A
+    session makes ~300 databases of ~10 MB each; on this disk, removing them at the end took 55 s
+    and copying each one's template is slower too. None: the usual temporary folder."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+    return "/dev/shm" if free >= 8 * 2**30 and os.access("/dev/shm", os.W_OK) else None
+
+
 class PostgresServer:
     """initdb + pg_ctl in a temp folder, as the postgres user when the tests run as root."""
 
@@ -74,7 +85,7 @@ class PostgresServer:
             raise RuntimeError(
                 "initdb/pg_ctl not found; install Debian's postgresql (.ci/run does)"
             )
-        self.root = tempfile.mkdtemp(prefix="collector-pg-")
+        self.root = tempfile.mkdtemp(prefix="collector-pg-", dir=_memory_folder())
         self.data = os.path.join(self.root, "data")
         self.port = _free_port()
         self.as_user: list[str] = []
