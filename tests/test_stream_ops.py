@@ -1,0 +1,245 @@
+"""A stream's operations side (issue 28): its metrics and ``/healthz`` from the events its recorder
+publishes (real :class:`Events`, a real listener on a real socket, the clock injected), its line in
+``collector status`` and on the dashboard from the rows its recorder writes (through the real
+Store, on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector import defaults
+from collector.events import (
+    Events,
+    StreamConnected,
+    StreamDisconnected,
+    StreamGap,
+    StreamProblem,
+    StreamStored,
+)
+from collector.jobfile import Stream
+from collector.metrics import Monitor
+from collector.streammetrics import LAG_BUCKETS
+from collector.writer import State
+
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+BOOKS = Stream("books", "book", ("XBTUSD", "ETH/USD"), depth=10, snapshot_every=60.0)
+TAPE = Stream("tape", "trade", all_pairs=True, stale_after=30.0)
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def monitored():
+    """A started :class:`Monitor` of two streams (no jobs), its events and its clock."""
+    made: list[Monitor] = []
+
+    def make(streams: tuple[Stream, ...] = (BOOKS, TAPE)) -> tuple[Monitor, Events, Clock]:
+        events, clock = Events(), Clock(T0)
+        monitor = Monitor(
+            "127.0.0.1:0",
+            jobs=[],
+            events=events,
+            writer_state=lambda: State.DIRECT,
+            pending=lambda: 0,
+            spooled=lambda: 0,
+            nonce=None,
+            nonce_unit="ms",
+            load_cursor=lambda job, dataset: None,
+            datasets={},
+            clock=clock,
+            streams=streams,
+        )
+        made.append(monitor)
+        monitor.start()
+        return monitor, events, clock
+
+    yield make
+    for monitor in made:
+        monitor.stop()
+
+
+def scrape(monitor: Monitor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    host, port = monitor.address
+    status, body = get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name.startswith("collector_stream")
+    }
+
+
+def healthz(monitor: Monitor) -> tuple[int, dict[str, Any]]:
+    host, port = monitor.address
+    status, body = get(f"http://{host}:{port}/healthz")
+    return status, json.loads(body)
+
+
+def stored(stream: str, channel: str, lags: tuple[float, ...], rows: int) -> StreamStored:
+    return StreamStored(stream, channel, len(lags), rows, lags, T0)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_each_streams_series_from_its_events(monitored) -> None:
+    monitor, events, _ = monitored()
+    before = scrape(monitor)
+    # Every configured stream has its series from the start, at 0 (a rate() needs a first sample).
+    for stream in ("books", "tape"):
+        assert before[("collector_stream_messages_total", (("stream", stream),))] == 0
+        assert before[("collector_stream_reconnects_total", (("stream", stream),))] == 0
+    assert before[("collector_stream_info", (("channel", "book"), ("stream", "books")))] == 1
+    assert before[("collector_stream_info", (("channel", "trade"), ("stream", "tape")))] == 1
+
+    events.publish(StreamConnected("books", "c1", "wss://ws.kraken.com/v2"))
+    events.publish(StreamConnected("tape", "c2", "wss://ws.kraken.com/v2"))
+    events.publish(StreamConnected("tape", "c3", "wss://ws.kraken.com/v2"))  # split: two
+    events.publish(stored("books", "book", (0.01, 0.2, 0.2, 3.0), rows=40))
+    events.publish(stored("books", "book", (0.07, -0.5), rows=20))  # clock skew: counted as 0
+    events.publish(stored("tape", "trade", (0.3,) * 99 + (45.0,), rows=100))
+    events.publish(StreamProblem("books", "checksum", "XXBTZUSD", "crc 1 != 2"))
+    events.publish(StreamProblem("books", "checksum", "XETHZUSD", "crc 3 != 4"))
+    events.publish(StreamProblem("books", "refused", "BTC/XYZ", "Currency pair not supported"))
+    events.publish(StreamProblem("books", "something new", None, "?"))
+    events.publish(StreamDisconnected("tape", "c2", "stale", 120))  # a reconnect follows
+    events.publish(StreamDisconnected("books", "c1", "stopping", 6))  # a clean stop: none
+    events.publish(StreamGap("tape", "XXBTZUSD", filled=7, left=False))
+    events.publish(StreamGap("tape", "XETHZUSD", filled=2, left=True))
+    events.publish(StreamStored("elsewhere", "trade", 5, 5, (0.1,) * 5, T0))  # not configured
+
+    got = scrape(monitor)
+
+    def value(name: str, stream: str, **labels: str) -> float:
+        return got[(name, tuple(sorted({"stream": stream, **labels}.items())))]
+
+    assert value("collector_stream_messages_total", "books") == 6
+    assert value("collector_stream_messages_total", "tape") == 100
+    assert value("collector_stream_rows_total", "books") == 60
+    assert value("collector_stream_rows_total", "tape") == 100
+    assert value("collector_stream_connections_open", "books") == 0
+    assert value("collector_stream_connections_open", "tape") == 1
+    assert value("collector_stream_reconnects_total", "books") == 0
+    assert value("collector_stream_reconnects_total", "tape") == 1
+    assert value("collector_stream_checksum_failures_total", "books") == 2
+    assert value("collector_stream_checksum_failures_total", "tape") == 0
+    assert value("collector_stream_problems_total", "books", kind="checksum") == 2
+    assert value("collector_stream_problems_total", "books", kind="refused") == 1
+    assert value("collector_stream_problems_total", "books", kind="other") == 1
+    assert value("collector_stream_gaps_total", "tape", outcome="filled") == 1
+    assert value("collector_stream_gaps_total", "tape", outcome="left") == 1
+    assert value("collector_stream_gap_rows_filled_total", "tape") == 9
+    assert value("collector_stream_last_data_timestamp_seconds", "tape") == T0.timestamp()
+    # The lag: a histogram per stream, every message's lag in its bucket.
+    le = {bound: f"{bound}" for bound in LAG_BUCKETS}
+    assert value("collector_stream_lag_seconds_count", "books") == 6
+    assert value("collector_stream_lag_seconds_sum", "books") == pytest.approx(3.48)
+    assert value("collector_stream_lag_seconds_bucket", "books", le=le[0.05]) == 2  # 0.01 and 0
+    assert value("collector_stream_lag_seconds_bucket", "books", le=le[0.1]) == 3
+    assert value("collector_stream_lag_seconds_bucket", "books", le=le[0.25]) == 5
+    assert value("collector_stream_lag_seconds_bucket", "books", le=le[2.5]) == 5
+    assert value("collector_stream_lag_seconds_bucket", "books", le=le[5.0]) == 6
+    assert value("collector_stream_lag_seconds_bucket", "books", le="+Inf") == 6
+    # Tape's p99 is readable: 99 of its 100 lags at most half a second, the last one not.
+    assert value("collector_stream_lag_seconds_bucket", "tape", le=le[0.5]) == 99
+    assert value("collector_stream_lag_seconds_bucket", "tape", le=le[30.0]) == 99
+    assert value("collector_stream_lag_seconds_bucket", "tape", le=le[120.0]) == 100
+    # No pair is a label, and a stream nobody configured has no series.
+    assert not [key for key in got if any(k == "pair" for k, _ in key[1])]
+    assert not [key for key in got if ("stream", "elsewhere") in key[1]]
+
+    # A reload removes tape: its series go (they would look stuck), books' stay.
+    monitor.configure_streams([BOOKS])
+    after = scrape(monitor)
+    assert not [key for key in after if ("stream", "tape") in key[1]]
+    assert after[("collector_stream_messages_total", (("stream", "books"),))] == 6
+
+
+# -- /healthz -------------------------------------------------------------------------------------
+
+
+def test_healthz_judges_each_stream_by_its_data(monitored) -> None:
+    monitor, events, clock = monitored()
+    grace = defaults.WS_STARTING_GRACE
+    assert grace > TAPE.stale_after > BOOKS.stale_after
+    # Just started: no data yet, "starting", healthy.
+    status, body = healthz(monitor)
+    assert status == 200, body
+    assert {n: s["state"] for n, s in body["streams"].items()} == {
+        "books": "starting",
+        "tape": "starting",
+    }
+    assert body["streams"]["books"]["pairs"] == "2" and body["streams"]["tape"]["pairs"] == "all"
+    assert body["streams"]["tape"]["stale_after_seconds"] == 30.0
+
+    # Books' first data; tape is still starting, within its grace.
+    clock.advance(grace - 5)
+    events.publish(StreamConnected("books", "c1", "wss://ws.kraken.com/v2"))
+    events.publish(stored("books", "book", (0.1, 0.2), rows=40))
+    status, body = healthz(monitor)
+    assert status == 200, body
+    books = body["streams"]["books"]
+    assert (books["state"], books["messages"], books["connections_open"]) == ("ok", 2, 1)
+    assert books["last_data"] == clock.at.isoformat(timespec="seconds")
+    assert body["streams"]["tape"]["state"] == "starting"
+
+    # Past the grace with no data: tape is stale, and the body says which stream and why.
+    clock.advance(6)
+    status, body = healthz(monitor)
+    assert status == 503
+    assert body["streams"]["tape"]["state"] == "stale"
+    assert body["problems"] == [
+        f"stream tape: no data since it started {grace + 1:.0f}s ago "
+        f"(stale after {grace:.0f}s without a first)"
+    ]
+    # A batch of the connection's row alone (no message) is not data.
+    events.publish(StreamStored("tape", "trade", 0, 1, (), T0))
+    assert healthz(monitor)[0] == 503
+
+    # Data on both; books' no older than its stale_after (10 s) is ok, one second more is stale.
+    events.publish(stored("tape", "trade", (0.1,), rows=1))
+    events.publish(stored("books", "book", (0.1,), rows=20))
+    clock.advance(BOOKS.stale_after)
+    assert healthz(monitor)[0] == 200
+    clock.advance(1)
+    status, body = healthz(monitor)
+    assert status == 503
+    assert body["problems"] == ["stream books: no data for 11s (stale after 10s)"]
+    assert body["streams"]["books"]["state"] == "stale"
+    assert body["streams"]["tape"]["state"] == "ok"
+
+    # A reconnect does not make it "starting" again: still stale until data comes.
+    events.publish(StreamDisconnected("books", "c1", "stale", 10))
+    events.publish(StreamConnected("books", "c2", "wss://ws.kraken.com/v2"))
+    assert healthz(monitor)[1]["streams"]["books"]["state"] == "stale"
+    # A reload that changed books (resubscribed) gives it its grace again; one removing tape
+    # forgets it.
+    monitor.configure_streams([BOOKS], restarted=["books"])
+    status, body = healthz(monitor)
+    assert status == 200, body
+    assert {n: s["state"] for n, s in body["streams"].items()} == {"books": "starting"}
