@@ -9,12 +9,16 @@ import json
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import defaults
+from collector.cli import main
+from collector.datasets import DEFAULT, STREAMS
 from collector.events import (
     Events,
     StreamConnected,
@@ -25,7 +29,10 @@ from collector.events import (
 )
 from collector.jobfile import Stream
 from collector.metrics import Monitor
+from collector.records import RunRecord
+from collector.store import Store
 from collector.streammetrics import LAG_BUCKETS
+from collector.streams.rows import batch, connection_row
 from collector.writer import State
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -243,3 +250,181 @@ def test_healthz_judges_each_stream_by_its_data(monitored) -> None:
     status, body = healthz(monitor)
     assert status == 200, body
     assert {n: s["state"] for n, s in body["streams"].items()} == {"books": "starting"}
+
+
+# -- collector status, from the rows a recorder writes ---------------------------------------------
+
+STREAMS_FILE = """\
+database: {url}
+streams:
+  books: {{channel: book, pairs: [XBTUSD, "ETH/USD"], stale_after: 5m}}
+  tape: {{channel: trade, pairs: all, stale_after: 30s}}
+  quotes: {{channel: ticker, pairs: [XBTUSD]}}
+  candles: {{channel: ohlc, pairs: [XBTUSD], interval: 1}}
+"""
+
+
+class Recorder:
+    """Writes what a stream's recorder writes, through the real Store: batch runs naming their
+    connection, with the connection's row (:mod:`collector.streams.rows`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def batch(
+        self,
+        stream: str,
+        channel: str,
+        at: datetime,
+        messages: int,
+        link: dict[str, Any],
+        **rows: list[dict[str, Any]],
+    ) -> None:
+        record = batch(
+            stream,
+            channel,
+            link["uid"],
+            {"stream_connections": [link], **rows},
+            started_at=at - timedelta(seconds=1),
+            finished_at=at,
+            messages=messages,
+        )
+        self.store.write([record])
+
+
+def status(path: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        main, ["status", *args, str(path)], env={"COLLECTOR_DATABASE_URL": ""}
+    )
+
+
+def test_status_has_a_line_per_stream_from_its_batches_and_connections(
+    tmp_path, database_url
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(STREAMS_FILE.format(url=database_url))
+    store = Store.from_url(database_url, datasets=(*DEFAULT, *STREAMS))
+    store.upgrade()
+    now = datetime.now(UTC).replace(microsecond=0)
+    url = "wss://ws.kraken.com/v2"
+    hour, minute = timedelta(hours=1), timedelta(minutes=1)
+    try:
+        rec = Recorder(store)
+        # books: a clean stop yesterday morning (not a reconnect), a connection lost half an hour
+        # ago (a reconnect; its reason is Kraken's text, with a control character), and the one
+        # open since, its newest batch two seconds old, and one after it holding no message.
+        c0 = connection_row("c0" * 16, "books", "book", url, now - 30 * hour)
+        rec.batch("books", "book", now - 29 * hour, 40, c0)
+        c0 |= {"closed_at": now - 28 * hour, "reason": "collector stopping", "messages": 40}
+        rec.batch("books", "book", now - 28 * hour, 0, c0)
+        c1 = connection_row("c1" * 16, "books", "book", url, now - 2 * hour)
+        rec.batch("books", "book", now - 90 * minute, 100, c1)
+        c1 |= {"closed_at": now - 30 * minute, "reason": "lost \x1b[31m(1006)", "messages": 100}
+        rec.batch("books", "book", now - 30 * minute, 0, c1)
+        c2 = connection_row("c2" * 16, "books", "book", url, now - 30 * minute, messages=1_234)
+        rec.batch("books", "book", now - timedelta(seconds=2), 25, c2)
+        rec.batch("books", "book", now - timedelta(seconds=1), 0, c2)
+        # ...and a hole REST could not fill, as the gap-filler stores it: a Trades run of the
+        # stream's job with a gaps row (the newest run of the job, not a batch of it).
+        gap = {
+            "job": "stream:books",
+            "dataset": "book",
+            "pair": "XXBTZUSD",
+            "start": now - 31 * minute,
+            "end": now - 30 * minute,
+            "reason": "checksum 1 != 2: resubscribed",
+        }
+        old_gap = gap | {"start": now - 50 * hour, "end": now - 49 * hour}
+        at = now - timedelta(milliseconds=500)
+        filler = RunRecord("stream:books", "Trades", {}, at, at, at, rows={"gaps": [gap, old_gap]})
+        store.write([filler])
+        # tape: data ten minutes ago, its connection still open: no data for its 30 s.
+        t1 = connection_row("t1" * 16, "tape", "trade", url, now - 20 * minute, messages=7)
+        rec.batch("tape", "trade", now - 10 * minute, 7, t1)
+        # candles: data yesterday, then the collector restarted 5 s ago: starting, no data yet.
+        k1 = connection_row("k1" * 16, "candles", "ohlc", url, now - 5 * hour, messages=3)
+        rec.batch("candles", "ohlc", now - 4 * hour, 3, k1)
+        k1 |= {"closed_at": now - 4 * hour, "reason": "stopping"}
+        rec.batch("candles", "ohlc", now - 4 * hour, 0, k1)
+        k2 = connection_row("k2" * 16, "candles", "ohlc", url, now - timedelta(seconds=5))
+        rec.batch("candles", "ohlc", now - timedelta(seconds=4), 0, k2)
+        # quotes: nothing yet (the job file just written): starting.
+    finally:
+        store.dispose()
+
+    result = status(path, "--json")
+    assert result.exit_code == 1, result.output  # tape is stale
+    report = json.loads(result.output)
+    lines = {s["name"]: s for s in report["streams"]}
+    assert list(lines) == ["books", "tape", "quotes", "candles"]
+    assert {n: s["state"] for n, s in lines.items()} == {
+        "books": "ok",
+        "tape": "stale",
+        "quotes": "starting",
+        "candles": "starting",
+    }
+    books = lines["books"]
+    assert (books["channel"], books["pairs"]) == ("book", "2")
+    assert books["last_batch"] == (now - timedelta(seconds=1)).isoformat()
+    assert books["last_data"] == (now - timedelta(seconds=2)).isoformat()
+    assert books["messages_24h"] == 100 + 25  # yesterday morning's 40 are older than a day
+    assert books["reconnects_24h"] == 1  # c1; c0 stopped cleanly, and more than a day ago
+    assert books["gaps_24h"] == 1  # the old gap ended two days ago
+    assert books["connection"]["uid"] == "c2" * 16
+    assert books["connection"]["closed_at"] is None
+    assert books["connection"]["messages"] == 1_234
+    assert lines["tape"]["pairs"] == "all"
+    assert lines["candles"]["last_data"] == (now - 4 * hour).isoformat()
+    assert lines["candles"]["connection"]["uid"] == "k2" * 16
+    assert lines["quotes"]["connection"] is None and lines["quotes"]["last_data"] is None
+    assert report["healthy"] is False
+    (problem,) = report["problems"]
+    assert problem.startswith("stream tape: no data for 6")  # ~600 s
+    assert problem.endswith("(stale after 30s)")
+
+    # The text: a line per stream under its own header, each value escaped.
+    result = status(path)
+    assert result.exit_code == 1
+    out = result.output.splitlines()
+    assert not [line for line in out if line.startswith("job ")]  # no jobs: no table of them
+    (header,) = [line for line in out if line.startswith("stream ")]
+    assert header.split() == (
+        [
+            "stream",
+            "channel",
+            "pairs",
+            "connection",
+            "messages",
+            "24h",
+            "reconnects",
+            "24h",
+            "gaps",
+            "24h",
+            "last",
+            "batch",
+            "last",
+            "data",
+            "state",
+        ]
+    )
+    at = out.index(header)
+    books_line, tape_line, quotes_line, candles_line = out[at + 1 : at + 5]
+    assert books_line.split()[:3] == ["books", "book", "2"]
+    assert "open since" in books_line and "1,234 messages" in books_line
+    assert books_line.split()[-1] == "ok"
+    assert tape_line.split()[-1] == "stale" and quotes_line.split()[-1] == "starting"
+    assert candles_line.startswith("candles")
+    (unhealthy,) = [line for line in out if line.startswith("UNHEALTHY: ")]
+    assert unhealthy.startswith("UNHEALTHY: stream tape: no data for 6")  # a second later, maybe
+    assert "\x1b" not in result.output
+
+    # The connection lost, when it is the last one: its reason, escaped.
+    store = Store.from_url(database_url, datasets=(*DEFAULT, *STREAMS))
+    try:
+        c2 |= {"closed_at": now, "reason": "lost \x1b[31m(1006)"}
+        Recorder(store).batch("books", "book", now, 0, c2)
+    finally:
+        store.dispose()
+    result = status(path)
+    (books_line,) = [line for line in result.output.splitlines() if line.startswith("books ")]
+    assert "closed " in books_line and "lost \\x1b[31m(1006)" in books_line
