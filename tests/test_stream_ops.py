@@ -6,6 +6,7 @@ Store, on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,9 @@ from collector.store import Store
 from collector.streammetrics import LAG_BUCKETS
 from collector.streams.rows import batch, connection_row
 from collector.writer import State
+
+from .helpers import running
+from .test_dashboard import Page, browse
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 BOOKS = Stream("books", "book", ("XBTUSD", "ETH/USD"), depth=10, snapshot_every=60.0)
@@ -428,3 +432,43 @@ def test_status_has_a_line_per_stream_from_its_batches_and_connections(
     result = status(path)
     (books_line,) = [line for line in result.output.splitlines() if line.startswith("books ")]
     assert "closed " in books_line and "lost \\x1b[31m(1006)" in books_line
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+
+
+def test_the_dashboard_has_a_line_per_stream_in_a_real_offline_browser(tmp_path) -> None:
+    """``collector dashboard`` of a file of streams alone: Chromium's DOM has each stream's line
+    and state; a connection's reason, written by whoever closed it, is text, never markup."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = tmp_path / "jobs.yaml"
+    path.write_text(STREAMS_FILE.format(url=url))
+    hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+    now = datetime.now(UTC).replace(microsecond=0)
+    store = Store.from_url(url, datasets=(*DEFAULT, *STREAMS))
+    store.upgrade()
+    try:
+        rec = Recorder(store)
+        ws = "wss://ws.kraken.com/v2"
+        b1 = connection_row("b1" * 16, "books", "book", ws, now - timedelta(minutes=3))
+        rec.batch("books", "book", now - timedelta(seconds=1), 12, b1)
+        t1 = connection_row("t1" * 16, "tape", "trade", ws, now - timedelta(hours=2))
+        rec.batch("tape", "trade", now - timedelta(hours=1), 3, t1)
+        t1 |= {"closed_at": now - timedelta(hours=1), "reason": hostile}
+        rec.batch("tape", "trade", now - timedelta(hours=1), 0, t1)
+    finally:
+        store.dispose()
+    command = [sys.executable, "-m", "collector.cli", "dashboard", "--listen", "127.0.0.1:0"]
+    with running([*command, str(path)]) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert " on http://127.0.0.1:" in first, first + proc.stdout.read()
+        address = first.split(" on ")[1].split()[0]
+        dom = browse(address, tmp_path / "profile", "--dump-dom").stdout
+    page = Page(dom)
+    streams = {a["data-stream"]: a["data-state"] for a in page.having("data-stream")}
+    assert streams == {"books": "ok", "tape": "stale", "quotes": "starting", "candles": "starting"}
+    text = "".join(page.text)
+    assert f"closed {(now - timedelta(hours=1)):%Y-%m-%d %H:%M:%S}: {hostile}" in text
+    assert "img" not in page.tags and "script" not in page.tags
+    assert "stream tape: no data for" in text  # the header's problem
