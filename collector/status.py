@@ -376,14 +376,15 @@ def _table(lines: list[tuple[str, ...]]) -> list[str]:
 
 
 def _streams(streams: list[dict[str, Any]]) -> list[str]:
-    """A line per stream under its own header: its channel and pairs, its connection, its
-    messages, reconnects and gaps in the last day, its last batch and last data, its state."""
+    """A line per stream under its own header: its channel and pairs, its connection, the
+    messages of its connections of the last day, its reconnects and gaps in the last day, its
+    last batch and last data, its state."""
     header = (
         "stream",
         "channel",
         "pairs",
         "connection",
-        "messages 24h",
+        "messages",
         "reconnects 24h",
         "gaps 24h",
         "last batch",
@@ -401,7 +402,7 @@ def _streams(streams: list[dict[str, Any]]) -> list[str]:
                 s["channel"],
                 s["pairs"],
                 connection_text(s),
-                f"{s['messages_24h']:,}",
+                f"{s['messages']:,}",
                 str(s["reconnects_24h"]),
                 str(s["gaps_24h"]),
                 last,

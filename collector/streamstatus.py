@@ -5,7 +5,8 @@ method ``ws:CHANNEL``, ``pages`` the messages it holds) and a ``stream_connectio
 connection (:mod:`collector.datasets.connections`); REST's fills of its holes and what they could
 not fill are ``gaps`` rows under the same job. From those, per configured stream: its last batch,
 its last data (the newest batch holding a message), its connection (the open one, else the last),
-its messages, reconnects and gaps in the last day, and its state by :func:`health.stream_verdict`.
+the messages of its connections open in the last day (each connection's row counts them), its
+reconnects and gaps in the last day, and its state by :func:`health.stream_verdict`.
 
 The database cannot tell a reconnect from a restart: the grace of a stream without data yet runs
 from the first connection opened since its last data (a stream whose connection keeps failing is
@@ -73,12 +74,6 @@ def _line(
         data = conn.execute(
             select(*columns).where(*batches, runs.c.pages > 0).order_by(newest).limit(1)
         ).first()
-        messages = (
-            conn.execute(
-                select(func.sum(runs.c.pages)).where(*batches, runs.c.started_at > day)
-            ).scalar()
-            or 0
-        )
         if connections.name in tables:
             mine = connections.c.stream == stream.name
             by_opening = connections.c.opened_at.desc()
@@ -97,6 +92,13 @@ def _line(
             restarted = conn.execute(
                 select(func.min(connections.c.opened_at)).where(*after)
             ).scalar()
+            # Each connection's row counts its messages: summing the last day's batch runs
+            # instead read ~86,000 rows a stream (a batch a second), 0.1 s each on SQLite.
+            recent = connections.c.closed_at.is_(None) | (connections.c.closed_at > day)
+            messages = (
+                conn.execute(select(func.sum(connections.c.messages)).where(mine, recent)).scalar()
+                or 0
+            )
             lost = connections.c.reason.is_(None) | connections.c.reason.not_in(sorted(CLEAN_STOPS))
             reconnects = conn.execute(
                 select(func.count()).where(mine, connections.c.closed_at > day, lost)
@@ -118,7 +120,7 @@ def _line(
         "last_status": batch.status if batch is not None else None,
         "last_data": _iso(last_data),
         "connection": _connection(connection),
-        "messages_24h": int(messages),
+        "messages": int(messages),
         "reconnects_24h": int(reconnects),
         "gaps_24h": int(gap_count),
         "stale_after_seconds": stream.stale_after,

@@ -6,6 +6,7 @@ Store, on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -371,7 +372,7 @@ def test_status_has_a_line_per_stream_from_its_batches_and_connections(
     assert (books["channel"], books["pairs"]) == ("book", "2")
     assert books["last_batch"] == (now - timedelta(seconds=1)).isoformat()
     assert books["last_data"] == (now - timedelta(seconds=2)).isoformat()
-    assert books["messages_24h"] == 100 + 25  # yesterday morning's 40 are older than a day
+    assert books["messages"] == 100 + 1_234  # c1's and c2's; c0 closed more than a day ago
     assert books["reconnects_24h"] == 1  # c1; c0 stopped cleanly, and more than a day ago
     assert books["gaps_24h"] == 1  # the old gap ended two days ago
     assert books["connection"]["uid"] == "c2" * 16
@@ -392,25 +393,18 @@ def test_status_has_a_line_per_stream_from_its_batches_and_connections(
     out = result.output.splitlines()
     assert not [line for line in out if line.startswith("job ")]  # no jobs: no table of them
     (header,) = [line for line in out if line.startswith("stream ")]
-    assert header.split() == (
-        [
-            "stream",
-            "channel",
-            "pairs",
-            "connection",
-            "messages",
-            "24h",
-            "reconnects",
-            "24h",
-            "gaps",
-            "24h",
-            "last",
-            "batch",
-            "last",
-            "data",
-            "state",
-        ]
-    )
+    assert re.split(r"\s{2,}", header) == [
+        "stream",
+        "channel",
+        "pairs",
+        "connection",
+        "messages",
+        "reconnects 24h",
+        "gaps 24h",
+        "last batch",
+        "last data",
+        "state",
+    ]
     at = out.index(header)
     books_line, tape_line, quotes_line, candles_line = out[at + 1 : at + 5]
     assert books_line.split()[:3] == ["books", "book", "2"]
