@@ -232,10 +232,14 @@ class Health:
         with self._lock:
             self._streams = {stream.name: stream for stream in streams}
             fresh = set(restarted)
-            self._seen = {
-                name: _StreamSeen(now) if name in fresh else self._seen.get(name, _StreamSeen(now))
-                for name in self._streams
-            }
+            seen: dict[str, _StreamSeen] = {}
+            for name in self._streams:
+                before = self._seen.get(name)
+                if before is None or name in fresh:  # its connections stay what they are
+                    seen[name] = _StreamSeen(now, open=before.open if before else set())
+                else:
+                    seen[name] = before
+            self._seen = seen
 
     def remember(self, job: str, success: datetime) -> None:
         """``job``'s last success before this start, from the database: shown as its last

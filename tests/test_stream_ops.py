@@ -6,6 +6,7 @@ Store, on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import urllib.error
@@ -255,6 +256,8 @@ def test_healthz_judges_each_stream_by_its_data(monitored) -> None:
     status, body = healthz(monitor)
     assert status == 200, body
     assert {n: s["state"] for n, s in body["streams"].items()} == {"books": "starting"}
+    assert body["streams"]["books"]["connections_open"] == 1  # c2, still open
+    assert body["streams"]["books"]["messages"] == 0  # since it was changed
 
 
 # -- collector status, from the rows a recorder writes ---------------------------------------------
@@ -466,3 +469,24 @@ def test_the_dashboard_has_a_line_per_stream_in_a_real_offline_browser(tmp_path)
     assert f"closed {(now - timedelta(hours=1)):%Y-%m-%d %H:%M:%S}: {hostile}" in text
     assert "img" not in page.tags and "script" not in page.tags
     assert "stream tape: no data for" in text  # the header's problem
+
+
+def test_status_of_streams_before_there_is_a_database(tmp_path) -> None:
+    """No database yet: every stream is starting, measured from the job file's last change, and
+    stale once its grace has passed since then; nothing is created by reading."""
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    path = tmp_path / "jobs.yaml"
+    path.write_text(STREAMS_FILE.format(url=url))
+    result = status(path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert {s["name"]: s["state"] for s in report["streams"]} == dict.fromkeys(
+        ("books", "tape", "quotes", "candles"), "starting"
+    )
+    assert not (tmp_path / "none.db").exists()
+    long_ago = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
+    os.utime(path, (long_ago, long_ago))
+    result = status(path, "--json")
+    assert result.exit_code == 1, result.output
+    problems = json.loads(result.output)["problems"]
+    assert len(problems) == 4 and problems[0].startswith("stream books: no data since it started 3")
