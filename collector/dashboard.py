@@ -2,10 +2,11 @@
 
 ``collector dashboard jobs.yaml`` serves it (for ``run --once`` from cron, where no service
 runs); a running service serves the same page at ``/`` of its metrics listener. On it: every
-job's state and every stream's (``collector status``'s report, the same rule as ``/healthz``),
-each account's portfolio value over time with the latest value as text
-(:mod:`collector.valuation`, in the job file's ``valuation.quote``), a price chart per collected
-pair, the ledger's verification and the gaps. The range is a query parameter (``?range=day|week|year|all``) with a link each.
+job's state (``collector status``'s report, the same rule as ``/healthz``), each account's
+portfolio value over time with the latest value as text (:mod:`collector.valuation`, in the job
+file's ``valuation.quote``), a price chart per collected pair, the ledger's verification and the
+gaps. The range is a query parameter (``?range=day|week|year|all``) with a link each.
+Each stream of the job file has a line below the jobs, its state by the same rule.
 
 Nothing is fetched from anywhere: the charts are SVG drawn here (:mod:`collector.charts`), the
 style is inline, there is no script, and the ``Content-Security-Policy`` says so to the browser.
