@@ -6,6 +6,7 @@ job's state (``collector status``'s report, the same rule as ``/healthz``), each
 portfolio value over time with the latest value as text (:mod:`collector.valuation`, in the job
 file's ``valuation.quote``), a price chart per collected pair, the ledger's verification and the
 gaps. The range is a query parameter (``?range=day|week|year|all``) with a link each.
+Each stream of the job file has a line below the jobs, its state by the same rule.
 
 Nothing is fetched from anywhere: the charts are SVG drawn here (:mod:`collector.charts`), the
 style is inline, there is no script, and the ``Content-Security-Policy`` says so to the browser.
@@ -53,6 +54,7 @@ from .pairs import split
 from .schema import runs
 from .status import collect, pairs_in
 from .store import Store
+from .streamstatus import connection_text
 from .valuation import Valuation, Value
 from .valuation import table as portfolio_value
 
@@ -201,6 +203,7 @@ class Dashboard:
             "<main>",
             _portfolio(accounts, self.config.valuation_quote, quote_decimals, start, now),
             _jobs(report, errors, shown, (jobs_page, pages), range_name),
+            _streams(report),
             _prices_section(prices, start, now, undrawn),
             _ledgers(report),
             _gaps_section(gap_count, gap_rows),
@@ -385,7 +388,7 @@ svg.chart{display:block;width:100%;height:160px;color:var(--accent)}
 svg.chart.small{height:100px}
 .axis{display:flex;justify-content:space-between;gap:8px;color:var(--muted);font-size:.8rem;
 font-variant-numeric:tabular-nums}
-.ok,.backfilling,.paging{color:var(--ok)}.waiting{color:var(--warn)}.stale,.bad{color:var(--bad)}
+.ok,.backfilling,.paging{color:var(--ok)}.waiting,.starting{color:var(--warn)}.stale,.bad{color:var(--bad)}
 .state{font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:.9rem;font-variant-numeric:tabular-nums}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top}
@@ -600,6 +603,36 @@ def _jobs(
         f'<p class="note">Spool: {f"{waiting:,} runs waiting" if waiting else "empty"}; '
         f"oldest run kept: {_when(report['oldest_run'])} UTC.</p></section>"
     )
+    return "".join(out)
+
+
+def _streams(report: dict[str, Any]) -> str:
+    """A line per stream of the job file (none: no section): ``collector status``'s."""
+    streams = report.get("streams") or []
+    if not streams:
+        return ""
+    head = ("stream", "channel", "pairs", "state", "last data", "connection", "reconnects 24h")
+    out = [
+        '<section id="streams"><h2>Streams</h2><table class="rows streams"><thead><tr>',
+        "".join(f"<th>{h}</th>" for h in head),
+        "</tr></thead><tbody>",
+    ]
+    for s in streams:
+        cells = (
+            escape(s["name"]),
+            escape(s["channel"]),
+            escape(s["pairs"]),
+            f'<span class="state {escape(s["state"])}">{escape(s["state"])}</span>',
+            _when(s["last_data"]),
+            escape(connection_text(s)[:TEXT_MAX]),
+            str(s["reconnects_24h"]),
+        )
+        out.append(
+            f'<tr data-stream="{escape(s["name"])}" data-state="{escape(s["state"])}">'
+            + "".join(f'<td data-label="{h}">{c}</td>' for h, c in zip(head, cells, strict=True))
+            + "</tr>"
+        )
+    out.append("</tbody></table></section>")
     return "".join(out)
 
 

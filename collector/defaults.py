@@ -335,6 +335,12 @@ WS_STALE_AFTER_MIN, WS_STALE_AFTER_MAX = 1.0, 86400.0
 #: Streams in one job file at most: each is a metric label and a status line, and ~750 pairs of
 #: four channels fit in a few; more is a generated file gone wrong.
 STREAMS_MAX = 1_000
+#: A stream with no data yet since the service started it (or a reload added or changed it) is
+#: ``starting``, and healthy, for this long (or its ``stale_after``, if longer): a first connect
+#: refused backs off up to ``WS_BACKOFF_CAP`` (a minute) before the next, and subscribing every
+#: listed pair at ``WS_MESSAGES_PER_SECOND`` takes seconds more; two minutes of neither is a
+#: stream that is not coming, not one on its way.
+WS_STARTING_GRACE = 120.0
 
 # -- valuation and the dashboard -----------------------------------------------------------------
 

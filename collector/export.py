@@ -46,6 +46,7 @@ from sqlalchemy import JSON, Boolean, Engine, Integer, Numeric
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
+from . import datasets
 from .errors import ConfigError
 from .sanitize import FORMULA_START, cell
 from .schema import ExactDecimal, UTCDateTime, metadata
@@ -60,18 +61,17 @@ BATCH = 5_000
 #: Rows a chunk of a SQLite table's CSV, made by SQLite as one text.
 CHUNK = 10_000
 
-#: The column ``--since`` and ``--until`` filter a table on (else its ``time``, if any).
-TIME_COLUMNS = {
+#: The column ``--since`` and ``--until`` filter a table on when no dataset declares one
+#: (:attr:`collector.datasets.Dataset.time_column`, read first): the tables that are not a
+#: dataset's, and the reference tables, whose rows' time is when they last changed.
+OTHER_TIME_COLUMNS = {
     "runs": "started_at",
-    "balances": "taken_at",
-    "ticker": "taken_at",
-    "orders": "closetm",
-    "gaps": "start",
     "cursors": "updated_at",
     "ledger_verification": "updated_at",
+    "account_leases": "since",
+    "portfolio_value": "taken_at",
     "assets": "updated_at",
     "pairs": "updated_at",
-    "account_leases": "since",
 }
 
 #: Kraken's layouts: the file's columns, each with what fills it.
@@ -145,9 +145,13 @@ def columns(name: str) -> list[tuple[str, str]]:
 
 
 def time_column(name: str) -> str | None:
+    """The column ``--since``/``--until`` filter table or view ``name`` on: its dataset's
+    ``time_column``, else :data:`OTHER_TIME_COLUMNS`', else its ``time`` if it has one."""
     base = VIEWS.get(name, (name, ()))[0]
-    found = TIME_COLUMNS.get(base)
-    if found is None and "time" in metadata.tables[base].c:
+    dataset = datasets.named(base, (*datasets.DEFAULT, *datasets.STREAMS))
+    found = dataset.time_column if dataset is not None else None
+    found = found or OTHER_TIME_COLUMNS.get(base)
+    if found is None and base in metadata.tables and "time" in metadata.tables[base].c:
         found = "time"
     return found
 

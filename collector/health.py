@@ -14,6 +14,14 @@ latest row, ``partial`` without an error), :class:`Health` in its pages' ``Batch
 
 :class:`Health` follows a running service through its events and adds what only it knows: the
 database unreachable while the spool grows, and the key locked out by Kraken.
+
+A **stream** (the job file's ``streams:``) is judged by its data, not its runs: stale when it has
+had no data for its ``stale_after`` (:func:`stream_verdict`). One that has had none yet since it
+started is ``starting``, healthy for ``WS_STARTING_GRACE`` (or its ``stale_after``, if longer):
+connecting and subscribing every pair take a while, and a refused connect backs off first. A
+reconnect does not restart that grace in :class:`Health` (a connection that keeps failing would
+never be stale); ``status``, which cannot tell a reconnect from a restart in the database, counts
+it from the first connection opened after the last data.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,9 +48,12 @@ from .events import (
     ServiceFailed,
     SpoolDrained,
     Spooled,
+    StreamConnected,
+    StreamDisconnected,
+    StreamStored,
     WriteStalled,
 )
-from .jobfile import Job
+from .jobfile import Job, Stream
 from .schedule import calls_per_second
 from .writer import State
 
@@ -109,6 +120,55 @@ def cursor_time(dataset: str, cursor: Any) -> datetime | None:
     return datasets.cursor_time(dataset, cursor)
 
 
+def starting_grace(stream: Stream) -> float:
+    """Seconds a stream without data yet since it started is ``starting`` rather than stale."""
+    return max(stream.stale_after, defaults.WS_STARTING_GRACE)
+
+
+def stream_verdict(
+    stream: Stream, last_data: datetime | None, since: datetime, now: datetime
+) -> str:
+    """``stream``'s state: ``ok`` (data within its ``stale_after``), ``starting`` (no data since
+    ``since``, when it started, for :func:`starting_grace`), or ``stale``. ``last_data`` is when
+    its newest data was stored (None: never)."""
+    if last_data is not None and last_data >= since:
+        return "stale" if (now - last_data).total_seconds() > stream.stale_after else "ok"
+    return "starting" if (now - since).total_seconds() <= starting_grace(stream) else "stale"
+
+
+def stream_problem(
+    stream: Stream, last_data: datetime | None, since: datetime, now: datetime
+) -> str:
+    """The line saying why a stale ``stream`` is stale."""
+    if last_data is not None and last_data >= since:
+        ago = (now - last_data).total_seconds()
+        return (
+            f"stream {stream.name}: no data for {ago:.0f}s (stale after {stream.stale_after:.0f}s)"
+        )
+    ago = (now - since).total_seconds()
+    return (
+        f"stream {stream.name}: no data since it started {ago:.0f}s ago "
+        f"(stale after {starting_grace(stream):.0f}s without a first)"
+    )
+
+
+def pairs_shown(stream: Stream) -> str:
+    """``all``, or how many pairs the stream names: ``2``."""
+    return "all" if stream.all_pairs else str(len(stream.pairs))
+
+
+@dataclass
+class _StreamSeen:
+    """What :class:`Health` knows of one stream: when it started (or was last changed), its last
+    data (stored, and the data's own newest time), its connections open, its messages since."""
+
+    since: datetime
+    last_data: datetime | None = None
+    newest: datetime | None = None
+    messages: int = 0
+    open: set[str] = field(default_factory=set)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -126,8 +186,11 @@ class Health:
         events: Events,
         writer_state: Callable[[], State],
         clock: Callable[[], datetime] = utcnow,
+        streams: Iterable[Stream] = (),
     ) -> None:
         self._jobs = {job.name: job for job in jobs}
+        self._streams = {stream.name: stream for stream in streams}
+        self._seen: dict[str, _StreamSeen] = {}
         self._writer_state = writer_state
         self._clock = clock
         self._lock = threading.Lock()
@@ -152,11 +215,31 @@ class Health:
         events.subscribe(DatabaseUnavailable, self._database_unavailable)
         events.subscribe(ServiceFailed, self._service_failed)
         events.subscribe(RateLimitRefused, self._rate_refused)
+        events.subscribe(StreamStored, self._stream_stored)
+        events.subscribe(StreamConnected, self._stream_connected)
+        events.subscribe(StreamDisconnected, self._stream_disconnected)
 
     def start(self) -> None:
         now = self._clock()
         with self._lock:
             self._since = dict.fromkeys(self._jobs, now)
+            self._seen = {name: _StreamSeen(now) for name in self._streams}
+
+    def configure_streams(self, streams: Iterable[Stream], restarted: Iterable[str] = ()) -> None:
+        """The streams configured now (after a reload): those named in ``restarted`` (added or
+        changed: resubscribed) get their starting grace again; a removed one is forgotten."""
+        now = self._clock()
+        with self._lock:
+            self._streams = {stream.name: stream for stream in streams}
+            fresh = set(restarted)
+            seen: dict[str, _StreamSeen] = {}
+            for name in self._streams:
+                before = self._seen.get(name)
+                if before is None or name in fresh:  # its connections stay what they are
+                    seen[name] = _StreamSeen(now, open=before.open if before else set())
+                else:
+                    seen[name] = before
+            self._seen = seen
 
     def remember(self, job: str, success: datetime) -> None:
         """``job``'s last success before this start, from the database: shown as its last
@@ -220,6 +303,29 @@ class Health:
                     record.uid, record.pages, rows, record.finished_at
                 )
 
+    def _stream_stored(self, event: StreamStored) -> None:
+        if event.messages <= 0:  # a batch of the connection's row alone: no data
+            return
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(event.stream)
+            if seen is not None:
+                seen.last_data = now
+                seen.newest = event.newest
+                seen.messages += event.messages
+
+    def _stream_connected(self, event: StreamConnected) -> None:
+        with self._lock:
+            seen = self._seen.get(event.stream)
+            if seen is not None:
+                seen.open.add(event.connection)
+
+    def _stream_disconnected(self, event: StreamDisconnected) -> None:
+        with self._lock:
+            seen = self._seen.get(event.stream)
+            if seen is not None:
+                seen.open.discard(event.connection)
+
     def _locked_out(self, event: LockedOut) -> None:
         with self._lock:
             self._locked_until = time.monotonic() + event.seconds
@@ -239,8 +345,9 @@ class Health:
     def report(self) -> tuple[bool, dict[str, Any]]:
         """``(healthy, body)``: the body says, per job, its last success, its interval, when it
         counts as stale, and its state (``ok``, ``waiting`` for a first success, ``backfilling``
-        or ``paging`` while its run stores pages, with its ``progress``, or ``stale``), and lists
-        the problems in words."""
+        or ``paging`` while its run stores pages, with its ``progress``, or ``stale``); per
+        stream, its state (``ok``, ``starting``, ``stale``), last data and connections open; and
+        lists the problems in words."""
         now = self._clock()
         state = self._writer_state()
         with self._lock:
@@ -273,6 +380,22 @@ class Health:
                     problems.append(
                         f"job {name}: {what} for {ago:.0f}s (stale after {stale_after(job):.0f}s)"
                     )
+            streams: dict[str, Any] = {}
+            for name, stream in self._streams.items():
+                seen = self._seen.get(name) or _StreamSeen(now)
+                stream_state = stream_verdict(stream, seen.last_data, seen.since, now)
+                streams[name] = {
+                    "state": stream_state,
+                    "channel": stream.channel,
+                    "pairs": pairs_shown(stream),
+                    "last_data": _iso(seen.last_data),
+                    "newest": _iso(seen.newest),
+                    "messages": seen.messages,
+                    "connections_open": len(seen.open),
+                    "stale_after_seconds": stream.stale_after,
+                }
+                if stream_state == "stale":
+                    problems.append(stream_problem(stream, seen.last_data, seen.since, now))
             if self._failed:
                 problems.append(f"the scheduler's thread died ({self._failed}); stopping")
             spool_growing = (self._spooling or bool(self._unavailable)) and (
@@ -305,6 +428,7 @@ class Health:
             "status": "ok" if healthy else "unhealthy",
             "problems": problems,
             "jobs": jobs,
+            "streams": streams,
             "writer": str(state),
             "spool_growing": spool_growing,
             "locked_out_seconds": round(locked, 1),

@@ -4,7 +4,7 @@ Everything is learnt from the service's events (:mod:`collector.events`) or read
 (the spool's and the writer's sizes, the nonce); nothing reaches into a component. Each
 :class:`Monitor` has its own ``CollectorRegistry``, never the process-wide one, so several services
 (and tests) in one process don't clash. No metric holds a secret: labels are job names, table
-names, statuses and ``private``/``public``.
+names, statuses and ``private``/``public``; each stream's series are :mod:`.streammetrics`'.
 
 Job file: ``metrics: {listen: "127.0.0.1:9108"}`` (or ``collector run --metrics-listen``), and
 ``metrics.allowed_hosts`` for the names it is reached by besides loopback's (see
@@ -46,9 +46,10 @@ from .events import (
     RunFinished,
 )
 from .health import Health, utcnow
-from .jobfile import Job, parse_listen
+from .jobfile import Job, Stream, parse_listen
 from .listener import Answer, Listener, Route
 from .nonce import UNITS
+from .streammetrics import StreamMetrics
 from .writer import State
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Metrics:
     :param nonce: the highest nonce issued, read when scraped (None: no key, no nonce metric)
     :param nonce_unit: ``ms``, ``us`` or ``ns``
     :param datasets: the datasets whose cursors stored runs carry (each reads its own as a time)
+    :param streams: the job file's streams (:attr:`streams` has their series)
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class Metrics:
         nonce: Callable[[], int] | None = None,
         nonce_unit: str = "ms",
         datasets: Iterable[Dataset] = DEFAULT,
+        streams: Iterable[Stream] = (),
     ) -> None:
         self._datasets = {dataset.name: dataset for dataset in datasets}
         # No `_created` series: a second series for every counter, which nothing here reads
@@ -167,6 +170,8 @@ class Metrics:
         ).set_function(pending)
         if nonce is not None:
             r.register(_NonceLead(nonce, nonce_unit))
+        self.streams = StreamMetrics(events, streams)
+        r.register(self.streams)
         self._lock = threading.Lock()
         self._jobs: dict[str, _JobSeries] = {}
         self._cursors: dict[str, datetime] = {}
@@ -372,6 +377,8 @@ class Monitor:
         ``collector status`` says before each job's first run of this start
     :param dashboard: the page at ``/`` (:mod:`collector.dashboard`), or None
     :param allowed_hosts: host names a request may give besides loopback's and ``listen``'s
+    :param streams: the job file's streams (``config.streams``): judged by ``/healthz``, a series
+        each; after a reload, :meth:`configure_streams`
     """
 
     def __init__(
@@ -392,6 +399,7 @@ class Monitor:
         dashboard: Route | None = None,
         last_success: Callable[[str], datetime | None] | None = None,
         allowed_hosts: Sequence[str] = (),
+        streams: Sequence[Stream] = (),
     ) -> None:
         address = parse_listen(listen)
         if address is None:
@@ -405,11 +413,12 @@ class Monitor:
             nonce=nonce,
             nonce_unit=nonce_unit,
             datasets=datasets.values(),
+            streams=streams,
         )
         self.metrics.describe(jobs)
         if keys is not None:
             self.metrics.registry.register(_Keys(keys, events))
-        self.health = Health(jobs, events, writer_state, clock)
+        self.health = Health(jobs, events, writer_state, clock, streams)
         self._load_cursor = load_cursor
         self._last_success = last_success
         self._datasets = datasets
@@ -427,6 +436,13 @@ class Monitor:
             if success is not None:
                 self.health.remember(job.name, success)
                 self.metrics.success(job.name, success)
+
+    def configure_streams(self, streams: Sequence[Stream], restarted: Sequence[str] = ()) -> None:
+        """The streams a reload left (``config.streams``), ``restarted`` the names it added or
+        changed (``JobChanges.streams.added + .changed``): they get their starting grace again;
+        a removed stream's series and health go."""
+        self.metrics.streams.configure(streams)
+        self.health.configure_streams(streams, restarted)
 
     @property
     def address(self) -> tuple[str, int]:

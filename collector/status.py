@@ -8,7 +8,9 @@ restart; ``collector_ledger_breaks`` alerts on them); and how many runs wait in 
 the oldest ``runs`` row kept. Healthy by the same rule as ``/healthz`` (:mod:`collector.health`):
 a job is stale after ``stale_after`` without a success. A job that never succeeded is measured
 from its first stored run or, when it has none, from the job file's last change (the file says it
-should have run since then), so a job just added is not stale before it had its time.
+should have run since then), so a job just added is not stale before it had its time. Per stream
+(``streams:``), a line from its batch runs and connections (:mod:`.streamstatus`), stale by the
+same rule as ``/healthz``: no data for its ``stale_after``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from .ratelimit import sent_level
 from .sanitize import text
 from .schema import cursors, ledger_verification, runs
 from .store import Store
+from .streamstatus import collect as stream_lines
+from .streamstatus import connection_text
 from .verify import status as verification
 
 #: Runs read by id in one statement (SQLite's parameters stop at 32,766).
@@ -64,10 +68,12 @@ def collect(
     mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
     jobs: list[dict[str, Any]] = []
     ledgers: list[dict[str, Any]] = []
+    streams: list[dict[str, Any]] = []
     oldest = None
     if store is not None:
         with store.engine.connect() as conn:
             oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
+            streams = stream_lines(conn, config.streams, now, mtime)
             known = _runs_of(conn, store, [job.name for job in config.jobs], now)
             jobs = [
                 _job(conn, store, job, now, mtime, known, detailed is None or detailed(job))
@@ -77,18 +83,20 @@ def collect(
                 ledgers = verification(conn)
     else:
         jobs = [_job(None, None, job, now, mtime, _Known()) for job in config.jobs]
+        streams = stream_lines(None, config.streams, now, mtime)
     problems = [
         f"job {j['name']}: {j['progress'] + '; ' if j['progress'] else ''}"
         f"no success for {j['stale_for']} "
         f"(stale after {_ago(timedelta(seconds=j['stale_after_seconds']))})"
         for j in jobs
         if j["state"] == "stale"
-    ]
+    ] + [s["problem"] for s in streams if s["state"] == "stale"]
     accounts = _accounts(config, store, now)
     return {
         "healthy": not problems,
         "problems": problems,
         "jobs": jobs,
+        "streams": streams,
         "ledgers": ledgers,
         "accounts": accounts,
         "spool_waiting": spool_waiting or 0,
@@ -358,6 +366,53 @@ def _paging(job: dict[str, Any]) -> str:
     return f" (paging {paged['entries']:,} of {paged['of']:,})" if paged else " (paging)"
 
 
+def _table(lines: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned columns, every value escaped (:func:`sanitize.text`)."""
+    lines = [tuple(text(c) for c in row) for row in lines]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
+    ]
+
+
+def _streams(streams: list[dict[str, Any]]) -> list[str]:
+    """A line per stream under its own header: its channel and pairs, its connection, the
+    messages of its connections of the last day, its reconnects and gaps in the last day, its
+    last batch and last data, its state."""
+    header = (
+        "stream",
+        "channel",
+        "pairs",
+        "connection",
+        "messages",
+        "reconnects 24h",
+        "gaps 24h",
+        "last batch",
+        "last data",
+        "state",
+    )
+    lines: list[tuple[str, ...]] = [header]
+    for s in streams:
+        last = _short(s["last_batch"])
+        if s["last_status"] not in (None, "ok"):
+            last += f" {s['last_status']}"
+        lines.append(
+            (
+                s["name"],
+                s["channel"],
+                s["pairs"],
+                connection_text(s),
+                f"{s['messages']:,}",
+                str(s["reconnects_24h"]),
+                str(s["gaps_24h"]),
+                last,
+                _short(s["last_data"]),
+                s["state"],
+            )
+        )
+    return _table(lines)
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as a table, then the spool, the oldest run kept and the verdict. Each line is
     one line whatever the database holds: every value is escaped (:func:`sanitize.text`)."""
@@ -394,14 +449,13 @@ def render(report: dict[str, Any]) -> str:
                 j["state"],
             )
         )
-    lines = [tuple(text(c) for c in row) for row in lines]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
-    ]
+    # A file of streams alone has no jobs: no table of none.
+    out = _table(lines) if report["jobs"] or not report.get("streams") else []
     for j in report["jobs"]:
         if j.get("progress") and j["state"] != "stale":  # a stale one says it in its problem
             out.append(f"job {j['name']}: {j['progress']}")
+    if report.get("streams"):
+        out.extend(_streams(report["streams"]))
     for a in report.get("accounts", []):
         counter = "-" if a["counter"] is None else f"{a['counter']:g} of {a['counter_max']:g}"
         line = f"account {a['name']}: key counter {counter}"

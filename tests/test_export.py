@@ -289,3 +289,55 @@ def test_postgresql_gone_while_exporting_is_the_databases_error_not_the_drivers(
     import psycopg
 
     assert isinstance(getattr(raised.value, "orig", None), psycopg.OperationalError)
+
+
+def test_since_and_until_filter_on_each_datasets_own_time_column(tmp_path, database_url) -> None:
+    """``--since`` reads the dataset's ``time_column`` (a stream's ``book`` by ``taken_at``, its
+    connections by ``opened_at``), not a list of its own that a new table was missing from."""
+    from collector.datasets import DEFAULT, STREAMS
+    from collector.export import time_column
+    from collector.streams.rows import batch, connection_row
+
+    for dataset in (*DEFAULT, *STREAMS):
+        if dataset.time_column is not None:
+            assert time_column(dataset.name) == dataset.time_column, dataset.name
+    assert time_column("book") == "taken_at" and time_column("stream_connections") == "opened_at"
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    levels = [
+        {
+            "pair": "XXBTZUSD",
+            "taken_at": t0 + timedelta(minutes=minute),
+            "side": side,
+            "level": 0,
+            "price": Decimal("64000.1") + minute,
+            "qty": Decimal("0.5"),
+        }
+        for minute in range(3)
+        for side in ("bid", "ask")
+    ]
+    link = connection_row("c" * 32, "books", "book", "wss://ws.kraken.com/v2", t0)
+    store = Store.from_url(database_url, datasets=(*DEFAULT, *STREAMS))
+    store.upgrade()
+    try:
+        rows = {"book": levels, "stream_connections": [link]}
+        store.write(
+            [batch("books", "book", link["uid"], rows, started_at=t0, finished_at=t0, messages=3)]
+        )
+    finally:
+        store.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: {database_url}\nstreams:\n  books: {{channel: book, pairs: [XBTUSD]}}\n"
+    )
+    result = cli(
+        "book", str(path), "--since", "2026-12-07T12:01:00Z", "--until", "2026-12-07T12:02:00Z"
+    )
+    assert result.exit_code == 0, result.output
+    read = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert sorted((r["side"], Decimal(r["price"])) for r in read) == [
+        ("ask", Decimal("64001.1")),
+        ("bid", Decimal("64001.1")),
+    ]  # since <= taken_at < until: the middle minute's two levels
+    result = cli("stream_connections", str(path), "--since", "2026-12-07T13:00:00Z")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == []  # the header alone: opened before

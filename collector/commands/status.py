@@ -17,10 +17,12 @@ def status(reading: Reading, as_json: bool) -> None:
 
     Per job: last run, last success, failures in the last 24 h, its own rows
     in its dataset (its pair and interval, its account) and the newest, its
-    cursor (and paging progress) and gaps; then the spool and the oldest run
-    kept. Exit 0 when healthy, 1 when a job is stale (no success for its
-    stale_after), 2 when the file is bad or the database can't be read: a
-    cron or Nagios check.
+    cursor (and paging progress) and gaps; per stream: its connection,
+    messages, reconnects and gaps in the last 24 h, last data; then the
+    spool and the oldest run kept. Exit 0 when healthy, 1 when a job is
+    stale (no success for its stale_after) or a stream is (no data for
+    its stale_after), 2 when the file is bad or the database can't be
+    read: a cron or Nagios check.
 
     \b
     Example:
