@@ -183,6 +183,7 @@ class Service:
             self.monitor = Monitor(
                 config.metrics_listen,
                 jobs=config.jobs,
+                streams=config.streams,
                 events=self.events,
                 writer_state=lambda: self.writer.state,
                 pending=lambda: self.writer.pending,
@@ -230,6 +231,10 @@ class Service:
         self.schedule.put([jobs[name] for name in (*changes.added, *changes.changed)])
         self.config = config
         self.retention.configure(config)
+        if self.monitor is not None:  # the streams' health and series, after the reload
+            self.monitor.configure_streams(
+                config.streams, (*changes.streams.added, *changes.streams.changed)
+            )
         self.events.publish(Reloaded(config.jobs, changes.added, changes.removed, changes.changed))
 
     # -- life cycle -----------------------------------------------------------------------------
