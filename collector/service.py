@@ -121,6 +121,8 @@ class Service:
         # A lease for each account a job uses, and the public one (which covers the reference
         # jobs too, whatever the file's jobs are).
         needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
+        if config.streams:  # one collector records the streams: the public lease's holder
+            needed.add(PUBLIC)
         if PUBLIC in needed:
             self.leases.add(PUBLIC)
         self.public_api = api or build_api(
@@ -173,6 +175,7 @@ class Service:
             events=self.events,
             load_pairs=self.store.pair_names,
             refresh_pairs=self._refresh_pairs,
+            permit=lambda: self.leases.permit(PUBLIC),
             tuning=stream_tuning,
         )
         self.workers = workers

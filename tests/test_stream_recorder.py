@@ -154,10 +154,11 @@ def assert_tape_stored(run: Run, fake: FakeKraken, lo: int, hi: int) -> None:
 
 
 def test_a_dropped_trade_message_is_filled_from_rest_and_every_trade_is_stored_once(
-    tmp_path: Path, fake: FakeKraken
+    tmp_path: Path, fake: FakeKraken, database_url: str
 ) -> None:
     assert fake.ws is not None
-    with recording(tmp_path, fake, "tape: {channel: trade, pairs: [XBTUSD]}") as run:
+    streams = "tape: {channel: trade, pairs: [XBTUSD]}"
+    with recording(tmp_path, fake, streams, url=database_url) as run:
         wait_for(lambda: len(trade_ids(run)) == 50, WAIT)  # the snapshot: the last 50
         first = min(trade_ids(run))
         fake.ws.inject("drop", channel="trade")
@@ -302,10 +303,10 @@ def book_snapshots(url: str) -> dict[datetime, dict[str, list[tuple[Decimal, Dec
 
 
 def test_a_wrong_checksum_resubscribes_the_pair_records_a_gap_and_the_books_stay_right(
-    tmp_path: Path, fake: FakeKraken
+    tmp_path: Path, fake: FakeKraken, database_url: str
 ) -> None:
     assert fake.ws is not None
-    url = f"sqlite:///{tmp_path / 'book.db'}"
+    url = database_url
     streams = "books: {channel: book, pairs: [XBTUSD], depth: 10, snapshot_every: 1s}"
     with recording(tmp_path, fake, streams, url=url) as run:
         wait_for(lambda: len(book_snapshots(url)) >= 1, WAIT)
@@ -419,7 +420,9 @@ def test_a_pair_listed_while_running_is_subscribed_and_a_delisted_one_dropped(
 
 
 def test_candles_become_final_when_the_next_interval_begins(tmp_path: Path) -> None:
-    clock = [float(int(time.time()) // 60 * 60 + 10)]
+    # The fake's data ten minutes ahead of our clock: the candle is made final by the feed's next
+    # one, never by our clock (WS_CANDLE_GRACE after its interval) while the test runs.
+    clock = [float(int(time.time()) // 60 * 60 + 600 + 10)]
     with FakeKraken(tier=None, ws=True, now=lambda: clock[0]) as fake:
         streams = "candles: {channel: ohlc, pairs: [XBTUSD], interval: 1}"
         with recording(tmp_path, fake, streams) as run:
@@ -527,3 +530,46 @@ def test_sighup_adds_and_removes_streams_and_sigterm_closes_each_with_a_close_fr
     assert fake.ws.open_connections() == 0
     assert count("SELECT count(*) FROM stream_connections WHERE closed_at IS NULL") == 0
     assert count("SELECT count(*) FROM stream_connections WHERE stream = 'books'") == 1
+
+
+def test_one_collector_of_a_deployment_records_the_streams_the_public_lease_s_holder(
+    tmp_path: Path, fake: FakeKraken
+) -> None:
+    assert fake.ws is not None
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    path = job_file(tmp_path, fake, url, "tape: {channel: trade, pairs: [XBTUSD]}")
+    path.write_text(path.read_text() + "failover: 1s\n")
+    first = Service(load(path, keys=False), stream_tuning=TUNING)
+    first.start()
+    second = Service(load(path, keys=False), stream_tuning=TUNING)
+    try:
+        wait_for(lambda: first.recorder.feeds["tape"].acknowledged() == {"BTC/USD"}, WAIT)
+        second.start()
+        wait_for(lambda: second.recorder.recording is False, WAIT)
+        assert second.recorder.feeds["tape"].held() == set()
+        assert fake.ws.open_connections() == 1  # the first's only
+        first.stop()
+        # The lease is free: the second takes it over, and the streams with it.
+        wait_for(lambda: second.recorder.feeds["tape"].acknowledged() == {"BTC/USD"}, WAIT)
+        assert second.recorder.recording is True
+    finally:
+        first.stop()
+        second.stop()
+    assert fake.ws.connections == 2
+
+
+def test_a_quiet_pair_s_candle_becomes_final_by_our_clock_once_its_interval_ended(
+    tmp_path: Path,
+) -> None:
+    # The fake's data two minutes behind our clock, and no later candle: our clock says the
+    # interval ended (less the grace), so the candle is final with the last values sent.
+    clock = [float(int(time.time()) // 60 * 60 - 120 + 10)]
+    with FakeKraken(tier=None, ws=True, now=lambda: clock[0]) as fake:
+        streams = "candles: {channel: ohlc, pairs: [XBTUSD], interval: 1}"
+        with recording(tmp_path, fake, streams) as run:
+            wait_for(lambda: bool(run.rows("SELECT final FROM ohlc WHERE final")), WAIT)
+            sent = fake.candle("XBTUSD", 1, int(clock[0]) // 60 * 60)
+        rows = run.rows('SELECT open, high, low, close, "count", final FROM ohlc')
+    assert len(rows) == 1 and bool(rows[0][5]) is True
+    assert [Decimal(str(v)) for v in rows[0][:4]] == [Decimal(v) for v in sent[1:5]]
+    assert rows[0][4] == sent[7]

@@ -58,6 +58,9 @@ class Recorder:
     :param submit: the writer's ``submit``
     :param load_pairs: the ``pairs`` table's ``(pair, altname, wsname)`` rows
     :param refresh_pairs: asks Kraken for AssetPairs and stores them (the service's pairs job)
+    :param permit: whether this process may record (it holds the public lease: one collector of
+        a deployment records the streams, as one runs the public jobs); asked every tick, the
+        streams closed while it is False and opened again when it turns True
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Recorder:
         events: Events,
         load_pairs: Callable[[], PairRows],
         refresh_pairs: Callable[[], object] | None = None,
+        permit: Callable[[], bool] = lambda: True,
         tuning: Tuning | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -81,6 +85,9 @@ class Recorder:
         self.events = events
         self._load_pairs = load_pairs
         self._refresh_pairs = refresh_pairs
+        self._permit = permit
+        #: whether the streams are recorded here (None until the first tick)
+        self.recording: bool | None = None
         self.tuning = tuning or Tuning()
         self._clock = clock
         self._now = now
@@ -179,6 +186,10 @@ class Recorder:
         step = min(self.tuning.batch_seconds / 2, 0.25)
         while not self._stop.is_set():
             try:
+                if not self._permitted():
+                    self._wake.wait(step)
+                    self._wake.clear()
+                    continue
                 if self._retry_at is not None and self._clock() >= self._retry_at:
                     self._retry_at = None
                     self._dirty.set()
@@ -194,6 +205,27 @@ class Recorder:
                 logger.exception("streams: the recorder's tick failed")
             self._wake.wait(step)
             self._wake.clear()
+
+    def _permitted(self) -> bool:
+        """Whether this process records now; a change opens or closes every stream."""
+        allowed = self._permit()
+        if allowed == self.recording:
+            return allowed
+        self.recording = allowed
+        if allowed:
+            logger.info("streams: this collector holds the public lease: recording")
+            self._dirty.set()
+            return True
+        logger.warning("streams: another collector holds the public lease: not recording here")
+        with self._lock:
+            feeds = list(self.feeds.values())
+        for feed in feeds:
+            feed.hold({})  # every connection closed, every pair's state dropped
+        if self._instrument is not None:
+            self._instrument.stop()
+            self._instrument = None
+            self.instruments = None
+        return False
 
     def _resolve(self) -> None:
         """Read the pairs table, then tell each stream the symbols it holds now."""
