@@ -573,3 +573,24 @@ def test_a_quiet_pair_s_candle_becomes_final_by_our_clock_once_its_interval_ende
     assert len(rows) == 1 and bool(rows[0][5]) is True
     assert [Decimal(str(v)) for v in rows[0][:4]] == [Decimal(v) for v in sent[1:5]]
     assert rows[0][4] == sent[7]
+
+
+def test_a_lost_connection_is_a_gap_in_each_book_it_carried_until_the_fresh_snapshot(
+    tmp_path: Path, fake: FakeKraken
+) -> None:
+    assert fake.ws is not None
+    url = f"sqlite:///{tmp_path / 'lost.db'}"
+    streams = "books: {channel: book, pairs: [XBTUSD, ETHUSD], snapshot_every: 1s}"
+    with recording(tmp_path, fake, streams, url=url) as run:
+        wait_for(lambda: len(run.rows("SELECT DISTINCT pair FROM book")) == 2, WAIT)
+        fake.ws.inject("disconnect")
+        wait_for(lambda: run.rows("SELECT count(*) FROM gaps")[0][0] == 2, WAIT)
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            gaps = conn.execute(select(gaps_table).order_by(gaps_table.c.pair)).all()
+        engine.dispose()
+        wait_for(lambda: all(g.end in book_snapshots(url) for g in gaps), WAIT)
+    assert [(g.dataset, g.pair) for g in gaps] == [("book", "XETHZUSD"), ("book", "XXBTZUSD")]
+    assert all("connection lost" in g.reason and g.start < g.end for g in gaps)
+    assert run.of(StreamDisconnected)[0].reason == "disconnect"  # then "stopping" at the end
+    assert not [e for e in run.of(StreamProblem) if e.kind == "checksum"]

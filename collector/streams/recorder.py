@@ -156,6 +156,8 @@ class Recorder:
         the gap fillers deliver what they could not fill as ``gaps`` rows."""
         self._stop.set()
         self._wake.set()
+        if self._thread is not None:  # first: it opens connections, and must open no more
+            self._thread.join(5.0)
         with self._lock:
             feeds = list(self.feeds.values())
         for feed in feeds:
@@ -164,8 +166,6 @@ class Recorder:
             feed.stop()
         if self._instrument is not None:
             self._instrument.stop()
-        if self._thread is not None:
-            self._thread.join(5.0)
         if self._unsubscribe is not None:
             self._unsubscribe()
 
