@@ -186,6 +186,9 @@ def test_a_dropped_trade_message_is_filled_from_rest_and_every_trade_is_stored_o
         }
         assert all(status == "ok" for _, _, status in runs)
         assert run.rows("SELECT count(*) FROM gaps")[0][0] == 0
+        # Filled through the service's one public client, so on its budget.
+        filler = run.service.recorder.feeds["tape"].filler
+        assert filler is not None and filler.api is run.service.public_api
         feed_rows = len(trade_ids(run)) - gap.filled
         wait_for(lambda: sum(e.rows for e in run.of(StreamStored)) == feed_rows, WAIT)
         stored = run.of(StreamStored)
