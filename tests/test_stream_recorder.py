@@ -437,25 +437,23 @@ def test_candles_become_final_when_the_next_interval_begins(tmp_path: Path) -> N
             # The minute's last moment: the feed's last word on the candle is its closing one.
             clock[0] = first + 59.999
             closing = fake.candle("XBTUSD", 1, first)
-            wait_for(
-                lambda: (
-                    run.rows("SELECT close FROM ohlc") == [(Decimal(closing[4]),)]
-                    or str(run.rows("SELECT close FROM ohlc")[0][0]) == closing[4]
-                ),
-                WAIT,
-            )
+            last_word = [Decimal(v) for v in closing[1:5]] + [closing[7]]
+            wait_for(lambda: candle_values(run)[0] == last_word, WAIT)
             clock[0] = first + 70  # the next minute: the fake sends its candle
             wait_for(lambda: run.rows("SELECT count(*) FROM ohlc")[0][0] == 2, WAIT)
             wait_for(lambda: bool(run.rows("SELECT final FROM ohlc WHERE final")), WAIT)
-        rows = run.rows(
-            'SELECT time, open, high, low, close, "count", final FROM ohlc ORDER BY time'
-        )
-        closed = fake.candle("XBTUSD", 1, first)
-    _, o, h, low, c, _, _, count = closed
-    assert [Decimal(str(v)) for v in rows[0][1:5]] == [Decimal(v) for v in (o, h, low, c)]
-    # Final with the last values the feed sent (Kraken sends no word after the interval).
-    assert rows[0][5] == closing[7] and count >= closing[7] and bool(rows[0][6]) is True
-    assert bool(rows[1][6]) is False  # the new minute's candle is open
+        finals = [bool(f) for (f,) in run.rows("SELECT final FROM ohlc ORDER BY time")]
+        values = candle_values(run)
+    # Final with the last values the feed sent (Kraken sends no word after the interval); the
+    # new minute's candle open.
+    assert finals == [True, False]
+    assert values[0] == last_word
+
+
+def candle_values(run: Run) -> list[list[Any]]:
+    """Each stored candle's open, high, low, close and count, oldest first."""
+    rows = run.rows('SELECT open, high, low, close, "count" FROM ohlc ORDER BY time')
+    return [[Decimal(str(v)) for v in row[:4]] + [row[4]] for row in rows]
 
 
 def test_run_once_ignores_the_streams_and_says_so(
