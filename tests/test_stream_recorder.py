@@ -359,6 +359,10 @@ def test_symbols_are_split_across_connections_at_the_limit_and_each_traces_its_r
         wait_for(lambda: len(run.of(StreamConnected)) == 3, WAIT)
     uids = {e.connection for e in run.of(StreamConnected)}
     assert set(dict(run.rows("SELECT uid, stream FROM stream_connections"))) == uids
+    # Each batch's rows as stored: a pair's tickers in one batch are one row (the latest).
+    assert (
+        sum(e.rows for e in run.of(StreamStored)) == run.rows("SELECT count(*) FROM ticker")[0][0]
+    )
     # Each connection's tickers are its own symbols' (the rows trace to their connection).
     by_run = run.rows(
         "SELECT r.params, t.pair, t.ask, t.bid FROM ticker t JOIN runs r ON r.id = t.run_id"

@@ -83,8 +83,9 @@ class _Batch:
 
     def add(self, table: str, row: dict[str, Any]) -> None:
         key = tuple(row[c] for c in _KEYS[table])
-        self.tables.setdefault(table, {})[key] = row
-        self.rows += 1
+        rows = self.tables.setdefault(table, {})
+        self.rows += key not in rows  # a later word on a row replaces it: still one row
+        rows[key] = row
 
 
 @dataclass(eq=False)
@@ -408,7 +409,8 @@ class Feed:
                 with self._lock:
                     read.rows = self._candles.update(read.rows)
                 when = self._rows(batch, "ohlc", read)
-            batch.times.append(when or at)
+            # A snapshot's data is old by nature (the last 50 trades): its lag is from receipt.
+            batch.times.append(at if kind == "snapshot" else when or at)
             full = max(batch.rows, batch.messages) >= self.tuning.batch_rows
         if full:
             self.flush(link)

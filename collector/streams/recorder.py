@@ -109,7 +109,6 @@ class Recorder:
         self._retry_at: float | None = None
         self._told: set[tuple[str, str]] = set()  # (stream, name) told unknown once
         self._pending: OrderedDict[str, tuple[str, str, int, int, list[datetime]]] = OrderedDict()
-        self._unsubscribe: Callable[[], None] | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -117,7 +116,7 @@ class Recorder:
         """Start every stream (connections open once their pairs are resolved)."""
         if self._thread is not None:
             return
-        self._unsubscribe = self.events.subscribe(BatchStored, self._stored)
+        self.events.subscribe(BatchStored, self._stored)
         self._refreshed_at = self._clock()
         for stream in self.streams:
             self.feeds[stream.name] = self._feed(stream)
@@ -166,8 +165,8 @@ class Recorder:
             feed.stop()
         if self._instrument is not None:
             self._instrument.stop()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        # Still subscribed to BatchStored: the last batches are stored by the writer's close,
+        # after this, and their StreamStored is told then.
 
     def _feed(self, stream: Stream) -> Feed:
         return Feed(
