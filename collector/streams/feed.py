@@ -253,7 +253,7 @@ class Feed:
             [Subscription(self.channel, tuple(symbols), self._options)],
             lambda channel, kind, data, at: self._message(link, channel, kind, data, at),
             publish=lambda event: self._event(link, event),
-            name=f"stream-{self.name}-{link.number}",
+            name=f"{self.name}#{link.number}",
             stale_after=min(self.stream.stale_after, t.stale_after),
             rate=t.rate,
             batch=t.request_symbols,

@@ -334,7 +334,7 @@ class Recorder:
             [Subscription("instrument")],
             self._instruments,
             publish=self._instrument_event,
-            name="stream-instrument",
+            name="(instrument)",
             stale_after=t.stale_after,
             rate=t.rate,
             backoff=t.backoff,
