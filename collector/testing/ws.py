@@ -25,7 +25,8 @@ acknowledgement, the subscription still made), ``checksum`` (a wrong checksum), 
 (every connection's TCP dropped, no close frame: Cloudflare's 1006), ``stall`` (nothing more sent
 on the open connections, not even heartbeats), ``rate`` (the next ``count`` requests answered
 ``Exceeded msg rate``). Close frames the clients sent are kept in :attr:`FakeKrakenWS.closes`,
-their requests in :attr:`FakeKrakenWS.requests`.
+their requests in :attr:`FakeKrakenWS.requests`, each book message's true checksum in
+:attr:`FakeKrakenWS.book_checksums`.
 
 Why one module of this length: the fake's endpoint is one server whose channels and faults share
 its connections and the market they serve; it is test equipment, loaded only by tests and
@@ -205,6 +206,9 @@ class FakeKrakenWS:
         #: the close frames clients sent, ``(code, reason)``, and every request received
         self.closes: list[tuple[int, str]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
+        #: every book message's true checksum as sent (a ``checksum`` fault sends another):
+        #: ``(symbol, timestamp, checksum)``, the ground truth of a stored book
+        self.book_checksums: deque[tuple[str, str, int]] = deque(maxlen=100_000)
         #: connections accepted so far
         self.connections = 0
         self._faults: list[dict[str, Any]] = []
@@ -587,6 +591,7 @@ class FakeKrakenWS:
             digest = (digest + 1) % 2**32
         entry["checksum"] = digest
         entry["timestamp"] = rfc3339(self.now())
+        self.book_checksums.append((symbol, entry["timestamp"], checksum(pair, asks, bids)))
         kind = "snapshot" if snapshot else "update"
         if not snapshot and self._take_fault("drop", "book", symbol):
             return
