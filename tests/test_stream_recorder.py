@@ -597,5 +597,5 @@ def test_a_lost_connection_is_a_gap_in_each_book_it_carried_until_the_fresh_snap
         wait_for(lambda: all(g.end in book_snapshots(url) for g in gaps), WAIT)
     assert [(g.dataset, g.pair) for g in gaps] == [("book", "XETHZUSD"), ("book", "XXBTZUSD")]
     assert all("connection lost" in g.reason and g.start < g.end for g in gaps)
-    assert run.of(StreamDisconnected)[0].reason == "disconnect"  # then "stopping" at the end
+    assert run.of(StreamDisconnected)[0].reason == "disconnect"  # then STREAM_STOPPED at the end
     assert not [e for e in run.of(StreamProblem) if e.kind == "checksum"]

@@ -53,6 +53,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from .. import defaults
 from ..backoff import Backoff
+from ..events import STREAM_STOPPED
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +361,7 @@ class Connection:
         if self._connecting is not None:
             self._connecting.cancel()
         if self._ws is not None and self._closing is None:
-            self._reason = "stopped"
+            self._reason = STREAM_STOPPED
             self._closing = asyncio.ensure_future(self._ws.close(1000, "collector stopping"))
 
     async def _session(self) -> bool:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..events import StreamConnected, StreamDisconnected, StreamGap, StreamProblem
+from ..events import STREAM_STOPPED, StreamConnected, StreamDisconnected, StreamGap, StreamProblem
 from ..jobfile import Stream
 from ..records import RunRecord
 from . import rows as rowlib
@@ -385,7 +385,7 @@ class Feed:
                             f"connection lost: {event.reason}",
                         )
         if uid is not None:
-            why = "stopping" if link.stopping else (link.failure or "disconnect")
+            why = STREAM_STOPPED if link.stopping else (link.failure or "disconnect")
             self._publish(StreamDisconnected(self.name, uid, why, data))
 
     # -- messages (the connection's thread) -----------------------------------------------------
