@@ -92,8 +92,8 @@ from collector.streams.rows import (  # noqa: E402
 )
 from collector.writer import Writer  # noqa: E402
 
-CAPTURE = Path(os.environ.get("KRAKEN_WS_CAPTURE", ROOT.parent / "shared" / "kraken-ws"))
-CAPTURE_FILE = "book-v2-btcusd-depth10.json"
+#: Kraken's own book session (BTC/USD, depth 10; ../shared/kraken-ws/, copied for the tests).
+CAPTURE = ROOT / "tests" / "data" / "book-v2-btcusd-depth10.json"
 #: BTC/USD's precisions on the instrument channel (the capture's checksums verify with them).
 BTC_PRICE_PRECISION, QTY_PRECISION = 1, 8
 CONNECTION = "b3nc4" * 6 + "00"
@@ -217,7 +217,7 @@ def dumps(value: Any) -> str:
 
 def capture_messages() -> list[str]:
     """The real capture (BTC/USD, depth 10): the snapshot and its 509 updates, as Kraken's text."""
-    with open(CAPTURE / CAPTURE_FILE) as f:
+    with open(CAPTURE) as f:
         raw = json.load(f, parse_float=Decimal)
     return [dumps(raw["init"]), *(dumps(u) for u in raw["updates"])]
 
@@ -419,6 +419,7 @@ class CryptofeedSide:
         self.tickers: dict[str, Any] = {}
         self.books: list[tuple[str, float, Any]] = []
         self.checksums = 0
+        self.seen = 0  # trades handed to the callback
         self.batch_messages = batch_messages
         self.slots: dict[str, int] = {}
         self.db = sqlite3.connect(sqlite) if sqlite else None
@@ -440,6 +441,7 @@ class CryptofeedSide:
 
     async def _trade(self, trade: Any, receipt: float) -> None:
         self.trades.append(trade)
+        self.seen += 1
 
     async def _ticker(self, ticker: Any, receipt: float) -> None:
         self.tickers[ticker.symbol] = ticker
@@ -594,6 +596,8 @@ def throughput(args: argparse.Namespace, folder: str, version: str | None) -> di
             start = time.perf_counter()
             asyncio.run(side.run(messages))
             took = time.perf_counter() - start
+            # Every entry handled: each trade to the callback (and stored), each book checked.
+            assert (side.seen if messages is trades else side.checksums) == entries
             if side.db is not None:
                 (n,) = side.db.execute("SELECT count(*) FROM trades").fetchone()
                 side.db.close()
