@@ -7,7 +7,7 @@ streams replayed (issue 28, "Measured").
     python bench/bench_streams.py --rounds 3 --replay-seconds 20   # a quick look
 
 cryptofeed 3.0.1 needs Python >= 3.13 and is no dependency of the package: install it beside
-the project in a venv of that Python (``python3.13 -m venv .venv313 && .venv313/bin/pip install
+the project in a venv of that Python (``python3.13 -m venv VENV && VENV/bin/pip install
 -e . cryptofeed==3.0.1``) and run the bench with it. Without it the comparison is skipped (one
 line) and collector's own figures are still taken.
 
@@ -222,7 +222,7 @@ def capture_messages() -> list[str]:
     return [dumps(raw["init"]), *(dumps(u) for u in raw["updates"])]
 
 
-# -- collector's side --------------------------------------------------------------------------------
+# -- collector's side ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -391,7 +391,7 @@ def stored_counts(store: Store) -> dict[str, int]:
         }
 
 
-# -- cryptofeed's side -------------------------------------------------------------------------------
+# -- cryptofeed's side -----------------------------------------------------------------------------
 
 
 def cryptofeed_version() -> str | None:
@@ -534,7 +534,7 @@ def cryptofeed_checksums(messages: list[str]) -> tuple[int, int]:
     return passed, len(messages)
 
 
-# -- part 1: throughput ---------------------------------------------------------------------------
+# -- part 1: throughput ----------------------------------------------------------------------------
 
 
 def trade_workload(pairs: list[Pair], count: int) -> tuple[list[str], int]:
@@ -612,7 +612,7 @@ def throughput(args: argparse.Namespace, folder: str, version: str | None) -> di
     return results
 
 
-# -- part 2: the replay -----------------------------------------------------------------------------
+# -- part 2: the replay ----------------------------------------------------------------------------
 
 
 def rss_mb() -> float:
@@ -717,7 +717,7 @@ def replay(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     }
 
 
-# -- the report -------------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------
 
 
 def report_throughput(results: dict[str, Any]) -> None:
@@ -760,7 +760,7 @@ def main() -> None:
     parser.add_argument("--book-passes", type=int, default=10, help="of the capture's 510")
     parser.add_argument("--batch", type=int, default=500, help="messages a run at most")
     parser.add_argument("--rate", type=float, default=1_000.0, help="replay's messages/s")
-    parser.add_argument("--replay-seconds", type=float, default=60.0)
+    parser.add_argument("--replay-seconds", type=float, default=120.0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as folder:
