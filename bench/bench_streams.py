@@ -4,6 +4,7 @@ streams replayed (issue 28, "Measured").
 
     python bench/bench_streams.py                 # about 3 minutes: both parts
     python bench/bench_streams.py --only replay   # the RSS and lag part alone
+    python bench/bench_streams.py --only parts    # where collector's time goes, part by part
     python bench/bench_streams.py --rounds 3 --replay-seconds 20   # a quick look
 
 cryptofeed 3.0.1 needs Python >= 3.13 and is no dependency of the package: install it beside
@@ -717,6 +718,94 @@ def replay(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     }
 
 
+# -- where collector's time goes --------------------------------------------------------------------
+
+
+def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
+    """Collector's path in pieces, each timed alone over the throughput part's messages (best of
+    3): microseconds a message. Not a sum of the rounds' time (the writer's thread overlaps the
+    handler's there), but where it goes."""
+    pairs = make_pairs(args.pairs)
+    symbols = symbols_of(pairs)
+    trades, _ = trade_workload(pairs, args.trade_messages)
+    books = capture_messages() * args.book_passes
+
+    def best(fn: Callable[[], object], count: int) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) * 1e6 / count
+
+    out: dict[str, float] = {}
+    parsed = [json.loads(raw, parse_float=Decimal) for raw in trades]
+    out["trade: json.loads(parse_float=Decimal)"] = best(
+        lambda: [json.loads(raw, parse_float=Decimal) for raw in trades], len(trades)
+    )
+    rows = [row for message in parsed for row in trade_rows(message["data"], symbols).rows]
+    out["trade: rows.trade_rows"] = best(
+        lambda: [trade_rows(message["data"], symbols) for message in parsed], len(trades)
+    )
+
+    def ids() -> None:
+        seen = TradeIds(lambda hole: None)
+        for row in rows:
+            seen.seen(row["pair"], row["trade_id"], row["time"])
+
+    out["trade: gaps.TradeIds"] = best(ids, len(trades))
+    per_run = max(1, round(len(rows) / len(trades) * args.batch))
+    stores = [fresh_store(folder, pairs) for _ in range(3)]
+
+    def write() -> None:
+        store = stores.pop()
+        now = datetime.now(UTC)
+        for i in range(0, len(rows), per_run):
+            chunk = {"trades": rows[i : i + per_run]}
+            store.write(
+                [
+                    batch(
+                        "bench",
+                        "trade",
+                        CONNECTION,
+                        chunk,
+                        started_at=now,
+                        finished_at=now,
+                        messages=args.batch,
+                    )
+                ]
+            )
+        store.dispose()
+
+    out[f"trade: Store.write, SQLite, a run of {per_run} trades a transaction"] = best(
+        write, len(trades)
+    )
+    parsed_books = [json.loads(raw, parse_float=Decimal) for raw in books]
+
+    def apply() -> Book:
+        book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=QTY_PRECISION)
+        for message in parsed_books:
+            entry = message["data"][0]
+            (book.snapshot if message["type"] == "snapshot" else book.update)(entry)
+        return book
+
+    out["book: json.loads(parse_float=Decimal)"] = best(
+        lambda: [json.loads(raw, parse_float=Decimal) for raw in books], len(books)
+    )
+    out["book: Book.snapshot/update (apply, cut, checksum)"] = best(apply, len(books))
+    book = apply()
+    out["book: Book.checksum alone, as often"] = best(
+        lambda: [book.checksum() for _ in books], len(books)
+    )
+    return out
+
+
+def report_parts(figures: dict[str, float]) -> None:
+    print("\nwhere collector's time goes, each part alone (best of 3), microseconds a message:")
+    for name, us in figures.items():
+        print(f"  {us:7.1f}  {name}")
+
+
 # -- the report ------------------------------------------------------------------------------------
 
 
@@ -753,7 +842,7 @@ def report_replay(r: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("throughput", "replay"))
+    parser.add_argument("--only", choices=("throughput", "parts", "replay"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=750)
     parser.add_argument("--trade-messages", type=int, default=20_000)
@@ -768,7 +857,7 @@ def main() -> None:
             print(json.dumps(replay(args, folder)))
             return
         print(f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
-        if args.only != "replay":
+        if args.only in (None, "throughput"):
             version = cryptofeed_version()
             if version is None:
                 print("cryptofeed not installed (3.0.1 needs Python >= 3.13): comparison skipped")
@@ -778,7 +867,9 @@ def main() -> None:
                     f"cryptofeed {version}: its checksum passes {passed} of the capture's {total}"
                 )
             report_throughput(throughput(args, folder, version))
-        if args.only != "throughput":
+        if args.only in (None, "parts"):
+            report_parts(parts(args, folder))
+        if args.only in (None, "replay"):
             child = [sys.executable, __file__, "--child", *sys.argv[1:]]
             out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
             report_replay(json.loads(out.splitlines()[-1]))
