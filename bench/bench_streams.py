@@ -145,8 +145,15 @@ def make_pairs(count: int, seed: int = 28) -> list[Pair]:
     return out
 
 
+def wsname(pair: Pair) -> str:
+    """AssetPairs' ``wsname`` of a pair: v2's symbol in REST's asset names (``XBT/USD``)."""
+    rest = {"BTC": "XBT", "DOGE": "XDG"}
+    return "/".join(rest.get(part, part) for part in pair.symbol.split("/"))
+
+
 def symbols_of(pairs: list[Pair]) -> Symbols:
-    return Symbols((p.name, p.symbol.replace("/", ""), p.symbol) for p in pairs)
+    """v2 symbols to pair names, as the service reads them from the ``pairs`` table."""
+    return Symbols((p.name, wsname(p).replace("/", ""), wsname(p)) for p in pairs)
 
 
 def stamp(t: float) -> str:
@@ -354,10 +361,10 @@ def fresh_store(folder: str, pairs: list[Pair]) -> Store:
     rows = [
         {
             "pair": p.name,
-            "altname": p.symbol.replace("/", ""),
-            "wsname": p.symbol,
-            "base": p.symbol.split("/")[0],
-            "quote": p.symbol.split("/")[1],
+            "altname": wsname(p).replace("/", ""),
+            "wsname": wsname(p),
+            "base": wsname(p).split("/")[0],
+            "quote": wsname(p).split("/")[1],
             "pair_decimals": p.decimals,
             "lot_decimals": QTY_PRECISION,
             "cost_decimals": 5,
