@@ -2,7 +2,7 @@
 handler fed the same messages in the same run; RSS and lag with ~750 pairs' trade and ticker
 streams replayed (issue 28, "Measured").
 
-    python bench/bench_streams.py                 # about 3 minutes: both parts
+    python bench/bench_streams.py                 # about 3 minutes: every part
     python bench/bench_streams.py --only replay   # the RSS and lag part alone
     python bench/bench_streams.py --only parts    # where collector's time goes, part by part
     python bench/bench_streams.py --rounds 3 --replay-seconds 20   # a quick look
@@ -850,7 +850,7 @@ def report_replay(r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("throughput", "parts", "replay"))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=750)
     parser.add_argument("--trade-messages", type=int, default=20_000)
     parser.add_argument("--book-passes", type=int, default=10, help="of the capture's 510")
