@@ -215,7 +215,7 @@ class Feed:
             self._close(link)
         if gone or new:
             logger.info(
-                "stream %s: %d symbols on %d connections (+%d, -%d)",
+                "stream %s: %d symbol(s) on %d connection(s) (+%d, -%d)",
                 self.name,
                 len(wanted),
                 len(self.links),
