@@ -541,14 +541,18 @@ class Connection:
             return
         try:
             message = json.loads(raw, parse_float=Decimal)
-        except ValueError:
-            self._fail("protocol", None, f"not JSON: {raw[:80]!r}")
+        except (ValueError, RecursionError):  # json's decoder: RecursionError when deeply nested
+            self._fail("protocol", None, f"not JSON (or nested too deep): {raw[:80]!r}")
             return
         if not isinstance(message, dict):
             self._fail("protocol", None, f"not a JSON object: {raw[:80]!r}")
             return
         if "method" in message:
-            self._on_answer(message)
+            try:
+                self._on_answer(message)
+            except Exception as e:  # an answer's oddity is a protocol failure, never the loop's end
+                logger.exception("stream %s: an answer could not be read", self.name)
+                self._fail("protocol", None, f"an answer that could not be read: {_describe(e)}")
             return
         channel, kind = message.get("channel"), message.get("type")
         if channel == "heartbeat":
@@ -573,6 +577,9 @@ class Connection:
         result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
         channel = result.get("channel") or (request.channel if request else None)
         symbol = result.get("symbol", message.get("symbol"))
+        if symbol is not None and not isinstance(symbol, str):
+            self._fail("protocol", None, f"an answer whose symbol is a {type(symbol).__name__}")
+            return
         if not isinstance(channel, str):
             self._fail("protocol", None, f"an answer to no request: {str(message)[:120]}")
             return

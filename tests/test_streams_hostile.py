@@ -1,0 +1,109 @@
+"""An attacker's afternoon against the WebSocket feed (issue 28, the boundaries of issue 25): a
+hostile endpoint at ``kraken.ws_url`` (or a MITM on ``ws://`` to this machine), over real sockets.
+Each test failed before its fix; docs/threat-model.md's streams section says what each tried."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import pytest
+from websockets.sync.server import ServerConnection, serve
+
+from collector.backoff import Backoff
+from collector.streams.connection import Connection, StreamFailed, StreamOpened, Subscription
+
+from .helpers import wait_for
+
+WAIT = 20.0
+FAST = Backoff(first=0.05, cap=0.2)
+TRADE = Subscription("trade", ("BTC/USD",))
+
+
+@contextmanager
+def hostile(script: Callable[[ServerConnection], None]) -> Iterator[str]:
+    """A WebSocket server on this machine running ``script`` on each connection; its ws:// URL."""
+    server = serve(script, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v2"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+class Seen:
+    """A connection's handler and event subscriber: what it was given."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[object] = []
+        self.data: list[tuple[str, str, Any]] = []
+
+    def publish(self, event: object) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def handle(self, channel: str, kind: str, data: Any, received_at: datetime) -> None:
+        with self.lock:
+            self.data.append((channel, kind, data))
+
+    def of(self, cls: type) -> list[Any]:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, cls)]
+
+    def failures(self, kind: str) -> list[StreamFailed]:
+        return [e for e in self.of(StreamFailed) if e.kind == kind]
+
+
+def _after_subscribe(poison: str) -> Callable[[ServerConnection], None]:
+    """A server that answers the subscription with ``poison``, then sends a trade message."""
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT)
+        ws.send(poison)
+        ws.send(json.dumps({"channel": "trade", "type": "update", "data": [{"after": 1}]}))
+        ws.recv(timeout=WAIT)  # until the client closes
+
+    return script
+
+
+# -- 1. one message ends the connection's loop for good ----------------------------------------
+
+_ANSWER = {"method": "subscribe", "success": True, "req_id": 1}
+POISONS = {
+    # json's C decoder raises RecursionError (not ValueError) on deep nesting: 200 kB suffice.
+    "nested arrays": "[" * 100_000 + "]" * 100_000,
+    "nested objects": '{"a":' * 50_000 + "1" + "}" * 50_000,
+    # An answer's symbol that is not text: (channel, symbol) is a dict key, unhashable.
+    "an object as the symbol": json.dumps(
+        {**_ANSWER, "result": {"channel": "trade", "symbol": {}}}
+    ),
+    "a list as the symbol": json.dumps(
+        {**_ANSWER, "success": False, "error": "x", "result": {"channel": "trade", "symbol": [1]}}
+    ),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS), ids=list(POISONS))
+def test_no_message_ends_the_connection_s_loop(poison: str) -> None:
+    # Before: each of these raised out of the message loop; the thread ended ("the stream's loop
+    # failed"), no reconnect ever came, and the stream recorded nothing until a restart.
+    seen = Seen()
+    with hostile(_after_subscribe(POISONS[poison])) as url:
+        conn = Connection(url, [TRADE], seen.handle, publish=seen.publish, backoff=FAST)
+        conn.start()
+        try:
+            wait_for(lambda: seen.data != [], WAIT)
+            assert seen.data == [("trade", "update", [{"after": 1}])]
+            (failure,) = seen.failures("protocol")
+            assert "loop failed" not in failure.message
+            assert len(failure.message) <= 400 and "\n" not in failure.message
+            assert len(seen.of(StreamOpened)) == 1
+        finally:
+            assert conn.stop()
