@@ -107,3 +107,45 @@ def test_no_message_ends_the_connection_s_loop(poison: str) -> None:
             assert len(seen.of(StreamOpened)) == 1
         finally:
             assert conn.stop()
+
+
+# -- 2. answers about symbols never asked for ------------------------------------------------
+
+
+def test_an_answer_about_a_symbol_never_asked_for_is_refused_not_acted_on() -> None:
+    # Before: "Already subscribed" about any symbol made the connection remember it (a 10 kB
+    # symbol each: 170 MB in 3 s at the rate a server can send them) and send an unsubscribe and
+    # a subscribe for it, so the server chose what the collector asked for and kept in memory.
+    requests: list[dict[str, Any]] = []
+
+    def script(ws: ServerConnection) -> None:
+        requests.append(json.loads(ws.recv(timeout=WAIT)))
+        for i in range(200):
+            ws.send(
+                json.dumps(
+                    {
+                        "method": "subscribe",
+                        "success": False,
+                        "error": "Already subscribed",
+                        "result": {"channel": "trade", "symbol": f"S{i}/" + "Y" * 10_000},
+                    }
+                )
+            )
+        ws.send(json.dumps({"channel": "trade", "type": "update", "data": []}))
+        while True:
+            requests.append(json.loads(ws.recv(timeout=WAIT)))
+
+    seen = Seen()
+    with hostile(script) as url:
+        conn = Connection(url, [TRADE], seen.handle, publish=seen.publish, backoff=FAST, rate=50)
+        conn.start()
+        try:
+            wait_for(lambda: seen.data != [], WAIT)
+            wait_for(lambda: len(seen.failures("protocol")) == 200, WAIT)
+            asked = {s for r in requests for s in r.get("params", {}).get("symbol", [])}
+            assert asked == {"BTC/USD"}
+            failure = seen.failures("protocol")[0]
+            assert "not asked for" in failure.message and len(failure.message) < 200
+            assert failure.symbol is None
+        finally:
+            assert conn.stop()

@@ -583,6 +583,11 @@ class Connection:
         if not isinstance(channel, str):
             self._fail("protocol", None, f"an answer to no request: {str(message)[:120]}")
             return
+        asked = (channel, symbol) in self._wanted or (request and symbol in request.symbols)
+        if symbol is not None and not asked:
+            # Acting on it would let the server choose what is asked for and remembered.
+            self._fail("protocol", None, f"an answer about a symbol not asked for: {symbol:.40}")
+            return
         if request is not None and isinstance(req_id, int):  # each symbol is answered once
             with contextlib.suppress(ValueError):
                 request.symbols.remove(symbol)
