@@ -386,3 +386,9 @@ VALUATION_MAX_PRICE_AGE_MIN = 60.0
 VALUATION_MAX_PRICE_AGE_MAX = 366 * 86_400.0
 #: Where ``collector dashboard`` serves its page by default (beside the metrics' 9108).
 DASHBOARD_PORT = 9109
+
+#: A stream connection's failures of one kind (a message that is not one, a handler's error, a
+#: refusal) are a log line at most this often (seconds), the ones in between counted in the next
+#: line: a feed sending garbage at wire speed wrote 60,000 lines in 3 s, a disk a day. Each is
+#: still an event (counted in the metrics), and a failed run row as WS_FAILURE_ROW_EVERY allows.
+WS_FAILURE_LOG_EVERY = 1.0

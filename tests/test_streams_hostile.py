@@ -5,6 +5,8 @@ Each test failed before its fix; docs/threat-model.md's streams section says wha
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
+from collector import defaults
 from collector.backoff import Backoff
 from collector.streams.connection import Connection, StreamFailed, StreamOpened, Subscription
 
@@ -149,3 +152,44 @@ def test_an_answer_about_a_symbol_never_asked_for_is_refused_not_acted_on() -> N
             assert failure.symbol is None
         finally:
             assert conn.stop()
+
+
+# -- 3. failures at wire speed: a log line each --------------------------------------------------
+
+
+def test_failures_at_wire_speed_are_a_log_line_a_second_counted_not_one_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: every message that was not one logged a line (a handler's failure a traceback): a
+    # server sending "x" wrote 60,000 lines (5.9 MB) in 3 s, about 170 GB of log a day.
+    caplog.set_level(logging.INFO, logger="collector.streams.connection")
+    go = threading.Event()
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT)
+        for _ in range(5_000):
+            ws.send("x" * 1000)
+        ws.send(json.dumps({"channel": "trade", "type": "update", "data": []}))
+        go.wait(WAIT)  # the test says when the second has passed
+        ws.send("y")
+        ws.recv(timeout=WAIT)
+
+    seen = Seen()
+    moment = [1000.0]  # the connection's monotonic clock, moved by the test
+    with hostile(script) as url:
+        conn = Connection(
+            url, [TRADE], seen.handle, publish=seen.publish, backoff=FAST, clock=lambda: moment[0]
+        )
+        conn.start()
+        try:
+            wait_for(lambda: seen.data != [], WAIT)
+            assert len(seen.failures("protocol")) == 5_000  # each still an event (the metric)
+            moment[0] += defaults.WS_FAILURE_LOG_EVERY
+            go.set()
+            wait_for(lambda: len(seen.failures("protocol")) == 5_001, WAIT)
+        finally:
+            assert conn.stop()
+    lines = [r.getMessage() for r in caplog.records if "protocol" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert all(len(line) < 700 for line in lines)
+    assert re.search(r"and \d{4} more like it", lines[-1]), lines[-1]

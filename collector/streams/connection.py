@@ -260,6 +260,8 @@ class Connection:
         self._closing: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._reason: str | None = None
+        #: failure kind -> when its last line was logged, and the failures since (not logged)
+        self._logged: dict[str, tuple[float, int]] = {}
         self._session_state()
 
     def _session_state(self) -> None:
@@ -551,8 +553,8 @@ class Connection:
             try:
                 self._on_answer(message)
             except Exception as e:  # an answer's oddity is a protocol failure, never the loop's end
-                logger.exception("stream %s: an answer could not be read", self.name)
-                self._fail("protocol", None, f"an answer that could not be read: {_describe(e)}")
+                text = f"an answer that could not be read: {_describe(e)}"
+                self._fail("protocol", None, text, error=e)
             return
         channel, kind = message.get("channel"), message.get("type")
         if channel == "heartbeat":
@@ -564,8 +566,7 @@ class Connection:
         try:
             self._handler(channel, kind, message.get("data"), self._now())
         except Exception as e:
-            logger.exception("stream %s: the %s handler failed", self.name, channel)
-            self._fail("handler", None, f"{channel}: {_describe(e)}")
+            self._fail("handler", None, f"{channel[:40]}: {_describe(e)}", error=e)
 
     def _on_answer(self, message: dict[str, Any]) -> None:
         method = message.get("method")
@@ -651,8 +652,21 @@ class Connection:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _fail(self, kind: str, symbol: str | None, message: str) -> None:
-        logger.warning("stream %s: %s: %s", self.name, kind, message)
+    def _fail(
+        self, kind: str, symbol: str | None, message: str, *, error: Exception | None = None
+    ) -> None:
+        """Publish a failure (every one: the metrics count them) and log it: a line per kind at
+        most every ``WS_FAILURE_LOG_EVERY``, the ones in between counted in the next line (with
+        ``error``'s traceback when one is logged)."""
+        message = message[: defaults.WS_FAILURE_TEXT]
+        now = self._clock()
+        last, since = self._logged.get(kind, (None, 0))
+        if last is not None and now - last < defaults.WS_FAILURE_LOG_EVERY:
+            self._logged[kind] = (last, since + 1)
+        else:
+            self._logged[kind] = (now, 0)
+            more = f" (and {since} more like it since the last line)" if since else ""
+            logger.warning("stream %s: %s: %s%s", self.name, kind, message, more, exc_info=error)
         self._publish(StreamFailed(kind, symbol, message))
 
     def _publish(self, event: object) -> None:
