@@ -18,6 +18,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from collector import defaults
 from collector.backoff import Backoff
+from collector.streams.book import Book, BookError
 from collector.streams.connection import Connection, StreamFailed, StreamOpened, Subscription
 
 from .helpers import wait_for
@@ -25,6 +26,7 @@ from .helpers import wait_for
 WAIT = 20.0
 FAST = Backoff(first=0.05, cap=0.2)
 TRADE = Subscription("trade", ("BTC/USD",))
+BOOK = Subscription("book", ("BTC/USD",), {"depth": 10})
 
 
 @contextmanager
@@ -193,3 +195,43 @@ def test_failures_at_wire_speed_are_a_log_line_a_second_counted_not_one_each(
     assert len(lines) == 2, lines
     assert all(len(line) < 700 for line in lines)
     assert re.search(r"and \d{4} more like it", lines[-1]), lines[-1]
+
+
+# -- 4. a book message of 150,000 levels ----------------------------------------------------------
+
+
+def test_a_book_message_of_more_levels_than_any_depth_is_refused_at_once() -> None:
+    # Before: the 140,000 bids of a 4 MB snapshot, best first, were each inserted in order (4.5 s
+    # of the connection's thread a message: no heartbeat watched, a stop not answered in its
+    # bound), only to be cut to the depth afterwards.
+    levels = [{"price": 140_000 - i, "qty": 1} for i in range(140_000)]
+    snapshot = {"symbol": "BTC/USD", "bids": levels, "asks": [], "checksum": 0}
+    refused: list[str] = []
+    book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=8)
+
+    def handle(channel: str, kind: str, data: Any, received_at: datetime) -> None:
+        try:
+            book.snapshot(data[0])
+        except BookError as e:
+            refused.append(str(e))
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT)
+        message = json.dumps({"channel": "book", "type": "snapshot", "data": [snapshot]})
+        for _ in range(3):
+            ws.send(message)
+        ws.recv(timeout=WAIT)
+
+    seen = Seen()
+    with hostile(script) as url:
+        conn = Connection(url, [BOOK], handle, publish=seen.publish, backoff=FAST)
+        conn.start()
+        try:
+            wait_for(lambda: len(refused) >= 1, WAIT)
+        finally:
+            assert conn.stop(timeout=defaults.WS_CLOSE_TIMEOUT + 1)  # within its bound
+    assert refused[0] == (
+        f"BTC/USD: 140000 bids in one message, more than the {defaults.WS_BOOK_LEVELS} "
+        "of the deepest book"
+    )
+    assert not book.synced and book.best_bid() is None

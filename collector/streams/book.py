@@ -30,6 +30,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from .. import defaults
+
 __all__ = ["CHECKSUM_LEVELS", "DEPTHS", "Book", "BookError", "BookMismatch", "checksum_digits"]
 
 #: The depths Kraken's v2 ``book`` channel accepts.
@@ -214,7 +216,7 @@ class Book:
 
     def _apply(self, entry: Mapping[str, Any]) -> None:
         for key, side in (("bids", self.bids), ("asks", self.asks)):
-            for price, qty in _levels(self.symbol, entry.get(key, ())):
+            for price, qty in _levels(self.symbol, entry.get(key, ()), key):
                 side.set(price, qty)
         self.bids.cut(self.depth)
         self.asks.cut(self.depth)
@@ -239,9 +241,14 @@ class Book:
         self.verified_at = self.updated_at
 
 
-def _levels(symbol: str, raw: Iterable[Any]) -> Iterable[tuple[Decimal, Decimal]]:
+def _levels(symbol: str, raw: Iterable[Any], side: str) -> Iterable[tuple[Decimal, Decimal]]:
     if not isinstance(raw, list):
         raise BookError(f"{symbol}: levels are not a list")
+    if len(raw) > defaults.WS_BOOK_LEVELS:  # before any is read: each costs an insertion
+        raise BookError(
+            f"{symbol}: {len(raw)} {side} in one message, more than the "
+            f"{defaults.WS_BOOK_LEVELS} of the deepest book"
+        )
     for level in raw:
         if not isinstance(level, Mapping):
             raise BookError(f"{symbol}: a level is not an object")
