@@ -397,3 +397,10 @@ WS_FAILURE_LOG_EVERY = 1.0
 #: holds at most its depth, an update fewer). More is refused before any is read: inserting
 #: 150,000 levels best first (a 4 MB message) took 4.5 s of the connection's thread.
 WS_BOOK_LEVELS = 1000
+
+#: The farthest a pair's ``trade_id`` may move from the last one seen and still be its sequence:
+#: the busiest pair trades a few hundred thousand times a day, so ten million is weeks of a cut
+#: feed. A trade farther ahead is refused (a hole of 10**18 trades for REST to fill, and every
+#: later trade taken as one seen already, dropped, until a restart); one farther behind means the
+#: last was not of the sequence, which starts again from it.
+WS_TRADE_ID_JUMP = 10_000_000

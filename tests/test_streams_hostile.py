@@ -4,28 +4,40 @@ Each test failed before its fix; docs/threat-model.md's streams section says wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from websockets.sync.server import ServerConnection, serve
 
 from collector import defaults
 from collector.backoff import Backoff
+from collector.events import StreamProblem
+from collector.jobfile import load
+from collector.service import Service
 from collector.streams.book import Book, BookError
 from collector.streams.connection import Connection, StreamFailed, StreamOpened, Subscription
+from collector.streams.gaps import Hole, TradeIds
+from collector.streams.recorder import Tuning
+from collector.testing.fake_exchange import FakeKraken
+from collector.testing.ws import dumps, trade_time
 
 from .helpers import wait_for
 
 WAIT = 20.0
 FAST = Backoff(first=0.05, cap=0.2)
 TRADE = Subscription("trade", ("BTC/USD",))
+TUNING = Tuning(batch_seconds=0.2, pairs_refresh=0.3, backoff=FAST, gap_backoff=FAST, rate=50.0)
 BOOK = Subscription("book", ("BTC/USD",), {"depth": 10})
 
 
@@ -235,3 +247,130 @@ def test_a_book_message_of_more_levels_than_any_depth_is_refused_at_once() -> No
         "of the deepest book"
     )
     assert not book.synced and book.best_bid() is None
+
+
+# -- 5. a trade_id 10**18 past the last ---------------------------------------------------------
+
+
+def _trades_server(fake: FakeKraken, send: Callable[[ServerConnection, Callable], None]):
+    """A feed that answers the subscription to BTC/USD, then runs ``send(ws, message)`` where
+    ``message(kind, rows)`` is a v2 ``trade`` message of the fake's REST rows (the same ids)."""
+
+    def message(kind: str, rows: list[dict[str, Any]]) -> str:
+        return dumps({"channel": "trade", "type": kind, "data": rows})
+
+    def script(ws: ServerConnection) -> None:
+        request = json.loads(ws.recv(timeout=WAIT))
+        ws.send(
+            json.dumps(
+                {
+                    "method": "subscribe",
+                    "success": True,
+                    "req_id": request["req_id"],
+                    "result": {"channel": "trade", "symbol": "BTC/USD"},
+                }
+            )
+        )
+        send(ws, message)
+        with contextlib.suppress(Exception):
+            while True:
+                ws.recv(timeout=1)
+                ws.send(json.dumps({"channel": "heartbeat"}))
+
+    return script
+
+
+def v2_trade(row: list[Any], trade_id: int | None = None) -> dict[str, Any]:
+    price, volume, t, side, kind, _, tid = row
+    return {
+        "symbol": "BTC/USD",
+        "side": "buy" if side == "b" else "sell",
+        "price": Decimal(price),
+        "qty": Decimal(volume),
+        "ord_type": "market" if kind == "m" else "limit",
+        "trade_id": tid if trade_id is None else trade_id,
+        "timestamp": trade_time(t),
+    }
+
+
+@contextmanager
+def service(tmp_path: Path, fake: FakeKraken, ws_url: str, streams: str) -> Iterator[Service]:
+    (tmp_path / "jobs.yaml").write_text(
+        f"database: sqlite:///{tmp_path / 'c.db'}\nkraken:\n  url: {fake.url}\n"
+        f"  ws_url: {ws_url}\n  public_rate_limit: {{max: 1000, decay: 1000}}\n"
+        f"streams:\n  {streams}\n"
+    )
+    svc = Service(load(tmp_path / "jobs.yaml", keys=False), stream_tuning=TUNING)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def rows(tmp_path: Path, sql: str) -> list[Any]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)))
+    finally:
+        engine.dispose()
+
+
+def test_a_trade_id_far_past_the_last_is_refused_and_the_tape_goes_on(tmp_path: Path) -> None:
+    # Before: one trade 10**18 past the last was a hole of 10**18 trades for REST to fill (Trades
+    # asked, then a gaps row claiming them missing), and every later trade of the pair was "seen
+    # already": dropped, silently, until a restart.
+    with FakeKraken(tier=None) as fake:
+        tape = fake.public_trades("XBTUSD")
+        poison = tape[-1][6] + 10**18
+        later: list[int] = []
+        problems: list[StreamProblem] = []
+        go = threading.Event()
+
+        def send(ws: ServerConnection, message: Callable) -> None:
+            ws.send(message("snapshot", [v2_trade(r) for r in tape[-3:]]))
+            ws.send(message("update", [v2_trade(tape[-1], poison)]))
+            go.wait(WAIT)  # once the collector has dealt with it
+            later.extend(fake.grow("public_trades", 3, pair="XBTUSD"))
+            rest = fake.public_trades("XBTUSD")
+            ws.send(message("update", [v2_trade(r) for r in rest if r[6] in later]))
+
+        def ids() -> set[int]:
+            return {r[0] for r in rows(tmp_path, "SELECT trade_id FROM trades")}
+
+        def messages() -> int:
+            sql = "SELECT coalesce(sum(pages), 0) FROM runs WHERE method = 'ws:trade'"
+            return int(rows(tmp_path, sql)[0][0])
+
+        def dealt_with() -> bool:
+            told = any("trade_id" in p.message for p in problems)
+            return messages() >= 2 and (told or rows(tmp_path, "SELECT 1 FROM gaps") != [])
+
+        with (
+            hostile(_trades_server(fake, send)) as url,
+            service(tmp_path, fake, url, "tape: {channel: trade, pairs: [XBTUSD]}") as svc,
+        ):
+            svc.events.subscribe(StreamProblem, problems.append)
+            wait_for(dealt_with, WAIT)
+            go.set()
+            wait_for(lambda: messages() >= 3, WAIT)
+            assert set(later) <= ids() and poison not in ids()
+            assert rows(tmp_path, "SELECT count(*) FROM gaps")[0][0] == 0
+            assert fake.calls["Trades"] == 0
+            (problem,) = [p for p in problems if "trade_id" in p.message]
+            assert problem.message == (
+                f"trade_id {poison} of XXBTZUSD is {10**18} past the last ({tape[-1][6]}), more "
+                f"than {defaults.WS_TRADE_ID_JUMP}: refused"
+            )
+
+
+def test_a_first_trade_id_far_ahead_does_not_hide_the_sequence_after_it() -> None:
+    # The same poison as the first id of a pair: the real ids after it, far behind, start the
+    # sequence again instead of being taken as seen already.
+    holes: list[Hole] = []
+    ids = TradeIds(holes.append)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert ids.seen("XXBTZUSD", 10**18, at)
+    assert [ids.seen("XXBTZUSD", i, at) for i in (120, 121, 120, 123)] == [True, True, False, True]
+    assert [(h.after, h.before) for h in holes] == [(121, 123)]

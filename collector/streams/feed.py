@@ -479,7 +479,12 @@ class Feed:
         for row in read.rows:
             if symbols.symbol(row["pair"]) not in self._owner:
                 continue  # a pair dropped while its message was on the way
-            if self.ids.seen(row["pair"], row["trade_id"], row["time"]):
+            try:
+                new = self.ids.seen(row["pair"], row["trade_id"], row["time"])
+            except ValueError as e:  # not of the pair's sequence: refused, as an entry is
+                self._publish(StreamProblem(self.name, "protocol", row["pair"], str(e)))
+                continue
+            if new:
                 batch.add("trades", row)
             newest = row["time"] if newest is None else max(newest, row["time"])
         return newest

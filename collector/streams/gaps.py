@@ -103,12 +103,30 @@ class TradeIds:
     def seen(self, pair: str, trade_id: Any, at: datetime) -> bool:
         """Trade ``trade_id`` of ``pair`` at ``at`` came from the feed: True when it is new (past
         the last one seen), False when it was seen already (a snapshot after a reconnect repeats
-        the last 50). A jump past the last plus one hands a hole to ``on_hole`` first."""
+        the last 50). A jump past the last plus one hands a hole to ``on_hole`` first.
+
+        Bounded by ``WS_TRADE_ID_JUMP``: an id farther ahead is a ValueError (refused, the last
+        kept); one farther behind starts the sequence again (the last was not of it)."""
         if isinstance(trade_id, bool) or not isinstance(trade_id, int) or trade_id < 0:
             raise ValueError(f"trade_id {trade_id!r:.40} of {pair} is not a whole number")
         hole = None
         with self._lock:
             last = self._last.get(pair)
+            if last is not None and trade_id - last[0] > defaults.WS_TRADE_ID_JUMP:
+                raise ValueError(
+                    f"trade_id {trade_id} of {pair} is {trade_id - last[0]} past the last "
+                    f"({last[0]}), more than {defaults.WS_TRADE_ID_JUMP}: refused"
+                )
+            if last is not None and last[0] - trade_id > defaults.WS_TRADE_ID_JUMP:
+                logger.warning(
+                    "%s: trade_id %d is %d behind the last (%d): the sequence starts again there",
+                    pair,
+                    trade_id,
+                    last[0] - trade_id,
+                    last[0],
+                )
+                self._cut.pop(pair, None)
+                last = None
             if last is not None and trade_id <= last[0]:
                 return False
             cause = self._cut.pop(pair, None)
