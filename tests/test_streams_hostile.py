@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -374,3 +375,39 @@ def test_a_first_trade_id_far_ahead_does_not_hide_the_sequence_after_it() -> Non
     assert ids.seen("XXBTZUSD", 10**18, at)
     assert [ids.seen("XXBTZUSD", i, at) for i in (120, 121, 120, 123)] == [True, True, False, True]
     assert [(h.after, h.before) for h in holes] == [(121, 123)]
+
+
+# -- 6. an 11-byte checksum ------------------------------------------------------------------------
+
+
+def test_a_book_checksum_with_a_huge_exponent_is_refused_at_once() -> None:
+    # Before: a checksum of 1E+1000000 (11 bytes, a JSON number, so a Decimal) was made an int to
+    # compare: a minute holding the GIL (every thread of the service frozen: jobs, writer,
+    # /healthz), no stop within its bound; 1E+99999999 far longer.
+    refused: list[str] = []
+    book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=8)
+
+    def handle(channel: str, kind: str, data: Any, received_at: datetime) -> None:
+        try:
+            book.snapshot(data[0])
+        except BookError as e:
+            refused.append(str(e))
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT)
+        level = '{"price": 100.0, "qty": 1.00000000}'
+        entry = f'{{"symbol": "BTC/USD", "bids": [{level}], "asks": [], "checksum": 1E+1000000}}'
+        ws.send(f'{{"channel": "book", "type": "snapshot", "data": [{entry}]}}')
+        ws.recv(timeout=WAIT)
+
+    with hostile(script) as url:
+        conn = Connection(url, [BOOK], handle, backoff=FAST)
+        began = time.monotonic()
+        conn.start()
+        try:
+            wait_for(lambda: refused != [], WAIT)
+            assert time.monotonic() - began < 5.0  # the GIL held: this thread waited too
+        finally:
+            assert conn.stop(timeout=defaults.WS_CLOSE_TIMEOUT + 1)
+    assert refused == ["BTC/USD: a message without a valid checksum"]
+    assert not book.synced

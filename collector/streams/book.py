@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from .. import defaults
+from ..numbers import NumberError, parse_integer
 
 __all__ = ["CHECKSUM_LEVELS", "DEPTHS", "Book", "BookError", "BookMismatch", "checksum_digits"]
 
@@ -228,11 +229,13 @@ class Book:
                 raise BookError(f"{self.symbol}: timestamp {stamp[:40]!r} is not RFC 3339") from e
 
     def _verify(self, entry: Mapping[str, Any]) -> None:
-        expected = entry.get("checksum")
-        if isinstance(expected, Decimal) and expected == expected.to_integral_value():
-            expected = int(expected)
-        if not isinstance(expected, int) or isinstance(expected, bool) or not 0 <= expected < 2**32:
-            raise BookError(f"{self.symbol}: a message without a valid checksum")
+        raw = entry.get("checksum")
+        try:  # the bounded reader: int() of a Decimal 1E+1000000 holds the GIL for a minute
+            expected = parse_integer(
+                str(raw) if isinstance(raw, Decimal) else raw, field="checksum", high=2**32 - 1
+            )
+        except NumberError:
+            raise BookError(f"{self.symbol}: a message without a valid checksum") from None
         actual = self.checksum()
         if actual != expected:
             self.synced = False
