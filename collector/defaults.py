@@ -404,3 +404,9 @@ WS_BOOK_LEVELS = 1000
 #: later trade taken as one seen already, dropped, until a restart); one farther behind means the
 #: last was not of the sequence, which starts again from it.
 WS_TRADE_ID_JUMP = 10_000_000
+
+#: How far a stream message's own time (a trade's, a ticker's, a candle's beginning) may be past
+#: its receipt by this machine's clock: clocks differ by seconds, not an hour. Farther is refused
+#: as that entry: one candle of the year 4000 held as the pair's open one kept every later candle
+#: from ever being final.
+WS_AHEAD = 3600.0

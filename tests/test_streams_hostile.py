@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -253,12 +253,14 @@ def test_a_book_message_of_more_levels_than_any_depth_is_refused_at_once() -> No
 # -- 5. a trade_id 10**18 past the last ---------------------------------------------------------
 
 
-def _trades_server(fake: FakeKraken, send: Callable[[ServerConnection, Callable], None]):
-    """A feed that answers the subscription to BTC/USD, then runs ``send(ws, message)`` where
-    ``message(kind, rows)`` is a v2 ``trade`` message of the fake's REST rows (the same ids)."""
+def _server(
+    fake: FakeKraken, send: Callable[[ServerConnection, Callable], None], channel: str = "trade"
+) -> Callable[[ServerConnection], None]:
+    """A feed that answers the subscription to BTC/USD on ``channel``, then runs ``send(ws,
+    message)`` where ``message(kind, rows)`` is a v2 message of that channel."""
 
     def message(kind: str, rows: list[dict[str, Any]]) -> str:
-        return dumps({"channel": "trade", "type": kind, "data": rows})
+        return dumps({"channel": channel, "type": kind, "data": rows})
 
     def script(ws: ServerConnection) -> None:
         request = json.loads(ws.recv(timeout=WAIT))
@@ -268,7 +270,7 @@ def _trades_server(fake: FakeKraken, send: Callable[[ServerConnection, Callable]
                     "method": "subscribe",
                     "success": True,
                     "req_id": request["req_id"],
-                    "result": {"channel": "trade", "symbol": "BTC/USD"},
+                    "result": {"channel": channel, "symbol": "BTC/USD"},
                 }
             )
         )
@@ -349,7 +351,7 @@ def test_a_trade_id_far_past_the_last_is_refused_and_the_tape_goes_on(tmp_path: 
             return messages() >= 2 and (told or rows(tmp_path, "SELECT 1 FROM gaps") != [])
 
         with (
-            hostile(_trades_server(fake, send)) as url,
+            hostile(_server(fake, send)) as url,
             service(tmp_path, fake, url, "tape: {channel: trade, pairs: [XBTUSD]}") as svc,
         ):
             svc.events.subscribe(StreamProblem, problems.append)
@@ -411,3 +413,52 @@ def test_a_book_checksum_with_a_huge_exponent_is_refused_at_once() -> None:
             assert conn.stop(timeout=defaults.WS_CLOSE_TIMEOUT + 1)
     assert refused == ["BTC/USD: a message without a valid checksum"]
     assert not book.synced
+
+
+# -- 7. a candle from the year 4000 -------------------------------------------------------------
+
+
+def _candle(begin: datetime, close: str) -> dict[str, Any]:
+    return {
+        "symbol": "BTC/USD",
+        "open": Decimal("100.0"),
+        "high": Decimal(close),
+        "low": Decimal("100.0"),
+        "close": Decimal(close),
+        "vwap": Decimal("100.0"),
+        "trades": 1,
+        "volume": Decimal("1.00000000"),
+        "interval_begin": begin.isoformat().replace("+00:00", "Z"),
+        "interval": 1,
+        "timestamp": begin.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def test_a_message_time_far_ahead_of_its_receipt_is_refused(tmp_path: Path) -> None:
+    # Before: one candle of the year 4000 was held as the pair's open one, so every real candle
+    # after it was "a late word on an older candle": none was ever made final (until a restart).
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    far = datetime(4000, 1, 1, tzinfo=UTC)
+    problems: list[StreamProblem] = []
+
+    def send(ws: ServerConnection, message: Callable) -> None:
+        ws.send(message("snapshot", [_candle(far, "999.0")]))
+        ws.send(message("update", [_candle(minute, "101.0")]))
+        ws.send(message("update", [_candle(minute + timedelta(minutes=1), "102.0")]))
+
+    def final() -> list[Any]:
+        return rows(tmp_path, "SELECT time, close FROM ohlc WHERE final")
+
+    with (
+        FakeKraken(tier=None) as fake,
+        hostile(_server(fake, send, "ohlc")) as url,
+        service(
+            tmp_path, fake, url, "candles: {channel: ohlc, pairs: [XBTUSD], interval: 1}"
+        ) as svc,
+    ):
+        svc.events.subscribe(StreamProblem, problems.append)
+        wait_for(lambda: len(final()) == 2, WAIT)  # the first by the second, both by the clock
+        assert sorted(Decimal(str(close)) for _, close in final()) == [Decimal(101), Decimal(102)]
+        assert rows(tmp_path, "SELECT count(*) FROM ohlc")[0][0] == 2  # nothing of 4000
+        (problem,) = [p for p in problems if "ahead" in p.message]
+        assert "interval_begin" in problem.message and "4000-01-01" in problem.message

@@ -443,13 +443,13 @@ class Feed:
             batch.messages += 1
             link.data += 1
             if channel == "trade":
-                when = self._trades(batch, data, symbols)
+                when = self._trades(batch, data, symbols, at)
             elif channel == "book":
                 when = self._books(link, batch, kind, data, symbols, at)
             elif channel == "ticker":
                 when = self._rows(batch, "ticker", rowlib.ticker_rows(data, symbols, at))
             else:
-                read = rowlib.ohlc_rows(data, symbols)
+                read = rowlib.ohlc_rows(data, symbols, at)
                 with self._lock:
                     read.rows = self._candles.update(read.rows)
                 when = self._rows(batch, "ohlc", read)
@@ -471,8 +471,8 @@ class Feed:
         if len(read.refused) > 3:
             logger.warning("stream %s: %d more entries refused", self.name, len(read.refused) - 3)
 
-    def _trades(self, batch: _Batch, data: Any, symbols: Symbols) -> datetime | None:
-        read = rowlib.trade_rows(data, symbols)
+    def _trades(self, batch: _Batch, data: Any, symbols: Symbols, at: datetime) -> datetime | None:
+        read = rowlib.trade_rows(data, symbols, at)
         self._refused(read)
         assert self.ids is not None
         newest = None

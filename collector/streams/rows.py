@@ -148,9 +148,11 @@ def _whole(value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
         raise RowError(str(e)) from None
 
 
-def moment(value: Any, what: str) -> datetime:
+def moment(value: Any, what: str, received_at: datetime | None = None) -> datetime:
     """An RFC 3339 time (``2023-09-25T07:49:37.708706Z``) as a UTC datetime, cut to the
-    microsecond as REST's times are (:func:`collector.numbers.parse_time`)."""
+    microsecond as REST's times are (:func:`collector.numbers.parse_time`). With
+    ``received_at``, a time more than ``WS_AHEAD`` past it is refused: data from the future is
+    no data, and one such candle or trade would stand before every real one after it."""
     match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise RowError(f"{what} is not an RFC 3339 time: {_shown(value)}")
@@ -164,6 +166,9 @@ def moment(value: Any, what: str) -> datetime:
     t = t.astimezone(UTC)
     if not 0 <= t.timestamp() < defaults.MAX_SECONDS:
         raise RowError(f"{what} is out of range: {_shown(value)}")
+    if received_at is not None and t > received_at + timedelta(seconds=defaults.WS_AHEAD):
+        ahead = (t - received_at).total_seconds()
+        raise RowError(f"{what} {_shown(value)} is {ahead:.0f} s ahead of its receipt")
     return t
 
 
@@ -221,14 +226,15 @@ def _each(
 # -- the channels -------------------------------------------------------------------------------
 
 
-def trade_rows(data: Any, symbols: Symbols) -> Read:
-    """``trades`` rows from a ``trade`` message's ``data`` (a snapshot's or an update's)."""
+def trade_rows(data: Any, symbols: Symbols, received_at: datetime | None = None) -> Read:
+    """``trades`` rows from a ``trade`` message's ``data`` (a snapshot's or an update's); with
+    ``received_at``, a time too far past it is refused (:func:`moment`)."""
 
     def row(t: Mapping[str, Any], pair: str) -> dict[str, Any]:
         return {
             "pair": pair,
             "trade_id": _whole(t.get("trade_id"), "trade_id"),
-            "time": moment(t.get("timestamp"), "timestamp"),
+            "time": moment(t.get("timestamp"), "timestamp", received_at),
             "price": number(t.get("price"), "price"),
             "volume": number(t.get("qty"), "qty"),
             "side": _text(t.get("side"), "side", _SIDES),
@@ -248,7 +254,7 @@ def ticker_rows(data: Any, symbols: Symbols, received_at: datetime) -> Read:
         stamp = t.get("timestamp")
         return {
             "pair": pair,
-            "taken_at": received_at if stamp is None else moment(stamp, "timestamp"),
+            "taken_at": received_at if stamp is None else moment(stamp, "timestamp", received_at),
             "ask": number(t.get("ask"), "ask"),
             "bid": number(t.get("bid"), "bid"),
             "last": last,
@@ -264,7 +270,7 @@ def ticker_rows(data: Any, symbols: Symbols, received_at: datetime) -> Read:
     return _each(data, "ticker", symbols, row)
 
 
-def ohlc_rows(data: Any, symbols: Symbols) -> Read:
+def ohlc_rows(data: Any, symbols: Symbols, received_at: datetime | None = None) -> Read:
     """``ohlc`` rows from an ``ohlc`` message's ``data``: ``time`` is the interval's beginning,
     never ``final``: no message says a candle is closed (v2's ``timestamp`` is not the time of the
     data), and a final candle is never updated again, so only :class:`Candles` makes one final,
@@ -274,7 +280,7 @@ def ohlc_rows(data: Any, symbols: Symbols) -> Read:
         interval = _whole(c.get("interval"), "interval", defaults.MAX_INTEGER)
         if interval == 0:
             raise RowError("interval is 0")
-        begin = moment(c.get("interval_begin"), "interval_begin")
+        begin = moment(c.get("interval_begin"), "interval_begin", received_at)
         return {
             "pair": pair,
             "interval": interval,
