@@ -462,3 +462,47 @@ def test_a_message_time_far_ahead_of_its_receipt_is_refused(tmp_path: Path) -> N
         assert rows(tmp_path, "SELECT count(*) FROM ohlc")[0][0] == 2  # nothing of 4000
         (problem,) = [p for p in problems if "ahead" in p.message]
         assert "interval_begin" in problem.message and "4000-01-01" in problem.message
+
+
+# -- 8. a bad book at wire speed ------------------------------------------------------------------
+
+
+def test_a_request_already_queued_is_not_queued_again() -> None:
+    # Before: each bad snapshot queued one more unsubscribe of its symbol: 55,732 in 3 s left
+    # 18,549 queued (BTC/USD fifty times a request), sent at 5 a second for an hour after, the
+    # queue growing for as long as the feed went on.
+    requests: list[dict[str, Any]] = []
+    flooded = threading.Event()
+
+    def script(ws: ServerConnection) -> None:
+        ws.recv(timeout=WAIT)
+        bad = {"symbol": "BTC/USD", "bids": [{"price": 1, "qty": 1}], "asks": [], "checksum": 1}
+        message = json.dumps({"channel": "book", "type": "snapshot", "data": [bad]})
+        for _ in range(5_000):
+            ws.send(message)
+        flooded.set()
+        while True:
+            requests.append(json.loads(ws.recv(timeout=WAIT)))
+
+    conn: list[Connection] = []
+    handled = [0]
+    book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=8)
+
+    def handle(channel: str, kind: str, data: Any, received_at: datetime) -> None:
+        handled[0] += 1
+        try:
+            book.snapshot(data[0])
+        except BookError:
+            conn[0].resubscribe("book", "BTC/USD")  # as the feed does
+
+    with hostile(script) as url:
+        conn.append(Connection(url, [BOOK], handle, backoff=FAST, rate=1000.0))
+        conn[0].start()
+        try:
+            wait_for(lambda: flooded.is_set() and handled[0] == 5_000, WAIT)
+            wait_for(lambda: len(requests) >= 1, WAIT)
+        finally:
+            assert conn[0].stop()
+    for request in requests:
+        symbols = request["params"]["symbol"]
+        assert len(symbols) == len(set(symbols)), symbols[:3]

@@ -267,6 +267,8 @@ class Connection:
     def _session_state(self) -> None:
         """What one connection knows, reset for each."""
         self._outbox: deque[_Request] = deque()
+        #: (method, channel, symbol) of every request queued and not yet sent: each once
+        self._queued: set[tuple[str, str, str | None]] = set()
         self._requests: dict[int, _Request] = {}
         self._req_id = 0
         self._resubscribing: set[_Key] = set()
@@ -462,6 +464,8 @@ class Connection:
                     await asyncio.sleep(pause)
                     continue
                 request = self._outbox.popleft()
+                for s in request.symbols:
+                    self._queued.discard((request.method, request.channel, s))
                 if request.method == "subscribe":  # what was acknowledged or dropped meanwhile
                     request.symbols = [
                         s
@@ -518,8 +522,13 @@ class Connection:
         self, method: str, keys: list[_Key], options: tuple[tuple[str, Any], ...] | None = None
     ) -> None:
         """Queue requests for ``keys``, grouped by channel and options, ``batch`` symbols each
-        (joining the last queued request when it is the same kind and has room)."""
+        (joining the last queued request when it is the same kind and has room). A symbol's
+        request already queued is not queued again: the outbox is at most one request a method
+        for each symbol, however fast the feed gives reasons to ask (a bad book at wire speed)."""
         for channel, symbol in keys:
+            if (method, channel, symbol) in self._queued:
+                continue
+            self._queued.add((method, channel, symbol))
             opts = self._wanted.get((channel, symbol), ()) if options is None else options
             last = self._outbox[-1] if self._outbox else None
             if (
