@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -506,3 +510,63 @@ def test_a_request_already_queued_is_not_queued_again() -> None:
     for request in requests:
         symbols = request["params"]["symbol"]
         assert len(symbols) == len(set(symbols)), symbols[:3]
+
+
+# -- the whole process: a hostile feed's afternoon, then SIGTERM --------------------------------
+
+FORGED = (
+    '\x1b]8;;http://evil\x07=HYPERLINK("x")\n2026-01-01 00:00:00 CRITICAL collector: FORGED\u202e'
+)
+
+
+def test_collector_run_against_a_hostile_feed_logs_little_stops_in_its_bound(
+    tmp_path: Path,
+) -> None:
+    # All of the above at once, through `collector run` and its text log: garbage at wire speed,
+    # a message nested too deep, an answer about a symbol never asked for carrying a forged log
+    # line and terminal sequences, then SIGTERM during the flood.
+    flooding = threading.Event()
+
+    def script(ws: ServerConnection) -> None:
+        request = json.loads(ws.recv(timeout=WAIT))
+        answer = {"method": "subscribe", "success": True, "req_id": request["req_id"]}
+        ws.send(json.dumps({**answer, "result": {"channel": "trade", "symbol": "BTC/USD"}}))
+        ws.send("[" * 100_000 + "]" * 100_000)
+        evil = {**answer, "success": False, "error": FORGED}
+        ws.send(json.dumps({**evil, "result": {"channel": "trade", "symbol": FORGED}}))
+        flooding.set()
+        with contextlib.suppress(Exception):
+            while True:
+                ws.send("x" * 100)
+
+    with FakeKraken(tier=None) as fake, hostile(script) as url:
+        path = tmp_path / "jobs.yaml"
+        path.write_text(
+            f"database: sqlite:///{tmp_path / 'c.db'}\nkraken:\n  url: {fake.url}\n"
+            f"  ws_url: {url}\nstreams:\n  tape: {{channel: trade, pairs: [XBTUSD]}}\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+        log = tmp_path / "collector.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "run", str(path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            wait_for(flooding.is_set, WAIT)
+            wait_for(lambda: "more like it" in log.read_text(), WAIT)
+        finally:
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        stopped = time.monotonic() - began
+    output = log.read_text()
+    assert proc.returncode == 0, output[-2000:]
+    assert stopped < 10.0
+    assert "loop failed" not in output and "Traceback" not in output
+    assert "\x1b" not in output and "\u202e" not in output and "\nFORGED" not in output
+    assert not any(line.startswith("2026-01-01") for line in output.splitlines())
+    protocol = [line for line in output.splitlines() if ": protocol: " in line]
+    assert 2 <= len(protocol) <= 20, protocol[:5]
