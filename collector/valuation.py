@@ -456,17 +456,25 @@ class Valuation:
     def prices(self, conn: Connection, pair: str, times: Sequence[datetime]) -> list[Any]:
         """``pair``'s price at each of ``times`` (ascending), by the same rule: the newest of its
         ticker and its final candles at or before it (None before its first)."""
+        return self.prices_of(conn, [pair], times)[pair]
+
+    def prices_of(
+        self, conn: Connection, names: Sequence[str], times: Sequence[datetime]
+    ) -> dict[str, list[Any]]:
+        """:meth:`prices` of each of the pairs ``names`` at the same ``times``, the times made
+        into parameters once (the page's 24 charts of 181 samples each: 4,344 of them)."""
         if not times:
-            return []
+            return {pair: [] for pair in names}
         d = Dialect(conn.dialect.name)
         raw = [_raw(t, d) for t in times]
-        names = [f"t{i}" for i in range(len(times))]
-        values = ", ".join(f"(:{n})" for n in names)
+        keys = [f"t{i}" for i in range(len(times))]
+        values = ", ".join(f"(:{n})" for n in keys)
         query = f"SELECT v.column1 AS taken_at FROM (VALUES {values}) v"
-        binds = [bindparam(n, type_=UTCDateTime()) for n in names]
-        series = _Series(conn, raw, (query, dict(zip(names, times, strict=True)), binds))
-        series.add(pair)
-        return series.newest((pair,))
+        binds = [bindparam(n, type_=UTCDateTime()) for n in keys]
+        series = _Series(conn, raw, (query, dict(zip(keys, times, strict=True)), binds))
+        for pair in names:
+            series.add(pair)
+        return {pair: series.newest((pair,)) for pair in names}
 
     def __init__(
         self,
