@@ -116,32 +116,25 @@ def collect(
 @dataclass
 class _Known:
     """What the runs and gaps say of each job, read for all jobs at once (:func:`_runs_of`):
-    its last run, last success and first run, its failures in the last day by status, and its
-    gaps (count, newest end)."""
+    its last run, when its last success finished and (for a job without one) when its first run
+    started, its failures in the last day by status, and its gaps (count, newest end)."""
 
     last: dict[str, Any] = field(default_factory=dict)
-    success: dict[str, Any] = field(default_factory=dict)
-    first: dict[str, Any] = field(default_factory=dict)
+    success: dict[str, datetime] = field(default_factory=dict)
+    first: dict[str, datetime] = field(default_factory=dict)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     gaps: dict[str, tuple[int, Any]] | None = None
 
 
-_RUN_COLUMNS = (
-    runs.c.id,
-    runs.c.started_at,
-    runs.c.finished_at,
-    runs.c.status,
-    runs.c.error,
-    runs.c.pages,
-    runs.c.new_rows,
-)
+_RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "error", "pages", "new_rows")
 
 
 def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime) -> _Known:
-    """Each job's runs (as :class:`_Known`) in three statements for all jobs: its last, last
-    successful and first run by the index (job, started_at), one seek each in a correlated
-    subquery over the names (one parameter: a JSON array on SQLite, an array on PostgreSQL),
-    then those rows by id; its failures of the last day, a range of the same index."""
+    """Each job's runs (as :class:`_Known`) in a few statements for all jobs, each job's a seek
+    by the index (job, started_at) in a correlated subquery over the names (one parameter: a
+    JSON array on SQLite, an array on PostgreSQL): its last run joined whole, with when its last
+    success finished; when the first run started of the jobs without a success (none, mostly:
+    no statement); its failures of the last day, a range of the same index."""
     known = _Known()
     day = now - timedelta(days=1)
     unique = list(dict.fromkeys(names))
@@ -149,34 +142,52 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
         return known
     asked = _listed(conn, unique, String, "asked")
 
-    def one(*where: Any, newest: bool = True) -> Any:
-        order = runs.c.started_at.desc() if newest else runs.c.started_at
+    def one(of: Any, column: str, *where: Any, newest: bool = True) -> Any:
+        """The column of the job ``of.c.value``'s newest (or first) run, as ``where`` says."""
+        seek = runs.alias("seek")
+        order = seek.c.started_at.desc() if newest else seek.c.started_at
         return (
-            select(runs.c.id)
-            .where(runs.c.job == asked.c.value, *where)
+            select(seek.c[column])
+            .where(seek.c.job == of.c.value, *(w(seek) for w in where))
             .order_by(order)
             .limit(1)
+            .correlate(of)
             .scalar_subquery()
         )
 
     # The status through a no-op (it is never NULL): a seek by (job, started_at) per job, where
     # PostgreSQL, not knowing the job when it plans, would AND in ix_runs_status's every ok run
     # for each job (5,000 jobs: 5 s instead of 20 ms).
-    ok = func.coalesce(runs.c.status, "") == "ok"
-    ids = conn.execute(select(asked.c.value, one(), one(ok), one(newest=False))).all()
-    wanted = _listed(
-        conn, sorted({i for _, *three in ids for i in three if i is not None}), BigInteger, "wanted"
-    )
-    # The ids as one parameter too: 10,000 placeholders cost more to build and send than the
-    # rows they read (80 ms on PostgreSQL).
-    rows: dict[int, Any] = {
-        r.id: r
-        for r in conn.execute(select(*_RUN_COLUMNS).where(runs.c.id.in_(select(wanted.c.value))))
+    def ok(seek: Any) -> Any:
+        return func.coalesce(seek.c.status, "") == "ok"
+
+    found = conn.execute(
+        select(asked.c.value, one(asked, "id"), one(asked, "finished_at", ok))
+    ).all()
+    # The last runs by id, the ids as one parameter too: 10,000 placeholders cost more to build
+    # and send than the rows they read (80 ms on PostgreSQL). (Joined on the seek instead,
+    # PostgreSQL hashed every run.)
+    wanted = _listed(conn, sorted({i for _, i, _ in found if i is not None}), BigInteger, "wanted")
+    rows = {
+        r[0]: _Run(*r)
+        for r in conn.execute(
+            select(*(runs.c[c] for c in _RUN_COLUMNS)).where(runs.c.id.in_(select(wanted.c.value)))
+        )
     }
-    for name, last, success, first in ids:
-        for into, run_id in ((known.last, last), (known.success, success), (known.first, first)):
-            if run_id is not None:
-                into[name] = rows[run_id]
+    for name, last, success in found:
+        if last is not None:
+            known.last[name] = rows[last]
+        if success is not None:
+            known.success[name] = success
+    unsure = [name for name in known.last if name not in known.success]
+    if unsure:  # a job that never succeeded is measured from its first run
+        them = _listed(conn, unsure, String, "unsure")
+        known.first = {
+            name: first
+            for name, first in conn.execute(
+                select(them.c.value, one(them, "started_at", newest=False))
+            )
+        }
     failed = conn.execute(
         select(runs.c.job, runs.c.status, func.count())
         .where(
@@ -199,6 +210,19 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
             )
         }
     return known
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A job's last run, the columns the report reads."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    error: str | None
+    pages: int
+    new_rows: int
 
 
 def _listed(conn: Any, values: Sequence[Any], kind: Any, name: str) -> Any:
@@ -239,7 +263,7 @@ def _job(
     if known.gaps is not None:
         count, end = known.gaps.get(job.name, (0, None))
         info.update(gaps=count, last_gap_end=_iso(end))
-    reference = success.finished_at if success else first.started_at if first else mtime
+    reference = success or first or mtime
     state = verdict(job, reference, paging, success is not None, now)
     stale = state == "stale"
     return {
@@ -251,7 +275,7 @@ def _job(
         "progress": paging.progress(success is not None, now) if paging else None,
         "last_run": _iso(last.started_at) if last else None,
         "last_status": last.status if last else None,
-        "last_success": _iso(success.finished_at) if success else None,
+        "last_success": _iso(success),
         "failures_24h": failures,
         "interval_seconds": _finite(interval(job)),
         "stale_after_seconds": _finite(stale_after(job)),

@@ -257,3 +257,36 @@ def test_each_jobs_rows_are_counted_in_a_statement_a_dataset(tmp_path) -> None:
         assert (jobs["b"]["rows"], jobs["b"]["newest"]) == (2, NOW.isoformat())
         assert jobs["clock"]["rows"] is None and jobs["clock"]["dataset"] is None
     assert counts[0] == counts[1] < 20, counts
+
+
+def test_a_job_that_never_succeeded_is_measured_from_its_first_run(tmp_path) -> None:
+    """Without a success, a job's staleness counts from its first run (read only for such
+    jobs): failing for five days is stale, failing since ten minutes ago is waiting; a success
+    an hour ago is ok whatever failed after it."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store.from_url(url)
+    store.upgrade()
+    rows = [
+        _run(1, "old", "http_error", NOW - timedelta(days=5)),
+        _run(2, "old", "http_error", NOW - timedelta(minutes=10)),
+        _run(3, "new", "http_error", NOW - timedelta(minutes=10)),
+        _run(4, "fine", "ok", NOW - timedelta(hours=1)),
+        _run(5, "fine", "http_error", NOW - timedelta(minutes=5)),
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(insert(runs), rows)
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: {url}\njobs:\n"
+        + "".join(f"  {n}: {{method: Time, every: 1h}}\n" for n in ("old", "new", "fine", "idle"))
+    )
+    report = collect(load(path), store, NOW, 0)
+    store.dispose()
+    jobs = {j["name"]: j for j in report["jobs"]}
+    assert jobs["old"]["state"] == "stale" and jobs["old"]["stale_for"].startswith("5d")
+    assert jobs["old"]["last_status"] == "http_error" and jobs["old"]["last_success"] is None
+    assert jobs["new"]["state"] == "waiting"
+    assert jobs["fine"]["state"] == "ok" and jobs["fine"]["last_status"] == "http_error"
+    assert jobs["fine"]["last_success"] == (NOW - timedelta(hours=1)).isoformat()
+    assert jobs["idle"]["state"] == "waiting" and jobs["idle"]["last_run"] is None
+    assert [p.split(":")[0] for p in report["problems"]] == ["job old"]
