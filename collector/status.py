@@ -60,8 +60,9 @@ def collect(
     """The status of ``config``'s jobs in ``store`` (None: there is no database yet).
 
     Every job's state and runs come from a few statements for all jobs, not a few a job (5,000
-    jobs: 4 statements, where 30,000 took seconds); its rows and cursor, a statement or two a
-    job, only for the jobs ``detailed`` says (None: all; the dashboard's page of jobs)."""
+    jobs: 4 statements, where 30,000 took seconds); its rows and cursor from a statement a
+    dataset (:func:`_details`), only for the jobs ``detailed`` says (None: all; the dashboard's
+    page of jobs)."""
     mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
     jobs: list[dict[str, Any]] = []
     ledgers: list[dict[str, Any]] = []
@@ -164,12 +165,11 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
     found = conn.execute(
         select(asked.c.value, one(asked, "id"), one(asked, "finished_at", ok))
     ).all()
-    # The last runs by id, the ids as one parameter too: 10,000 placeholders cost more to build
-    # and send than the rows they read (80 ms on PostgreSQL). (Joined on the seek instead,
-    # PostgreSQL hashed every run.)
+    # The last runs by id, the ids one parameter too (10,000 placeholders cost more than the rows
+    # they read, 80 ms on PostgreSQL; joined on the seek instead, PostgreSQL hashed every run).
     wanted = _listed(conn, sorted({i for _, i, _ in found if i is not None}), BigInteger, "wanted")
     rows = {
-        r[0]: _Run(*r)
+        r.id: r
         for r in conn.execute(
             select(*(runs.c[c] for c in _RUN_COLUMNS)).where(runs.c.id.in_(select(wanted.c.value)))
         )
@@ -212,20 +212,7 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
     return known
 
 
-@dataclass(frozen=True)
-class _Run:
-    """A job's last run, the columns the report reads."""
-
-    id: int
-    started_at: datetime
-    finished_at: datetime
-    status: str
-    error: str | None
-    pages: int
-    new_rows: int
-
-
-def _listed(conn: Any, values: Sequence[Any], kind: Any, name: str) -> Any:
+def _listed(conn: Any, values: Sequence[Any], kind: Any, name: str = "listed") -> Any:
     """``values`` as a table of one column, ``value``, from one parameter: a JSON array on SQLite
     (``json_each``), an array on PostgreSQL (``unnest``); SQLite's parameters stop at 32,766."""
     if conn.dialect.name == "sqlite":
@@ -295,9 +282,8 @@ def _details(conn: Any, store: Store, jobs: Sequence[tuple[Job, str]]) -> dict[s
     account's entries; trades, candles and spreads, its pair's (and its interval's); and the
     job's cursor, with how far a history window being paged has got.
 
-    A statement for all the jobs of a dataset and kind, grouped by job, account or pair, not a
-    statement a job (a page of 100 Ticker jobs: 100 joins of ticker and runs, 1.8 s on
-    PostgreSQL, where the grouped one is a single scan)."""
+    A statement a dataset and kind, grouped by job, account or pair (a page of 100 Ticker jobs
+    was 100 joins of ticker and runs, 1.8 s on PostgreSQL; grouped, one scan)."""
     out: dict[str, dict[str, Any]] = {}
     # (dataset, kind) -> {job: what it is counted by}
     asked: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
@@ -319,18 +305,15 @@ def _details(conn: Any, store: Store, jobs: Sequence[tuple[Job, str]]) -> dict[s
         column = store.datasets[name].time_column
         for job_name, (count, newest) in found.items():
             out[job_name] = {"rows": count, "newest": _iso(newest) if column else None}
-    cursored = sorted({job.name for job, name in jobs if store.datasets[name].incremental})
-    values: dict[tuple[str, str], Any] = {}
-    for start in range(0, len(cursored), RUNS_A_STATEMENT):
-        chunk = cursored[start : start + RUNS_A_STATEMENT]
-        values.update(
-            ((job, dataset), value)
-            for job, dataset, value in conn.execute(
-                select(cursors.c.job, cursors.c.dataset, cursors.c.value).where(
-                    cursors.c.job.in_(chunk)
-                )
+    them = _listed(conn, sorted({j.name for j, n in jobs if store.datasets[n].incremental}), String)
+    values = {
+        (job, dataset): value
+        for job, dataset, value in conn.execute(
+            select(cursors.c.job, cursors.c.dataset, cursors.c.value).where(
+                cursors.c.job.in_(select(them.c.value))
             )
         )
+    }
     for job, name in jobs:
         dataset = store.datasets[name]
         if not dataset.incremental:

@@ -37,7 +37,8 @@ when ``collector run`` starts with other ``valuation`` settings (:func:`remember
 
 The table values with the settings the service was started with (``collector_state``, rows
 ``valuation_quote`` and ``valuation_max_price_age``; ``USD`` and a day without). The dashboard
-values with its own job file's, with :class:`Valuation`, the same code.
+reads the table when its own job file's settings are those, and values with :class:`Valuation`,
+the same code, what the table lacks, or everything when they differ.
 
 Why one module of this length: the rules (routes, variants, price age), the series they read and
 the table they write are one definition of "a snapshot's value"; split, the page and the table
