@@ -178,3 +178,46 @@ def test_an_emptied_account_is_still_worth_zero_from_the_table(tmp_path) -> None
     page = Page(html)
     assert Decimal(page.one("data-value")["data-value"]) == 0
     assert "at 2026-11-29 00:00 UTC" in html
+
+
+def test_the_price_charts_are_read_in_statements_that_do_not_grow_with_them(tmp_path) -> None:
+    """A page of 10 price charts and one of 22 run the same number of statements: the pairs'
+    sources, counts and prices are read for all of them at once (before: four statements a
+    chart)."""
+    from sqlalchemy import insert
+
+    from collector.datasets.market import ticker
+    from collector.schema import runs as runs_table
+
+    counts, drawn = [], []
+    for extra in (2, 14):
+        folder = tmp_path / str(extra)
+        folder.mkdir()
+        url = f"sqlite:///{folder / 'c.db'}"
+        store = Store.from_url(url)
+        try:
+            store.upgrade()
+            fill_hourly(store.engine, end=NOW, hours=24, assets=10)
+            at = NOW - timedelta(minutes=30)
+            with store.engine.begin() as conn:
+                run = {"id": 1000, "job": "all", "method": "Ticker", "params": {}, "status": "ok"}
+                run |= {"scheduled_at": at, "started_at": at, "finished_at": at, "attempts": 1}
+                conn.execute(insert(runs_table), [run | {"pages": 1, "new_rows": extra}])
+                price = {k: Decimal(i + 1) for i, k in enumerate(("ask", "bid", "last", "open"))}
+                price |= {"low_24h": 1, "high_24h": 2, "volume_24h": 9, "vwap_24h": 1}
+                conn.execute(
+                    insert(ticker),
+                    [
+                        {"run_id": 1000, "pair": f"AAA{i:04d}USD", "taken_at": at, "trades_24h": 1}
+                        | price
+                        for i in range(extra)
+                    ],
+                )
+            html, statements = _render(store, _jobs(folder, url), "day")
+        finally:
+            store.dispose()
+        counts.append(len(statements))
+        drawn.append(html.count('class="card pair"'))
+        assert 'data-price="3"' in html  # an extra pair's last price, drawn
+    assert drawn == [8 + 2, 8 + 14]  # fill_hourly's 8 pairs and the extra ones
+    assert counts[0] == counts[1], counts
