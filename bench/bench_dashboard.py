@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from rounds import alternate, ratio, spread  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from sqlalchemy import event, insert, text  # noqa: E402
 
 from collector.dashboard import Dashboard  # noqa: E402
 from collector.datasets.market import ticker  # noqa: E402
@@ -110,24 +110,29 @@ def many(url: str, jobs: int, pairs: int) -> str:
 
 
 #: The earlier checkout's page, rendered in a process of its own (``--before``): a line in (the
-#: range), a line out (milliseconds, bytes, the page's SHA-256).
+#: range), a line out (milliseconds, bytes, the page's SHA-256, its statements, its CPU ms).
 BEFORE = """
 import hashlib, sys, time
 from datetime import datetime
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import collector
+from sqlalchemy import event
 from collector.dashboard import Dashboard
 from collector.jobfile import load
 from collector.store import Store
 assert collector.__file__.startswith(sys.argv[1]), collector.__file__
 now = datetime.fromisoformat(sys.argv[4])
-page = Dashboard(load(Path(sys.argv[3])), Store.from_url(sys.argv[2]), clock=lambda: now)
+store = Store.from_url(sys.argv[2])
+seen = []
+event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(1))
+page = Dashboard(load(Path(sys.argv[3])), store, clock=lambda: now)
 for line in sys.stdin:
-    began = time.perf_counter()
+    seen.clear()
+    began, cpu = time.perf_counter(), time.process_time()
     html = page.render(line.strip()).encode()
-    took = time.perf_counter() - began
-    print(took * 1000, len(html), hashlib.sha256(html).hexdigest(), flush=True)
+    took, cpu = time.perf_counter() - began, time.process_time() - cpu
+    print(took * 1000, len(html), hashlib.sha256(html).hexdigest(), len(seen), cpu * 1000, flush=True)
 """
 
 
@@ -158,13 +163,20 @@ def bench(
         sizes: list[int] = []
         digests: dict[str, set[str]] = {"page": set(), "before": set()}
         before_sizes: list[int] = []
+        statements: dict[str, list[int]] = {"page": [], "before": []}
+        cpus: dict[str, list[float]] = {"page": [], "before": []}
+        seen: list[int] = []
+        event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(1))
 
         def render() -> float:
-            began = time.perf_counter()
+            seen.clear()
+            began, cpu = time.perf_counter(), time.process_time()
             html = page.render("year").encode()
             took = time.perf_counter() - began
+            cpus["page"].append((time.process_time() - cpu) * 1000)
             sizes.append(len(html))
             digests["page"].add(hashlib.sha256(html).hexdigest())
+            statements["page"].append(len(seen))
             return took * 1000
 
         worker = None
@@ -181,8 +193,10 @@ def bench(
             assert worker is not None and worker.stdin is not None and worker.stdout is not None
             worker.stdin.write("year\n")
             worker.stdin.flush()
-            took, size, digest = worker.stdout.readline().split()
+            took, size, digest, count, cpu = worker.stdout.readline().split()
+            cpus["before"].append(float(cpu))
             before_sizes.append(int(size))
+            statements["before"].append(int(count))
             digests["before"].add(digest)
             return float(took)
 
@@ -214,14 +228,17 @@ def bench(
         med = statistics.median
         print(
             f"{name}: page (range year) {spread(found['page'])} ms; the view's SQL alone "
-            f"{spread(found['SQL'])} ms; page/SQL {r}; page {med(sizes) / 1e6:.2f} MB",
+            f"{spread(found['SQL'])} ms; page/SQL {r}; page {med(sizes) / 1e6:.2f} MB, "
+            f"{max(statements['page'])} statements, CPU {spread(cpus['page'])} ms",
             flush=True,
         )
         if worker is not None:
             same = digests["page"] == digests["before"] and len(digests["page"]) == 1
             print(
                 f"{name}: before ({before}) {spread(found['before'])} ms, "
-                f"{med(before_sizes) / 1e6:.2f} MB; before/SQL "
+                f"{med(before_sizes) / 1e6:.2f} MB, {max(statements['before'])} statements, CPU "
+                f"{spread(cpus['before'])} ms; "
+                "before/SQL "
                 f"{ratio(found['before'], found['SQL'])}; now/before "
                 f"{ratio(found['page'], found['before'])}; "
                 f"{'the same page' if same else 'THE PAGES DIFFER'}",

@@ -15,9 +15,10 @@ URL without its password; no key, no parameter, no nonce). GET only.
 Fast on a year of hourly snapshots (``bench/bench_dashboard.py``): the values are read from
 ``portfolio_value``, which the store keeps with the same rules, when the job file values as the
 table does (``valuation.quote``, ``max_price_age``); the snapshots the table lacks, or all of
-them when the settings differ, are valued here (:class:`~collector.valuation.Valuation`: one read
-of the balances and a query per price source), the page the same either way. A series is drawn
-with at most four points per pixel column, a pair's price sampled at each pixel column's end. At most
+them when the settings differ, are valued here (:class:`~collector.valuation.Valuation`: one
+read of the balances and a query per price source), the page the same either way. A series is
+drawn with at most four points per pixel column, a pair's price sampled at each pixel column's
+end, the pairs priced together (a few statements for all of them). At most
 ``PAIRS_DRAWN`` price charts are drawn, the pairs the job file names and those that value the
 balances first; the other pairs collected are listed by name (a Ticker of every pair, 3,000 of
 them, would take seconds to draw, holding one of the listener's slots all along).

@@ -69,9 +69,10 @@ def collect(
     oldest = None
     if store is not None:
         with store.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # Thousands of jobs' seeks are estimated past jit_above_cost: compiling them
-                # took 200 ms of a 300 ms statement. For this transaction only.
+            version = conn.dialect.server_version_info or ()
+            if conn.dialect.name == "postgresql" and version >= (11,):  # JIT from 11 on
+                # Thousands of jobs' seeks are estimated past jit_above_cost: compiling them took
+                # 200 ms of a 300 ms statement. For this transaction only.
                 conn.exec_driver_sql("SET LOCAL jit = off")
             oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
             known = _runs_of(conn, store, [job.name for job in config.jobs], now)
@@ -132,10 +133,9 @@ _RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "error", "pages", "
 
 def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime) -> _Known:
     """Each job's runs (as :class:`_Known`) in a few statements for all jobs, each job's a seek
-    by the index (job, started_at) in a correlated subquery over the names (one parameter: a
-    JSON array on SQLite, an array on PostgreSQL): its last run joined whole, with when its last
-    success finished; when the first run started of the jobs without a success (none, mostly:
-    no statement); its failures of the last day, a range of the same index."""
+    by the index (job, started_at) in a correlated subquery over the names (one parameter): its
+    last run (then read by id) and when its last success finished; the first run of the jobs
+    without a success (mostly none: no statement); its failures of the last day."""
     known = _Known()
     day = now - timedelta(days=1)
     unique = list(dict.fromkeys(names))
