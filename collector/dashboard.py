@@ -311,17 +311,17 @@ def _worth(
         rows = result.cursor.fetchall() if result.cursor is not None else []
     finally:
         result.close()
-    # The snapshots in range the table lacks: one EXCEPT, mostly empty (an anti-join sought a
-    # row per balance, 30 ms of a year).
-    missing = sorted(
-        conn.execute(
-            text(
-                "SELECT b.run_id FROM balances b WHERE 1 = 1" + where.format(t="b") + " EXCEPT "
-                "SELECT p.run_id FROM portfolio_value p"
-            ).bindparams(*binds),
-            params,
-        ).scalars()
+    # The snapshots in range the table lacks, mostly none: on SQLite an EXCEPT (its anti-join
+    # sought a row per balance, 30 ms of a year), on PostgreSQL a hashed anti-join (its EXCEPT
+    # hashed every balance: twice as long).
+    lacking = (
+        "SELECT DISTINCT b.run_id FROM balances b WHERE NOT EXISTS (SELECT 1 FROM "
+        "portfolio_value p WHERE p.run_id = b.run_id)" + where.format(t="b")
+        if conn.dialect.name == "postgresql"
+        else "SELECT b.run_id FROM balances b WHERE 1 = 1" + where.format(t="b") + " EXCEPT "
+        "SELECT p.run_id FROM portfolio_value p"
     )
+    missing = sorted(conn.execute(text(lacking).bindparams(*binds), params).scalars())
     out = []
     for run_id, account, taken_at, value, unpriced, why in rows:
         number = _stored_number(value)

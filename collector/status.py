@@ -134,8 +134,8 @@ _RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "error", "pages", "
 def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime) -> _Known:
     """Each job's runs (as :class:`_Known`) in a few statements for all jobs, each job's a seek
     by the index (job, started_at) in a correlated subquery over the names (one parameter): its
-    last run (then read by id) and when its last success finished; the first run of the jobs
-    without a success (mostly none: no statement); its failures of the last day."""
+    last run (then read by id); for the jobs whose last run failed (mostly none: no statement),
+    their last success and first run; its failures of the last day."""
     known = _Known()
     day = now - timedelta(days=1)
     unique = list(dict.fromkeys(names))
@@ -162,32 +162,32 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
     def ok(seek: Any) -> Any:
         return func.coalesce(seek.c.status, "") == "ok"
 
-    found = conn.execute(
-        select(asked.c.value, one(asked, "id"), one(asked, "finished_at", ok))
-    ).all()
+    found = conn.execute(select(asked.c.value, one(asked, "id"))).all()
     # The last runs by id, the ids one parameter too (10,000 placeholders cost more than the rows
     # they read, 80 ms on PostgreSQL; joined on the seek instead, PostgreSQL hashed every run).
-    wanted = _listed(conn, sorted({i for _, i, _ in found if i is not None}), BigInteger, "wanted")
+    wanted = _listed(conn, sorted({i for _, i in found if i is not None}), BigInteger, "wanted")
     rows = {
         r.id: r
         for r in conn.execute(
             select(*(runs.c[c] for c in _RUN_COLUMNS)).where(runs.c.id.in_(select(wanted.c.value)))
         )
     }
-    for name, last, success in found:
+    for name, last in found:
         if last is not None:
-            known.last[name] = rows[last]
-        if success is not None:
-            known.success[name] = success
+            run = known.last[name] = rows[last]
+            if run.status == "ok":  # its last run is its last success
+                known.success[name] = run.finished_at
+    # The others' last success, and their first run (measured from it if there is none).
     unsure = [name for name in known.last if name not in known.success]
-    if unsure:  # a job that never succeeded is measured from its first run
+    if unsure:
         them = _listed(conn, unsure, String, "unsure")
-        known.first = {
-            name: first
-            for name, first in conn.execute(
-                select(them.c.value, one(them, "started_at", newest=False))
-            )
-        }
+        first_ = one(them, "started_at", newest=False)
+        for name, success, first in conn.execute(
+            select(them.c.value, one(them, "finished_at", ok), first_)
+        ):
+            known.first[name] = first
+            if success is not None:
+                known.success[name] = success
     failed = conn.execute(
         select(runs.c.job, runs.c.status, func.count())
         .where(
