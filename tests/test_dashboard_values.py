@@ -221,3 +221,30 @@ def test_the_price_charts_are_read_in_statements_that_do_not_grow_with_them(tmp_
         assert 'data-price="3"' in html  # an extra pair's last price, drawn
     assert drawn == [8 + 2, 8 + 14]  # fill_hourly's 8 pairs and the extra ones
     assert counts[0] == counts[1], counts
+
+
+def test_a_range_without_snapshots_shows_the_latest_value_kept(
+    tmp_path, database_url, month
+) -> None:
+    """Three days after the last snapshot, the range ``day`` holds none: the page shows the
+    account's latest value, read from the table by account, as valuing it would."""
+    store, newest = month
+    path = _jobs(tmp_path, database_url)
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    later = NOW + timedelta(days=3)
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        html = Dashboard(load(path), store, clock=lambda: later).render("day")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if VALUING in s]
+    with store.engine.connect() as conn:
+        (want,) = Valuation().values(conn, run_ids=[newest])
+    page = Page(html)
+    assert Decimal(page.one("data-value")["data-value"]) == want.value
+    assert page.one("data-unpriced")["data-unpriced"] == "NOPE"
+    assert "at 2026-11-29 00:00 UTC" in html  # the newest snapshot's time, before the range
