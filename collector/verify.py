@@ -46,6 +46,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, func, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.types import NULLTYPE
 
 from . import defaults
@@ -338,28 +340,50 @@ class AssetWalk:
         self.account, self.asset, self.horizon = account, asset, horizon
         self.chain = Chain(asset, start.balance, start.last)
         self.start, self.report_after, self.resume_by = start, report_after, resume_by
-        self.resume = start
+        self._resume: tuple[datetime | None, Decimal | None, Entry | None, int] | None = None
         self.findings: list[Finding] = []
         self.checked = 0
         self._snapshots = snapshots
-        self._next = next(snapshots, None)
+        self._next: Snapshot | None = None
+        # The next snapshot's window, worked out once.
+        self._due: datetime | None = None
+        self._edge: datetime | None = None
+        self._take_next()
         # The chain's balance after each time: one from before the next snapshot's window on.
         self._points: deque[tuple[datetime | None, Decimal | None]] = deque(
             [(start.time, start.balance)]
         )
 
+    def _take_next(self) -> None:
+        self._next = found = next(self._snapshots, None)
+        if found is None:
+            self._due = self._edge = None
+        else:
+            self._due, self._edge = found.taken_at + WINDOW, found.taken_at - WINDOW
+
     def feed(self, group: list[Entry]) -> None:
+        """One time group of entries (after every earlier time). Per group, so kept lean: the
+        snapshot window's edges are worked out once a snapshot, the resume point kept as a tuple
+        (a :class:`Point` is made when asked for)."""
         when = group[0].time
-        while self._next is not None and self._next.taken_at + WINDOW < when:
+        while self._next is not None and self._due is not None and self._due < when:
             self._decide(self._next)
-        for found in self.chain.feed(group):
+        chain = self.chain
+        for found in chain.feed(group):
             if self.report_after is None or when > self.report_after:
                 self.findings.append(self._chain_finding(found))
-        self._points.append((when, self.chain.balance))
+        self._points.append((when, chain.balance))
         self._trim()
         if self.resume_by is not None and when <= self.resume_by:
-            entries = self.start.entries + self.chain.entries
-            self.resume = Point(when, self.chain.balance, self.chain.last, entries)
+            self._resume = (when, chain.balance, chain.last, chain.entries)
+
+    @property
+    def resume(self) -> Point:
+        """The point kept for the next pass: the last one at or before ``resume_by``."""
+        if self._resume is None:
+            return self.start
+        when, balance, last, entries = self._resume
+        return Point(when, balance, last, self.start.entries + entries)
 
     def finish(self) -> None:
         """Decide the snapshots left (all taken before the horizon's window)."""
@@ -372,15 +396,16 @@ class AssetWalk:
 
     def _trim(self) -> None:
         """Keep the points a pending snapshot may still need: the last one before its window."""
-        edge = None if self._next is None else self._next.taken_at - WINDOW
-        while len(self._points) > 1:
-            second = self._points[1][0]
+        edge = self._edge
+        points = self._points
+        while len(points) > 1:
+            second = points[1][0]
             if edge is not None and (second is None or second > edge):
                 return
-            self._points.popleft()
+            points.popleft()
 
     def _decide(self, snap: Snapshot) -> None:
-        self._next = next(self._snapshots, None)
+        self._take_next()
         low, high = snap.taken_at - WINDOW, snap.taken_at + WINDOW
         before = [p for p in self._points if p[0] is None or p[0] <= low]
         inside = [p for p in self._points if p[0] is not None and low < p[0] <= high]
@@ -462,10 +487,16 @@ class Reader:
         self.statements += 1
         return self.conn.execute(query).scalar()
 
-    def indexed(self, query: Any, table: Any, index: str) -> Any:
-        """``query`` on SQLite told to use ``index``: without statistics it would rather read the
-        account's rows by the primary key and sort them."""
-        return query.with_hint(table, f"INDEXED BY {index}", "sqlite") if self.sqlite else query
+    def unindexed(self, column: Any) -> Any:
+        """``column`` as SQLite's planner may not pick an index by (its documented unary ``+``):
+        the account's equality, so that SQLite reads the asset's entries or snapshots in the
+        order of ``ix_ledger_asset_time``/``ix_balances_asset_taken_at`` instead of the account's
+        rows by ``ix_ledger_refid`` sorted in a temporary tree (twice the time of the whole
+        ledger's walk). SQLAlchemy renders no ``INDEXED BY`` on SQLite: ``with_hint`` was
+        silently dropped. PostgreSQL plans with its statistics: the column as it is."""
+        if not self.sqlite:
+            return column
+        return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
 
 
 def _untyped(query: Any) -> Any:
@@ -522,13 +553,13 @@ def _snapshots(
     reader: Reader, account: str, asset: str, after: datetime | None, upto: datetime
 ) -> Iterator[Snapshot]:
     query = select(balances.c.run_id, balances.c.job, balances.c.taken_at, balances.c.amount).where(
-        balances.c.account == account, balances.c.asset == asset, balances.c.taken_at <= upto
+        reader.unindexed(balances.c.account) == account,
+        balances.c.asset == asset,
+        balances.c.taken_at <= upto,
     )
     if after is not None:
         query = query.where(balances.c.taken_at > after)
-    query = reader.indexed(
-        query.order_by(balances.c.taken_at), balances, "ix_balances_asset_taken_at"
-    )
+    query = query.order_by(balances.c.taken_at)
     time, dec = reader.time, reader.dec
     for run_id, job, taken_at, amount in reader.raw(query):
         yield Snapshot(run_id, job, time(taken_at), dec(amount))
@@ -552,12 +583,10 @@ def _walk_all(
 ) -> dict[str, AssetWalk]:
     """Every asset of the account from the start: the ledger in one scan in (asset, time) order,
     each asset's snapshots from a second connection as its entries go by. Returns the walks."""
-    query = main.indexed(
+    query = (
         select(*_ENTRY_COLUMNS)
-        .where(ledger.c.account == scope.account, ledger.c.time <= upto)
-        .order_by(ledger.c.asset, ledger.c.time),
-        ledger,
-        "ix_ledger_asset_time",
+        .where(main.unindexed(ledger.c.account) == scope.account, ledger.c.time <= upto)
+        .order_by(ledger.c.asset, ledger.c.time)
     )
     walks: dict[str, AssetWalk] = {}
     walk: AssetWalk | None = None
@@ -619,7 +648,17 @@ def _half_unit(value: Decimal) -> Decimal:
     """Half a unit in the last place ``value`` was written with: how far a figure rounded to
     those decimals may be from the exact one."""
     exponent = value.as_tuple().exponent
-    return Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else ZERO
+    if not isinstance(exponent, int):
+        return ZERO
+    found = _HALF_UNITS.get(exponent)
+    if found is None:
+        found = _HALF_UNITS[exponent] = Decimal(5).scaleb(exponent - 1)
+    return found
+
+
+#: Half a unit of each exponent met, ``5E(exponent - 1)`` (a few dozen at most: the places of
+#: the figures Kraken writes).
+_HALF_UNITS: dict[int, Decimal] = {}
 
 
 def _near(ledger_value: Decimal, trade_value: Decimal) -> bool:
@@ -627,7 +666,23 @@ def _near(ledger_value: Decimal, trade_value: Decimal) -> bool:
     the asset's decimals, 4 for ZUSD; a trade's cost has the pair's, 5)."""
     if ledger_value == trade_value:  # most are: no rounding to work out
         return True
-    return abs(ledger_value - trade_value) <= _half_unit(ledger_value) + _half_unit(trade_value)
+    difference = abs(ledger_value - trade_value)
+    # Half a unit of the last place is at most half a unit of the first (``adjusted()``, no
+    # digits tuple made): figures further apart than that are not near, exactly.
+    if difference > _half_first(ledger_value) + _half_first(trade_value):
+        return False
+    return difference <= _half_unit(ledger_value) + _half_unit(trade_value)
+
+
+def _half_first(value: Decimal) -> Decimal:
+    """Half a unit in the place of ``value``'s first digit: at least :func:`_half_unit`."""
+    if not value.is_finite():
+        return Decimal("Infinity")
+    place = value.adjusted()
+    found = _HALF_UNITS.get(place)
+    if found is None:
+        found = _HALF_UNITS[place] = Decimal(5).scaleb(place - 1)
+    return found
 
 
 def _check_fills(
@@ -1038,24 +1093,17 @@ def _walk_new(
     stop: threading.Event | None = None,
 ) -> dict[str, AssetWalk]:
     """The assets with new entries or new snapshots, each from its stored point."""
+    # No account in the WHERE (filtered here): SQLite reads the time range by ix_ledger_time.
     fresh = main.stream(
-        main.indexed(
-            select(ledger.c.account, ledger.c.asset)
-            .where(ledger.c.time > before, ledger.c.time <= upto)
-            .distinct(),
-            ledger,
-            "ix_ledger_time",
-        )
+        select(ledger.c.account, ledger.c.asset)
+        .where(ledger.c.time > before, ledger.c.time <= upto)
+        .distinct()
     )
     assets = {r.asset for r in fresh if r.account == scope.account}
     snapped = side.stream(
-        side.indexed(
-            select(balances.c.account, balances.c.asset)
-            .where(balances.c.taken_at > before - WINDOW, balances.c.taken_at <= upto - WINDOW)
-            .distinct(),
-            balances,
-            "ix_balances_taken_at",
-        )
+        select(balances.c.account, balances.c.asset)
+        .where(balances.c.taken_at > before - WINDOW, balances.c.taken_at <= upto - WINDOW)
+        .distinct()
     )
     assets |= {r.asset for r in snapped if r.account == scope.account}
     walks = {}
@@ -1069,11 +1117,13 @@ def _walk_new(
                 last = Entry(row.resume_ledger_id, row.resume_time, ZERO, ZERO, row.resume_balance)
             start = Point(row.resume_time, row.resume_balance, last, row.resume_entries)
         query = select(*_ENTRY_COLUMNS).where(
-            ledger.c.account == scope.account, ledger.c.asset == asset, ledger.c.time <= upto
+            main.unindexed(ledger.c.account) == scope.account,
+            ledger.c.asset == asset,
+            ledger.c.time <= upto,
         )
         if start.time is not None:
             query = query.where(ledger.c.time > start.time)
-        query = main.indexed(query.order_by(ledger.c.time), ledger, "ix_ledger_asset_time")
+        query = query.order_by(ledger.c.time)
         snaps = _snapshots(side, scope.account, asset, before - WINDOW, upto - WINDOW)
         walk = walks[asset] = AssetWalk(
             scope.account,
