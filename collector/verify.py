@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, func, select, type_coerce, update
+from sqlalchemy import Connection, Engine, and_, func, select, text, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
@@ -591,9 +591,8 @@ def _walk_all(
     walks: dict[str, AssetWalk] = {}
     walk: AssetWalk | None = None
     start = Point(None, ZERO if scope.from_start else None, None, 0)
-    for group in _asset_time_groups(main.raw(query)):
+    for asset, group in _asset_time_groups(main, main.raw(query)):
         _go_on(stop)
-        asset = group[0].asset
         if walk is None or walk.asset != asset:
             if walk is not None:
                 walk.finish()
@@ -601,7 +600,7 @@ def _walk_all(
             walk = walks[asset] = AssetWalk(
                 scope.account, asset, start, snaps, horizon=upto, resume_by=upto - 2 * WINDOW
             )
-        walk.feed(list(_entries(main, group)))
+        walk.feed(group)
     if walk is not None:
         walk.finish()
     # Assets the snapshots name and the ledger never had.
@@ -617,19 +616,27 @@ def _walk_all(
     return walks
 
 
-def _asset_time_groups(rows: Iterable[Any]) -> Iterator[list[Any]]:
-    """Raw rows of :data:`_ENTRY_COLUMNS` in (asset, time) order, grouped by both (a time's
-    text is one per instant: the stored form is fixed)."""
-    group: list[Any] = []
-    asset = when = None
-    for row in rows:
-        if row[2] != when or row[0] != asset:
+def _asset_time_groups(reader: Reader, rows: Iterable[Any]) -> Iterator[tuple[str, list[Entry]]]:
+    """Raw rows (:meth:`Reader.raw`) of :data:`_ENTRY_COLUMNS` in (asset, time) order, as each
+    asset's entries grouped by time (a time's text is one per instant: the stored form is
+    fixed). One pass: a time converted once a group, the decimals once each (not at all on
+    PostgreSQL, whose driver gives ``Decimal``)."""
+    time, dec = reader.time, reader.dec
+    convert = reader.sqlite
+    group: list[Entry] = []
+    asset = stamp = at = None
+    for name, ledger_id, when, amount, fee, balance, run_id in rows:
+        if when != stamp or name != asset:
             if group:
-                yield group
-            group, asset, when = [], row[0], row[2]
-        group.append(row)
+                yield asset, group  # type: ignore[misc]
+            group, asset, stamp, at = [], name, when, time(when)
+        if convert:
+            amount, fee = dec(amount), dec(fee)
+            if balance is not None:
+                balance = dec(balance)
+        group.append(Entry(ledger_id, at, amount, fee, balance, run_id))  # type: ignore[arg-type]
     if group:
-        yield group
+        yield asset, group  # type: ignore[misc]
 
 
 def _collect(report: Report, walks: Mapping[str, AssetWalk]) -> None:
@@ -951,10 +958,24 @@ def _order_problem(rows: list[Any]) -> str | None:
 # -- the whole check, and the incremental one -------------------------------------------------
 
 
+def _session(*connections: Connection) -> None:
+    """PostgreSQL's session for a pass, for the rest of each connection's transaction: times in
+    UTC, so psycopg gives ``datetime.UTC`` itself (under ``Etc/UTC`` a ``ZoneInfo``: each of
+    200,000 times converted again; instants compare the same whatever the zone), and cursors
+    planned for reading every row (``cursor_tuple_fraction`` 1: a server-side cursor is
+    otherwise planned for its first tenth, the fills' join as a nested loop of index scans,
+    0.77 s instead of 0.62 s for a hash join and a sort)."""
+    for conn in connections:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+            conn.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
+
+
 def verify(engine: Engine, scopes_: Sequence[Scope]) -> list[Report]:
     """Check every account of ``scopes_`` from the start; nothing is written."""
     reports = []
     with engine.connect() as main_conn, engine.connect() as side_conn:
+        _session(main_conn, side_conn)
         for scope in scopes_:
             main, side = Reader(main_conn), Reader(side_conn)
             report = Report(scope.account, notes=list(scope.notes))
@@ -1043,6 +1064,7 @@ def advance(
     if not scope.ledger_jobs:
         return report
     with engine.connect() as main_conn, engine.connect() as side_conn:
+        _session(main_conn, side_conn)
         main, side = Reader(main_conn), Reader(side_conn)
         upto = horizon(main_conn, scope.ledger_jobs, "ledger")
         main.statements += 1
