@@ -492,8 +492,12 @@ class Reader:
         the account's equality, so that SQLite reads the asset's entries or snapshots in the
         order of ``ix_ledger_asset_time``/``ix_balances_asset_taken_at`` instead of the account's
         rows by ``ix_ledger_refid`` sorted in a temporary tree (twice the time of the whole
-        ledger's walk). SQLAlchemy renders no ``INDEXED BY`` on SQLite: ``with_hint`` was
-        silently dropped. PostgreSQL plans with its statistics: the column as it is."""
+        ledger's walk), and the fills, the trade entries and the orders in a plain scan (or by
+        time) instead of a lookup per row through the account's index (0.9 s instead of 1.4 s
+        for the three on 200,000 entries). SQLAlchemy renders no ``INDEXED BY`` on SQLite:
+        ``with_hint`` was silently dropped. The surprise: with several accounts in one file,
+        each account's pass reads the others' rows too (filtered, never returned).
+        PostgreSQL plans with its statistics: the column as it is."""
         if not self.sqlite:
             return column
         return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
@@ -719,7 +723,7 @@ def _check_fills(
                 and_(ledger.c.account == my_trades.c.account, ledger.c.refid == my_trades.c.txid),
             )
         )
-        .where(my_trades.c.account == scope.account, my_trades.c.time <= upto)
+        .where(reader.unindexed(my_trades.c.account) == scope.account, my_trades.c.time <= upto)
         .order_by(my_trades.c.txid)
     )
     if low is not None:
@@ -758,7 +762,7 @@ def _check_fills(
             )
         )
         .where(
-            ledger.c.account == scope.account,
+            reader.unindexed(ledger.c.account) == scope.account,
             ledger.c.type == "trade",
             ledger.c.time <= upto,
             my_trades.c.txid.is_(None),
@@ -905,7 +909,7 @@ def _check_orders(
             )
         )
         .where(
-            orders.c.account == scope.account,
+            reader.unindexed(orders.c.account) == scope.account,
             orders.c.closetm.is_not(None),
             orders.c.closetm <= upto,
         )
