@@ -408,8 +408,7 @@ class Connection:
         try:
             async for raw in ws:
                 self._last = self._clock()
-                self.messages += 1
-                self._on_message(raw)
+                self.receive(raw)
             reason = self._reason or f"closed by the peer ({_close_text(ws)})"
         except ConnectionClosed:
             reason = self._reason or f"connection lost ({_close_text(ws)})"
@@ -535,7 +534,11 @@ class Connection:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    def _on_message(self, raw: str | bytes) -> None:
+    def receive(self, raw: str | bytes) -> None:
+        """One message as read from the socket (the loop calls it, in the connection's thread):
+        counted, parsed, and an answer taken or data handed to the handler. Public so that a
+        replay (bench/bench_streams.py) feeds recorded text through the very same path."""
+        self.messages += 1
         if isinstance(raw, bytes):
             self._fail("protocol", None, "a binary message")
             return
