@@ -93,26 +93,38 @@ def checksum_digits(value: Decimal, precision: int) -> str:
 
 
 class _Side:
-    """One side's levels: prices kept sorted (ascending) beside a price → qty map."""
+    """One side's levels: prices kept sorted (ascending) beside a price → qty map, and each
+    level's checksum digits (price then qty), made once when the level is set: an update changes
+    one to three levels, while every checksum reads twenty."""
 
-    def __init__(self, *, best_is_highest: bool) -> None:
+    def __init__(self, *, best_is_highest: bool, price_precision: int, qty_precision: int) -> None:
         self.best_is_highest = best_is_highest
+        self.price_precision = price_precision
+        self.qty_precision = qty_precision
         self.prices: list[Decimal] = []
         self.qty: dict[Decimal, Decimal] = {}
+        self.digits: dict[Decimal, str] = {}
 
     def clear(self) -> None:
         self.prices.clear()
         self.qty.clear()
+        self.digits.clear()
 
     def set(self, price: Decimal, qty: Decimal) -> None:
         if qty == 0:
             if price in self.qty:
                 del self.qty[price]
+                del self.digits[price]
                 del self.prices[bisect.bisect_left(self.prices, price)]
             return
-        if price not in self.qty:
+        old = self.digits.get(price)
+        digits = checksum_digits(price, self.price_precision) + checksum_digits(
+            qty, self.qty_precision
+        )
+        if old is None:
             bisect.insort(self.prices, price)
         self.qty[price] = qty
+        self.digits[price] = digits
 
     def cut(self, depth: int) -> None:
         """Drop the levels beyond ``depth`` from the best: the worst prices."""
@@ -122,14 +134,26 @@ class _Side:
         dropped = self.prices[-extra:] if not self.best_is_highest else self.prices[:extra]
         for price in dropped:
             del self.qty[price]
+            del self.digits[price]
         if self.best_is_highest:
             del self.prices[:extra]
         else:
             del self.prices[-extra:]
 
+    def best_prices(self, n: int) -> list[Decimal]:
+        """The ``n`` best prices, best first (a slice of ``n``, whatever the depth)."""
+        if not self.best_is_highest:
+            return self.prices[:n]
+        return self.prices[: -n - 1 : -1] if n else []
+
     def best(self, n: int) -> list[tuple[Decimal, Decimal]]:
-        prices = self.prices[::-1][:n] if self.best_is_highest else self.prices[:n]
-        return [(p, self.qty[p]) for p in prices]
+        qty = self.qty
+        return [(p, qty[p]) for p in self.best_prices(n)]
+
+    def checksum_text(self) -> str:
+        """The top :data:`CHECKSUM_LEVELS` levels' digits, best first."""
+        digits = self.digits
+        return "".join([digits[p] for p in self.best_prices(CHECKSUM_LEVELS)])
 
 
 class Book:
@@ -151,8 +175,9 @@ class Book:
         self.depth = depth
         self.price_precision = price_precision
         self.qty_precision = qty_precision
-        self.bids = _Side(best_is_highest=True)
-        self.asks = _Side(best_is_highest=False)
+        precisions = {"price_precision": price_precision, "qty_precision": qty_precision}
+        self.bids = _Side(best_is_highest=True, **precisions)
+        self.asks = _Side(best_is_highest=False, **precisions)
         self.synced = False
         #: The time of the last message applied (its own ``timestamp``), and of the last verified.
         self.updated_at: datetime | None = None
@@ -183,13 +208,10 @@ class Book:
     # -- reading --------------------------------------------------------------------------------
 
     def checksum(self) -> int:
-        """Kraken's CRC32 of this book's top 10 levels a side (asks first)."""
-        parts: list[str] = []
-        for side in (self.asks, self.bids):
-            for price, qty in side.best(CHECKSUM_LEVELS):
-                parts.append(checksum_digits(price, self.price_precision))
-                parts.append(checksum_digits(qty, self.qty_precision))
-        return zlib.crc32("".join(parts).encode("ascii"))
+        """Kraken's CRC32 of this book's top 10 levels a side (asks first), from the digits each
+        level got when it was set (:func:`checksum_digits`)."""
+        text = self.asks.checksum_text() + self.bids.checksum_text()
+        return zlib.crc32(text.encode("ascii"))
 
     def levels(self) -> list[Level]:
         """The top ``depth`` levels of each side, bids then asks, best first: the rows to store."""
