@@ -41,7 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 from .. import defaults
-from ..numbers import NumberError, parse_decimal, parse_integer
+from ..numbers import NumberError, bounded, parse_decimal, parse_integer
 from ..records import RunRecord
 from .book import Book
 
@@ -69,6 +69,11 @@ _TO_V2 = {rest: v2 for v2, rest in _TO_REST.items()}
 # RFC 3339 as Kraken writes it (2023-09-25T07:49:37.708706Z, nanoseconds in some channels); an
 # offset instead of Z is taken too. Anything else (no zone, a space, a week date) is refused.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+# What Kraken sends (microseconds, UTC): read without the general path's regrouping and zones.
+_RFC3339_MICRO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# The times a row may hold: from the epoch to MAX_SECONDS after it (as ``moment`` checks).
+_FIRST = datetime.fromtimestamp(0, UTC)
+_LAST = datetime.fromtimestamp(defaults.MAX_SECONDS, UTC)
 
 # Wide enough that a difference of two bounded numbers is exact (no rounding at 28 digits).
 _EXACT = decimal.Context(prec=4 * defaults.NUMBER_EXPONENT + defaults.NUMBER_DIGITS)
@@ -131,7 +136,9 @@ def number(value: Any, what: str) -> Decimal:
     """An exact, bounded number from a message parsed with ``parse_float=Decimal`` (a ``Decimal``
     or an int; a float means the message lost its digits and is refused)."""
     if isinstance(value, Decimal):
-        # Its own text (1E+5 stays short): parse_decimal bounds the length before the digits.
+        if bounded(value):  # what parse_decimal would make of its text: this very number
+            return value
+        # Its own text (1E+5 stays short): parse_decimal says what is wrong with it.
         value = str(value)
     try:
         return parse_decimal(value, field=what)
@@ -140,6 +147,8 @@ def number(value: Any, what: str) -> Decimal:
 
 
 def _whole(value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
+    if type(value) is int and 0 <= value <= high:  # the usual case, as parse_integer takes it
+        return value
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         value = int(value) if abs(value.adjusted()) <= 20 else value  # 12.0 is 12; 1E+99 is not
     try:
@@ -151,6 +160,14 @@ def _whole(value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
 def moment(value: Any, what: str) -> datetime:
     """An RFC 3339 time (``2023-09-25T07:49:37.708706Z``) as a UTC datetime, cut to the
     microsecond as REST's times are (:func:`collector.numbers.parse_time`)."""
+    if isinstance(value, str) and _RFC3339_MICRO_Z.fullmatch(value):  # Kraken's own shape
+        try:
+            t = datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
+        except ValueError:
+            pass  # not a date (month 13): the general path says so
+        else:
+            if _FIRST <= t < _LAST:
+                return t
     match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise RowError(f"{what} is not an RFC 3339 time: {_shown(value)}")
