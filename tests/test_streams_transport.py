@@ -497,8 +497,9 @@ def test_a_handler_that_raises_is_a_failure_and_the_stream_goes_on(fake: FakeKra
 
 def test_messages_keep_krakens_digits_and_bad_ones_are_one_line_each() -> None:
     """The connection's own reading (msgspec, a Decimal from each literal's text): Kraken's
-    ``4.00000000`` and ``4.0`` keep their digits; NaN, a cut message, a list, trailing text and
-    an integer of 5,000 digits are each one ``protocol`` failure, nothing handed on."""
+    ``4.00000000`` and ``4.0`` keep their digits; NaN, a cut message, a list, trailing text, an
+    integer of 5,000 digits and 100,000 levels of nesting are each one ``protocol`` failure,
+    nothing handed on."""
     got: list[tuple[str, str, Any, datetime]] = []
     told: list[object] = []
     conn = Connection(
@@ -527,16 +528,19 @@ def test_messages_keep_krakens_digits_and_bad_ones_are_one_line_each() -> None:
         '[{"channel":"trade"}]',
         '{"channel":"heartbeat"} and more',
         '{"channel":"trade","type":"update","data":[{"trade_id":1' + "0" * 5000 + "}]}",
+        '{"channel":"trade","type":"update","data":' + "[" * 100_000,
     ]
     for raw in bad:
         conn.receive(raw)
     assert len(got) == 1 and conn.messages == 1 + len(bad)
     failed = [e for e in told if isinstance(e, StreamFailed)]
+    not_json = ("protocol", "not JSON (or nested too deep)")
     assert [(e.kind, e.message.split(":")[0]) for e in failed] == [
-        ("protocol", "not JSON"),
-        ("protocol", "not JSON"),
+        not_json,
+        not_json,
         ("protocol", "not a JSON object"),
-        ("protocol", "not JSON"),
-        ("protocol", "not JSON"),
+        not_json,
+        not_json,
+        not_json,
     ]
     assert all("\n" not in e.message and len(e.message) < 120 for e in failed)

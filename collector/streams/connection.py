@@ -167,8 +167,8 @@ def decoder() -> Callable[[str | bytes], Any]:
 
     msgspec's decoder, 2.4 to 5 times quicker than ``json.loads(parse_float=Decimal)`` on Kraken's
     trade messages, and stricter where it differs: ``NaN`` and ``Infinity`` are malformed JSON
-    (``json`` takes them as floats); an integer past 4,300 digits is refused by both; every
-    refusal is a ``ValueError``. One a connection: each is used in its own thread."""
+    (``json`` takes them as floats); an integer past 4,300 digits is refused by both; a
+    refusal is a ``ValueError``, or a ``RecursionError`` for nesting past about 1,000 levels. One a connection: each is used in its own thread."""
     return msgspec.json.Decoder(float_hook=Decimal).decode
 
 
@@ -560,8 +560,8 @@ class Connection:
             return
         try:
             message = self._decode(raw)
-        except ValueError:  # msgspec's DecodeError is one, and so is a lone surrogate's
-            self._fail("protocol", None, f"not JSON: {raw[:80]!r}")
+        except (ValueError, RecursionError):  # msgspec: RecursionError past ~1,000 levels deep
+            self._fail("protocol", None, f"not JSON (or nested too deep): {raw[:80]!r}")
             return
         if not isinstance(message, dict):
             self._fail("protocol", None, f"not a JSON object: {raw[:80]!r}")
