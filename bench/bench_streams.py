@@ -87,6 +87,7 @@ from collector.streams.connection import (  # noqa: E402
     StreamClosed,
     StreamOpened,
     Subscription,
+    decoder,
 )
 from collector.streams.feed import Feed  # noqa: E402
 from collector.streams.gaps import TradeIds  # noqa: E402
@@ -790,8 +791,12 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
         return min(times) * 1e6 / count
 
     out: dict[str, float] = {}
-    parsed = [json.loads(raw, parse_float=Decimal) for raw in trades]
-    out["trade: json.loads(parse_float=Decimal)"] = best(
+    decode = decoder()
+    parsed = [decode(raw) for raw in trades]
+    out["trade: streams.connection.decoder (msgspec, Decimal)"] = best(
+        lambda: [decode(raw) for raw in trades], len(trades)
+    )
+    out["trade: json.loads(parse_float=Decimal), before it (a reference)"] = best(
         lambda: [json.loads(raw, parse_float=Decimal) for raw in trades], len(trades)
     )
     rows = [row for message in parsed for row in trade_rows(message["data"], symbols).rows]
@@ -831,7 +836,7 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     out[f"trade: Store.write, SQLite, a run of {per_run} trades a transaction"] = best(
         write, len(trades)
     )
-    parsed_books = [json.loads(raw, parse_float=Decimal) for raw in books]
+    parsed_books = [decode(raw) for raw in books]
 
     def apply() -> Book:
         book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=QTY_PRECISION)
@@ -840,8 +845,8 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
             (book.snapshot if message["type"] == "snapshot" else book.update)(entry)
         return book
 
-    out["book: json.loads(parse_float=Decimal)"] = best(
-        lambda: [json.loads(raw, parse_float=Decimal) for raw in books], len(books)
+    out["book: streams.connection.decoder (msgspec, Decimal)"] = best(
+        lambda: [decode(raw) for raw in books], len(books)
     )
     out["book: Book.snapshot/update (apply, cut, checksum)"] = best(apply, len(books))
     book = apply()

@@ -43,6 +43,8 @@ CHECKSUM_LEVELS = 10
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Inexact])
 
 Side = Literal["bid", "ask"]
+# 1, 0.1, … 1E-20: the quantum of each precision a Book takes, made once.
+_QUANTA = tuple(Decimal(1).scaleb(-p) for p in range(21))
 
 
 class BookError(Exception):
@@ -85,8 +87,9 @@ def checksum_digits(value: Decimal, precision: int) -> str:
     Raises :class:`BookError` if the value has more decimals than the precision: Kraken never sends
     one, and rounding it would hide a wrong precision behind a checksum that never matches.
     """
+    quantum = _QUANTA[precision] if 0 <= precision < len(_QUANTA) else Decimal(1).scaleb(-precision)
     try:
-        fixed = value.quantize(Decimal(1).scaleb(-precision), context=_CONTEXT)
+        fixed = value.quantize(quantum, context=_CONTEXT)
     except decimal.DecimalException as e:
         raise BookError(f"{value} does not fit {precision} decimals") from e
     return format(fixed, "f").replace(".", "").lstrip("0")
@@ -276,9 +279,9 @@ def _levels(symbol: str, raw: Iterable[Any]) -> Iterable[tuple[Decimal, Decimal]
 def _exact(symbol: str, value: Any) -> Decimal:
     # bool is an int: refuse it before the int case. Floats are refused: they mean the message was
     # parsed without parse_float=Decimal, and their digits are not Kraken's.
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
         raise BookError(f"{symbol}: {type(value).__name__} where an exact number belongs")
-    number = Decimal(value)
+    number = value if type(value) is Decimal else Decimal(value)  # a Decimal is immutable
     if not number.is_finite() or abs(number.adjusted()) > 30:
         raise BookError(f"{symbol}: {number!s:.40} is out of range")
     return number
