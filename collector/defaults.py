@@ -342,6 +342,12 @@ WS_CANDLE_GRACE = 5.0
 #: Batches whose lags wait for the writer's word that they are stored: a database away for long
 #: must not grow memory (one a second a connection is about three hours of them).
 WS_STORED_PENDING = 10_000
+#: A stream's failures of one kind (a refused subscription, ``Exceeded msg rate``, a message that
+#: is not one) are a failed run row at most this often (seconds): a feed sending garbage at wire
+#: speed must not write a row a message. The ones in between are counted in the next row's error.
+WS_FAILURE_ROW_EVERY = 1.0
+#: ...and the length its message is cut to there (a refusal names a symbol; a bad message is shown).
+WS_FAILURE_TEXT = 500
 
 #: The book depths Kraken's v2 ``book`` channel takes (it refuses any other).
 WS_DEPTHS: tuple[int, ...] = (10, 25, 100, 500, 1000)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -392,6 +393,13 @@ def test_exceeded_msg_rate_on_a_burst_is_backed_off_and_every_pair_subscribed(
     assert refused and all(e.stream == "tape" for e in refused)
     assert all("Exceeded msg rate" in e.message for e in refused)
     assert {e.pair for e in refused} <= set(PAIRS)  # named by the canonical pair
+    # ...and each is a failed run of the stream, never only a log line: one a second at most,
+    # the ones between counted in it.
+    failed = run.rows("SELECT status, error FROM runs WHERE job = 'stream:tape' AND status <> 'ok'")
+    assert failed and {status for status, _ in failed} == {"kraken_error"}
+    assert all(error.startswith("rate: ") and "Exceeded msg rate" in error for _, error in failed)
+    told = len(failed) + sum(int(m) for _, e in failed for m in re.findall(r"and (\d+) more", e))
+    assert told == len(refused)
     # Each pair's snapshot of 50 trades, stored once.
     counts = dict(run.rows("SELECT pair, count(*) FROM trades GROUP BY pair"))
     assert counts == dict.fromkeys(PAIRS, 50)

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .. import defaults
+from ..errors import Status
 from ..events import STREAM_STOPPED, StreamConnected, StreamDisconnected, StreamGap, StreamProblem
 from ..jobfile import Stream
 from ..records import RunRecord
@@ -71,6 +73,16 @@ _KEYS: dict[str, tuple[str, ...]] = {
 }
 # Failure kinds that end a connection: told as StreamDisconnected's reason, not as a problem.
 _ENDINGS = ("disconnect", "stale")
+#: A failure that ends no connection is a failed run of the stream (``runs``), with this status:
+#: Kraken's refusals as its errors, what could not be read as a bad answer.
+_FAILURE_STATUS = {
+    "connect": Status.CONNECTION_ERROR,
+    "refused": Status.KRAKEN_ERROR,
+    "rate": Status.KRAKEN_ERROR,
+    "resubscribe": Status.KRAKEN_ERROR,
+    "protocol": Status.BAD_RESPONSE,
+    "handler": Status.BAD_RESPONSE,
+}
 
 
 @dataclass
@@ -150,6 +162,7 @@ class Feed:
         self._lock = threading.RLock()  # links, owners and per-pair state
         self._numbers = 0
         self.stopping = False
+        self._failed: dict[str, tuple[datetime, int]] = {}  # kind -> last row, failures since
         # per pair, only while subscribed
         self.books: dict[str, Book] = {}
         self._resync: dict[str, tuple[datetime | None, str]] = {}  # symbol -> gap start, why
@@ -219,7 +232,7 @@ class Feed:
             self._close(link)
         if gone or new:
             logger.info(
-                "stream %s: %d symbols on %d connections (+%d, -%d)",
+                "stream %s: %d symbol(s) on %d connection(s) (+%d, -%d)",
                 self.name,
                 len(wanted),
                 len(self.links),
@@ -364,11 +377,42 @@ class Feed:
                             self.ids.interrupted(cause, pair)
                 return
             pair = self.symbols.pair(event.symbol) if event.symbol else None
+            self._failure(link, event.kind, pair or event.symbol, event.message)
             self._publish(StreamProblem(self.name, event.kind, pair or event.symbol, event.message))
         elif isinstance(event, Subscribed) and event.symbol is not None:
             with self._lock:
                 if event.symbol in link.symbols:
                     link.acked.add(event.symbol)
+
+    def _failure(self, link: _Link, kind: str, pair: str | None, message: str) -> None:
+        """A failure that ends no connection, as a failed run of the stream (a disconnect or a
+        stall is its connection's row; a checksum mismatch a ``gaps`` row): at most one a kind
+        every ``WS_FAILURE_ROW_EVERY``, the ones in between counted in the next."""
+        now = self._now()
+        with self._lock:
+            last, since = self._failed.get(kind, (None, 0))
+            if last is not None and (now - last).total_seconds() < defaults.WS_FAILURE_ROW_EVERY:
+                self._failed[kind] = (last, since + 1)
+                return
+            self._failed[kind] = (now, 0)
+        more = f" (and {since} more like it since {last:%H:%M:%S})" if since and last else ""
+        self._submit(
+            RunRecord(
+                job=self.job,
+                method=f"ws:{self.channel}",
+                params={"stream": self.name, "channel": self.channel, "connection": link.uid}
+                | ({"pair": pair} if pair else {}),
+                scheduled_at=now,
+                started_at=now,
+                finished_at=now,
+                status=_FAILURE_STATUS.get(kind, Status.BAD_RESPONSE),
+                error=f"{kind}: {message[: defaults.WS_FAILURE_TEXT]}{more}",
+            ),
+            self.channel,
+            0,
+            0,
+            [],
+        )
 
     def _closed(self, link: _Link, event: StreamClosed) -> None:
         with link.lock:

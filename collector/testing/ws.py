@@ -217,6 +217,7 @@ class FakeKrakenWS:
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._failed: OSError | None = None
         self._done: asyncio.Event | None = None
         self._by_symbol = {v2_symbol(p): p for p in PAIRS}
 
@@ -231,6 +232,8 @@ class FakeKrakenWS:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the fake's WebSocket endpoint did not start")
+        if self._failed is not None:  # its port taken, say: the caller's one line
+            raise self._failed
         return self
 
     def stop(self) -> None:
@@ -247,7 +250,11 @@ class FakeKrakenWS:
         self.stop()
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except OSError as exc:
+            self._failed = exc
+            self._ready.set()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
