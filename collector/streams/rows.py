@@ -69,6 +69,7 @@ _TO_V2 = {rest: v2 for v2, rest in _TO_REST.items()}
 # RFC 3339 as Kraken writes it (2023-09-25T07:49:37.708706Z, nanoseconds in some channels); an
 # offset instead of Z is taken too. Anything else (no zone, a space, a week date) is refused.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+_EXPONENT = defaults.NUMBER_EXPONENT
 # What Kraken sends (microseconds, UTC): read without the general path's regrouping and zones.
 _RFC3339_MICRO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 # The times a row may hold: from the epoch to MAX_SECONDS after it (as ``moment`` checks).
@@ -136,7 +137,10 @@ def number(value: Any, what: str) -> Decimal:
     """An exact, bounded number from a message parsed with ``parse_float=Decimal`` (a ``Decimal``
     or an int; a float means the message lost its digits and is refused)."""
     if isinstance(value, Decimal):
-        if bounded(value):  # what parse_decimal would make of its text: this very number
+        # What parse_decimal would make of its text: this very number, when bounded. Its text's
+        # length bounds its digits, so a usual price or qty is checked without as_tuple().
+        short = len(str(value)) <= defaults.NUMBER_DIGITS and value.is_finite()
+        if (short and -_EXPONENT <= value.adjusted() <= _EXPONENT) or bounded(value):
             return value
         # Its own text (1E+5 stays short): parse_decimal says what is wrong with it.
         value = str(value)
