@@ -7,9 +7,10 @@ of a book kept the obvious way (ccxt's "invalid checksum", cryptofeed's crossed 
 * All of a message's levels are applied first, and only then is the book cut to its depth. A level
   pushed below the depth by a better one gets no ``qty: 0``: it simply falls out.
 * Prices and quantities are bare JSON numbers (``4.0`` in one capture, ``0.00550000`` in another).
-  They are read as exact decimals (``json.loads(..., parse_float=Decimal)``) and formatted with the
-  pair's ``price_precision`` and ``qty_precision`` from the ``instrument`` channel: through a float,
-  ``0.1 + 0.2`` style digits change the string and so the checksum.
+  They are read as exact decimals (``connection.decoder``: a ``Decimal`` of each literal's text)
+  and formatted with the pair's ``price_precision`` and ``qty_precision`` from the ``instrument``
+  channel: through a float, ``0.1 + 0.2`` style digits change the string and so the checksum.
+  Each level's digits are made once, when it is set; a checksum only joins twenty of them.
 * The checksum covers the top 10 asks from the lowest price, then the top 10 bids from the highest,
   whatever the subscribed depth; each level is price then qty, with the ``.`` and the leading zeros
   removed.
@@ -278,7 +279,7 @@ def _levels(symbol: str, raw: Iterable[Any]) -> Iterable[tuple[Decimal, Decimal]
 
 def _exact(symbol: str, value: Any) -> Decimal:
     # bool is an int: refuse it before the int case. Floats are refused: they mean the message was
-    # parsed without parse_float=Decimal, and their digits are not Kraken's.
+    # parsed without Decimal for floats, and their digits are not Kraken's.
     if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
         raise BookError(f"{symbol}: {type(value).__name__} where an exact number belongs")
     number = value if type(value) is Decimal else Decimal(value)  # a Decimal is immutable

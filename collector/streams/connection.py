@@ -168,7 +168,8 @@ def decoder() -> Callable[[str | bytes], Any]:
     msgspec's decoder, 2.4 to 5 times quicker than ``json.loads(parse_float=Decimal)`` on Kraken's
     trade messages, and stricter where it differs: ``NaN`` and ``Infinity`` are malformed JSON
     (``json`` takes them as floats); an integer past 4,300 digits is refused by both; a
-    refusal is a ``ValueError``, or a ``RecursionError`` for nesting past about 1,000 levels. One a connection: each is used in its own thread."""
+    refusal is a ``ValueError``, or a ``RecursionError`` for nesting past about 1,000 levels.
+    One a connection: each is used in its own thread."""
     return msgspec.json.Decoder(float_hook=Decimal).decode
 
 

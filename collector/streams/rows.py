@@ -19,10 +19,10 @@ v2 names pairs ``BTC/USD`` where AssetPairs' ``wsname`` says ``XBT/USD`` (``DOGE
 :class:`Symbols` maps them to the canonical names of the ``pairs`` table, and back.
 
 Everything here is pure (no I/O, no clock): numbers go through :mod:`collector.numbers` (the bounded
-exact reader; messages are parsed with ``parse_float=Decimal``), times are RFC 3339 read as UTC.
-An entry that can't be read is refused on its own, as one line in :attr:`Read.refused`, and the
-message's other entries are still stored: a refused trade leaves a hole in its pair's ``trade_id``
-sequence, which REST fills like any other.
+exact reader; messages are parsed with a ``Decimal`` for each number with a fraction), times are
+RFC 3339 read as UTC. An entry that can't be read is refused on its own, as one line in
+:attr:`Read.refused`, and the message's other entries are still stored: a refused trade leaves a
+hole in its pair's ``trade_id`` sequence, which REST fills like any other.
 
 How a stream's rows are traced: each batch is a run (:func:`batch`, job ``stream:NAME``) whose
 ``params`` name its connection, and each connection is a ``stream_connections`` row
@@ -134,7 +134,7 @@ class Read:
 
 
 def number(value: Any, what: str) -> Decimal:
-    """An exact, bounded number from a message parsed with ``parse_float=Decimal`` (a ``Decimal``
+    """An exact, bounded number from a message parsed with Decimal for floats (a ``Decimal``
     or an int; a float means the message lost its digits and is refused)."""
     if isinstance(value, Decimal):
         # What parse_decimal would make of its text: this very number, when bounded. Its text's
