@@ -191,10 +191,47 @@ jobs:
 """
 
 
+#: The whole path of another checkout (``--before DIR``), in a process of its own: empties the
+#: tables, runs the backfill and prints its rows/s (the same job file, database and fake).
+BEFORE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from sqlalchemy import create_engine
+from collector.jobfile import load
+from collector.service import Service
+jobs, url, expected = sys.argv[2], sys.argv[3], int(sys.argv[4])
+engine = create_engine(url)
+with engine.begin() as conn:
+    for name in ("trades", "cursors", "runs"):
+        conn.exec_driver_sql(
+            f"TRUNCATE {name} CASCADE" if url.startswith("postgresql") else f"DELETE FROM {name}"
+        )
+engine.dispose()
+service = Service(load(jobs))
+service.open()
+try:
+    started = time.perf_counter()
+    record = service.execute(service.config.jobs[0])
+    assert service.writer.flush(timeout=60)
+    elapsed = time.perf_counter() - started
+finally:
+    service.stop()
+assert record is not None and record.status == "ok", record
+print(expected / elapsed)
+"""
+
+
 def whole(
-    workdir: Path, url: str, label: str, pages: int, rounds: int, profile: bool = False
+    workdir: Path,
+    url: str,
+    label: str,
+    pages: int,
+    rounds: int,
+    profile: bool = False,
+    before: str | None = None,
 ) -> None:
-    """The whole path (service: client, runner, writer, store) beside the bare pipeline."""
+    """The whole path (service: client, runner, writer, store) beside the bare pipeline; with
+    ``before`` (another checkout's folder), that checkout's whole path too."""
     import subprocess
     from decimal import Decimal
 
@@ -342,13 +379,33 @@ def whole(
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(25)
             return
+
+        def then() -> float:
+            out = subprocess.run(
+                [sys.executable, "-c", BEFORE, str(before), str(jobs), url, str(expected)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "COLLECTOR_STATE_DIR": str(folder / "state-before")},
+            )
+            return float(out.stdout.split()[-1])
+
         print(f"  {label}: {rounds} rounds of the whole path and the bare pipeline (rows/s)")
-        sides = alternate({"whole path": ours, "bare pipeline": floor}, rounds)
+        runs: dict[str, Any] = {"whole path": ours, "bare pipeline": floor}
+        if before:
+            runs["before"] = then
+        sides = alternate(runs, rounds)
         print(
             f"  {label:<10} whole path {spread(sides['whole path'])} rows/s; bare pipeline "
             f"{spread(sides['bare pipeline'])} rows/s; ratio "
             f"{ratio(sides['whole path'], sides['bare pipeline'])} (target >= 0.8x)"
         )
+        if before:
+            print(
+                f"  {label:<10} before {spread(sides['before'])} rows/s, "
+                f"{ratio(sides['before'], sides['bare pipeline'])} of the bare pipeline; "
+                f"now / before {ratio(sides['whole path'], sides['before'])}"
+            )
     finally:
         store.dispose()
         assert fake.stdin is not None
@@ -538,6 +595,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("whole",), help="run only this part")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--profile", action="store_true", help="with --only whole: profile it")
+    parser.add_argument("--before", help="the whole path of this checkout too (a folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
         work = Path(tmp)
@@ -581,15 +639,22 @@ def main() -> None:
 def whole_path(work: Path, args: argparse.Namespace) -> None:
     print(f"whole path: {args.pages} pages of 1,000 public trades from the fake, a commit per page")
     if args.db in ("sqlite", "both"):
-        whole(
-            work, f"sqlite:///{work / 'whole.db'}", "SQLite", args.pages, args.rounds, args.profile
-        )
+        sqlite_url = f"sqlite:///{work / 'whole.db'}"
+        whole(work, sqlite_url, "SQLite", args.pages, args.rounds, args.profile, args.before)
     if args.db in ("postgresql", "both"):
         from tests.conftest import PostgresServer
 
         server = PostgresServer()
         try:
-            whole(work, server.new_database(), "PostgreSQL", args.pages, args.rounds, args.profile)
+            whole(
+                work,
+                server.new_database(),
+                "PostgreSQL",
+                args.pages,
+                args.rounds,
+                args.profile,
+                args.before,
+            )
         finally:
             server.stop()
 
