@@ -592,7 +592,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=5_000, help="ledger entries to backfill")
     parser.add_argument("--pages", type=int, default=100, help="trades pages to ingest")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--only", choices=("whole",), help="run only this part")
+    parser.add_argument("--only", choices=("whole", "ingest"), help="run only this part")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--profile", action="store_true", help="with --only whole: profile it")
     parser.add_argument("--before", help="the whole path of this checkout too (a folder)")
@@ -601,6 +601,9 @@ def main() -> None:
         work = Path(tmp)
         if args.only == "whole":
             whole_path(work, args)
+            return
+        if args.only == "ingest":
+            ingest_both(work, args)
             return
         print(
             f"backfill: {args.entries:,} ledger entries, counter max 15 decay 20/s, "
@@ -617,23 +620,27 @@ def main() -> None:
             f"{sum(r['refused'] for r in runs)} in all (target 0); "
             f"{runs[0]['pages']} pages in {statistics.median(r['seconds'] for r in runs):.1f} s"
         )
-        records = trade_pages(args.pages)
-        print(f"ingest: {len(records)} pages of 1,000 public trades, a commit per page")
-        ingest(f"sqlite:///{work / 'ingest.db'}", records, "SQLite", args.rounds)
-        try:
-            from tests.conftest import PostgresServer
-
-            server = PostgresServer()
-        except Exception as exc:  # no initdb here: say so, measure the rest
-            print(f"  PostgreSQL   skipped ({exc})")
-        else:
-            try:
-                ingest(server.new_database(), trade_pages(args.pages), "PostgreSQL", args.rounds)
-            finally:
-                server.stop()
+        ingest_both(work, args)
         sizes(work)
         query(work, args.rounds)
         whole_path(work, args)
+
+
+def ingest_both(work: Path, args: argparse.Namespace) -> None:
+    records = trade_pages(args.pages)
+    print(f"ingest: {len(records)} pages of 1,000 public trades, a commit per page")
+    ingest(f"sqlite:///{work / 'ingest.db'}", records, "SQLite", args.rounds)
+    try:
+        from tests.conftest import PostgresServer
+
+        server = PostgresServer()
+    except Exception as exc:  # no initdb here: say so, measure the rest
+        print(f"  PostgreSQL   skipped ({exc})")
+    else:
+        try:
+            ingest(server.new_database(), trade_pages(args.pages), "PostgreSQL", args.rounds)
+        finally:
+            server.stop()
 
 
 def whole_path(work: Path, args: argparse.Namespace) -> None:
