@@ -318,6 +318,37 @@ WS_GAP_ATTEMPTS = 3
 #: still missing is a ``gaps`` row, so a REST outage never holds up the holes behind it.
 WS_GAP_DEADLINE = 120.0
 
+#: Symbols on one connection at most; a stream with more is split across connections. Kraken
+#: publishes no limit, but one connection is one TCP stream read by one thread: with ~750 pairs'
+#: books on it, a cut costs every pair's snapshot and a resubscription of 15 requests (3 s at the
+#: request rate) before any data flows again. 200 keeps a cut to a quarter of the pairs and the
+#: resubscription under a second (4 requests of ``WS_BATCH``).
+WS_SYMBOLS_PER_CONNECTION = 200
+#: A stream's rows are stored in batch runs of at most this many rows (or messages): a runs row
+#: per batch stays a small part of the rows, and a transaction of a thousand rows is quick on
+#: SQLite and PostgreSQL alike.
+WS_BATCH_ROWS = 1_000
+#: ...or once a batch is this old: a quiet stream's rows are in the database within a second or
+#: two of their message (the lag the metrics show), and a busy one writes a few runs a second.
+WS_BATCH_SECONDS = 1.0
+#: A symbol the ``pairs`` table does not know yet (listed since the last AssetPairs) makes the
+#: recorder ask AssetPairs itself, at most this often: one public call a minute at worst, next to
+#: the budget's one a second, and a new pair's stream starts within a minute of its listing.
+WS_PAIRS_REFRESH = 60.0
+#: A candle is made final this long after its interval ended by our clock, when no later candle
+#: came: Kraken may still send the closing trade's update a moment late, and a final candle is
+#: never updated again.
+WS_CANDLE_GRACE = 5.0
+#: Batches whose lags wait for the writer's word that they are stored: a database away for long
+#: must not grow memory (one a second a connection is about three hours of them).
+WS_STORED_PENDING = 10_000
+#: A stream's failures of one kind (a refused subscription, ``Exceeded msg rate``, a message that
+#: is not one) are a failed run row at most this often (seconds): a feed sending garbage at wire
+#: speed must not write a row a message. The ones in between are counted in the next row's error.
+WS_FAILURE_ROW_EVERY = 1.0
+#: ...and the length its message is cut to there (a refusal names a symbol; a bad message is shown).
+WS_FAILURE_TEXT = 500
+
 #: The book depths Kraken's v2 ``book`` channel takes (it refuses any other).
 WS_DEPTHS: tuple[int, ...] = (10, 25, 100, 500, 1000)
 #: A book stream's depth when the job file names none: Kraken's own default, and the depth its

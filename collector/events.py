@@ -172,11 +172,17 @@ class StreamConnected:
     url: str
 
 
+#: The reason of a stream's connection closed because the collector stopped it (a clean stop, a
+#: stream removed by a reload): in :class:`StreamDisconnected` and in its ``stream_connections``
+#: row alike; any other reason is a failure, followed by a reconnect.
+STREAM_STOPPED = "stopped"
+
+
 @dataclass(frozen=True)
 class StreamDisconnected:
-    """A connection of ``stream`` closed: ``reason`` (``stopping`` for a clean stop, else the
-    failure: ``disconnect``, ``stale``, ...) after ``messages`` data messages. Any reason but
-    ``stopping`` is followed by a reconnect."""
+    """A connection of ``stream`` closed: ``reason`` (:data:`STREAM_STOPPED` for a clean stop,
+    else the failure: ``disconnect``, ``stale``, ...) after ``messages`` data messages. Any reason
+    but :data:`STREAM_STOPPED` is followed by a reconnect."""
 
     stream: str
     connection: str

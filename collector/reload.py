@@ -95,7 +95,7 @@ class JobChanges:
     #: removed, or changed in what decides their rows: the cursor held in memory is dropped, so
     #: the next run starts from the stored one, as after a restart with the edited file
     forget: tuple[str, ...] = ()
-    #: the streams added, removed and changed (applied by the service once it runs streams)
+    #: the streams added, removed and changed (the service's recorder applies them)
     streams: StreamChanges = StreamChanges()
 
 

@@ -42,6 +42,7 @@ from .schedule import Schedule
 from .session import LEGACY_LEASE, KeySession, build_api, mark_name
 from .spool import Spool
 from .store import Store
+from .streams.recorder import Recorder, Tuning
 from .valuation import remember_quote
 from .verifier import Verifier
 from .writer import Writer
@@ -84,6 +85,8 @@ class Service:
     :param clock: returns the current UTC datetime; a seam for tests
     :param datasets: the derived tables (default: all of :mod:`collector.datasets`)
     :param events: where the runner and the writer publish what happened
+    :param stream_tuning: the streams' batch sizes, connection split, ... (default: the named
+        defaults; tests pass smaller ones)
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Service:
         clock: Callable[[], datetime] = utcnow,
         datasets: Sequence[Dataset] = DEFAULT,
         events: Events | None = None,
+        stream_tuning: Tuning | None = None,
     ) -> None:
         self.config = config
         self.stopping = threading.Event()
@@ -117,6 +121,8 @@ class Service:
         # A lease for each account a job uses, and the public one (which covers the reference
         # jobs too, whatever the file's jobs are).
         needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
+        if config.streams:  # one collector records the streams: the public lease's holder
+            needed.add(PUBLIC)
         if PUBLIC in needed:
             self.leases.add(PUBLIC)
         self.public_api = api or build_api(
@@ -160,6 +166,19 @@ class Service:
             clock=clock,
             stopping=self.stopping,
         )
+        #: the job file's streams, recorded beside the jobs (same process, writer, database)
+        self._pairs_job = next(j for j in reference_jobs(config.kraken) if j.method == "AssetPairs")
+        self.recorder = Recorder(
+            config.streams,
+            url=config.kraken.ws_url,
+            api=self.public_api,
+            submit=self.writer.submit,
+            events=self.events,
+            load_pairs=self.store.pair_names,
+            refresh_pairs=self._refresh_pairs,
+            permit=lambda: self.leases.permit(PUBLIC),
+            tuning=stream_tuning,
+        )
         self.workers = workers
         self._reference_ran: set[str] = set()  # the reference jobs run since this start
         self.schedule = Schedule(
@@ -179,8 +198,11 @@ class Service:
             self.store.engine, config.jobs, self.events, retention=config.retention, clock=clock
         )
         self.monitor: Monitor | None = None
+        self.dashboard: Dashboard | None = None
         if config.metrics_listen:
             first = next(iter(self.sessions.values()), None)
+            # The same page as `collector dashboard`, from the same database.
+            self.dashboard = Dashboard(config, self.store, spooled=lambda: len(self.spool))
             self.monitor = Monitor(
                 config.metrics_listen,
                 jobs=config.jobs,
@@ -195,10 +217,15 @@ class Service:
                 last_success=self.store.last_success,
                 datasets=self.runner.datasets,
                 keys=self._key_levels,
-                # The same page as `collector dashboard`, from the same database.
-                dashboard=Dashboard(config, self.store, spooled=lambda: len(self.spool)).answer,
+                dashboard=self.dashboard.answer,
                 allowed_hosts=config.metrics_allowed_hosts,
             )
+
+    def _refresh_pairs(self) -> None:
+        """AssetPairs now, stored (a stream met a symbol the ``pairs`` table does not know): the
+        service's own pairs job, through the public client and its budget."""
+        self.runner.run(self._pairs_job)
+        self.writer.flush(defaults.WRITE_GRACE)
 
     def _waited(self, seconds: float) -> None:
         self.events.publish(RateLimitWaited("public", seconds))
@@ -232,10 +259,12 @@ class Service:
         self.schedule.put([jobs[name] for name in (*changes.added, *changes.changed)])
         self.config = config
         self.retention.configure(config)
+        streams = changes.streams
+        self.recorder.apply(config.streams, streams.added, streams.removed, streams.changed)
+        if self.dashboard is not None:  # the page draws the jobs and streams of the file now
+            self.dashboard.config = config
         if self.monitor is not None:  # the streams' health and series, after the reload
-            self.monitor.configure_streams(
-                config.streams, (*changes.streams.added, *changes.streams.changed)
-            )
+            self.monitor.configure_streams(config.streams, (*streams.added, *streams.changed))
         self.events.publish(Reloaded(config.jobs, changes.added, changes.removed, changes.changed))
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -282,6 +311,11 @@ class Service:
             calls in flight finish, and every finished run is stored
         """
         self.open()
+        if self.config.streams:
+            logger.info(
+                "run --once runs the jobs only: the %d streams are recorded by collector run",
+                len(self.config.streams),
+            )
         # A lease left by a process that died frees itself within failover: wait for it, then
         # run what this process holds (the log says who holds the rest).
         self.leases.wait(self.config.failover * 1.5, stop)
@@ -333,9 +367,11 @@ class Service:
             self.monitor.start()
         self.schedule.start()
         self.retention.start()
+        self.recorder.start()
         logger.info(
-            "collector started: %d jobs, database %s, exchange %s",
+            "collector started: %d jobs, %d streams, database %s, exchange %s",
             len(self.config.jobs),
+            len(self.config.streams),
             self.config.database_for_display(),
             self.config.kraken.url,
         )
@@ -392,6 +428,8 @@ class Service:
             later.callback(self.verifier.stop, defaults.WRITE_GRACE)
             later.callback(self._close_keys)
             later.callback(self._close_writer)
+            # First of all (close frames at once): what the streams brought goes to the writer.
+            later.callback(self.recorder.stop)
             if self.monitor is not None:
                 self.monitor.stop()
             self.retention.stop()

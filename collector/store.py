@@ -417,6 +417,14 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
+    def pair_names(self) -> list[tuple[str, str | None, str | None]]:
+        """The ``pairs`` table's ``(pair, altname, wsname)`` rows (delisted ones too: their
+        names still name stored rows), as :class:`collector.pairs.Names` and the streams'
+        ``Symbols`` take them."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(pairs.c.pair, pairs.c.altname, pairs.c.wsname)).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def load_cursor(self, job: str, dataset: str) -> Any:
         """``job``'s stored cursor for ``dataset``, or None before its first run."""
         query = select(cursors.c.value).where(cursors.c.job == job, cursors.c.dataset == dataset)

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from .events import (
+    STREAM_STOPPED,
     Events,
     StreamConnected,
     StreamDisconnected,
@@ -50,7 +51,7 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 #: book's checksum; any other kind is counted as ``other``, so the label stays bounded.
 PROBLEM_KINDS = FAILURE_KINDS | {"checksum"}
 #: A disconnect with this reason is a clean stop, not a reconnect.
-STOPPING = "stopping"
+STOPPING = STREAM_STOPPED
 
 
 @dataclass

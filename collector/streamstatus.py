@@ -26,13 +26,14 @@ from sqlalchemy import func, inspect, select
 
 from .datasets.connections import table as connections
 from .datasets.gaps import table as gaps
+from .events import STREAM_STOPPED
 from .health import pairs_shown, stream_problem, stream_verdict
 from .jobfile import Stream
 from .schema import runs
 
 #: A connection's ``reason`` when it closed because the collector stopped: the event's
 #: (``StreamDisconnected.reason``), and the close frame's text the connection sends.
-CLEAN_STOPS = frozenset({"stopping", "collector stopping"})
+CLEAN_STOPS = frozenset({STREAM_STOPPED})
 #: The length a connection's reason is cut to on a status line.
 REASON_SHOWN = 80
 

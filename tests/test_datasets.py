@@ -517,6 +517,8 @@ def test_each_dataset_declares_what_the_others_ask_of_it() -> None:
         "trades",
         "ohlc",
         "spread",
+        "book",
+        "stream_connections",
     )
     assert datasets.named("orders").time_column == "closetm"
     assert datasets.named("balances").time_column == "taken_at"

@@ -23,6 +23,7 @@ from collector import defaults
 from collector.cli import main
 from collector.datasets import DEFAULT, STREAMS
 from collector.events import (
+    STREAM_STOPPED,
     Events,
     StreamConnected,
     StreamDisconnected,
@@ -141,7 +142,7 @@ def test_each_streams_series_from_its_events(monitored) -> None:
     events.publish(StreamProblem("books", "refused", "BTC/XYZ", "Currency pair not supported"))
     events.publish(StreamProblem("books", "something new", None, "?"))
     events.publish(StreamDisconnected("tape", "c2", "stale", 120))  # a reconnect follows
-    events.publish(StreamDisconnected("books", "c1", "stopping", 6))  # a clean stop: none
+    events.publish(StreamDisconnected("books", "c1", STREAM_STOPPED, 6))  # a clean stop: none
     events.publish(StreamGap("tape", "XXBTZUSD", filled=7, left=False))
     events.publish(StreamGap("tape", "XETHZUSD", filled=2, left=True))
     events.publish(StreamStored("elsewhere", "trade", 5, 5, (0.1,) * 5, T0))  # not configured
@@ -323,7 +324,7 @@ def test_status_has_a_line_per_stream_from_its_batches_and_connections(
         # open since, its newest batch two seconds old, and one after it holding no message.
         c0 = connection_row("c0" * 16, "books", "book", url, now - 30 * hour)
         rec.batch("books", "book", now - 29 * hour, 40, c0)
-        c0 |= {"closed_at": now - 28 * hour, "reason": "collector stopping", "messages": 40}
+        c0 |= {"closed_at": now - 28 * hour, "reason": STREAM_STOPPED, "messages": 40}
         rec.batch("books", "book", now - 28 * hour, 0, c0)
         c1 = connection_row("c1" * 16, "books", "book", url, now - 2 * hour)
         rec.batch("books", "book", now - 90 * minute, 100, c1)
@@ -352,7 +353,7 @@ def test_status_has_a_line_per_stream_from_its_batches_and_connections(
         # candles: data yesterday, then the collector restarted 5 s ago: starting, no data yet.
         k1 = connection_row("k1" * 16, "candles", "ohlc", url, now - 5 * hour, messages=3)
         rec.batch("candles", "ohlc", now - 4 * hour, 3, k1)
-        k1 |= {"closed_at": now - 4 * hour, "reason": "stopping"}
+        k1 |= {"closed_at": now - 4 * hour, "reason": STREAM_STOPPED}
         rec.batch("candles", "ohlc", now - 4 * hour, 0, k1)
         k2 = connection_row("k2" * 16, "candles", "ohlc", url, now - timedelta(seconds=5))
         rec.batch("candles", "ohlc", now - timedelta(seconds=4), 0, k2)

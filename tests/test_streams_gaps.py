@@ -300,9 +300,10 @@ def test_the_tracker_reads_the_feed_s_ids_strictly() -> None:
     for bad in (True, "10", 10.0, -1, None):
         with pytest.raises(ValueError, match="is not a whole number"):
             ids.seen(PAIR, bad, t)
-    with pytest.raises(ValueError, match="no time zone"):
+    # Read by rows.moment, the one reader of a feed's time: a zone is required, text only.
+    with pytest.raises(ValueError, match="is not an RFC 3339 time: '2026-12-07T19:00:00'"):
         trade_time("2026-12-07T19:00:00")
-    with pytest.raises(ValueError, match="not RFC 3339 text"):
+    with pytest.raises(ValueError, match="is not an RFC 3339 time: float"):
         ids.trades([{"symbol": "BTC/USD", "trade_id": 10, "timestamp": 1.5}], lambda s: PAIR)
     assert ids.last(PAIR) == (9, t)
 

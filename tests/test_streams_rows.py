@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 import collector
 from collector.backoff import Backoff
-from collector.datasets import DEFAULT, STREAMS
+from collector.datasets import DEFAULT
 from collector.datasets.book import table as book_table
 from collector.datasets.connections import table as connections_table
 from collector.datasets.market import ohlc as ohlc_table
@@ -96,7 +96,7 @@ def rest(fake: FakeKraken, job: Job) -> list[RunRecord]:
 
 
 def open_store(url: str) -> Store:
-    store = Store.from_url(url, datasets=(*DEFAULT, *STREAMS))
+    store = Store.from_url(url, datasets=DEFAULT)
     store.upgrade()
     return store
 

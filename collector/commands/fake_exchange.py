@@ -65,6 +65,13 @@ def _rate_limit_option(value: str | None) -> RateLimit | None:
     help="The key's permissions, comma-separated from funds, open, closed, ledger, export "
     "(default: all); a private call that needs another gets EGeneral:Permission denied.",
 )
+@click.option(
+    "--ws-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Also serve Kraken's WebSocket v2 public feed (instrument, book, trade, ticker, ohlc) "
+    "over the same market, on this port (0: any free one), for a job file's streams.",
+)
 def fake_exchange(
     host: str,
     port: int,
@@ -73,6 +80,7 @@ def fake_exchange(
     public_limit: str,
     growth: float,
     permissions: str | None,
+    ws_port: int | None,
 ) -> None:
     """Serve a strict local stand-in for Kraken's REST API, to try a job file offline.
 
@@ -81,6 +89,9 @@ def fake_exchange(
         collector fake-exchange --port 8765 --key-file fake.key
         # then in jobs.yaml:  kraken: {url: http://127.0.0.1:8765, key_file: fake.key}
         # inject a fault:     curl -X POST 'http://127.0.0.1:8765/_fake/fault?kind=http_502'
+
+    \b
+    Streams offline: --ws-port 8766, then kraken: {ws_url: ws://127.0.0.1:8766/v2}
 
     \b
     Rehearse going live with a key that lacks a permission (Ledgers is denied):
@@ -111,9 +122,19 @@ def fake_exchange(
             host=host,
             port=port,
             growth=growth,
+            ws=ws_port is not None,
+            ws_port=ws_port or 0,
         )
     except OSError as exc:
         raise CollectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    if fake.ws is not None:
+        try:
+            fake.ws.start()
+        except OSError as exc:
+            fake.close()
+            raise CollectorError(
+                f"cannot listen on {host}:{ws_port} (--ws-port): {exc.strerror or exc}"
+            ) from None
     try:
         if os.path.exists(key_file):
             with open(key_file) as f:
@@ -127,6 +148,8 @@ def fake_exchange(
         reason = getattr(exc, "strerror", None) or "not a key file (key, then base64 secret)"
         raise CollectorError(f"{key_file}: {reason}") from None
     say(f"fake Kraken listening on {fake.url} (key file {key_file}); Ctrl-C stops it")
+    if fake.ws is not None:
+        say(f"its WebSocket v2 feed on {fake.ws_url} (in the job file: kraken.ws_url)")
     if allowed is not None:
         say(f"the key may only: {', '.join(sorted(allowed)) or 'nothing private'}")
     signal.signal(signal.SIGTERM, interrupt)

@@ -24,6 +24,11 @@ from .history import Ledger, MyTrades, Orders
 from .market import OHLC, Spread, Ticker, Trades
 from .reference import Assets, Pairs
 
+#: The tables a stream of Kraken's WebSocket feed fills besides the REST ones (issue 28; migration
+#: 0012): ``book``, and ``stream_connections`` that a stream's batch runs name. In :data:`DEFAULT`
+#: since the service records streams (``retention:`` may name them).
+STREAMS: tuple[Dataset, ...] = (Book(), StreamConnections())
+
 #: The datasets the service uses unless it is given others.
 DEFAULT: tuple[Dataset, ...] = (
     Balances(),
@@ -37,14 +42,8 @@ DEFAULT: tuple[Dataset, ...] = (
     Gaps(),
     Assets(),
     Pairs(),
+    *STREAMS,
 )
-
-
-#: The tables a stream of Kraken's WebSocket feed fills besides the REST ones (issue 28): kept out of
-#: :data:`DEFAULT` until the service runs streams (``retention:`` would name them, the lists of
-#: tables would show them); a store that writes a stream's batches is given ``(*DEFAULT,
-#: *STREAMS)``.
-STREAMS: tuple[Dataset, ...] = (Book(), StreamConnections())
 
 
 _NAMED = {dataset.name: dataset for dataset in DEFAULT}

@@ -85,13 +85,6 @@ class Builder(JobChecks, StreamChecks, Resolver):
         accounts = self.attempt(lambda: self.accounts(raw, kraken_map, kraken), ())
         jobs = self.jobs(raw, kraken, accounts)
         streams = self.attempt(lambda: self.streams(raw), ())
-        if streams:
-            # Said at check, run and reload: the section is checked in full, but this version
-            # does not record it yet (issue 28's wiring into the service is still to come).
-            self.warnings.append(
-                f"{self.file}: streams: checked, but not recorded yet by this version of "
-                "collector (docs/streams.md)"
-            )
         failover = defaults.FAILOVER
         if "failover" in raw:
             failover = self.attempt(

@@ -43,6 +43,7 @@ from ..datasets.market import Trades
 from ..errors import CollectorError, RequestError, Status
 from ..records import RunRecord
 from ..retry import Kind, classify
+from .rows import moment
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,10 @@ _NAMED_RANGES = 5
 
 
 def trade_time(stamp: Any) -> datetime:
-    """A v2 trade's ``timestamp`` (RFC 3339, ``Z``) as an aware UTC datetime; ``ValueError`` in
-    one line otherwise."""
-    if not isinstance(stamp, str) or len(stamp) > 40:
-        raise ValueError(f"trade timestamp {stamp!r:.60} is not RFC 3339 text")
-    t = datetime.fromisoformat(stamp)
-    if t.tzinfo is None:
-        raise ValueError(f"trade timestamp {stamp!r} has no time zone")
-    return t.astimezone(UTC)
+    """A v2 trade's ``timestamp`` (RFC 3339) as an aware UTC datetime, read by
+    :func:`collector.streams.rows.moment` (the one reader of a feed's time, so a trade's time
+    here is the time of its row); ``ValueError`` (a ``RowError``) in one line otherwise."""
+    return moment(stamp, "trade timestamp")
 
 
 def _nanoseconds(t: datetime) -> int:
@@ -147,6 +144,12 @@ class TradeIds:
             for p in [pair] if pair is not None else list(self._last):
                 self._cut[p] = cause
 
+    def forget(self, pair: str) -> None:
+        """Drop what is kept of ``pair`` (no longer subscribed): memory only for pairs held."""
+        with self._lock:
+            self._last.pop(pair, None)
+            self._cut.pop(pair, None)
+
     def last(self, pair: str) -> tuple[int, datetime] | None:
         """The last trade id seen of ``pair`` and its time."""
         with self._lock:
@@ -179,7 +182,7 @@ class Filler:
     public client: its rate budget is the collector's), each one's :class:`Fill` handed to
     ``deliver`` in that thread (the writer's ``submit``, a metric).
 
-    :param job: the name the records and ``gaps`` rows are stored under (``streams:<name>``)
+    :param job: the name the records and ``gaps`` rows are stored under (``stream:NAME``, the stream's batch runs' job)
     :param max_queued: holes queued per pair; one more widens the newest queued
     :param max_pages: REST pages per hole
     :param attempts: tries of one page before its transient failure is final
@@ -193,7 +196,7 @@ class Filler:
         api: API,
         deliver: Callable[[Fill], None],
         *,
-        job: str = "streams:trade",
+        job: str = "stream:trade",
         max_queued: int = defaults.WS_GAP_QUEUE,
         max_pages: int = defaults.WS_GAP_PAGES,
         attempts: int = defaults.WS_GAP_ATTEMPTS,

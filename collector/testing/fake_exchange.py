@@ -119,7 +119,7 @@ class FakeKraken(Gate):
     :param clock: monotonic seconds for the counters
     :param now: wall-clock seconds for the data (prices, candles, history times, growth)
     :param ws: also serve Kraken's WebSocket v2 public feed over the same market, at
-        :attr:`ws_url` (see :mod:`.ws`)
+        :attr:`ws_url` (see :mod:`.ws`), on ``ws_port`` (0: any free port)
     """
 
     def __init__(
@@ -135,6 +135,7 @@ class FakeKraken(Gate):
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
         ws: bool = False,
+        ws_port: int = 0,
     ) -> None:
         ledger, public = _sizes(history)
         if ledger_size is not None:
@@ -153,7 +154,11 @@ class FakeKraken(Gate):
         self._server = Server((host, port), self, self.answer)
         self._thread: threading.Thread | None = None
         #: the WebSocket v2 endpoint over the same market (``ws=True``), at :attr:`ws_url`
-        self.ws = FakeKrakenWS(self.market, lock=self._lock, now=now, host=host) if ws else None
+        self.ws = (
+            FakeKrakenWS(self.market, lock=self._lock, now=now, host=host, port=ws_port)
+            if ws
+            else None
+        )
 
     # -- life cycle ---------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ acknowledgement, the subscription still made), ``checksum`` (a wrong checksum), 
 (every connection's TCP dropped, no close frame: Cloudflare's 1006), ``stall`` (nothing more sent
 on the open connections, not even heartbeats), ``rate`` (the next ``count`` requests answered
 ``Exceeded msg rate``). Close frames the clients sent are kept in :attr:`FakeKrakenWS.closes`,
-their requests in :attr:`FakeKrakenWS.requests`.
+their requests in :attr:`FakeKrakenWS.requests`, each book message's true checksum in
+:attr:`FakeKrakenWS.book_checksums`.
 
 Why one module of this length: the fake's endpoint is one server whose channels and faults share
 its connections and the market they serve; it is test equipment, loaded only by tests and
@@ -205,6 +206,9 @@ class FakeKrakenWS:
         #: the close frames clients sent, ``(code, reason)``, and every request received
         self.closes: list[tuple[int, str]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
+        #: every book message's true checksum as sent (a ``checksum`` fault sends another):
+        #: ``(symbol, timestamp, checksum)``, the ground truth of a stored book
+        self.book_checksums: deque[tuple[str, str, int]] = deque(maxlen=100_000)
         #: connections accepted so far
         self.connections = 0
         self._faults: list[dict[str, Any]] = []
@@ -213,6 +217,7 @@ class FakeKrakenWS:
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._failed: OSError | None = None
         self._done: asyncio.Event | None = None
         self._by_symbol = {v2_symbol(p): p for p in PAIRS}
 
@@ -227,6 +232,8 @@ class FakeKrakenWS:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the fake's WebSocket endpoint did not start")
+        if self._failed is not None:  # its port taken, say: the caller's one line
+            raise self._failed
         return self
 
     def stop(self) -> None:
@@ -243,7 +250,11 @@ class FakeKrakenWS:
         self.stop()
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except OSError as exc:
+            self._failed = exc
+            self._ready.set()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -587,6 +598,7 @@ class FakeKrakenWS:
             digest = (digest + 1) % 2**32
         entry["checksum"] = digest
         entry["timestamp"] = rfc3339(self.now())
+        self.book_checksums.append((symbol, entry["timestamp"], checksum(pair, asks, bids)))
         kind = "snapshot" if snapshot else "update"
         if not snapshot and self._take_fault("drop", "book", symbol):
             return
