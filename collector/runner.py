@@ -59,10 +59,11 @@ class _Progress:
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pages += 1
         self.rows += len(rows)
-        times = [r["time"] for r in rows if isinstance(r.get("time"), datetime)]
+        times = [t for r in rows if isinstance(t := r.get("time"), datetime)]
         if times:
-            self.oldest = min([*times, *([self.oldest] if self.oldest else [])])
-            self.newest = max([*times, *([self.newest] if self.newest else [])])
+            oldest, newest = min(times), max(times)
+            self.oldest = oldest if self.oldest is None else min(oldest, self.oldest)
+            self.newest = newest if self.newest is None else max(newest, self.newest)
         now = time.monotonic()
         if now - self.said >= self.every:
             self.said, self.told = now, True
@@ -105,6 +106,9 @@ class Runner:
     :param submit: where finished runs go (the writer's ``submit``)
     :param persist: where a paging run's pages go, waiting until each is stored (the writer's
         ``persist``; default ``submit``)
+    :param persist_later: the same, returning the wait instead of waiting (the writer's
+        ``persist_later``): a page is then stored while the next one is fetched and read, and
+        waited for before the next is handed over; default: ``persist``, waited for at once
     :param datasets: the derived tables; a job whose method one of them reads fills it
     :param load_cursor: ``(job, dataset) -> cursor`` from the store, for incremental datasets
     :param events: :class:`~collector.events.RunFinished` is published here after each run
@@ -119,6 +123,7 @@ class Runner:
         submit: Callable[[RunRecord], None],
         *,
         persist: Callable[[RunRecord], object] | None = None,
+        persist_later: Callable[[RunRecord], Callable[..., object]] | None = None,
         permit: Callable[[Job], bool] | None = None,
         datasets: Sequence[Dataset] = DEFAULT,
         load_cursor: Callable[[str, str], Any] | None = None,
@@ -135,6 +140,14 @@ class Runner:
         self.submit = submit
         self.permit = permit
         self.persist = persist or submit
+        if persist_later is None:
+            persist_now = self.persist
+
+            def persist_later(record: RunRecord) -> Callable[..., object]:
+                stored = persist_now(record)
+                return lambda: stored
+
+        self.persist_later = persist_later
         self.datasets = by_method(datasets)
         self.retry = retry or RetryPolicy()
         self.events = events or Events()
@@ -193,6 +206,9 @@ class Runner:
         record.params = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
         answers: list[Any] = []
         progress = _Progress(job.name, self.progress_every)
+        # The previous page's store, under way while this page is fetched and read; waited for
+        # before this one is handed over, and before the run's last record.
+        storing: Callable[..., object] | None = None
         while True:
             try:
                 ok, result = self._call(job, params, record)
@@ -233,16 +249,20 @@ class Runner:
             if self.stopping.is_set():  # a long backfill must not hold up shutdown
                 record.status, record.error = Status.PARTIAL, "stopped before the last page"
                 break
-            # More to fetch: this page is stored now with its cursor (and we wait for that), so a
-            # run cut short continues from here; the run's final record follows the last page.
-            stored = self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
-            record.rows = {}
-            if stored is False:  # refused for its content: stored without rows and cursor
-                record.status = Status.BAD_RESPONSE
-                record.error = "a page could not be stored; the next run asks for it again"
-                record.cursor = None
+            # More to fetch: this page is stored now with its cursor, so a run cut short
+            # continues from here; the previous page is stored first (waited for: a page is
+            # never moved past unstored), and this one while the next is fetched.
+            if storing is not None and storing() is False:
+                self._refused(record)
+                storing = None
                 break
+            storing = self.persist_later(
+                dataclasses.replace(record, status=Status.PARTIAL, result=None)
+            )
+            record.rows = {}
             params = page.next
+        if storing is not None and storing() is False:
+            self._refused(record)
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
         progress.done(record.status)
@@ -262,6 +282,15 @@ class Runner:
         self.events.publish(RunFinished(record))
         self.submit(record)
         return record
+
+    def _refused(self, record: RunRecord) -> None:
+        """A page was refused for its content (stored without rows and cursor): the run ends
+        there, without the rows and cursor fetched after it, and the job continues from the stored
+        cursor (this process's is past the refused rows)."""
+        record.status = Status.BAD_RESPONSE
+        record.error = "a page could not be stored; the next run asks for it again"
+        record.rows, record.cursor = {}, None
+        self.forget(record.job)
 
     def _call(self, job: Job, params: dict[str, Any], record: RunRecord) -> tuple[bool, Any]:
         """One call with its retries; the outcome goes into ``record``. (True, result) on success.
