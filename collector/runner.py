@@ -106,9 +106,6 @@ class Runner:
     :param submit: where finished runs go (the writer's ``submit``)
     :param persist: where a paging run's pages go, waiting until each is stored (the writer's
         ``persist``; default ``submit``)
-    :param persist_later: the same, returning the wait instead of waiting (the writer's
-        ``persist_later``): a page is then stored while the next one is fetched and read, and
-        waited for before the next is handed over; default: ``persist``, waited for at once
     :param datasets: the derived tables; a job whose method one of them reads fills it
     :param load_cursor: ``(job, dataset) -> cursor`` from the store, for incremental datasets
     :param events: :class:`~collector.events.RunFinished` is published here after each run
@@ -123,7 +120,6 @@ class Runner:
         submit: Callable[[RunRecord], None],
         *,
         persist: Callable[[RunRecord], object] | None = None,
-        persist_later: Callable[[RunRecord], Callable[..., object]] | None = None,
         permit: Callable[[Job], bool] | None = None,
         datasets: Sequence[Dataset] = DEFAULT,
         load_cursor: Callable[[str, str], Any] | None = None,
@@ -140,14 +136,6 @@ class Runner:
         self.submit = submit
         self.permit = permit
         self.persist = persist or submit
-        if persist_later is None:
-            persist_now = self.persist
-
-            def persist_later(record: RunRecord) -> Callable[..., object]:
-                stored = persist_now(record)
-                return lambda: stored
-
-        self.persist_later = persist_later
         self.datasets = by_method(datasets)
         self.retry = retry or RetryPolicy()
         self.events = events or Events()
@@ -206,9 +194,6 @@ class Runner:
         record.params = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
         answers: list[Any] = []
         progress = _Progress(job.name, self.progress_every)
-        # The previous page's store, under way while this page is fetched and read; waited for
-        # before this one is handed over, and before the run's last record.
-        storing: Callable[..., object] | None = None
         while True:
             try:
                 ok, result = self._call(job, params, record)
@@ -249,20 +234,14 @@ class Runner:
             if self.stopping.is_set():  # a long backfill must not hold up shutdown
                 record.status, record.error = Status.PARTIAL, "stopped before the last page"
                 break
-            # More to fetch: this page is stored now with its cursor, so a run cut short
-            # continues from here; the previous page is stored first (waited for: a page is
-            # never moved past unstored), and this one while the next is fetched.
-            if storing is not None and storing() is False:
-                self._refused(record)
-                storing = None
-                break
-            storing = self.persist_later(
-                dataclasses.replace(record, status=Status.PARTIAL, result=None)
-            )
+            # More to fetch: this page is stored now with its cursor (and we wait for that), so a
+            # run cut short continues from here; the run's final record follows the last page.
+            stored = self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
             record.rows = {}
+            if stored is False:
+                self._refused(record)
+                break
             params = page.next
-        if storing is not None and storing() is False:
-            self._refused(record)
         if keep and answers:
             record.result = answers[0] if len(answers) == 1 else {"pages": answers}
         progress.done(record.status)
@@ -285,8 +264,8 @@ class Runner:
 
     def _refused(self, record: RunRecord) -> None:
         """A page was refused for its content (stored without rows and cursor): the run ends
-        there, without the rows and cursor fetched after it, and the job continues from the stored
-        cursor (this process's is past the refused rows)."""
+        there, and the job continues from the stored cursor (the one this process holds is past
+        the refused rows)."""
         record.status = Status.BAD_RESPONSE
         record.error = "a page could not be stored; the next run asks for it again"
         record.rows, record.cursor = {}, None

@@ -158,7 +158,6 @@ class Service:
             self.writer.submit,
             permit=lambda job: self.leases.permit(job.account or PUBLIC),
             persist=self.writer.persist,
-            persist_later=self.writer.persist_later,
             datasets=datasets,
             load_cursor=self.store.load_cursor,
             retry=retry or RetryPolicy(lockout=config.kraken.lockout),

@@ -144,26 +144,16 @@ class Writer:
         :returns: True when it was stored as given; False when the database refused its content
             (it was stored without its rows and cursor) or ``timeout`` passed first
         """
-        return self.persist_later(record)(timeout)
-
-    def persist_later(self, record: RunRecord) -> Callable[[float | None], bool]:
-        """Queue a run and return the wait of :meth:`persist` (``wait(timeout) -> bool``), to be
-        called later: a paging run fetches its next page while this one is being stored, and
-        waits for it before handing over the next (a page is never moved past unstored)."""
         done = threading.Event()
         with self._cond:
             self._waiters[id(record)] = done
         self.submit(record)
-
-        def wait(timeout: float | None = None) -> bool:
-            if not done.wait(timeout):
-                return False
-            with self._cond:
-                refused = id(record) in self._refused
-                self._refused.discard(id(record))
-            return not refused
-
-        return wait
+        if not done.wait(timeout):
+            return False
+        with self._cond:
+            refused = id(record) in self._refused
+            self._refused.discard(id(record))
+        return not refused
 
     @property
     def pending(self) -> int:
