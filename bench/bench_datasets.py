@@ -16,6 +16,13 @@ each ratio is the median of the rounds' ratios, with their min-max.
 3. Size (counted): bytes per stored candle with one OHLC run a minute for a day, beside what
    storing each run's raw answer costs for the same data (target: 10x smaller); the same for
    public trades.
+5. Whole path (issue 29): a Trades backfill of 1,000-trade pages from the fake (in a process of its
+   own) through the service (client, runner, writer, ``Store.write``: the whole path a user
+   waits on), beside a bare pipeline fetching the same pages from the same fake: one keep-alive
+   ``requests`` session, ``json.loads``, the same typed rows (``Decimal``, aware ``datetime``),
+   ``COPY`` (PostgreSQL) or an ``executemany`` INSERT (SQLite) into a table of the same shape, a
+   commit per page. Target: >= 0.8x on both. ``--only whole`` runs just this (``--profile``:
+   a ``cProfile`` of one whole-path backfill, its top functions).
 4. Query: a year of 1-minute candles (525,600 rows): daily closes from ``ohlc`` beside the same
    question through ``json_each`` over ``runs.result`` (the same candles as raw answers, 720 to a
    run), alternated. Target < 200 ms on SQLite.
@@ -35,11 +42,13 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import requests  # noqa: E402
 from rounds import ROUNDS, alternate, ratio, spread  # noqa: E402
 from sqlalchemy import Column, MetaData, Table, event, text  # noqa: E402
 
@@ -160,6 +169,248 @@ def ingest(url: str, records: list[RunRecord], label: str, rounds: int) -> None:
         f"ratio {ratio(sides['Store.write'], sides['bare INSERT'])} {target}"
     )
     print(f"  {label:<10} statements per page (counted): {statements}")
+
+
+#: The fake in a process of its own (its answers' encoding on the other core, as Kraken's are
+#: elsewhere): prints its URL, serves until its stdin closes.
+FAKE = """
+import sys
+from collector.testing.fake_exchange import FakeKraken
+with FakeKraken(tier=None, public_limit=None, history={"public_trades": int(sys.argv[1])}) as fake:
+    print(fake.url, flush=True)
+    sys.stdin.read()
+"""
+
+#: The whole path's job file: one Trades backfill from the first trade, no rate limit in the way.
+WHOLE_JOBS = """database: {db}
+kraken:
+  url: {url}
+  public_rate_limit: {{max: 1000000, decay: 1000000}}
+jobs:
+  t: {{method: Trades, params: {{pair: XBTUSD}}, since: '2000-01-01', every: 1h}}
+"""
+
+
+#: The whole path of another checkout (``--before DIR``), in a process of its own: empties the
+#: tables, runs the backfill and prints its rows/s (the same job file, database and fake).
+BEFORE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from sqlalchemy import create_engine
+from collector.jobfile import load
+from collector.service import Service
+jobs, url, expected = sys.argv[2], sys.argv[3], int(sys.argv[4])
+engine = create_engine(url)
+with engine.begin() as conn:
+    for name in ("trades", "cursors", "runs"):
+        conn.exec_driver_sql(
+            f"TRUNCATE {name} CASCADE" if url.startswith("postgresql") else f"DELETE FROM {name}"
+        )
+engine.dispose()
+service = Service(load(jobs))
+service.open()
+try:
+    started = time.perf_counter()
+    record = service.execute(service.config.jobs[0])
+    assert service.writer.flush(timeout=60)
+    elapsed = time.perf_counter() - started
+finally:
+    service.stop()
+assert record is not None and record.status == "ok", record
+print(expected / elapsed)
+"""
+
+
+def whole(
+    workdir: Path,
+    url: str,
+    label: str,
+    pages: int,
+    rounds: int,
+    profile: bool = False,
+    before: str | None = None,
+) -> None:
+    """The whole path (service: client, runner, writer, store) beside the bare pipeline; with
+    ``before`` (another checkout's folder), that checkout's whole path too."""
+    import subprocess
+    from decimal import Decimal
+
+    from collector.datasets.market import trades
+
+    fake = subprocess.Popen(
+        [sys.executable, "-c", FAKE, str(pages * 1000 + 10)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert fake.stdout is not None
+    fake_url = fake.stdout.readline().strip()
+    store = Store.from_url(url)
+    store.upgrade()
+    postgres = store.engine.dialect.name == "postgresql"
+    bare = Table(
+        "bare_whole",
+        MetaData(),
+        *(Column(c.name, c.type, primary_key=c.primary_key) for c in trades.columns),
+    )
+    bare.create(store.engine)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX ix_bare_whole_pair_time ON bare_whole (pair, time)")
+    folder = Path(tempfile.mkdtemp(prefix="whole-", dir=workdir))
+    jobs = folder / "whole.yaml"
+    jobs.write_text(WHOLE_JOBS.format(db=url, url=fake_url))
+    os.environ["COLLECTOR_STATE_DIR"] = str(folder / "state")
+    expected = pages * 1000 + 10
+
+    def empty(*tables: str) -> None:
+        with store.engine.begin() as conn:
+            for name in tables:
+                conn.exec_driver_sql(
+                    f"TRUNCATE {name} CASCADE" if postgres else f"DELETE FROM {name}"
+                )
+
+    def ours(writer: Any = None) -> float:
+        """The whole path; with ``writer`` (a ``cProfile.Profile``), its writer thread's
+        ``Store.write`` calls profiled in it."""
+        empty("trades", "cursors", "runs")
+        service = Service(load(jobs))
+        service.open()
+        if writer is not None:
+            write = service.writer.store.write
+
+            def profiled(*args: Any, **kwargs: Any) -> Any:
+                writer.enable()
+                try:
+                    return write(*args, **kwargs)
+                finally:
+                    writer.disable()
+
+            service.writer.store.write = profiled  # type: ignore[method-assign]
+        try:
+            started = time.perf_counter()
+            record = service.execute(service.config.jobs[0])
+            assert service.writer.flush(timeout=60)  # the last page's record, stored
+            elapsed = time.perf_counter() - started
+        finally:
+            service.stop()
+        assert record is not None and record.status == "ok", record
+        assert _count(store, "trades") == expected, _count(store, "trades")
+        return expected / elapsed
+
+    def floor() -> float:
+        empty("bare_whole")
+        raw = store.engine.raw_connection()
+        db = raw.driver_connection
+        assert db is not None
+        session = requests.Session()
+        since, n = "0", 0
+        insert = (
+            "INSERT INTO bare_whole (pair, trade_id, time, price, volume, side, order_type, misc,"
+            " run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        copy = (
+            "COPY bare_whole (pair, trade_id, time, price, volume, side, order_type, misc, run_id)"
+            " FROM STDIN"
+        )
+        started = time.perf_counter()
+        try:
+            while True:
+                answer = session.get(
+                    fake_url + "/0/public/Trades", params={"pair": "XBTUSD", "since": since}
+                )
+                result = json.loads(answer.content)["result"]
+                (pair,) = (k for k in result if k != "last")
+                rows = [
+                    (
+                        pair,
+                        r[6],
+                        datetime.fromtimestamp(r[2], UTC),
+                        Decimal(r[0]),
+                        Decimal(r[1]),
+                        "buy" if r[3] == "b" else "sell",
+                        "market" if r[4] == "m" else "limit",
+                        r[5],
+                        1,
+                    )
+                    for r in result[pair]
+                ]
+                if postgres:
+                    with db.cursor() as cursor, cursor.copy(copy) as out:
+                        for row in rows:
+                            out.write_row(row)
+                else:
+                    db.execute("BEGIN IMMEDIATE")  # as the store's (autocommit otherwise)
+                    db.executemany(
+                        insert,
+                        [
+                            (p, i, t.isoformat(sep=" "), str(a), str(b), s, o, m, r)
+                            for p, i, t, a, b, s, o, m, r in rows
+                        ],
+                    )
+                db.commit()
+                n += len(rows)
+                since = str(result["last"])
+                if len(rows) < 1000:
+                    break
+        finally:
+            elapsed = time.perf_counter() - started
+            session.close()
+            raw.close()
+        assert n == expected, (n, expected)
+        return n / elapsed
+
+    try:
+        if profile:
+            import cProfile
+            import pstats
+
+            floor(), ours()  # warm both
+            profiler, writer = cProfile.Profile(), cProfile.Profile()
+            profiler.enable()
+            ours(writer)
+            profiler.disable()
+            print(f"  {label}: profile of one whole-path backfill ({expected:,} rows), the runner")
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(30)
+            print(f"  {label}: the writer thread's Store.write")
+            stats = pstats.Stats(writer)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(25)
+            return
+
+        def then() -> float:
+            out = subprocess.run(
+                [sys.executable, "-c", BEFORE, str(before), str(jobs), url, str(expected)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "COLLECTOR_STATE_DIR": str(folder / "state-before")},
+            )
+            return float(out.stdout.split()[-1])
+
+        print(f"  {label}: {rounds} rounds of the whole path and the bare pipeline (rows/s)")
+        runs: dict[str, Any] = {"whole path": ours, "bare pipeline": floor}
+        if before:
+            runs["before"] = then
+        sides = alternate(runs, rounds)
+        print(
+            f"  {label:<10} whole path {spread(sides['whole path'])} rows/s; bare pipeline "
+            f"{spread(sides['bare pipeline'])} rows/s; ratio "
+            f"{ratio(sides['whole path'], sides['bare pipeline'])} (target >= 0.8x)"
+        )
+        if before:
+            print(
+                f"  {label:<10} before {spread(sides['before'])} rows/s, "
+                f"{ratio(sides['before'], sides['bare pipeline'])} of the bare pipeline; "
+                f"now / before {ratio(sides['whole path'], sides['before'])}"
+            )
+    finally:
+        store.dispose()
+        assert fake.stdin is not None
+        fake.stdin.close()
+        fake.wait(timeout=30)
 
 
 def _statements(store: Store, record: RunRecord) -> str:
@@ -341,9 +592,19 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=5_000, help="ledger entries to backfill")
     parser.add_argument("--pages", type=int, default=100, help="trades pages to ingest")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--only", choices=("whole", "ingest"), help="run only this part")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--profile", action="store_true", help="with --only whole: profile it")
+    parser.add_argument("--before", help="the whole path of this checkout too (a folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
         work = Path(tmp)
+        if args.only == "whole":
+            whole_path(work, args)
+            return
+        if args.only == "ingest":
+            ingest_both(work, args)
+            return
         print(
             f"backfill: {args.entries:,} ledger entries, counter max 15 decay 20/s, "
             f"{args.rounds} rounds"
@@ -359,22 +620,50 @@ def main() -> None:
             f"{sum(r['refused'] for r in runs)} in all (target 0); "
             f"{runs[0]['pages']} pages in {statistics.median(r['seconds'] for r in runs):.1f} s"
         )
-        records = trade_pages(args.pages)
-        print(f"ingest: {len(records)} pages of 1,000 public trades, a commit per page")
-        ingest(f"sqlite:///{work / 'ingest.db'}", records, "SQLite", args.rounds)
-        try:
-            from tests.conftest import PostgresServer
-
-            server = PostgresServer()
-        except Exception as exc:  # no initdb here: say so, measure the rest
-            print(f"  PostgreSQL   skipped ({exc})")
-        else:
-            try:
-                ingest(server.new_database(), trade_pages(args.pages), "PostgreSQL", args.rounds)
-            finally:
-                server.stop()
+        ingest_both(work, args)
         sizes(work)
         query(work, args.rounds)
+        whole_path(work, args)
+
+
+def ingest_both(work: Path, args: argparse.Namespace) -> None:
+    records = trade_pages(args.pages)
+    print(f"ingest: {len(records)} pages of 1,000 public trades, a commit per page")
+    ingest(f"sqlite:///{work / 'ingest.db'}", records, "SQLite", args.rounds)
+    try:
+        from tests.conftest import PostgresServer
+
+        server = PostgresServer()
+    except Exception as exc:  # no initdb here: say so, measure the rest
+        print(f"  PostgreSQL   skipped ({exc})")
+    else:
+        try:
+            ingest(server.new_database(), trade_pages(args.pages), "PostgreSQL", args.rounds)
+        finally:
+            server.stop()
+
+
+def whole_path(work: Path, args: argparse.Namespace) -> None:
+    print(f"whole path: {args.pages} pages of 1,000 public trades from the fake, a commit per page")
+    if args.db in ("sqlite", "both"):
+        sqlite_url = f"sqlite:///{work / 'whole.db'}"
+        whole(work, sqlite_url, "SQLite", args.pages, args.rounds, args.profile, args.before)
+    if args.db in ("postgresql", "both"):
+        from tests.conftest import PostgresServer
+
+        server = PostgresServer()
+        try:
+            whole(
+                work,
+                server.new_database(),
+                "PostgreSQL",
+                args.pages,
+                args.rounds,
+                args.profile,
+                args.before,
+            )
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 The table is filled once through ``Store.write`` (as runs would write it). Each round exports it
 with ``collector export trades JOBFILE -o FILE`` and with the reference, each in a process of its
-own (its peak RSS is its own, from ``wait4``): ``sqlite3 -csv -header`` of ``SELECT * FROM
+own (its peak RSS and its CPU seconds are its own, from ``wait4``; the CPU moves less with
+the machine's load than the wall): ``sqlite3 -csv -header`` of ``SELECT * FROM
 trades``, and ``psql``'s ``\\copy trades TO FILE WITH (FORMAT csv, HEADER)``. The sides alternate
 over the rounds (``bench/rounds.py``); a ratio is the median of the rounds' own ratios, with
 their min-max. The reference processes are C; on PostgreSQL both sides have the server write the
@@ -71,8 +72,10 @@ def fill(url: str, count: int) -> None:
 
 def measure(
     cmd: list[str], out: Path | None = None, env: dict | None = None, cwd: Path | None = None
-) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one process. The RSS is GNU time's (``%M``), which forks
+) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MB, CPU seconds) of one process. The RSS and the CPU (user + system,
+    less moved by other processes on the cores than the wall; the server's own on PostgreSQL not
+    in it) are GNU time's (``%M``, ``%U``, ``%S``), which forks
     ``cmd`` from itself: a child of this Python process would count this process's pages, which
     it holds until it execs, in its own peak."""
     report = Path(tempfile.mkstemp(prefix="bench-rss-")[1])
@@ -80,7 +83,7 @@ def measure(
     try:
         started = time.perf_counter()
         subprocess.run(
-            [TIME, "-f", "%M", "-o", str(report), *cmd],
+            [TIME, "-f", "%M %U %S", "-o", str(report), *cmd],
             stdout=stdout,
             stderr=subprocess.PIPE,
             env=env,
@@ -88,12 +91,12 @@ def measure(
             check=True,
         )
         took = time.perf_counter() - started
-        peak_kb = int(report.read_text().split()[-1])
+        peak_kb, user, system = report.read_text().split()[-3:]
     finally:
         if out is not None:
             stdout.close()  # type: ignore[union-attr]
         report.unlink()
-    return took, peak_kb / 1024
+    return took, int(peak_kb) / 1024, float(user) + float(system)
 
 
 def lines(path: Path) -> int:
@@ -116,16 +119,18 @@ def run(
     env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
     cmd = [sys.executable, "-m", "collector.cli", "export", "trades", str(jobs), "-o", str(mine)]
     rss: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
+    cpu: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
 
     def side(which: str) -> float:
         if which == "collector":
-            took, peak = measure(cmd, env=env, cwd=ROOT)
+            took, peak, used = measure(cmd, env=env, cwd=ROOT)
         elif which == "before":  # the earlier checkout's collector (python -m finds it first)
-            took, peak = measure(cmd, env=env, cwd=before)
+            took, peak, used = measure(cmd, env=env, cwd=before)
         else:
             out = None if "psql" in reference[0] else theirs
-            took, peak = measure(reference, out, env)
+            took, peak, used = measure(reference, out, env)
         rss[which].append(peak)
+        cpu[which].append(used)
         return count / took
 
     print(f"{name}: {count:,} trades, {rounds} rounds", flush=True)
@@ -134,7 +139,12 @@ def run(
         sides["before"] = lambda: side("before")
     speeds = alternate(sides, rounds)
     assert lines(mine) == count + 1 and lines(theirs) == count + 1, "row counts differ"
-    found = {"speeds": speeds, "rss": rss, "ratio": ratio(speeds["collector"], speeds["reference"])}
+    found = {
+        "speeds": speeds,
+        "rss": rss,
+        "cpu": cpu,
+        "ratio": ratio(speeds["collector"], speeds["reference"]),
+    }
     if before is not None:
         found["before"] = ratio(speeds["before"], speeds["reference"])
         found["now/before"] = ratio(speeds["collector"], speeds["before"])
@@ -152,6 +162,13 @@ def report(name: str, reference: str, found: dict) -> None:
     )
     print(f"  {reference}: {fig(s['reference'])} rows/s, peak RSS {fig(r['reference'], ' MB')}")
     print(f"  collector / reference: {found['ratio']}")
+    c = found["cpu"]
+    print(
+        f"  CPU seconds of each process: collector {statistics.median(c['collector']):.2f} "
+        f"({min(c['collector']):.2f}-{max(c['collector']):.2f}), reference "
+        f"{statistics.median(c['reference']):.2f}"
+        + (f", before {statistics.median(c['before']):.2f}" if c["before"] else "")
+    )
     if "before" in found:
         print(f"  before: {fig(s['before'])} rows/s; before / reference: {found['before']}")
         print(f"  collector / before: {found['now/before']}")

@@ -278,6 +278,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7, help=f"capacity rounds (>= {ROUNDS})")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per capacity run")
+    parser.add_argument(
+        "--only",
+        choices=("capacity",),
+        help="capacity beside the krakenex loop alone (no metrics side, steady, memory, budget)",
+    )
     args = parser.parse_args()
     if args.runs < 10_000:
         parser.error("--runs must be at least 10000: the steady-state window needs whole seconds")
@@ -285,6 +290,24 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="collector-bench-"))
     os.chdir(workdir)
     proc, url, key_file = start_fake(workdir, "none")
+    if args.only == "capacity":
+        try:
+            print(f"capacity: {args.rounds} rounds of krakenex and collector")
+            only = alternate(
+                {
+                    "krakenex": lambda: krakenex_loop(url, 3.0),
+                    "collector": lambda: capacity(workdir, url, key_file, args.window),
+                },
+                args.rounds,
+            )
+        finally:
+            proc.terminate()
+            proc.wait()
+        print(
+            f"  bare krakenex loop {spread(only['krakenex'])} calls/s; collector "
+            f"{spread(only['collector'])} runs/s: {ratio(only['collector'], only['krakenex'])}"
+        )
+        return
     try:
         # Memory first, in a process that has run no other service yet (as a user's would).
         steady = steady_and_memory(workdir, url, key_file, args.runs)

@@ -15,17 +15,18 @@ line) and collector's own figures are still taken.
 **Throughput** (in this process, the sides alternating over ``--rounds``, ``bench/rounds.py``):
 the same messages, as the JSON text Kraken sends (bare numbers in their own digits), handed to
 
-* ``collector``: what the recorder does with a message (:func:`collector_handler`):
-  ``json.loads(parse_float=Decimal)`` as ``streams.connection`` does; ``trade``:
-  ``rows.trade_rows`` (exact decimals, canonical pair names, UTC times) and ``gaps.TradeIds``
-  (a repeat dropped, a hole told); ``book``: ``book.Book`` snapshot/update (every level applied,
-  cut to depth, Kraken's CRC32 verified with the pair's precisions) and ``rows.book_rows`` when
-  ``rows.Every`` (``snapshot_every``, 1m) says so by the message's own time; ``ticker``:
-  ``rows.ticker_rows``, the latest per pair per batch. Every ``--batch`` messages (or
-  ``FLUSH_INTERVAL``, whichever first) the rows become a run (``rows.batch``, with its
-  ``stream_connections`` row) submitted to the ``Writer``, whose thread stores it through
-  ``Store.write`` into SQLite (a fresh file each round). A round's time runs until the writer has
-  stored everything; the stored rows are counted against the messages' entries.
+* ``collector``: the recorder's own path, as ``collector run`` takes it (:func:`collector_handler`):
+  a ``streams.feed.Feed`` per channel holding every pair (the recorder's default ``Tuning``: 200
+  symbols a connection, a run at 1,000 rows or messages or 1 s old), its connections
+  :class:`Replayed` (no socket: each message's text goes to ``Connection.receive``, the
+  connection's own parsing and refusals, then the feed's handler): ``trade``:
+  ``rows.trade_rows`` and ``gaps.TradeIds`` (a repeat dropped, a hole told); ``book``: the pair's
+  ``book.Book`` (every level applied, cut to depth, Kraken's CRC32 verified with the pair's
+  precisions) and ``rows.book_rows`` every ``snapshot_every`` (1m); ``ticker``: the latest per
+  pair per run. Each run (``rows.batch``, with its ``stream_connections`` row) goes to the
+  ``Writer``, whose thread stores it through ``Store.write`` into SQLite (a fresh file each
+  round). A round's time runs until the feeds are stopped and the writer has stored everything;
+  the stored rows are counted against the messages' entries.
 * ``cryptofeed``: ``Kraken.message_handler(msg, conn, timestamp)``, cryptofeed's own v2 handler
   (3.0.1 speaks v2, so it gets the very same text): msgspec with ``Decimal`` floats, its
   ``Trade``/``Ticker`` objects, its C ``order_book`` kept to depth 10 with its delta; the
@@ -34,19 +35,17 @@ the same messages, as the JSON text Kraken sends (bare numbers in their own digi
   3.0.1 formats Kraken's checksum from ``str(Decimal)``, not the pair's precisions, and fails on
   the first message of the real capture (counted and printed each run).
 * ``cryptofeed+sqlite``: the same, the callbacks' fields (text) written to SQLite with
-  ``sqlite3``'s ``executemany`` every batch, in the handler's thread (the storing a user of
+  ``sqlite3``'s ``executemany`` every ``--batch`` messages (1,000: as collector's runs), in the
+  handler's thread (the storing a user of
   cryptofeed would add: it has no SQLite backend); books every minute of message time, as
   collector's.
 
 **Replay** (a process of its own, so its RSS is collector's path alone): ``--pairs`` (750) pairs
 with their precisions, trade and ticker messages made at ``--rate`` messages a second with the
 current time as their ``timestamp`` and increasing trade ids per pair, through
-:func:`collector_handler` and the ``Writer`` into SQLite for ``--replay-seconds``. RSS sampled
-every second; lag = the time ``BatchStored`` is published for a message's run minus the message's
-own ``timestamp``.
-
-The recorder (``collector/streams/recorder.py``) is being written beside this; once it is merged,
-:func:`collector_handler` is the one function to replace with its handler.
+:func:`collector_handler`'s trade and ticker feeds and the ``Writer`` into SQLite for
+``--replay-seconds``. RSS sampled every second; lag = the time ``BatchStored`` is published for a
+message's run minus each message's time as the feed hands it on (its own ``timestamp``).
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -77,20 +76,27 @@ from rounds import alternate, ratio, spread  # noqa: E402
 
 from collector import defaults  # noqa: E402
 from collector.datasets import DEFAULT, STREAMS  # noqa: E402
-from collector.events import BatchStored, Events  # noqa: E402
+from collector.events import BatchStored, Events, StreamProblem  # noqa: E402
+from collector.jobfile import Stream  # noqa: E402
 from collector.records import RunRecord  # noqa: E402
 from collector.store import Store  # noqa: E402
-from collector.streams.book import Book, BookError  # noqa: E402
+from collector.streams.book import Book  # noqa: E402
+from collector.streams.connection import (  # noqa: E402
+    Connection,
+    Handler,
+    StreamClosed,
+    StreamOpened,
+    Subscription,
+    decoder,
+)
+from collector.streams.feed import Feed  # noqa: E402
 from collector.streams.gaps import TradeIds  # noqa: E402
 from collector.streams.rows import (  # noqa: E402
-    Every,
     Symbols,
     batch,
-    book_rows,
-    connection_row,
-    ticker_rows,
     trade_rows,
 )
+from collector.streams.tuning import Tuning  # noqa: E402
 from collector.writer import Writer  # noqa: E402
 
 #: Kraken's own book session (BTC/USD, depth 10; ../shared/kraken-ws/, copied for the tests).
@@ -235,15 +241,50 @@ def capture_messages() -> list[str]:
 
 @dataclass
 class Counts:
-    """What collector's side did: messages handled, entries read, rows made, refusals."""
+    """What collector's side did: messages fed and handed to the writer in runs, rows made, the
+    feed's problems (a refused entry, a checksum that failed)."""
 
     messages: int = 0
+    submitted: int = 0  # messages the feed's runs say they hold
     trades: int = 0
     tickers: int = 0
-    books: int = 0
     book_rows: int = 0
+    runs: int = 0
     mismatches: int = 0
     refused: list[str] = field(default_factory=list)
+
+
+class Replayed(Connection):
+    """A :class:`~collector.streams.connection.Connection` reading recorded text instead of a
+    socket: :meth:`start` tells the feed it is open (no thread, no socket), and the bench hands
+    each message to :meth:`Connection.receive`, the connection's own path (counted, parsed with
+    its bounds, handed to the feed's handler in the caller's thread)."""
+
+    def __init__(
+        self,
+        url: str,
+        subscriptions: Iterable[Subscription],
+        handler: Handler,
+        *,
+        publish: Callable[[object], None],
+        **options: Any,
+    ) -> None:
+        self.subscriptions = list(subscriptions)
+        super().__init__(url, self.subscriptions, handler, publish=publish, **options)
+        self.tell = publish
+        self.open = False
+
+    def start(self) -> Replayed:
+        self.open = True
+        self.connections += 1
+        self.tell(StreamOpened(self.url, self.connections))
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        if self.open:
+            self.open = False
+            self.tell(StreamClosed("the replay ended", self.messages, self.connections))
+        return True
 
 
 def collector_handler(
@@ -251,104 +292,94 @@ def collector_handler(
     symbols: Symbols,
     *,
     precisions: dict[str, int],
-    stream: str = "bench",
-    batch_messages: int = 500,
-    flush_seconds: float = defaults.FLUSH_INTERVAL,
+    channels: tuple[str, ...] = ("trade", "ticker", "book"),
     stamps: dict[str, list[float]] | None = None,
-) -> tuple[Callable[[str], None], Callable[[], None], Counts]:
-    """Collector's handling of a message, from its text to a run handed to the ``writer``:
-    ``(on_message(raw), flush(), counts)``. What the recorder (``streams/recorder.py``, not yet
-    merged) will do, made of the parts it uses; swap this for its handler once it is.
+) -> tuple[Callable[[str, str, str], None], Callable[[], None], Counts, dict[str, Feed]]:
+    """Collector's handling of a message as ``collector run`` does it, from its text to a run
+    handed to the ``writer``: a :class:`~collector.streams.feed.Feed` per channel (the
+    recorder's, with its default :class:`~collector.streams.tuning.Tuning`: 200 symbols a
+    connection, a run at 1,000 rows or messages or 1 s old) holding every symbol of ``symbols``,
+    its connections :class:`Replayed`. Returns ``(on_message(raw, channel, symbol), finish(),
+    counts, feeds)``: ``on_message`` gives the text to the connection holding ``symbol`` (as
+    Kraken's socket for it would); ``finish`` stops the feeds (their last runs to the writer).
 
-    ``stamps``, when given, collects each run's messages' own times (epoch seconds) under the
-    run's ``uid``, for the lag."""
+    The recorder's clock (``Feed.tick``, every 0.25 s in its own thread) is ticked here between
+    messages. ``stamps``, when given, collects each run's messages' own times (epoch seconds)
+    under the run's ``uid``, as the recorder keeps them for ``StreamStored``'s lags."""
     counts = Counts()
-    books: dict[str, Book] = {}
-    every = Every(defaults.WS_SNAPSHOT_EVERY)
-    ids = TradeIds(lambda hole: None)  # a hole would go to the Filler; the bench makes none
-    opened = datetime.now(UTC)
-    pending: dict[str, list[dict[str, Any]]] = {"trades": [], "book": []}
-    tickers: dict[str, dict[str, Any]] = {}
-    times: list[float] = []
-    held = [0, time.monotonic()]  # messages in the batch, when it began
+    tuning = Tuning()
+    routes: dict[tuple[str, str], Replayed] = {}
 
-    def flush() -> None:
-        if not held[0]:
-            return
-        now = datetime.now(UTC)
-        rows = {name: list(r) for name, r in pending.items() if r}
-        if tickers:
-            rows["ticker"] = list(tickers.values())
-        rows["stream_connections"] = [
-            connection_row(CONNECTION, stream, "all", URL, opened, messages=counts.messages)
-        ]
-        record = batch(
-            stream, "all", CONNECTION, rows, started_at=now, finished_at=now, messages=held[0]
-        )
-        if stamps is not None:
-            stamps[record.uid] = list(times)
-            times.clear()
+    def connect(
+        url: str, subscriptions: list[Subscription], handler: Handler, **kw: Any
+    ) -> Replayed:
+        conn = Replayed(url, subscriptions, handler, **kw)
+        for sub in conn.subscriptions:
+            routes.update(dict.fromkeys(((sub.channel, s) for s in sub.symbols), conn))
+        return conn
+
+    def submit(
+        record: RunRecord, channel: str, messages: int, rows: int, times: list[datetime]
+    ) -> None:
+        counts.submitted += messages
+        counts.runs += 1
+        counts.trades += len(record.rows.get("trades", ()))
+        counts.tickers += len(record.rows.get("ticker", ()))
+        counts.book_rows += len(record.rows.get("book", ()))
+        if stamps is not None and messages:
+            stamps[record.uid] = [t.timestamp() for t in times]
         writer.submit(record)
-        for r in pending.values():
-            r.clear()
-        tickers.clear()
-        held[0], held[1] = 0, time.monotonic()
 
-    def handle(channel: str, kind: str, data: Any, received_at: datetime) -> None:
-        if channel == "trade":
-            read = trade_rows(data, symbols)
-            new = [r for r in read.rows if ids.seen(r["pair"], r["trade_id"], r["time"])]
-            pending["trades"].extend(new)
-            counts.trades += len(new)
-            counts.refused.extend(read.refused)
-            if stamps is not None:
-                times.extend(r["time"].timestamp() for r in read.rows[:1])
-        elif channel == "ticker":
-            read = ticker_rows(data, symbols, received_at)
-            for row in read.rows:
-                tickers[row["pair"]] = row
-                if stamps is not None:
-                    times.append(row["taken_at"].timestamp())
-            counts.tickers += len(read.rows)
-            counts.refused.extend(read.refused)
-        elif channel == "book":
-            for entry in data:
-                symbol = entry["symbol"]
-                pair = symbols.pair(symbol)
-                if pair is None:
-                    counts.refused.append(f"book {symbol}: no known pair's")
-                    continue
-                book = books.get(symbol)
-                if book is None or kind == "snapshot":
-                    book = books[symbol] = Book(
-                        symbol,
-                        depth=10,
-                        price_precision=precisions[symbol],
-                        qty_precision=QTY_PRECISION,
-                    )
-                try:
-                    (book.snapshot if kind == "snapshot" else book.update)(entry)
-                except BookError:
-                    counts.mismatches += 1  # the recorder resubscribes and records the gap
-                    continue
-                counts.books += 1
-                if book.updated_at is not None and every.due(pair, book.updated_at):
-                    made = book_rows(book, pair)
-                    pending["book"].extend(made)
-                    counts.book_rows += len(made)
+    def publish(event: object) -> None:
+        if isinstance(event, StreamProblem):
+            if event.kind == "checksum":
+                counts.mismatches += 1
+            else:
+                counts.refused.append(f"{event.kind}: {event.message}")
 
-    def on_message(raw: str) -> None:
-        message = json.loads(raw, parse_float=Decimal)  # as streams.connection reads each one
-        channel, kind = message.get("channel"), message.get("type")
-        if channel == "heartbeat" or "method" in message:
-            return
-        handle(channel, kind, message.get("data"), datetime.now(UTC))
+    feeds: dict[str, Feed] = {}
+    for channel in channels:
+        book = channel == "book"
+        stream = Stream(
+            name=f"bench-{channel}",
+            channel=channel,
+            all_pairs=True,
+            depth=defaults.WS_DEPTH if book else None,
+            snapshot_every=defaults.WS_SNAPSHOT_EVERY if book else None,
+        )
+        feed = Feed(
+            stream,
+            url=URL,
+            api=None,  # the gap filler's REST client: the bench's trade ids make no hole
+            submit=submit,
+            publish=publish,
+            tuning=tuning,
+            connect=connect,
+        )
+        feed.symbols = symbols
+        wanted: dict[str, tuple[int, int] | None] = {
+            symbol: (precision, QTY_PRECISION) if book else None
+            for symbol, precision in precisions.items()
+        }
+        feed.hold(wanted)
+        feeds[channel] = feed
+    step = min(tuning.batch_seconds / 2, 0.25)
+    ticked = [time.monotonic()]
+
+    def on_message(raw: str, channel: str, symbol: str) -> None:
+        routes[channel, symbol].receive(raw)
         counts.messages += 1
-        held[0] += 1
-        if held[0] >= batch_messages or time.monotonic() - held[1] >= flush_seconds:
-            flush()
+        if (clock := time.monotonic()) - ticked[0] >= step:
+            ticked[0] = clock
+            now = datetime.now(UTC)
+            for feed in feeds.values():
+                feed.tick(now)
 
-    return on_message, flush, counts
+    def finish() -> None:
+        for feed in feeds.values():
+            feed.stop()
+
+    return on_message, finish, counts, feeds
 
 
 def fresh_store(folder: str, pairs: list[Pair]) -> Store:
@@ -545,41 +576,52 @@ def cryptofeed_checksums(messages: list[str]) -> tuple[int, int]:
 # -- part 1: throughput ----------------------------------------------------------------------------
 
 
-def trade_workload(pairs: list[Pair], count: int) -> tuple[list[str], int]:
+def trade_workload(pairs: list[Pair], count: int) -> tuple[list[str], list[str], int]:
+    """``count`` trade messages: their text, each one's symbol, and the trades they hold."""
     market = Market(pairs)
     t0 = datetime(2026, 8, 10, 14, 0, tzinfo=UTC).timestamp()
-    out, trades = [], 0
+    out, symbols, trades = [], [], 0
     for i in range(count):
-        raw, n = market.trade(market.pick(), t0 + i * 0.01)
+        p = market.pick()
+        raw, n = market.trade(p, t0 + i * 0.01)
         out.append(raw)
+        symbols.append(p.symbol)
         trades += n
-    return out, trades
+    return out, symbols, trades
 
 
 def throughput(args: argparse.Namespace, folder: str, version: str | None) -> dict[str, Any]:
     pairs = make_pairs(args.pairs)
     symbols = symbols_of(pairs)
     precisions = {p.symbol: p.decimals for p in pairs}
-    trades, trade_count = trade_workload(pairs, args.trade_messages)
+    trades, trade_symbols, trade_count = trade_workload(pairs, args.trade_messages)
     capture = capture_messages()
     books = capture * args.book_passes
-    workloads = {"trade": (trades, trade_count), "book": (books, len(books))}
+    workloads = {
+        "trade": (trades, trade_symbols, trade_count),
+        "book": (books, ["BTC/USD"] * len(books), len(books)),
+    }
     results: dict[str, Any] = {}
-    for channel, (messages, entries) in workloads.items():
+    for channel, (messages, routes, entries) in workloads.items():
         print(f"{channel}: {len(messages):,} messages ({entries:,} entries) a round", flush=True)
 
-        def collector_side(messages: list[str] = messages, entries: int = entries) -> float:
+        def collector_side(
+            channel: str = channel,
+            messages: list[str] = messages,
+            routes: list[str] = routes,
+            entries: int = entries,
+        ) -> float:
             store = fresh_store(folder, pairs)
             writer = Writer(store, batch_max=defaults.BATCH_MAX)
             writer.start()
             try:
-                on_message, flush, counts = collector_handler(
-                    writer, symbols, precisions=precisions, batch_messages=args.batch
+                on_message, finish, counts, feeds = collector_handler(
+                    writer, symbols, precisions=precisions, channels=(channel,)
                 )
                 start = time.perf_counter()
-                for raw in messages:
-                    on_message(raw)
-                flush()
+                for raw, symbol in zip(messages, routes, strict=True):
+                    on_message(raw, channel, symbol)
+                finish()
                 writer.flush()
                 took = time.perf_counter() - start
             finally:
@@ -588,10 +630,13 @@ def throughput(args: argparse.Namespace, folder: str, version: str | None) -> di
             store.dispose()
             assert not counts.refused, counts.refused[:3]
             assert counts.mismatches == 0, f"{counts.mismatches} checksums failed"
-            if messages is trades:  # every trade stored, once
+            assert counts.submitted == counts.messages == len(messages), counts
+            if channel == "trade":  # every trade stored, once
                 assert stored["trades"] == counts.trades == entries, (stored, counts)
-            else:
-                assert counts.books == entries and stored["book"] > 0, (stored, counts)
+            else:  # every update applied and verified (each pass begins with its snapshot)
+                book = feeds["book"].books["BTC/USD"]
+                assert book.synced and book.updates == entries - args.book_passes, book.updates
+                assert stored["book"] == counts.book_rows > 0, (stored, counts)
             return len(messages) / took
 
         def cryptofeed_side(
@@ -676,12 +721,12 @@ def replay(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     events.subscribe(BatchStored, stored)
     writer = Writer(store, events=events)
     writer.start()
-    on_message, flush, counts = collector_handler(
-        writer, symbols, precisions=precisions, batch_messages=args.batch, stamps=stamps
+    on_message, finish, counts, _ = collector_handler(
+        writer, symbols, precisions=precisions, channels=("trade", "ticker"), stamps=stamps
     )
     # Every pair's ticker once first (as the snapshots after subscribing), then the mix.
     for p in pairs:
-        on_message(market.ticker(p, time.time()))
+        on_message(market.ticker(p, time.time()), "ticker", p.symbol)
     rss: list[tuple[float, float]] = [(0.0, rss_mb())]
     sent, start, cpu_start = 0, time.monotonic(), time.process_time()
     tick = 0.01
@@ -692,14 +737,14 @@ def replay(args: argparse.Namespace, folder: str) -> dict[str, Any]:
                 p = market.pick()
                 now = time.time()
                 if market.rng.random() < 0.4:
-                    on_message(market.trade(p, now)[0])
+                    on_message(market.trade(p, now)[0], "trade", p.symbol)
                 else:
-                    on_message(market.ticker(p, now))
+                    on_message(market.ticker(p, now), "ticker", p.symbol)
                 sent += 1
             if elapsed - rss[-1][0] >= 1.0:
                 rss.append((elapsed, rss_mb()))
             time.sleep(max(0.0, start + (sent + 1) / args.rate - time.monotonic(), tick / 10))
-        flush()
+        finish()
         writer.flush()
     finally:
         writer.close()
@@ -734,7 +779,7 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     handler's there), but where it goes."""
     pairs = make_pairs(args.pairs)
     symbols = symbols_of(pairs)
-    trades, _ = trade_workload(pairs, args.trade_messages)
+    trades, _, _ = trade_workload(pairs, args.trade_messages)
     books = capture_messages() * args.book_passes
 
     def best(fn: Callable[[], object], count: int) -> float:
@@ -746,8 +791,12 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
         return min(times) * 1e6 / count
 
     out: dict[str, float] = {}
-    parsed = [json.loads(raw, parse_float=Decimal) for raw in trades]
-    out["trade: json.loads(parse_float=Decimal)"] = best(
+    decode = decoder()
+    parsed = [decode(raw) for raw in trades]
+    out["trade: streams.connection.decoder (msgspec, Decimal)"] = best(
+        lambda: [decode(raw) for raw in trades], len(trades)
+    )
+    out["trade: json.loads(parse_float=Decimal), before it (a reference)"] = best(
         lambda: [json.loads(raw, parse_float=Decimal) for raw in trades], len(trades)
     )
     rows = [row for message in parsed for row in trade_rows(message["data"], symbols).rows]
@@ -787,7 +836,7 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     out[f"trade: Store.write, SQLite, a run of {per_run} trades a transaction"] = best(
         write, len(trades)
     )
-    parsed_books = [json.loads(raw, parse_float=Decimal) for raw in books]
+    parsed_books = [decode(raw) for raw in books]
 
     def apply() -> Book:
         book = Book("BTC/USD", depth=10, price_precision=1, qty_precision=QTY_PRECISION)
@@ -796,8 +845,8 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
             (book.snapshot if message["type"] == "snapshot" else book.update)(entry)
         return book
 
-    out["book: json.loads(parse_float=Decimal)"] = best(
-        lambda: [json.loads(raw, parse_float=Decimal) for raw in books], len(books)
+    out["book: streams.connection.decoder (msgspec, Decimal)"] = best(
+        lambda: [decode(raw) for raw in books], len(books)
     )
     out["book: Book.snapshot/update (apply, cut, checksum)"] = best(apply, len(books))
     book = apply()
@@ -854,7 +903,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=750)
     parser.add_argument("--trade-messages", type=int, default=20_000)
     parser.add_argument("--book-passes", type=int, default=10, help="of the capture's 510")
-    parser.add_argument("--batch", type=int, default=500, help="messages a run at most")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=defaults.WS_BATCH_ROWS,
+        help="cryptofeed+sqlite's messages a transaction (collector's runs: its own tuning)",
+    )
     parser.add_argument("--rate", type=float, default=1_000.0, help="replay's messages/s")
     parser.add_argument("--replay-seconds", type=float, default=120.0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

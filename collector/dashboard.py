@@ -13,9 +13,13 @@ style is inline, there is no script, and the ``Content-Security-Policy`` says so
 Everything that comes from the database is HTML-escaped; nothing on it is secret (the database
 URL without its password; no key, no parameter, no nonce). GET only.
 
-Fast on a year of hourly snapshots: the values are computed from one read of the balances and
-a query per price source (``bench/bench_dashboard.py``); a series is drawn with at most four
-points per pixel column, a pair's price sampled at each pixel column's end. At most
+Fast on a year of hourly snapshots (``bench/bench_dashboard.py``): the values are read from
+``portfolio_value``, which the store keeps with the same rules, when the job file values as the
+table does (``valuation.quote``, ``max_price_age``); the snapshots the table lacks, or all of
+them when the settings differ, are valued here (:class:`~collector.valuation.Valuation`: one
+read of the balances and a query per price source), the page the same either way. A series is
+drawn with at most four points per pixel column, a pair's price sampled at each pixel column's
+end, the pairs priced together (a few statements for all of them). At most
 ``PAIRS_DRAWN`` price charts are drawn, the pairs the job file names and those that value the
 balances first; the other pairs collected are listed by name (a Ticker of every pair, 3,000 of
 them, would take seconds to draw, holding one of the listener's slots all along).
@@ -36,9 +40,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import bindparam, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import charts
@@ -51,11 +55,11 @@ from .jobfile import Config
 from .listener import Answer
 from .pairs import named as matching
 from .pairs import split
-from .schema import runs
+from .schema import UTCDateTime, runs
 from .status import collect, pairs_in
 from .store import Store
 from .streamstatus import connection_text
-from .valuation import Valuation, Value
+from .valuation import EXACT, Valuation, Value, stored_valuation
 from .valuation import table as portfolio_value
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,9 @@ PAIRS_LISTED = 200
 #: Jobs a page lists (``?jobs=2`` the next ones, in the job file's order): 5,000 jobs' rows took
 #: 2.4 MB and, each job's rows counted, seconds. Every job's state still decides the health.
 JOBS_SHOWN = 100
+#: Snapshots valued here in one go when ``portfolio_value`` lacks them (SQLite's parameters stop
+#: at 32,766).
+RUNS_VALUED = 5_000
 #: Stale jobs named in the header at most (the jobs' rows say the rest).
 PROBLEMS_SHOWN = 20
 #: Gaps listed on the page (the newest), and the length an error or a reason is cut to.
@@ -95,13 +102,34 @@ HEADERS = {
 }
 
 
+class Worth(NamedTuple):
+    """A snapshot's value as the page shows it: a row of ``portfolio_value``, or a
+    :class:`~collector.valuation.Value` computed here (the same rules, the same text). A tuple:
+    a year is 8,760 of them, a frozen dataclass five times slower to make."""
+
+    run_id: int
+    taken_at: datetime
+    value: Decimal
+    #: the assets with an amount and no price, sorted; and why each has none (None: all priced)
+    unpriced: tuple[str, ...]
+    reasons: str | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.unpriced
+
+    @classmethod
+    def of(cls, value: Value) -> Worth:
+        return cls(value.run_id, value.taken_at, value.value, value.unpriced, value.reasons)
+
+
 @dataclass(frozen=True)
 class Account:
     """One account's values in range, and its latest value (possibly before the range)."""
 
     name: str
-    values: list[Value]
-    latest: Value | None
+    values: list[Worth]
+    latest: Worth | None
 
 
 @dataclass(frozen=True)
@@ -224,7 +252,8 @@ def _accounts(conn: Any, valuation: Valuation, since: datetime | None) -> list[A
             select(balances.c.account, func.max(balances.c.taken_at)).group_by(balances.c.account)
         ).all()
     )
-    if inspect(conn).has_table(portfolio_value.name):
+    stored = inspect(conn).has_table(portfolio_value.name)
+    if stored:
         # An emptied account's snapshots have no balances: the table's rows are their marks.
         for name, when in conn.execute(
             select(portfolio_value.c.account, func.max(portfolio_value.c.taken_at)).group_by(
@@ -232,16 +261,105 @@ def _accounts(conn: Any, valuation: Valuation, since: datetime | None) -> list[A
             )
         ):
             latest[name] = max(when, latest.get(name, when))
-    values = valuation.values(conn, since)
+    if stored:
+        kept = stored_valuation(conn)
+        stored = (kept.quote, kept.max_price_age) == (valuation.quote, valuation.max_price_age)
+    values = _worth(conn, valuation, stored, since)
+    by_account: dict[str, list[Worth]] = {}
+    for account, worth in values:
+        by_account.setdefault(account, []).append(worth)
     out = []
     for name in sorted(latest):
-        mine = [v for v in values if v.account == name]
+        mine = by_account.get(name, [])
         newest = mine[-1] if mine else None
         if newest is None or newest.taken_at < latest[name]:
-            found = valuation.values(conn, latest[name], [name])
-            newest = found[-1] if found else newest
+            found = _worth(conn, valuation, stored, latest[name], [name])
+            newest = found[-1][1] if found else newest
         out.append(Account(name, mine, newest))
     return out
+
+
+def _worth(
+    conn: Any,
+    valuation: Valuation,
+    stored: bool,
+    since: datetime | None,
+    accounts: Sequence[str] | None = None,
+) -> list[tuple[str, Worth]]:
+    """Each snapshot's account and value taken at or after ``since`` (of ``accounts``; None:
+    all), oldest first. ``stored``: read from ``portfolio_value`` (the store keeps it with the
+    same rules, and the table's settings are the job file's), valuing here only what the table
+    lacks (a batch whose values failed, rows written by another tool) or holds out of bounds;
+    else every snapshot valued here (a year: 0.6 s where the table's rows are 10 ms)."""
+    if not stored:
+        return [(v.account, Worth.of(v)) for v in valuation.values(conn, since, accounts)]
+    where, params, binds = "", dict[str, Any](), []
+    if since is not None:
+        where += " AND {t}.taken_at >= :since"
+        params["since"] = since
+        binds.append(bindparam("since", type_=UTCDateTime()))
+    if accounts is not None:
+        where += " AND {t}.account IN :accounts"
+        params["accounts"] = list(accounts)
+        binds.append(bindparam("accounts", expanding=True))
+    result = conn.execute(
+        text(
+            "SELECT p.run_id, p.account, p.taken_at, p.value, p.unpriced, p.why_unpriced "
+            "FROM portfolio_value p WHERE 1 = 1" + where.format(t="p") + " ORDER BY p.taken_at, "
+            "p.run_id"
+        ).bindparams(*binds),
+        params,
+    )
+    try:  # the driver's plain tuples: a year is 8,760 rows
+        rows = result.cursor.fetchall() if result.cursor is not None else []
+    finally:
+        result.close()
+    # The snapshots in range the table lacks, mostly none: on SQLite an EXCEPT (its anti-join
+    # sought a row per balance, 30 ms of a year), on PostgreSQL a hashed anti-join (its EXCEPT
+    # hashed every balance: twice as long).
+    lacking = (
+        "SELECT DISTINCT b.run_id FROM balances b WHERE NOT EXISTS (SELECT 1 FROM "
+        "portfolio_value p WHERE p.run_id = b.run_id)" + where.format(t="b")
+        if conn.dialect.name == "postgresql"
+        else "SELECT b.run_id FROM balances b WHERE 1 = 1" + where.format(t="b") + " EXCEPT "
+        "SELECT p.run_id FROM portfolio_value p"
+    )
+    missing = sorted(conn.execute(text(lacking).bindparams(*binds), params).scalars())
+    out = []
+    for run_id, account, taken_at, value, unpriced, why in rows:
+        number = _stored_number(value)
+        if number is None:
+            missing.append(run_id)
+            continue
+        names = tuple(unpriced.split(",")) if unpriced else ()
+        out.append((account, Worth(run_id, _utc(taken_at), number, names, why)))
+    if not missing:
+        return out
+    for start in range(0, len(missing), RUNS_VALUED):
+        chunk = missing[start : start + RUNS_VALUED]
+        out += [(v.account, Worth.of(v)) for v in valuation.values(conn, run_ids=chunk)]
+    return sorted(out, key=lambda found: (found[1].taken_at, found[1].run_id))
+
+
+def _stored_number(value: Any) -> Decimal | None:
+    """A stored value as the valuation could have made it (finite, within its exact context's
+    digits), or None: valued again here rather than shown (``1E+999999`` would be a million
+    digits on the page)."""
+    if isinstance(value, Decimal):  # PostgreSQL's numeric
+        return value if value.is_finite() and len(value.as_tuple().digits) <= EXACT.prec else None
+    if not isinstance(value, str) or len(value) > EXACT.prec + 2:  # SQLite's text: its digits
+        return None
+    try:
+        number = Decimal(value)
+    except decimal.InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _utc(value: Any) -> datetime:
+    """A time as a plain statement returns it (SQLite: the stored text) in UTC."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _decimals(conn: Any, quote: str, tables: set[str]) -> int:
@@ -274,7 +392,14 @@ def _drawn_pairs(
     valuing: set[str] = set()
     if "pairs" in tables:
         routes = valuation.routes(conn)
-        held = conn.execute(select(balances.c.asset).distinct()).scalars()
+        # The assets held, one seek each by (asset, taken_at): DISTINCT read every balance.
+        held = conn.execute(
+            text(
+                "WITH RECURSIVE seen(asset) AS (SELECT min(asset) FROM balances UNION ALL "
+                "SELECT (SELECT min(asset) FROM balances WHERE asset > seen.asset) FROM seen "
+                "WHERE seen.asset IS NOT NULL) SELECT asset FROM seen WHERE asset IS NOT NULL"
+            )
+        ).scalars()
         plans = [routes.of(asset) for asset in held]
         valuing = {r.pair for plan in plans for r in plan if r.pair is not None}
         if any(r.through_xbt for plan in plans for r in plan):
@@ -303,13 +428,21 @@ def _prices(
             )
         ).all()
         names = {pair: (wsname or pair, quote or "") for pair, wsname, quote in rows}
-    out = []
+    # The pairs sampled at the same times priced together (a range's: all of them; ``all``:
+    # those whose first price is the same).
+    starts: dict[datetime, list[str]] = {}
     for pair in collected:
-        start = since or _first_price(conn, pair) or now
+        starts.setdefault(since or _first_price(conn, pair) or now, []).append(pair)
+    found: dict[str, tuple[list[datetime], list[Any]]] = {}
+    for start, names_ in starts.items():
         step = (now - start) / PRICE_SAMPLES
         times = [start + step * i for i in range(PRICE_SAMPLES + 1)]
-        found = valuation.prices(conn, pair, times)
-        samples = [(t, p) for t, p in zip(times, found, strict=True) if p is not None]
+        for pair, prices in valuation.prices_of(conn, names_, times).items():
+            found[pair] = (times, prices)
+    out = []
+    for pair in collected:
+        times, prices = found[pair]
+        samples = [(t, p) for t, p in zip(times, prices, strict=True) if p is not None]
         latest = samples[-1][1] if samples else None
         symbol, quote = names.get(pair, (pair, ""))
         out.append(Pair(pair, symbol, quote, samples, latest))

@@ -59,10 +59,11 @@ class _Progress:
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pages += 1
         self.rows += len(rows)
-        times = [r["time"] for r in rows if isinstance(r.get("time"), datetime)]
+        times = [t for r in rows if isinstance(t := r.get("time"), datetime)]
         if times:
-            self.oldest = min([*times, *([self.oldest] if self.oldest else [])])
-            self.newest = max([*times, *([self.newest] if self.newest else [])])
+            oldest, newest = min(times), max(times)
+            self.oldest = oldest if self.oldest is None else min(oldest, self.oldest)
+            self.newest = newest if self.newest is None else max(newest, self.newest)
         now = time.monotonic()
         if now - self.said >= self.every:
             self.said, self.told = now, True
@@ -237,10 +238,8 @@ class Runner:
             # run cut short continues from here; the run's final record follows the last page.
             stored = self.persist(dataclasses.replace(record, status=Status.PARTIAL, result=None))
             record.rows = {}
-            if stored is False:  # refused for its content: stored without rows and cursor
-                record.status = Status.BAD_RESPONSE
-                record.error = "a page could not be stored; the next run asks for it again"
-                record.cursor = None
+            if stored is False:
+                self._refused(record)
                 break
             params = page.next
         if keep and answers:
@@ -262,6 +261,15 @@ class Runner:
         self.events.publish(RunFinished(record))
         self.submit(record)
         return record
+
+    def _refused(self, record: RunRecord) -> None:
+        """A page was refused for its content (stored without rows and cursor): the run ends
+        there, and the job continues from the stored cursor (the one this process holds is past
+        the refused rows)."""
+        record.status = Status.BAD_RESPONSE
+        record.error = "a page could not be stored; the next run asks for it again"
+        record.rows, record.cursor = {}, None
+        self.forget(record.job)
 
     def _call(self, job: Job, params: dict[str, Any], record: RunRecord) -> tuple[bool, Any]:
         """One call with its retries; the outcome goes into ``record``. (True, result) on success.

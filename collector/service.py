@@ -197,8 +197,11 @@ class Service:
             self.store.engine, config.jobs, self.events, retention=config.retention, clock=clock
         )
         self.monitor: Monitor | None = None
+        self.dashboard: Dashboard | None = None
         if config.metrics_listen:
             first = next(iter(self.sessions.values()), None)
+            # The same page as `collector dashboard`, from the same database.
+            self.dashboard = Dashboard(config, self.store, spooled=lambda: len(self.spool))
             self.monitor = Monitor(
                 config.metrics_listen,
                 jobs=config.jobs,
@@ -213,8 +216,7 @@ class Service:
                 last_success=self.store.last_success,
                 datasets=self.runner.datasets,
                 keys=self._key_levels,
-                # The same page as `collector dashboard`, from the same database.
-                dashboard=Dashboard(config, self.store, spooled=lambda: len(self.spool)).answer,
+                dashboard=self.dashboard.answer,
                 allowed_hosts=config.metrics_allowed_hosts,
             )
 
@@ -258,6 +260,8 @@ class Service:
         self.retention.configure(config)
         streams = changes.streams
         self.recorder.apply(config.streams, streams.added, streams.removed, streams.changed)
+        if self.dashboard is not None:  # the page draws the jobs and streams of the file now
+            self.dashboard.config = config
         if self.monitor is not None:  # the streams' health and series, after the reload
             self.monitor.configure_streams(config.streams, (*streams.added, *streams.changed))
         self.events.publish(Reloaded(config.jobs, changes.added, changes.removed, changes.changed))

@@ -18,27 +18,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy import BigInteger, String, func, inspect, literal, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
-from .datasets import for_method
+from .datasets import by_method
 from .health import Paging, interval, stale_after, verdict
 from .jobfile import Config, Job, format_duration
 from .keystate import KeyBudget
-from .pairs import same
+from .pairs import named, same
 from .ratelimit import sent_level
-from .sanitize import text
 from .schema import cursors, ledger_verification, runs
 from .store import Store
 from .streamstatus import collect as stream_lines
-from .streamstatus import connection_text
 from .verify import status as verification
 
 #: Runs read by id in one statement (SQLite's parameters stop at 32,766).
@@ -63,8 +62,9 @@ def collect(
     """The status of ``config``'s jobs in ``store`` (None: there is no database yet).
 
     Every job's state and runs come from a few statements for all jobs, not a few a job (5,000
-    jobs: 4 statements, where 30,000 took seconds); its rows and cursor, a statement or two a
-    job, only for the jobs ``detailed`` says (None: all; the dashboard's page of jobs)."""
+    jobs: 4 statements, where 30,000 took seconds); its rows and cursor from a statement a
+    dataset (:func:`_details`), only for the jobs ``detailed`` says (None: all; the dashboard's
+    page of jobs)."""
     mtime = datetime.fromtimestamp(os.path.getmtime(config.path), UTC)
     jobs: list[dict[str, Any]] = []
     ledgers: list[dict[str, Any]] = []
@@ -72,17 +72,32 @@ def collect(
     oldest = None
     if store is not None:
         with store.engine.connect() as conn:
+            version = conn.dialect.server_version_info or ()
+            if conn.dialect.name == "postgresql" and version >= (11,):  # JIT from 11 on
+                # Thousands of jobs' seeks are estimated past jit_above_cost: compiling them took
+                # 200 ms of a 300 ms statement. For this transaction only.
+                conn.exec_driver_sql("SET LOCAL jit = off")
             oldest = conn.execute(select(runs.c.started_at).order_by(runs.c.id).limit(1)).scalar()
             streams = stream_lines(conn, config.streams, now, mtime)
             known = _runs_of(conn, store, [job.name for job in config.jobs], now)
+            methods = by_method(store.datasets.values())
+            details = _details(
+                conn,
+                store,
+                [
+                    (job, methods[job.method].name)
+                    for job in config.jobs
+                    if job.method in methods and (detailed is None or detailed(job))
+                ],
+            )
             jobs = [
-                _job(conn, store, job, now, mtime, known, detailed is None or detailed(job))
+                _job(job, now, mtime, known, methods.get(job.method), details.get(job.name))
                 for job in config.jobs
             ]
             if inspect(conn).has_table(ledger_verification.name):  # before 0007: not yet
                 ledgers = verification(conn)
     else:
-        jobs = [_job(None, None, job, now, mtime, _Known()) for job in config.jobs]
+        jobs = [_job(job, now, mtime, _Known(), None, None) for job in config.jobs]
         streams = stream_lines(None, config.streams, now, mtime)
     problems = [
         f"job {j['name']}: {j['progress'] + '; ' if j['progress'] else ''}"
@@ -109,69 +124,76 @@ def collect(
 @dataclass
 class _Known:
     """What the runs and gaps say of each job, read for all jobs at once (:func:`_runs_of`):
-    its last run, last success and first run, its failures in the last day by status, and its
-    gaps (count, newest end)."""
+    its last run, when its last success finished and (for a job without one) when its first run
+    started, its failures in the last day by status, and its gaps (count, newest end)."""
 
     last: dict[str, Any] = field(default_factory=dict)
-    success: dict[str, Any] = field(default_factory=dict)
-    first: dict[str, Any] = field(default_factory=dict)
+    success: dict[str, datetime] = field(default_factory=dict)
+    first: dict[str, datetime] = field(default_factory=dict)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     gaps: dict[str, tuple[int, Any]] | None = None
 
 
-_RUN_COLUMNS = (
-    runs.c.id,
-    runs.c.started_at,
-    runs.c.finished_at,
-    runs.c.status,
-    runs.c.error,
-    runs.c.pages,
-    runs.c.new_rows,
-)
+_RUN_COLUMNS = ("id", "started_at", "finished_at", "status", "error", "pages", "new_rows")
 
 
 def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime) -> _Known:
-    """Each job's runs (as :class:`_Known`) in three statements for all jobs: its last, last
-    successful and first run by the index (job, started_at), one seek each in a correlated
-    subquery over the names (one parameter: a JSON array on SQLite, an array on PostgreSQL),
-    then those rows by id; its failures of the last day, a range of the same index."""
+    """Each job's runs (as :class:`_Known`) in a few statements for all jobs, each job's a seek
+    by the index (job, started_at) in a correlated subquery over the names (one parameter): its
+    last run (then read by id); for the jobs whose last run failed (mostly none: no statement),
+    their last success and first run; its failures of the last day."""
     known = _Known()
     day = now - timedelta(days=1)
     unique = list(dict.fromkeys(names))
     if not unique:
         return known
-    if conn.dialect.name == "sqlite":
-        asked = func.json_each(json.dumps(unique)).table_valued("value").alias("asked")
-    else:
-        names_ = literal(unique, postgresql.ARRAY(String))
-        asked = func.unnest(names_).table_valued("value").render_derived(name="asked")
+    asked = _listed(conn, unique, String, "asked")
 
-    def one(*where: Any, newest: bool = True) -> Any:
-        order = runs.c.started_at.desc() if newest else runs.c.started_at
+    def one(of: Any, column: str, *where: Any, newest: bool = True) -> Any:
+        """The column of the job ``of.c.value``'s newest (or first) run, as ``where`` says."""
+        seek = runs.alias("seek")
+        order = seek.c.started_at.desc() if newest else seek.c.started_at
         return (
-            select(runs.c.id)
-            .where(runs.c.job == asked.c.value, *where)
+            select(seek.c[column])
+            .where(seek.c.job == of.c.value, *(w(seek) for w in where))
             .order_by(order)
             .limit(1)
+            .correlate(of)
             .scalar_subquery()
         )
 
     # The status through a no-op (it is never NULL): a seek by (job, started_at) per job, where
     # PostgreSQL, not knowing the job when it plans, would AND in ix_runs_status's every ok run
     # for each job (5,000 jobs: 5 s instead of 20 ms).
-    ok = func.coalesce(runs.c.status, "") == "ok"
-    ids = conn.execute(select(asked.c.value, one(), one(ok), one(newest=False))).all()
-    wanted = sorted({i for _, *three in ids for i in three if i is not None})
-    rows: dict[int, Any] = {}
-    for start in range(0, len(wanted), RUNS_A_STATEMENT):
-        chunk = wanted[start : start + RUNS_A_STATEMENT]
-        rows.update(
-            (r.id, r) for r in conn.execute(select(*_RUN_COLUMNS).where(runs.c.id.in_(chunk)))
+    def ok(seek: Any) -> Any:
+        return func.coalesce(seek.c.status, "") == "ok"
+
+    found = conn.execute(select(asked.c.value, one(asked, "id"))).all()
+    # The last runs by id, the ids one parameter too (10,000 placeholders cost more than the rows
+    # they read, 80 ms on PostgreSQL; joined on the seek instead, PostgreSQL hashed every run).
+    wanted = _listed(conn, sorted({i for _, i in found if i is not None}), BigInteger, "wanted")
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            select(*(runs.c[c] for c in _RUN_COLUMNS)).where(runs.c.id.in_(select(wanted.c.value)))
         )
-    for name, last, success, first in ids:
-        for into, run_id in ((known.last, last), (known.success, success), (known.first, first)):
-            if run_id is not None:
-                into[name] = rows[run_id]
+    }
+    for name, last in found:
+        if last is not None:
+            run = known.last[name] = rows[last]
+            if run.status == "ok":  # its last run is its last success
+                known.success[name] = run.finished_at
+    # The others' last success, and their first run (measured from it if there is none).
+    unsure = [name for name in known.last if name not in known.success]
+    if unsure:
+        them = _listed(conn, unsure, String, "unsure")
+        first_ = one(them, "started_at", newest=False)
+        for name, success, first in conn.execute(
+            select(them.c.value, one(them, "finished_at", ok), first_)
+        ):
+            known.first[name] = first
+            if success is not None:
+                known.success[name] = success
     failed = conn.execute(
         select(runs.c.job, runs.c.status, func.count())
         .where(
@@ -196,17 +218,26 @@ def _runs_of(conn: Any, store: Store | None, names: Sequence[str], now: datetime
     return known
 
 
+def _listed(conn: Any, values: Sequence[Any], kind: Any, name: str = "listed") -> Any:
+    """``values`` as a table of one column, ``value``, from one parameter: a JSON array on SQLite
+    (``json_each``), an array on PostgreSQL (``unnest``); SQLite's parameters stop at 32,766."""
+    if conn.dialect.name == "sqlite":
+        return func.json_each(json.dumps(list(values))).table_valued("value").alias(name)
+    array = literal(list(values), postgresql.ARRAY(kind))
+    return func.unnest(array).table_valued("value").render_derived(name=name)
+
+
 def _job(
-    conn: Any,
-    store: Store | None,
     job: Job,
     now: datetime,
     mtime: datetime,
     known: _Known,
-    detailed: bool = True,
+    dataset: Any,
+    details: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """One job's report: its runs from ``known``, its rows and cursor from ``details`` (None:
+    not counted), ``dataset`` the one its method fills (None: none)."""
     paging: Paging | None = None
-    dataset = for_method(job.method, store.datasets.values() if store else ())
     info: dict[str, Any] = {"dataset": dataset.name if dataset else None}
     last = known.last.get(job.name)
     success = known.success.get(job.name)
@@ -220,13 +251,12 @@ def _job(
             failures["partial"] -= 1
             if not failures["partial"]:
                 del failures["partial"]
-    if conn is not None:
-        if dataset is not None and detailed:
-            info.update(_dataset(conn, store, job, dataset.name))
-        if known.gaps is not None:
-            count, end = known.gaps.get(job.name, (0, None))
-            info.update(gaps=count, last_gap_end=_iso(end))
-    reference = success.finished_at if success else first.started_at if first else mtime
+    if details is not None:
+        info.update(details)
+    if known.gaps is not None:
+        count, end = known.gaps.get(job.name, (0, None))
+        info.update(gaps=count, last_gap_end=_iso(end))
+    reference = success or first or mtime
     state = verdict(job, reference, paging, success is not None, now)
     stale = state == "stale"
     return {
@@ -238,7 +268,7 @@ def _job(
         "progress": paging.progress(success is not None, now) if paging else None,
         "last_run": _iso(last.started_at) if last else None,
         "last_status": last.status if last else None,
-        "last_success": _iso(success.finished_at) if success else None,
+        "last_success": _iso(success),
         "failures_24h": failures,
         "interval_seconds": _finite(interval(job)),
         "stale_after_seconds": _finite(stale_after(job)),
@@ -252,39 +282,95 @@ def _job(
     }
 
 
-def _dataset(conn: Any, store: Store | None, job: Job, name: str) -> dict[str, Any]:
-    """The job's own rows in its dataset, counted with the newest entry: balances and ticker,
-    this job's snapshots; the private histories, its account's entries; trades, candles and
-    spreads, its pair's (and its interval's); and the job's cursor, with how far a history
-    window being paged has got."""
-    assert store is not None
-    dataset = store.datasets[name]
-    table, column = dataset.table, dataset.time_column
-    query = select(func.count(), func.max(table.c[column]) if column else func.count())
-    if name == "balances":
-        query = query.where(table.c.job == job.name)
-    elif "account" in table.c and job.account:  # the private histories: this account's rows
-        query = query.where(table.c.account == job.account)
-    elif name == "ticker":
-        query = query.select_from(table.join(runs, runs.c.id == table.c.run_id)).where(
-            runs.c.job == job.name
+def _details(conn: Any, store: Store, jobs: Sequence[tuple[Job, str]]) -> dict[str, dict[str, Any]]:
+    """Each job's own rows in its dataset (``jobs``: each with its dataset's name), counted with
+    the newest entry: balances and ticker, this job's snapshots; the private histories, its
+    account's entries; trades, candles and spreads, its pair's (and its interval's); and the
+    job's cursor, with how far a history window being paged has got.
+
+    A statement a dataset and kind, grouped by job, account or pair (a page of 100 Ticker jobs
+    was 100 joins of ticker and runs, 1.8 s on PostgreSQL; grouped, one scan)."""
+    out: dict[str, dict[str, Any]] = {}
+    # (dataset, kind) -> {job: what it is counted by}
+    asked: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for job, name in jobs:
+        table = store.datasets[name].table
+        if name == "balances":
+            asked[(name, "job")][job.name] = job.name
+        elif "account" in table.c and job.account:  # the private histories: this account's rows
+            asked[(name, "account")][job.name] = job.account
+        elif name == "ticker":
+            asked[(name, "run")][job.name] = job.name
+        elif "pair" in table.c and isinstance(job.params.get("pair"), str):
+            interval = int(job.params.get("interval") or 1) if "interval" in table.c else None
+            asked[(name, "pair")][job.name] = (job.params["pair"], interval)
+        else:
+            asked[(name, "all")][job.name] = None
+    for (name, kind), keys in asked.items():
+        found = _counted(conn, store.datasets[name], kind, keys)
+        column = store.datasets[name].time_column
+        for job_name, (count, newest) in found.items():
+            out[job_name] = {"rows": count, "newest": _iso(newest) if column else None}
+    them = _listed(conn, sorted({j.name for j, n in jobs if store.datasets[n].incremental}), String)
+    values = {
+        (job, dataset): value
+        for job, dataset, value in conn.execute(
+            select(cursors.c.job, cursors.c.dataset, cursors.c.value).where(
+                cursors.c.job.in_(select(them.c.value))
+            )
         )
-    elif "pair" in table.c and isinstance(job.params.get("pair"), str):
-        asked = job.params["pair"]
-        query = query.where(table.c.pair.in_([p for p in pairs_in(conn, table) if same(asked, p)]))
-        if "interval" in table.c:
-            query = query.where(table.c.interval == int(job.params.get("interval") or 1))
-    count, newest = conn.execute(query).one()
-    out: dict[str, Any] = {"rows": count, "newest": _iso(newest) if column else None}
-    if dataset.incremental:
-        value = conn.execute(
-            select(cursors.c.value).where(cursors.c.job == job.name, cursors.c.dataset == name)
-        ).scalar()
-        out["cursor"] = _iso(dataset.cursor_time(value))
+    }
+    for job, name in jobs:
+        dataset = store.datasets[name]
+        if not dataset.incremental:
+            continue
+        value = values.get((job.name, name))
+        info = out[job.name]
+        info["cursor"] = _iso(dataset.cursor_time(value))
         window = value.get("window") if isinstance(value, dict) else None
-        out["paging"] = window is not None
+        info["paging"] = window is not None
         if isinstance(window, dict) and isinstance(window.get("count"), int):
-            out["paged"] = {"entries": window.get("ofs", 0), "of": window["count"]}
+            info["paged"] = {"entries": window.get("ofs", 0), "of": window["count"]}
+    return out
+
+
+def _counted(
+    conn: Any, dataset: Any, kind: str, keys: dict[str, Any]
+) -> dict[str, tuple[int, Any]]:
+    """Each job's ``(rows, newest)`` in ``dataset``, counted by ``kind`` (:func:`_details`):
+    one grouped statement (a statement a chunk of keys)."""
+    table, column = dataset.table, dataset.time_column
+    newest = func.max(table.c[column]) if column else func.count()
+    if kind == "all":
+        found = conn.execute(select(func.count(), newest)).one()
+        return {job: (found[0], found[1]) for job in keys}
+    if kind == "pair":
+        collected = pairs_in(conn, table)
+        spelt = named([pair for pair, _ in keys.values()], collected)
+        mine = {job: [p for p in spelt if same(pair, p)] for job, (pair, _) in keys.items()}
+        by: Any = table.c.pair
+        wanted: list[Any] = sorted({p for found in mine.values() for p in found})
+    else:
+        by = runs.c.job if kind == "run" else table.c[kind]
+        wanted = sorted(set(keys.values()))
+    extra = [table.c.interval] if kind == "pair" and "interval" in table.c else []
+    counts: dict[Any, tuple[int, Any]] = {}
+    for start in range(0, len(wanted), RUNS_A_STATEMENT):
+        query = select(by, *extra, func.count(), newest).where(
+            by.in_(wanted[start : start + RUNS_A_STATEMENT])
+        )
+        if kind == "run":
+            query = query.select_from(table.join(runs, runs.c.id == table.c.run_id))
+        for *group, count, last in conn.execute(query.group_by(by, *extra)):
+            counts[tuple(group) if extra else group[0]] = (count, last)
+    if kind != "pair":
+        return {job: counts.get(key, (0, None)) for job, key in keys.items()}
+    out = {}
+    for job, (_, minutes) in keys.items():
+        parts = [counts.get((p, minutes) if extra else p) for p in mine[job]]
+        seen = [part for part in parts if part is not None]
+        lasts = [last for _, last in seen if last is not None]
+        out[job] = (sum(count for count, _ in seen), max(lasts) if lasts else None)
     return out
 
 
@@ -351,136 +437,3 @@ def _iso(value: Any) -> str | None:
 
 def _ago(delta: timedelta) -> str:
     return format_duration(timedelta(seconds=int(delta.total_seconds())))
-
-
-def _short(iso: str | None) -> str:
-    """``2024-05-01 12:00:00`` (UTC) from an ISO time; ``-`` for none."""
-    return iso[:19].replace("T", " ") if iso else "-"
-
-
-def _paging(job: dict[str, Any]) -> str:
-    """`` (paging 600 of 10,000)`` while a history window is being paged."""
-    if not job.get("paging"):
-        return ""
-    paged = job.get("paged")
-    return f" (paging {paged['entries']:,} of {paged['of']:,})" if paged else " (paging)"
-
-
-def _table(lines: list[tuple[str, ...]]) -> list[str]:
-    """Rows as aligned columns, every value escaped (:func:`sanitize.text`)."""
-    lines = [tuple(text(c) for c in row) for row in lines]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
-    ]
-
-
-def _streams(streams: list[dict[str, Any]]) -> list[str]:
-    """A line per stream under its own header: its channel and pairs, its connection, the
-    messages of its connections of the last day, its reconnects and gaps in the last day, its
-    last batch and last data, its state."""
-    header = (
-        "stream",
-        "channel",
-        "pairs",
-        "connection",
-        "messages",
-        "reconnects 24h",
-        "gaps 24h",
-        "last batch",
-        "last data",
-        "state",
-    )
-    lines: list[tuple[str, ...]] = [header]
-    for s in streams:
-        last = _short(s["last_batch"])
-        if s["last_status"] not in (None, "ok"):
-            last += f" {s['last_status']}"
-        lines.append(
-            (
-                s["name"],
-                s["channel"],
-                s["pairs"],
-                connection_text(s),
-                f"{s['messages']:,}",
-                str(s["reconnects_24h"]),
-                str(s["gaps_24h"]),
-                last,
-                _short(s["last_data"]),
-                s["state"],
-            )
-        )
-    return _table(lines)
-
-
-def render(report: dict[str, Any]) -> str:
-    """The report as a table, then the spool, the oldest run kept and the verdict. Each line is
-    one line whatever the database holds: every value is escaped (:func:`sanitize.text`)."""
-    header = (
-        "job",
-        "method",
-        "account",
-        "last run",
-        "status",
-        "last success",
-        "failures 24h",
-        "rows",
-        "newest",
-        "cursor",
-        "gaps",
-        "state",
-    )
-    lines: list[tuple[str, ...]] = [header]
-    for j in report["jobs"]:
-        failures = ", ".join(f"{s} {n}" for s, n in sorted(j["failures_24h"].items())) or "-"
-        lines.append(
-            (
-                j["name"],
-                j["method"],
-                j.get("account") or "-",
-                _short(j["last_run"]),
-                j["last_status"] or "-",
-                _short(j["last_success"]),
-                failures,
-                "-" if j["rows"] is None else f"{j['rows']:,}",
-                _short(j["newest"]),
-                _short(j["cursor"]) + _paging(j),
-                str(j["gaps"]),
-                j["state"],
-            )
-        )
-    # A file of streams alone has no jobs: no table of none.
-    out = _table(lines) if report["jobs"] or not report.get("streams") else []
-    for j in report["jobs"]:
-        if j.get("progress") and j["state"] != "stale":  # a stale one says it in its problem
-            out.append(f"job {j['name']}: {j['progress']}")
-    if report.get("streams"):
-        out.extend(_streams(report["streams"]))
-    for a in report.get("accounts", []):
-        counter = "-" if a["counter"] is None else f"{a['counter']:g} of {a['counter_max']:g}"
-        line = f"account {a['name']}: key counter {counter}"
-        if a["rate_limit_refusals_1h"]:
-            line += (
-                f"; Kraken refused it for the rate limit {a['rate_limit_refusals_1h']} times in "
-                f"the last hour (last {_short(a['last_refusal'])}): is another program using it?"
-            )
-        out.append(text(line))
-    for ledger in report.get("ledgers", []):
-        who = f"ledger of account {text(ledger['account'])}"
-        size = f"{ledger['assets']} assets, {ledger['entries']:,} entries"
-        if ledger["verified"]:
-            out.append(f"{who}: verified to {_short(ledger['verified_to'])} ({size})")
-        else:
-            n = ledger["breaks"]
-            out.append(
-                f"{who}: UNVERIFIED: {n} break{'s' if n > 1 else ''} recorded up to "
-                f"{_short(ledger['verified_to'])} ({size}); collector verify shows them"
-            )
-    waiting = report["spool_waiting"]
-    out.append(f"spool: {f'{waiting:,} runs waiting' if waiting else 'empty'}")
-    out.append(f"oldest run kept: {_short(report['oldest_run'])} (times in UTC)")
-    if report["healthy"]:
-        out.append("healthy")
-    else:
-        out.extend(f"UNHEALTHY: {text(p)}" for p in report["problems"])
-    return "\n".join(out)

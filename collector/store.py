@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -545,11 +546,14 @@ class Store:
             rows = by_table[name]
             column = dataset.pair_column
             rename = self._renames(conn, dataset, rows)
-            unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+            if rename and column is not None:
+                for row in rows:
+                    if row[column] in rename:
+                        row[column] = rename[row[column]]
+            keyof = itemgetter(*dataset.key)  # in C; one column's key is the value itself
+            unique: dict[Any, dict[str, Any]] = {}
             for row in rows:
-                if rename and column is not None and row[column] in rename:
-                    row[column] = rename[row[column]]
-                k = tuple(row[c] for c in dataset.key)
+                k = keyof(row)
                 first = unique.get(k)
                 # One statement must not touch a key twice (PostgreSQL refuses it): the latest
                 # values win, the run that first had the row keeps it.
@@ -628,6 +632,8 @@ class Store:
             return Counter()
         if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
             return bulk.upsert(conn, table, key, rows, update, frozen, compare)
+        if count and not update and conn.dialect.name == "sqlite" and "run_id" in rows[0]:
+            return bulk.insert_new(conn, table, key, rows)  # an executemany a run, counted
         stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen, compare)
         if not count:
             conn.execute(stmt, rows)

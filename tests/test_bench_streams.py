@@ -50,9 +50,9 @@ def test_collector_side_stores_every_message(tmp_path: Path) -> None:
     pairs = b.make_pairs(50)
     symbols = b.symbols_of(pairs)
     precisions = {p.symbol: p.decimals for p in pairs}
-    trades, entries = b.trade_workload(pairs, 300)
+    trades, routes, entries = b.trade_workload(pairs, 300)
     market = b.Market(pairs, seed=3)
-    tickers = [market.ticker(p, 1.8e9) for p in pairs]
+    tickers = [(market.ticker(p, 1.7e9), "ticker", p.symbol) for p in pairs]
     capture = b.capture_messages()
     assert len(capture) == 510
 
@@ -60,25 +60,32 @@ def test_collector_side_stores_every_message(tmp_path: Path) -> None:
     writer = Writer(store)
     writer.start()
     try:
-        on_message, flush, counts = b.collector_handler(
-            writer, symbols, precisions=precisions, batch_messages=64
+        on_message, finish, counts, feeds = b.collector_handler(
+            writer, symbols, precisions=precisions
         )
-        for raw in [*trades, *tickers, *capture]:
-            on_message(raw)
-        flush()
+        messages = [
+            *((raw, "trade", symbol) for raw, symbol in zip(trades, routes, strict=True)),
+            *tickers,
+            *((raw, "book", "BTC/USD") for raw in capture),
+        ]
+        for raw, channel, symbol in messages:
+            on_message(raw, channel, symbol)
+        finish()
         assert writer.flush(30)
     finally:
         assert writer.close(30)
     stored = b.stored_counts(store)
     store.dispose()
     assert counts.refused == [] and counts.mismatches == 0
-    assert counts.messages == len(trades) + len(tickers) + len(capture)
+    # Every message went through the recorder's feeds into a run handed to the writer.
+    assert counts.submitted == counts.messages == len(trades) + len(tickers) + len(capture)
     assert stored["trades"] == counts.trades == entries  # every trade, once
     assert stored["ticker"] == counts.tickers == len(pairs)  # one batch: each pair's latest
-    assert counts.books == len(capture)  # every book message applied and its checksum verified
-    # One snapshot a minute of the capture's own times (its updates span a minute boundary or
-    # not): at least one, 20 rows each (depth 10, two sides).
-    assert stored["book"] == counts.book_rows > 0 and stored["book"] % 20 == 0
+    book = feeds["book"].books["BTC/USD"]  # every update applied and its checksum verified
+    assert book.synced and book.updates == len(capture) - 1
+    # The feed's first book snapshot at once, then one every snapshot_every (a minute) of the
+    # clock: 20 rows each (depth 10, two sides).
+    assert stored["book"] == counts.book_rows == 20
     by_pair: dict[str, int] = defaultdict(int)
     for raw in trades:
         for t in json.loads(raw)["data"]:

@@ -9,15 +9,19 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from collector import datasets
-from collector.datasets.base import timestamp
-from collector.jobfile import RETENTION_KEYS, load
+from collector.client import API
+from collector.datasets.base import decimal, timestamp
+from collector.errors import BadResponse
+from collector.jobfile import RETENTION_KEYS, Job, load
+from collector.numbers import NumberError, parse_decimal, parse_time
 from collector.records import RunRecord
+from collector.runner import Runner
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
 
@@ -353,6 +357,80 @@ def test_kraken_times_are_exact_to_the_microsecond() -> None:
     assert timestamp(run, 1688669448.1234, "t") == datetime(
         2023, 7, 6, 18, 50, 48, 123400, tzinfo=UTC
     )
+
+
+def test_the_fast_reads_of_times_and_decimals_are_the_checked_reads() -> None:
+    """timestamp() and decimal() read Kraken's usual shapes without the general check; what they
+    give (or refuse) is exactly what numbers.parse_time/parse_decimal give."""
+    now = datetime.now(UTC)
+    run = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
+    rnd = random.Random(29)
+    times: list[object] = [0.0, -0.0, 1e-05, 0.5, 1688669448.1234567, 99999999999.99998, 2.0**32]
+    times += [1796678402.4474502, 4294967295.9999995, 10**11 - 1, 10**11, -1, float("nan"), True]
+    for _ in range(20_000):
+        times += [rnd.uniform(0, 5e9), round(rnd.uniform(0, 2e9), rnd.randint(0, 8))]
+    for value in times:
+        try:
+            expected: object = parse_time(value, field="t")
+        except NumberError:
+            expected = BadResponse
+        try:
+            got: object = timestamp(run, value, "t")
+        except BadResponse:
+            got = BadResponse
+        assert got == expected, value
+    texts = ["0", "-0", "1.5", "0012.3400", "9" * 40, "9" * 41, "0." + "0" * 38 + "1", "1e5"]
+    texts += [" 1", "1_0", "NaN", "--1", "+1", "1.", ".5", "\u0663", "-", ""]
+    texts += [f"{rnd.uniform(-1e6, 1e6):.{rnd.randint(0, 12)}f}" for _ in range(5_000)]
+    for value in texts:
+        try:
+            expected = str(parse_decimal(value, field="p"))
+        except NumberError:
+            expected = BadResponse
+        try:
+            got = str(decimal(run, value, "p"))
+        except BadResponse:
+            got = BadResponse
+        assert got == expected, value
+
+
+def test_a_page_refused_ends_the_run_there_and_the_next_starts_from_the_stored_cursor() -> None:
+    """When the store refuses a page for its content, the run ends there (no rows, no cursor),
+    and the job's next run starts from the stored cursor, not the one past the refused rows."""
+    handed: list[RunRecord] = []
+    submitted: list[RunRecord] = []
+    loaded: list[str] = []
+
+    def persist(record: RunRecord) -> bool:
+        handed.append(record)
+        return len(handed) > 1  # the first page is refused
+
+    def load_cursor(job: str, dataset: str) -> None:
+        loaded.append(job)
+
+    with FakeKraken(tier=None, history={"public_trades": 3500}) as fake:
+        api = API(uri=fake.url, timeout=10)
+        runner = Runner(api, submitted.append, persist=persist, load_cursor=load_cursor)
+        job = Job(
+            name="t",
+            method="Trades",
+            params={"pair": "XBTUSD"},
+            since=0.0,
+            every=timedelta(hours=1),
+        )
+        try:
+            record = runner.run(job)
+            runner.run(job)
+        finally:
+            api.close()
+        calls = fake.calls["Trades"]
+    assert record is not None and record.status == "bad_response"
+    assert record.error == "a page could not be stored; the next run asks for it again"
+    assert record.rows == {} and record.cursor is None
+    assert len(handed[0].rows["trades"]) == 1000 and handed[0].status == "partial"
+    # the first run: page 1, refused; the second run read the stored cursor again
+    assert record.pages == 1 and loaded == ["t", "t"]
+    assert calls >= 3
 
 
 def _iso(t: int, url: str) -> str:

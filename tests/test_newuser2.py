@@ -27,7 +27,8 @@ from collector.errors import ConfigError
 from collector.jobfile import load
 from collector.records import RunRecord
 from collector.service import Service, build_api
-from collector.status import collect, render
+from collector.status import collect
+from collector.statustext import render
 from collector.store import Store
 
 from .helpers import running, sigterm, wait_for

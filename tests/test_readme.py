@@ -191,7 +191,7 @@ def test_every_yaml_example_of_the_readme_loads(tmp_path) -> None:
 
 
 def test_the_status_example_has_the_columns_status_prints() -> None:
-    from collector.status import render
+    from collector.statustext import render
 
     text_ = README.read_text()
     example = text_[text_.index("$ collector status jobs.yaml") :].splitlines()[1]

@@ -147,3 +147,31 @@ def test_a_reload_is_applied_by_the_service_to_its_own_parts(tmp_path, fake, key
         ]
     finally:
         service.stop()
+
+
+def test_the_page_draws_the_jobs_of_the_file_reloaded(tmp_path, fake, keypair) -> None:
+    """Before, the service's page kept the job file it started with: after SIGHUP it drew the
+    removed jobs and none of the added ones."""
+    import dataclasses
+
+    from collector.jobfile import load
+    from collector.reload import apply
+    from collector.service import Service
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    old = load(job_file(tmp_path, fake, keypair, url, "gone: {method: Time, every: 1h}"))
+    new = load(job_file(tmp_path, fake, keypair, url, "added: {method: Assets, every: 1h}"))
+    listen = "127.0.0.1:0"
+    service = Service(dataclasses.replace(old, metrics_listen=listen))
+    try:
+        service.open()
+
+        def page() -> str:
+            assert service.dashboard is not None
+            return service.dashboard.answer({}).body.decode()
+
+        assert ">gone<" in page() and ">added<" not in page()
+        assert apply(service, dataclasses.replace(new, metrics_listen=listen))
+        assert ">added<" in page() and ">gone<" not in page()
+    finally:
+        service.stop()

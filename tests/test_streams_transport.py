@@ -493,3 +493,54 @@ def test_a_handler_that_raises_is_a_failure_and_the_stream_goes_on(fake: FakeKra
         assert len(rec.of(StreamOpened)) == 1
     finally:
         assert conn.stop()
+
+
+def test_messages_keep_krakens_digits_and_bad_ones_are_one_line_each() -> None:
+    """The connection's own reading (msgspec, a Decimal from each literal's text): Kraken's
+    ``4.00000000`` and ``4.0`` keep their digits; NaN, a cut message, a list, trailing text, an
+    integer of 5,000 digits and 100,000 levels of nesting are each one ``protocol`` failure,
+    nothing handed on."""
+    got: list[tuple[str, str, Any, datetime]] = []
+    told: list[object] = []
+    conn = Connection(
+        "wss://ws.kraken.com/v2",
+        [],
+        lambda *message: got.append(message),
+        publish=told.append,
+    )
+    conn.receive(
+        '{"channel":"book","type":"update","data":[{"symbol":"BTC/USD",'
+        '"bids":[{"price":4.0,"qty":4.00000000}],"asks":[],"checksum":3010699830,"x":1E+3}]}'
+    )
+    ((channel, kind, data, _),) = got
+    assert (channel, kind) == ("book", "update")
+    level = data[0]["bids"][0]
+    assert [str(level["price"]), str(level["qty"]), str(data[0]["x"])] == [
+        "4.0",
+        "4.00000000",
+        "1E+3",
+    ]
+    assert isinstance(level["qty"], Decimal) and level["qty"] == Decimal("4.00000000")
+    assert data[0]["checksum"] == 3010699830 and type(data[0]["checksum"]) is int
+    bad = [
+        '{"channel":"trade","type":"update","data":[{"price":NaN}]}',
+        '{"channel":"trade","type":',
+        '[{"channel":"trade"}]',
+        '{"channel":"heartbeat"} and more',
+        '{"channel":"trade","type":"update","data":[{"trade_id":1' + "0" * 5000 + "}]}",
+        '{"channel":"trade","type":"update","data":' + "[" * 100_000,
+    ]
+    for raw in bad:
+        conn.receive(raw)
+    assert len(got) == 1 and conn.messages == 1 + len(bad)
+    failed = [e for e in told if isinstance(e, StreamFailed)]
+    not_json = ("protocol", "not JSON (or nested too deep)")
+    assert [(e.kind, e.message.split(":")[0]) for e in failed] == [
+        not_json,
+        not_json,
+        ("protocol", "not a JSON object"),
+        not_json,
+        not_json,
+        not_json,
+    ]
+    assert all("\n" not in e.message and len(e.message) < 120 for e in failed)

@@ -310,3 +310,46 @@ def test_scopes_say_which_jobs_collect_a_whole_history() -> None:
     assert not other.from_start and other.job == "l2"
     (pruned,) = verify.scopes(jobs, {"ledger": 86400}, account="main")
     assert not pruned.from_start
+
+
+def test_sqlite_walks_each_asset_by_its_index_not_a_sorted_copy(store) -> None:
+    # The walk's ORDER BY asset, time is ix_ledger_asset_time's order; the account's equality
+    # must not make SQLite pick ix_ledger_refid and sort every entry in a temporary tree (twice
+    # the walk's time on 200,000 entries). Both the whole check and the incremental one.
+    write(
+        store,
+        ledger=[
+            leg("L0", "Q0", 0, "XETH", "40", "0", "40", "deposit"),
+            leg("L1", "Q1", 5, "ZEUR", "10", "0", "10", "deposit"),
+        ],
+        snapshots=[(100, {"XETH": "40", "ZEUR": "10"})],
+    )
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn, cursor, statement, params, context, executemany) -> None:
+        seen.append((statement, params))
+
+    from sqlalchemy import event
+
+    event.listen(store.engine, "before_cursor_execute", grab)
+    try:
+        assert check(store).ok
+        scope = verify.Scope("main", ("l",), from_start=True)
+        assert verify.advance(store.engine, scope).ok
+    finally:
+        event.remove(store.engine, "before_cursor_execute", grab)
+    plans = {}
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        for statement, params in seen:
+            if "ORDER BY ledger.asset, ledger.time" in statement or (
+                "FROM balances" in statement and "ORDER BY balances.taken_at" in statement
+            ):
+                plan = " / ".join(
+                    r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + statement, params)
+                )
+                plans[statement] = plan
+    assert len(plans) == 2, plans
+    for statement, plan in plans.items():
+        assert "TEMP B-TREE" not in plan, (statement, plan)
+        assert "ix_ledger_asset_time" in plan or "ix_balances_asset_taken_at" in plan, plan

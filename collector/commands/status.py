@@ -33,7 +33,8 @@ def status(reading: Reading, as_json: bool) -> None:
     from datetime import UTC, datetime
 
     from ..spool import peek
-    from ..status import collect, render
+    from ..status import collect
+    from ..statustext import render
 
     config = reading.config()
     store = reading.store_if_any()

@@ -7,9 +7,10 @@ of a book kept the obvious way (ccxt's "invalid checksum", cryptofeed's crossed 
 * All of a message's levels are applied first, and only then is the book cut to its depth. A level
   pushed below the depth by a better one gets no ``qty: 0``: it simply falls out.
 * Prices and quantities are bare JSON numbers (``4.0`` in one capture, ``0.00550000`` in another).
-  They are read as exact decimals (``json.loads(..., parse_float=Decimal)``) and formatted with the
-  pair's ``price_precision`` and ``qty_precision`` from the ``instrument`` channel: through a float,
-  ``0.1 + 0.2`` style digits change the string and so the checksum.
+  They are read as exact decimals (``connection.decoder``: a ``Decimal`` of each literal's text)
+  and formatted with the pair's ``price_precision`` and ``qty_precision`` from the ``instrument``
+  channel: through a float, ``0.1 + 0.2`` style digits change the string and so the checksum.
+  Each level's digits are made once, when it is set; a checksum only joins twenty of them.
 * The checksum covers the top 10 asks from the lowest price, then the top 10 bids from the highest,
   whatever the subscribed depth; each level is price then qty, with the ``.`` and the leading zeros
   removed.
@@ -46,6 +47,8 @@ CHECKSUM_LEVELS = 10
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Inexact])
 
 Side = Literal["bid", "ask"]
+# 1, 0.1, … 1E-20: the quantum of each precision a Book takes, made once.
+_QUANTA = tuple(Decimal(1).scaleb(-p) for p in range(21))
 
 
 class BookError(Exception):
@@ -88,34 +91,47 @@ def checksum_digits(value: Decimal, precision: int) -> str:
     Raises :class:`BookError` if the value has more decimals than the precision: Kraken never sends
     one, and rounding it would hide a wrong precision behind a checksum that never matches.
     """
+    quantum = _QUANTA[precision] if 0 <= precision < len(_QUANTA) else Decimal(1).scaleb(-precision)
     try:
-        fixed = value.quantize(Decimal(1).scaleb(-precision), context=_CONTEXT)
+        fixed = value.quantize(quantum, context=_CONTEXT)
     except decimal.DecimalException as e:
         raise BookError(f"{value} does not fit {precision} decimals") from e
     return format(fixed, "f").replace(".", "").lstrip("0")
 
 
 class _Side:
-    """One side's levels: prices kept sorted (ascending) beside a price → qty map."""
+    """One side's levels: prices kept sorted (ascending) beside a price → qty map, and each
+    level's checksum digits (price then qty), made once when the level is set: an update changes
+    one to three levels, while every checksum reads twenty."""
 
-    def __init__(self, *, best_is_highest: bool) -> None:
+    def __init__(self, *, best_is_highest: bool, price_precision: int, qty_precision: int) -> None:
         self.best_is_highest = best_is_highest
+        self.price_precision = price_precision
+        self.qty_precision = qty_precision
         self.prices: list[Decimal] = []
         self.qty: dict[Decimal, Decimal] = {}
+        self.digits: dict[Decimal, str] = {}
 
     def clear(self) -> None:
         self.prices.clear()
         self.qty.clear()
+        self.digits.clear()
 
     def set(self, price: Decimal, qty: Decimal) -> None:
         if qty == 0:
             if price in self.qty:
                 del self.qty[price]
+                del self.digits[price]
                 del self.prices[bisect.bisect_left(self.prices, price)]
             return
-        if price not in self.qty:
+        old = self.digits.get(price)
+        digits = checksum_digits(price, self.price_precision) + checksum_digits(
+            qty, self.qty_precision
+        )
+        if old is None:
             bisect.insort(self.prices, price)
         self.qty[price] = qty
+        self.digits[price] = digits
 
     def cut(self, depth: int) -> None:
         """Drop the levels beyond ``depth`` from the best: the worst prices."""
@@ -125,14 +141,26 @@ class _Side:
         dropped = self.prices[-extra:] if not self.best_is_highest else self.prices[:extra]
         for price in dropped:
             del self.qty[price]
+            del self.digits[price]
         if self.best_is_highest:
             del self.prices[:extra]
         else:
             del self.prices[-extra:]
 
+    def best_prices(self, n: int) -> list[Decimal]:
+        """The ``n`` best prices, best first (a slice of ``n``, whatever the depth)."""
+        if not self.best_is_highest:
+            return self.prices[:n]
+        return self.prices[: -n - 1 : -1] if n else []
+
     def best(self, n: int) -> list[tuple[Decimal, Decimal]]:
-        prices = self.prices[::-1][:n] if self.best_is_highest else self.prices[:n]
-        return [(p, self.qty[p]) for p in prices]
+        qty = self.qty
+        return [(p, qty[p]) for p in self.best_prices(n)]
+
+    def checksum_text(self) -> str:
+        """The top :data:`CHECKSUM_LEVELS` levels' digits, best first."""
+        digits = self.digits
+        return "".join([digits[p] for p in self.best_prices(CHECKSUM_LEVELS)])
 
 
 class Book:
@@ -154,8 +182,9 @@ class Book:
         self.depth = depth
         self.price_precision = price_precision
         self.qty_precision = qty_precision
-        self.bids = _Side(best_is_highest=True)
-        self.asks = _Side(best_is_highest=False)
+        precisions = {"price_precision": price_precision, "qty_precision": qty_precision}
+        self.bids = _Side(best_is_highest=True, **precisions)
+        self.asks = _Side(best_is_highest=False, **precisions)
         self.synced = False
         #: The time of the last message applied (its own ``timestamp``), and of the last verified.
         self.updated_at: datetime | None = None
@@ -186,13 +215,10 @@ class Book:
     # -- reading --------------------------------------------------------------------------------
 
     def checksum(self) -> int:
-        """Kraken's CRC32 of this book's top 10 levels a side (asks first)."""
-        parts: list[str] = []
-        for side in (self.asks, self.bids):
-            for price, qty in side.best(CHECKSUM_LEVELS):
-                parts.append(checksum_digits(price, self.price_precision))
-                parts.append(checksum_digits(qty, self.qty_precision))
-        return zlib.crc32("".join(parts).encode("ascii"))
+        """Kraken's CRC32 of this book's top 10 levels a side (asks first), from the digits each
+        level got when it was set (:func:`checksum_digits`)."""
+        text = self.asks.checksum_text() + self.bids.checksum_text()
+        return zlib.crc32(text.encode("ascii"))
 
     def levels(self) -> list[Level]:
         """The top ``depth`` levels of each side, bids then asks, best first: the rows to store."""
@@ -263,10 +289,10 @@ def _levels(symbol: str, raw: Iterable[Any], side: str) -> Iterable[tuple[Decima
 
 def _exact(symbol: str, value: Any) -> Decimal:
     # bool is an int: refuse it before the int case. Floats are refused: they mean the message was
-    # parsed without parse_float=Decimal, and their digits are not Kraken's.
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+    # parsed without Decimal for floats, and their digits are not Kraken's.
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
         raise BookError(f"{symbol}: {type(value).__name__} where an exact number belongs")
-    number = Decimal(value)
+    number = value if type(value) is Decimal else Decimal(value)  # a Decimal is immutable
     if not number.is_finite() or abs(number.adjusted()) > 30:
         raise BookError(f"{symbol}: {number!s:.40} is out of range")
     return number

@@ -130,6 +130,8 @@ class Feed:
     :param api: the shared public client (the gap filler's REST calls, on its budget)
     :param submit: hands a batch to the writer (and remembers its times for ``StreamStored``)
     :param publish: the service's events
+    :param connect: makes each link's :class:`Connection` (its signature); a replay passes one
+        that reads recorded text instead of a socket
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Feed:
         publish: Callable[[object], None],
         tuning: Tuning,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        connect: Callable[..., Connection] = Connection,
     ) -> None:
         self.stream = stream
         self.name = stream.name
@@ -152,6 +155,7 @@ class Feed:
         self._publish = publish
         self.tuning = tuning
         self._now = now
+        self._connect = connect
         self.symbols = Symbols()  # the recorder's current names (replaced whole, never changed)
         self.links: list[_Link] = []
         self._owner: dict[str, _Link] = {}  # symbol -> its link
@@ -261,7 +265,7 @@ class Feed:
         link = _Link(self._numbers, set(symbols))
         self._owner.update(dict.fromkeys(symbols, link))
         t = self.tuning
-        link.conn = Connection(
+        link.conn = self._connect(
             self.url,
             [Subscription(self.channel, tuple(symbols), self._options)],
             lambda channel, kind, data, at: self._message(link, channel, kind, data, at),
@@ -515,7 +519,9 @@ class Feed:
             resynced = self._resync.pop(symbol, None)
             if resynced is not None:
                 self._book_gap(batch, book, pair, resynced, at)
-            if resynced is not None or self._every.due(pair, at):
+            # A snapshot without a time of its own has no rows yet: it must not take the slot.
+            timed = book.updated_at is not None
+            if resynced is not None or (timed and self._every.due(pair, at)):
                 for row in rowlib.book_rows(book, pair):
                     batch.add("book", row)
         return newest

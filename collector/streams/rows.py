@@ -19,10 +19,10 @@ v2 names pairs ``BTC/USD`` where AssetPairs' ``wsname`` says ``XBT/USD`` (``DOGE
 :class:`Symbols` maps them to the canonical names of the ``pairs`` table, and back.
 
 Everything here is pure (no I/O, no clock): numbers go through :mod:`collector.numbers` (the bounded
-exact reader; messages are parsed with ``parse_float=Decimal``), times are RFC 3339 read as UTC.
-An entry that can't be read is refused on its own, as one line in :attr:`Read.refused`, and the
-message's other entries are still stored: a refused trade leaves a hole in its pair's ``trade_id``
-sequence, which REST fills like any other.
+exact reader; messages are parsed with a ``Decimal`` for each number with a fraction), times are
+RFC 3339 read as UTC. An entry that can't be read is refused on its own, as one line in
+:attr:`Read.refused`, and the message's other entries are still stored: a refused trade leaves a
+hole in its pair's ``trade_id`` sequence, which REST fills like any other.
 
 How a stream's rows are traced: each batch is a run (:func:`batch`, job ``stream:NAME``) whose
 ``params`` name its connection, and each connection is a ``stream_connections`` row
@@ -41,7 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 from .. import defaults
-from ..numbers import NumberError, parse_decimal, parse_integer
+from ..numbers import NumberError, bounded, parse_decimal, parse_integer
 from ..records import RunRecord
 from .book import Book
 
@@ -69,6 +69,12 @@ _TO_V2 = {rest: v2 for v2, rest in _TO_REST.items()}
 # RFC 3339 as Kraken writes it (2023-09-25T07:49:37.708706Z, nanoseconds in some channels); an
 # offset instead of Z is taken too. Anything else (no zone, a space, a week date) is refused.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+_EXPONENT = defaults.NUMBER_EXPONENT
+# What Kraken sends (microseconds, UTC): read without the general path's regrouping and zones.
+_RFC3339_MICRO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# The times a row may hold: from the epoch to MAX_SECONDS after it (as ``moment`` checks).
+_FIRST = datetime.fromtimestamp(0, UTC)
+_LAST = datetime.fromtimestamp(defaults.MAX_SECONDS, UTC)
 
 # Wide enough that a difference of two bounded numbers is exact (no rounding at 28 digits).
 _EXACT = decimal.Context(prec=4 * defaults.NUMBER_EXPONENT + defaults.NUMBER_DIGITS)
@@ -128,10 +134,15 @@ class Read:
 
 
 def number(value: Any, what: str) -> Decimal:
-    """An exact, bounded number from a message parsed with ``parse_float=Decimal`` (a ``Decimal``
+    """An exact, bounded number from a message parsed with Decimal for floats (a ``Decimal``
     or an int; a float means the message lost its digits and is refused)."""
     if isinstance(value, Decimal):
-        # Its own text (1E+5 stays short): parse_decimal bounds the length before the digits.
+        # What parse_decimal would make of its text: this very number, when bounded. Its text's
+        # length bounds its digits, so a usual price or qty is checked without as_tuple().
+        short = len(str(value)) <= defaults.NUMBER_DIGITS and value.is_finite()
+        if (short and -_EXPONENT <= value.adjusted() <= _EXPONENT) or bounded(value):
+            return value
+        # Its own text (1E+5 stays short): parse_decimal says what is wrong with it.
         value = str(value)
     try:
         return parse_decimal(value, field=what)
@@ -140,6 +151,8 @@ def number(value: Any, what: str) -> Decimal:
 
 
 def _whole(value: Any, what: str, high: int = defaults.MAX_BIGINT) -> int:
+    if type(value) is int and 0 <= value <= high:  # the usual case, as parse_integer takes it
+        return value
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         value = int(value) if abs(value.adjusted()) <= 20 else value  # 12.0 is 12; 1E+99 is not
     try:
@@ -153,6 +166,22 @@ def moment(value: Any, what: str, received_at: datetime | None = None) -> dateti
     microsecond as REST's times are (:func:`collector.numbers.parse_time`). With
     ``received_at``, a time more than ``WS_AHEAD`` past it is refused: data from the future is
     no data, and one such candle or trade would stand before every real one after it."""
+    t = _moment(value, what)
+    if received_at is not None and t > received_at + timedelta(seconds=defaults.WS_AHEAD):
+        ahead = (t - received_at).total_seconds()
+        raise RowError(f"{what} {_shown(value)} is {ahead:.0f} s ahead of its receipt")
+    return t
+
+
+def _moment(value: Any, what: str) -> datetime:
+    if isinstance(value, str) and _RFC3339_MICRO_Z.fullmatch(value):  # Kraken's own shape
+        try:
+            t = datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
+        except ValueError:
+            pass  # not a date (month 13): the general path says so
+        else:
+            if _FIRST <= t < _LAST:
+                return t
     match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise RowError(f"{what} is not an RFC 3339 time: {_shown(value)}")
@@ -166,9 +195,6 @@ def moment(value: Any, what: str, received_at: datetime | None = None) -> dateti
     t = t.astimezone(UTC)
     if not 0 <= t.timestamp() < defaults.MAX_SECONDS:
         raise RowError(f"{what} is out of range: {_shown(value)}")
-    if received_at is not None and t > received_at + timedelta(seconds=defaults.WS_AHEAD):
-        ahead = (t - received_at).total_seconds()
-        raise RowError(f"{what} {_shown(value)} is {ahead:.0f} s ahead of its receipt")
     return t
 
 
