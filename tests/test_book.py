@@ -158,3 +158,29 @@ def test_checksum_digits() -> None:
     assert checksum_digits(Decimal("29430.2"), 1) == "294302"
     with pytest.raises(BookError, match="does not fit"):
         checksum_digits(Decimal("1.25"), 1)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "why"),
+    [
+        ("2023-07-30T12:00:00.000001", "is not an RFC 3339 time"),  # no zone: whose noon?
+        ("9999-01-01T00:00:00.000000Z", "is out of range"),
+        ("2023-13-30T12:00:00.000001Z", "is not a time"),
+    ],
+)
+def test_a_book_time_is_read_by_the_one_reader_of_feed_times(
+    session: dict[str, Any], stamp: str, why: str
+) -> None:
+    """Before, a book read its timestamp with fromisoformat: one without a zone became a naive
+    time that failed the feed's handler later, and the year 9999 was a row's taken_at."""
+    book = _book()
+    book.snapshot(session["init"]["data"][0])
+    entry = copy.deepcopy(_entries(session)[0])
+    entry["timestamp"] = stamp
+    with pytest.raises(BookError, match=f"BTC/USD: timestamp {why}"):
+        book.update(entry)
+    good = _entries(session)[0]
+    book = _book()
+    book.snapshot(session["init"]["data"][0])
+    book.update(good)
+    assert book.updated_at is not None and book.updated_at.utcoffset() is not None

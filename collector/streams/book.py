@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from .. import defaults
-from ..numbers import NumberError, parse_integer
+from ..numbers import NumberError, parse_integer, parse_rfc3339
 
 __all__ = ["CHECKSUM_LEVELS", "DEPTHS", "Book", "BookError", "BookMismatch", "checksum_digits"]
 
@@ -249,10 +249,10 @@ class Book:
         self.asks.cut(self.depth)
         stamp = entry.get("timestamp")
         if isinstance(stamp, str):
-            try:
-                self.updated_at = datetime.fromisoformat(stamp)
-            except ValueError as e:
-                raise BookError(f"{self.symbol}: timestamp {stamp[:40]!r} is not RFC 3339") from e
+            try:  # the one reader of a feed's times (a zone, a bounded range, UTC)
+                self.updated_at = parse_rfc3339(stamp, field=f"{self.symbol}: timestamp")
+            except NumberError as e:
+                raise BookError(str(e)) from None
 
     def _verify(self, entry: Mapping[str, Any]) -> None:
         raw = entry.get("checksum")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import decimal
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 from .. import defaults
-from ..numbers import NumberError, bounded, parse_decimal, parse_integer
+from ..numbers import NumberError, bounded, parse_decimal, parse_integer, parse_rfc3339
 from ..records import RunRecord
 from .book import Book
 
@@ -66,15 +65,7 @@ __all__ = [
 _TO_REST = {"BTC": "XBT", "DOGE": "XDG"}
 _TO_V2 = {rest: v2 for v2, rest in _TO_REST.items()}
 
-# RFC 3339 as Kraken writes it (2023-09-25T07:49:37.708706Z, nanoseconds in some channels); an
-# offset instead of Z is taken too. Anything else (no zone, a space, a week date) is refused.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
 _EXPONENT = defaults.NUMBER_EXPONENT
-# What Kraken sends (microseconds, UTC): read without the general path's regrouping and zones.
-_RFC3339_MICRO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-# The times a row may hold: from the epoch to MAX_SECONDS after it (as ``moment`` checks).
-_FIRST = datetime.fromtimestamp(0, UTC)
-_LAST = datetime.fromtimestamp(defaults.MAX_SECONDS, UTC)
 
 # Wide enough that a difference of two bounded numbers is exact (no rounding at 28 digits).
 _EXACT = decimal.Context(prec=4 * defaults.NUMBER_EXPONENT + defaults.NUMBER_DIGITS)
@@ -174,28 +165,10 @@ def moment(value: Any, what: str, received_at: datetime | None = None) -> dateti
 
 
 def _moment(value: Any, what: str) -> datetime:
-    if isinstance(value, str) and _RFC3339_MICRO_Z.fullmatch(value):  # Kraken's own shape
-        try:
-            t = datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
-        except ValueError:
-            pass  # not a date (month 13): the general path says so
-        else:
-            if _FIRST <= t < _LAST:
-                return t
-    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise RowError(f"{what} is not an RFC 3339 time: {_shown(value)}")
-    digits = (match.group(2) or "")[:6].ljust(6, "0")  # beyond the microsecond: cut, not rounded
-    whole = value[: match.start(1)] if match.group(1) else value[: match.start(3)]
-    zone = match.group(3).replace("Z", "+00:00")
     try:
-        t = datetime.fromisoformat(f"{whole}.{digits}{zone}")
-    except ValueError:
-        raise RowError(f"{what} is not a time: {_shown(value)}") from None
-    t = t.astimezone(UTC)
-    if not 0 <= t.timestamp() < defaults.MAX_SECONDS:
-        raise RowError(f"{what} is out of range: {_shown(value)}")
-    return t
+        return parse_rfc3339(value, field=what)
+    except NumberError as e:
+        raise RowError(str(e)) from None
 
 
 def _shown(value: Any) -> str:
