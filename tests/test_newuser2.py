@@ -243,7 +243,11 @@ def test_run_once_gives_up_on_an_unreachable_exchange_within_ten_seconds(tmp_pat
         tmp_path,
         f"""
         database: sqlite:///{db}
-        kraken: {{url: "http://127.0.0.1:{port}"}}
+        kraken:
+          url: "http://127.0.0.1:{port}"
+          # The deadline is what is measured, not the public budget's waits (an attempt waits
+          # there before it is sent: up to a second each, shared by the two jobs).
+          public_rate_limit: {{max: 1000, decay: 1000}}
         jobs:
           t: {{method: Time, every: 1h}}
           patient: {{method: SystemStatus, every: 1h, deadline: 1s}}
