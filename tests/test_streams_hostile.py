@@ -370,6 +370,9 @@ def test_a_trade_id_far_past_the_last_is_refused_and_the_tape_goes_on(tmp_path: 
                 f"trade_id {poison} of XXBTZUSD is {10**18} past the last ({tape[-1][6]}), more "
                 f"than {defaults.WS_TRADE_ID_JUMP}: refused"
             )
+        # ...and a failed run of the stream, never only an event (rows and log lines, issue 28).
+        failed = rows(tmp_path, "SELECT status, error FROM runs WHERE status <> 'ok'")
+        assert failed == [("bad_response", f"entry: {problem.message}")]
 
 
 def test_a_first_trade_id_far_ahead_does_not_hide_the_sequence_after_it() -> None:
@@ -466,6 +469,8 @@ def test_a_message_time_far_ahead_of_its_receipt_is_refused(tmp_path: Path) -> N
         assert rows(tmp_path, "SELECT count(*) FROM ohlc")[0][0] == 2  # nothing of 4000
         (problem,) = [p for p in problems if "ahead" in p.message]
         assert "interval_begin" in problem.message and "4000-01-01" in problem.message
+    failed = rows(tmp_path, "SELECT status, error FROM runs WHERE status <> 'ok'")
+    assert failed == [("bad_response", f"entry: {problem.message}")]
 
 
 # -- 8. a bad book at wire speed ------------------------------------------------------------------

@@ -377,17 +377,20 @@ class Feed:
                             self.ids.interrupted(cause, pair)
                 return
             pair = self.symbols.pair(event.symbol) if event.symbol else None
-            self._failure(link, event.kind, pair or event.symbol, event.message)
+            self._failure(link.uid, event.kind, pair or event.symbol, event.message)
             self._publish(StreamProblem(self.name, event.kind, pair or event.symbol, event.message))
         elif isinstance(event, Subscribed) and event.symbol is not None:
             with self._lock:
                 if event.symbol in link.symbols:
                     link.acked.add(event.symbol)
 
-    def _failure(self, link: _Link, kind: str, pair: str | None, message: str) -> None:
+    def _failure(
+        self, uid: str | None, kind: str, pair: str | None, message: str, *, log: bool = False
+    ) -> None:
         """A failure that ends no connection, as a failed run of the stream (a disconnect or a
         stall is its connection's row; a checksum mismatch a ``gaps`` row): at most one a kind
-        every ``WS_FAILURE_ROW_EVERY``, the ones in between counted in the next."""
+        every ``WS_FAILURE_ROW_EVERY``, the ones in between counted in the next; with ``log``,
+        a warning with each row (the connection logs its own failures)."""
         now = self._now()
         with self._lock:
             last, since = self._failed.get(kind, (None, 0))
@@ -396,11 +399,13 @@ class Feed:
                 return
             self._failed[kind] = (now, 0)
         more = f" (and {since} more like it since {last:%H:%M:%S})" if since and last else ""
+        if log:
+            logger.warning("stream %s: %s: %s%s", self.name, kind, message, more)
         self._submit(
             RunRecord(
                 job=self.job,
                 method=f"ws:{self.channel}",
-                params={"stream": self.name, "channel": self.channel, "connection": link.uid}
+                params={"stream": self.name, "channel": self.channel, "connection": uid}
                 | ({"pair": pair} if pair else {}),
                 scheduled_at=now,
                 started_at=now,
@@ -447,37 +452,45 @@ class Feed:
             batch.messages += 1
             link.data += 1
             if channel == "trade":
-                when = self._trades(batch, data, symbols, at)
+                when = self._trades(link, batch, data, symbols, at)
             elif channel == "book":
                 when = self._books(link, batch, kind, data, symbols, at)
             elif channel == "ticker":
-                when = self._rows(batch, "ticker", rowlib.ticker_rows(data, symbols, at))
+                when = self._rows(link, batch, "ticker", rowlib.ticker_rows(data, symbols, at))
             else:
                 read = rowlib.ohlc_rows(data, symbols, at)
                 with self._lock:
                     read.rows = self._candles.update(read.rows)
-                when = self._rows(batch, "ohlc", read)
+                when = self._rows(link, batch, "ohlc", read)
             # A snapshot's data is old by nature (the last 50 trades): its lag is from receipt.
             batch.times.append(at if kind == "snapshot" else when or at)
             full = max(batch.rows, batch.messages) >= self.tuning.batch_rows
         if full:
             self.flush(link)
 
-    def _rows(self, batch: _Batch, table: str, read: rowlib.Read) -> datetime | None:
-        self._refused(read)
+    def _rows(self, link: _Link, batch: _Batch, table: str, read: rowlib.Read) -> datetime | None:
+        self._refused(read, link.uid)
         for row in read.rows:
             batch.add(table, row)
         return max((row["taken_at"] for row in read.rows if "taken_at" in row), default=None)
 
-    def _refused(self, read: rowlib.Read) -> None:
+    def _refused(self, read: rowlib.Read, uid: str | None) -> None:
+        """Entries of a message that could not be read (the others are stored): an event for
+        each of the first three, and a failed run and a log line (``entry``) naming the first,
+        at most one a second."""
+        if not read.refused:
+            return
         for line in read.refused[:3]:
             self._publish(StreamProblem(self.name, "protocol", None, line))
-        if len(read.refused) > 3:
-            logger.warning("stream %s: %d more entries refused", self.name, len(read.refused) - 3)
+        others = len(read.refused) - 1
+        also = f" (and {others} more entries of the message)" if others else ""
+        self._failure(uid, "entry", None, read.refused[0] + also, log=True)
 
-    def _trades(self, batch: _Batch, data: Any, symbols: Symbols, at: datetime) -> datetime | None:
+    def _trades(
+        self, link: _Link, batch: _Batch, data: Any, symbols: Symbols, at: datetime
+    ) -> datetime | None:
         read = rowlib.trade_rows(data, symbols, at)
-        self._refused(read)
+        self._refused(read, link.uid)
         assert self.ids is not None
         newest = None
         for row in read.rows:
@@ -487,6 +500,7 @@ class Feed:
                 new = self.ids.seen(row["pair"], row["trade_id"], row["time"])
             except ValueError as e:  # not of the pair's sequence: refused, as an entry is
                 self._publish(StreamProblem(self.name, "protocol", row["pair"], str(e)))
+                self._failure(link.uid, "entry", row["pair"], str(e), log=True)
                 continue
             if new:
                 batch.add("trades", row)
