@@ -61,6 +61,17 @@ logger = logging.getLogger(__name__)
 #: The lease of the public jobs (no account can have this name: names are letters, digits, _ . -).
 PUBLIC = "(public)"
 
+
+def leases_needed(config: Any) -> set[str]:
+    """The leases a job file (:class:`collector.jobfile.Config`) needs: each account a job uses,
+    and the public one for a public job, the reference jobs (``reference``, all public) or a
+    stream (one collector records them: the public lease's holder)."""
+    needed = {job.account or PUBLIC for job in config.jobs}
+    if config.reference or config.streams:
+        needed.add(PUBLIC)
+    return needed
+
+
 #: A key's rate counter as its holder knows it now: ``(level, refusals in a row)``.
 CounterReading = Callable[[], tuple[float, int] | None]
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .coordination import PUBLIC, leases_needed
 from .errors import CollectorError
 from .jobfile import Config, Job, Stream
 from .signals import SignalThread
@@ -51,6 +52,12 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("valuation.quote")
     if old.valuation_max_price_age != new.valuation_max_price_age:
         changed.append("valuation.max_price_age")
+    # A lease is taken at start: the first job of an account, or the first public job or stream
+    # of a file that had none, would wait for one forever.
+    for name in sorted(leases_needed(new) - leases_needed(old)):
+        changed.append(
+            "the public jobs and streams" if name == PUBLIC else f"account {name}'s jobs"
+        )
     return sorted(set(changed))
 
 

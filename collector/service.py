@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import defaults
 from .client import API
-from .coordination import PUBLIC, Leases
+from .coordination import PUBLIC, Leases, leases_needed
 from .dashboard import Dashboard
 from .datasets import DEFAULT, Dataset
 from .errors import Cancelled, RequestError
@@ -119,10 +119,8 @@ class Service:
             self.events.publish,
         )
         # A lease for each account a job uses, and the public one (which covers the reference
-        # jobs too, whatever the file's jobs are).
-        needed = {job.account or PUBLIC for job in (*config.jobs, *self.reference)}
-        if config.streams:  # one collector records the streams: the public lease's holder
-            needed.add(PUBLIC)
+        # jobs and the streams too, whatever the file's jobs are).
+        needed = leases_needed(config)
         if PUBLIC in needed:
             self.leases.add(PUBLIC)
         self.public_api = api or build_api(

@@ -175,3 +175,43 @@ def test_the_page_draws_the_jobs_of_the_file_reloaded(tmp_path, fake, keypair) -
         assert ">added<" in page() and ">gone<" not in page()
     finally:
         service.stop()
+
+
+def test_a_reload_needing_a_lease_the_process_never_took_is_refused(
+    tmp_path, fake, keypair
+) -> None:
+    """A lease is taken at start. Before, a file of private jobs alone (no reference jobs)
+    reloaded with a stream or a public job was accepted, and the new ones waited for the
+    public lease forever: nothing recorded, nothing said."""
+    from collector.jobfile import load
+    from collector.reload import apply, restart_needed
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    private = "b: {method: Balance, every: 1h}\n"
+    old = load(job_file(tmp_path, fake, keypair, url, private, reference=False))
+    streamed = job_file(tmp_path, fake, keypair, url, private, reference=False)
+    streamed.write_text(
+        streamed.read_text() + "streams:\n  tape: {channel: trade, pairs: [XBTUSD]}\n"
+    )
+    with_stream = load(streamed)
+    public = load(
+        job_file(
+            tmp_path,
+            fake,
+            keypair,
+            url,
+            private + "t: {method: Time, every: 1h}\n",
+            reference=False,
+        )
+    )
+    assert restart_needed(old, with_stream) == ["the public jobs and streams"]
+    assert restart_needed(old, public) == ["the public jobs and streams"]
+    assert restart_needed(with_stream, old) == []  # fewer leases: applied (the lease idles)
+    from collector.service import Service
+
+    service = Service(old)
+    try:
+        assert not apply(service, with_stream)
+        assert service.config is old
+    finally:
+        service.stop()
