@@ -184,3 +184,23 @@ def test_a_book_time_is_read_by_the_one_reader_of_feed_times(
     book.snapshot(session["init"]["data"][0])
     book.update(good)
     assert book.updated_at is not None and book.updated_at.utcoffset() is not None
+
+
+def test_a_book_time_an_hour_past_its_receipt_is_refused_before_any_level(
+    session: dict[str, Any],
+) -> None:
+    """As every feed time: one far ahead would be the stored snapshot's taken_at."""
+    from datetime import UTC, datetime, timedelta
+
+    book = _book()
+    book.snapshot(session["init"]["data"][0])
+    before = book.levels()
+    entry = copy.deepcopy(_entries(session)[0])
+    received = datetime(2023, 7, 30, tzinfo=UTC)
+    entry["timestamp"] = (received + timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    with pytest.raises(BookError, match="is 7200 s ahead of its receipt"):
+        book.update(entry, received)
+    assert book.levels() == before  # refused before a level was applied
+    entry["timestamp"] = (received + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    book.update(entry, received)
+    assert book.updated_at == received + timedelta(minutes=1)

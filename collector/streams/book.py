@@ -27,7 +27,7 @@ import decimal
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -193,22 +193,24 @@ class Book:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def snapshot(self, entry: Mapping[str, Any]) -> None:
-        """Replace the book with a snapshot's levels and verify them."""
+    def snapshot(self, entry: Mapping[str, Any], received_at: datetime | None = None) -> None:
+        """Replace the book with a snapshot's levels and verify them. With ``received_at``, a
+        ``timestamp`` more than ``WS_AHEAD`` past it is refused, as every feed time is."""
         self._check_symbol(entry)
+        stamp = self._stamp(entry, received_at)
         self.bids.clear()
         self.asks.clear()
         self.synced = False
         self.verified_at = None
-        self._apply(entry)
+        self._apply(entry, stamp)
         self._verify(entry)
 
-    def update(self, entry: Mapping[str, Any]) -> None:
+    def update(self, entry: Mapping[str, Any], received_at: datetime | None = None) -> None:
         """Apply an update's levels, cut to depth, verify. Raises BookMismatch on a wrong checksum."""
         self._check_symbol(entry)
         if not self.synced:
             raise BookError(f"{self.symbol}: an update before a snapshot that verified")
-        self._apply(entry)
+        self._apply(entry, self._stamp(entry, received_at))
         self.updates += 1
         self._verify(entry)
 
@@ -241,18 +243,30 @@ class Book:
         if entry.get("symbol") != self.symbol:
             raise BookError(f"{self.symbol}: a message for {entry.get('symbol')!r}")
 
-    def _apply(self, entry: Mapping[str, Any]) -> None:
+    def _stamp(self, entry: Mapping[str, Any], received_at: datetime | None) -> datetime | None:
+        """The message's own time, read before any level is applied (the one reader of a feed's
+        times: a zone, a bounded range, UTC; not an hour ahead of its receipt)."""
+        stamp = entry.get("timestamp")
+        if stamp is None:
+            return None
+        what = f"{self.symbol}: timestamp"
+        try:
+            t = parse_rfc3339(stamp, field=what)
+        except NumberError as e:
+            raise BookError(str(e)) from None
+        if received_at is not None and t > received_at + timedelta(seconds=defaults.WS_AHEAD):
+            ahead = (t - received_at).total_seconds()
+            raise BookError(f"{what} {stamp[:40]!r} is {ahead:.0f} s ahead of its receipt")
+        return t
+
+    def _apply(self, entry: Mapping[str, Any], stamp: datetime | None) -> None:
         for key, side in (("bids", self.bids), ("asks", self.asks)):
             for price, qty in _levels(self.symbol, entry.get(key, ()), key):
                 side.set(price, qty)
         self.bids.cut(self.depth)
         self.asks.cut(self.depth)
-        stamp = entry.get("timestamp")
-        if isinstance(stamp, str):
-            try:  # the one reader of a feed's times (a zone, a bounded range, UTC)
-                self.updated_at = parse_rfc3339(stamp, field=f"{self.symbol}: timestamp")
-            except NumberError as e:
-                raise BookError(str(e)) from None
+        if stamp is not None:
+            self.updated_at = stamp
 
     def _verify(self, entry: Mapping[str, Any]) -> None:
         raw = entry.get("checksum")

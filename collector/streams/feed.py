@@ -520,9 +520,9 @@ class Feed:
             assert isinstance(symbol, str)
             try:
                 if kind == "snapshot":
-                    book.snapshot(entry)
+                    book.snapshot(entry, at)
                 elif book.synced:
-                    book.update(entry)
+                    book.update(entry, at)
                 else:
                     continue  # waiting for the fresh snapshot
             except BookError as e:
