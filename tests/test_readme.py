@@ -344,17 +344,21 @@ def test_the_readmes_afternoon_runs_as_written(
     root = README.parent
     home = tmp_path / "checkout"
     (home / "examples").mkdir(parents=True)
-    port = _free_port()
+    port, ws_port = _free_port(), _free_port()
     fake_url = f"http://127.0.0.1:{port}"
     # The job files as shipped, but for the exchange's address: this fake, on a port of its own.
     (home / "jobs.yaml").write_text(
         (root / "jobs.yaml").read_text().replace("https://api.kraken.com", fake_url)
     )
     (home / "examples" / "offline.yaml").write_text(
-        (root / "examples" / "offline.yaml").read_text().replace("http://127.0.0.1:8765", fake_url)
+        (root / "examples" / "offline.yaml")
+        .read_text()
+        .replace("http://127.0.0.1:8765", fake_url)
+        .replace("ws://127.0.0.1:8766/v2", f"ws://127.0.0.1:{ws_port}/v2")
     )
     assert fake_url in (home / "jobs.yaml").read_text()
     assert fake_url in (home / "examples" / "offline.yaml").read_text()
+    assert f"ws://127.0.0.1:{ws_port}/v2" in (home / "examples" / "offline.yaml").read_text()
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "HOME": str(tmp_path / "home"),
@@ -382,7 +386,8 @@ def test_the_readmes_afternoon_runs_as_written(
 
     offline = _commands(_section("## Try it offline", "## Going live"))
     serve = offline[0].removesuffix("&").strip()
-    assert serve == "collector fake-exchange --key-file examples/fake.key"
+    assert serve == "collector fake-exchange --key-file examples/fake.key --ws-port 8766"
+    serve = serve.replace("--ws-port 8766", f"--ws-port {ws_port}")
     # The counter decays 15x faster than the starter tier's, in the fake and in live.yaml alike:
     # the same pacing code, in seconds instead of minutes (the real tiers are test_budget.py's).
     with shell.background(f"{serve} --port {port} --tier {_FAST}"):
@@ -397,6 +402,11 @@ def test_the_readmes_afternoon_runs_as_written(
             assert curl.startswith("curl -X POST") and failures.startswith("sqlite3 examples/")
             with shell.background(offline[1]):
                 wait_for(lambda: "ticker|ok" in shell.run(_ok_runs("examples/offline.db")).stdout)
+                offline_db = f"sqlite:///{home / 'examples' / 'offline.db'}"
+                streamed = (
+                    "SELECT count(DISTINCT job) FROM runs WHERE job LIKE 'stream:%' AND pages > 0"
+                )
+                wait_for(lambda: (_rows(offline_db, streamed) or [(0,)])[0][0] == 2)  # both streams
                 shell.ok(curl)
                 wait_for(lambda: "ticker|kraken_error|" in shell.run(failures).stdout)
         else:
