@@ -446,7 +446,7 @@ def test_check_online_names_each_unknown_pair_with_the_name_kraken_knows(
     path.write_text(fixed)
     result = CliRunner().invoke(main, ["check", "--online", str(path)])
     assert result.exit_code == 0, result.output
-    assert f"online: {fake.url} knows every pair the jobs name" in result.output
+    assert f"online: {fake.url} knows every pair the jobs and streams name" in result.output
 
 
 def test_pair_names_offline() -> None:

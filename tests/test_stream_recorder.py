@@ -607,3 +607,19 @@ def test_a_lost_connection_is_a_gap_in_each_book_it_carried_until_the_fresh_snap
     assert all("connection lost" in g.reason and g.start < g.end for g in gaps)
     assert run.of(StreamDisconnected)[0].reason == "disconnect"  # then STREAM_STOPPED at the end
     assert not [e for e in run.of(StreamProblem) if e.kind == "checksum"]
+
+
+def test_a_pair_no_table_knows_is_a_failed_run_and_the_others_are_recorded(
+    tmp_path: Path, fake: FakeKraken
+) -> None:
+    """Before, a stream's pair that neither the pairs table nor AssetPairs knows was a log line
+    and an event only: status stayed healthy, nothing in the database said so."""
+    streams = "tape: {channel: trade, pairs: [XBTUSD, FOOBAR]}"
+    failed = "SELECT status, error, params FROM runs WHERE job = 'stream:tape' AND status <> 'ok'"
+    with recording(tmp_path, fake, streams) as run:
+        wait_for(lambda: len(trade_ids(run)) >= 50, WAIT)
+        wait_for(lambda: run.rows(failed) != [], WAIT)
+    ((status, error, params),) = run.rows(failed)
+    assert status == "kraken_error"
+    assert error == "refused: pair FOOBAR is not a pair the pairs table knows (yet); not subscribed"
+    assert (params if isinstance(params, dict) else json.loads(params))["pair"] == "FOOBAR"

@@ -52,7 +52,7 @@ def check(jobfile: str, database: str | None, online: bool) -> None:
             say(f"error: {problem}", err=True)
         if problems:
             sys.exit(2)
-        say(f"online: {config.kraken.url} knows every pair the jobs name")
+        say(f"online: {config.kraken.url} knows every pair the jobs and streams name")
     for warning in config.warnings:
         say(f"warning: {warning}", err=True)
     now = datetime.now(UTC)

@@ -377,14 +377,14 @@ class Feed:
                             self.ids.interrupted(cause, pair)
                 return
             pair = self.symbols.pair(event.symbol) if event.symbol else None
-            self._failure(link.uid, event.kind, pair or event.symbol, event.message)
+            self.record_failure(link.uid, event.kind, pair or event.symbol, event.message)
             self._publish(StreamProblem(self.name, event.kind, pair or event.symbol, event.message))
         elif isinstance(event, Subscribed) and event.symbol is not None:
             with self._lock:
                 if event.symbol in link.symbols:
                     link.acked.add(event.symbol)
 
-    def _failure(
+    def record_failure(
         self, uid: str | None, kind: str, pair: str | None, message: str, *, log: bool = False
     ) -> None:
         """A failure that ends no connection, as a failed run of the stream (a disconnect or a
@@ -484,7 +484,7 @@ class Feed:
             self._publish(StreamProblem(self.name, "protocol", None, line))
         others = len(read.refused) - 1
         also = f" (and {others} more entries of the message)" if others else ""
-        self._failure(uid, "entry", None, read.refused[0] + also, log=True)
+        self.record_failure(uid, "entry", None, read.refused[0] + also, log=True)
 
     def _trades(
         self, link: _Link, batch: _Batch, data: Any, symbols: Symbols, at: datetime
@@ -500,7 +500,7 @@ class Feed:
                 new = self.ids.seen(row["pair"], row["trade_id"], row["time"])
             except ValueError as e:  # not of the pair's sequence: refused, as an entry is
                 self._publish(StreamProblem(self.name, "protocol", row["pair"], str(e)))
-                self._failure(link.uid, "entry", row["pair"], str(e), log=True)
+                self.record_failure(link.uid, "entry", row["pair"], str(e), log=True)
                 continue
             if new:
                 batch.add("trades", row)

@@ -211,7 +211,7 @@ class Recorder:
         if allowed == self.recording:
             return allowed
         self.recording = allowed
-        if allowed:
+        if allowed and self.feeds:
             logger.info("streams: this collector holds the public lease: recording")
             self._dirty.set()
             return True
@@ -288,6 +288,9 @@ class Recorder:
         message = f"stream {stream.name}: pair {name} {why}; not subscribed"
         logger.warning("%s", message)
         self.events.publish(StreamProblem(stream.name, "refused", name, message))
+        feed = self.feeds.get(stream.name)
+        if feed is not None:  # a row too, as a subscription Kraken refused is
+            feed.record_failure(None, "refused", name, f"pair {name} {why}; not subscribed")
 
     def _refresh(self, unknown: list[str]) -> None:
         """Ask AssetPairs for symbols the table does not know, at most every ``pairs_refresh``."""
