@@ -276,8 +276,9 @@ def unknown_pairs(config: Config) -> list[ConfigError]:
 
 
 def next_run(job: Job, now: datetime) -> str:
-    """When ``job`` runs next as ``check`` shows it: ``at start`` (an interval), a UTC time, or
-    ``never``."""
+    """When ``job`` runs next as ``check`` shows it: ``at start`` (an interval); for a cron, its
+    next time in UTC (or ``never``), and ``at start`` first when it never succeeded, as the
+    service runs such a job (``check`` reads no database, so it says both)."""
     from datetime import UTC
 
     from apscheduler.triggers.cron import CronTrigger
@@ -286,7 +287,8 @@ def next_run(job: Job, now: datetime) -> str:
         return "at start"
     trigger = CronTrigger.from_crontab(job.cron or "", timezone=job.timezone)
     fire = trigger.get_next_fire_time(None, now)
-    return fire.astimezone(UTC).isoformat(timespec="seconds") if fire else "never"
+    when = fire.astimezone(UTC).isoformat(timespec="seconds") if fire else "never"
+    return f"{when} (at start until it first succeeds)"
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,16 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_check_says_a_cron_job_runs_at_start_until_it_first_succeeds() -> None:
+    """Before, check showed a cron job's next time only, while the service runs one that never
+    succeeded at start (a new user saw 'next 23:00' and a run at once)."""
+    from datetime import UTC, datetime
+
+    from collector.jobfile import Job
+    from collector.preflight import next_run
+
+    now = datetime(2026, 12, 7, 22, 50, tzinfo=UTC)
+    hourly = Job(name="b", method="Balance", cron="0 * * * *")
+    assert next_run(hourly, now) == "2026-12-07T23:00:00+00:00 (at start until it first succeeds)"
