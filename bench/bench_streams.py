@@ -78,7 +78,7 @@ from collector import defaults  # noqa: E402
 from collector.datasets import DEFAULT, STREAMS  # noqa: E402
 from collector.events import BatchStored, Events, StreamProblem  # noqa: E402
 from collector.jobfile import Stream  # noqa: E402
-from collector.records import RunRecord  # noqa: E402
+from collector.records import Prepared, RunRecord  # noqa: E402
 from collector.store import Store  # noqa: E402
 from collector.streams.book import Book  # noqa: E402
 from collector.streams.connection import (  # noqa: E402
@@ -92,9 +92,12 @@ from collector.streams.connection import (  # noqa: E402
 from collector.streams.feed import Feed  # noqa: E402
 from collector.streams.gaps import TradeIds  # noqa: E402
 from collector.streams.rows import (  # noqa: E402
+    TRADE_COLUMNS,
     Symbols,
     batch,
+    trade_decoder,
     trade_rows,
+    trade_values,
 )
 from collector.streams.tuning import Tuning  # noqa: E402
 from collector.writer import Writer  # noqa: E402
@@ -288,7 +291,7 @@ class Replayed(Connection):
 
 
 def collector_handler(
-    writer: Writer,
+    writer: Writer | Dropped,
     symbols: Symbols,
     *,
     precisions: dict[str, int],
@@ -380,6 +383,14 @@ def collector_handler(
             feed.stop()
 
     return on_message, finish, counts, feeds
+
+
+class Dropped:
+    """A writer that stores nothing: collector's path up to the writer's hand-off (the runs
+    made, with their rows), to set beside cryptofeed's handler, which stores nothing either."""
+
+    def submit(self, record: RunRecord) -> None:
+        pass
 
 
 def fresh_store(folder: str, pairs: list[Pair]) -> Store:
@@ -657,7 +668,26 @@ def throughput(args: argparse.Namespace, folder: str, version: str | None) -> di
                 assert messages is books or n == entries, (n, entries)
             return len(messages) / took
 
+        def parsed_side(
+            channel: str = channel,
+            messages: list[str] = messages,
+            routes: list[str] = routes,
+            entries: int = entries,
+        ) -> float:
+            on_message, finish, counts, _ = collector_handler(
+                Dropped(), symbols, precisions=precisions, channels=(channel,)
+            )
+            start = time.perf_counter()
+            for raw, symbol in zip(messages, routes, strict=True):
+                on_message(raw, channel, symbol)
+            finish()
+            took = time.perf_counter() - start
+            assert counts.submitted == counts.messages == len(messages), counts
+            assert channel != "trade" or counts.trades == entries, counts
+            return len(messages) / took
+
         sides: dict[str, Callable[[], float]] = {"collector": collector_side}
+        sides["collector, parsed"] = parsed_side
         if version is not None:
             sides["cryptofeed"] = cryptofeed_side
             sides["cryptofeed+sqlite"] = lambda m=messages: cryptofeed_side(m, sqlite=True)
@@ -791,16 +821,24 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
         return min(times) * 1e6 / count
 
     out: dict[str, float] = {}
-    decode = decoder()
+    decode, typed = decoder(), trade_decoder()
     parsed = [decode(raw) for raw in trades]
-    out["trade: streams.connection.decoder (msgspec, Decimal)"] = best(
+    now = datetime.now(UTC)
+    out["trade: rows.trade_decoder (msgspec into TradeMessage: what the feed takes)"] = best(
+        lambda: [typed(raw) for raw in trades], len(trades)
+    )
+    out["trade: streams.connection.decoder (msgspec, Decimal; the general way)"] = best(
         lambda: [decode(raw) for raw in trades], len(trades)
     )
-    out["trade: json.loads(parse_float=Decimal), before it (a reference)"] = best(
+    out["trade: json.loads(parse_float=Decimal) (a reference)"] = best(
         lambda: [json.loads(raw, parse_float=Decimal) for raw in trades], len(trades)
     )
+    entries = [typed(raw).data for raw in trades]
+    out["trade: rows.trade_values (the stored text tuples)"] = best(
+        lambda: [trade_values(data, symbols, now) for data in entries], len(trades)
+    )
     rows = [row for message in parsed for row in trade_rows(message["data"], symbols).rows]
-    out["trade: rows.trade_rows"] = best(
+    out["trade: rows.trade_rows (dicts: the general way)"] = best(
         lambda: [trade_rows(message["data"], symbols) for message in parsed], len(trades)
     )
 
@@ -813,11 +851,13 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
     per_run = max(1, round(len(rows) / len(trades) * args.batch))
     stores = [fresh_store(folder, pairs) for _ in range(3)]
 
+    values = [v for data in entries for v, _ in trade_values(data, symbols, now)[0]]
+
     def write() -> None:
         store = stores.pop()
         now = datetime.now(UTC)
-        for i in range(0, len(rows), per_run):
-            chunk = {"trades": rows[i : i + per_run]}
+        for i in range(0, len(values), per_run):
+            chunk = {"trades": Prepared(TRADE_COLUMNS, values[i : i + per_run])}
             store.write(
                 [
                     batch(
@@ -833,9 +873,9 @@ def parts(args: argparse.Namespace, folder: str) -> dict[str, float]:
             )
         store.dispose()
 
-    out[f"trade: Store.write, SQLite, a run of {per_run} trades a transaction"] = best(
-        write, len(trades)
-    )
+    out[
+        f"trade: Store.write of Prepared tuples, SQLite, a run of {per_run} trades a transaction"
+    ] = best(write, len(trades))
     parsed_books = [decode(raw) for raw in books]
 
     def apply() -> Book:
@@ -873,6 +913,9 @@ def report_throughput(results: dict[str, Any]) -> None:
         for ref in ("cryptofeed", "cryptofeed+sqlite"):
             if ref in sides:
                 print(f"  collector / {ref}: {ratio(sides['collector'], sides[ref])}")
+        if "cryptofeed" in sides:
+            parsed = ratio(sides["collector, parsed"], sides["cryptofeed"])
+            print(f"  collector, parsed / cryptofeed (neither stores): {parsed}")
 
 
 def report_replay(r: dict[str, Any]) -> None:

@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
@@ -37,6 +35,7 @@ from sqlalchemy import Connection, Table, and_, column, func, or_, select, table
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
+from .records import Prepared, decimal_text, time_text
 from .schema import ExactDecimal, UTCDateTime
 
 #: Prefix of the staging tables' names (``collector_stage_trades``, ...): temporary, per connection.
@@ -194,16 +193,7 @@ def insert_new(
     cache_key = (target, names, tuple(key), dialect.name)
     plan = _inserts.get(cache_key)
     if plan is None:
-        quote = dialect.identifier_preparer.quote
-        marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in names)
-        plan = _Inserts(
-            get=_getter(names),
-            converters=_converters(connection, target, names),
-            run=names.index("run_id"),
-            sql=f"INSERT INTO {quote(target.name)} ({', '.join(quote(n) for n in names)}) "
-            f"VALUES ({marks}) ON CONFLICT ({', '.join(quote(k) for k in key)}) DO NOTHING",
-        )
-        _inserts[cache_key] = plan
+        plan = _inserts[cache_key] = _insert_plan(connection, target, names, key)
     values = _converted(plan.get, plan.converters, rows)
     by_run: dict[int, list[tuple[Any, ...]]] = {}
     for row in values:
@@ -214,6 +204,38 @@ def insert_new(
         if n:
             added[run_id] = n
     return added
+
+
+def insert_prepared(
+    connection: Connection, target: Table, key: Sequence[str], rows: Prepared, run_id: int
+) -> int:
+    """:func:`insert_new` for one run's rows already in their stored text (a stream's batch): one
+    ``executemany`` of the tuples as they are, ``run_id`` added; returns the rows inserted."""
+    if not rows:
+        return 0
+    names = (*rows.columns, "run_id")
+    dialect = connection.dialect
+    cache_key = (target, names, tuple(key), dialect.name)
+    plan = _inserts.get(cache_key)
+    if plan is None:
+        plan = _inserts[cache_key] = _insert_plan(connection, target, names, key)
+    values = [(*row, run_id) for row in rows]
+    return max(connection.exec_driver_sql(plan.sql, values).rowcount, 0)
+
+
+def _insert_plan(
+    connection: Connection, target: Table, names: tuple[str, ...], key: Sequence[str]
+) -> _Inserts:
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in names)
+    return _Inserts(
+        get=_getter(names),
+        converters=_converters(connection, target, names),
+        run=names.index("run_id"),
+        sql=f"INSERT INTO {quote(target.name)} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({marks}) ON CONFLICT ({', '.join(quote(k) for k in key)}) DO NOTHING",
+    )
 
 
 def _converters(
@@ -239,20 +261,10 @@ def _sqlite_text(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
     if dialect.name != "sqlite":
         return None
     if isinstance(type_, ExactDecimal):
-        return _decimal_text
+        return decimal_text
     if isinstance(type_, UTCDateTime):
-        return _time_text
+        return time_text
     return None
-
-
-def _decimal_text(value: Any) -> str:
-    return format(value if type(value) is Decimal else Decimal(value), "f")
-
-
-def _time_text(value: datetime) -> str:
-    if value.tzinfo is None:  # as UTCDateTime refuses it
-        raise ValueError("naive datetime: collector stores timezone-aware UTC times only")
-    return value.astimezone(UTC).isoformat(" ", "microseconds")
 
 
 def _converted(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,12 +20,39 @@ from .errors import Status
 _TIMES = ("scheduled_at", "started_at", "finished_at")
 
 
+class Prepared(list[tuple[Any, ...]]):
+    """A table's rows already in the text its database column stores: a tuple each, in
+    ``columns``' order; a decimal in plain notation (:func:`decimal_text`), a time as UTC ISO text
+    (:func:`time_text`), pair names canonical, each key once. What a stream's batch hands the
+    store, so that the writer's thread, which shares the interpreter with the feed, spends no
+    Python on each value (issue 28). The store adds ``run_id``; on SQLite an insert-only table
+    takes the tuples as they are, elsewhere they are read back into typed rows first."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]] = ()) -> None:
+        super().__init__(rows)
+        self.columns = columns
+
+
+def decimal_text(value: Any) -> str:
+    """An exact decimal as stored: plain notation (``0.00000001``, never ``1E-8``)."""
+    return format(value if type(value) is Decimal else Decimal(value), "f")
+
+
+def time_text(value: datetime) -> str:
+    """A timezone-aware time as stored: UTC, ``YYYY-MM-DD HH:MM:SS.ffffff+00:00``."""
+    if value.tzinfo is None:  # as UTCDateTime refuses it
+        raise ValueError("naive datetime: collector stores timezone-aware UTC times only")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")
+
+
 @dataclass
 class RunRecord:
     """One execution of a job.
 
-    :ivar rows: derived rows by table name (``{"balances": [{"asset": ..., "amount": ...}]}``);
-        the store adds each row's ``run_id``
+    :ivar rows: derived rows by table name (``{"balances": [{"asset": ..., "amount": ...}]}``),
+        or a table's :class:`Prepared` tuples; the store adds each row's ``run_id``
     :ivar dataset: the job's dataset, when it keeps a cursor
     :ivar cursor: the job's cursor after this run (stored with the rows), or None to keep it
     :ivar pages: answers received so far (a paging run writes a record per page, all with the same
@@ -43,7 +71,7 @@ class RunRecord:
     result: Any = None
     attempts: int = 1
     pages: int = 0
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # or Prepared
     dataset: str | None = None
     cursor: Any = None
     account: str | None = None
@@ -73,7 +101,7 @@ def encode(record: RunRecord) -> str:
     """``record`` as JSON text. Row values keep their types (``Decimal``, ``datetime``) exactly."""
     data = {
         **record.row(),
-        "rows": {table: [_encode_row(r) for r in rows] for table, rows in record.rows.items()},
+        "rows": {table: _encode_rows(rows) for table, rows in record.rows.items()},
         "dataset": record.dataset,
         "cursor": record.cursor,
     }
@@ -88,13 +116,25 @@ def decode(text: str) -> RunRecord:
     for name in _TIMES:
         data[name] = datetime.fromisoformat(data[name])
     data["status"] = Status(data["status"])
-    rows = {table: [_decode_row(r) for r in rs] for table, rs in data.pop("rows", {}).items()}
+    rows = {table: _decode_rows(rs) for table, rs in data.pop("rows", {}).items()}
     if "balances" in data:  # before datasets: [[asset, amount], ...]
         rows["balances"] = [
             {"asset": a, "amount": Decimal(x), "job": data["job"], "taken_at": data["finished_at"]}
             for a, x in data.pop("balances")
         ]
     return RunRecord(**data, rows=rows)
+
+
+def _encode_rows(rows: list[Any]) -> Any:
+    if isinstance(rows, Prepared):  # text and whole numbers already: JSON as they are
+        return {"columns": list(rows.columns), "values": [list(r) for r in rows]}
+    return [_encode_row(r) for r in rows]
+
+
+def _decode_rows(rows: Any) -> Any:
+    if isinstance(rows, dict):
+        return Prepared(tuple(rows["columns"]), (tuple(r) for r in rows["values"]))
+    return [_decode_row(r) for r in rows]
 
 
 # A row value is tagged with its type, so that no value (a JSON column holding {"$d": ...}, say)

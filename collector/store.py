@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,8 @@ from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
 from .pairs import Names
-from .records import RunRecord
-from .schema import cursors, runs, state
+from .records import Prepared, RunRecord
+from .schema import ExactDecimal, UTCDateTime, cursors, runs, state
 
 logger = logging.getLogger(__name__)
 
@@ -529,10 +530,18 @@ class Store:
         tables whose rows it added or changed)."""
         by_table: dict[str, list[dict[str, Any]]] = {}
         written: dict[str, list[tuple[RunRecord, int]]] = {}
+        prepared: list[tuple[str, int, Prepared]] = []
+        sqlite = conn.dialect.name == "sqlite"
         for record in records:
             run_id = by_uid[record.uid]
             for name, rows in record.rows.items():
                 dataset = self.datasets[name]
+                if isinstance(rows, Prepared):
+                    if sqlite and not dataset.update and "account" not in dataset.table.c:
+                        prepared.append((name, run_id, rows))
+                        written.setdefault(name, []).append((record, run_id))
+                        continue
+                    rows = self._typed(dataset, rows)
                 # Tables of account data say whose each row is (the run's account).
                 extra: dict[str, Any] = {"run_id": run_id}
                 if "account" in dataset.table.c:
@@ -579,7 +588,38 @@ class Store:
             added.update(dataset.stored(conn, written[name]))
             if dataset.table is pairs:
                 self._names_read = None  # read the names again at the next write that names one
+        # A stream's batches: their tuples as they are, one executemany a run (insert-only).
+        for name, run_id, tuples in prepared:
+            dataset = self.datasets[name]
+            n = bulk.insert_prepared(conn, dataset.table, dataset.key, tuples, run_id)
+            if n:
+                added[run_id] += n
+                changed.add(name)
+        for name in dict.fromkeys(name for name, _, _ in prepared):
+            if name not in by_table:
+                added.update(self.datasets[name].stored(conn, written[name]))
         return added
+
+    @staticmethod
+    def _typed(dataset: Dataset, rows: Prepared) -> list[dict[str, Any]]:
+        """:class:`Prepared` tuples as the typed rows every other path takes (``Decimal``,
+        aware ``datetime``), read back from their stored text by the columns' types."""
+        readers: list[Any] = []
+        for name in rows.columns:
+            type_ = dataset.table.c[name].type
+            if isinstance(type_, ExactDecimal):
+                readers.append(Decimal)
+            elif isinstance(type_, UTCDateTime):
+                readers.append(datetime.fromisoformat)
+            else:
+                readers.append(None)
+        return [
+            {
+                c: v if f is None else f(v)
+                for c, f, v in zip(rows.columns, readers, row, strict=True)
+            }
+            for row in rows
+        ]
 
     def _renames(
         self, conn: Any, dataset: Dataset, rows: list[dict[str, Any]]
@@ -650,9 +690,18 @@ def _merge(records: Iterable[RunRecord]) -> list[RunRecord]:
         if before is None:
             merged[record.uid] = record
             continue
-        rows = {name: list(rs) for name, rs in before.rows.items()}
+        rows = {name: _copy(rs) for name, rs in before.rows.items()}
         for name, rs in record.rows.items():
-            rows.setdefault(name, []).extend(rs)
+            if name not in rows:
+                rows[name] = _copy(rs)
+            elif isinstance(rows[name], Prepared) is isinstance(rs, Prepared):
+                rows[name].extend(rs)  # both tuples (of one table's columns) or both dicts
+            else:  # never made so (a run's rows are one or the other): refused, not mixed
+                raise TypeError(f"run {record.uid}: {name} rows both prepared and not")
         cursor = record.cursor if record.cursor is not None else before.cursor
         merged[record.uid] = dataclasses.replace(record, rows=rows, cursor=cursor)
     return list(merged.values())
+
+
+def _copy(rows: list[Any]) -> list[Any]:
+    return Prepared(rows.columns, rows) if isinstance(rows, Prepared) else list(rows)

@@ -9,6 +9,7 @@ outage (spooled), not a refusal.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -21,10 +22,11 @@ from collector.datasets.history import orders
 from collector.datasets.market import ohlc, trades
 from collector.errors import Status
 from collector.events import Spooled
-from collector.records import RunRecord
+from collector.records import Prepared, RunRecord, decode, encode
 from collector.schema import runs
 from collector.spool import Spool
 from collector.store import Store
+from collector.streams.rows import TRADE_COLUMNS, stored_trade
 from collector.writer import Writer
 
 from .conftest import dataset_writes
@@ -261,3 +263,40 @@ def test_a_connection_lost_during_copy_is_an_outage_and_nothing_is_lost(postgres
         assert conn.execute(select(runs.c.status)).scalars().all() == [Status.OK] * 2
     assert [t[0] for t in stored_trades(store)] == ["XXBTZUSD"] * 70
     store.dispose()
+
+
+# -- a stream's Prepared rows (issue 28): the same rows as the typed way, on both databases ---------
+
+
+def prepared_of(rows: list[dict]) -> Prepared:
+    return Prepared(TRADE_COLUMNS, (stored_trade(r) for r in rows))
+
+
+def test_prepared_rows_are_stored_as_the_typed_rows_are(store) -> None:
+    """A stream's batch hands the store its trades as text tuples (SQLite: one executemany as
+    they are; PostgreSQL: read back into typed rows): the stored values, exactly, and each run's
+    new rows, are what the same trades as dicts give; a trade stored before is left, as the
+    dict way leaves it; and a spooled record keeps its tuples."""
+    rows = trade_rows(1, 40)
+    store.write([run("a", {"trades": rows[:30]}), run("b", {"trades": rows[10:]})])
+    want, want_new = stored_trades(store), new_rows(store)
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM trades"))
+        conn.execute(text("DELETE FROM runs"))
+    first = run("a", {"trades": prepared_of(rows[:30])})
+    again = decode(encode(run("b", {"trades": prepared_of(rows[10:])})))  # the spool's way
+    assert isinstance(again.rows["trades"], Prepared)
+    store.write([first, again])
+    assert [_exact(r) for r in stored_trades(store)] == [_exact(r) for r in want]
+    assert new_rows(store) == want_new == {"a": 30, "b": 10}
+
+
+def test_a_run_whose_rows_are_both_prepared_and_not_is_refused(store) -> None:
+    """Never made so (a run's rows of one table are one kind or the other): refused whole, not
+    mixed into one list the store would misread."""
+    rows = trade_rows(1, 2)
+    first = run("a", {"trades": prepared_of(rows[:1])})
+    later = dataclasses.replace(first, rows={"trades": rows[1:]})
+    with pytest.raises(TypeError, match="both prepared and not"):
+        store.write([first, later])
+    assert stored_trades(store) == []

@@ -28,7 +28,7 @@ from collector.runner import Runner
 from collector.schema import runs
 from collector.store import Store
 from collector.streams.book import Book
-from collector.streams.connection import Connection, Subscribed, Subscription
+from collector.streams.connection import Connection, Subscribed, Subscription, decoder
 from collector.streams.rows import (
     Candles,
     Every,
@@ -38,8 +38,11 @@ from collector.streams.rows import (
     connection_row,
     moment,
     ohlc_rows,
+    stored_trade,
     ticker_rows,
+    trade_decoder,
     trade_rows,
+    trade_values,
 )
 from collector.testing.fake_exchange import FakeKraken
 
@@ -444,3 +447,61 @@ def test_a_ticker_s_open_is_exact_and_a_bad_entry_is_refused_alone() -> None:
         ("XETHZUSD", Decimal("3101.0"), datetime(2026, 12, 7, 11, 59, 59, 500000, tzinfo=UTC)),
     ]
     assert read.refused == ["ticker ETH/USD: last is not a finite number"]
+
+
+def test_the_typed_way_stores_what_the_general_way_stores() -> None:
+    """A ``trade`` message typed in C (``trade_decoder``, ``trade_values``) gives the very
+    tuples, times and refusals the general reader gives (``decoder``, ``trade_rows``), entry by
+    entry: the usual shapes read there, every other one handed to the general checks."""
+    symbols = Symbols([("XXBTZUSD", "XBTUSD", "XBT/USD"), ("XDGUSD", "XDGUSD", "XDG/USD")])
+    received = datetime(2023, 7, 30, 8, 0, 1, tzinfo=UTC)
+    good = (
+        '"symbol":"BTC/USD","side":"buy","price":29430.2,"qty":0.00100000,'
+        '"ord_type":"limit","trade_id":7,"timestamp":"2023-07-30T08:00:00.123456Z"'
+    )
+    odd = [
+        "",  # as Kraken sends it
+        '"qty":0.00000001',  # str() says 1E-8: stored 0.00000001
+        '"qty":1e5',  # an exponent: 100000
+        '"price":"29430.2"',  # text: a number still
+        '"price":"NaN"',
+        '"price":-1.5',
+        f'"price":{"9" * 41}.5',  # past 40 digits
+        '"symbol":"XBT/USD"',  # the wsname's spelling
+        '"symbol":"DOGE/USD"',
+        '"symbol":"BTC/XYZ"',
+        '"side":"short"',
+        '"ord_type":"iceberg"',
+        '"trade_id":-3',
+        '"timestamp":"2023-07-30T08:00:00.123456789Z"',  # nanoseconds: cut
+        '"timestamp":"2023-07-30T10:00:00.123456+02:00"',
+        '"timestamp":"2023-13-30T08:00:00.123456Z"',  # month 13, Kraken's shape
+        '"timestamp":"2023-W31-1T08:00:00.000000Z"',  # an ISO week date: not RFC 3339
+        '"timestamp":"2023-07-30T10:00:00.123456Z"',  # two hours past its receipt
+    ]
+    entries = [f"{{{good}{',' + o if o else ''}}}" for o in odd]
+    messages = [f'{{"channel":"trade","type":"update","data":[{e}]}}' for e in entries]
+    messages.append('{"channel":"trade","type":"update","data":[' + ",".join(entries) + "]}")
+    typed, general = trade_decoder(), decoder()
+    for message in messages:
+        read = trade_rows(general(message)["data"], symbols, received)
+        want = [(stored_trade(r), r["time"]) for r in read.rows]
+        got, refused = trade_values(typed(message).data, symbols, received)
+        assert (got, refused) == (want, read.refused), message
+    every = trade_values(typed(messages[-1]).data, symbols, received)
+    assert [values[3:5] for values, _ in every[0]] == [
+        ("29430.2", "0.00100000"),
+        ("29430.2", "0.00000001"),
+        ("29430.2", "100000"),
+        ("29430.2", "0.00100000"),
+        ("-1.5", "0.00100000"),
+        ("29430.2", "0.00100000"),
+        ("29430.2", "0.00100000"),
+        ("29430.2", "0.00100000"),
+        ("29430.2", "0.00100000"),
+    ]
+    assert [values[2] for values, _ in every[0]][-2:] == [
+        "2023-07-30 08:00:00.123456+00:00",
+        "2023-07-30 08:00:00.123456+00:00",
+    ]
+    assert len(every[1]) == 9  # NaN, 41 digits, BTC/XYZ, side, ord_type, -3, month 13, week, ahead

@@ -47,6 +47,10 @@ CHECKSUM_LEVELS = 10
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Inexact])
 
 Side = Literal["bid", "ask"]
+_AHEAD = timedelta(seconds=defaults.WS_AHEAD)
+_CRC_MAX = 2**32 - 1
+# A price's or quantity's magnitude, at most 10**30 either way.
+_DIGITS = 30
 # 1, 0.1, … 1E-20: the quantum of each precision a Book takes, made once.
 _QUANTA = tuple(Decimal(1).scaleb(-p) for p in range(21))
 
@@ -91,6 +95,11 @@ def checksum_digits(value: Decimal, precision: int) -> str:
     Raises :class:`BookError` if the value has more decimals than the precision: Kraken never sends
     one, and rounding it would hide a wrong precision behind a checksum that never matches.
     """
+    text = str(value)
+    point = text.find(".")
+    # Kraken's own digits, exactly ``precision`` of them after the point: already the text.
+    if point > 0 and len(text) - point - 1 == precision and "E" not in text and text[0] != "-":
+        return (text[:point] + text[point + 1 :]).lstrip("0")
     quantum = _QUANTA[precision] if 0 <= precision < len(_QUANTA) else Decimal(1).scaleb(-precision)
     try:
         fixed = value.quantize(quantum, context=_CONTEXT)
@@ -254,14 +263,15 @@ class Book:
             t = parse_rfc3339(stamp, field=what)
         except NumberError as e:
             raise BookError(str(e)) from None
-        if received_at is not None and t > received_at + timedelta(seconds=defaults.WS_AHEAD):
+        if received_at is not None and t > received_at + _AHEAD:
             ahead = (t - received_at).total_seconds()
             raise BookError(f"{what} {stamp[:40]!r} is {ahead:.0f} s ahead of its receipt")
         return t
 
     def _apply(self, entry: Mapping[str, Any], stamp: datetime | None) -> None:
+        symbol = self.symbol
         for key, side in (("bids", self.bids), ("asks", self.asks)):
-            for price, qty in _levels(self.symbol, entry.get(key, ()), key):
+            for price, qty in _levels(symbol, entry.get(key, ()), key):
                 side.set(price, qty)
         self.bids.cut(self.depth)
         self.asks.cut(self.depth)
@@ -270,12 +280,15 @@ class Book:
 
     def _verify(self, entry: Mapping[str, Any]) -> None:
         raw = entry.get("checksum")
-        try:  # the bounded reader: int() of a Decimal 1E+1000000 holds the GIL for a minute
-            expected = parse_integer(
-                str(raw) if isinstance(raw, Decimal) else raw, field="checksum", high=2**32 - 1
-            )
-        except NumberError:
-            raise BookError(f"{self.symbol}: a message without a valid checksum") from None
+        if type(raw) is int and 0 <= raw <= _CRC_MAX:  # as Kraken sends it
+            expected = raw
+        else:
+            try:  # the bounded reader: int() of a Decimal 1E+1000000 holds the GIL for a minute
+                expected = parse_integer(
+                    str(raw) if isinstance(raw, Decimal) else raw, field="checksum", high=_CRC_MAX
+                )
+            except NumberError:
+                raise BookError(f"{self.symbol}: a message without a valid checksum") from None
         actual = self.checksum()
         if actual != expected:
             self.synced = False
@@ -293,9 +306,16 @@ def _levels(symbol: str, raw: Iterable[Any], side: str) -> Iterable[tuple[Decima
             f"{defaults.WS_BOOK_LEVELS} of the deepest book"
         )
     for level in raw:
-        if not isinstance(level, Mapping):
+        if type(level) is not dict and not isinstance(level, Mapping):
             raise BookError(f"{symbol}: a level is not an object")
-        price, qty = _exact(symbol, level.get("price")), _exact(symbol, level.get("qty"))
+        price, qty = level.get("price"), level.get("qty")
+        if type(price) is not Decimal or type(qty) is not Decimal:  # else: checked, as Decimals
+            price, qty = _exact(symbol, price), _exact(symbol, qty)
+        elif (
+            not (price.is_finite() and qty.is_finite())
+            or max(abs(price.adjusted()), abs(qty.adjusted())) > _DIGITS
+        ):
+            price, qty = _exact(symbol, price), _exact(symbol, qty)  # says which, and why
         if price <= 0 or qty < 0:
             raise BookError(f"{symbol}: level {price} x {qty} is out of range")
         yield price, qty
@@ -307,6 +327,6 @@ def _exact(symbol: str, value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
         raise BookError(f"{symbol}: {type(value).__name__} where an exact number belongs")
     number = value if type(value) is Decimal else Decimal(value)  # a Decimal is immutable
-    if not number.is_finite() or abs(number.adjusted()) > 30:
+    if not number.is_finite() or abs(number.adjusted()) > _DIGITS:
         raise BookError(f"{symbol}: {number!s:.40} is out of range")
     return number

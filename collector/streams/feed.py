@@ -15,7 +15,7 @@ batch runs (issue 28; docs/streams.md). :class:`~collector.streams.recorder.Reco
   the latest a pair; ``ohlc`` through :class:`~collector.streams.rows.Candles`.
 * **Batches.** Each link's rows wait in one batch, a run when stored (``stream:NAME``, ``params``
   naming the connection, the ``stream_connections`` row with it), handed to the writer when it
-  holds ``batch_rows`` rows or messages, when it is ``batch_seconds`` old (:meth:`Feed.tick`), and
+  holds ``batch_rows`` rows or ``batch_messages`` messages, when it is ``batch_seconds`` old (:meth:`Feed.tick`), and
   when its connection opens or closes. Rows are keyed in the batch as in their table, so a batch
   holds one of each (the latest ticker, the latest word on a candle).
 
@@ -29,6 +29,7 @@ reach into the others'.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -41,7 +42,7 @@ from .. import defaults
 from ..errors import Status
 from ..events import STREAM_STOPPED, StreamConnected, StreamDisconnected, StreamGap, StreamProblem
 from ..jobfile import Stream
-from ..records import RunRecord
+from ..records import Prepared, RunRecord
 from . import rows as rowlib
 from .book import Book, BookError, BookMismatch
 from .connection import (
@@ -89,6 +90,7 @@ _FAILURE_STATUS = {
 class _Batch:
     started_at: datetime
     tables: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    trades: list[tuple[Any, ...]] = field(default_factory=list)  # the Prepared tuples
     messages: int = 0
     rows: int = 0
     times: list[datetime] = field(default_factory=list)
@@ -268,13 +270,14 @@ class Feed:
         link.conn = self._connect(
             self.url,
             [Subscription(self.channel, tuple(symbols), self._options)],
-            lambda channel, kind, data, at: self._message(link, channel, kind, data, at),
+            functools.partial(self._message, link),  # a C call a message, not a lambda's frame
             publish=lambda event: self._event(link, event),
             name=f"{self.name}#{link.number}",
             stale_after=min(self.stream.stale_after, t.stale_after),
             rate=t.rate,
             batch=t.request_symbols,
             backoff=t.backoff,
+            typed=rowlib.trade_decoder if self.channel == "trade" else None,
         )
         return link
 
@@ -464,7 +467,8 @@ class Feed:
                 when = self._rows(link, batch, "ohlc", read)
             # A snapshot's data is old by nature (the last 50 trades): its lag is from receipt.
             batch.times.append(at if kind == "snapshot" else when or at)
-            full = max(batch.rows, batch.messages) >= self.tuning.batch_rows
+            t = self.tuning
+            full = batch.rows >= t.batch_rows or batch.messages >= t.batch_messages
         if full:
             self.flush(link)
 
@@ -489,22 +493,36 @@ class Feed:
     def _trades(
         self, link: _Link, batch: _Batch, data: Any, symbols: Symbols, at: datetime
     ) -> datetime | None:
-        read = rowlib.trade_rows(data, symbols, at)
-        self._refused(read, link.uid)
-        assert self.ids is not None
+        """A ``trade`` message's new trades into the batch, as :class:`Prepared` tuples: typed by
+        the connection (``rows.TradeEntry``), or read the general way (an entry it refused)."""
+        if type(data) is list and data and type(data[0]) is rowlib.TradeEntry:
+            trades, refused = rowlib.trade_values(data, symbols, at)
+        else:
+            read = rowlib.trade_rows(data, symbols, at)
+            trades = [(rowlib.stored_trade(row), row["time"]) for row in read.rows]
+            refused = read.refused
+        if refused:
+            self._refused(rowlib.Read(refused=refused), link.uid)
+        ids, owner, by_pair = self.ids, self._owner, symbols.by_pair
+        assert ids is not None
+        # A list, not keyed: TradeIds passes each (pair, trade_id) once (strictly rising ids;
+        # a sequence started again is stored once by the table's key all the same).
+        rows = batch.trades
         newest = None
-        for row in read.rows:
-            if symbols.symbol(row["pair"]) not in self._owner:
+        for values, when in trades:
+            pair, trade_id = values[0], values[1]
+            if by_pair.get(pair) not in owner:
                 continue  # a pair dropped while its message was on the way
             try:
-                new = self.ids.seen(row["pair"], row["trade_id"], row["time"])
+                new = ids.seen(pair, trade_id, when)
             except ValueError as e:  # not of the pair's sequence: refused, as an entry is
-                self._publish(StreamProblem(self.name, "protocol", row["pair"], str(e)))
-                self.record_failure(link.uid, "entry", row["pair"], str(e), log=True)
+                self._publish(StreamProblem(self.name, "protocol", pair, str(e)))
+                self.record_failure(link.uid, "entry", pair, str(e), log=True)
                 continue
             if new:
-                batch.add("trades", row)
-            newest = row["time"] if newest is None else max(newest, row["time"])
+                rows.append(values)
+                batch.rows += 1
+            newest = when if newest is None or when > newest else newest
         return newest
 
     def _books(
@@ -612,7 +630,11 @@ class Feed:
                 reason=link.reason,
             )
             link.changed = False
-            tables = {name: list(rows.values()) for name, rows in batch.tables.items()}
+            tables: dict[str, list[Any]] = {
+                name: list(rows.values()) for name, rows in batch.tables.items()
+            }
+            if batch.trades:
+                tables["trades"] = Prepared(rowlib.TRADE_COLUMNS, batch.trades)
             tables["stream_connections"] = [row]
             record = rowlib.batch(
                 self.name,

@@ -107,11 +107,14 @@ class TradeIds:
 
         Bounded by ``WS_TRADE_ID_JUMP``: an id farther ahead is a ValueError (refused, the last
         kept); one farther behind starts the sequence again (the last was not of it)."""
-        if isinstance(trade_id, bool) or not isinstance(trade_id, int) or trade_id < 0:
+        if type(trade_id) is not int or trade_id < 0:  # bool is an int's subclass: refused too
             raise ValueError(f"trade_id {trade_id!r:.40} of {pair} is not a whole number")
         hole = None
         with self._lock:
             last = self._last.get(pair)
+            if last is not None and trade_id == last[0] + 1 and pair not in self._cut:
+                self._last[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
+                return True
             if last is not None and trade_id - last[0] > defaults.WS_TRADE_ID_JUMP:
                 raise ValueError(
                     f"trade_id {trade_id} of {pair} is {trade_id - last[0]} past the last "

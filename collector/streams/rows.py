@@ -37,27 +37,35 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
+
+import msgspec
 
 from .. import defaults
 from ..numbers import NumberError, bounded, parse_decimal, parse_integer, parse_rfc3339
-from ..records import RunRecord
+from ..records import Prepared, RunRecord, decimal_text, time_text
 from .book import Book
 
 __all__ = [
+    "TRADE_COLUMNS",
     "Candles",
     "Every",
     "Read",
     "RowError",
     "Symbols",
+    "TradeEntry",
+    "TradeMessage",
     "batch",
     "book_rows",
     "connection_row",
     "moment",
     "number",
     "ohlc_rows",
+    "stored_trade",
     "ticker_rows",
+    "trade_decoder",
     "trade_rows",
+    "trade_values",
     "v2_symbol",
 ]
 
@@ -244,6 +252,103 @@ def trade_rows(data: Any, symbols: Symbols, received_at: datetime | None = None)
     return _each(data, "trade", symbols, row)
 
 
+#: ``trades``' columns, in the order of :func:`trade_values`' tuples
+TRADE_COLUMNS = ("pair", "trade_id", "time", "price", "volume", "side", "order_type", "misc")
+
+
+class TradeEntry(msgspec.Struct, gc=False):
+    """One entry of a ``trade`` message as Kraken sends it, typed by :func:`trade_decoder`.
+    Untracked by the garbage collector (``gc=False``): text and numbers make no cycle, and a
+    feed makes thousands a second, each one otherwise counted toward the next collection."""
+
+    symbol: str
+    side: str
+    price: Decimal
+    qty: Decimal
+    ord_type: str
+    trade_id: int
+    timestamp: str
+
+
+class TradeMessage(msgspec.Struct, gc=False):
+    """A ``trade`` message whose every entry has :class:`TradeEntry`'s fields and types."""
+
+    channel: str
+    type: str
+    data: list[TradeEntry]
+
+
+def trade_decoder() -> Callable[[str], TradeMessage]:
+    """A ``trade`` message's JSON straight into :class:`TradeMessage` (in C: no dict, no
+    ``float_hook`` call per number; a number becomes a ``Decimal`` of its own digits, as
+    :func:`~collector.streams.connection.decoder` makes it). Anything else (a heartbeat, an
+    answer, an entry missing a field or of another type) is a ``msgspec.ValidationError`` or
+    ``msgspec.DecodeError``, and goes the general way. One a connection: not thread-safe."""
+    return msgspec.json.Decoder(TradeMessage).decode
+
+
+def trade_values(
+    data: list[TradeEntry], symbols: Symbols, received_at: datetime
+) -> tuple[list[tuple[tuple[Any, ...], datetime]], list[str]]:
+    """A typed ``trade`` message's entries as ``trades`` tuples in their stored text
+    (:data:`TRADE_COLUMNS`, for :class:`~collector.records.Prepared`), each with its time, and
+    the refusal lines of the entries not stored: what :func:`trade_rows` makes of them, without
+    a dict a row. The usual entry (a known symbol, plain numbers of at most ``NUMBER_DIGITS``
+    characters, Kraken's own time shape) is read here; any other takes :func:`trade_rows`, its
+    checks and its refusals, so both ways store the same rows."""
+    out: list[tuple[tuple[Any, ...], datetime]] = []
+    refused: list[str] = []
+    by_symbol = symbols.by_symbol
+    latest = received_at + timedelta(seconds=defaults.WS_AHEAD)
+    limit = defaults.NUMBER_DIGITS
+    for e in data:
+        pair = by_symbol.get(e.symbol)
+        price, qty, stamp = str(e.price), str(e.qty), e.timestamp
+        if (
+            pair is not None
+            and e.side in _SIDES
+            and e.ord_type in _ORDER_TYPES
+            and 0 <= e.trade_id <= defaults.MAX_BIGINT
+            and len(price) <= limit
+            and len(qty) <= limit
+            and "E" not in price
+            and "E" not in qty
+            and e.price.is_finite()
+            and e.qty.is_finite()
+            and len(stamp) == 27  # 2023-09-25T07:49:37.708706Z
+            and stamp[10] == "T"
+            and stamp[26] == "Z"
+        ):
+            try:
+                t = parse_rfc3339(stamp, field="timestamp")
+            except NumberError:
+                t = latest + timedelta(1)  # the general way says why
+            if t <= latest:
+                # Plain digits as they came are their stored text; the time's, as time_text
+                # writes it (UTC, to the microsecond: the shape tested above).
+                text = f"{stamp[:10]} {stamp[11:26]}+00:00"
+                out.append(((pair, e.trade_id, text, price, qty, e.side, e.ord_type, ""), t))
+                continue
+        read = trade_rows([msgspec.structs.asdict(e)], symbols, received_at)
+        refused += read.refused
+        out += [(stored_trade(row), row["time"]) for row in read.rows]
+    return out, refused
+
+
+def stored_trade(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A :func:`trade_rows` row as :func:`trade_values` makes its tuples."""
+    return (
+        row["pair"],
+        row["trade_id"],
+        time_text(row["time"]),
+        decimal_text(row["price"]),
+        decimal_text(row["volume"]),
+        row["side"],
+        row["order_type"],
+        row["misc"],
+    )
+
+
 def ticker_rows(data: Any, symbols: Symbols, received_at: datetime) -> Read:
     """``ticker`` rows from a ``ticker`` message's ``data``; ``taken_at`` is the entry's own
     ``timestamp`` when it has one, else ``received_at``."""
@@ -407,7 +512,7 @@ def batch(
     stream: str,
     channel: str,
     connection: str,
-    rows: Mapping[str, list[dict[str, Any]]],
+    rows: Mapping[str, list[Any]],
     *,
     started_at: datetime,
     finished_at: datetime,
@@ -425,5 +530,9 @@ def batch(
         started_at=started_at,
         finished_at=finished_at,
         pages=messages,
-        rows={name: list(table_rows) for name, table_rows in rows.items()},
+        # A Prepared list stays one (the store's fast way); RunRecord types rows as dicts.
+        rows={
+            name: cast(Any, table_rows) if isinstance(table_rows, Prepared) else list(table_rows)
+            for name, table_rows in rows.items()
+        },
     )

@@ -14,7 +14,7 @@ __all__ = ["Tuning"]
 @dataclass(frozen=True)
 class Tuning:
     """:param per_connection: symbols on one connection at most; more are split across several
-    :param batch_rows: rows (or messages) a batch run holds before it is stored
+    :param batch_rows: rows a batch run holds before it is stored; ``batch_messages``: messages
     :param batch_seconds: how old a batch gets before it is stored anyway
     :param pairs_refresh: the least seconds between two AssetPairs asked for by the recorder (a
         symbol the ``pairs`` table does not know yet)
@@ -29,6 +29,7 @@ class Tuning:
 
     per_connection: int = defaults.WS_SYMBOLS_PER_CONNECTION
     batch_rows: int = defaults.WS_BATCH_ROWS
+    batch_messages: int = defaults.WS_BATCH_MESSAGES
     batch_seconds: float = defaults.WS_BATCH_SECONDS
     pairs_refresh: float = defaults.WS_PAIRS_REFRESH
     candle_grace: float = defaults.WS_CANDLE_GRACE
@@ -40,8 +41,10 @@ class Tuning:
     stored_pending: int = defaults.WS_STORED_PENDING
 
     def __post_init__(self) -> None:
-        if min(self.per_connection, self.batch_rows, self.request_symbols) < 1:
-            raise ValueError("per_connection, batch_rows and request_symbols must be at least 1")
+        if min(self.per_connection, self.batch_rows, self.batch_messages, self.request_symbols) < 1:
+            raise ValueError(
+                "per_connection, batch_rows, batch_messages and request_symbols must be at least 1"
+            )
         if min(self.batch_seconds, self.pairs_refresh, self.stale_after, self.rate) <= 0:
             raise ValueError("batch_seconds, pairs_refresh, stale_after and rate must be positive")
         if self.candle_grace < 0 or self.stored_pending < 1:
