@@ -28,10 +28,11 @@ from websockets.sync.server import ServerConnection, serve
 from collector import defaults
 from collector.backoff import Backoff
 from collector.events import StreamProblem
-from collector.jobfile import load
+from collector.jobfile import Stream, load
 from collector.service import Service
 from collector.streams.book import Book, BookError
 from collector.streams.connection import Connection, StreamFailed, StreamOpened, Subscription
+from collector.streams.feed import Feed
 from collector.streams.gaps import Hole, TradeIds
 from collector.streams.recorder import Tuning
 from collector.testing.fake_exchange import FakeKraken
@@ -575,3 +576,34 @@ def test_collector_run_against_a_hostile_feed_logs_little_stops_in_its_bound(
     assert not any(line.startswith("2026-01-01") for line in output.splitlines())
     protocol = [line for line in output.splitlines() if ": protocol: " in line]
     assert 2 <= len(protocol) <= 20, protocol[:5]
+
+
+def test_failures_counted_between_rows_are_told_by_the_clock_and_at_the_stop() -> None:
+    """A failed run a kind a second, the ones between counted in the next: when no next one
+    comes, the clock tells them once their second has passed, and the stop tells the rest.
+    Before, the failures after a kind's last row were only counted, and never stored."""
+    now = [datetime(2026, 12, 7, 12, 0, tzinfo=UTC)]
+    rows: list[str] = []
+    feed = Feed(
+        Stream(name="tape", channel="trade", pairs=("XBTUSD",)),
+        url="ws://127.0.0.1:9/v2",
+        api=None,
+        submit=lambda record, *rest: rows.append(record.error or ""),
+        publish=lambda event: None,
+        tuning=Tuning(),
+        now=lambda: now[0],
+    )
+    for n in range(5):
+        feed.record_failure(None, "rate", "XXBTZUSD", f"refused {n}")
+    assert rows == ["rate: refused 0"]
+    feed.tick(now[0])  # within the second: still counted
+    assert len(rows) == 1
+    now[0] += timedelta(seconds=defaults.WS_FAILURE_ROW_EVERY)
+    feed.tick(now[0])
+    assert rows[1] == "rate: refused 4 (and 3 more like it since 12:00:00)"
+    feed.record_failure(None, "rate", "XXBTZUSD", "refused 5")  # counted: a row a second
+    feed.record_failure(None, "entry", None, "a bad entry")  # another kind: its own row
+    feed.stop()
+    assert rows[2:] == ["entry: a bad entry", "rate: refused 5"]
+    told = len(rows) + sum(int(m) for e in rows for m in re.findall(r"and (\d+) more", e))
+    assert told == 7  # every failure, once

@@ -102,6 +102,19 @@ class _Batch:
         rows[key] = row
 
 
+_FAILURE_EVERY = defaults.WS_FAILURE_ROW_EVERY
+
+
+@dataclass(eq=False)
+class _Failures:
+    """One kind of failure: when its last row was written, how many came since (only counted),
+    and the latest of those (``uid, pair, message, log``)."""
+
+    at: datetime
+    since: int = 0
+    latest: tuple[str | None, str | None, str, bool] | None = None
+
+
 @dataclass(eq=False)
 class _Link:
     """One connection of the stream: its symbols, the session it is in, its batch."""
@@ -164,7 +177,7 @@ class Feed:
         self._lock = threading.RLock()  # links, owners and per-pair state
         self._numbers = 0
         self.stopping = False
-        self._failed: dict[str, tuple[datetime, int]] = {}  # kind -> last row, failures since
+        self._failed: dict[str, _Failures] = {}  # kind -> its last row, the failures since
         # per pair, only while subscribed
         self.books: dict[str, Book] = {}
         self._resync: dict[str, tuple[datetime | None, str]] = {}  # symbol -> gap start, why
@@ -322,6 +335,7 @@ class Feed:
             self._close(link)
         if self.filler is not None:
             self.filler.stop()
+        self._failures_told(self._now(), all_=True)
         for link in links:
             self.flush(link, force=True)
 
@@ -345,6 +359,7 @@ class Feed:
             for link in links - {None}:
                 assert link is not None
                 self.flush(link)
+        self._failures_told(now)
         with self._lock:
             links_now = list(self.links)
         age = timedelta(seconds=self.tuning.batch_seconds)
@@ -392,16 +407,32 @@ class Feed:
     ) -> None:
         """A failure that ends no connection, as a failed run of the stream (a disconnect or a
         stall is its connection's row; a checksum mismatch a ``gaps`` row): at most one a kind
-        every ``WS_FAILURE_ROW_EVERY``, the ones in between counted in the next; with ``log``,
-        a warning with each row (the connection logs its own failures)."""
+        every ``WS_FAILURE_ROW_EVERY``, the ones in between counted in the next (the clock's,
+        :meth:`tick`, when no other comes; the last at :meth:`stop`); with ``log``, a warning
+        with each row (the connection logs its own failures)."""
         now = self._now()
         with self._lock:
-            last, since = self._failed.get(kind, (None, 0))
-            if last is not None and (now - last).total_seconds() < defaults.WS_FAILURE_ROW_EVERY:
-                self._failed[kind] = (last, since + 1)
+            before = self._failed.get(kind)
+            if before is not None and (now - before.at).total_seconds() < _FAILURE_EVERY:
+                before.since += 1
+                before.latest = (uid, pair, message, log)
                 return
-            self._failed[kind] = (now, 0)
-        more = f" (and {since} more like it since {last:%H:%M:%S})" if since and last else ""
+            self._failed[kind] = _Failures(now)
+        since = before.since if before is not None else 0
+        self._failure_row(now, kind, uid, pair, message, log, since, before)
+
+    def _failure_row(
+        self,
+        now: datetime,
+        kind: str,
+        uid: str | None,
+        pair: str | None,
+        message: str,
+        log: bool,
+        since: int,
+        before: _Failures | None,
+    ) -> None:
+        more = f" (and {since} more like it since {before.at:%H:%M:%S})" if since and before else ""
         if log:
             logger.warning("stream %s: %s: %s%s", self.name, kind, message, more)
         self._submit(
@@ -421,6 +452,23 @@ class Feed:
             0,
             [],
         )
+
+    def _failures_told(self, now: datetime, *, all_: bool = False) -> None:
+        """The failures counted since a kind's last row, told in a row of their own once its
+        second has passed (``all_``: now, at the stream's stop): the latest of them, and how
+        many more. None is left only counted."""
+        due: list[tuple[str, _Failures]] = []
+        with self._lock:
+            for kind, failures in list(self._failed.items()):
+                if failures.since and (
+                    all_ or (now - failures.at).total_seconds() >= _FAILURE_EVERY
+                ):
+                    due.append((kind, failures))
+                    self._failed[kind] = _Failures(now)
+        for kind, failures in due:
+            assert failures.latest is not None
+            uid, pair, message, log = failures.latest
+            self._failure_row(now, kind, uid, pair, message, log, failures.since - 1, failures)
 
     def _closed(self, link: _Link, event: StreamClosed) -> None:
         with link.lock:
@@ -505,25 +553,17 @@ class Feed:
             self._refused(rowlib.Read(refused=refused), link.uid)
         ids, owner, by_pair = self.ids, self._owner, symbols.by_pair
         assert ids is not None
+        # Only pairs still held (one dropped while its message was on the way is not).
+        held = [t for t in trades if by_pair.get(t[0][0]) in owner]
         # A list, not keyed: TradeIds passes each (pair, trade_id) once (strictly rising ids;
         # a sequence started again is stored once by the table's key all the same).
-        rows = batch.trades
-        newest = None
-        for values, when in trades:
-            pair, trade_id = values[0], values[1]
-            if by_pair.get(pair) not in owner:
-                continue  # a pair dropped while its message was on the way
-            try:
-                new = ids.seen(pair, trade_id, when)
-            except ValueError as e:  # not of the pair's sequence: refused, as an entry is
-                self._publish(StreamProblem(self.name, "protocol", pair, str(e)))
-                self.record_failure(link.uid, "entry", pair, str(e), log=True)
-                continue
-            if new:
-                rows.append(values)
-                batch.rows += 1
-            newest = when if newest is None or when > newest else newest
-        return newest
+        new, wrong = ids.fresh(held)
+        for pair, why in wrong:  # not of the pair's sequence: refused, as an entry is
+            self._publish(StreamProblem(self.name, "protocol", pair, why))
+            self.record_failure(link.uid, "entry", pair, why, log=True)
+        batch.trades += new
+        batch.rows += len(new)
+        return max((when for _, when in held), default=None)
 
     def _books(
         self, link: _Link, batch: _Batch, kind: str, data: Any, symbols: Symbols, at: datetime

@@ -107,46 +107,91 @@ class TradeIds:
 
         Bounded by ``WS_TRADE_ID_JUMP``: an id farther ahead is a ValueError (refused, the last
         kept); one farther behind starts the sequence again (the last was not of it)."""
+        with self._lock:
+            new, hole = self._step(pair, trade_id, at)
+        if hole is not None:
+            self._tell(hole)
+        return new
+
+    def fresh(
+        self, trades: Iterable[tuple[tuple[Any, ...], datetime]]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+        """:meth:`seen` for each ``(values, time)`` of a message (``values[0]`` the pair,
+        ``values[1]`` the trade id: :func:`~collector.streams.rows.trade_values`' tuples), under
+        one lock: the new ones' values, and ``(pair, why)`` for each one refused."""
+        new: list[tuple[Any, ...]] = []
+        refused: list[tuple[str, str]] = []
+        holes: list[Hole] = []
+        with self._lock:
+            last_of, cut = self._last, self._cut
+            for values, at in trades:
+                pair, trade_id = values[0], values[1]
+                last = last_of.get(pair)
+                if (
+                    last is not None
+                    and type(trade_id) is int
+                    and trade_id == last[0] + 1
+                    and pair not in cut
+                ):
+                    last_of[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
+                    new.append(values)
+                    continue
+                try:
+                    is_new, hole = self._step(pair, trade_id, at)
+                except ValueError as e:
+                    refused.append((pair, str(e)))
+                    continue
+                if is_new:
+                    new.append(values)
+                if hole is not None:
+                    holes.append(hole)
+        for hole in holes:
+            self._tell(hole)
+        return new, refused
+
+    def _step(self, pair: str, trade_id: Any, at: datetime) -> tuple[bool, Hole | None]:
+        """One trade id against its pair's last (the caller holds the lock): whether it is new,
+        and the hole before it."""
         if type(trade_id) is not int or trade_id < 0:  # bool is an int's subclass: refused too
             raise ValueError(f"trade_id {trade_id!r:.40} of {pair} is not a whole number")
-        hole = None
-        with self._lock:
-            last = self._last.get(pair)
-            if last is not None and trade_id == last[0] + 1 and pair not in self._cut:
-                self._last[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
-                return True
-            if last is not None and trade_id - last[0] > defaults.WS_TRADE_ID_JUMP:
-                raise ValueError(
-                    f"trade_id {trade_id} of {pair} is {trade_id - last[0]} past the last "
-                    f"({last[0]}), more than {defaults.WS_TRADE_ID_JUMP}: refused"
-                )
-            if last is not None and last[0] - trade_id > defaults.WS_TRADE_ID_JUMP:
-                logger.warning(
-                    "%s: trade_id %d is %d behind the last (%d): the sequence starts again there",
-                    pair,
-                    trade_id,
-                    last[0] - trade_id,
-                    last[0],
-                )
-                self._cut.pop(pair, None)
-                last = None
-            if last is not None and trade_id <= last[0]:
-                return False
-            cause = self._cut.pop(pair, None)
-            if last is not None and trade_id > last[0] + 1:
-                hole = Hole(pair, last[0], last[1], trade_id, at, cause or "jump")
-                self.holes[hole.cause] += 1
-            self._last[pair] = (trade_id, at)
-        if hole is not None:
-            logger.info(
-                "%s: trades %d to %d missing from the feed (%s); filling from REST",
-                pair,
-                hole.after + 1,
-                hole.before - 1,
-                hole.cause,
+        last = self._last.get(pair)
+        if last is not None and trade_id == last[0] + 1 and pair not in self._cut:
+            self._last[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
+            return True, None
+        if last is not None and trade_id - last[0] > defaults.WS_TRADE_ID_JUMP:
+            raise ValueError(
+                f"trade_id {trade_id} of {pair} is {trade_id - last[0]} past the last "
+                f"({last[0]}), more than {defaults.WS_TRADE_ID_JUMP}: refused"
             )
-            self._on_hole(hole)
-        return True
+        if last is not None and last[0] - trade_id > defaults.WS_TRADE_ID_JUMP:
+            logger.warning(
+                "%s: trade_id %d is %d behind the last (%d): the sequence starts again there",
+                pair,
+                trade_id,
+                last[0] - trade_id,
+                last[0],
+            )
+            self._cut.pop(pair, None)
+            last = None
+        if last is not None and trade_id <= last[0]:
+            return False, None
+        hole = None
+        cause = self._cut.pop(pair, None)
+        if last is not None and trade_id > last[0] + 1:
+            hole = Hole(pair, last[0], last[1], trade_id, at, cause or "jump")
+            self.holes[hole.cause] += 1
+        self._last[pair] = (trade_id, at)
+        return True, hole
+
+    def _tell(self, hole: Hole) -> None:
+        logger.info(
+            "%s: trades %d to %d missing from the feed (%s); filling from REST",
+            hole.pair,
+            hole.after + 1,
+            hole.before - 1,
+            hole.cause,
+        )
+        self._on_hole(hole)
 
     def trades(self, data: Iterable[Mapping[str, Any]], name: Callable[[str], str]) -> list[bool]:
         """:meth:`seen` for each entry of a v2 ``trade`` message's ``data`` (``symbol``,
