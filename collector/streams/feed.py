@@ -557,13 +557,13 @@ class Feed:
         held = [t for t in trades if by_pair.get(t[0][0]) in owner]
         # A list, not keyed: TradeIds passes each (pair, trade_id) once (strictly rising ids;
         # a sequence started again is stored once by the table's key all the same).
-        new, wrong = ids.fresh(held)
+        new, wrong, newest = ids.fresh(held)
         for pair, why in wrong:  # not of the pair's sequence: refused, as an entry is
             self._publish(StreamProblem(self.name, "protocol", pair, why))
             self.record_failure(link.uid, "entry", pair, why, log=True)
         batch.trades += new
         batch.rows += len(new)
-        return max((when for _, when in held), default=None)
+        return newest
 
     def _books(
         self, link: _Link, batch: _Batch, kind: str, data: Any, symbols: Symbols, at: datetime

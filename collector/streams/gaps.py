@@ -115,13 +115,15 @@ class TradeIds:
 
     def fresh(
         self, trades: Iterable[tuple[tuple[Any, ...], datetime]]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]], datetime | None]:
         """:meth:`seen` for each ``(values, time)`` of a message (``values[0]`` the pair,
         ``values[1]`` the trade id: :func:`~collector.streams.rows.trade_values`' tuples), under
-        one lock: the new ones' values, and ``(pair, why)`` for each one refused."""
+        one lock: the new ones' values, ``(pair, why)`` for each one refused, and the latest time
+        of those not refused (new or seen before)."""
         new: list[tuple[Any, ...]] = []
         refused: list[tuple[str, str]] = []
         holes: list[Hole] = []
+        newest: datetime | None = None
         with self._lock:
             last_of, cut = self._last, self._cut
             for values, at in trades:
@@ -135,19 +137,21 @@ class TradeIds:
                 ):
                     last_of[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
                     new.append(values)
-                    continue
-                try:
-                    is_new, hole = self._step(pair, trade_id, at)
-                except ValueError as e:
-                    refused.append((pair, str(e)))
-                    continue
-                if is_new:
-                    new.append(values)
-                if hole is not None:
-                    holes.append(hole)
+                else:
+                    try:
+                        is_new, hole = self._step(pair, trade_id, at)
+                    except ValueError as e:
+                        refused.append((pair, str(e)))
+                        continue
+                    if is_new:
+                        new.append(values)
+                    if hole is not None:
+                        holes.append(hole)
+                if newest is None or at > newest:
+                    newest = at
         for hole in holes:
             self._tell(hole)
-        return new, refused
+        return new, refused, newest
 
     def _step(self, pair: str, trade_id: Any, at: datetime) -> tuple[bool, Hole | None]:
         """One trade id against its pair's last (the caller holds the lock): whether it is new,
