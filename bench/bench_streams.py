@@ -17,7 +17,7 @@ the same messages, as the JSON text Kraken sends (bare numbers in their own digi
 
 * ``collector``: the recorder's own path, as ``collector run`` takes it (:func:`collector_handler`):
   a ``streams.feed.Feed`` per channel holding every pair (the recorder's default ``Tuning``: 200
-  symbols a connection, a run at 1,000 rows or messages or 1 s old), its connections
+  symbols a connection, a run at 5,000 rows or 20,000 messages or 1 s old), its connections
   :class:`Replayed` (no socket: each message's text goes to ``Connection.receive``, the
   connection's own parsing and refusals, then the feed's handler): ``trade``:
   ``rows.trade_rows`` and ``gaps.TradeIds`` (a repeat dropped, a hole told); ``book``: the pair's
@@ -27,6 +27,9 @@ the same messages, as the JSON text Kraken sends (bare numbers in their own digi
   ``Writer``, whose thread stores it through ``Store.write`` into SQLite (a fresh file each
   round). A round's time runs until the feeds are stopped and the writer has stored everything;
   the stored rows are counted against the messages' entries.
+* ``collector, parsed``: the same path to the writer's hand-off, the runs made with their rows
+  and given to a writer that stores nothing (:class:`Dropped`): set beside ``cryptofeed``, which
+  stores nothing either.
 * ``cryptofeed``: ``Kraken.message_handler(msg, conn, timestamp)``, cryptofeed's own v2 handler
   (3.0.1 speaks v2, so it gets the very same text): msgspec with ``Decimal`` floats, its
   ``Trade``/``Ticker`` objects, its C ``order_book`` kept to depth 10 with its delta; the
@@ -35,7 +38,8 @@ the same messages, as the JSON text Kraken sends (bare numbers in their own digi
   3.0.1 formats Kraken's checksum from ``str(Decimal)``, not the pair's precisions, and fails on
   the first message of the real capture (counted and printed each run).
 * ``cryptofeed+sqlite``: the same, the callbacks' fields (text) written to SQLite with
-  ``sqlite3``'s ``executemany`` every ``--batch`` messages (1,000: as collector's runs), in the
+  ``sqlite3``'s ``executemany`` every ``--batch`` messages (5,000, ``WS_BATCH_ROWS``: as many
+  messages as collector's runs hold rows, so larger transactions than collector's), in the
   handler's thread (the storing a user of
   cryptofeed would add: it has no SQLite backend); books every minute of message time, as
   collector's.
@@ -301,8 +305,8 @@ def collector_handler(
     """Collector's handling of a message as ``collector run`` does it, from its text to a run
     handed to the ``writer``: a :class:`~collector.streams.feed.Feed` per channel (the
     recorder's, with its default :class:`~collector.streams.tuning.Tuning`: 200 symbols a
-    connection, a run at 1,000 rows or messages or 1 s old) holding every symbol of ``symbols``,
-    its connections :class:`Replayed`. Returns ``(on_message(raw, channel, symbol), finish(),
+    connection, a run at 5,000 rows or 20,000 messages or 1 s old) holding every symbol of
+    ``symbols``, its connections :class:`Replayed`. Returns ``(on_message(raw, channel, symbol), finish(),
     counts, feeds)``: ``on_message`` gives the text to the connection holding ``symbol`` (as
     Kraken's socket for it would); ``finish`` stops the feeds (their last runs to the writer).
 
