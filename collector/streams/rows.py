@@ -301,6 +301,7 @@ def trade_values(
     by_symbol = symbols.by_symbol
     latest = received_at + timedelta(seconds=defaults.WS_AHEAD)
     limit = defaults.NUMBER_DIGITS
+    last: tuple[str, datetime, str] | None = None  # split fills share their timestamp: read once
     for e in data:
         pair = by_symbol.get(e.symbol)
         price, qty, stamp = str(e.price), str(e.qty), e.timestamp
@@ -319,14 +320,18 @@ def trade_values(
             and stamp[10] == "T"
             and stamp[26] == "Z"
         ):
-            try:
-                t = parse_rfc3339(stamp, field="timestamp")
-            except NumberError:
-                t = latest + timedelta(1)  # the general way says why
-            if t <= latest:
+            if last is not None and last[0] == stamp:
+                t, text = last[1], last[2]
+            else:
+                try:
+                    t = parse_rfc3339(stamp, field="timestamp")
+                except NumberError:
+                    t = latest + timedelta(1)  # the general way says why
                 # Plain digits as they came are their stored text; the time's, as time_text
                 # writes it (UTC, to the microsecond: the shape tested above).
                 text = f"{stamp[:10]} {stamp[11:26]}+00:00"
+                last = (stamp, t, text)
+            if t <= latest:
                 out.append(((pair, e.trade_id, text, price, qty, e.side, e.ord_type, ""), t))
                 continue
         read = trade_rows([msgspec.structs.asdict(e)], symbols, received_at)
