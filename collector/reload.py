@@ -148,22 +148,22 @@ def apply(service: Reloadable, new: Config) -> bool:
         return False
     changes = diff(service.config, new)
     service.apply(new, changes)
+    streams = changes.streams
+    # One line, its streams' part only when they changed (a file of streams alone said
+    # "0 jobs" first, as if nothing had been applied).
     logger.info(
-        "%s reloaded: %d jobs; added %s; removed %s; changed %s",
+        "%s reloaded: %d jobs; added %s; removed %s; changed %s%s",
         new.path,
         len(new.jobs),
         ", ".join(changes.added) or "none",
         ", ".join(changes.removed) or "none",
         ", ".join(changes.changed) or "none",
+        f"; {len(new.streams)} streams; streams added {', '.join(streams.added) or 'none'}; "
+        f"removed {', '.join(streams.removed) or 'none'}; "
+        f"changed {', '.join(streams.changed) or 'none'}"
+        if streams
+        else "",
     )
-    if changes.streams:
-        logger.info(
-            "%s: streams added %s; removed %s; changed %s",
-            new.path,
-            ", ".join(changes.streams.added) or "none",
-            ", ".join(changes.streams.removed) or "none",
-            ", ".join(changes.streams.changed) or "none",
-        )
     return True
 
 
