@@ -3,16 +3,16 @@
 Every table keeps Kraken's canonical codes (``XXBTZUSD``, ``XXBT``, ``ZUSD``), which is what
 joins; a view adds what people read, from the ``pairs`` and ``assets`` tables:
 
-* the tables of a pair (``trades``, ``ohlc``, ``spread``, ``ticker``, ``my_trades``, ``orders``)
-  get ``symbol`` (the pair's wsname, ``XBT/USD``), ``base`` and ``quote`` (the assets' altnames,
+* the tables of a pair (``trades``, ``ohlc``, ``spread``, ``ticker``, ``my_trades``, ``orders``,
+  the streams' ``book``) get ``symbol`` (the pair's wsname, ``XBT/USD``), ``base`` and ``quote`` (the assets' altnames,
   ``XBT`` and ``USD``);
 * the tables of an asset (``ledger``, ``balances``) get ``symbol``: the asset's altname (``XBT``,
   ``USD``, ``DOT.S``).
 
 A row whose pair or asset is not (yet) known has NULL there. ``symbol`` is the wsname itself (no
 expression), so ``WHERE symbol = 'XBT/USD'`` finds the pair first and then its rows by the
-table's index on ``pair``. The migration that creates them (0008) keeps its own copy of this SQL;
-a view that changes is a new migration that creates it again.
+table's index on ``pair``. The migrations that create them (0008; ``book_named`` 0013) keep
+their own copy of this SQL; a view that changes is a new migration that creates it again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ticker_named": ("ticker", ("symbol", "base", "quote")),
     "my_trades_named": ("my_trades", ("symbol", "base", "quote")),
     "orders_named": ("orders", ("symbol", "base", "quote")),
+    "book_named": ("book", ("symbol", "base", "quote")),  # 0013
     "ledger_named": ("ledger", ("symbol",)),
     "balances_named": ("balances", ("symbol",)),
 }

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ broken: {{method: Ticker, params: {{pair: NOPE}}, every: 1h}}
                 if "FROM ticker" in statement:
                     assert all(row[1] for row in found), found  # a price on every row
                 if "Daily closes" in statement:  # of the candles the job file collects
-                    assert all(row[1] is not None for row in found), found
+                    # ...but today's, before 01:00 UTC, whose only candle is still open.
+                    closed = found if datetime.now(UTC).hour else found[:-1]
+                    assert all(row[1] is not None for row in closed), found
     finally:
         engine.dispose()
     # The exports, then the Python that reads a table and an export (pandas, DuckDB).
