@@ -22,6 +22,10 @@ Bounded: holes queued per pair (``WS_GAP_QUEUE``; one more widens the newest que
 dropped), pages per hole (``WS_GAP_PAGES``), attempts per page (``WS_GAP_ATTEMPTS``, transient
 failures only), and one deadline per hole (``WS_GAP_DEADLINE``, on an injected clock); each call
 goes through the given :class:`collector.API`, so through its public rate budget.
+
+Why one module of this length: a :class:`Hole` is found by :class:`TradeIds`, filled by
+:class:`Filler` and ends as its :class:`Fill`'s rows and ``gaps`` row; the three share the hole's
+fields, its causes and the wording of what is missing, and change together when any does.
 """
 
 from __future__ import annotations

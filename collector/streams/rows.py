@@ -24,6 +24,11 @@ RFC 3339 read as UTC. An entry that can't be read is refused on its own, as one 
 :attr:`Read.refused`, and the message's other entries are still stored: a refused trade leaves a
 hole in its pair's ``trade_id`` sequence, which REST fills like any other.
 
+Why one module of this length: every channel's reader stands on the same few value readers
+(``number``, ``moment``, the bounded text) and the same refusal of one entry alone, and the
+typed way for trades (:func:`trade_values`) must give exactly what the general way gives (a test
+holds them side by side); split by channel, each part would import the others' private readers.
+
 How a stream's rows are traced: each batch is a run (:func:`batch`, job ``stream:NAME``) whose
 ``params`` name its connection, and each connection is a ``stream_connections`` row
 (:func:`connection_row`), written with the batch in its transaction.
