@@ -1,0 +1,144 @@
+"""`collector export` of a large SQLite table on two cores: the bytes one core writes, in rowid
+order, from one snapshot however the table is written meanwhile (a real forked worker, a real
+writer committing as fast as it can)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from collector.export import CHUNK, TWO_CORES_FROM
+from collector.records import RunRecord
+from collector.store import Store
+
+ROWS = TWO_CORES_FROM + 3 * CHUNK // 2  # the last chunk a part one
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+#: The writer: both rows to ``v0`` (one state), then both to ``v1``, ``v2``… a commit each, until
+#: its stdin is closed; prints how many commits.
+_FLIP = """
+import select, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+rows = (int(sys.argv[2]), int(sys.argv[3]))
+flips = 0
+conn.execute("UPDATE trades SET misc = 'v0' WHERE rowid IN (?, ?)", rows)
+print("flipping", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    flips += 1
+    conn.execute("UPDATE trades SET misc = ? WHERE rowid IN (?, ?)", (f"v{flips}", *rows))
+print(flips)
+"""
+
+two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="this process may use one core only"
+)
+
+
+@pytest.fixture(scope="module")
+def trades_db(tmp_path_factory) -> str:
+    """``ROWS`` trades written as Trades runs write them; every 997th one's ``misc`` holds a
+    comma and a quote (its chunk is asked again, quoted), every 1,009th a formula."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('cores') / 'trades.db'}"
+    store = Store.from_url(url)
+    store.upgrade()
+    try:
+        for start in range(0, ROWS, 10_000):
+            rows = [
+                {
+                    "pair": "XXBTZUSD" if i % 2 else "XETHZUSD",
+                    "trade_id": i,
+                    "time": T0 + timedelta(microseconds=i * 250_137),
+                    "price": Decimal(64000 + i % 9000) + Decimal(i % 97).scaleb(-1),
+                    "volume": Decimal(i % 5_000_000 + 1000).scaleb(-8),
+                    "side": "buy" if i % 3 else "sell",
+                    "order_type": "limit",
+                    "misc": 'a "b", c' if i % 997 == 0 else "=1+1" if i % 1009 == 0 else "",
+                }
+                for i in range(start, min(ROWS, start + 10_000))
+            ]
+            run = RunRecord("trades", "Trades", {}, T0, T0, T0)
+            run.rows = {"trades": rows}
+            store.write([run])
+    finally:
+        store.dispose()
+    return url
+
+
+#: An export in a process of its own (a test session has threads of its fixtures: no worker is
+#: forked beside them), its debug lines on stderr.
+_EXPORT = """
+import logging, sys
+from collector.export import Request, export
+from collector.store import read_only_engine
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+print(export(read_only_engine(sys.argv[1]), Request("trades"), sys.stdout.buffer), file=sys.stderr)
+"""
+
+
+def _export(url: str, cores: set[int] | None = None) -> tuple[bytes, str]:
+    """The CSV, and what was logged, of an export in a process allowed ``cores`` (all: None)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EXPORT, url],
+        capture_output=True,
+        check=True,
+        timeout=120,
+        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
+    )
+    said = done.stderr.decode()
+    assert said.splitlines()[-1] == str(ROWS), said
+    return done.stdout, said
+
+
+@two_cores
+def test_a_large_table_on_two_cores_is_the_bytes_one_core_writes(trades_db) -> None:
+    both, said = _export(trades_db)
+    assert f"trades: {ROWS} rows made on two cores" in said
+    one, said = _export(trades_db, {min(os.sched_getaffinity(0))})
+    assert "two cores" not in said
+    assert both == one
+    read = list(csv.DictReader(io.StringIO(both.decode())))
+    assert [int(r["trade_id"]) for r in read] == list(range(ROWS))
+    assert read[997]["misc"] == 'a "b", c' and read[1009]["misc"] == "'=1+1"
+    assert read[CHUNK + 3]["time"] == "2026-12-07 12:41:42.120411+00"  # the worker's first chunk
+
+
+@two_cores
+def test_a_table_written_while_exported_is_one_snapshot(trades_db) -> None:
+    """A writer flips the ``misc`` of a row of the first process's first chunk and of one of the
+    worker's, together, a commit at a time as fast as it can: every export holds one of the two
+    states, never one row's old and the other's new (the worker's snapshot proven the first
+    process's, or the export made on one core)."""
+    path = trades_db.removeprefix("sqlite:///")
+    pair = (1, 1 + CHUNK + 5)  # rowids: chunk 0 (this process), chunk 1 (the worker)
+    with sqlite3.connect(path) as conn:
+        before = conn.execute(
+            "SELECT rowid, misc FROM trades WHERE rowid IN (?, ?)", pair
+        ).fetchall()
+    flips = 0
+    writer = subprocess.Popen(  # another process, as the service is: commits until stdin ends
+        [sys.executable, "-c", _FLIP, path, *map(str, pair)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"flipping\n"
+        for _ in range(5):
+            read = list(csv.DictReader(io.StringIO(_export(trades_db)[0].decode())))
+            assert read[pair[0] - 1]["misc"] == read[pair[1] - 1]["misc"]
+            assert read[pair[0] - 1]["misc"].startswith("v")
+    finally:
+        assert writer.stdin is not None and writer.stdout is not None
+        writer.stdin.close()
+        flips = int(writer.stdout.read() or 0)
+        writer.wait(60)
+    assert flips > 5
+    with sqlite3.connect(path) as conn:  # the fixture's rows as they were
+        conn.executemany("UPDATE trades SET misc = ? WHERE rowid = ?", [(m, r) for r, m in before])
