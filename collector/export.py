@@ -35,7 +35,6 @@ import io
 import json
 import logging
 import os
-import signal
 import sqlite3
 import stat
 import struct
@@ -601,11 +600,14 @@ def _sqlite_halves(
     read_fd, write_fd = os.pipe()
     with contextlib.suppress(OSError):  # a smaller pipe only makes the two wait more
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    pid = os.fork()
-    if pid == 0:  # the worker: never returns
-        os.close(read_fd)
-        _sqlite_worker(engine, chunks, bounds, ranges[1::2], write_fd)
-    os.close(write_fd)
+    import multiprocessing  # only here: 13 ms of a start that is mostly imports
+
+    args = (engine, chunks, bounds, ranges[1::2], read_fd, write_fd)
+    worker = multiprocessing.get_context("fork").Process(target=_sqlite_worker, args=args)
+    try:
+        worker.start()
+    finally:
+        os.close(write_fd)
     count, done = 0, False
     try:
         with open(read_fd, "rb", buffering=_PIPE_SIZE) as pipe:
@@ -629,9 +631,8 @@ def _sqlite_halves(
             return count
     finally:
         if not done:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+            worker.kill()
+        worker.join()
 
 
 def _frame(pipe: IO[bytes]) -> tuple[bytes, int]:
@@ -654,14 +655,16 @@ def _sqlite_worker(
     chunks: _Chunks,
     bounds: tuple[int, int, int],
     ranges: list[tuple[int, int]],
+    read_fd: int,
     write_fd: int,
 ) -> None:
     """The forked worker of :func:`_sqlite_halves`: its own connection (the parent's pool is
     left alone, as SQLAlchemy asks of a fork), a read transaction, a ready frame once its
-    snapshot is taken, then a frame per chunk of ``ranges``. Ends the process (``os._exit``: no
-    parent's cleanup runs twice), an error as a frame the parent raises."""
-    code = 1
+    snapshot is taken, then a frame per chunk of ``ranges``; an error is a frame the parent
+    raises. Nothing escapes it: a parent gone (its pipe closed) or an interrupt ends it quietly,
+    where multiprocessing would print a traceback."""
     try:
+        os.close(read_fd)
         with open(write_fd, "wb", buffering=_PIPE_SIZE) as pipe:
             try:
                 engine.dispose(close=False)
@@ -677,15 +680,12 @@ def _sqlite_worker(
                     if n:
                         pipe.write(text)
                     pipe.flush()
-                code = 0
             except Exception as exc:  # told to the parent, which raises it
                 message = str(exc).encode()[:1000]
                 pipe.write(_FRAME.pack(len(message), _ERROR) + message)
                 pipe.flush()
-    except BaseException:  # a parent gone (its pipe closed), an interrupt: nothing to say
+    except BaseException:
         pass
-    finally:
-        os._exit(code)
 
 
 def _utc(conn: Any) -> None:

@@ -87,6 +87,7 @@ def _export(url: str, cores: set[int] | None = None) -> tuple[bytes, str]:
     """The CSV, and what was logged, of an export in a process allowed ``cores`` (all: None)."""
     done = subprocess.run(
         [sys.executable, "-c", _EXPORT, url],
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout buffered
         capture_output=True,
         check=True,
         timeout=120,
