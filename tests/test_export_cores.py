@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sqlite3
 import subprocess
@@ -15,9 +16,9 @@ from decimal import Decimal
 
 import pytest
 
-from collector.export import CHUNK, TWO_CORES_FROM
+from collector.export import CHUNK, TWO_CORES_FROM, Request, export
 from collector.records import RunRecord
-from collector.store import Store
+from collector.store import Store, read_only_engine
 
 ROWS = TWO_CORES_FROM + 3 * CHUNK // 2  # the last chunk a part one
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -42,11 +43,13 @@ two_cores = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def trades_db(tmp_path_factory) -> str:
-    """``ROWS`` trades written as Trades runs write them; every 997th one's ``misc`` holds a
-    comma and a quote (its chunk is asked again, quoted), every 1,009th a formula."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('cores') / 'trades.db'}"
+#: Texts a CSV must quote or neutralise, each in one trade of ``every`` (the rest empty).
+HOSTILE = {997: 'a "b", c', 1009: "=1+1", 1013: "line\nbreak", 1019: "cr\rhere", 1021: "\\."}
+
+
+def write_trades(url: str) -> None:
+    """``ROWS`` trades written as Trades runs write them, with the :data:`HOSTILE` texts in
+    ``misc`` (a chunk that holds one is asked again, quoted)."""
     store = Store.from_url(url)
     store.upgrade()
     try:
@@ -60,7 +63,7 @@ def trades_db(tmp_path_factory) -> str:
                     "volume": Decimal(i % 5_000_000 + 1000).scaleb(-8),
                     "side": "buy" if i % 3 else "sell",
                     "order_type": "limit",
-                    "misc": 'a "b", c' if i % 997 == 0 else "=1+1" if i % 1009 == 0 else "",
+                    "misc": next((t for every, t in HOSTILE.items() if i % every == 0), ""),
                 }
                 for i in range(start, min(ROWS, start + 10_000))
             ]
@@ -69,6 +72,12 @@ def trades_db(tmp_path_factory) -> str:
             store.write([run])
     finally:
         store.dispose()
+
+
+@pytest.fixture(scope="module")
+def trades_db(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('cores') / 'trades.db'}"
+    write_trades(url)
     return url
 
 
@@ -107,7 +116,13 @@ def test_a_large_table_on_two_cores_is_the_bytes_one_core_writes(trades_db) -> N
     assert both == one
     read = list(csv.DictReader(io.StringIO(both.decode())))
     assert [int(r["trade_id"]) for r in read] == list(range(ROWS))
-    assert read[997]["misc"] == 'a "b", c' and read[1009]["misc"] == "'=1+1"
+    assert [read[every]["misc"] for every in HOSTILE] == [
+        'a "b", c',
+        "'=1+1",
+        "line\nbreak",
+        "cr\rhere",
+        "\\.",
+    ]
     assert read[CHUNK + 3]["time"] == "2026-12-07 12:41:42.120411+00"  # the worker's first chunk
 
 
@@ -143,3 +158,30 @@ def test_a_table_written_while_exported_is_one_snapshot(trades_db) -> None:
     assert flips > 5
     with sqlite3.connect(path) as conn:  # the fixture's rows as they were
         conn.executemany("UPDATE trades SET misc = ? WHERE rowid = ?", [(m, r) for r, m in before])
+
+
+def test_a_large_postgresql_table_in_chunks_is_the_bytes_sqlite_writes(
+    trades_db, postgres, caplog
+) -> None:
+    """The server's chunks, two server processes in one snapshot, each chunk's lines joined by
+    the server: the bytes SQLite's export writes of the same rows (and so the one COPY's,
+    ``test_export.py``), with ``--since`` and ``--until`` too."""
+    url = postgres.new_database()
+    write_trades(url)
+    windows = [Request("trades"), Request("trades", since=T0 + timedelta(seconds=1_000))]
+    windows.append(Request("trades", until=T0 + timedelta(seconds=13_000), account=None))
+    for request in windows:
+        found = []
+        for each in (trades_db, url):
+            engine = read_only_engine(each)
+            out = io.BytesIO()
+            caplog.clear()
+            try:
+                with caplog.at_level(logging.DEBUG, logger="collector.export"):
+                    export(engine, request, out)
+            finally:
+                engine.dispose()
+            found.append(out.getvalue())
+        assert "in chunks by two server processes" in caplog.text
+        assert found[0] == found[1]
+        assert len(found[0].splitlines()) > 10_000
