@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import struct
@@ -499,18 +500,24 @@ def _sqlite_csv(engine: Engine, raw: Any, request: Request, out: IO[bytes]) -> i
             if count is not None:
                 logger.debug("%s: %d rows made on two cores", request.table, count)
                 return count
-        count, after, top = 0, -(2**63), 2**63 - 1
-        while True:
-            text, last, n = chunks.read(cursor, after, top)
-            if not n:
-                return count
-            out.write(text)
-            out.write(b"\n")
-            count, after = count + n, last
+        return _walk(cursor, chunks, -(2**63), 2**63 - 1, out)
     finally:
         cursor.close()
         if monitor is not None:
             monitor.close()
+
+
+def _walk(cursor: Any, chunks: _Chunks, after: int, upto: int, out: IO[bytes]) -> int:
+    """The CSV lines of the rows after rowid ``after`` up to ``upto``, a chunk at a time, written
+    to ``out``; how many rows."""
+    count = 0
+    while True:
+        text, last, n = chunks.read(cursor, after, upto)
+        if not n:
+            return count
+        out.write(text)
+        out.write(b"\n")
+        count, after = count + n, last
 
 
 @dataclass(frozen=True)
@@ -553,24 +560,17 @@ TWO_CORES_FROM = 50_000
 #: How long the worker may take to begin its read transaction (a rollback-journal database's
 #: writer may hold it off up to SQLite's busy timeout) before the export goes on on one core.
 _READY_WITHIN = defaults.SQLITE_BUSY_TIMEOUT_MS / 1000 + 5
-#: The chunk a worker has made waits in its pipe while the first process makes its own: a pipe
-#: this big holds a chunk of 10,000 trades (about 800 KB), so neither waits on the other.
-_PIPE_SIZE = 1 << 20
-_FRAME = struct.Struct("<qq")  # a frame's bytes, then its rows or one of these:
+_FRAME = struct.Struct("<qq")  # the worker's word: its part's bytes and rows, or one of these:
 _ERROR, _READY, _CHANGED = -1, -2, -3
 
 
 def _two_cores_pay(first: int | None, last: int | None, rows: int) -> bool:
-    """Whether the table is large enough for two cores to pay, its rowids dense enough that the
-    chunks can be fixed ranges of ``CHUNK`` rowids (at most ``CHUNK`` rows each, so memory
-    stays flat, and not many more ranges than a walk would read), and the machine has two
-    cores for this process."""
-    if first is None or last is None or rows < TWO_CORES_FROM:
+    """Whether the table is large enough for two cores to pay and the process may use two:
+    it has two cores, and no other thread (a fork copies only the calling thread: another
+    thread's lock held at that moment, one of SQLite's own mutexes say, would never be released
+    in the worker)."""
+    if first is None or last is None or rows < TWO_CORES_FROM or not hasattr(os, "fork"):
         return False
-    if last - first + 1 > 2 * rows or not hasattr(os, "fork"):
-        return False
-    # A fork copies only the calling thread: another thread's lock held at that moment (one of
-    # SQLite's own mutexes, say) would never be released in the worker.
     return threading.active_count() == 1 and len(os.sched_getaffinity(0)) >= 2
 
 
@@ -596,30 +596,55 @@ def _sqlite_halves(
     bounds: tuple[int, int, int],
     out: IO[bytes],
 ) -> int | None:
-    """The chunks made on two cores: the rowids cut into fixed ranges of ``CHUNK``, this process
-    making the even ones on ``cursor`` and a forked worker the odd ones on a read-only connection
-    of its own, each of its chunks passed back through a pipe and written in its turn (the output
-    in rowid order, as one process writes it). Both read the same snapshot, proven: no other
-    connection committed (``PRAGMA data_version`` of ``monitor``, a third connection, unchanged)
-    between before this process's read transaction began and after the worker's had. None when
-    it changed (the worker is stopped, and the caller makes every chunk on ``cursor``: its
-    snapshot is whole)."""
-    first, last, _ = bounds
-    ranges = [(after, min(after + CHUNK, last)) for after in range(first - 1, last, CHUNK)]
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(OSError):  # a smaller pipe only makes the two wait more
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    """The chunks made on two cores: the rowids cut in two halves, this process writing the
+    first half's chunks on ``cursor`` while a forked worker, on a read-only connection of its
+    own, writes the second half's into an unnamed temporary file, copied after them (the output
+    in rowid order, as one process writes it). The two meet twice, not at every chunk: on a
+    loaded machine each meeting waits for the other to be scheduled. Both read the same
+    snapshot, proven: no other connection committed (``PRAGMA data_version`` of ``monitor``, a
+    third connection, unchanged) between before this process's read transaction began and after
+    the worker's had. None when it changed (the worker is stopped, and the caller makes every
+    chunk on ``cursor``: its snapshot is whole); a worker that fails later (a full temporary
+    folder) leaves its half to this process."""
     import multiprocessing  # only here: 13 ms of a start that is mostly imports
 
-    args = (engine, chunks, bounds, ranges[1::2], read_fd, write_fd)
-    worker = multiprocessing.get_context("fork").Process(target=_sqlite_worker, args=args)
+    first, last, _ = bounds
+    middle = first - 1 + (last - first + 1) // 2
     try:
-        worker.start()
-    finally:
-        os.close(write_fd)
-    count, done = 0, False
+        part = tempfile.TemporaryFile(prefix="collector-export-")  # noqa: SIM115 (closed below)
+    except OSError as exc:  # no temporary folder to write: one core
+        logger.debug("no temporary file for the export's worker (%s): one core", exc)
+        return None
+    with part:
+        read_fd, write_fd = os.pipe()
+        args = (engine, chunks, bounds, (middle, last), part.fileno(), read_fd, write_fd)
+        worker = multiprocessing.get_context("fork").Process(target=_sqlite_worker, args=args)
+        try:
+            worker.start()
+        finally:
+            os.close(write_fd)
+        return _sqlite_first_half(
+            worker, read_fd, part, monitor, version, cursor, chunks, bounds, out
+        )
+
+
+def _sqlite_first_half(
+    worker: Any,
+    read_fd: int,
+    part: IO[bytes],
+    monitor: Any,
+    version: int | None,
+    cursor: Any,
+    chunks: _Chunks,
+    bounds: tuple[int, int, int],
+    out: IO[bytes],
+) -> int | None:
+    """This process's side of :func:`_sqlite_halves`, the worker started."""
+    first, last, _ = bounds
+    middle = first - 1 + (last - first + 1) // 2
+    done = False
     try:
-        with open(read_fd, "rb", buffering=_PIPE_SIZE) as pipe:
+        with open(read_fd, "rb") as pipe:
             if not fds_ready([read_fd], [], [], _READY_WITHIN)[0]:
                 logger.debug("the export's worker did not begin: one core")
                 return None
@@ -627,15 +652,16 @@ def _sqlite_halves(
             if ready != _READY or _data_version(monitor) != version:
                 logger.debug("the database changed as the export began: one core")
                 return None
-            for i, (after, upto) in enumerate(ranges):
-                if i % 2:
-                    text, n = _frame(pipe)
-                else:
-                    text, _, n = chunks.read(cursor, after, upto)
-                if n:
-                    out.write(text)
-                    out.write(b"\n")
-                    count += n
+            count = _walk(cursor, chunks, first - 1, middle, out)
+            try:
+                _, rows = _frame(pipe)
+            except sqlite3.Error as exc:
+                logger.debug("the export's worker failed (%s): its half on one core", exc)
+                count += _walk(cursor, chunks, middle, last, out)
+            else:
+                part.seek(0)
+                shutil.copyfileobj(part, out, _PART_BUFFER)
+                count += rows
             done = True
             return count
     finally:
@@ -644,37 +670,40 @@ def _sqlite_halves(
         worker.join()
 
 
-def _frame(pipe: IO[bytes]) -> tuple[bytes, int]:
-    """The worker's next frame: a chunk's text and rows, or ``b""`` and ``_READY`` (or
-    ``_CHANGED``: its snapshot is not the parent's); its error raised as the driver's."""
+#: The worker's writes into its part, and the copy of it into the output, a megabyte at a time.
+_PART_BUFFER = 1 << 20
+
+
+def _frame(pipe: IO[bytes]) -> tuple[int, int]:
+    """The worker's next word: ``(0, _READY)`` (or ``_CHANGED``: its snapshot is not the
+    parent's), then its part's bytes and rows; its error raised as the driver's."""
     head = pipe.read(_FRAME.size)
     if len(head) < _FRAME.size:
         raise sqlite3.OperationalError("the export's second process ended before its work")
     size, n = _FRAME.unpack(head)
-    text = pipe.read(size) if size else b""
-    if len(text) < size:
-        raise sqlite3.OperationalError("the export's second process ended before its work")
     if n == _ERROR:
-        raise sqlite3.OperationalError(text.decode(errors="replace"))
-    return text, n
+        raise sqlite3.OperationalError(pipe.read(size).decode(errors="replace"))
+    return size, n
 
 
 def _sqlite_worker(
     engine: Engine,
     chunks: _Chunks,
     bounds: tuple[int, int, int],
-    ranges: list[tuple[int, int]],
+    half: tuple[int, int],
+    part_fd: int,
     read_fd: int,
     write_fd: int,
 ) -> None:
     """The forked worker of :func:`_sqlite_halves`: its own connection (the parent's pool is
-    left alone, as SQLAlchemy asks of a fork), a read transaction, a ready frame once its
-    snapshot is taken, then a frame per chunk of ``ranges``; an error is a frame the parent
-    raises. Nothing escapes it: a parent gone (its pipe closed) or an interrupt ends it quietly,
-    where multiprocessing would print a traceback."""
+    left alone, as SQLAlchemy asks of a fork), a read transaction, a ready word once its
+    snapshot is taken, then the rows of ``half`` (after rowid, up to rowid) written into the
+    part, and the word of its bytes and rows; an error is a word the parent reads. Nothing
+    escapes it: a parent gone (its pipe closed) or an interrupt ends it quietly, where
+    multiprocessing would print a traceback."""
     try:
         os.close(read_fd)
-        with open(write_fd, "wb", buffering=_PIPE_SIZE) as pipe:
+        with open(write_fd, "wb", buffering=0) as pipe:
             try:
                 engine.dispose(close=False)
                 raw = engine.raw_connection()
@@ -682,17 +711,13 @@ def _sqlite_worker(
                 cursor.execute("BEGIN")
                 seen = tuple(cursor.execute(chunks.bounds).fetchone())  # the snapshot taken
                 pipe.write(_FRAME.pack(0, _READY if seen == tuple(bounds) else _CHANGED))
-                pipe.flush()
-                for after, upto in ranges:
-                    text, _, n = chunks.read(cursor, after, upto)
-                    pipe.write(_FRAME.pack(len(text) if n else 0, n))
-                    if n:
-                        pipe.write(text)
-                    pipe.flush()
-            except Exception as exc:  # told to the parent, which raises it
+                with open(part_fd, "wb", buffering=_PART_BUFFER, closefd=False) as part:
+                    rows = _walk(cursor, chunks, *half, part)
+                    part.flush()
+                    pipe.write(_FRAME.pack(part.tell(), rows))
+            except Exception as exc:  # told to the parent, which makes the half itself
                 message = str(exc).encode()[:1000]
                 pipe.write(_FRAME.pack(len(message), _ERROR) + message)
-                pipe.flush()
     except BaseException:
         pass
 

@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -92,15 +93,23 @@ print(export(read_only_engine(sys.argv[1]), Request("trades"), sys.stdout.buffer
 """
 
 
-def _export(url: str, cores: set[int] | None = None) -> tuple[bytes, str]:
-    """The CSV, and what was logged, of an export in a process allowed ``cores`` (all: None)."""
+def _export(url: str, cores: set[int] | None = None, limit: int | None = None) -> tuple[bytes, str]:
+    """The CSV, and what was logged, of an export in a process allowed ``cores`` (all: None)
+    and files of ``limit`` bytes (no limit: None)."""
+
+    def limits() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     done = subprocess.run(
         [sys.executable, "-c", _EXPORT, url],
         env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout buffered
         capture_output=True,
         check=True,
         timeout=120,
-        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
+        preexec_fn=limits,
     )
     said = done.stderr.decode()
     assert said.splitlines()[-1] == str(ROWS), said
@@ -123,17 +132,28 @@ def test_a_large_table_on_two_cores_is_the_bytes_one_core_writes(trades_db) -> N
         "cr\rhere",
         "\\.",
     ]
-    assert read[CHUNK + 3]["time"] == "2026-12-07 12:41:42.120411+00"  # the worker's first chunk
+    assert read[ROWS // 2]["time"] == "2026-12-07 14:15:29.4525+00"  # the worker's first row
+
+
+@two_cores
+def test_a_worker_that_cannot_write_its_half_leaves_it_to_the_export(trades_db) -> None:
+    """The worker's half waits in a temporary file; a process that may write files of 1 MB only
+    (``RLIMIT_FSIZE``: the temporary folder as good as full) still writes every row, the
+    worker's half made by the export itself."""
+    both, _ = _export(trades_db)
+    limited, said = _export(trades_db, limit=1 << 20)
+    assert "the export's worker failed" in said and "its half on one core" in said
+    assert limited == both
 
 
 @two_cores
 def test_a_table_written_while_exported_is_one_snapshot(trades_db) -> None:
-    """A writer flips the ``misc`` of a row of the first process's first chunk and of one of the
-    worker's, together, a commit at a time as fast as it can: every export holds one of the two
+    """A writer flips the ``misc`` of a row of the export's half and of one of the worker's,
+    together, a commit at a time as fast as it can: every export holds one of the two
     states, never one row's old and the other's new (the worker's snapshot proven the first
     process's, or the export made on one core)."""
     path = trades_db.removeprefix("sqlite:///")
-    pair = (1, 1 + CHUNK + 5)  # rowids: chunk 0 (this process), chunk 1 (the worker)
+    pair = (1, ROWS - 5)  # rowids: the first half's (this process), the second's (the worker)
     with sqlite3.connect(path) as conn:
         before = conn.execute(
             "SELECT rowid, misc FROM trades WHERE rowid IN (?, ?)", pair
