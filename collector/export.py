@@ -775,13 +775,16 @@ def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> i
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     _utc(conn)
     conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
-    snapshot, blocks = conn.execute(
-        "SELECT pg_export_snapshot(), pg_relation_size(%s) / current_setting('block_size')::int",
-        (request.table,),
-    ).fetchone()
-    if blocks < PG_CHUNKS_FROM * PG_CHUNK_BLOCKS:
+    blocks = conn.execute(
+        "SELECT pg_relation_size(%s) / current_setting('block_size')::int", (request.table,)
+    ).fetchone()[0]
+    second = (
+        _second_in_snapshot(engine, conn) if blocks >= PG_CHUNKS_FROM * PG_CHUNK_BLOCKS else None
+    )
+    if second is None:
         conn.rollback()
         return None
+    second_conn, snapshot = second
     where, params = _where(request, "postgresql", "literal")
     literals = {k: pgsql.Literal(v) for k, v in params.items()}
     values = [  # each a text: what COPY would write of it
@@ -812,18 +815,16 @@ def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> i
 
     step = 2 * PG_CHUNK_BLOCKS
     commas = len(cols) - 1
-    out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
     series = [
         f"generate_series({first}, {blocks - 1}, {step}) AS b" for first in (0, PG_CHUNK_BLOCKS)
     ]
-    second = engine.raw_connection()
     careful: Any = None
     try:
-        _in_snapshot(second.driver_connection, snapshot)
+        out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
         count = 0
         with contextlib.ExitStack() as stack:
             copies = []
-            for each, numbers in zip((conn, second.driver_connection), series, strict=True):
+            for each, numbers in zip((conn, second_conn.driver_connection), series, strict=True):
                 cursor = stack.enter_context(each.cursor())
                 copy = stack.enter_context(cursor.copy(_copy_binary(chunks(plain, numbers))))
                 copy.set_types(["int8", "bytea", "int8"])
@@ -855,11 +856,33 @@ def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> i
         logger.debug("%s: %d rows in chunks by two server processes", request.table, count)
         return count
     finally:
-        for extra in (second, careful):
+        for extra in (second_conn, careful):
             if extra is not None:
                 with contextlib.suppress(Exception):
                     extra.rollback()
                 extra.close()
+
+
+def _second_in_snapshot(engine: Engine, conn: Any) -> tuple[Any, str] | None:
+    """A second connection in ``conn``'s snapshot, and the snapshot's name; None when the server
+    will not give one (no connection left under ``max_connections``, a snapshot it cannot
+    export): the table is then one COPY on ``conn``, as before, not an error."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        second = engine.raw_connection()
+    except (psycopg.Error, DBAPIError) as exc:
+        logger.debug("no second connection in the export's snapshot (%s): one COPY", exc)
+        return None
+    try:
+        _in_snapshot(second.driver_connection, snapshot)
+    except psycopg.Error as exc:
+        logger.debug("no second connection in the export's snapshot (%s): one COPY", exc)
+        second.close()
+        return None
+    return second, snapshot
 
 
 def _copy_binary(query: Any) -> Any:

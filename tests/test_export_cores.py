@@ -180,28 +180,57 @@ def test_a_table_written_while_exported_is_one_snapshot(trades_db) -> None:
         conn.executemany("UPDATE trades SET misc = ? WHERE rowid = ?", [(m, r) for r, m in before])
 
 
+@pytest.fixture(scope="module")
+def trades_pg(postgres) -> str:
+    url = postgres.new_database()
+    write_trades(url)
+    return url
+
+
+def _export_here(url: str, request: Request, caplog) -> bytes:
+    engine = read_only_engine(url)
+    out = io.BytesIO()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="collector.export"):
+            export(engine, request, out)
+    finally:
+        engine.dispose()
+    return out.getvalue()
+
+
 def test_a_large_postgresql_table_in_chunks_is_the_bytes_sqlite_writes(
-    trades_db, postgres, caplog
+    trades_db, trades_pg, caplog
 ) -> None:
     """The server's chunks, two server processes in one snapshot, each chunk's lines joined by
     the server: the bytes SQLite's export writes of the same rows (and so the one COPY's,
     ``test_export.py``), with ``--since`` and ``--until`` too."""
-    url = postgres.new_database()
-    write_trades(url)
     windows = [Request("trades"), Request("trades", since=T0 + timedelta(seconds=1_000))]
     windows.append(Request("trades", until=T0 + timedelta(seconds=13_000), account=None))
     for request in windows:
-        found = []
-        for each in (trades_db, url):
-            engine = read_only_engine(each)
-            out = io.BytesIO()
-            caplog.clear()
-            try:
-                with caplog.at_level(logging.DEBUG, logger="collector.export"):
-                    export(engine, request, out)
-            finally:
-                engine.dispose()
-            found.append(out.getvalue())
+        found = [_export_here(each, request, caplog) for each in (trades_db, trades_pg)]
         assert "in chunks by two server processes" in caplog.text
         assert found[0] == found[1]
         assert len(found[0].splitlines()) > 10_000
+
+
+def test_a_server_that_gives_one_connection_gets_one_copy(trades_pg, caplog) -> None:
+    """A role the server gives one connection (``CONNECTION LIMIT 1``, as a server at its
+    ``max_connections``): the export is the one COPY of the rows, the same bytes, not an
+    error."""
+    from sqlalchemy import create_engine
+
+    role = "lone_" + trades_pg.rsplit("/", 1)[1]
+    admin = create_engine(trades_pg, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+            conn.exec_driver_sql(f"GRANT SELECT ON trades TO {role}")
+    finally:
+        admin.dispose()
+    chunked = _export_here(trades_pg, Request("trades"), caplog)
+    alone = _export_here(trades_pg.replace("postgres@", f"{role}@"), Request("trades"), caplog)
+    assert "no second connection in the export's snapshot" in caplog.text
+    assert "too many connections" in caplog.text
+    assert "in chunks" not in caplog.text
+    assert alone == chunked
