@@ -571,7 +571,11 @@ def _two_cores_pay(first: int | None, last: int | None, rows: int) -> bool:
     in the worker)."""
     if first is None or last is None or rows < TWO_CORES_FROM or not hasattr(os, "fork"):
         return False
-    return threading.active_count() == 1 and len(os.sched_getaffinity(0)) >= 2
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return threading.active_count() == 1 and cores >= 2
 
 
 def _monitor(engine: Engine, raw: Any) -> Any:
