@@ -99,6 +99,29 @@ def measure(
     return took, int(peak_kb) / 1024, float(user) + float(system)
 
 
+class ServerCPU:
+    """The CPU seconds a PostgreSQL server's backends spent, from its postmaster's reaped
+    children (``cutime`` + ``cstime``): a side's backends end with its process, and are counted
+    once the postmaster has reaped them (waited for here: its children back to those it had)."""
+
+    def __init__(self, data: str) -> None:
+        self.pid = int(Path(data, "postmaster.pid").read_text().split()[0])
+
+    def children(self) -> set[str]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return set(path.read_text().split())
+
+    def seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+    def settled(self, before: set[str]) -> float:
+        deadline = time.monotonic() + 10
+        while self.children() - before and time.monotonic() < deadline:
+            time.sleep(0.01)  # the backends' exit is the server's, not a state we can wait on
+        return self.seconds()
+
+
 def lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
@@ -112,6 +135,7 @@ def run(
     rounds: int,
     folder: Path,
     before: Path | None = None,
+    server: ServerCPU | None = None,
 ) -> dict:
     jobs = folder / f"{name}.yaml"
     jobs.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
@@ -120,8 +144,11 @@ def run(
     cmd = [sys.executable, "-m", "collector.cli", "export", "trades", str(jobs), "-o", str(mine)]
     rss: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
     cpu: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
+    served: dict[str, list[float]] = {"collector": [], "reference": [], "before": []}
 
     def side(which: str) -> float:
+        if server is not None:
+            backends, started = server.children(), server.seconds()
         if which == "collector":
             took, peak, used = measure(cmd, env=env, cwd=ROOT)
         elif which == "before":  # the earlier checkout's collector (python -m finds it first)
@@ -131,6 +158,8 @@ def run(
             took, peak, used = measure(reference, out, env)
         rss[which].append(peak)
         cpu[which].append(used)
+        if server is not None:
+            served[which].append(server.settled(backends) - started)
         return count / took
 
     print(f"{name}: {count:,} trades, {rounds} rounds", flush=True)
@@ -143,6 +172,7 @@ def run(
         "speeds": speeds,
         "rss": rss,
         "cpu": cpu,
+        "server": served,
         "ratio": ratio(speeds["collector"], speeds["reference"]),
     }
     if before is not None:
@@ -169,6 +199,16 @@ def report(name: str, reference: str, found: dict) -> None:
         f"{statistics.median(c['reference']):.2f}"
         + (f", before {statistics.median(c['before']):.2f}" if c["before"] else "")
     )
+    if found["server"]["collector"]:
+        v = found["server"]
+        print(
+            "  the server's CPU seconds for each: "
+            + ", ".join(
+                f"{side} {statistics.median(v[side]):.2f} ({min(v[side]):.2f}-{max(v[side]):.2f})"
+                for side in ("collector", "reference", "before")
+                if v[side]
+            )
+        )
     if "before" in found:
         print(f"  before: {fig(s['before'])} rows/s; before / reference: {found['before']}")
         print(f"  collector / before: {found['now/before']}")
@@ -181,6 +221,15 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--before", type=Path, help="an earlier checkout: its export as a side")
     args = parser.parse_args()
+    # Each side's bytecode compiled first, as pip compiles an installed package's: a checkout
+    # run with PYTHONDONTWRITEBYTECODE (this machine's shells) compiles every module each start.
+    for checkout in (ROOT, args.before):
+        if checkout is not None:
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", str(checkout / "collector")],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
     folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         if args.db in ("sqlite", "both"):
@@ -211,7 +260,16 @@ def main() -> None:
                 dsn = url.replace("postgresql+psycopg://", "postgresql://")
                 cmd = [psql, "-q", "-X", dsn, "-c"]
                 cmd.append(f"\\copy trades TO '{out}' WITH (FORMAT csv, HEADER)")
-                found = run("postgresql", url, cmd, args.rows, args.rounds, folder, args.before)
+                found = run(
+                    "postgresql",
+                    url,
+                    cmd,
+                    args.rows,
+                    args.rounds,
+                    folder,
+                    args.before,
+                    ServerCPU(server.data),
+                )
                 report("PostgreSQL", "psql \\copy", found)
             finally:
                 server.stop()

@@ -7,8 +7,10 @@ CSV of the same rows is the same bytes from SQLite and from PostgreSQL (an empty
 both an empty field). A CSV's text cells that a spreadsheet would run as a formula (starting with
 ``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'`` (:func:`collector.sanitize.cell`, in
 SQL on the database's side); numbers, times and JSON lines are as stored. On SQLite, SQLite writes a table's CSV lines itself, 10,000 rows a value
-(:func:`_sqlite_csv`); on PostgreSQL a CSV is the server's ``COPY … TO STDOUT`` (what ``psql
-\\copy`` does); the other formats read a cursor a batch at a time (server-side on PostgreSQL).
+(:func:`_sqlite_csv`), a large table's on two cores (:func:`_sqlite_halves`); on PostgreSQL a
+CSV is the server's ``COPY … TO STDOUT`` (what ``psql \\copy`` does), a large table's lines
+joined in chunks by two server processes (:func:`_pg_chunks`); the other formats read a cursor
+a batch at a time (server-side on PostgreSQL).
 
 ``--format kraken`` writes the layouts of the files Kraken's website exports, the ones tax tools
 import (docs/export.md has the sources):
@@ -22,7 +24,10 @@ import (docs/export.md has the sources):
 
 Why one module of this length: every format (CSV by the database, JSON lines, Kraken's two
 layouts) shares the one SQL that turns a column into its exported text, the formula-cell rule in
-it, and where ``-o`` may write; a format apart would have to repeat or reach into them.
+it, and where ``-o`` may write; a format apart would have to repeat or reach into them. The
+two-core SQLite CSV and PostgreSQL's chunks are most of its length: each is the CSV path's
+chunk SQL and quoting check run by two processes, which a module of their own would have to
+reach into.
 """
 
 from __future__ import annotations
@@ -35,18 +40,23 @@ import io
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import stat
+import struct
 import tempfile
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from select import select as fds_ready
 from typing import IO, Any
 
 from sqlalchemy import JSON, Boolean, Engine, Integer, Numeric
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
-from . import datasets
+from . import datasets, defaults
 from .errors import ConfigError
 from .sanitize import FORMULA_START, cell
 from .schema import ExactDecimal, UTCDateTime, metadata
@@ -369,9 +379,13 @@ def _export(engine: Engine, request: Request, out: IO[bytes]) -> int:
     raw = engine.raw_connection()
     try:
         if dialect == "postgresql" and request.format == "csv":
+            if request.table not in VIEWS:
+                count = _pg_chunks(engine, raw.driver_connection, request, out)
+                if count is not None:
+                    return count
             return _copy_csv(raw.driver_connection, request, out)
         if dialect == "sqlite" and request.format == "csv" and request.table not in VIEWS:
-            return _sqlite_csv(raw, request, out)
+            return _sqlite_csv(engine, raw, request, out)
         if request.format == "kraken":
             sql, params = kraken_select(request, dialect)
         else:
@@ -438,14 +452,17 @@ def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Generator[list[Any]
 _NEEDS_QUOTES = '*[,"\n\r]*'
 
 
-def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
+def _sqlite_csv(engine: Engine, raw: Any, request: Request, out: IO[bytes]) -> int:
     """A table's CSV on SQLite, made by SQLite itself: ``CHUNK`` rows at a time as one text
     (``printf`` of each row, joined by ``group_concat``), the chunks walked by rowid in one read
     transaction (one snapshot). Python checks each chunk in C-speed scans (as many separators and
     line breaks as the rows make, no quote): a chunk with a text that needs quoting (a comma in
     ``misc``, a JSON) is asked again with every such field quoted as Python's csv would. One
     object per 10,000 rows instead of one per value, and that one bytes (SQLite's UTF-8 as it
-    is, ``CAST … AS BLOB``): no text decoded to be encoded again."""
+    is, ``CAST … AS BLOB``): no text decoded to be encoded again.
+
+    A large table whose rowids are dense is made on two cores (:func:`_sqlite_halves`): the
+    chunk SQL alone costs SQLite more CPU than ``sqlite3 -csv`` spends on the whole table."""
     cols = columns(request.table)
     values = [_text(column, kind, "sqlite", cells=True) for column, kind in cols]
     plain = f"printf('{','.join(['%s'] * len(cols))}', {', '.join(values)})"
@@ -460,39 +477,253 @@ def _sqlite_csv(raw: Any, request: Request, out: IO[bytes]) -> int:
     where, params = _where(request, "sqlite", "sqlite")
     rowid = "t.rowid > :after AND t.rowid <= :upto"
     where = f"{where} AND {rowid}" if where else f" WHERE {rowid}"
+    table = _q(request.table)
 
     def chunk(line: str) -> str:
         return (
             f"SELECT CAST(group_concat(line, char(10)) AS BLOB), max(rid), count(*) FROM "
-            f"(SELECT t.rowid AS rid, {line} AS line FROM {_q(request.table)} t{where} "
+            f"(SELECT t.rowid AS rid, {line} AS line FROM {table} t{where} "
             f"ORDER BY t.rowid LIMIT {CHUNK})"
         )
 
-    fast, careful = chunk(plain), chunk(" || ',' || ".join(quoted))
-    commas = len(cols) - 1
+    careful = chunk(" || ',' || ".join(quoted))
+    chunks = _Chunks(chunk(plain), careful, params, len(cols) - 1, _BOUNDS.format(table=table))
     out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
+    monitor = _monitor(engine, raw)
     cursor = raw.cursor()
-    count, after, top = 0, -(2**63), 2**63 - 1
     try:
+        version = _data_version(monitor) if monitor is not None else None
         cursor.execute("BEGIN")  # one snapshot for every chunk
-        while True:
-            bound = {**params, "after": after, "upto": top}
-            text, last, n = cursor.execute(fast, bound).fetchone()
-            if not n:
+        bounds = cursor.execute(chunks.bounds).fetchone()
+        if monitor is not None and _two_cores_pay(*bounds):
+            count = _sqlite_halves(engine, monitor, version, cursor, chunks, bounds, out)
+            if count is not None:
+                logger.debug("%s: %d rows made on two cores", request.table, count)
                 return count
-            if (
-                text.count(b",") != n * commas
-                or text.count(b"\n") != n - 1
-                or b'"' in text
-                or b"\r" in text
-            ):
-                bound = {**params, "after": after, "upto": last, "pattern": _NEEDS_QUOTES}
-                text, last, n = cursor.execute(careful, bound).fetchone()
-            out.write(text)
-            out.write(b"\n")
-            count, after = count + n, last
+        return _walk(cursor, chunks, -(2**63), 2**63 - 1, out)
     finally:
         cursor.close()
+        if monitor is not None:
+            monitor.close()
+
+
+def _walk(cursor: Any, chunks: _Chunks, after: int, upto: int, out: IO[bytes]) -> int:
+    """The CSV lines of the rows after rowid ``after`` up to ``upto``, a chunk at a time, written
+    to ``out``; how many rows."""
+    count = 0
+    while True:
+        text, last, n = chunks.read(cursor, after, upto)
+        if not n:
+            return count
+        out.write(text)
+        out.write(b"\n")
+        count, after = count + n, last
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """The two statements of a chunk (``fast``: each row's ``printf``; ``careful``: each text
+    quoted where CSV needs it) and how to tell the fast one's text needs the careful one."""
+
+    fast: str
+    careful: str
+    params: dict[str, Any]
+    commas: int
+    bounds: str  # :data:`_BOUNDS` of the table
+
+    def read(self, cursor: Any, after: int, upto: int) -> tuple[bytes, int, int]:
+        """The CSV lines of the rows after rowid ``after`` up to ``upto`` (at most ``CHUNK``),
+        the last rowid read, and how many rows."""
+        bound = {**self.params, "after": after, "upto": upto}
+        text, last, n = cursor.execute(self.fast, bound).fetchone()
+        if n and (
+            text.count(b",") != n * self.commas
+            or text.count(b"\n") != n - 1
+            or b'"' in text
+            or b"\r" in text
+        ):
+            bound = {**self.params, "after": after, "upto": last, "pattern": _NEEDS_QUOTES}
+            text, last, n = cursor.execute(self.careful, bound).fetchone()
+        return text, last, n
+
+
+#: The table's first and last rowid and its rows (each its own subquery: ``min()`` and ``max()``
+#: in one SELECT make SQLite scan the table, 0.18 s a million rows, instead of two seeks).
+_BOUNDS = (
+    "SELECT (SELECT min(rowid) FROM {table}), (SELECT max(rowid) FROM {table}), "
+    "(SELECT count(*) FROM {table})"
+)
+#: From this many rows on, a SQLite table's CSV is made on two cores: below it the second
+#: process's start (a fork, a connection, a read transaction: a few milliseconds) weighs more
+#: than the half of the chunks' SQL it takes (about 1.3 s of CPU a million trades).
+TWO_CORES_FROM = 50_000
+#: How long the worker may take to begin its read transaction (a rollback-journal database's
+#: writer may hold it off up to SQLite's busy timeout) before the export goes on on one core.
+_READY_WITHIN = defaults.SQLITE_BUSY_TIMEOUT_MS / 1000 + 5
+_FRAME = struct.Struct("<qq")  # the worker's word: its part's bytes and rows, or one of these:
+_ERROR, _READY, _CHANGED = -1, -2, -3
+
+
+def _two_cores_pay(first: int | None, last: int | None, rows: int) -> bool:
+    """Whether the table is large enough for two cores to pay and the process may use two:
+    it has two cores, and no other thread (a fork copies only the calling thread: another
+    thread's lock held at that moment, one of SQLite's own mutexes say, would never be released
+    in the worker)."""
+    if first is None or last is None or rows < TWO_CORES_FROM or not hasattr(os, "fork"):
+        return False
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return threading.active_count() == 1 and cores >= 2
+
+
+def _monitor(engine: Engine, raw: Any) -> Any:
+    """A second connection to the file of ``raw``, which watches ``PRAGMA data_version`` while
+    the chunks are read (None for a database in memory: another connection sees another one)."""
+    rows = raw.driver_connection.execute("PRAGMA database_list").fetchall()
+    if not any(name == "main" and file for _, name, file in rows):
+        return None
+    return engine.raw_connection()
+
+
+def _data_version(monitor: Any) -> int:
+    return int(monitor.driver_connection.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _sqlite_halves(
+    engine: Engine,
+    monitor: Any,
+    version: int | None,
+    cursor: Any,
+    chunks: _Chunks,
+    bounds: tuple[int, int, int],
+    out: IO[bytes],
+) -> int | None:
+    """The chunks made on two cores: the rowids cut in two halves, this process writing the
+    first half's chunks on ``cursor`` while a forked worker, on a read-only connection of its
+    own, writes the second half's into an unnamed temporary file, copied after them (the output
+    in rowid order, as one process writes it). The two meet twice, not at every chunk: on a
+    loaded machine each meeting waits for the other to be scheduled. Both read the same
+    snapshot, proven: no other connection committed (``PRAGMA data_version`` of ``monitor``, a
+    third connection, unchanged) between before this process's read transaction began and after
+    the worker's had. None when it changed (the worker is stopped, and the caller makes every
+    chunk on ``cursor``: its snapshot is whole); a worker that fails later (a full temporary
+    folder) leaves its half to this process."""
+    import multiprocessing  # only here: 13 ms of a start that is mostly imports
+
+    first, last, _ = bounds
+    middle = first - 1 + (last - first + 1) // 2
+    try:
+        part = tempfile.TemporaryFile(prefix="collector-export-")  # noqa: SIM115 (closed below)
+    except OSError as exc:  # no temporary folder to write: one core
+        logger.debug("no temporary file for the export's worker (%s): one core", exc)
+        return None
+    with part:
+        read_fd, write_fd = os.pipe()
+        args = (engine, chunks, bounds, (middle, last), part.fileno(), read_fd, write_fd)
+        worker = multiprocessing.get_context("fork").Process(target=_sqlite_worker, args=args)
+        try:
+            worker.start()
+        finally:
+            os.close(write_fd)
+        return _sqlite_first_half(
+            worker, read_fd, part, monitor, version, cursor, chunks, bounds, out
+        )
+
+
+def _sqlite_first_half(
+    worker: Any,
+    read_fd: int,
+    part: IO[bytes],
+    monitor: Any,
+    version: int | None,
+    cursor: Any,
+    chunks: _Chunks,
+    bounds: tuple[int, int, int],
+    out: IO[bytes],
+) -> int | None:
+    """This process's side of :func:`_sqlite_halves`, the worker started."""
+    first, last, _ = bounds
+    middle = first - 1 + (last - first + 1) // 2
+    done = False
+    try:
+        with open(read_fd, "rb") as pipe:
+            if not fds_ready([read_fd], [], [], _READY_WITHIN)[0]:
+                logger.debug("the export's worker did not begin: one core")
+                return None
+            _, ready = _frame(pipe)
+            if ready != _READY or _data_version(monitor) != version:
+                logger.debug("the database changed as the export began: one core")
+                return None
+            count = _walk(cursor, chunks, first - 1, middle, out)
+            try:
+                _, rows = _frame(pipe)
+            except sqlite3.Error as exc:
+                logger.debug("the export's worker failed (%s): its half on one core", exc)
+                count += _walk(cursor, chunks, middle, last, out)
+            else:
+                part.seek(0)
+                shutil.copyfileobj(part, out, _PART_BUFFER)
+                count += rows
+            done = True
+            return count
+    finally:
+        if not done:
+            worker.kill()
+        worker.join()
+
+
+#: The worker's writes into its part, and the copy of it into the output, a megabyte at a time.
+_PART_BUFFER = 1 << 20
+
+
+def _frame(pipe: IO[bytes]) -> tuple[int, int]:
+    """The worker's next word: ``(0, _READY)`` (or ``_CHANGED``: its snapshot is not the
+    parent's), then its part's bytes and rows; its error raised as the driver's."""
+    head = pipe.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        raise sqlite3.OperationalError("the export's second process ended before its work")
+    size, n = _FRAME.unpack(head)
+    if n == _ERROR:
+        raise sqlite3.OperationalError(pipe.read(size).decode(errors="replace"))
+    return size, n
+
+
+def _sqlite_worker(
+    engine: Engine,
+    chunks: _Chunks,
+    bounds: tuple[int, int, int],
+    half: tuple[int, int],
+    part_fd: int,
+    read_fd: int,
+    write_fd: int,
+) -> None:
+    """The forked worker of :func:`_sqlite_halves`: its own connection (the parent's pool is
+    left alone, as SQLAlchemy asks of a fork), a read transaction, a ready word once its
+    snapshot is taken, then the rows of ``half`` (after rowid, up to rowid) written into the
+    part, and the word of its bytes and rows; an error is a word the parent reads. Nothing
+    escapes it: a parent gone (its pipe closed) or an interrupt ends it quietly, where
+    multiprocessing would print a traceback."""
+    try:
+        os.close(read_fd)
+        with open(write_fd, "wb", buffering=0) as pipe:
+            try:
+                engine.dispose(close=False)
+                raw = engine.raw_connection()
+                cursor = raw.cursor()
+                cursor.execute("BEGIN")
+                seen = tuple(cursor.execute(chunks.bounds).fetchone())  # the snapshot taken
+                pipe.write(_FRAME.pack(0, _READY if seen == tuple(bounds) else _CHANGED))
+                with open(part_fd, "wb", buffering=_PART_BUFFER, closefd=False) as part:
+                    rows = _walk(cursor, chunks, *half, part)
+                    part.flush()
+                    pipe.write(_FRAME.pack(part.tell(), rows))
+            except Exception as exc:  # told to the parent, which makes the half itself
+                message = str(exc).encode()[:1000]
+                pipe.write(_FRAME.pack(len(message), _ERROR) + message)
+    except BaseException:
+        pass
 
 
 def _utc(conn: Any) -> None:
@@ -518,6 +749,161 @@ def _copy_csv(conn: Any, request: Request, out: IO[bytes]) -> int:
             for block in copy:
                 out.write(block)
         return max(cursor.rowcount, 0)
+
+
+#: A chunk of a PostgreSQL table's CSV: this many of the table's 8 KB blocks (about 10,000
+#: trades, 1 MB: what the server holds for one chunk's text, and our process too).
+PG_CHUNK_BLOCKS = 128
+#: From this many chunks on, a PostgreSQL table's CSV is made in chunks by two server processes
+#: (:func:`_pg_chunks`); a smaller table is one COPY of its rows.
+PG_CHUNKS_FROM = 5
+
+
+def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> int | None:
+    """A large table's CSV on PostgreSQL, the lines made by the server in chunks of
+    ``PG_CHUNK_BLOCKS`` blocks of the table (a TID range scan each: its rows in the order a
+    sequential scan reads them, as the one COPY of the rows writes them), joined by
+    ``string_agg``: one COPY row a chunk, where psycopg reads a COPY a row per call (0.8 s of
+    our CPU a million rows, more than the server's whole COPY). Two server processes make them,
+    the even chunks on ``conn`` and the odd ones on a second connection, in one snapshot
+    (``pg_export_snapshot``, the table locked against a rewrite before the snapshot is taken,
+    so every row it sees is in a block it counts); they are read in turn, so the CSV is in
+    order. A chunk whose text a field's comma, quote or line break would break (counted as on
+    SQLite) is asked again with its text fields quoted, on a third connection in the same
+    snapshot. None for a table too small to chunk (the caller makes one COPY)."""
+    from psycopg import sql as pgsql
+
+    cols = columns(request.table)
+    table = _q(request.table)
+    conn.rollback()  # a transaction of its own, its isolation set before its first query
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    _utc(conn)
+    conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+    blocks = conn.execute(
+        "SELECT pg_relation_size(%s) / current_setting('block_size')::int", (request.table,)
+    ).fetchone()[0]
+    second = (
+        _second_in_snapshot(engine, conn) if blocks >= PG_CHUNKS_FROM * PG_CHUNK_BLOCKS else None
+    )
+    if second is None:
+        conn.rollback()
+        return None
+    second_conn, snapshot = second
+    where, params = _where(request, "postgresql", "literal")
+    literals = {k: pgsql.Literal(v) for k, v in params.items()}
+    values = [  # each a text: what COPY would write of it
+        _text(c, k, "postgresql", csv_text=k == "text", cells=True)
+        + ("::text" if k == "int" else "")
+        for c, k in cols
+    ]
+    plain = " || ',' || ".join(f"coalesce({v}, '')" for v in values)
+    quoted = []
+    for value, (_, kind) in zip(values, cols, strict=True):
+        if kind in ("text", "json"):  # as COPY's CSV quotes: a comma, a quote, a line break
+            value = (
+                f"CASE WHEN {value} ~ '[,\"\\r\\n]' "
+                f"THEN '\"' || replace({value}, '\"', '\"\"') || '\"' ELSE {value} END"
+            )
+        quoted.append(f"coalesce({value}, '')")
+    ranges = "t.ctid >= ('(' || b || ',0)')::tid AND t.ctid < ('(' || (b + {size}) || ',0)')::tid"
+    ranges = ranges.format(size=PG_CHUNK_BLOCKS)
+    where = f"{where} AND {ranges}" if where else f" WHERE {ranges}"
+
+    def chunks(line: str, series: str) -> pgsql.Composable:
+        query = (
+            f"SELECT b::int8, c.text, c.n FROM {series}, LATERAL (SELECT convert_to("
+            f"string_agg(line, E'\\n'), 'UTF8') AS text, count(*) AS n FROM (SELECT {line} "
+            f"AS line FROM {table} t{where}) s) c"
+        )
+        return pgsql.SQL(query).format(**literals)  # COPY takes literals, not parameters
+
+    step = 2 * PG_CHUNK_BLOCKS
+    commas = len(cols) - 1
+    series = [
+        f"generate_series({first}, {blocks - 1}, {step}) AS b" for first in (0, PG_CHUNK_BLOCKS)
+    ]
+    careful: Any = None
+    try:
+        out.write((",".join(_csv_field(c) for c, _ in cols) + "\n").encode())
+        count = 0
+        with contextlib.ExitStack() as stack:
+            copies = []
+            for each, numbers in zip((conn, second_conn.driver_connection), series, strict=True):
+                cursor = stack.enter_context(each.cursor())
+                copy = stack.enter_context(cursor.copy(_copy_binary(chunks(plain, numbers))))
+                copy.set_types(["int8", "bytea", "int8"])
+                copies.append(copy)
+            for start in range(0, blocks, PG_CHUNK_BLOCKS):
+                row = copies[(start // PG_CHUNK_BLOCKS) % 2].read_row()
+                if row is None or row[0] != start:  # a nested loop over the series: in order
+                    raise RuntimeError(f"chunk {start} of {request.table} came out of order")
+                _, text, n = row
+                if n and (
+                    text.count(b",") != n * commas
+                    or text.count(b"\n") != n - 1
+                    or b'"' in text
+                    or b"\r" in text
+                ):
+                    if careful is None:
+                        careful = engine.raw_connection()
+                        _in_snapshot(careful.driver_connection, snapshot)
+                    again = chunks(" || ',' || ".join(quoted), f"(VALUES ({start})) AS v(b)")
+                    with careful.driver_connection.cursor(binary=True) as asked:
+                        _, text, n = asked.execute(again).fetchone()
+                if n:
+                    out.write(text)
+                    out.write(b"\n")
+                    count += n
+            for copy in copies:  # each COPY read to its end: its connection free again
+                if copy.read_row() is not None:
+                    raise RuntimeError(f"{request.table} had more chunks than blocks")
+        logger.debug("%s: %d rows in chunks by two server processes", request.table, count)
+        return count
+    finally:
+        for extra in (second_conn, careful):
+            if extra is not None:
+                with contextlib.suppress(Exception):
+                    extra.rollback()
+                extra.close()
+
+
+def _second_in_snapshot(engine: Engine, conn: Any) -> tuple[Any, str] | None:
+    """A second connection in ``conn``'s snapshot, and the snapshot's name; None when the server
+    will not give one (no connection left under ``max_connections``, a snapshot it cannot
+    export): the table is then one COPY on ``conn``, as before, not an error."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        second = engine.raw_connection()
+    except (psycopg.Error, DBAPIError) as exc:
+        logger.debug("no second connection in the export's snapshot (%s): one COPY", exc)
+        return None
+    try:
+        _in_snapshot(second.driver_connection, snapshot)
+    except psycopg.Error as exc:
+        logger.debug("no second connection in the export's snapshot (%s): one COPY", exc)
+        second.close()
+        return None
+    return second, snapshot
+
+
+def _copy_binary(query: Any) -> Any:
+    from psycopg import sql as pgsql
+
+    return pgsql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)
+
+
+def _in_snapshot(conn: Any, snapshot: str) -> None:
+    """``conn``'s next transaction in ``snapshot`` (exported by a transaction still open), its
+    times in UTC."""
+    from psycopg import sql as pgsql
+
+    conn.rollback()
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    conn.execute(pgsql.SQL("SET TRANSACTION SNAPSHOT {}").format(pgsql.Literal(snapshot)))
+    _utc(conn)
 
 
 def _csv_field(name: str) -> str:
