@@ -5,6 +5,15 @@ statement per row; psycopg 3's ``COPY`` streams the rows in its C text format in
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (or ``DO UPDATE … WHERE NOT frozen``) applies the same
 exactly-once rule to them all, counting the rows each run inserted or changed.
 
+A page of rows none of whose keys is stored yet (a backfill's, nearly every time) skips the
+staging table: one ``SELECT`` of the page's key range finds nothing stored, and the rows are copied
+straight into the table, under a savepoint, every row new (counted by its ``run_id`` in Python).
+The range is only a hint: a row another writer (a replica, a second process) stored meanwhile, or
+one the range missed, makes the ``COPY`` fail with a unique violation; the savepoint is rolled back
+and the same rows take the upsert below, in the same transaction, so exactly once still holds by
+the table's key, never by the probe. Tables whose stored rows are updated (``update``) always take
+the upsert.
+
 The staging table is a temporary table of the connection: the target's columns and ``NOT NULL``\\ s
 (``LIKE``), no key and no index, emptied at every commit (``ON COMMIT DELETE ROWS``). It is created
 in the transaction that uses it when it is missing (``IF NOT EXISTS``), so a transaction that rolls
@@ -25,6 +34,7 @@ in Python: about half of ``Store.write``'s time on a page of 1,000 trades.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,9 +45,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, column, func, or_, select, table
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .schema import ExactDecimal, UTCDateTime
+
+logger = logging.getLogger(__name__)
+
+#: PostgreSQL's SQLSTATE of a duplicate key: a row another writer stored first.
+UNIQUE_VIOLATION = "23505"
 
 #: Prefix of the staging tables' names (``collector_stage_trades``, ...): temporary, per connection.
 STAGE_PREFIX = "collector_stage_"
@@ -58,6 +73,14 @@ class _Plan:
     create: str
     copy: str
     upsert: Any  # INSERT … SELECT … ON CONFLICT … and the per-run count (SQLAlchemy caches its SQL)
+    direct: str | None  # COPY into the table itself (an insert-only table), else None
+    # Whether a stored key lies in the page's key range, by how many leading key columns the
+    # page's lowest and highest keys share: equal to those, the next one between its bounds. A
+    # plain condition on the key's columns, which the planner meets with the key's index (a row
+    # comparison, ``(pair, trade_id) >= (…)``, it can't estimate, and scans the table for).
+    probes: tuple[str, ...]
+    keys: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # a converted row's key
+    run: int  # the position of run_id
 
 
 _PlanKey = tuple[
@@ -119,6 +142,7 @@ def _plan(
     )
     inserted = stmt.returning(target.c.run_id).cte("inserted")
     counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
+    columns = ", ".join(quote(n) for n in names)
     plan = _Plan(
         get=_getter(names),
         converters=_converters(connection, target, names),
@@ -126,11 +150,26 @@ def _plan(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(stage_name)} "
             f"(LIKE {quote(target.name)}) ON COMMIT DELETE ROWS"
         ),
-        copy=f"COPY {quote(stage_name)} ({', '.join(quote(n) for n in names)}) FROM STDIN",
+        copy=f"COPY {quote(stage_name)} ({columns}) FROM STDIN",
         upsert=counted,
+        direct=None if update else f"COPY {quote(target.name)} ({columns}) FROM STDIN",
+        probes=tuple(
+            f"SELECT 1 FROM {quote(target.name)} WHERE "
+            + "".join(f"{quote(k)} = %s AND " for k in key[:same])
+            + f"{quote(key[same])} BETWEEN %s AND %s LIMIT 1"
+            for same in range(len(key))
+        ),
+        keys=_keys(tuple(names.index(k) for k in key)),
+        run=names.index("run_id"),
     )
     _plans[cache_key] = plan
     return plan
+
+
+def _keys(positions: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A converted row's key columns, as a tuple even for one column."""
+    get = itemgetter(*positions)
+    return get if len(positions) > 1 else lambda row: (get(row),)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -161,9 +200,39 @@ def upsert(
     names = tuple(c.name for c in target.columns if c.name in rows[0])
     plan = _plan(connection, target, names, key, update, frozen, compare)
     values = _converted(plan.get, plan.converters, rows)  # before COPY begins
+    if plan.direct is not None and _copied(connection, plan, plan.direct, values):
+        return Counter(row[plan.run] for row in values)
     connection.exec_driver_sql(plan.create)
     _copy(connection, plan.copy, values)
     return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
+
+
+def _copied(
+    connection: Connection, plan: _Plan, direct: str, values: list[tuple[Any, ...]]
+) -> bool:
+    """Copy ``values`` straight into the table when none of their keys is stored (by the page's
+    key range); False when some may be (the range holds a stored row, or the copy met one that
+    another writer stored meanwhile: its savepoint is rolled back): then they take the upsert."""
+    try:
+        keys = [plan.keys(row) for row in values]
+        low, high = min(keys), max(keys)
+    except TypeError:  # a key Python can't order (a NULL): the upsert says what is wrong
+        return False
+    same = 0
+    while same < len(low) - 1 and low[same] == high[same]:
+        same += 1
+    bounds = (*low[:same], low[same], high[same])
+    if connection.exec_driver_sql(plan.probes[same], bounds).first() is not None:
+        return False
+    try:
+        with connection.begin_nested():
+            _copy(connection, direct, values)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise  # NOT NULL, a foreign key: the rows' own fault, as the upsert would say
+        logger.debug("%s: a key stored meanwhile; the page takes the upsert", direct)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
