@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 #: PostgreSQL's SQLSTATE of a duplicate key: a row another writer stored first.
 UNIQUE_VIOLATION = "23505"
 
+#: The savepoint a page copied straight into its table rolls back to when a key was stored.
+_SAVEPOINT = "collector_copy"
+
 #: Prefix of the staging tables' names (``collector_stage_trades``, ...): temporary, per connection.
 STAGE_PREFIX = "collector_stage_"
 
@@ -155,8 +158,8 @@ def _plan(
         direct=None if update else f"COPY {quote(target.name)} ({columns}) FROM STDIN",
         probes=tuple(
             f"SELECT 1 FROM {quote(target.name)} WHERE "
-            + "".join(f"{quote(k)} = %s AND " for k in key[:same])
-            + f"{quote(key[same])} BETWEEN %s AND %s LIMIT 1"
+            + "".join(f"{quote(k)} = {{}} AND " for k in key[:same])
+            + f"{quote(key[same])} BETWEEN {{}} AND {{}} LIMIT 1"
             for same in range(len(key))
         ),
         keys=_keys(tuple(names.index(k) for k in key)),
@@ -222,14 +225,21 @@ def _copied(
     while same < len(low) - 1 and low[same] == high[same]:
         same += 1
     bounds = (*low[:same], low[same], high[same])
-    if connection.exec_driver_sql(plan.probes[same], bounds).first() is not None:
+    raw = connection.connection.driver_connection
+    assert raw is not None, "the connection was invalidated"  # SQLAlchemy would have raised
+    from psycopg import sql
+
+    # The look and the savepoint in one round trip (a simple query, its values as literals quoted
+    # by the driver; the look's rows are the first result); kept to the commit when unused.
+    probe = sql.SQL(plan.probes[same]).format(*map(sql.Literal, bounds)).as_string(raw)
+    if connection.exec_driver_sql(f"{probe}; SAVEPOINT {_SAVEPOINT}").first() is not None:
         return False
     try:
-        with connection.begin_nested():
-            _copy(connection, direct, values)
+        _copy(connection, direct, values)
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise  # NOT NULL, a foreign key: the rows' own fault, as the upsert would say
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         logger.debug("%s: a key stored meanwhile; the page takes the upsert", direct)
         return False
     return True
@@ -315,10 +325,15 @@ def _sqlite_text(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
 
 
 def _decimal_text(value: Any) -> str:
-    return format(value if type(value) is Decimal else Decimal(value), "f")
+    if type(value) is Decimal:
+        text = str(value)  # the same text as format(value, "f") unless in exponent notation
+        return text if "E" not in text else format(value, "f")
+    return format(Decimal(value), "f")
 
 
 def _time_text(value: datetime) -> str:
+    if value.tzinfo is UTC:  # as the datasets make them: no astimezone() needed
+        return value.isoformat(" ", "microseconds")
     if value.tzinfo is None:  # as UTCDateTime refuses it
         raise ValueError("naive datetime: collector stores timezone-aware UTC times only")
     return value.astimezone(UTC).isoformat(" ", "microseconds")

@@ -448,17 +448,11 @@ class Store:
         with self.engine.begin() as conn:
             ids: list[int] = []
             if records:
-                by_uid = self._write_runs(conn, records)
+                by_uid, stored = self._write_runs(conn, records)
                 ids = [by_uid[r.uid] for r in records]
                 changed: set[str] = set()
                 added = self._write_rows(conn, by_uid, records, changed)
-                if added:
-                    conn.execute(
-                        update(runs)
-                        .where(runs.c.id == bindparam("run"))
-                        .values(new_rows=runs.c.new_rows + bindparam("added")),
-                        [{"run": run, "added": n} for run, n in added.items()],
-                    )
+                self._finish_runs(conn, by_uid, stored, added)
                 self._write_cursors(conn, records)
                 self._value(conn, by_uid, records, changed)
             marks = {NONCE_KEY: nonce} if isinstance(nonce, int) else dict(nonce or {})
@@ -501,7 +495,12 @@ class Store:
                 exc,
             )
 
-    def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
+    def _write_runs(
+        self, conn: Any, records: list[RunRecord]
+    ) -> tuple[dict[str, int], list[RunRecord]]:
+        """Insert the runs rows not stored yet; returns every run's id by ``uid``, and the
+        records whose row is stored already (updated by :meth:`_finish_runs`, once their new rows
+        are counted: one statement a page of a paging run, not two)."""
         uids = [r.uid for r in records]
         by_uid = dict(conn.execute(select(runs.c.uid, runs.c.id).where(runs.c.uid.in_(uids))).all())
         fresh = [r for r in records if r.uid not in by_uid]
@@ -512,15 +511,42 @@ class Store:
                 [r.row() for r in fresh],
             ).scalars()
             by_uid.update(zip((r.uid for r in fresh), new_ids, strict=True))
+        return by_uid, stored
+
+    def _finish_runs(
+        self,
+        conn: Any,
+        by_uid: dict[str, int],
+        stored: list[RunRecord],
+        added: Counter[int],
+    ) -> None:
+        """Count each run's ``added`` rows in its row, and update the stored runs' fields (the
+        latest record's) in the same statement."""
         if stored:
             fields = [c for c in stored[0].row() if c != "uid"]
             conn.execute(
                 update(runs)
                 .where(runs.c.uid == bindparam("b_uid"))
-                .values({c: bindparam(f"b_{c}") for c in fields}),
-                [{f"b_{k}": v for k, v in r.row().items()} for r in stored],
+                .values(
+                    {
+                        **{c: bindparam(f"b_{c}") for c in fields},
+                        "new_rows": runs.c.new_rows + bindparam("b_added"),
+                    }
+                ),
+                [
+                    {**{f"b_{k}": v for k, v in r.row().items()}, "b_added": added[by_uid[r.uid]]}
+                    for r in stored
+                ],
             )
-        return by_uid
+        again = {by_uid[r.uid] for r in stored}
+        fresh = [{"run": run, "added": n} for run, n in added.items() if run not in again]
+        if fresh:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == bindparam("run"))
+                .values(new_rows=runs.c.new_rows + bindparam("added")),
+                fresh,
+            )
 
     def _write_rows(
         self, conn: Any, by_uid: dict[str, int], records: list[RunRecord], changed: set[str]

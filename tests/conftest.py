@@ -185,7 +185,7 @@ def dataset_writes(sent: list[str]) -> tuple[list[str], list[str]]:
     into = re.compile(rf"INSERT INTO ({names}) \(")
     # The bulk path's look at the page's key range: a COPY into the table follows (the driver's,
     # not seen here), or, when a key is stored, the upsert from the staging table (both counted).
-    probe = re.compile(rf"^SELECT 1 FROM ({names}) WHERE ")
+    probe = re.compile(rf"^SELECT 1 FROM ({names}) WHERE .*; SAVEPOINT ")
     copied, bound = [], []
     for statement in sent:
         looked = probe.match(statement)

@@ -237,7 +237,7 @@ def test_a_connection_lost_during_copy_is_an_outage_and_nothing_is_lost(postgres
 
     @event.listens_for(store.engine, "after_cursor_execute")
     def terminate(conn, _cursor, statement, _params, _context, _many) -> None:
-        if statement.startswith("SELECT 1 FROM trades WHERE") and not cut:
+        if "SELECT 1 FROM trades WHERE" in statement and not cut:
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
                 cut.append(admin.execute(text(f"SELECT pg_terminate_backend({pid})")).scalar())
@@ -276,7 +276,7 @@ def test_a_key_another_writer_stores_after_the_look_falls_back_to_the_upsert(pos
 
     @event.listens_for(store.engine, "after_cursor_execute")
     def race(_conn, _cursor, statement, _params, _context, _many) -> None:
-        if statement.startswith("SELECT 1 FROM trades WHERE") and not raced:
+        if "SELECT 1 FROM trades WHERE" in statement and not raced:
             raced.append(1)
             other.write([run("other", {"trades": trade_rows(7, 1)})])  # committed meanwhile
 
@@ -313,3 +313,20 @@ def test_a_page_with_a_stored_key_in_its_range_takes_the_upsert(postgres, statem
         assert len(stored_trades(store)) == 20
     finally:
         store.dispose()
+
+
+def test_decimals_in_exponent_notation_are_stored_in_plain_notation(store) -> None:
+    """SQLite keeps decimals as text: plain notation (0.0000000000, not 0E-10; 100000, not
+    1E+5), whatever notation the Decimal had; both databases give back the same values."""
+    odd = ["0E-10", "1E+5", "1.0E-7", "0.000001", "-0.00", "123.4500", "5E-40", "12345678901E+3"]
+    rows = trade_rows(0, len(odd))
+    for row, text_ in zip(rows, odd, strict=True):
+        row["price"] = Decimal(text_)
+    store.write([run(rows={"trades": rows})])
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT CAST(price AS TEXT) FROM trades ORDER BY trade_id")
+        texts = [t for (t,) in stored]
+    if store.engine.dialect.name == "sqlite":
+        assert texts == [format(Decimal(t), "f") for t in odd]
+        assert texts[:3] == ["0.0000000000", "100000", "0.00000010"]
+    assert [Decimal(t) for t in texts] == [Decimal(t) for t in odd]
