@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from operator import itemgetter
+from itertools import repeat
+from operator import is_, itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, column, func, or_, select, table
@@ -71,7 +72,6 @@ def supported(connection: Connection) -> bool:
 class _Plan:
     """What a table's bulk upsert needs, built once per table and dialect."""
 
-    get: Callable[[dict[str, Any]], tuple[Any, ...]]
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
     create: str
     copy: str
@@ -147,7 +147,6 @@ def _plan(
     counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
     columns = ", ".join(quote(n) for n in names)
     plan = _Plan(
-        get=_getter(names),
         converters=_converters(connection, target, names),
         create=(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(stage_name)} "
@@ -175,17 +174,46 @@ def _keys(positions: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, 
     return get if len(positions) > 1 else lambda row: (get(row),)
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A row's values in ``names``' order, as a tuple (in C: no Python loop per row)."""
-    get = itemgetter(*names)
-    return get if len(names) > 1 else lambda row: (get(row),)
+@dataclass
+class Rows:
+    """A table's rows as tuples of their Python values, in ``names``' order (no dict a row)."""
+
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The rows as dicts, for SQLAlchemy's ``executemany``."""
+        return [dict(zip(self.names, v, strict=True)) for v in self.values]
+
+
+def tuples(
+    target: Table, groups: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
+) -> Rows:
+    """The rows of ``groups`` (each: a run's rows, and the values every one of them takes, as
+    ``run_id``) as one :class:`Rows`: each row's own columns (those of the first row, in the
+    table's order; a row without one of them is refused, ``KeyError``, as an ``executemany``
+    refuses it), then the group's. A value a row holds for a group's column is the group's."""
+    first = next((rows[0] for rows, _ in groups if rows), None)
+    if first is None:
+        return Rows((), [])
+    extra = tuple(groups[0][1])
+    own = tuple(c.name for c in target.columns if c.name in first and c.name not in extra)
+    get = itemgetter(*own)
+    values: list[tuple[Any, ...]] = []
+    for rows, fixed in groups:
+        tail = tuple(fixed[n] for n in extra)
+        if len(own) > 1:
+            values.extend([get(row) + tail for row in rows])
+        else:
+            values.extend([(get(row), *tail) for row in rows])
+    return Rows(own + extra, values)
 
 
 def upsert(
     connection: Connection,
     target: Table,
     key: Sequence[str],
-    rows: list[dict[str, Any]],
+    rows: Rows,
     update: Sequence[str] = (),
     frozen: str | None = None,
     compare: Sequence[str] = (),
@@ -195,16 +223,14 @@ def upsert(
     only when one of those columns differs) or is left as it is.
     Returns how many rows each ``run_id`` inserted or changed.
 
-    ``rows`` must not hold a key twice (one statement can't touch a row twice). The first row's
-    columns are the ones written, as in an ``executemany`` (the others get their defaults); a
-    later row without one of them is refused (``KeyError``)."""
-    if not rows:
+    ``rows`` must not hold a key twice (one statement can't touch a row twice); their columns are
+    the ones written (the others get their defaults)."""
+    if not rows.values:
         return Counter()
-    names = tuple(c.name for c in target.columns if c.name in rows[0])
-    plan = _plan(connection, target, names, key, update, frozen, compare)
-    values = _converted(plan.get, plan.converters, rows)  # before COPY begins
+    plan = _plan(connection, target, rows.names, key, update, frozen, compare)
+    values = _converted(plan.converters, rows.values)  # before COPY begins
     if plan.direct is not None and _copied(connection, plan, plan.direct, values):
-        return Counter(row[plan.run] for row in values)
+        return Counter(map(itemgetter(plan.run), values))
     connection.exec_driver_sql(plan.create)
     _copy(connection, plan.copy, values)
     return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
@@ -249,7 +275,6 @@ def _copied(
 class _Inserts:
     """What a table's :func:`insert_new` needs, built once per table and columns."""
 
-    get: Callable[[dict[str, Any]], tuple[Any, ...]]
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
     run: int  # the position of run_id
     sql: str
@@ -259,31 +284,30 @@ _inserts: dict[tuple[Table, tuple[str, ...], tuple[str, ...], str], _Inserts] = 
 
 
 def insert_new(
-    connection: Connection, target: Table, key: Sequence[str], rows: list[dict[str, Any]]
+    connection: Connection, target: Table, key: Sequence[str], rows: Rows
 ) -> Counter[int]:
     """Insert the ``rows`` whose ``key`` is not stored yet, leave the others (``ON CONFLICT DO
     NOTHING``), in the connection's transaction; returns how many rows each ``run_id`` inserted.
 
     For any dialect whose driver's ``executemany`` row count adds up the rows inserted (SQLite's).
     ``rows`` as :func:`upsert` takes them."""
-    if not rows:
+    if not rows.values:
         return Counter()
     dialect = connection.dialect
-    names = tuple(c.name for c in target.columns if c.name in rows[0])
+    names = rows.names
     cache_key = (target, names, tuple(key), dialect.name)
     plan = _inserts.get(cache_key)
     if plan is None:
         quote = dialect.identifier_preparer.quote
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in names)
         plan = _Inserts(
-            get=_getter(names),
             converters=_converters(connection, target, names),
             run=names.index("run_id"),
             sql=f"INSERT INTO {quote(target.name)} ({', '.join(quote(n) for n in names)}) "
             f"VALUES ({marks}) ON CONFLICT ({', '.join(quote(k) for k in key)}) DO NOTHING",
         )
         _inserts[cache_key] = plan
-    values = _converted(plan.get, plan.converters, rows)
+    values = _converted(plan.converters, rows.values)
     by_run: dict[int, list[tuple[Any, ...]]] = {}
     for row in values:
         by_run.setdefault(row[plan.run], []).append(row)
@@ -340,19 +364,21 @@ def _time_text(value: datetime) -> str:
 
 
 def _converted(
-    get: Callable[[dict[str, Any]], tuple[Any, ...]],
-    converters: tuple[tuple[int, Callable[[Any], Any]], ...],
-    rows: list[dict[str, Any]],
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...], values: list[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     """The rows as tuples of the driver's values, converted a column at a time: a value our own
     types refuse (a naive datetime) fails before anything is sent."""
-    values: list[tuple[Any, ...]] = [get(row) for row in rows]
-    if converters:
-        columns = list(zip(*values, strict=True))
-        for i, convert in converters:
-            columns[i] = tuple([None if v is None else convert(v) for v in columns[i]])
-        values = list(zip(*columns, strict=True))
-    return values
+    if not converters:
+        return values
+    columns: list[Any] = list(zip(*values, strict=True))
+    for i, convert in converters:
+        column_ = columns[i]
+        columns[i] = (
+            [None if v is None else convert(v) for v in column_]
+            if any(map(is_, column_, repeat(None)))  # not `None in`: Decimal's == is slow
+            else list(map(convert, column_))
+        )
+    return list(zip(*columns, strict=True))
 
 
 def _copy(connection: Connection, statement: str, values: list[tuple[Any, ...]]) -> None:
