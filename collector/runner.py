@@ -235,6 +235,7 @@ class Runner:
                 answers = answers or [result]  # the answer that could not be read is kept
                 keep = True
                 break
+            result = None  # read (or kept in answers): not held through the wait for the writer
             self._take(record, dataset, page)
             progress.add(page.rows)
             if page.cursor is not None:
