@@ -21,8 +21,10 @@ each ratio is the median of the rounds' ratios, with their min-max.
    waits on), beside a bare pipeline fetching the same pages from the same fake: one keep-alive
    ``requests`` session, ``json.loads``, the same typed rows (``Decimal``, aware ``datetime``),
    ``COPY`` (PostgreSQL) or an ``executemany`` INSERT (SQLite) into a table of the same shape, a
-   commit per page. Target: >= 0.8x on both. ``--only whole`` runs just this (``--profile``:
-   a ``cProfile`` of one whole-path backfill, its top functions).
+   commit per page. Target: >= 0.8x on both. Beside the rates, each side's CPU time a row in
+   this process (all its threads; not the fake's or PostgreSQL's), which the load of other
+   processes moves less. ``--only whole`` runs just this (``--profile``: a ``cProfile`` of one
+   whole-path backfill, its top functions).
 4. Query: a year of 1-minute candles (525,600 rows): daily closes from ``ohlc`` beside the same
    question through ``json_each`` over ``runs.result`` (the same candles as raw answers, 720 to a
    run), alternated. Target < 200 ms on SQLite.
@@ -390,8 +392,26 @@ def whole(
             )
             return float(out.stdout.split()[-1])
 
+        cpu: dict[str, list[float]] = {"whole path": [], "bare pipeline": []}
+
+        def charged(name: str, side: Any) -> Any:
+            """``side``, its CPU time in this process (every thread of it: the service's runner
+            and writer; not the fake's or PostgreSQL's) a row kept in ``cpu``: what the load of
+            other processes moves less than the elapsed time."""
+
+            def run() -> float:
+                started = time.process_time()
+                rate = side()
+                cpu[name].append((time.process_time() - started) / expected * 1e6)
+                return float(rate)
+
+            return run
+
         print(f"  {label}: {rounds} rounds of the whole path and the bare pipeline (rows/s)")
-        runs: dict[str, Any] = {"whole path": ours, "bare pipeline": floor}
+        runs: dict[str, Any] = {
+            "whole path": charged("whole path", ours),
+            "bare pipeline": charged("bare pipeline", floor),
+        }
         if before:
             runs["before"] = then
         sides = alternate(runs, rounds)
@@ -399,6 +419,14 @@ def whole(
             f"  {label:<10} whole path {spread(sides['whole path'])} rows/s; bare pipeline "
             f"{spread(sides['bare pipeline'])} rows/s; ratio "
             f"{ratio(sides['whole path'], sides['bare pipeline'])} (target >= 0.8x)"
+        )
+        print(
+            f"  {label:<10} CPU a row in this process: whole path "
+            f"{statistics.median(cpu['whole path']):.1f} us ({min(cpu['whole path']):.1f}-"
+            f"{max(cpu['whole path']):.1f}); bare pipeline "
+            f"{statistics.median(cpu['bare pipeline']):.1f} us ({min(cpu['bare pipeline']):.1f}-"
+            f"{max(cpu['bare pipeline']):.1f}); bare / whole "
+            f"{ratio(cpu['bare pipeline'], cpu['whole path'])}"
         )
         if before:
             print(

@@ -5,6 +5,15 @@ statement per row; psycopg 3's ``COPY`` streams the rows in its C text format in
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (or ``DO UPDATE … WHERE NOT frozen``) applies the same
 exactly-once rule to them all, counting the rows each run inserted or changed.
 
+A page of rows none of whose keys is stored yet (a backfill's, nearly every time) skips the
+staging table: one ``SELECT`` of the page's key range finds nothing stored, and the rows are copied
+straight into the table, under a savepoint, every row new (counted by its ``run_id`` in Python).
+The range is only a hint: a row another writer (a replica, a second process) stored meanwhile, or
+one the range missed, makes the ``COPY`` fail with a unique violation; the savepoint is rolled back
+and the same rows take the upsert below, in the same transaction, so exactly once still holds by
+the table's key, never by the probe. Tables whose stored rows are updated (``update``) always take
+the upsert.
+
 The staging table is a temporary table of the connection: the target's columns and ``NOT NULL``\\ s
 (``LIKE``), no key and no index, emptied at every commit (``ON COMMIT DELETE ROWS``). It is created
 in the transaction that uses it when it is missing (``IF NOT EXISTS``), so a transaction that rolls
@@ -25,18 +34,28 @@ in Python: about half of ``Store.write``'s time on a page of 1,000 trades.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import repeat
+from operator import is_, itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, column, func, or_, select, table
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .records import Prepared, decimal_text, time_text
 from .schema import ExactDecimal, UTCDateTime
+
+logger = logging.getLogger(__name__)
+
+#: PostgreSQL's SQLSTATE of a duplicate key: a row another writer stored first.
+UNIQUE_VIOLATION = "23505"
+
+#: The savepoint a page copied straight into its table rolls back to when a key was stored.
+_SAVEPOINT = "collector_copy"
 
 #: Prefix of the staging tables' names (``collector_stage_trades``, ...): temporary, per connection.
 STAGE_PREFIX = "collector_stage_"
@@ -52,11 +71,18 @@ def supported(connection: Connection) -> bool:
 class _Plan:
     """What a table's bulk upsert needs, built once per table and dialect."""
 
-    get: Callable[[dict[str, Any]], tuple[Any, ...]]
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
     create: str
     copy: str
     upsert: Any  # INSERT … SELECT … ON CONFLICT … and the per-run count (SQLAlchemy caches its SQL)
+    direct: str | None  # COPY into the table itself (an insert-only table), else None
+    # Whether a stored key lies in the page's key range, by how many leading key columns the
+    # page's lowest and highest keys share: equal to those, the next one between its bounds. A
+    # plain condition on the key's columns, which the planner meets with the key's index (a row
+    # comparison, ``(pair, trade_id) >= (…)``, it can't estimate, and scans the table for).
+    probes: tuple[str, ...]
+    keys: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # a converted row's key
+    run: int  # the position of run_id
 
 
 _PlanKey = tuple[
@@ -118,31 +144,75 @@ def _plan(
     )
     inserted = stmt.returning(target.c.run_id).cte("inserted")
     counted = select(inserted.c.run_id, func.count()).group_by(inserted.c.run_id)
+    columns = ", ".join(quote(n) for n in names)
     plan = _Plan(
-        get=_getter(names),
         converters=_converters(connection, target, names),
         create=(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(stage_name)} "
             f"(LIKE {quote(target.name)}) ON COMMIT DELETE ROWS"
         ),
-        copy=f"COPY {quote(stage_name)} ({', '.join(quote(n) for n in names)}) FROM STDIN",
+        copy=f"COPY {quote(stage_name)} ({columns}) FROM STDIN",
         upsert=counted,
+        direct=None if update else f"COPY {quote(target.name)} ({columns}) FROM STDIN",
+        probes=tuple(
+            f"SELECT 1 FROM {quote(target.name)} WHERE "
+            + "".join(f"{quote(k)} = {{}} AND " for k in key[:same])
+            + f"{quote(key[same])} BETWEEN {{}} AND {{}} LIMIT 1"
+            for same in range(len(key))
+        ),
+        keys=_keys(tuple(names.index(k) for k in key)),
+        run=names.index("run_id"),
     )
     _plans[cache_key] = plan
     return plan
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A row's values in ``names``' order, as a tuple (in C: no Python loop per row)."""
-    get = itemgetter(*names)
-    return get if len(names) > 1 else lambda row: (get(row),)
+def _keys(positions: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A converted row's key columns, as a tuple even for one column."""
+    get = itemgetter(*positions)
+    return get if len(positions) > 1 else lambda row: (get(row),)
+
+
+@dataclass
+class Rows:
+    """A table's rows as tuples of their Python values, in ``names``' order (no dict a row)."""
+
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The rows as dicts, for SQLAlchemy's ``executemany``."""
+        return [dict(zip(self.names, v, strict=True)) for v in self.values]
+
+
+def tuples(
+    target: Table, groups: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
+) -> Rows:
+    """The rows of ``groups`` (each: a run's rows, and the values every one of them takes, as
+    ``run_id``) as one :class:`Rows`: each row's own columns (those of the first row, in the
+    table's order; a row without one of them is refused, ``KeyError``, as an ``executemany``
+    refuses it), then the group's. A value a row holds for a group's column is the group's."""
+    first = next((rows[0] for rows, _ in groups if rows), None)
+    if first is None:
+        return Rows((), [])
+    extra = tuple(groups[0][1])
+    own = tuple(c.name for c in target.columns if c.name in first and c.name not in extra)
+    get = itemgetter(*own)
+    values: list[tuple[Any, ...]] = []
+    for rows, fixed in groups:
+        tail = tuple(fixed[n] for n in extra)
+        if len(own) > 1:
+            values.extend([get(row) + tail for row in rows])
+        else:
+            values.extend([(get(row), *tail) for row in rows])
+    return Rows(own + extra, values)
 
 
 def upsert(
     connection: Connection,
     target: Table,
     key: Sequence[str],
-    rows: list[dict[str, Any]],
+    rows: Rows,
     update: Sequence[str] = (),
     frozen: str | None = None,
     compare: Sequence[str] = (),
@@ -152,24 +222,58 @@ def upsert(
     only when one of those columns differs) or is left as it is.
     Returns how many rows each ``run_id`` inserted or changed.
 
-    ``rows`` must not hold a key twice (one statement can't touch a row twice). The first row's
-    columns are the ones written, as in an ``executemany`` (the others get their defaults); a
-    later row without one of them is refused (``KeyError``)."""
-    if not rows:
+    ``rows`` must not hold a key twice (one statement can't touch a row twice); their columns are
+    the ones written (the others get their defaults)."""
+    if not rows.values:
         return Counter()
-    names = tuple(c.name for c in target.columns if c.name in rows[0])
-    plan = _plan(connection, target, names, key, update, frozen, compare)
-    values = _converted(plan.get, plan.converters, rows)  # before COPY begins
+    plan = _plan(connection, target, rows.names, key, update, frozen, compare)
+    values = _converted(plan.converters, rows.values)  # before COPY begins
+    if plan.direct is not None and _copied(connection, plan, plan.direct, values):
+        return Counter(map(itemgetter(plan.run), values))
     connection.exec_driver_sql(plan.create)
     _copy(connection, plan.copy, values)
     return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
+
+
+def _copied(
+    connection: Connection, plan: _Plan, direct: str, values: list[tuple[Any, ...]]
+) -> bool:
+    """Copy ``values`` straight into the table when none of their keys is stored (by the page's
+    key range); False when some may be (the range holds a stored row, or the copy met one that
+    another writer stored meanwhile: its savepoint is rolled back): then they take the upsert."""
+    try:
+        keys = [plan.keys(row) for row in values]
+        low, high = min(keys), max(keys)
+    except TypeError:  # a key Python can't order (a NULL): the upsert says what is wrong
+        return False
+    same = 0
+    while same < len(low) - 1 and low[same] == high[same]:
+        same += 1
+    bounds = (*low[:same], low[same], high[same])
+    raw = connection.connection.driver_connection
+    assert raw is not None, "the connection was invalidated"  # SQLAlchemy would have raised
+    from psycopg import sql
+
+    # The look and the savepoint in one round trip (a simple query, its values as literals quoted
+    # by the driver; the look's rows are the first result); kept to the commit when unused.
+    probe = sql.SQL(plan.probes[same]).format(*map(sql.Literal, bounds)).as_string(raw)
+    if connection.exec_driver_sql(f"{probe}; SAVEPOINT {_SAVEPOINT}").first() is not None:
+        return False
+    try:
+        _copy(connection, direct, values)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise  # NOT NULL, a foreign key: the rows' own fault, as the upsert would say
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        logger.debug("%s: a key stored meanwhile; the page takes the upsert", direct)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class _Inserts:
     """What a table's :func:`insert_new` needs, built once per table and columns."""
 
-    get: Callable[[dict[str, Any]], tuple[Any, ...]]
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
     run: int  # the position of run_id
     sql: str
@@ -179,22 +283,22 @@ _inserts: dict[tuple[Table, tuple[str, ...], tuple[str, ...], str], _Inserts] = 
 
 
 def insert_new(
-    connection: Connection, target: Table, key: Sequence[str], rows: list[dict[str, Any]]
+    connection: Connection, target: Table, key: Sequence[str], rows: Rows
 ) -> Counter[int]:
     """Insert the ``rows`` whose ``key`` is not stored yet, leave the others (``ON CONFLICT DO
     NOTHING``), in the connection's transaction; returns how many rows each ``run_id`` inserted.
 
     For any dialect whose driver's ``executemany`` row count adds up the rows inserted (SQLite's).
     ``rows`` as :func:`upsert` takes them."""
-    if not rows:
+    if not rows.values:
         return Counter()
     dialect = connection.dialect
-    names = tuple(c.name for c in target.columns if c.name in rows[0])
+    names = rows.names
     cache_key = (target, names, tuple(key), dialect.name)
     plan = _inserts.get(cache_key)
     if plan is None:
         plan = _inserts[cache_key] = _insert_plan(connection, target, names, key)
-    values = _converted(plan.get, plan.converters, rows)
+    values = _converted(plan.converters, rows.values)
     by_run: dict[int, list[tuple[Any, ...]]] = {}
     for row in values:
         by_run.setdefault(row[plan.run], []).append(row)
@@ -230,7 +334,6 @@ def _insert_plan(
     quote = dialect.identifier_preparer.quote
     marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in names)
     return _Inserts(
-        get=_getter(names),
         converters=_converters(connection, target, names),
         run=names.index("run_id"),
         sql=f"INSERT INTO {quote(target.name)} ({', '.join(quote(n) for n in names)}) "
@@ -268,19 +371,21 @@ def _sqlite_text(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
 
 
 def _converted(
-    get: Callable[[dict[str, Any]], tuple[Any, ...]],
-    converters: tuple[tuple[int, Callable[[Any], Any]], ...],
-    rows: list[dict[str, Any]],
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...], values: list[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     """The rows as tuples of the driver's values, converted a column at a time: a value our own
     types refuse (a naive datetime) fails before anything is sent."""
-    values: list[tuple[Any, ...]] = [get(row) for row in rows]
-    if converters:
-        columns = list(zip(*values, strict=True))
-        for i, convert in converters:
-            columns[i] = tuple([None if v is None else convert(v) for v in columns[i]])
-        values = list(zip(*columns, strict=True))
-    return values
+    if not converters:
+        return values
+    columns: list[Any] = list(zip(*values, strict=True))
+    for i, convert in converters:
+        column_ = columns[i]
+        columns[i] = (
+            [None if v is None else convert(v) for v in column_]
+            if any(map(is_, column_, repeat(None)))  # not `None in`: Decimal's == is slow
+            else list(map(convert, column_))
+        )
+    return list(zip(*columns, strict=True))
 
 
 def _copy(connection: Connection, statement: str, values: list[tuple[Any, ...]]) -> None:

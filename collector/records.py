@@ -37,11 +37,16 @@ class Prepared(list[tuple[Any, ...]]):
 
 def decimal_text(value: Any) -> str:
     """An exact decimal as stored: plain notation (``0.00000001``, never ``1E-8``)."""
-    return format(value if type(value) is Decimal else Decimal(value), "f")
+    if type(value) is Decimal:
+        text = str(value)  # the same text as format(value, "f") unless in exponent notation
+        return text if "E" not in text else format(value, "f")
+    return format(Decimal(value), "f")
 
 
 def time_text(value: datetime) -> str:
     """A timezone-aware time as stored: UTC, ``YYYY-MM-DD HH:MM:SS.ffffff+00:00``."""
+    if value.tzinfo is UTC:  # as the datasets make them: no astimezone() needed
+        return value.isoformat(" ", "microseconds")
     if value.tzinfo is None:  # as UTCDateTime refuses it
         raise ValueError("naive datetime: collector stores timezone-aware UTC times only")
     return value.astimezone(UTC).isoformat(" ", "microseconds")

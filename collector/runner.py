@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from . import defaults
@@ -44,6 +45,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_TIME = itemgetter("time")
+
+
 class _Progress:
     """What a long paging run has fetched so far, said in the log every ``PROGRESS_EVERY``
     seconds (a backfill of thousands of entries takes minutes) and once at its end."""
@@ -59,9 +63,15 @@ class _Progress:
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pages += 1
         self.rows += len(rows)
-        times = [t for r in rows if isinstance(t := r.get("time"), datetime)]
-        if times:
+        try:  # every row's time an aware datetime, as a history's rows have: in C
+            times = list(map(_TIME, rows))
             oldest, newest = min(times), max(times)
+            if type(oldest) is not datetime or type(newest) is not datetime:
+                raise TypeError("not times")
+        except (KeyError, TypeError, ValueError):  # not every row has one (or none does)
+            times = [t for r in rows if isinstance(t := r.get("time"), datetime)]
+            oldest, newest = (min(times), max(times)) if times else (None, None)
+        if oldest is not None and newest is not None:
             self.oldest = oldest if self.oldest is None else min(oldest, self.oldest)
             self.newest = newest if self.newest is None else max(newest, self.newest)
         now = time.monotonic()
@@ -225,6 +235,7 @@ class Runner:
                 answers = answers or [result]  # the answer that could not be read is kept
                 keep = True
                 break
+            result = None  # read (or kept in answers): not held through the wait for the writer
             self._take(record, dataset, page)
             progress.add(page.rows)
             if page.cursor is not None:

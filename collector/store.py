@@ -292,6 +292,7 @@ class Store:
         # The known pairs' names (read from `pairs`), and when they were read (monotonic).
         self._names = Names()
         self._names_read: float | None = None
+        self._statements: dict[Any, Any] = {}  # the statements a write makes, by their shape
 
     @classmethod
     def from_url(
@@ -449,17 +450,11 @@ class Store:
         with self.engine.begin() as conn:
             ids: list[int] = []
             if records:
-                by_uid = self._write_runs(conn, records)
+                by_uid, stored = self._write_runs(conn, records)
                 ids = [by_uid[r.uid] for r in records]
                 changed: set[str] = set()
                 added = self._write_rows(conn, by_uid, records, changed)
-                if added:
-                    conn.execute(
-                        update(runs)
-                        .where(runs.c.id == bindparam("run"))
-                        .values(new_rows=runs.c.new_rows + bindparam("added")),
-                        [{"run": run, "added": n} for run, n in added.items()],
-                    )
+                self._finish_runs(conn, by_uid, stored, added)
                 self._write_cursors(conn, records)
                 self._value(conn, by_uid, records, changed)
             marks = {NONCE_KEY: nonce} if isinstance(nonce, int) else dict(nonce or {})
@@ -502,9 +497,19 @@ class Store:
                 exc,
             )
 
-    def _write_runs(self, conn: Any, records: list[RunRecord]) -> dict[str, int]:
-        uids = [r.uid for r in records]
-        by_uid = dict(conn.execute(select(runs.c.uid, runs.c.id).where(runs.c.uid.in_(uids))).all())
+    def _write_runs(
+        self, conn: Any, records: list[RunRecord]
+    ) -> tuple[dict[str, int], list[RunRecord]]:
+        """Insert the runs rows not stored yet; returns every run's id by ``uid``, and the
+        records whose row is stored already (updated by :meth:`_finish_runs`, once their new rows
+        are counted: one statement a page of a paging run, not two)."""
+        ids = self._statements.get("ids")
+        if ids is None:
+            ids = select(runs.c.uid, runs.c.id).where(
+                runs.c.uid.in_(bindparam("uids", expanding=True))
+            )
+            self._statements["ids"] = ids
+        by_uid = dict(conn.execute(ids, {"uids": [r.uid for r in records]}).all())
         fresh = [r for r in records if r.uid not in by_uid]
         stored = [r for r in records if r.uid in by_uid]
         if fresh:
@@ -513,22 +518,61 @@ class Store:
                 [r.row() for r in fresh],
             ).scalars()
             by_uid.update(zip((r.uid for r in fresh), new_ids, strict=True))
+        return by_uid, stored
+
+    def _finish_runs(
+        self,
+        conn: Any,
+        by_uid: dict[str, int],
+        stored: list[RunRecord],
+        added: Counter[int],
+    ) -> None:
+        """Count each run's ``added`` rows in its row, and update the stored runs' fields (the
+        latest record's) in the same statement."""
         if stored:
-            fields = [c for c in stored[0].row() if c != "uid"]
+            fields = tuple(c for c in stored[0].row() if c != "uid")
+            again = self._statements.get(("again", fields))
+            if again is None:
+                again = (
+                    update(runs)
+                    .where(runs.c.uid == bindparam("b_uid"))
+                    .values(
+                        {
+                            **{c: bindparam(f"b_{c}") for c in fields},
+                            "new_rows": runs.c.new_rows + bindparam("b_added"),
+                        }
+                    )
+                )
+                self._statements[("again", fields)] = again
             conn.execute(
-                update(runs)
-                .where(runs.c.uid == bindparam("b_uid"))
-                .values({c: bindparam(f"b_{c}") for c in fields}),
-                [{f"b_{k}": v for k, v in r.row().items()} for r in stored],
+                again,
+                [
+                    {**{f"b_{k}": v for k, v in r.row().items()}, "b_added": added[by_uid[r.uid]]}
+                    for r in stored
+                ],
             )
-        return by_uid
+        updated = {by_uid[r.uid] for r in stored}
+        fresh = [{"run": run, "added": n} for run, n in added.items() if run not in updated]
+        if fresh:
+            counted = self._statements.get("counted")
+            if counted is None:
+                counted = (
+                    update(runs)
+                    .where(runs.c.id == bindparam("run"))
+                    .values(new_rows=runs.c.new_rows + bindparam("added"))
+                )
+                self._statements["counted"] = counted
+            conn.execute(counted, fresh)
 
     def _write_rows(
         self, conn: Any, by_uid: dict[str, int], records: list[RunRecord], changed: set[str]
     ) -> Counter[int]:
         """Upsert every record's rows; returns how many rows each run added (``changed``: the
-        tables whose rows it added or changed)."""
-        by_table: dict[str, list[dict[str, Any]]] = {}
+        tables whose rows it added or changed).
+
+        Each table's rows become tuples once (:func:`.bulk.tuples`: the row's values, then its
+        run's ``run_id`` and ``account``), not a dict copy a row."""
+        by_table: dict[str, list[tuple[list[dict[str, Any]], dict[str, Any]]]] = {}
         written: dict[str, list[tuple[RunRecord, int]]] = {}
         prepared: list[tuple[str, int, Prepared]] = []
         sqlite = conn.dialect.name == "sqlite"
@@ -546,45 +590,37 @@ class Store:
                 extra: dict[str, Any] = {"run_id": run_id}
                 if "account" in dataset.table.c:
                     extra["account"] = record.account or defaults.DEFAULT_ACCOUNT
-                by_table.setdefault(name, []).extend({**row, **extra} for row in rows)
+                by_table.setdefault(name, []).append((rows, extra))
                 written.setdefault(name, []).append((record, run_id))
         added: Counter[int] = Counter()
         # The tables that name pairs last: a batch's new pairs are known by then.
         for name in sorted(by_table, key=lambda n: self.datasets[n].pair_column is not None):
             dataset = self.datasets[name]
-            rows = by_table[name]
+            groups = by_table[name]
             column = dataset.pair_column
-            rename = self._renames(conn, dataset, rows)
+            rename = self._renames(conn, dataset, [row for rows, _ in groups for row in rows])
             if rename and column is not None:
-                for row in rows:
-                    if row[column] in rename:
-                        row[column] = rename[row[column]]
-            keyof = itemgetter(*dataset.key)  # in C; one column's key is the value itself
-            unique: dict[Any, dict[str, Any]] = {}
-            for row in rows:
-                k = keyof(row)
-                first = unique.get(k)
-                # One statement must not touch a key twice (PostgreSQL refuses it): the latest
-                # values win, the run that first had the row keeps it.
-                unique[k] = row if first is None else {**row, "run_id": first["run_id"]}
-            touched = self._upsert(
-                conn,
-                dataset.table,
-                dataset.key,
-                list(unique.values()),
-                dataset.update,
-                dataset.frozen,
-                count=True,
-                compare=dataset.compare,
-            )
+                groups = [
+                    (
+                        [
+                            {**row, column: rename[row[column]]} if row[column] in rename else row
+                            for row in rows
+                        ],
+                        extra,
+                    )
+                    for rows, extra in groups
+                ]
+            table = bulk.tuples(dataset.table, groups)
+            touched = self._upsert_rows(conn, dataset, table) if table.values else Counter()
             if touched:
                 changed.add(name)
             # A row counts for the run writing it: inserted, or changed by a dataset that hands
             # it to that run (reference data updates run_id). A row updated in place keeps the
             # run that first stored it, and is no new row of that run either (an open candle
             # replaced by its update counted once more, at every run, for the first one).
-            mine = {row["run_id"] for row in unique.values()}
-            added.update({run: n for run, n in touched.items() if run in mine})
+            run = itemgetter(table.names.index("run_id")) if table.values else None
+            mine = set(map(run, table.values)) if run is not None else set()
+            added.update({run_id: n for run_id, n in touched.items() if run_id in mine})
             added.update(dataset.stored(conn, written[name]))
             if dataset.table is pairs:
                 self._names_read = None  # read the names again at the next write that names one
@@ -620,6 +656,37 @@ class Store:
             }
             for row in rows
         ]
+
+    def _upsert_rows(self, conn: Any, dataset: Dataset, rows: bulk.Rows) -> Counter[int]:
+        """Upsert a dataset's ``rows`` by its key; how many rows each ``run_id`` inserted or
+        changed. A key held twice is written once (one statement must not touch a key twice:
+        PostgreSQL refuses it): the latest values win, the run that first had the row keeps
+        it."""
+        table, key = dataset.table, dataset.key
+        run = rows.names.index("run_id")
+        keys = list(map(itemgetter(*(rows.names.index(k) for k in key)), rows.values))
+        if len(set(keys)) < len(keys):
+            unique: dict[Any, tuple[Any, ...]] = {}
+            for k, row in zip(keys, rows.values, strict=True):
+                first = unique.get(k)
+                unique[k] = row if first is None else (*row[:run], first[run], *row[run + 1 :])
+            rows.values = list(unique.values())
+        if bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
+            return bulk.upsert(
+                conn, table, key, rows, dataset.update, dataset.frozen, dataset.compare
+            )
+        if not dataset.update and conn.dialect.name == "sqlite":
+            return bulk.insert_new(conn, table, key, rows)  # an executemany a run, counted
+        return self._upsert(
+            conn,
+            table,
+            key,
+            rows.dicts(),
+            dataset.update,
+            dataset.frozen,
+            count=True,
+            compare=dataset.compare,
+        )
 
     def _renames(
         self, conn: Any, dataset: Dataset, rows: list[dict[str, Any]]
@@ -670,11 +737,11 @@ class Store:
         it is. With ``count``: how many rows each ``run_id`` inserted or changed."""
         if not rows:
             return Counter()
-        if count and bulk.supported(conn):  # PostgreSQL: COPY, then one INSERT … SELECT
-            return bulk.upsert(conn, table, key, rows, update, frozen, compare)
-        if count and not update and conn.dialect.name == "sqlite" and "run_id" in rows[0]:
-            return bulk.insert_new(conn, table, key, rows)  # an executemany a run, counted
-        stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen, compare)
+        shape = (table, tuple(key), tuple(update), frozen, tuple(compare))
+        stmt = self._statements.get(shape)
+        if stmt is None:  # built once: SQLAlchemy caches the SQL, not the making of the statement
+            stmt = bulk.on_conflict(self._insert(table), table, key, update, frozen, compare)
+            self._statements[shape] = stmt
         if not count:
             conn.execute(stmt, rows)
             return Counter()

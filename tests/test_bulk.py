@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.exc import DataError, OperationalError
 
+from collector.bulk import STAGE_PREFIX
 from collector.datasets import OHLC, Trades
 from collector.datasets.history import orders
 from collector.datasets.market import ohlc, trades
@@ -230,15 +231,15 @@ def test_a_value_the_database_refuses_fails_only_its_own_run(store, tmp_path) ->
 
 
 def test_a_connection_lost_during_copy_is_an_outage_and_nothing_is_lost(postgres, tmp_path) -> None:
-    """The server ends the session between the staging table's creation and the COPY: the batch
-    goes to the spool (an outage), not run by run into bad_response rows (a refusal)."""
+    """The server ends the session between the look at the page's key range and the COPY: the
+    batch goes to the spool (an outage), not run by run into bad_response rows (a refusal)."""
     store = Store.from_url(postgres.new_database())
     store.upgrade()
     cut = []
 
     @event.listens_for(store.engine, "after_cursor_execute")
     def terminate(conn, _cursor, statement, _params, _context, _many) -> None:
-        if statement.startswith("CREATE TEMPORARY TABLE") and not cut:
+        if "SELECT 1 FROM trades WHERE" in statement and not cut:
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
                 cut.append(admin.execute(text(f"SELECT pg_terminate_backend({pid})")).scalar())
@@ -300,3 +301,71 @@ def test_a_run_whose_rows_are_both_prepared_and_not_is_refused(store) -> None:
     with pytest.raises(TypeError, match="both prepared and not"):
         store.write([first, later])
     assert stored_trades(store) == []
+
+
+def test_a_key_another_writer_stores_after_the_look_falls_back_to_the_upsert(postgres) -> None:
+    """Another collector stores one of the page's trades between this one's look at the page's
+    key range (nothing stored) and its COPY into the table: the COPY meets the key, its savepoint
+    is rolled back, and the same rows take the upsert in the same transaction: every trade once,
+    the other's row left as it stored it, this run counting only what it added."""
+    url = postgres.new_database()
+    store, other = Store.from_url(url), Store.from_url(url)
+    store.upgrade()
+    raced: list[int] = []
+
+    @event.listens_for(store.engine, "after_cursor_execute")
+    def race(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if "SELECT 1 FROM trades WHERE" in statement and not raced:
+            raced.append(1)
+            other.write([run("other", {"trades": trade_rows(7, 1)})])  # committed meanwhile
+
+    try:
+        ids = store.write([run("mine", {"trades": trade_rows(0, 20)})])
+        assert raced == [1] and len(ids) == 1
+        assert new_rows(store) == {"other": 1, "mine": 19}
+        with store.engine.connect() as conn:
+            owners = dict(
+                conn.execute(
+                    select(trades.c.trade_id, runs.c.job).join(runs, runs.c.id == trades.c.run_id)
+                ).all()
+            )
+        assert owners == {i: "other" if i == 7 else "mine" for i in range(20)}
+        # The next page, none of its keys stored, goes straight in again.
+        store.write([run("next", {"trades": trade_rows(20, 5)})])
+        assert new_rows(store)["next"] == 5 and len(stored_trades(store)) == 25
+    finally:
+        store.dispose()
+        other.dispose()
+
+
+def test_a_page_with_a_stored_key_in_its_range_takes_the_upsert(postgres, statements) -> None:
+    """A stored key inside the page's range (a page fetched again) sends the page through the
+    staging table: the stored row is left, the others are added and counted."""
+    store = Store.from_url(postgres.new_database())
+    store.upgrade()
+    try:
+        store.write([run("a", {"trades": trade_rows(10, 1)})])
+        statements.clear()
+        store.write([run("b", {"trades": trade_rows(0, 20)})])
+        assert any(f"FROM {STAGE_PREFIX}trades" in s for s in statements)
+        assert new_rows(store) == {"a": 1, "b": 19}
+        assert len(stored_trades(store)) == 20
+    finally:
+        store.dispose()
+
+
+def test_decimals_in_exponent_notation_are_stored_in_plain_notation(store) -> None:
+    """SQLite keeps decimals as text: plain notation (0.0000000000, not 0E-10; 100000, not
+    1E+5), whatever notation the Decimal had; both databases give back the same values."""
+    odd = ["0E-10", "1E+5", "1.0E-7", "0.000001", "-0.00", "123.4500", "5E-40", "12345678901E+3"]
+    rows = trade_rows(0, len(odd))
+    for row, text_ in zip(rows, odd, strict=True):
+        row["price"] = Decimal(text_)
+    store.write([run(rows={"trades": rows})])
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT CAST(price AS TEXT) FROM trades ORDER BY trade_id")
+        texts = [t for (t,) in stored]
+    if store.engine.dialect.name == "sqlite":
+        assert texts == [format(Decimal(t), "f") for t in odd]
+        assert texts[:3] == ["0.0000000000", "100000", "0.00000010"]
+    assert [Decimal(t) for t in texts] == [Decimal(t) for t in odd]

@@ -16,7 +16,8 @@ import pytest
 
 from collector import datasets
 from collector.client import API
-from collector.datasets.base import decimal, timestamp
+from collector.datasets.base import decimal, integer, timestamp
+from collector.datasets.market import Trades
 from collector.errors import BadResponse
 from collector.jobfile import RETENTION_KEYS, Job, load
 from collector.numbers import NumberError, parse_decimal, parse_time
@@ -392,6 +393,52 @@ def test_the_fast_reads_of_times_and_decimals_are_the_checked_reads() -> None:
         except BadResponse:
             got = BadResponse
         assert got == expected, value
+
+
+def test_a_trades_page_reads_each_value_as_the_checked_reads_do() -> None:
+    """Trades.page reads its usual shapes inline: every time, price, volume and trade id it gives
+    (or refuses, failing the page) is what timestamp(), decimal() and integer() give."""
+    now = datetime.now(UTC)
+    run = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
+    rnd = random.Random(2929)
+
+    def read(price: object, volume: object, when: object, trade_id: object = 7) -> object:
+        answer = {"XXBTZUSD": [[price, volume, when, "b", "l", "", trade_id]], "last": "1"}
+        try:
+            row = Trades().page(run, {"pair": "XBTUSD"}, answer, "0").rows[0]
+        except BadResponse:
+            return BadResponse
+        return (str(row["price"]), str(row["volume"]), row["time"], row["trade_id"])
+
+    def checked(price: object, volume: object, when: object, trade_id: object = 7) -> object:
+        try:
+            if isinstance(trade_id, bool) or not isinstance(trade_id, int):
+                raise BadResponse("not an integer")
+            return (
+                str(decimal(run, price, "price")),
+                str(decimal(run, volume, "volume")),
+                timestamp(run, when, "trade time"),
+                integer(run, trade_id, "trade_id"),
+            )
+        except BadResponse:
+            return BadResponse
+
+    times: list[object] = [0.0, 1e-05, 0.5, 999999999.9999999, 1e9, 1688669448.1234567, 2.0**32]
+    times += [1796678402.4474502, 4294967295.9999995, 4294967296.0000005, 10**11, -1.0, True]
+    times += [float("nan"), float("inf"), "1688669448.1", None, 1688669448]
+    for _ in range(10_000):
+        times += [rnd.uniform(0, 5e9), round(rnd.uniform(1e9, 2**32), rnd.randint(0, 8))]
+    for when in times:
+        assert read("1.5", "2", when) == checked("1.5", "2", when), when
+    texts: list[object] = ["0", "-0", "1.5", "0012.3400", "9" * 40, "9" * 41, "1e5", " 1", "1_0"]
+    texts += ["NaN", "--1", "+1", "1.", ".5", "1..5", "\u0663", "\u0663.5", "-", "", ".", None, 3]
+    texts += ["0." + "0" * 38 + "1", "0." + "0" * 37 + "1", 1.5, ["1"], "1.5\x00"]
+    texts += [f"{rnd.uniform(-1e6, 1e6):.{rnd.randint(0, 12)}f}" for _ in range(3_000)]
+    for text_ in texts:
+        assert read(text_, "1", 1e9) == checked(text_, "1", 1e9), text_
+        assert read("1", text_, 1e9) == checked("1", text_, 1e9), text_
+    for trade_id in [0, -1, 2**63 - 1, 2**63, True, 1.0, "7", None]:
+        assert read("1", "1", 1e9, trade_id) == checked("1", "1", 1e9, trade_id), trade_id
 
 
 def test_a_page_refused_ends_the_run_there_and_the_next_starts_from_the_stored_cursor() -> None:
