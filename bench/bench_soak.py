@@ -4,7 +4,8 @@
     python bench/bench_soak.py --jobs 1000 --every 10000   # issue 29's: 1,000 jobs, 50k runs
 
 Reports RSS, open file descriptors and threads at the start and every 10,000 runs (``--every``),
-the seconds since the start, and the SQLite database's size per 10,000 runs. ``--jobs`` sets the
+the seconds since the start, the memory SQLite holds (its page caches, which fill as the database
+grows: bounded, 2 MB a connection by default), and the SQLite database's size per 10,000 runs. ``--jobs`` sets the
 public jobs (100 by default); their interval grows with them, ``jobs`` ms, so about 1,000 runs a
 second are offered whatever their number. All of them should stay flat, apart from the data itself.
 Faults (HTTP 500/502/520, resets, truncated JSON, slow answers, Kraken errors) are injected ten
@@ -52,6 +53,26 @@ def threads() -> int:
 
 def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def sqlite_mb() -> float | None:
+    """The memory SQLite holds in this process (its page caches: up to ``cache_size``, 2 MB by
+    default, per connection), from the library the ``sqlite3`` module uses; None where that
+    library can't be loaded by name."""
+    import ctypes
+    import sqlite3  # noqa: F401 - the library loaded by the module is the one asked
+
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return None
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return library.sqlite3_memory_used() / 1e6
+
+
+def sqlite_text() -> str:
+    used = sqlite_mb()
+    return "-" if used is None else f"{used:.1f}"
 
 
 def db_mb(path: Path) -> float:
@@ -103,12 +124,12 @@ def main() -> None:
         }
         print(f"{len(jobs)} jobs; RSS {loaded:.1f} MB with them loaded, before the first run")
         print(
-            f"{'runs':>8} {'seconds':>8} {'RSS MB':>7} {'fds':>5} {'threads':>8} {'DB MB':>7} "
-            f"{'MB/10k runs':>12}"
+            f"{'runs':>8} {'seconds':>8} {'RSS MB':>7} {'SQLite MB':>10} {'fds':>5} "
+            f"{'threads':>8} {'DB MB':>7} {'MB/10k runs':>12}"
         )
         print(
-            f"{service.writer.written:8,} {0:8.0f} {start['rss']:7.1f} {start['fds']:5} "
-            f"{start['threads']:8} {start['db']:7.1f} {'':>12}"
+            f"{service.writer.written:8,} {0:8.0f} {start['rss']:7.1f} {sqlite_text():>10} "
+            f"{start['fds']:5} {start['threads']:8} {start['db']:7.1f} {'':>12}"
         )
         mark, last_db, last_runs = args.every, start["db"], service.writer.written
         while mark <= args.runs:
@@ -117,8 +138,8 @@ def main() -> None:
             size, written = db_mb(db), service.writer.written
             per = (size - last_db) / (written - last_runs) * 10_000
             print(
-                f"{written:8,} {time.time() - start['t']:8.0f} {rss_mb():7.1f} {fds():5} "
-                f"{threads():8} {size:7.1f} {per:12.2f}"
+                f"{written:8,} {time.time() - start['t']:8.0f} {rss_mb():7.1f} "
+                f"{sqlite_text():>10} {fds():5} {threads():8} {size:7.1f} {per:12.2f}"
             )
             mark, last_db, last_runs = mark + args.every, size, written
         elapsed = time.time() - start["t"]
