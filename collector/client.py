@@ -466,13 +466,13 @@ class API:
         would, redirects off and the body streamed.
 
         The same request, prepared in fewer steps: ``Session.request`` spends ~0.2 ms a call
-        (more than the rest of a call on a fast link) reading the environment's proxy variables
-        and ``~/.netrc`` again and merging empty settings through typing protocol checks. Here
-        the session's own headers, cookies, auth, hooks, proxies, ``verify`` and ``cert`` are
-        merged as requests merges them, at every call; what the environment adds (with
-        ``trust_env``) is read once per address (:meth:`_environment`). A session that is not
-        plain ``requests.Session`` there (a subclass that prepares or merges its own way) or has
-        ``params`` goes the whole way through ``Session.request``."""
+        (a third of a call to a peer on the same machine) reading the environment's proxy
+        variables and ``~/.netrc`` again and merging empty settings through typing protocol
+        checks. Here the session's own headers, cookies, auth, hooks, proxies, ``verify`` and
+        ``cert`` are merged as requests merges them, at every call; what the environment adds
+        (with ``trust_env``) is read once per address (:meth:`_environment`). A session that is
+        not plain ``requests.Session`` there (a subclass that prepares or merges its own way) or
+        has ``params`` goes the whole way through ``Session.request``."""
         session = self.session
         verb = "GET" if body is None else "POST"
         data = None if body is None else body.encode("ascii")
