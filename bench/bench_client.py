@@ -2,6 +2,7 @@
 
     python bench/bench_client.py            # ~1 minute
     python bench/bench_client.py --quick    # fewer rounds
+    python bench/bench_client.py --before CHECKOUT   # and the client of another commit
 
 1. Single-threaded calls per second, public (Time) and private (Balance), no rate limit at the fake.
    Rounds alternate between the clients (bench/rounds.py, the order reversing each round); the
@@ -15,7 +16,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import sys
 import threading
 import time
@@ -34,8 +37,32 @@ from rounds import ROUNDS, alternate, ratio, spread
 logging.getLogger("urllib3").setLevel(logging.ERROR)  # krakenex's pool overflows at 32 threads
 
 
+#: ``--before CHECKOUT``: the client of another commit, loaded as the package ``collector_before``
+BEFORE: list[type] = []
+
+
+def load_before(tree: Path) -> type:
+    """``collector.API`` of the checkout ``tree`` (the commit before a change), imported beside
+    this tree's as the package ``collector_before`` (its imports are relative)."""
+    spec = importlib.util.spec_from_file_location(
+        "collector_before",
+        tree / "collector" / "__init__.py",
+        submodule_search_locations=[str(tree / "collector")],
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["collector_before"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("collector_before.client").API
+
+
 def make(kind: str, fake: FakeKraken, key: str, secret: str, **kw):
-    api = collector.API(key, secret, **kw) if kind == "collector" else krakenex.API(key, secret)
+    if kind == "collector":
+        api = collector.API(key, secret, **kw)
+    elif kind == "before":
+        api = BEFORE[0](key, secret, **kw)
+    else:
+        api = krakenex.API(key, secret)
     api.uri = fake.url
     return api
 
@@ -49,7 +76,8 @@ def single_thread(
     with FakeKraken(tier=None) as fake:
         # One key each: two clients on one key would fight over its nonce (Kraken: one key per
         # process).
-        clients = {k: make(k, fake, *fake.add_key()) for k in ("krakenex", "collector")}
+        kinds = ("krakenex", "collector", *(("before",) if BEFORE else ()))
+        clients = {k: make(k, fake, *fake.add_key()) for k in kinds}
         for scope, call in (
             ("public", lambda a: a.query_public("Time")),
             ("private", lambda a: a.query_private("Balance")),
@@ -114,8 +142,14 @@ def contended(kind: str, threads: int, per_thread: int, limit: RateLimit) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--before", type=Path, help="also the client of this checkout (the commit before a change)"
+    )
     args = parser.parse_args()
     rounds, calls = (ROUNDS, 300) if args.quick else (7, 1000)
+    if args.before is not None:
+        BEFORE.append(load_before(args.before.resolve()))
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}")
 
     print(f"single-threaded calls/s against the fake, {rounds} rounds x {calls} calls")
     rates, failed = single_thread(rounds, calls)
@@ -123,6 +157,10 @@ def main() -> None:
     for scope, sides in rates.items():
         k, c = sides["krakenex"], sides["collector"]
         print(f"{scope:10}{spread(k):>24}{spread(c):>24}  {ratio(c, k)}")
+        if "before" in sides:
+            b = sides["before"]
+            print(f"{'':10}before {spread(b)}: {ratio(b, k)} krakenex; now/before {ratio(c, b)}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     total = rounds * calls * 2
     print(
         f"calls answered with an error: krakenex {failed['krakenex']}/{total}, "

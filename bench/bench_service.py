@@ -1,6 +1,7 @@
 """The collection service against the fake (in its own process) with SQLite, in one run.
 
     python bench/bench_service.py          # about 5 minutes
+    python bench/bench_service.py --only capacity --rounds 7 [--before CHECKOUT]
 
 1. Capacity: stored runs/s end to end (schedule -> call -> row) with 1,000 public jobs every 0.5 s
    and the limits raised, beside a bare krakenex loop that only fetches Time from the same fake
@@ -211,6 +212,30 @@ def capacity(
     return rate
 
 
+def capacity_of(tree: Path, workdir: Path, url: str, key_file: Path, seconds: float) -> float:
+    """:func:`capacity` in a child process importing the ``collector`` package of ``tree`` (a
+    checkout: this tree, or the commit before a change), so that two versions of the service
+    are measured in the same rounds; the child's start-up is outside its window."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", url, str(key_file), str(seconds)],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(child.stdout.split()[-1])
+
+
+def child(url: str, key_file: Path, seconds: float) -> None:
+    """The child of :func:`capacity_of`: one capacity run, its runs/s printed last."""
+    import collector
+
+    workdir = Path(tempfile.mkdtemp(prefix="collector-bench-child-"))
+    os.chdir(workdir)
+    print(collector.__file__, capacity(workdir, url, key_file, seconds), flush=True)
+
+
 def lateness(workdir: Path, url: str, key_file: Path, seconds: float) -> dict:
     jobs = [f"j{i}: {{method: Time, every: 1s}}" for i in range(100)]
     service, db = start_service(workdir, url, key_file, "lateness", jobs)
@@ -283,7 +308,18 @@ def main() -> None:
         choices=("capacity",),
         help="capacity beside the krakenex loop alone (no metrics side, steady, memory, budget)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="with --only capacity: also the service of this checkout (the commit before a "
+        "change), both services then run in child processes",
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        logging.basicConfig(level=logging.ERROR)
+        child(args.child[0], Path(args.child[1]), float(args.child[2]))
+        return
     if args.runs < 10_000:
         parser.error("--runs must be at least 10000: the steady-state window needs whole seconds")
     logging.basicConfig(level=logging.ERROR)
@@ -292,14 +328,20 @@ def main() -> None:
     proc, url, key_file = start_fake(workdir, "none")
     if args.only == "capacity":
         try:
-            print(f"capacity: {args.rounds} rounds of krakenex and collector")
-            only = alternate(
-                {
-                    "krakenex": lambda: krakenex_loop(url, 3.0),
-                    "collector": lambda: capacity(workdir, url, key_file, args.window),
-                },
-                args.rounds,
-            )
+            sides = {
+                "krakenex": lambda: krakenex_loop(url, 3.0),
+                "collector": lambda: capacity(workdir, url, key_file, args.window),
+            }
+            if args.before is not None:
+                here = Path(__file__).resolve().parent.parent
+                sides["collector"] = lambda: capacity_of(here, workdir, url, key_file, args.window)
+                sides["before"] = lambda: capacity_of(
+                    args.before.resolve(), workdir, url, key_file, args.window
+                )
+            print(f"capacity: {args.rounds} rounds of {', '.join(sides)}")
+            print(f"  load average before: {os.getloadavg()[0]:.1f}")
+            only = alternate(sides, args.rounds)
+            print(f"  load average after: {os.getloadavg()[0]:.1f}")
         finally:
             proc.terminate()
             proc.wait()
@@ -307,6 +349,12 @@ def main() -> None:
             f"  bare krakenex loop {spread(only['krakenex'])} calls/s; collector "
             f"{spread(only['collector'])} runs/s: {ratio(only['collector'], only['krakenex'])}"
         )
+        if "before" in only:
+            print(
+                f"  before ({args.before}) {spread(only['before'])} runs/s: "
+                f"{ratio(only['before'], only['krakenex'])} the krakenex loop; "
+                f"now/before {ratio(only['collector'], only['before'])}"
+            )
         return
     try:
         # Memory first, in a process that has run no other service yet (as a user's would).

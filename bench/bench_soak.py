@@ -1,9 +1,13 @@
 """Soak: the service against the fake with faults on and fast intervals, for 50,000+ runs.
 
     python bench/bench_soak.py            # about a minute
+    python bench/bench_soak.py --jobs 1000 --every 10000   # issue 29's: 1,000 jobs, 50k runs
 
-Reports RSS, open file descriptors and threads at the start and every 10,000 runs, and the SQLite
-database's size per 10,000 runs. All of them should stay flat, apart from the data itself.
+Reports RSS, open file descriptors and threads at the start and every 10,000 runs (``--every``),
+the seconds since the start, the memory SQLite holds (its page caches, which fill as the database
+grows: bounded, 2 MB a connection by default), and the SQLite database's size per 10,000 runs. ``--jobs`` sets the
+public jobs (100 by default); their interval grows with them, ``jobs`` ms, so about 1,000 runs a
+second are offered whatever their number. All of them should stay flat, apart from the data itself.
 Faults (HTTP 500/502/520, resets, truncated JSON, slow answers, Kraken errors) are injected ten
 times a second through the fake's control endpoint.
 """
@@ -51,6 +55,26 @@ def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def sqlite_mb() -> float | None:
+    """The memory SQLite holds in this process (its page caches: up to ``cache_size``, 2 MB by
+    default, per connection), from the library the ``sqlite3`` module uses; None where that
+    library can't be loaded by name."""
+    import ctypes
+    import sqlite3  # noqa: F401 - the library loaded by the module is the one asked
+
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return None
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return library.sqlite3_memory_used() / 1e6
+
+
+def sqlite_text() -> str:
+    used = sqlite_mb()
+    return "-" if used is None else f"{used:.1f}"
+
+
 def db_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
 
@@ -58,7 +82,11 @@ def db_mb(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50_000)
+    parser.add_argument("--jobs", type=int, default=100, help="public jobs (Time), 1 to 10,000")
+    parser.add_argument("--every", type=int, default=10_000, help="a line every this many runs")
     args = parser.parse_args()
+    if not 1 <= args.jobs <= 10_000 or not 1_000 <= args.every <= args.runs:
+        parser.error("--jobs must be 1 to 10000, --every 1000 to --runs")
     logging.basicConfig(level=logging.CRITICAL)
     workdir = Path(tempfile.mkdtemp(prefix="collector-soak-"))
     os.chdir(workdir)
@@ -75,7 +103,7 @@ def main() -> None:
 
     injector = threading.Thread(target=inject, daemon=True)
     db = workdir / "soak.db"
-    jobs = [f"p{i}: {{method: Time, every: 0.1s}}" for i in range(100)]
+    jobs = [f"p{i}: {{method: Time, every: {args.jobs / 1000:g}s}}" for i in range(args.jobs)]
     jobs += [
         f"b{i}: {{method: {m}, every: 0.5s}}"
         for i, m in enumerate(["Balance", "Ledgers", "TradeBalance", "BalanceEx", "OpenOrders"])
@@ -83,6 +111,7 @@ def main() -> None:
     try:
         service = Service(load(job_file(workdir, url, key_file, f"sqlite:///{db}", jobs, RAISED)))
         injector.start()
+        loaded = rss_mb()
         service.start()
         while service.writer.written < 1000:
             time.sleep(0.1)
@@ -93,23 +122,26 @@ def main() -> None:
             "db": db_mb(db),
             "t": time.time(),
         }
+        print(f"{len(jobs)} jobs; RSS {loaded:.1f} MB with them loaded, before the first run")
         print(
-            f"{'runs':>8} {'RSS MB':>7} {'fds':>5} {'threads':>8} {'DB MB':>7} {'MB/10k runs':>12}"
+            f"{'runs':>8} {'seconds':>8} {'RSS MB':>7} {'SQLite MB':>10} {'fds':>5} "
+            f"{'threads':>8} {'DB MB':>7} {'MB/10k runs':>12}"
         )
         print(
-            f"{service.writer.written:8,} {start['rss']:7.1f} {start['fds']:5} {start['threads']:8} "
-            f"{start['db']:7.1f} {'':>12}"
+            f"{service.writer.written:8,} {0:8.0f} {start['rss']:7.1f} {sqlite_text():>10} "
+            f"{start['fds']:5} {start['threads']:8} {start['db']:7.1f} {'':>12}"
         )
-        mark, last_db = 10_000, start["db"]
+        mark, last_db, last_runs = args.every, start["db"], service.writer.written
         while mark <= args.runs:
             while service.writer.written < mark:
                 time.sleep(0.2)
-            size = db_mb(db)
+            size, written = db_mb(db), service.writer.written
+            per = (size - last_db) / (written - last_runs) * 10_000
             print(
-                f"{service.writer.written:8,} {rss_mb():7.1f} {fds():5} {threads():8} {size:7.1f} "
-                f"{size - last_db:12.2f}"
+                f"{written:8,} {time.time() - start['t']:8.0f} {rss_mb():7.1f} "
+                f"{sqlite_text():>10} {fds():5} {threads():8} {size:7.1f} {per:12.2f}"
             )
-            mark, last_db = mark + 10_000, size
+            mark, last_db, last_runs = mark + args.every, size, written
         elapsed = time.time() - start["t"]
         stop.set()
         service.stop()

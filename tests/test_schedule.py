@@ -173,3 +173,36 @@ def test_each_run_gets_its_due_time_and_a_run_that_raised_frees_its_turn() -> No
     steps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps[1:])]
     assert all(abs(step - 0.2) < 1e-3 for step in steps), stamps
     assert all(s.tzinfo is not None for s in stamps)
+
+
+def test_runs_go_to_at_most_workers_threads_and_shutdown_waits_for_them() -> None:
+    """Five jobs due at once through two workers: two run at a time, in two threads; a shutdown
+    while they run returns when the runs handed over have ended (none is dropped)."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running: list[str] = []
+    most = 0
+    ended: list[str] = []
+    threads: set[str] = set()
+
+    def run(job: Job, scheduled_at: datetime | None = None) -> None:
+        nonlocal most
+        with lock:
+            running.append(job.name)
+            most = max(most, len(running))
+            threads.add(threading.current_thread().name)
+        release.wait(30)
+        with lock:
+            running.remove(job.name)
+            ended.append(job.name)
+
+    jobs = [Job(name=f"j{i}", method="Time", every=timedelta(hours=1)) for i in range(5)]
+    schedule = Schedule(jobs, run, workers=2)
+    schedule.start()
+    try:
+        wait_for(lambda: len(running) == 2)
+    finally:
+        release.set()
+        schedule.shutdown(wait=True)
+    assert sorted(ended) == [f"j{i}" for i in range(5)]
+    assert most == 2 and threads == {"collector-run_0", "collector-run_1"}
