@@ -60,6 +60,7 @@ def test_dockerfile_is_plain_slim_and_unprivileged() -> None:
         "COLLECTOR_DATA_DIR": "/data",
         "COLLECTOR_STATE_DIR": "/data/state",
         "COLLECTOR_SPOOL": "/data/collector.spool",
+        "MALLOC_ARENA_MAX": "2",
     }
 
 
