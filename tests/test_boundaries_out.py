@@ -149,7 +149,8 @@ def test_a_kraken_error_forges_no_log_line_and_sends_no_escape(tmp_path, log_for
             fake,
             fake.add_key(),
             f"sqlite:///{tmp_path / 'c.db'}",
-            "b: {method: Balance, every: 1h}",
+            # One attempt's error is what is looked at: the retries' 10 s deadline is not.
+            "b: {method: Balance, every: 1h, deadline: 1s}",
             reference=False,
         )
         fake.inject("kraken_error", method="Balance", error=FORGED + ESCAPES, count=10)
