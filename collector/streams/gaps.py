@@ -111,11 +111,10 @@ class TradeIds:
 
         Bounded by ``WS_TRADE_ID_JUMP``: an id farther ahead is a ValueError (refused, the last
         kept); one farther behind starts the sequence again (the last was not of it)."""
-        with self._lock:
-            new, hole = self._step(pair, trade_id, at)
-        if hole is not None:
-            self._tell(hole)
-        return new
+        new, refused, _ = self.fresh([((pair, trade_id), at)])
+        if refused:
+            raise ValueError(refused[0][1])
+        return bool(new)
 
     def fresh(
         self, trades: Iterable[tuple[tuple[Any, ...], datetime]]
@@ -158,14 +157,11 @@ class TradeIds:
         return new, refused, newest
 
     def _step(self, pair: str, trade_id: Any, at: datetime) -> tuple[bool, Hole | None]:
-        """One trade id against its pair's last (the caller holds the lock): whether it is new,
-        and the hole before it."""
+        """One trade id against its pair's last, past :meth:`fresh`'s usual case (the caller
+        holds the lock): whether it is new, and the hole before it."""
         if type(trade_id) is not int or trade_id < 0:  # bool is an int's subclass: refused too
             raise ValueError(f"trade_id {trade_id!r:.40} of {pair} is not a whole number")
         last = self._last.get(pair)
-        if last is not None and trade_id == last[0] + 1 and pair not in self._cut:
-            self._last[pair] = (trade_id, at)  # the usual case: the next id, nothing cut
-            return True, None
         if last is not None and trade_id - last[0] > defaults.WS_TRADE_ID_JUMP:
             raise ValueError(
                 f"trade_id {trade_id} of {pair} is {trade_id - last[0]} past the last "
