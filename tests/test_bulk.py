@@ -292,6 +292,38 @@ def test_prepared_rows_are_stored_as_the_typed_rows_are(store) -> None:
     assert new_rows(store) == want_new == {"a": 30, "b": 10}
 
 
+def test_a_prepared_batch_on_sqlite_is_one_statement_and_a_nul_takes_executemany(
+    tmp_path, statements
+) -> None:
+    """On SQLite a run's prepared rows go in as ONE statement (their JSON text through
+    ``json_each``), whose single step runs without the interpreter lock, not an ``executemany``
+    that takes the lock back at every row (beside a busy feed: the switch interval a row). A
+    batch with a NUL in a value, which SQLite's JSON text would cut at the NUL, takes the
+    ``executemany`` and keeps it; both store what the typed way stores."""
+    rows = trade_rows(1, 40)
+    rows[5]["misc"] = "nul\x00here"
+    typed = Store.from_url(f"sqlite:///{tmp_path / 'typed.db'}")
+    typed.upgrade()
+    typed.write([run("a", {"trades": rows[:30]}), run("b", {"trades": rows[30:]})])
+    want = [_exact(r) for r in stored_trades(typed)]
+    typed.dispose()
+    store = Store.from_url(f"sqlite:///{tmp_path / 'prepared.db'}")
+    store.upgrade()
+    statements.clear()
+    store.write([run("a", {"trades": prepared_of(rows[:30])})])
+    store.write([run("b", {"trades": prepared_of(rows[30:])})])
+    inserts = [s for s in statements if s.startswith("INSERT INTO trades")]
+    assert len(inserts) == 2
+    assert "VALUES" in inserts[0] and "json_each" not in inserts[0]  # the NUL's batch
+    assert "FROM json_each(?)" in inserts[1] and "VALUES" not in inserts[1]
+    got = [_exact(r) for r in stored_trades(store)]
+    assert got == want and got[5][7] == "nul\x00here"
+    assert new_rows(store) == {"a": 30, "b": 10}
+    store.write([run("c", {"trades": prepared_of(rows[25:35])})])  # stored before: left
+    assert new_rows(store)["c"] == 0 and len(stored_trades(store)) == 40
+    store.dispose()
+
+
 def test_a_run_whose_rows_are_both_prepared_and_not_is_refused(store) -> None:
     """Never made so (a run's rows of one table are one kind or the other): refused whole, not
     mixed into one list the store would misread."""
