@@ -239,6 +239,27 @@ def upsert(
     return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
 
 
+def copy_prepared(
+    connection: Connection, target: Table, key: Sequence[str], rows: Prepared, run_id: int
+) -> int:
+    """:func:`upsert` of an insert-only table for one run's rows already in their stored text
+    (:class:`~collector.records.Prepared`: a Trades page, a stream's batch): the tuples, with
+    ``run_id``, copied as they are (PostgreSQL reads the decimals' and times' text as its
+    ``COPY`` reads any), no typed row and no bind processor a value; straight into the table
+    when no key of theirs is stored, else through the staging table's ``ON CONFLICT DO
+    NOTHING``. Returns the rows inserted."""
+    if not rows:
+        return 0
+    plan = _plan(connection, target, (*rows.columns, "run_id"), key, (), None)
+    values = [(*row, run_id) for row in rows]
+    assert plan.direct is not None  # no update: an insert-only table's plan
+    if _copied(connection, plan, plan.direct, values):
+        return len(values)
+    connection.exec_driver_sql(plan.create)
+    _copy(connection, plan.copy, values)
+    return sum(n for _, n in connection.execute(plan.upsert))
+
+
 def _copied(
     connection: Connection, plan: _Plan, direct: str, values: list[tuple[Any, ...]]
 ) -> bool:
@@ -322,7 +343,13 @@ def insert_new(
 
 
 def insert_prepared(
-    connection: Connection, target: Table, key: Sequence[str], rows: Prepared, run_id: int
+    connection: Connection,
+    target: Table,
+    key: Sequence[str],
+    rows: Prepared,
+    run_id: int,
+    *,
+    one_statement: bool = True,
 ) -> int:
     """:func:`insert_new` for one run's rows already in their stored text (a stream's batch),
     ``run_id`` added; returns the rows inserted.
@@ -334,7 +361,8 @@ def insert_prepared(
     the switch interval (5 ms) for every row: 40,000 rows beside a busy thread took 4,708 µs a row
     in a prototype, and 7.7 µs as one statement, whose single step runs without the lock while the
     feed goes on. Alone it costs about 3 µs a row more than ``executemany``. A batch with a NUL
-    character in a value (which SQLite's JSON text would cut short) takes ``executemany``."""
+    character in a value (which SQLite's JSON text would cut short) takes ``executemany``; so
+    does any batch with ``one_statement`` false."""
     if not rows:
         return 0
     names = (*rows.columns, "run_id")
@@ -343,7 +371,7 @@ def insert_prepared(
     plan = _inserts.get(cache_key)
     if plan is None:
         plan = _inserts[cache_key] = _insert_plan(connection, target, names, key)
-    if plan.batch is not None:
+    if plan.batch is not None and one_statement:
         body = _json(rows)
         if b"\\u0000" not in body:
             n = connection.exec_driver_sql(plan.batch, (run_id, body)).rowcount
