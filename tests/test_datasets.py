@@ -486,6 +486,11 @@ def test_a_trades_page_stores_the_same_rows_decoded_typed_or_not() -> None:
         [*usual[:3], "b", "l", None, 56],
         [*usual[:6], 2**64],
         "not a row",
+        "seven!",  # as long as a row: not one
+        ["30306,1", *usual[1:]],  # a comma in a price: not hidden among the page's texts
+        [*usual[:2], float("nan"), *usual[3:]],  # NaN among usual times
+        [*usual[:2], 1e400, *usual[3:]],
+        {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7},
     ]
     assert (
         type(
@@ -506,6 +511,25 @@ def test_a_trades_page_stores_the_same_rows_decoded_typed_or_not() -> None:
                 got.append(str(e))
         assert got[0] == got[1], row
     assert Trades().decode(b'{"error": ["EGeneral:Internal error"]}') is None
+    # A page of usual rows is read a column at a time; the same rows with one unusual row after
+    # them each on its own: the same tuples, over many random times, prices and codes.
+    rnd = random.Random(29029)
+    many = [
+        [
+            f"{rnd.uniform(0, 1e5):.{rnd.randint(0, 10)}f}",
+            rnd.choice(["0", "1", "0.5", "100", f"{rnd.random():.8f}"]),
+            round(rnd.uniform(1e9, 2**32), rnd.randint(0, 8)),
+            rnd.choice("bs"),
+            rnd.choice("ml"),
+            rnd.choice(["", "", "x"]),
+            i,
+        ]
+        for i in range(20_000)
+    ]
+    for typed in (True, False):
+        fast = Trades().page(run, {}, _trades_result(many, typed), "0").rows
+        each = Trades().page(run, {}, _trades_result([*many, odd[2]], typed), "0").rows
+        assert list(fast) == list(each[:-1]) and len(fast) == len(many)
     # The spool's codec gives a page's tuples back as they were, still Prepared.
     record = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
     record.rows = {"trades": Trades().page(run, {}, _trades_result(odd[:5], True), "0").rows}

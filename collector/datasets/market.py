@@ -16,10 +16,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -176,52 +179,39 @@ class Trades(Dataset):
         :func:`.base.integer` and :func:`.base.text`) and :func:`stored_trade`, so every value is
         bounded, a bad one fails the page the same way, and both ways store the same rows."""
         pair, rows, last = _series(record, result, (str, int))
-        out = Prepared(TRADE_COLUMNS)
-        append, stored = out.append, _stored_text
-        top, sides, kinds = defaults.MAX_BIGINT, _SIDES, _ORDER_TYPES
-        seconds: dict[str, str] = {}  # a second's "YYYY-MM-DD HH:MM:SS": trades share seconds
-        for value in rows:
-            kind_ = type(value)
-            if kind_ is tuple or (kind_ is list and len(value) >= 7):
-                price, volume, when, side, kind, misc, trade_id = value[:7]
-                if (
-                    type(trade_id) is int
-                    and 0 <= trade_id <= top
-                    # A float time from 2001 to 2106 has ten digits before its point: its
-                    # shortest text's first six decimals are timestamp()'s microsecond.
-                    and type(when) is float
-                    and _TEN_DIGITS <= when < _FLOAT_SECONDS
-                    and type(side) is str
-                    and side in sides
-                    and type(kind) is str
-                    and kind in kinds
-                    and type(misc) is str
-                    and len(misc) <= 64
-                    and "\x00" not in misc
-                    and stored(price)
-                    and stored(volume)
-                ):
-                    shortest = repr(when)
-                    whole = shortest[:10]
-                    day = seconds.get(whole)
-                    if day is None:
-                        day = seconds[whole] = datetime.fromtimestamp(int(whole), UTC).isoformat(
-                            " "
-                        )[:19]
-                    append(
-                        (
-                            pair,
-                            trade_id,
-                            f"{day}.{shortest[11:17]:0<6}+00:00",  # time_text()'s shape
-                            price,
-                            volume,
-                            sides[side],
-                            kinds[kind],
-                            misc,
+        blocks: dict[str, str] = {}  # "YYYY-MM-DD HH:MM:S" of a ten-second block: see _usual
+        out = _usual(pair, rows, blocks)
+        if out is None:  # some row is not of the usual shape: each row on its own
+            out = Prepared(TRADE_COLUMNS)
+            append, stored = out.append, _stored_text
+            top, sides, kinds = defaults.MAX_BIGINT, _SIDES, _ORDER_TYPES
+            for value in rows:
+                kind_ = type(value)
+                if kind_ is tuple or (kind_ is list and len(value) >= 7):
+                    price, volume, when, side, kind, misc, trade_id = value[:7]
+                    if (
+                        type(trade_id) is int
+                        and 0 <= trade_id <= top
+                        and type(when) is float
+                        and _TEN_DIGITS <= when < _FLOAT_SECONDS
+                        and type(side) is str
+                        and side in sides
+                        and type(kind) is str
+                        and kind in kinds
+                        and type(misc) is str
+                        and len(misc) <= 64
+                        and "\x00" not in misc
+                        and stored(price)
+                        and stored(volume)
+                    ):
+                        shortest = repr(when)
+                        day = blocks.get(shortest[:9]) or _block(blocks, shortest[:9])
+                        when = f"{day}{shortest[9:17]:0<8}+00:00"
+                        append(
+                            (pair, trade_id, when, price, volume, sides[side], kinds[kind], misc)
                         )
-                    )
-                    continue
-            append(stored_trade(checked_trade(record, pair, value)))
+                        continue
+                append(stored_trade(checked_trade(record, pair, value)))
         last = str(last)
         full = len(rows) >= int(sent.get("count") or TRADES_PAGE)
         more = {**sent, "since": last} if full and rows and last != str(sent.get("since")) else None
@@ -260,6 +250,83 @@ def typed_answer(body: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError:  # ValidationError is one: any other shape
         return None
     return {"error": answer.error, "result": answer.result}
+
+
+#: A page's decimal texts joined by commas, each plain, unsigned and without a leading zero that
+#: ``Decimal`` would drop: then each is its own stored text (what :func:`_stored_text` says of
+#: one). A comma inside a value is caught by counting them.
+_STORED_TEXTS = re.compile(r"(?:(?:0|[1-9][0-9]*)(?:\.[0-9]+)?,)*")
+_ROW_TYPES = frozenset({list, tuple})
+
+
+def _usual(pair: str, rows: list[Any], blocks: dict[str, str]) -> Prepared | None:
+    """The page's rows as :data:`TRADE_COLUMNS` tuples of their stored text when every row is of
+    Kraken's usual shape, else None. Checked a column at a time in C (the types, the bounds of
+    ids, times and texts, the codes, one regular expression over the prices and one over the
+    volumes), so the one Python step a row is its time's text: the float's shortest text cut at
+    the microsecond, exactly what :func:`.base.timestamp` and :func:`time_text` make of it.
+
+    A float time from 2001 to 2106 has ten digits before its point, and a block of ten seconds
+    starting at a multiple of ten lies within one minute: its "YYYY-MM-DD HH:MM:S" is made once
+    (``blocks``), and a time's text is that, its last digit of seconds, and its microsecond."""
+    if not rows or not set(map(type, rows)) <= _ROW_TYPES:
+        return None
+    try:
+        prices, volumes, times, sides, kinds, miscs, ids = zip(*rows, strict=False)
+        usual = (
+            set(map(type, ids)) == _INT
+            and min(ids) >= 0
+            and max(ids) <= defaults.MAX_BIGINT
+            and set(map(type, times)) == _FLOAT
+            and math.isfinite(sum(times))  # not NaN, which min() and max() would pass over
+            and min(times) >= _TEN_DIGITS
+            and max(times) < _FLOAT_SECONDS
+            and set(sides) <= _SIDES.keys()
+            and set(kinds) <= _ORDER_TYPES.keys()
+            and set(map(type, miscs)) == _STR
+            and max(map(len, miscs)) <= 64
+            and "\x00" not in "".join(miscs)
+            and _texts(prices)
+            and _texts(volumes)
+        )
+    except (ValueError, TypeError):  # rows shorter than seven, a list where a code was, ...
+        return None
+    if not usual:
+        return None
+    get = blocks.get
+    texts = [f"{get(t[:9]) or _block(blocks, t[:9])}{t[9:17]:0<8}+00:00" for t in map(repr, times)]
+    return Prepared(
+        TRADE_COLUMNS,
+        zip(
+            repeat(pair),
+            ids,
+            texts,
+            prices,
+            volumes,
+            map(_SIDES.__getitem__, sides),
+            map(_ORDER_TYPES.__getitem__, kinds),
+            miscs,
+            strict=False,  # repeat() is endless; the columns are of one length (zip above)
+        ),
+    )
+
+
+_INT, _FLOAT, _STR = frozenset({int}), frozenset({float}), frozenset({str})
+
+
+def _texts(values: tuple[Any, ...]) -> bool:
+    """Whether every one of ``values`` is decimal text that is its own stored text, of at most
+    ``PLAIN_MAX`` characters (:func:`_stored_text` of each, in C)."""
+    if set(map(type, values)) != _STR or max(map(len, values)) > PLAIN_MAX:
+        return False
+    joined = ",".join(values) + ","
+    return joined.count(",") == len(values) and _STORED_TEXTS.fullmatch(joined) is not None
+
+
+def _block(blocks: dict[str, str], first: str) -> str:
+    """The "YYYY-MM-DD HH:MM:S" of the ten seconds whose first nine digits are ``first``."""
+    text = blocks[first] = datetime.fromtimestamp(int(first) * 10, UTC).isoformat(" ")[:18]
+    return text
 
 
 def _stored_text(value: Any) -> bool:
