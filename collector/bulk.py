@@ -343,13 +343,7 @@ def insert_new(
 
 
 def insert_prepared(
-    connection: Connection,
-    target: Table,
-    key: Sequence[str],
-    rows: Prepared,
-    run_id: int,
-    *,
-    one_statement: bool = True,
+    connection: Connection, target: Table, key: Sequence[str], rows: Prepared, run_id: int
 ) -> int:
     """:func:`insert_new` for one run's rows already in their stored text (a stream's batch),
     ``run_id`` added; returns the rows inserted.
@@ -361,8 +355,7 @@ def insert_prepared(
     the switch interval (5 ms) for every row: 40,000 rows beside a busy thread took 4,708 µs a row
     in a prototype, and 7.7 µs as one statement, whose single step runs without the lock while the
     feed goes on. Alone it costs about 3 µs a row more than ``executemany``. A batch with a NUL
-    character in a value (which SQLite's JSON text would cut short) takes ``executemany``; so
-    does any batch with ``one_statement`` false."""
+    character in a value (which SQLite's JSON text would cut short) takes ``executemany``."""
     if not rows:
         return 0
     names = (*rows.columns, "run_id")
@@ -371,7 +364,7 @@ def insert_prepared(
     plan = _inserts.get(cache_key)
     if plan is None:
         plan = _inserts[cache_key] = _insert_plan(connection, target, names, key)
-    if plan.batch is not None and one_statement:
+    if plan.batch is not None:
         body = _json(rows)
         if b"\\u0000" not in body:
             n = connection.exec_driver_sql(plan.batch, (run_id, body)).rowcount

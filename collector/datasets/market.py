@@ -12,6 +12,12 @@
 * ``ticker`` (Ticker): a snapshot per run and pair, like balances. Only the pairs the job asked
   for are stored (an answer holding others, thousands of them, is not what the job collects, and
   the page and the valuation would use them); a job with no ``pair`` asks for, and keeps, all.
+
+Why one module of this length: Trades, OHLC and Spread answers share one shape, read by
+``_series`` and ``_row``, and Trades reads its pages three ways that must store the same rows (a
+usual page a column at a time, ``_usual``; a usual row alone; any other row through
+``checked_trade``): kept beside each other and the codes they share, so a test can hold them
+equal and none imports another module's private readers.
 """
 
 from __future__ import annotations
