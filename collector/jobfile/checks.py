@@ -14,8 +14,6 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-
 from .. import defaults
 from ..datasets import history_methods
 from ..defaults import KEY_ENV, SECRET_ENV
@@ -329,6 +327,9 @@ class JobChecks(Base):
                 "cron",
                 path,
             )
+        # APScheduler's cron module only for a job that has a cron.
+        from apscheduler.triggers.cron import CronTrigger
+
         try:
             trigger = CronTrigger.from_crontab(cron, timezone=tz)
             now = datetime.datetime.now(datetime.UTC)

@@ -20,7 +20,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .. import defaults
-from ..auth import decode_secret
 from ..defaults import (
     DATA_DIR_ENV,
     DATABASE_ENV,
@@ -229,6 +228,10 @@ class Resolver(Base):
     def checked_credentials(self, k: Map, prefix: str, environment: bool) -> tuple[str, str]:
         key, secret = self._credentials(k, prefix, environment)
         if (key or secret) and self.keys:
+            # Only a file loaded with its keys (a command that sends) decodes the secret: the
+            # signing module brings ``requests``, which a read-only command never imports.
+            from ..auth import decode_secret
+
             try:
                 decode_secret(secret)
             except CredentialsError as exc:
