@@ -130,3 +130,11 @@ def test_the_errors_that_are_requests_own_are_made_once_on_first_use() -> None:
         "http_error",
         "<class 'collector.errors.ConnectionFailed'>\n",
     ]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["export", "--help"], ["schema"]], ids=" ".join)
+def test_what_opens_no_database_imports_no_sqlalchemy(args: list[str]) -> None:
+    """The job file's URL is read without SQLAlchemy (:mod:`collector.dburl`) and its checks
+    without the datasets' tables: a command that opens no database starts without either."""
+    heavy = ("sqlalchemy", "collector.datasets", "collector.schema", *_CALLERS)
+    assert _imported(heavy, *args) == []
