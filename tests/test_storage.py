@@ -278,3 +278,19 @@ def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> N
             "c",
         ]
     store.dispose()
+
+
+def _sqlite_store(tmp_path) -> Store:
+    s = Store.from_url(f"sqlite:///{tmp_path / 'runs.db'}")
+    s.upgrade()
+    return s
+
+
+def test_sqlite_page_cache_is_bounded(tmp_path) -> None:
+    from collector import defaults
+
+    s = _sqlite_store(tmp_path)
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -defaults.SQLITE_CACHE_KIB
+    assert defaults.SQLITE_CACHE_KIB < 2000  # below SQLite's own default: level memory early
+    s.dispose()
