@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
@@ -49,6 +51,13 @@ from .records import Prepared, RunRecord
 from .schema import ExactDecimal, UTCDateTime, cursors, runs, state
 
 logger = logging.getLogger(__name__)
+
+_json_encode = msgspec.json.Encoder().encode
+
+#: The stored runs' ids of a batch's uids (a JSON array), as one JSON object in one row.
+_SQLITE_IDS = (
+    "SELECT json_group_object(uid, id) FROM runs WHERE uid IN (SELECT value FROM json_each(?))"
+)
 
 NONCE_KEY = "nonce_high_water"
 
@@ -505,6 +514,10 @@ class Store:
         """Insert the runs rows not stored yet; returns every run's id by ``uid``, and the
         records whose row is stored already (updated by :meth:`_finish_runs`, once their new rows
         are counted: one statement a page of a paging run, not two)."""
+        if conn.dialect.name == "sqlite":
+            done = self._write_runs_sqlite(conn, records)
+            if done is not None:
+                return done
         ids = self._statements.get("ids")
         if ids is None:
             ids = select(runs.c.uid, runs.c.id).where(
@@ -521,6 +534,66 @@ class Store:
             ).scalars()
             by_uid.update(zip((r.uid for r in fresh), new_ids, strict=True))
         return by_uid, stored
+
+    def _write_runs_sqlite(
+        self, conn: Any, records: list[RunRecord]
+    ) -> tuple[dict[str, int], list[RunRecord]] | None:
+        """:meth:`_write_runs` on SQLite in three statements of one step each, whatever the
+        batch's size: the stored ids, one ``INSERT … SELECT … FROM json_each(?)`` of the new rows
+        (one JSON text), and their ids, each as one row of ``json_group_object``. Why: CPython's
+        ``sqlite3`` lets go of the interpreter lock around every step, and takes it back before
+        the next, so a writer beside 16 run threads busy in Python waited up to the switch
+        interval (5 ms) at each row of the ``INSERT … RETURNING`` it made a run (SQLAlchemy
+        makes one statement a row on SQLite to keep the ids in order) and each row fetched: the
+        capacity bench's writer spent 813 µs of wall time a run in ``Store.write`` for 81 µs of
+        CPU, busy 100% of the time, the service's limit (docs/benchmarks.md, "The service").
+        None: a value holds a NUL character, which SQLite's JSON text would cut short; the
+        caller's own statements take that batch, as before."""
+        plan = self._statements.get("runs_sqlite")
+        if plan is None:
+            names = tuple(records[0].row())
+            dialect = conn.dialect
+            quote = dialect.identifier_preparer.quote
+            picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+            plan = self._statements["runs_sqlite"] = (
+                names,
+                tuple(
+                    (i, f)
+                    for i, f in enumerate(
+                        runs.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+                    )
+                    if f is not None
+                ),
+                f"INSERT INTO runs ({', '.join(quote(n) for n in names)}) "
+                f"SELECT {picks} FROM json_each(?)",
+            )
+        names, converters, insert_sql = plan
+        # The same values SQLAlchemy binds (the columns' own processors: JSON text, UTC times).
+        rows = []
+        for record in records:
+            row = record.row()
+            values = [row[n] for n in names]
+            for i, convert in converters:
+                values[i] = convert(values[i])
+            rows.append(values)
+        body = _json_encode(rows)  # a lone surrogate raises here, as binding it would
+        if b"\\u0000" in body:
+            return None
+        by_uid = self._sqlite_ids(conn, [r.uid for r in records])
+        fresh = [i for i, r in enumerate(records) if r.uid not in by_uid]
+        stored = [r for r in records if r.uid in by_uid]
+        if fresh:
+            if len(fresh) < len(records):
+                body = _json_encode([rows[i] for i in fresh])
+            conn.exec_driver_sql(insert_sql, (body,))
+            by_uid.update(self._sqlite_ids(conn, [records[i].uid for i in fresh]))
+        return by_uid, stored
+
+    @staticmethod
+    def _sqlite_ids(conn: Any, uids: list[str]) -> dict[str, int]:
+        """The stored runs' ids by ``uid``, as one row (one step of the driver, not one a run)."""
+        found = conn.exec_driver_sql(_SQLITE_IDS, (_json_encode(uids),)).scalar()
+        return dict(json.loads(found)) if found else {}
 
     def _finish_runs(
         self,
