@@ -541,12 +541,13 @@ class Store:
         """:meth:`_write_runs` on SQLite in three statements of one step each, whatever the
         batch's size: the stored ids, one ``INSERT … SELECT … FROM json_each(?)`` of the new rows
         (one JSON text), and their ids, each as one row of ``json_group_object``. Why: CPython's
-        ``sqlite3`` lets go of the interpreter lock around every step, and takes it back before
-        the next, so a writer beside 16 run threads busy in Python waited up to the switch
-        interval (5 ms) at each row of the ``INSERT … RETURNING`` it made a run (SQLAlchemy
-        makes one statement a row on SQLite to keep the ids in order) and each row fetched: the
-        capacity bench's writer spent 813 µs of wall time a run in ``Store.write`` for 81 µs of
-        CPU, busy 100% of the time, the service's limit (docs/benchmarks.md, "The service").
+        ``sqlite3`` lets go of the interpreter lock around every step and takes it back before
+        the next; beside 16 run threads, a step another thread used to take the lock costs up to
+        the switch interval (5 ms) to get it back. SQLAlchemy made one ``INSERT … RETURNING`` a
+        run on SQLite (to return the ids in order): in the capacity bench the writer spent 813 µs
+        of wall time a run in ``Store.write`` for 81 µs of CPU, and in one window its backlog
+        reached ``MAX_PENDING`` (run threads waiting on it); now a batch costs three such waits
+        however large it grows (docs/benchmarks.md, "The service").
         None: a value holds a NUL character, which SQLite's JSON text would cut short; the
         caller's own statements take that batch, as before."""
         plan = self._statements.get("runs_sqlite")
