@@ -47,7 +47,7 @@ from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
 from .pairs import Names
-from .records import Prepared, RunRecord
+from .records import Prepared, RunRecord, time_text
 from .schema import ExactDecimal, UTCDateTime, cursors, runs, state
 
 logger = logging.getLogger(__name__)
@@ -560,16 +560,14 @@ class Store:
                 names,
                 tuple(
                     (i, f)
-                    for i, f in enumerate(
-                        runs.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
-                    )
+                    for i, f in enumerate(_runs_converter(runs.c[n].type, dialect) for n in names)
                     if f is not None
                 ),
                 f"INSERT INTO runs ({', '.join(quote(n) for n in names)}) "
                 f"SELECT {picks} FROM json_each(?)",
             )
         names, converters, insert_sql = plan
-        # The same values SQLAlchemy binds (the columns' own processors: JSON text, UTC times).
+        # The same values SQLAlchemy binds (the columns' processors: JSON text, UTC times' text).
         rows = []
         for record in records:
             row = record.row()
@@ -822,6 +820,20 @@ class Store:
             conn.execute(stmt, rows)
             return Counter()
         return Counter(conn.execute(stmt.returning(table.c.run_id), rows).scalars())
+
+
+def _runs_converter(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    """A runs column's bind processor on SQLite; a time's in one step (the same text as
+    ``UTCDateTime``'s, a naive one refused the same way) instead of SQLAlchemy's three layers of
+    calls, three times a run in the writer's thread, under the interpreter lock."""
+    if isinstance(type_, UTCDateTime):
+        return _optional_time
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def _optional_time(value: datetime | None) -> str | None:
+    return None if value is None else time_text(value)
 
 
 def _merge(records: Iterable[RunRecord]) -> list[RunRecord]:
