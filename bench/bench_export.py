@@ -2,6 +2,7 @@
 
     python bench/bench_export.py                   # SQLite and PostgreSQL (initdb, as the tests)
     python bench/bench_export.py --rows 100000 --db sqlite        # a quick look
+    python bench/bench_export.py --start 9 --before CHECKOUT     # the start alone, ms
 
 The table is filled once through ``Store.write`` (as runs would write it). Each round exports it
 with ``collector export trades JOBFILE -o FILE`` and with the reference, each in a process of its
@@ -16,6 +17,7 @@ CSV (COPY), collector's with every value formatted as text in the query.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from rounds import alternate, ratio  # noqa: E402
+from rounds import alternate, ratio, spread  # noqa: E402
 
 from collector.records import RunRecord  # noqa: E402
 from collector.store import Store  # noqa: E402
@@ -214,12 +216,60 @@ def report(name: str, reference: str, found: dict) -> None:
         print(f"  collector / before: {found['now/before']}")
 
 
+def start(rounds: int, before: Path | None) -> None:
+    """The start alone, in milliseconds of wall and of CPU (GNU time's, as above): ``collector
+    export`` of an empty SQLite table, and ``collector --help``, each side a process of its own,
+    alternating (this checkout, and ``before``'s when given)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-export-start-"))
+    try:
+        url = f"sqlite:///{folder / 'empty.db'}"
+        store = Store.from_url(url)
+        store.upgrade()
+        store.dispose()
+        jobs = folder / "jobs.yaml"
+        jobs.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+        env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+        python = [sys.executable, "-m", "collector.cli"]
+        cases = {
+            "export of an empty table": ["export", "trades", str(jobs), "-o", str(folder / "o")],
+            "--help": ["--help"],
+        }
+        checkouts = {"collector": ROOT, **({"before": before} if before else {})}
+        print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        for case, args in cases.items():
+            cpu: dict[str, list[float]] = {side: [] for side in checkouts}
+
+            def side(where: Path, args: list[str] = args, cpu: list[float] = cpu) -> float:
+                took, _, used = measure([*python, *args], env=env, cwd=where)
+                cpu.append(used * 1000)
+                return took * 1000
+
+            print(case, flush=True)
+            walls = alternate(
+                {
+                    name: functools.partial(side, where, cpu=cpu[name])
+                    for name, where in checkouts.items()
+                },
+                rounds,
+            )
+            for name in checkouts:
+                print(f"  {name}: wall {spread(walls[name])} ms, CPU {spread(cpu[name])} ms")
+            if before:
+                print(f"  collector / before, wall: {ratio(walls['collector'], walls['before'])}")
+        print(f"load average {os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--before", type=Path, help="an earlier checkout: its export as a side")
+    parser.add_argument(
+        "--start", type=int, metavar="ROUNDS", help="only the start: an empty export, --help"
+    )
     args = parser.parse_args()
     # Each side's bytecode compiled first, as pip compiles an installed package's: a checkout
     # run with PYTHONDONTWRITEBYTECODE (this machine's shells) compiles every module each start.
@@ -230,6 +280,9 @@ def main() -> None:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
+    if args.start:
+        start(args.start, args.before)
+        return
     folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         if args.db in ("sqlite", "both"):

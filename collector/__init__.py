@@ -10,26 +10,29 @@ from .errors import (
     BadResponse,
     CollectorError,
     ConfigError,
-    ConnectionFailed,
     CredentialsError,
-    HTTPStatusError,
     KrakenAPIError,
     RequestError,
-    RequestTimeout,
 )
 from .ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from .client import API, Reply
+    from .errors import ConnectionFailed, HTTPStatusError, RequestTimeout
 
 
 def __getattr__(name: str) -> Any:
-    """``collector.API`` and ``collector.Reply``, imported when first asked for: the client
-    brings ``requests`` (a tenth of a second), which the read-only commands never use."""
+    """``collector.API``, ``collector.Reply`` and the transport errors, imported when first
+    asked for: the client and those errors bring ``requests`` (a tenth of a second), which the
+    read-only commands never use."""
     if name in ("API", "Reply"):
         from . import client
 
         return getattr(client, name)
+    if name in ("ConnectionFailed", "HTTPStatusError", "RequestTimeout"):
+        from . import errors
+
+        return getattr(errors, name)
     raise AttributeError(f"module 'collector' has no attribute {name!r}")
 
 

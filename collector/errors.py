@@ -18,7 +18,10 @@
                                                                                    status "bad_response"
 
 The transport errors also derive from the matching ``requests`` exception, so code written for
-krakenex (``except requests.HTTPError``) keeps working with :class:`collector.API`.
+krakenex (``except requests.HTTPError``) keeps working with :class:`collector.API`. Those three
+are made when first asked for (:func:`__getattr__`): ``requests`` costs a tenth of a second to
+import, and the commands that never call Kraken (``export``, ``status``, ``verify``, ``check``)
+must not pay it for an error they cannot raise.
 
 ``status`` is the value stored in the ``runs.status`` column, one :class:`Status` per class. No
 message here ever holds the API secret, a signature or an ``otp``: messages are built from the
@@ -27,11 +30,14 @@ method, the status and Kraken's error strings only.
 
 from __future__ import annotations
 
+import threading
 from enum import StrEnum
-
-import requests
+from typing import TYPE_CHECKING
 
 from . import defaults
+
+if TYPE_CHECKING:
+    import requests
 
 
 class Status(StrEnum):
@@ -167,25 +173,63 @@ class KrakenAPIError(RequestError):
     status = Status.KRAKEN_ERROR
 
 
-class HTTPStatusError(RequestError, requests.HTTPError):
-    """A non-2xx HTTP answer. HTML error pages (Cloudflare's 5xx) are reduced to a short excerpt."""
-
-    status = Status.HTTP_ERROR
-
-
-class RequestTimeout(RequestError, requests.Timeout):
-    """No complete answer within the timeout."""
-
-    status = Status.TIMEOUT
-
-
-class ConnectionFailed(RequestError, requests.ConnectionError):
-    """The connection could not be made or was reset."""
-
-    status = Status.CONNECTION_ERROR
-
-
 class BadResponse(RequestError, ValueError):
     """An answer that is not a JSON object with an ``error`` list: HTML, truncated JSON, junk."""
 
     status = Status.BAD_RESPONSE
+
+
+#: The errors that derive from ``requests``' own, made on first use by :func:`_transport`.
+_TRANSPORT = ("HTTPStatusError", "RequestTimeout", "ConnectionFailed")
+_made = threading.Lock()
+
+if TYPE_CHECKING:
+    # What mypy reads (the classes, without their bodies); at run time :func:`_transport`
+    # makes them.
+    class HTTPStatusError(RequestError, requests.HTTPError): ...
+
+    class RequestTimeout(RequestError, requests.Timeout): ...
+
+    class ConnectionFailed(RequestError, requests.ConnectionError): ...
+
+
+def __getattr__(name: str) -> type[RequestError]:
+    """``HTTPStatusError``, ``RequestTimeout`` and ``ConnectionFailed``, made (with the import of
+    ``requests``) when first asked for, once: every later ``from collector.errors import …`` and
+    ``except`` gets the same class."""
+    if name not in _TRANSPORT:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _made:
+        if name not in globals():
+            globals().update(_transport())
+    made: type[RequestError] = globals()[name]
+    return made
+
+
+def _transport() -> dict[str, type[RequestError]]:
+    """The three transport errors, each also the matching ``requests`` exception."""
+    import requests
+
+    class HTTPStatusError(RequestError, requests.HTTPError):
+        """A non-2xx HTTP answer. HTML error pages (Cloudflare's 5xx) are reduced to a short excerpt."""
+
+        status = Status.HTTP_ERROR
+
+    class RequestTimeout(RequestError, requests.Timeout):
+        """No complete answer within the timeout."""
+
+        status = Status.TIMEOUT
+
+    class ConnectionFailed(RequestError, requests.ConnectionError):
+        """The connection could not be made or was reset."""
+
+        status = Status.CONNECTION_ERROR
+
+    made: dict[str, type[RequestError]] = {
+        "HTTPStatusError": HTTPStatusError,
+        "RequestTimeout": RequestTimeout,
+        "ConnectionFailed": ConnectionFailed,
+    }
+    for name, cls in made.items():
+        cls.__qualname__ = name  # as if at the module's top: its repr, pickle and docs
+    return made

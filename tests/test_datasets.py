@@ -576,7 +576,7 @@ def test_each_dataset_declares_what_the_others_ask_of_it() -> None:
         "OHLC",
         "Spread",
     }
-    # The job file reads them from the datasets: no copy to keep equal.
+    # The job file's own copy (it loads without the datasets' tables) is the same, in order.
     assert ("runs", *datasets.retention_tables()) == RETENTION_KEYS
 
 

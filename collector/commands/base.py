@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..dburl import parse as parse_url
 from ..defaults import DATABASE_ENV
 from ..errors import CollectorError, ConfigError
 from ..jobfile import Config, load
@@ -140,10 +141,8 @@ class Reading:
 def _exists(database: str) -> bool:
     """False for a SQLite file that is not there yet (as :func:`collector.status.exists`, whose
     module, with the status report's, a read-only command would import for these lines)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    url = parse_url(database)
+    if url.backend() != "sqlite" or url.database in (None, "", ":memory:"):
         return True
     return os.path.exists(url.database or "")
 

@@ -39,9 +39,7 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
         collector db upgrade --db postgresql+psycopg://collector@localhost/kraken
         collector db upgrade jobs.yaml
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    from ..dburl import parse
     from ..jobfile import database_problem, with_driver
     from ..store import current_revision
 
@@ -50,8 +48,8 @@ def upgrade(jobfile: str | None, database: str | None) -> None:
     else:
         url = database or os.environ.get(DATABASE_ENV) or defaults.DATABASE
         try:
-            parsed = make_url(url)
-        except (ArgumentError, ValueError):
+            parsed = parse(url)
+        except ValueError:
             parsed = None
         problem = database_problem(parsed) if parsed else "malformed; e.g. sqlite:///collector.db"
         if problem or parsed is None:

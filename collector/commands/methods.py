@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import datasets, methods
+from .. import methods
 from ..errors import CollectorError
 from .base import say
 
@@ -27,6 +27,9 @@ def list_methods(names: tuple[str, ...]) -> None:
     """
     import difflib
 
+    from ..datasets import history_methods  # its tables: only this command's body needs them
+
+    histories = history_methods()
     chosen = list(names) or list(methods.READ_METHODS)
     for name in chosen:
         method = methods.READ_METHODS.get(name)
@@ -45,5 +48,5 @@ def list_methods(names: tuple[str, ...]) -> None:
         for key, param in shown.items():
             mark = "*" if key in method.required else " "
             say(f"  {mark} {key:<{width}} {param.kind:<8} {param.describe()}")
-        if method.name in datasets.history_methods():
+        if method.name in histories:
             say("    since: (job key) where its history starts: all, a date or unix seconds")

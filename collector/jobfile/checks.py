@@ -14,10 +14,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-
 from .. import defaults
-from ..datasets import history_methods
 from ..defaults import KEY_ENV, SECRET_ENV
 from ..methods import (
     PRIVATE_READ_METHODS,
@@ -261,6 +258,9 @@ class JobChecks(Base):
         return opts
 
     def job_since(self, method: str, spec: Map, path: str) -> float | None:
+        # Only a job with ``since:`` asks the datasets (their tables, a fifth of a second).
+        from ..datasets import history_methods
+
         if method not in history_methods():
             raise self.error(
                 f"{method} keeps no history to start from; since: applies to "
@@ -329,6 +329,9 @@ class JobChecks(Base):
                 "cron",
                 path,
             )
+        # APScheduler's cron module only for a job that has a cron.
+        from apscheduler.triggers.cron import CronTrigger
+
         try:
             trigger = CronTrigger.from_crontab(cron, timezone=tz)
             now = datetime.datetime.now(datetime.UTC)

@@ -27,17 +27,28 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from .. import defaults
-from ..datasets import retention_tables
+from ..dburl import parse as parse_url
 from ..methods import OHLC_INTERVALS, is_public
 from ..nonce import UNITS
 from ..ratelimit import PUBLIC_DEFAULT, TIERS, RateLimit
 
 #: What ``retention:`` may name: runs (with their balances and ticker rows), and the dataset
-#: tables, each by its time column.
-RETENTION_KEYS = ("runs", *retention_tables())
+#: tables, each by its time column. Written out, not read from :mod:`collector.datasets`: the
+#: datasets bring their SQLAlchemy tables (a fifth of a second), which loading a job file does
+#: not otherwise need; ``tests/test_datasets.py`` holds it equal to
+#: :func:`collector.datasets.retention_tables`, in the same order.
+RETENTION_KEYS = (
+    "runs",
+    "ledger",
+    "my_trades",
+    "orders",
+    "trades",
+    "ohlc",
+    "spread",
+    "book",
+    "stream_connections",
+)
 
 
 @dataclass(frozen=True)
@@ -493,7 +504,7 @@ class Config:
     streams: tuple[Stream, ...] = ()
 
     def database_for_display(self) -> str:
-        return make_url(self.database).render_as_string(hide_password=True)
+        return parse_url(self.database).render(hide_password=True)
 
 
 def format_duration(value: timedelta) -> str:

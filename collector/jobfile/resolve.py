@@ -16,11 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
 from .. import defaults
-from ..auth import decode_secret
+from ..dburl import DatabaseURL, parse
 from ..defaults import (
     DATA_DIR_ENV,
     DATABASE_ENV,
@@ -43,7 +40,7 @@ UNREAD_KEY = "(key file not read) "
 class Resolver(Base):
     """Databases, folders and credentials (a part of the builder)."""
 
-    def database(self, raw: Map, database: str | None, data_dir: Path) -> URL:
+    def database(self, raw: Map, database: str | None, data_dir: Path) -> DatabaseURL:
         """The database URL: ``--db``, else ``$COLLECTOR_DATABASE_URL``, else the file's."""
         # Paths in the job file are relative to it (or to $COLLECTOR_DATA_DIR), wherever the
         # service is started from; --db and $COLLECTOR_DATABASE_URL come from the person at the
@@ -54,8 +51,8 @@ class Resolver(Base):
             raise self.error("must be a database URL", raw, "database", "database")
         where_db = ("database", raw) if "database" in raw and not database else (None, raw)
         try:
-            url = make_url(db)
-        except (ArgumentError, ValueError):
+            url = parse(db)
+        except ValueError:
             raise self.error(
                 "malformed database URL; e.g. sqlite:///collector.db or "
                 "postgresql+psycopg://user@host/db",
@@ -71,7 +68,7 @@ class Resolver(Base):
         return url
 
     @section(("", defaults.SPOOL_MAX_RUNS))
-    def spool(self, raw: Map, url: URL | None, data_dir: Path) -> tuple[str, int]:
+    def spool(self, raw: Map, url: DatabaseURL | None, data_dir: Path) -> tuple[str, int]:
         """``spool.path`` (else beside the SQLite file, or in the data folder) and ``max_runs``."""
         spool = self.mapping(raw, "spool", "spool")
         self.check_keys(spool, "spool", "spool.")
@@ -87,7 +84,7 @@ class Resolver(Base):
             # Beside the SQLite file, or in the data folder for a database on a server.
             if (
                 url is not None
-                and url.get_backend_name() == "sqlite"
+                and url.backend() == "sqlite"
                 and url.database not in (None, "", ":memory:")
             ):
                 spool_path = str(url.database) + ".spool"
@@ -229,6 +226,10 @@ class Resolver(Base):
     def checked_credentials(self, k: Map, prefix: str, environment: bool) -> tuple[str, str]:
         key, secret = self._credentials(k, prefix, environment)
         if (key or secret) and self.keys:
+            # Only a file loaded with its keys (a command that sends) decodes the secret: the
+            # signing module brings ``requests``, which a read-only command never imports.
+            from ..auth import decode_secret
+
             try:
                 decode_secret(secret)
             except CredentialsError as exc:
@@ -414,9 +415,9 @@ _DRIVERS = {
 }
 
 
-def database_problem(url: URL) -> str | None:
+def database_problem(url: DatabaseURL) -> str | None:
     """What is wrong with a database URL that parsed, or None."""
-    backend = url.get_backend_name()
+    backend = url.backend()
     if backend not in _DRIVERS:
         return f"unsupported database {backend!r}: use sqlite or postgresql"
     if url.drivername not in _DRIVERS[backend]:
@@ -437,11 +438,11 @@ def database_problem(url: URL) -> str | None:
     return None
 
 
-def _sqlite_under(url: URL, folder: Path) -> URL:
+def _sqlite_under(url: DatabaseURL, folder: Path) -> DatabaseURL:
     """A relative SQLite file as a path under ``folder``; other URLs as they are."""
     name = url.database
     if (
-        url.get_backend_name() != "sqlite"
+        url.backend() != "sqlite"
         or name in (None, "", ":memory:")
         or name.startswith("file:")  # a SQLite URI (?uri=true): its own rules
         or os.path.isabs(name)
@@ -450,9 +451,9 @@ def _sqlite_under(url: URL, folder: Path) -> URL:
     return url.set(database=str(folder / name))
 
 
-def with_driver(url: URL) -> str:
+def with_driver(url: DatabaseURL) -> str:
     """``postgresql://`` (and ``postgres://``, as hosting providers write it) means psycopg 3
     here (the ``postgres`` extra), not psycopg2."""
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
-    return url.render_as_string(hide_password=False)
+    return url.render(hide_password=False)

@@ -10,7 +10,6 @@ from typing import Any
 
 from .. import defaults
 from ..pairs import split
-from ..streams.connection import check_url
 from .model import CHANNEL_KEYS, CHANNELS, Stream
 from .report import Base
 from .source import Map, show
@@ -21,6 +20,10 @@ class StreamChecks(Base):
 
     def ws_url(self, k: Map) -> str:
         url = k["ws_url"]
+        # Asked only of a file that sets ``kraken.ws_url``: the streams' connection module
+        # (asyncio, the WebSocket client) stays out of every other command's start.
+        from ..streams.connection import check_url
+
         try:
             return check_url(url) if isinstance(url, str) else check_url(show(url))
         except ValueError:
