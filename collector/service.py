@@ -11,10 +11,7 @@ flight finish (each has a timeout), every run is written, the session is closed,
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
-import platform
 import signal
 import threading
 import time
@@ -26,6 +23,7 @@ from types import FrameType
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import defaults
+from .allocator import limit_malloc_arenas
 from .client import API
 from .coordination import PUBLIC, Leases, leases_needed
 from .dashboard import Dashboard
@@ -509,26 +507,3 @@ def stop_signals() -> Iterator[threading.Event]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-#: glibc's ``mallopt`` parameter for the most arenas (malloc.h).
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = defaults.MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at ``arenas`` for the threads started after this (the
-    ``MALLOC_ARENA_MAX`` the image sets, for a pip-installed ``collector run``); returns whether
-    it did. Not on another C library (musl, macOS: their allocators have no such arenas), nor when
-    ``MALLOC_ARENA_MAX`` is set: the person who set it decided."""
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    done = mallopt(_M_ARENA_MAX, arenas) == 1
-    if not done:
-        logger.debug("mallopt(M_ARENA_MAX, %d) refused", arenas)
-    return done

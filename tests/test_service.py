@@ -371,7 +371,7 @@ def test_due_times_missed_while_the_scheduler_was_held_are_folded_into_one_run(
 
 ARENAS = """
 import ctypes, os, sys, threading
-from collector.service import limit_malloc_arenas
+from collector.allocator import limit_malloc_arenas
 print(limit_malloc_arenas(), flush=True)
 ready, go = threading.Barrier(9), threading.Event()
 kept = []
