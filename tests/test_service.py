@@ -372,7 +372,14 @@ def test_due_times_missed_while_the_scheduler_was_held_are_folded_into_one_run(
 ARENAS = """
 import ctypes, os, sys, threading
 from collector.allocator import limit_malloc_arenas
-print(limit_malloc_arenas(), flush=True)
+if len(sys.argv) > 1:  # as `collector run` does it: a service opened from a job file
+    from collector.jobfile import load
+    from collector.service import Service
+    service = Service(load(sys.argv[1]))
+    service.open()
+    print(True, flush=True)
+else:
+    print(limit_malloc_arenas(), flush=True)
 ready, go = threading.Barrier(9), threading.Event()
 kept = []
 
@@ -415,3 +422,29 @@ def test_the_service_caps_glibcs_malloc_arenas_unless_the_variable_says(
     arenas = [line for line in lines if line.startswith("Arena ")]
     assert lines[0] == done
     assert 1 <= len(arenas) <= most, out
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's arenas",
+)
+def test_opening_the_service_caps_glibcs_malloc_arenas_before_its_threads(tmp_path) -> None:
+    import subprocess
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'c.db'}\nkraken:\n  url: http://127.0.0.1:9\n"
+        "reference: false\njobs:\n  t: {method: Time, every: 1h}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS, str(path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    arenas = [line for line in out.splitlines() if line.startswith("Arena ")]
+    assert 1 <= len(arenas) <= 2, out
