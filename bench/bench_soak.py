@@ -2,6 +2,7 @@
 
     python bench/bench_soak.py            # about a minute
     python bench/bench_soak.py --jobs 1000 --every 10000   # issue 29's: 1,000 jobs, 50k runs
+    PYTHONPATH=CHECKOUT python bench/bench_soak.py ...     # another checkout's collector
 
 Reports RSS, open file descriptors and threads at the start and every 10,000 runs (``--every``),
 the seconds since the start, the memory SQLite holds (its page caches, which fill as the database
@@ -30,8 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RAISED, job_file, rss_mb, start_fake
 
+import collector
 from collector.jobfile import load
 from collector.service import Service
+
+#: RSS growth (MB) after the first --every runs under which a soak counts as flat: what is left
+#: once the database's caches and the allocator's arenas are at their bounds is noise.
+FLAT_MB = 2.0
 
 FAULTS = [
     "kind=http_500",
@@ -132,13 +138,15 @@ def main() -> None:
             f"{start['fds']:5} {start['threads']:8} {start['db']:7.1f} {'':>12}"
         )
         mark, last_db, last_runs = args.every, start["db"], service.writer.written
+        marks: list[tuple[int, float]] = []  # (runs, RSS MB) at each line
         while mark <= args.runs:
             while service.writer.written < mark:
                 time.sleep(0.2)
-            size, written = db_mb(db), service.writer.written
+            size, written, rss = db_mb(db), service.writer.written, rss_mb()
             per = (size - last_db) / (written - last_runs) * 10_000
+            marks.append((written, rss))
             print(
-                f"{written:8,} {time.time() - start['t']:8.0f} {rss_mb():7.1f} "
+                f"{written:8,} {time.time() - start['t']:8.0f} {rss:7.1f} "
                 f"{sqlite_text():>10} {fds():5} {threads():8} {size:7.1f} {per:12.2f}"
             )
             mark, last_db, last_runs = mark + args.every, size, written
@@ -159,6 +167,15 @@ def main() -> None:
         f"\n{total:,} runs in {elapsed:.0f} s; by status: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items()))
         + f"; {retried:,} needed a retry"
+    )
+    # Flat (docs/benchmarks.md, "Soak"): RSS grows less than FLAT_MB from the first line after
+    # the start to the last, i.e. over the last 40,000 runs of 50,000 at the default --every.
+    (first_runs, first_rss), (last_runs, last_rss) = marks[0], marks[-1]
+    grew = last_rss - first_rss
+    print(
+        f"RSS {first_rss:.1f} -> {last_rss:.1f} MB from {first_runs:,} to {last_runs:,} runs: "
+        f"{grew:+.1f} MB ({'flat' if grew < FLAT_MB else 'NOT flat'}: < {FLAT_MB:g} MB); "
+        f"the collector of {Path(collector.__file__).parent.parent}"
     )
 
 

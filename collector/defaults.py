@@ -98,6 +98,17 @@ DATABASE = "sqlite:///collector.db"
 #: How long a SQLite write waits for another process's lock before the database counts as
 #: unavailable and runs go to the spool.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: The page cache of each of the service's SQLite connections (KiB; SQLite's own default is
+#: 2,000). It fills as the database grows, so with SQLite's default a 1,000-job service's RSS
+#: grew ~6 MB over its first 50,000 runs before it levelled (three pooled connections); the
+#: writes it serves append runs and probe keys near the end of their indexes, which a small
+#: cache holds (the capacity and ingest benches measured no loss: docs/benchmarks.md, "Soak").
+SQLITE_CACHE_KIB = 512
+#: glibc's malloc arenas for ``collector run`` (glibc makes up to 8 per core, one per thread
+#: that meets a busy one): each keeps the memory its threads freed, so with 16 run threads RSS
+#: kept growing for ~120,000 runs. Two, as the image's ``MALLOC_ARENA_MAX=2``, which this is
+#: for a pip install; that variable, when set, wins.
+MALLOC_ARENAS = 2
 #: At most this many runs go into one transaction: large enough to amortise the commit, small
 #: enough that a refused batch is cheap to retry run by run.
 BATCH_MAX = 500

@@ -23,6 +23,7 @@ from types import FrameType
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import defaults
+from .allocator import limit_malloc_arenas
 from .client import API
 from .coordination import PUBLIC, Leases, leases_needed
 from .dashboard import Dashboard
@@ -270,6 +271,7 @@ class Service:
         """Migrate (a store of its own), set the nonce floor and lease, start the writer."""
         if self._opened:
             return
+        limit_malloc_arenas()  # before the writer's and the workers' threads exist
         if self._owns_store:
             self.store.upgrade()
         self._remember_quote()

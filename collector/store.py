@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import Engine, bindparam, create_engine, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
@@ -45,10 +47,17 @@ from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
 from .pairs import Names
-from .records import Prepared, RunRecord
+from .records import Prepared, RunRecord, time_text
 from .schema import ExactDecimal, UTCDateTime, cursors, runs, state
 
 logger = logging.getLogger(__name__)
+
+_json_encode = msgspec.json.Encoder().encode
+
+#: The stored runs' ids of a batch's uids (a JSON array), as one JSON object in one row.
+_SQLITE_IDS = (
+    "SELECT json_group_object(uid, id) FROM runs WHERE uid IN (SELECT value FROM json_each(?))"
+)
 
 NONCE_KEY = "nonce_high_water"
 
@@ -105,6 +114,8 @@ def make_engine(
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Bounded below SQLite's default, so memory is level early, not after ~120k runs.
+            cursor.execute(f"PRAGMA cache_size=-{int(defaults.SQLITE_CACHE_KIB)}")
             cursor.close()
             if immediate:
                 dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT of its own
@@ -503,6 +514,10 @@ class Store:
         """Insert the runs rows not stored yet; returns every run's id by ``uid``, and the
         records whose row is stored already (updated by :meth:`_finish_runs`, once their new rows
         are counted: one statement a page of a paging run, not two)."""
+        if conn.dialect.name == "sqlite":
+            done = self._write_runs_sqlite(conn, records)
+            if done is not None:
+                return done
         ids = self._statements.get("ids")
         if ids is None:
             ids = select(runs.c.uid, runs.c.id).where(
@@ -519,6 +534,65 @@ class Store:
             ).scalars()
             by_uid.update(zip((r.uid for r in fresh), new_ids, strict=True))
         return by_uid, stored
+
+    def _write_runs_sqlite(
+        self, conn: Any, records: list[RunRecord]
+    ) -> tuple[dict[str, int], list[RunRecord]] | None:
+        """:meth:`_write_runs` on SQLite in three statements of one step each, whatever the
+        batch's size: the stored ids, one ``INSERT … SELECT … FROM json_each(?)`` of the new rows
+        (one JSON text), and their ids, each as one row of ``json_group_object``. Why: CPython's
+        ``sqlite3`` lets go of the interpreter lock around every step and takes it back before
+        the next; beside 16 run threads, a step another thread used to take the lock costs up to
+        the switch interval (5 ms) to get it back. SQLAlchemy made one ``INSERT … RETURNING`` a
+        run on SQLite (to return the ids in order): in the capacity bench the writer spent 813 µs
+        of wall time a run in ``Store.write`` for 81 µs of CPU, and in one window its backlog
+        reached ``MAX_PENDING`` (run threads waiting on it); now a batch costs three such waits
+        however large it grows (docs/benchmarks.md, "The service").
+        None: a value holds a NUL character, which SQLite's JSON text would cut short; the
+        caller's own statements take that batch, as before."""
+        plan = self._statements.get("runs_sqlite")
+        if plan is None:
+            names = tuple(records[0].row())
+            dialect = conn.dialect
+            quote = dialect.identifier_preparer.quote
+            picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+            plan = self._statements["runs_sqlite"] = (
+                names,
+                tuple(
+                    (i, f)
+                    for i, f in enumerate(_runs_converter(runs.c[n].type, dialect) for n in names)
+                    if f is not None
+                ),
+                f"INSERT INTO runs ({', '.join(quote(n) for n in names)}) "
+                f"SELECT {picks} FROM json_each(?)",
+            )
+        names, converters, insert_sql = plan
+        # The same values SQLAlchemy binds (the columns' processors: JSON text, UTC times' text).
+        rows = []
+        for record in records:
+            row = record.row()
+            values = [row[n] for n in names]
+            for i, convert in converters:
+                values[i] = convert(values[i])
+            rows.append(values)
+        body = _json_encode(rows)  # a lone surrogate raises here, as binding it would
+        if b"\\u0000" in body:
+            return None
+        by_uid = self._sqlite_ids(conn, [r.uid for r in records])
+        fresh = [i for i, r in enumerate(records) if r.uid not in by_uid]
+        stored = [r for r in records if r.uid in by_uid]
+        if fresh:
+            if len(fresh) < len(records):
+                body = _json_encode([rows[i] for i in fresh])
+            conn.exec_driver_sql(insert_sql, (body,))
+            by_uid.update(self._sqlite_ids(conn, [records[i].uid for i in fresh]))
+        return by_uid, stored
+
+    @staticmethod
+    def _sqlite_ids(conn: Any, uids: list[str]) -> dict[str, int]:
+        """The stored runs' ids by ``uid``, as one row (one step of the driver, not one a run)."""
+        found = conn.exec_driver_sql(_SQLITE_IDS, (_json_encode(uids),)).scalar()
+        return dict(json.loads(found)) if found else {}
 
     def _finish_runs(
         self,
@@ -769,6 +843,20 @@ class Store:
             conn.execute(stmt, rows)
             return Counter()
         return Counter(conn.execute(stmt.returning(table.c.run_id), rows).scalars())
+
+
+def _runs_converter(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    """A runs column's bind processor on SQLite; a time's in one step (the same text as
+    ``UTCDateTime``'s, a naive one refused the same way) instead of SQLAlchemy's three layers of
+    calls, three times a run in the writer's thread, under the interpreter lock."""
+    if isinstance(type_, UTCDateTime):
+        return _optional_time
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def _optional_time(value: datetime | None) -> str | None:
+    return None if value is None else time_text(value)
 
 
 def _merge(records: Iterable[RunRecord]) -> list[RunRecord]:

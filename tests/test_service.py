@@ -365,3 +365,86 @@ def test_due_times_missed_while_the_scheduler_was_held_are_folded_into_one_run(
     # One run for all of them, stamped with the latest due time, not the oldest.
     assert len(backlog) == 1
     assert resumed_at - backlog[0] < timedelta(seconds=0.1)
+
+
+# -- glibc's malloc arenas -----------------------------------------------------------------------
+
+ARENAS = """
+import ctypes, os, sys, threading
+from collector.allocator import limit_malloc_arenas
+if len(sys.argv) > 1:  # as `collector run` does it: a service opened from a job file
+    from collector.jobfile import load
+    from collector.service import Service
+    service = Service(load(sys.argv[1]))
+    service.open()
+    print(True, flush=True)
+else:
+    print(limit_malloc_arenas(), flush=True)
+ready, go = threading.Barrier(9), threading.Event()
+kept = []
+
+def work():
+    ready.wait()
+    kept.append(bytearray(100_000))  # malloc'd (below the mmap threshold) in this thread's arena
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()
+for t in threads:
+    t.join()
+os.dup2(1, 2)
+ctypes.CDLL(None).malloc_stats()  # "Arena N:" lines, on stderr
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's arenas",
+)
+@pytest.mark.parametrize(
+    ("environ", "done", "most"), [({}, "True", 2), ({"MALLOC_ARENA_MAX": "4"}, "False", 4)]
+)
+def test_the_service_caps_glibcs_malloc_arenas_unless_the_variable_says(
+    environ, done, most
+) -> None:
+    """Each thread glibc finds contending gets an arena of its own (up to 8 a core), which keeps
+    what the thread freed: RSS kept growing for ~120,000 runs at 1,000 jobs. The service caps
+    them at ``defaults.MALLOC_ARENAS`` as the image's ``MALLOC_ARENA_MAX=2`` does; a variable set
+    by the person running it wins."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | environ
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.splitlines()
+    arenas = [line for line in lines if line.startswith("Arena ")]
+    assert lines[0] == done
+    assert 1 <= len(arenas) <= most, out
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's arenas",
+)
+def test_opening_the_service_caps_glibcs_malloc_arenas_before_its_threads(tmp_path) -> None:
+    import subprocess
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'c.db'}\nkraken:\n  url: http://127.0.0.1:9\n"
+        "reference: false\njobs:\n  t: {method: Time, every: 1h}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS, str(path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    arenas = [line for line in out.splitlines() if line.startswith("Arena ")]
+    assert 1 <= len(arenas) <= 2, out

@@ -278,3 +278,116 @@ def test_writer_makes_callers_wait_when_the_database_falls_behind(tmp_path) -> N
             "c",
         ]
     store.dispose()
+
+
+# -- the runs rows on SQLite: one statement a batch, not one a run ---------------------------------
+
+
+def _sqlite_store(tmp_path) -> Store:
+    s = Store.from_url(f"sqlite:///{tmp_path / 'runs.db'}")
+    s.upgrade()
+    return s
+
+
+def test_sqlite_inserts_a_batch_of_runs_as_one_statement_whatever_its_size(
+    tmp_path, statements
+) -> None:
+    s = _sqlite_store(tmp_path)
+    batch = [
+        record(job=f"j{i}", method="Time", status="ok" if i % 3 else "http_error")
+        for i in range(300)
+    ]
+    statements.clear()
+    ids = s.write(batch)
+    inserts = [x for x in statements if x.startswith("INSERT INTO runs")]
+    # One INSERT … SELECT … FROM json_each(?) for the 300 rows (before: one INSERT … RETURNING a
+    # run, each step of which waited for the interpreter lock), and two reads of the ids.
+    assert len(inserts) == 1 and "json_each" in inserts[0]
+    assert len([x for x in statements if "runs" in x]) == 3
+    with s.engine.connect() as conn:
+        stored = dict(conn.execute(select(runs.c.id, runs.c.job)).all())
+    assert [stored[i] for i in ids] == [f"j{i}" for i in range(300)]  # each run's own id
+    # Written again (a spool replay): nothing new, the same ids.
+    assert s.write(batch) == ids
+    with s.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 300
+    s.dispose()
+
+
+def test_sqlite_runs_rows_hold_the_values_sqlalchemy_binds(tmp_path) -> None:
+    s = _sqlite_store(tmp_path)
+    batch = [
+        record(job="a", error="Ünïcode — ✓", params={"pair": "XBT/USD", "n": 3}),
+        record(job="b", result=None, http_status=None, status="connection_error", error="reset"),
+        # A NUL, which SQLite's JSON text would cut: that batch takes the statements as before.
+        record(job="c", error="before\x00after"),
+    ]
+    s.write(batch[:2])
+    s.write(batch[2:])
+    with s.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT job, params, scheduled_at, finished_at, http_status, typeof(http_status), "
+            "error, result, attempts, typeof(attempts), pages, new_rows, uid "
+            "FROM runs ORDER BY job"
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (
+            "a",
+            '{"pair": "XBT/USD", "n": 3}',
+            "2026-11-24 12:00:00.000000+00:00",
+            "2026-11-24 12:00:00.009000+00:00",
+            200,
+            "integer",
+            "Ünïcode — ✓",
+            '{"XXBT": "1011.1908877900"}',
+            1,
+            "integer",
+            0,
+            0,
+            batch[0].uid,
+        ),
+        (
+            "b",
+            '{"asset": "ZUSD"}',
+            "2026-11-24 12:00:00.000000+00:00",
+            "2026-11-24 12:00:00.009000+00:00",
+            None,
+            "null",
+            "reset",
+            None,
+            1,
+            "integer",
+            0,
+            0,
+            batch[1].uid,
+        ),
+        (
+            "c",
+            '{"asset": "ZUSD"}',
+            "2026-11-24 12:00:00.000000+00:00",
+            "2026-11-24 12:00:00.009000+00:00",
+            200,
+            "integer",
+            "before\x00after",  # all of it
+            '{"XXBT": "1011.1908877900"}',
+            1,
+            "integer",
+            0,
+            0,
+            batch[2].uid,
+        ),
+    ]
+    # A lone surrogate can't be stored: refused as the record's content, as binding it was.
+    with pytest.raises(UnicodeEncodeError):
+        s.write([record(job="d", error="bad \ud800")])
+    s.dispose()
+
+
+def test_sqlite_page_cache_is_bounded(tmp_path) -> None:
+    from collector import defaults
+
+    s = _sqlite_store(tmp_path)
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -defaults.SQLITE_CACHE_KIB
+    assert defaults.SQLITE_CACHE_KIB < 2000  # below SQLite's own default: level memory early
+    s.dispose()
