@@ -509,6 +509,28 @@ def test_a_read_only_postgresql_session_refuses_writes(postgres) -> None:
         store.dispose()
 
 
+def test_the_exports_own_connections_refuse_writes(database_url) -> None:
+    """``collector export`` reads through the driver alone (:mod:`collector.rawdb`), opened as
+    ``read_only_engine`` opens it: SQLite ``mode=ro``, PostgreSQL's every transaction read-only,
+    a second transaction included."""
+    from collector.rawdb import Database
+
+    Store.from_url(database_url).upgrade()
+    database = Database(database_url)
+    refusal = "read-only transaction" if database_url.startswith("postgresql") else "readonly"
+    for _ in range(2):
+        raw = database.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT count(*) FROM runs")
+            assert cursor.fetchone()[0] == 0
+            with pytest.raises(database.dialect.loaded_dbapi.Error, match=refusal):
+                cursor.execute("DELETE FROM runs")
+            raw.rollback()
+        finally:
+            raw.close()
+
+
 @pytest.mark.parametrize("command", ["status", "verify", "export"])
 def test_a_newer_collectors_database_is_the_one_line_run_gives(tmp_path, command) -> None:
     from sqlalchemy import create_engine, text
