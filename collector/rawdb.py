@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import defaults
-from .dburl import parse
+from .dburl import DatabaseURL, parse
 
 
 class Dialect:
@@ -100,26 +100,39 @@ class Database:
     def _postgresql(self) -> Any:
         import psycopg
 
-        url = self._url
-        # As SQLAlchemy's psycopg dialect: the URL's parts, then its query, as keyword arguments.
-        options: dict[str, Any] = {}
-        for key, value in (
-            ("host", url.host),
-            ("port", url.port),
-            ("user", url.username),
-            ("password", url.password),
-            ("dbname", url.database),
-        ):
-            if value is not None:
-                options[key] = value
-        for key, value in url.query:
-            # A key given again (several hosts) is libpq's comma-separated list.
-            options[key] = f"{options[key]},{value}" if key in options else value
-        conn = psycopg.connect(**options)
+        conn = psycopg.connect(**connect_options(self._url))
         with conn.cursor() as cursor:
             cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         conn.commit()
         return conn
+
+
+def connect_options(url: DatabaseURL) -> dict[str, Any]:
+    """psycopg's keyword arguments for a PostgreSQL ``url``, as SQLAlchemy's psycopg dialect
+    makes them (``tests/test_export_start.py`` holds them equal): the URL's parts, then its
+    query. The multi-host forms (``?host=h1:p1&host=h2:p2``, ``?host=…&port=…``) are SQLAlchemy's
+    own grammar: read by its dialect, imported for them alone."""
+    keys = {key for key, _ in url.query}
+    if "host" in keys or "port" in keys:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        text = url.render(hide_password=False)
+        _, found = create_engine(text).dialect.create_connect_args(make_url(text))
+        found.pop("context", None)  # SQLAlchemy's adapters: the export reads text only
+        return dict(found)
+    options: dict[str, Any] = {}
+    for key, value in (
+        ("host", url.host),
+        ("dbname", url.database),
+        ("user", url.username),
+        ("password", url.password),
+        ("port", url.port),
+    ):
+        if value is not None:
+            options[key] = value
+    options.update(url.query)
+    return options
 
 
 def rows(database: Any, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:

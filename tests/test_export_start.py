@@ -259,3 +259,30 @@ def test_the_export_columns_written_out_are_the_schemas() -> None:
     for name, column in TIME_COLUMNS.items():
         assert (column, "time") in COLUMNS[name], name
     assert set(COLUMNS) - set(TIME_COLUMNS) == {"collector_state"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:5432/db",
+        "postgresql+psycopg://u:p%40ss%2Fw@h/db?sslmode=require&application_name=x",
+        "postgresql+psycopg:///db?host=/var/run/postgresql",
+        "postgresql+psycopg://u@/db?host=a:5432&host=b:5433",
+        "postgresql+psycopg://u@/db?host=a,b&port=5432,5433",
+        "postgresql+psycopg://u@h1,h2/db",
+        "postgresql+psycopg://[::1]:5433/db?connect_timeout=3",
+        "postgresql+psycopg://u@h",
+    ],
+)
+def test_the_exports_postgresql_connection_is_sqlalchemys(url: str) -> None:
+    """:mod:`collector.rawdb` connects with the arguments SQLAlchemy's psycopg dialect gives
+    psycopg for the same URL (its own reading of the multi-host forms)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from collector.dburl import parse
+    from collector.rawdb import connect_options
+
+    _, theirs = create_engine(url).dialect.create_connect_args(make_url(url))
+    theirs.pop("context", None)
+    assert connect_options(parse(url)) == theirs
