@@ -43,6 +43,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from rounds import ROUNDS, alternate, ratio, spread  # noqa: E402
 from sqlalchemy import Column, MetaData, Table, event, text  # noqa: E402
 
 from collector.datasets import OHLC, Trades  # noqa: E402
+from collector.datasets.market import TRADE_COLUMNS  # noqa: E402
 from collector.jobfile import load  # noqa: E402
 from collector.records import RunRecord  # noqa: E402
 from collector.service import Service  # noqa: E402
@@ -124,6 +126,19 @@ def ingest(url: str, records: list[RunRecord], label: str, rounds: int) -> None:
     store = Store.from_url(url)
     store.upgrade()
     rows = sum(len(r.rows["trades"]) for r in records)
+    # The floor's typed rows (the page hands the store its stored text: read back here, untimed).
+    typed = [
+        [
+            {
+                **dict(zip(TRADE_COLUMNS, t, strict=True)),
+                "time": datetime.fromisoformat(t[2]),
+                "price": Decimal(t[3]),
+                "volume": Decimal(t[4]),
+            }
+            for t in record.rows["trades"]
+        ]
+        for record in records
+    ]
     # The floor: the same columns and primary key, its one index too (under another name), and
     # bare INSERTs of the same rows, one page a commit.
     bare = Table(
@@ -154,9 +169,9 @@ def ingest(url: str, records: list[RunRecord], label: str, rounds: int) -> None:
     def floor() -> float:
         empty("bare_trades")
         started = time.perf_counter()
-        for record in records:
+        for page in typed:
             with store.engine.begin() as conn:
-                conn.execute(bare.insert(), [{**r, "run_id": 1} for r in record.rows["trades"]])
+                conn.execute(bare.insert(), [{**r, "run_id": 1} for r in page])
         return rows / (time.perf_counter() - started)
 
     print(f"  {label}: {rounds} rounds of Store.write and the bare INSERT (rows/s)")
@@ -235,7 +250,6 @@ def whole(
     """The whole path (service: client, runner, writer, store) beside the bare pipeline; with
     ``before`` (another checkout's folder), that checkout's whole path too."""
     import subprocess
-    from decimal import Decimal
 
     from collector.datasets.market import trades
 

@@ -239,6 +239,27 @@ def upsert(
     return Counter({run_id: n for run_id, n in connection.execute(plan.upsert)})
 
 
+def copy_prepared(
+    connection: Connection, target: Table, key: Sequence[str], rows: Prepared, run_id: int
+) -> int:
+    """:func:`upsert` of an insert-only table for one run's rows already in their stored text
+    (:class:`~collector.records.Prepared`: a Trades page, a stream's batch): the tuples, with
+    ``run_id``, copied as they are (PostgreSQL reads the decimals' and times' text as its
+    ``COPY`` reads any), no typed row and no bind processor a value; straight into the table
+    when no key of theirs is stored, else through the staging table's ``ON CONFLICT DO
+    NOTHING``. Returns the rows inserted."""
+    if not rows:
+        return 0
+    plan = _plan(connection, target, (*rows.columns, "run_id"), key, (), None)
+    values = [(*row, run_id) for row in rows]
+    assert plan.direct is not None  # no update: an insert-only table's plan
+    if _copied(connection, plan, plan.direct, values):
+        return len(values)
+    connection.exec_driver_sql(plan.create)
+    _copy(connection, plan.copy, values)
+    return sum(n for _, n in connection.execute(plan.upsert))
+
+
 def _copied(
     connection: Connection, plan: _Plan, direct: str, values: list[tuple[Any, ...]]
 ) -> bool:

@@ -76,7 +76,7 @@ class RunRecord:
     result: Any = None
     attempts: int = 1
     pages: int = 0
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # or Prepared
+    rows: dict[str, list[Any]] = field(default_factory=dict)  # dicts, or a Prepared
     dataset: str | None = None
     cursor: Any = None
     account: str | None = None

@@ -32,7 +32,7 @@ from .errors import (
 from .events import Events, LockedOut, RecordRefused, RunFinished
 from .jobfile import Job
 from .methods import cost, permission
-from .records import RunRecord
+from .records import Prepared, RunRecord
 from .retry import Kind, RetryPolicy, classify
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,16 @@ class _Progress:
         self.newest: datetime | None = None
         self.told = False
 
-    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, rows: Sequence[Any]) -> None:
         self.pages += 1
         self.rows += len(rows)
+        if isinstance(rows, Prepared):  # times as their stored text, which sorts as they do
+            self._span_of(rows)
+        else:
+            self._times(rows)
+        self._said()
+
+    def _times(self, rows: Sequence[Mapping[str, Any]]) -> None:
         try:  # every row's time an aware datetime, as a history's rows have: in C
             times = list(map(_TIME, rows))
             oldest, newest = min(times), max(times)
@@ -71,9 +78,19 @@ class _Progress:
         except (KeyError, TypeError, ValueError):  # not every row has one (or none does)
             times = [t for r in rows if isinstance(t := r.get("time"), datetime)]
             oldest, newest = (min(times), max(times)) if times else (None, None)
+        self._extend(oldest, newest)
+
+    def _span_of(self, rows: Prepared) -> None:
+        if "time" in rows.columns and rows:
+            texts = list(map(itemgetter(rows.columns.index("time")), rows))
+            self._extend(datetime.fromisoformat(min(texts)), datetime.fromisoformat(max(texts)))
+
+    def _extend(self, oldest: datetime | None, newest: datetime | None) -> None:
         if oldest is not None and newest is not None:
             self.oldest = oldest if self.oldest is None else min(oldest, self.oldest)
             self.newest = newest if self.newest is None else max(newest, self.newest)
+
+    def _said(self) -> None:
         now = time.monotonic()
         if now - self.said >= self.every:
             self.said, self.told = now, True
@@ -289,12 +306,16 @@ class Runner:
         """
         deadline = time.monotonic() + job.deadline
         attempt = nonce_retries = 0
+        dataset = self.datasets.get(job.method)
+        decode = dataset.decode if dataset is not None else None  # its typed read, if it has one
         while True:
             attempt += 1
             record.attempts += 1
             kind, reason = None, ""
             try:
-                reply = self.client(job).call(job.method, params, timeout=job.timeout)
+                reply = self.client(job).call(
+                    job.method, params, timeout=job.timeout, decode=decode
+                )
                 record.status, record.http_status = Status.OK, reply.http_status
                 record.error = ", ".join(reply.warnings) or None
                 return True, reply.result
@@ -320,7 +341,13 @@ class Runner:
 
     def _take(self, record: RunRecord, dataset: Dataset, page: Page) -> None:
         """Put a page's rows, gaps and cursor into ``record``."""
-        record.rows.setdefault(dataset.name, []).extend(page.rows)
+        rows = record.rows.get(dataset.name)
+        if rows is None:  # a Prepared stays one: its tuples are the store's as they are
+            record.rows[dataset.name] = (
+                page.rows if isinstance(page.rows, Prepared) else list(page.rows)
+            )
+        else:
+            rows.extend(page.rows)
         if page.gaps:
             record.rows.setdefault("gaps", []).extend(page.gaps)
             for gap in page.gaps:

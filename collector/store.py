@@ -566,13 +566,15 @@ class Store:
         by_table: dict[str, list[tuple[list[dict[str, Any]], dict[str, Any]]]] = {}
         written: dict[str, list[tuple[RunRecord, int]]] = {}
         prepared: list[tuple[str, int, Prepared]] = []
-        sqlite = conn.dialect.name == "sqlite"
+        # Whether an insert-only table's Prepared tuples go to the database as the text they
+        # are: SQLite's executemany, PostgreSQL's COPY (psycopg 3); elsewhere typed rows again.
+        as_text = conn.dialect.name == "sqlite" or bulk.supported(conn)
         for record in records:
             run_id = by_uid[record.uid]
             for name, rows in record.rows.items():
                 dataset = self.datasets[name]
                 if isinstance(rows, Prepared):
-                    if sqlite and not dataset.update and "account" not in dataset.table.c:
+                    if as_text and not dataset.update and "account" not in dataset.table.c:
                         prepared.append((name, run_id, rows))
                         written.setdefault(name, []).append((record, run_id))
                         continue
@@ -589,7 +591,11 @@ class Store:
             dataset = self.datasets[name]
             groups = by_table[name]
             column = dataset.pair_column
-            rename = self._renames(conn, dataset, [row for rows, _ in groups for row in rows])
+            rename = (
+                self._renames(conn, dataset, {row[column] for rows, _ in groups for row in rows})
+                if column is not None
+                else None
+            )
             if rename and column is not None:
                 groups = [
                     (
@@ -615,10 +621,16 @@ class Store:
             added.update(dataset.stored(conn, written[name]))
             if dataset.table is pairs:
                 self._names_read = None  # read the names again at the next write that names one
-        # A stream's batches: their tuples as they are, one executemany a run (insert-only).
+        # Prepared tuples (a stream's batch, a Trades page): as they are, one executemany
+        # (SQLite) or COPY (PostgreSQL) a run, insert-only; after the tables above, so that a
+        # batch's new pairs are known when their names are made canonical.
         for name, run_id, tuples in prepared:
             dataset = self.datasets[name]
-            n = bulk.insert_prepared(conn, dataset.table, dataset.key, tuples, run_id)
+            tuples = self._canonical(conn, dataset, tuples)
+            if bulk.supported(conn):
+                n = bulk.copy_prepared(conn, dataset.table, dataset.key, tuples, run_id)
+            else:
+                n = bulk.insert_prepared(conn, dataset.table, dataset.key, tuples, run_id)
             if n:
                 added[run_id] += n
                 changed.add(name)
@@ -626,6 +638,20 @@ class Store:
             if name not in by_table:
                 added.update(self.datasets[name].stored(conn, written[name]))
         return added
+
+    def _canonical(self, conn: Any, dataset: Dataset, rows: Prepared) -> Prepared:
+        """``rows`` with each pair under its canonical name (as :meth:`_renames` renames a
+        dict row's): a Trades page's pair is the answer's key, a stream's already canonical."""
+        column = dataset.pair_column
+        if column is None or column not in rows.columns or not rows:
+            return rows
+        at = rows.columns.index(column)
+        rename = self._renames(conn, dataset, set(map(itemgetter(at), rows)))
+        if not rename:
+            return rows
+        return Prepared(
+            rows.columns, ((*r[:at], rename.get(r[at], r[at]), *r[at + 1 :]) for r in rows)
+        )
 
     @staticmethod
     def _typed(dataset: Dataset, rows: Prepared) -> list[dict[str, Any]]:
@@ -679,16 +705,13 @@ class Store:
             compare=dataset.compare,
         )
 
-    def _renames(
-        self, conn: Any, dataset: Dataset, rows: list[dict[str, Any]]
-    ) -> dict[str, str] | None:
-        """For a dataset naming pairs: the names in ``rows`` that are another spelling of a known
-        pair, each with its canonical name (None when there are none). The known names are read
-        again when a name is not among them, at most every ``PAIR_NAMES_REREAD`` seconds."""
-        column = dataset.pair_column
-        if column is None or not rows:
+    def _renames(self, conn: Any, dataset: Dataset, names: set[str]) -> dict[str, str] | None:
+        """For a dataset naming pairs: the ``names`` (its rows' pairs) that are another spelling
+        of a known pair, each with its canonical name (None when there are none). The known names
+        are read again when a name is not among them, at most every ``PAIR_NAMES_REREAD``
+        seconds."""
+        if dataset.pair_column is None or not names:
             return None
-        names = {row[column] for row in rows}
         if names <= self._names.canonical:
             return None  # what Kraken's answers say, nearly always: nothing to look up
         now = time.monotonic()

@@ -340,3 +340,33 @@ def test_envelope_without_error_list_is_a_bad_response(api, fake) -> None:
 def test_passing_a_nonce_is_refused(api) -> None:
     with pytest.raises(CredentialsError, match="do not pass 'nonce'"):
         api.query_private("Balance", {"nonce": 1})
+
+
+def test_a_dataset_s_decode_sees_only_capped_bytes_and_its_envelope_is_checked_alike(
+    api, fake
+) -> None:
+    """The one seam (``call(decode=)``): the body reaches a dataset's typed decode only through
+    the size cap; its None sends the body the general way (the same BadResponse for a non-JSON
+    answer); its envelope is checked as json's is (an E-error raises, a W-warning is kept)."""
+    seen: list[bytes] = []
+
+    def typed(body: bytes) -> dict | None:
+        seen.append(body)
+        return None
+
+    api.max_response = 1000
+    with pytest.raises(BadResponse, match="answer larger than 1,000 bytes"):
+        api.call("Ticker", decode=typed)  # every pair: far more than 1,000 bytes
+    assert seen == []
+    api.max_response = 50 * 2**20
+    fake.inject("raw", method="Time", body=b"<html>not json</html>", count=2)
+    with pytest.raises(BadResponse, match="answer is not JSON") as general:
+        api.call("Time")
+    with pytest.raises(BadResponse, match="answer is not JSON") as typed_way:
+        api.call("Time", decode=typed)
+    assert seen == [b"<html>not json</html>"] and str(typed_way.value) == str(general.value)
+    fake.clear_faults()
+    with pytest.raises(KrakenAPIError, match="EService:Unavailable"):
+        api.call("Time", decode=lambda _: {"error": ["EService:Unavailable"], "result": {}})
+    reply = api.call("Time", decode=lambda _: {"error": ["WGeneral:Note"], "result": {"x": 1}})
+    assert (reply.result, reply.warnings) == ({"x": 1}, ["WGeneral:Note"])

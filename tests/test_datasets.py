@@ -21,7 +21,7 @@ from collector.datasets.market import Trades
 from collector.errors import BadResponse
 from collector.jobfile import RETENTION_KEYS, Job, load
 from collector.numbers import NumberError, parse_decimal, parse_time
-from collector.records import RunRecord
+from collector.records import Prepared, RunRecord, decimal_text, decode, encode, time_text
 from collector.runner import Runner
 from collector.service import Service
 from collector.testing.fake_exchange import FakeKraken
@@ -395,50 +395,150 @@ def test_the_fast_reads_of_times_and_decimals_are_the_checked_reads() -> None:
         assert got == expected, value
 
 
+def _trades_result(rows: list[object], typed: bool) -> object:
+    """A Trades answer's ``result`` as the runner gets it: decoded the typed way (the client's
+    seam: :meth:`Trades.decode`, or the general ``json`` when that refuses the shape), or
+    always the general way."""
+    body = json.dumps({"error": [], "result": {"XXBTZUSD": rows, "last": "1"}}).encode()
+    answer = (typed and Trades().decode(body)) or json.loads(body)
+    return answer["result"]
+
+
 def test_a_trades_page_reads_each_value_as_the_checked_reads_do() -> None:
-    """Trades.page reads its usual shapes inline: every time, price, volume and trade id it gives
-    (or refuses, failing the page) is what timestamp(), decimal() and integer() give."""
+    """Trades.page reads its usual shapes inline into the stored text: every time, price, volume
+    and trade id it stores (or refuses, failing the page) is the stored text of what timestamp(),
+    decimal() and integer() give; decoded the typed way (msgspec's tuples) or the general way."""
     now = datetime.now(UTC)
     run = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
     rnd = random.Random(2929)
 
     def read(price: object, volume: object, when: object, trade_id: object = 7) -> object:
-        answer = {"XXBTZUSD": [[price, volume, when, "b", "l", "", trade_id]], "last": "1"}
-        try:
-            row = Trades().page(run, {"pair": "XBTUSD"}, answer, "0").rows[0]
-        except BadResponse:
-            return BadResponse
-        return (str(row["price"]), str(row["volume"]), row["time"], row["trade_id"])
+        got = []
+        for typed in (True, False):
+            result = _trades_result([[price, volume, when, "b", "l", "", trade_id]], typed)
+            try:
+                row = Trades().page(run, {"pair": "XBTUSD"}, result, "0").rows[0]
+            except BadResponse as e:
+                got.append((BadResponse, str(e)))
+                continue
+            got.append(row[1:5])  # trade_id, time, price, volume: TRADE_COLUMNS' order
+        assert got[0] == got[1], (price, volume, when, trade_id)
+        return got[0] if got[0][0] is not BadResponse else BadResponse
 
     def checked(price: object, volume: object, when: object, trade_id: object = 7) -> object:
         try:
             if isinstance(trade_id, bool) or not isinstance(trade_id, int):
                 raise BadResponse("not an integer")
             return (
-                str(decimal(run, price, "price")),
-                str(decimal(run, volume, "volume")),
-                timestamp(run, when, "trade time"),
                 integer(run, trade_id, "trade_id"),
+                time_text(timestamp(run, when, "trade time")),
+                decimal_text(decimal(run, price, "price")),
+                decimal_text(decimal(run, volume, "volume")),
             )
         except BadResponse:
             return BadResponse
 
     times: list[object] = [0.0, 1e-05, 0.5, 999999999.9999999, 1e9, 1688669448.1234567, 2.0**32]
     times += [1796678402.4474502, 4294967295.9999995, 4294967296.0000005, 10**11, -1.0, True]
-    times += [float("nan"), float("inf"), "1688669448.1", None, 1688669448]
+    times += [float("nan"), float("inf"), "1688669448.1", None, 1688669448, 10**20, 1e400]
+    times += [1700000000.0000005, 1700000000.9999995, 1700000000.1234559, 1700000000.12345]
     for _ in range(10_000):
         times += [rnd.uniform(0, 5e9), round(rnd.uniform(1e9, 2**32), rnd.randint(0, 8))]
     for when in times:
         assert read("1.5", "2", when) == checked("1.5", "2", when), when
     texts: list[object] = ["0", "-0", "1.5", "0012.3400", "9" * 40, "9" * 41, "1e5", " 1", "1_0"]
     texts += ["NaN", "--1", "+1", "1.", ".5", "1..5", "\u0663", "\u0663.5", "-", "", ".", None, 3]
-    texts += ["0." + "0" * 38 + "1", "0." + "0" * 37 + "1", 1.5, ["1"], "1.5\x00"]
+    texts += ["0." + "0" * 38 + "1", "0." + "0" * 37 + "1", 1.5, ["1"], "1.5\x00", "00", "0.0"]
+    texts += ["0.00000001", "0.0000000", "012", "00.5", "1E-8", "100", "1.10", "0.000", "1e400"]
     texts += [f"{rnd.uniform(-1e6, 1e6):.{rnd.randint(0, 12)}f}" for _ in range(3_000)]
+    texts += [f"{rnd.uniform(0, 1e-3):.{rnd.randint(0, 12)}f}" for _ in range(1_000)]
     for text_ in texts:
         assert read(text_, "1", 1e9) == checked(text_, "1", 1e9), text_
         assert read("1", text_, 1e9) == checked("1", text_, 1e9), text_
-    for trade_id in [0, -1, 2**63 - 1, 2**63, True, 1.0, "7", None]:
+    for trade_id in [0, -1, 2**63 - 1, 2**63, 2**64, True, 1.0, "7", None]:
         assert read("1", "1", 1e9, trade_id) == checked("1", "1", 1e9, trade_id), trade_id
+
+
+def test_a_trades_page_stores_the_same_rows_decoded_typed_or_not() -> None:
+    """The odd shapes of a whole row (codes, misc, lengths, types) give the same stored tuples,
+    or the same refusal, through the typed decode as through the general one; and the usual
+    answer does take the typed way (the seam is not a no-op)."""
+    now = datetime.now(UTC)
+    run = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
+    usual = ["30306.1", "0.00312", 1688669448.1234567, "b", "l", "", 42]
+    odd: list[list[object]] = [
+        usual,
+        [*usual[:3], "s", "m", "x", 43],
+        [*usual[:3], "x", "q", "", 44],  # unknown codes: stored as they came
+        [*usual[:3], "buy", "limit", "", 45],
+        [*usual[:3], "b", "l", "m" * 64, 46],
+        [*usual[:3], "b", "l", "m" * 65, 47],  # cut at 64
+        [*usual[:3], "b", "l", "a\x00b", 48],  # refused
+        [*usual[:3], 1, "l", "", 49],
+        [*usual[:3], "b", "l", 5, 50],
+        [*usual[:3], ["b"], "l", "", 51],
+        [*usual[:2], 1688669448, "b", "l", "", 52],  # a whole-second int time
+        [*usual[:2], "1688669448.5", "b", "l", "", 53],
+        [*usual[:2], 999999999.5, "b", "l", "", 54],  # before 2001: nine digits
+        [*usual, "extra"],  # eight: the first seven read
+        usual[:6],  # six: refused
+        [30306.1, "0.00312", *usual[2:6], 55],  # a float price
+        [*usual[:3], "b", "l", None, 56],
+        [*usual[:6], 2**64],
+        "not a row",
+        "seven!",  # as long as a row: not one
+        ["30306,1", *usual[1:]],  # a comma in a price: not hidden among the page's texts
+        [*usual[:2], float("nan"), *usual[3:]],  # NaN among usual times
+        [*usual[:2], 1e400, *usual[3:]],
+        {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7},
+    ]
+    assert (
+        type(
+            Trades().decode(json.dumps({"error": [], "result": {"X": [usual]}}).encode())["result"][
+                "X"
+            ][0]
+        )
+        is tuple
+    )
+    for row in odd:
+        got = []
+        for typed in (True, False):
+            result = _trades_result([usual, row], typed)
+            try:
+                page = Trades().page(run, {"pair": "XBTUSD"}, result, "0")
+                got.append((page.rows.columns, list(page.rows)))
+            except BadResponse as e:
+                got.append(str(e))
+        assert got[0] == got[1], row
+    assert Trades().decode(b'{"error": ["EGeneral:Internal error"]}') is None
+    # A page of usual rows is read a column at a time; the same rows with one unusual row after
+    # them each on its own: the same tuples, over many random times, prices and codes.
+    rnd = random.Random(29029)
+    many = [
+        [
+            f"{rnd.uniform(0, 1e5):.{rnd.randint(0, 10)}f}",
+            rnd.choice(["0", "1", "0.5", "100", f"{rnd.random():.8f}"]),
+            round(rnd.uniform(1e9, 2**32), rnd.randint(0, 8)),
+            rnd.choice("bs"),
+            rnd.choice("ml"),
+            rnd.choice(["", "", "x"]),
+            i,
+        ]
+        for i in range(20_000)
+    ]
+    for typed in (True, False):
+        fast = Trades().page(run, {}, _trades_result(many, typed), "0").rows
+        each = Trades().page(run, {}, _trades_result([*many, odd[2]], typed), "0").rows
+        assert list(fast) == list(each[:-1]) and len(fast) == len(many)
+    # The spool's codec gives a page's tuples back as they were, still Prepared.
+    record = RunRecord("j", "Trades", {}, scheduled_at=now, started_at=now, finished_at=now)
+    record.rows = {"trades": Trades().page(run, {}, _trades_result(odd[:5], True), "0").rows}
+    again = decode(encode(record)).rows["trades"]
+    assert isinstance(again, Prepared) and again == record.rows["trades"]
+    assert again.columns == record.rows["trades"].columns
+    assert (
+        Trades().decode(b"\xef\xbb\xbf" + json.dumps({"error": [], "result": {}}).encode()) is None
+    )
 
 
 def test_a_page_refused_ends_the_run_there_and_the_next_starts_from_the_stored_cursor() -> None:

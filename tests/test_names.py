@@ -11,9 +11,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from collector.datasets.market import Trades
 from collector.datasets.reference import DELISTED
 from collector.jobfile import load
-from collector.records import RunRecord
+from collector.records import Prepared, RunRecord
 from collector.service import REFERENCE_JOBS, Service
 from collector.store import Store
 from collector.testing.fake_exchange import FakeKraken
@@ -161,15 +162,27 @@ def test_a_job_that_names_assetpairs_with_a_filter_delists_nothing(
     assert set(status) == set(fake.result("AssetPairs")) and set(status.values()) == {"online"}
 
 
-def test_rows_carry_the_canonical_name_whatever_spelling_the_answer_used(database_url) -> None:
+@pytest.mark.parametrize("page", [False, True], ids=["dicts", "trades-page"])
+def test_rows_carry_the_canonical_name_whatever_spelling_the_answer_used(
+    database_url, page
+) -> None:
     """A job may name a pair as Kraken takes it (XBTUSD, XXBTZUSD, XBT/USD); should an answer be
-    keyed by that spelling, the row still says XXBTZUSD."""
+    keyed by that spelling, the row still says XXBTZUSD: typed rows, and the stored text a
+    Trades page makes (Prepared, read from such an answer)."""
     store = Store.from_url(database_url)
     store.upgrade()
     now = datetime.now(UTC)
 
     def record(job, method, table, rows_) -> RunRecord:
         run = RunRecord(job, method, {}, now, now, now)
+        if page and table == "trades":
+            (row,) = rows_
+            answer = {
+                row["pair"]: [["64000.1", "0.5", now.timestamp(), "b", "l", "", row["trade_id"]]],
+                "last": "1",
+            }
+            rows_ = Trades().page(run, {}, answer, "0").rows
+            assert isinstance(rows_, Prepared)
         run.rows = {table: rows_}
         return run
 

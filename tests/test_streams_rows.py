@@ -30,6 +30,7 @@ from collector.store import Store
 from collector.streams.book import Book
 from collector.streams.connection import Connection, Subscribed, Subscription, decoder
 from collector.streams.rows import (
+    TRADE_COLUMNS,
     Candles,
     Every,
     Symbols,
@@ -140,10 +141,12 @@ def test_feed_trades_are_rest_trades_one_row_per_id(database_url: str) -> None:
             # A REST Trades job over the same trades: from a second before the first one streamed.
             since = (streamed[0]["time"] - timedelta(seconds=1)).timestamp()
             records = rest(fake, Job("t", "Trades", {"pair": "XBTUSD"}, since=since))
-        by_rest = {row["trade_id"]: row for r in records for row in r.rows["trades"]}
+        # REST's rows are its stored text (Prepared, in COLUMNS' order), as the stream's become.
+        assert all(r.rows["trades"].columns == COLUMNS == TRADE_COLUMNS for r in records)
+        by_rest = {row[1]: row for r in records for row in r.rows["trades"]}
         assert set(ids) <= set(by_rest)
         for row in streamed:  # every column REST stores, to the microsecond and the digit
-            assert {c: row[c] for c in COLUMNS} == {c: by_rest[row["trade_id"]][c] for c in COLUMNS}
+            assert stored_trade(row) == by_rest[row["trade_id"]]
 
         # The feed's batch first (with its connection's row), then the REST job's runs.
         uid = "c0ffee" * 5 + "00"

@@ -31,13 +31,14 @@ from ..records import RunRecord
 class Page:
     """What one answer means.
 
-    :ivar rows: rows for the dataset's table (without ``run_id``)
+    :ivar rows: rows for the dataset's table (without ``run_id``): dicts, or a
+        :class:`~collector.records.Prepared` of their stored text (Trades)
     :ivar cursor: the cursor to store with them (None: the stored one stays)
     :ivar next: the parameters of the next call of this run, or None when the run is done
     :ivar gaps: ranges the exchange no longer serves (rows for the ``gaps`` table)
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[Any]
     cursor: Any = None
     next: dict[str, Any] | None = None
     gaps: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +120,13 @@ class Dataset:
         ``last`` of OHLC and Spread); a dataset whose cursor holds something else says how to
         read it."""
         return epoch(cursor)
+
+    def decode(self, body: bytes) -> dict[str, Any] | None:
+        """An answer's body (its JSON bytes) decoded this dataset's typed way, as the envelope
+        ``{"error": [...], "result": ...}`` its :meth:`page` reads; None (the default, and for
+        any shape the typed way does not take) leaves the body to the client's general decode.
+        Either way the client checks the envelope the same way."""
+        return None
 
     # -- the paging protocol ---------------------------------------------------------------------
 

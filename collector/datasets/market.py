@@ -12,20 +12,31 @@
 * ``ticker`` (Ticker): a snapshot per run and pair, like balances. Only the pairs the job asked
   for are stored (an answer holding others, thousands of them, is not what the job collects, and
   the page and the valuation would use them); a job with no ``pair`` asks for, and keeps, all.
+
+Why one module of this length: Trades, OHLC and Spread answers share one shape, read by
+``_series`` and ``_row``, and Trades reads its pages three ways that must store the same rows (a
+usual page a column at a time, ``_usual``; a usual row alone; any other row through
+``checked_trade``): kept beside each other and the codes they share, so a test can hold them
+equal and none imports another module's private readers.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import repeat
 from typing import Any
 
+import msgspec
 from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
 
 from .. import defaults
 from ..pairs import same, split
-from ..records import RunRecord
+from ..records import Prepared, RunRecord, decimal_text, time_text
 from ..schema import ExactDecimal, RunId, UTCDateTime, metadata
 from .base import (
     PLAIN_MAX,
@@ -158,56 +169,214 @@ class Trades(Dataset):
             cursor = str(int(since * 1_000_000_000))  # "now" by default: from here on
         return {**job.params, "since": cursor}, cursor
 
+    def decode(self, body: bytes) -> dict[str, Any] | None:
+        """The answer's envelope with its rows as typed tuples, decoded in C (:data:`TradesAnswer`),
+        or None for any other shape: the client then decodes the body the general way."""
+        return typed_answer(body)
+
     def page(self, record: RunRecord, sent: Mapping[str, Any], result: Any, cursor: Any) -> Page:
-        """Kraken's usual shapes are read inline (the checks of :func:`.base.decimal`,
-        :func:`.base.timestamp`, :func:`.base.integer` and :func:`.base.text`, each written for
-        the one shape a Trades answer has: about half a page's time before); anything else takes
-        those functions, so every value is bounded and a bad one fails the page the same way."""
+        """The page's rows as :class:`~collector.records.Prepared` tuples of their stored text
+        (:data:`TRADE_COLUMNS`): no dict a row, nothing for the writer to convert.
+
+        A row of Kraken's usual shape (a decimal's own plain text, a float time from 2001 to
+        2106, the one-letter codes, a short misc) becomes its tuple here, from the typed
+        tuples :meth:`decode` makes or from the lists ``json`` makes alike; any other row takes
+        :func:`checked_trade` (the checks of :func:`.base.decimal`, :func:`.base.timestamp`,
+        :func:`.base.integer` and :func:`.base.text`) and :func:`stored_trade`, so every value is
+        bounded, a bad one fails the page the same way, and both ways store the same rows."""
         pair, rows, last = _series(record, result, (str, int))
-        out: list[dict[str, Any]] = []
-        append, fromtimestamp, plain = out.append, datetime.fromtimestamp, _plain
-        top = defaults.MAX_BIGINT
-        for value in rows:
-            if type(value) is not list or len(value) < 7:
-                _row(record, value, 7)  # raises
-            price, volume, when, side, kind, misc, trade_id = value[:7]
-            if type(trade_id) is not int or not 0 <= trade_id <= top:
-                if isinstance(trade_id, bool) or not isinstance(trade_id, int):
-                    raise bad(record, f"trade_id {trade_id!r:.40} is not an integer")
-                trade_id = integer(record, trade_id, "trade_id")  # out of range: raises
-            # A float time from 2001 to 2106 has ten digits before its point: its shortest text
-            # cut at the sixth decimal is timestamp()'s microsecond, without looking for the point.
-            if type(when) is float and _TEN_DIGITS <= when < _FLOAT_SECONDS:
-                text_ = repr(when)
-                when = fromtimestamp(float(text_[:_MICROS]) if len(text_) > _MICROS else when, UTC)
-            else:
-                when = timestamp(record, when, "trade time")
-            # Kraken's usual shapes (one-letter codes, a short misc) skip text()'s general path.
-            side = _SIDES.get(side) if type(side) is str else None
-            kind = _ORDER_TYPES.get(kind) if type(kind) is str else None
-            append(
-                {
-                    "pair": pair,
-                    "trade_id": trade_id,
-                    "time": when,
-                    "price": Decimal(price) if plain(price) else decimal(record, price, "price"),
-                    "volume": Decimal(volume)
-                    if plain(volume)
-                    else decimal(record, volume, "volume"),
-                    # Read as text first: a list or a mapping there is a bad answer, not a
-                    # TypeError from the lookup.
-                    "side": side or _named(_SIDES, text(record, value[3], "side", 4)),
-                    "order_type": kind
-                    or _named(_ORDER_TYPES, text(record, value[4], "order type", 6)),
-                    "misc": misc
-                    if type(misc) is str and len(misc) <= 64 and "\x00" not in misc
-                    else text(record, misc, "misc", 64),
-                }
-            )
+        blocks: dict[str, str] = {}  # "YYYY-MM-DD HH:MM:S" of a ten-second block: see _usual
+        out = _usual(pair, rows, blocks)
+        if out is None:  # some row is not of the usual shape: each row on its own
+            out = Prepared(TRADE_COLUMNS)
+            append, stored = out.append, _stored_text
+            top, sides, kinds = defaults.MAX_BIGINT, _SIDES, _ORDER_TYPES
+            for value in rows:
+                kind_ = type(value)
+                if kind_ is tuple or (kind_ is list and len(value) >= 7):
+                    price, volume, when, side, kind, misc, trade_id = value[:7]
+                    if (
+                        type(trade_id) is int
+                        and 0 <= trade_id <= top
+                        and type(when) is float
+                        and _TEN_DIGITS <= when < _FLOAT_SECONDS
+                        and type(side) is str
+                        and side in sides
+                        and type(kind) is str
+                        and kind in kinds
+                        and type(misc) is str
+                        and len(misc) <= 64
+                        and "\x00" not in misc
+                        and stored(price)
+                        and stored(volume)
+                    ):
+                        shortest = repr(when)
+                        day = blocks.get(shortest[:9]) or _block(blocks, shortest[:9])
+                        when = f"{day}{shortest[9:17]:0<8}+00:00"
+                        append(
+                            (pair, trade_id, when, price, volume, sides[side], kinds[kind], misc)
+                        )
+                        continue
+                append(stored_trade(checked_trade(record, pair, value)))
         last = str(last)
         full = len(rows) >= int(sent.get("count") or TRADES_PAGE)
         more = {**sent, "since": last} if full and rows and last != str(sent.get("since")) else None
         return Page(out, last, more)
+
+
+#: A ``trades`` row's columns as :meth:`Trades.page` makes its tuples (the stream's too).
+TRADE_COLUMNS = ("pair", "trade_id", "time", "price", "volume", "side", "order_type", "misc")
+
+#: A Trades row as Kraken sends it: price, volume, time, side, order type, misc, trade id. The
+#: time stays an int when it came as one (as ``json`` keeps it), so the checked path sees it so.
+TradeRow = tuple[str, str, int | float, str, str, str, int]
+
+
+class TradesAnswer(msgspec.Struct, gc=False):
+    """A Trades answer whose every row has :data:`TradeRow`'s types (an E-error, a number where
+    text was, a row of another length, NaN, invalid UTF-8: a ``msgspec`` error, and the general
+    way)."""
+
+    error: list[str]
+    result: dict[str, list[TradeRow] | str | int]
+
+
+# One decoder a thread: the runner's threads read pages at once.
+_decoders = threading.local()
+
+
+def typed_answer(body: bytes) -> dict[str, Any] | None:
+    """A Trades answer's body as ``{"error": ..., "result": ...}`` with each row a tuple, or None
+    when it is not of :class:`TradesAnswer`'s shape."""
+    decode = getattr(_decoders, "decode", None)
+    if decode is None:
+        decode = _decoders.decode = msgspec.json.Decoder(TradesAnswer).decode
+    try:
+        answer = decode(body)
+    except msgspec.DecodeError:  # ValidationError is one: any other shape
+        return None
+    return {"error": answer.error, "result": answer.result}
+
+
+#: A page's decimal texts joined by commas, each plain, unsigned and without a leading zero that
+#: ``Decimal`` would drop: then each is its own stored text (what :func:`_stored_text` says of
+#: one). A comma inside a value is caught by counting them.
+_STORED_TEXTS = re.compile(r"(?:(?:0|[1-9][0-9]*)(?:\.[0-9]+)?,)*")
+_ROW_TYPES = frozenset({list, tuple})
+
+
+def _usual(pair: str, rows: list[Any], blocks: dict[str, str]) -> Prepared | None:
+    """The page's rows as :data:`TRADE_COLUMNS` tuples of their stored text when every row is of
+    Kraken's usual shape, else None. Checked a column at a time in C (the types, the bounds of
+    ids, times and texts, the codes, one regular expression over the prices and one over the
+    volumes), so the one Python step a row is its time's text: the float's shortest text cut at
+    the microsecond, exactly what :func:`.base.timestamp` and :func:`time_text` make of it.
+
+    A float time from 2001 to 2106 has ten digits before its point, and a block of ten seconds
+    starting at a multiple of ten lies within one minute: its "YYYY-MM-DD HH:MM:S" is made once
+    (``blocks``), and a time's text is that, its last digit of seconds, and its microsecond."""
+    if not rows or not set(map(type, rows)) <= _ROW_TYPES:
+        return None
+    try:
+        prices, volumes, times, sides, kinds, miscs, ids = zip(*rows, strict=False)
+        usual = (
+            set(map(type, ids)) == _INT
+            and min(ids) >= 0
+            and max(ids) <= defaults.MAX_BIGINT
+            and set(map(type, times)) == _FLOAT
+            and math.isfinite(sum(times))  # not NaN, which min() and max() would pass over
+            and min(times) >= _TEN_DIGITS
+            and max(times) < _FLOAT_SECONDS
+            and set(sides) <= _SIDES.keys()
+            and set(kinds) <= _ORDER_TYPES.keys()
+            and set(map(type, miscs)) == _STR
+            and max(map(len, miscs)) <= 64
+            and "\x00" not in "".join(miscs)
+            and _texts(prices)
+            and _texts(volumes)
+        )
+    except (ValueError, TypeError):  # rows shorter than seven, a list where a code was, ...
+        return None
+    if not usual:
+        return None
+    get = blocks.get
+    texts = [f"{get(t[:9]) or _block(blocks, t[:9])}{t[9:17]:0<8}+00:00" for t in map(repr, times)]
+    return Prepared(
+        TRADE_COLUMNS,
+        zip(
+            repeat(pair),
+            ids,
+            texts,
+            prices,
+            volumes,
+            map(_SIDES.__getitem__, sides),
+            map(_ORDER_TYPES.__getitem__, kinds),
+            miscs,
+            strict=False,  # repeat() is endless; the columns are of one length (zip above)
+        ),
+    )
+
+
+_INT, _FLOAT, _STR = frozenset({int}), frozenset({float}), frozenset({str})
+
+
+def _texts(values: tuple[Any, ...]) -> bool:
+    """Whether every one of ``values`` is decimal text that is its own stored text, of at most
+    ``PLAIN_MAX`` characters (:func:`_stored_text` of each, in C)."""
+    if set(map(type, values)) != _STR or max(map(len, values)) > PLAIN_MAX:
+        return False
+    joined = ",".join(values) + ","
+    return joined.count(",") == len(values) and _STORED_TEXTS.fullmatch(joined) is not None
+
+
+def _block(blocks: dict[str, str], first: str) -> str:
+    """The "YYYY-MM-DD HH:MM:S" of the ten seconds whose first nine digits are ``first``."""
+    text = blocks[first] = datetime.fromtimestamp(int(first) * 10, UTC).isoformat(" ")[:18]
+    return text
+
+
+def _stored_text(value: Any) -> bool:
+    """Whether ``value`` is plain decimal text that is its own stored text
+    (:func:`~collector.records.decimal_text` of its ``Decimal``): :func:`_plain`, and no
+    leading zero ``Decimal`` would drop (``0.5`` and ``0`` keep theirs; ``012`` does not)."""
+    return _plain(value) and (value[0] != "0" or len(value) == 1 or value[1] == ".")
+
+
+def stored_trade(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A checked row (:func:`checked_trade`) as the tuple of its stored text
+    (:data:`TRADE_COLUMNS`)."""
+    return (
+        row["pair"],
+        row["trade_id"],
+        time_text(row["time"]),
+        decimal_text(row["price"]),
+        decimal_text(row["volume"]),
+        row["side"],
+        row["order_type"],
+        row["misc"],
+    )
+
+
+def checked_trade(record: RunRecord, pair: str, value: Any) -> dict[str, Any]:
+    """One row of any shape through the checked reads; raises BadResponse for a bad one."""
+    value = _row(record, list(value) if type(value) is tuple else value, 7)
+    price, volume, when, side, kind, misc, trade_id = value[:7]
+    if isinstance(trade_id, bool) or not isinstance(trade_id, int):
+        raise bad(record, f"trade_id {trade_id!r:.40} is not an integer")
+    side = _SIDES.get(side) if type(side) is str else None
+    kind = _ORDER_TYPES.get(kind) if type(kind) is str else None
+    return {
+        "pair": pair,
+        "trade_id": integer(record, trade_id, "trade_id"),
+        "time": timestamp(record, when, "trade time"),
+        "price": Decimal(price) if _plain(price) else decimal(record, price, "price"),
+        "volume": Decimal(volume) if _plain(volume) else decimal(record, volume, "volume"),
+        # Read as text first: a list or a mapping there is a bad answer, not a TypeError
+        # from the lookup.
+        "side": side or _named(_SIDES, text(record, value[3], "side", 4)),
+        "order_type": kind or _named(_ORDER_TYPES, text(record, value[4], "order type", 6)),
+        "misc": text(record, misc, "misc", 64),
+    }
 
 
 ohlc = Table(

@@ -43,9 +43,9 @@ from typing import Any
 from .. import defaults
 from ..backoff import Backoff
 from ..client import API
-from ..datasets.market import Trades
+from ..datasets.market import TRADE_COLUMNS, Trades
 from ..errors import CollectorError, RequestError, Status
-from ..records import RunRecord
+from ..records import Prepared, RunRecord
 from ..retry import Kind, classify
 from .rows import moment
 
@@ -239,7 +239,10 @@ class Fill:
 
     @property
     def trades(self) -> list[dict[str, Any]]:
-        return self.record.rows.get("trades", [])
+        """The trades filled, each by its columns (their stored text: Trades' Prepared rows)."""
+        rows = self.record.rows.get("trades", [])
+        columns = rows.columns if isinstance(rows, Prepared) else TRADE_COLUMNS
+        return [dict(zip(columns, row, strict=True)) for row in rows]
 
     @property
     def gap(self) -> dict[str, Any] | None:
@@ -400,7 +403,7 @@ class Filler:
             finished_at=started,
             attempts=0,
         )
-        found: dict[int, dict[str, Any]] = {}
+        found: dict[int, tuple[Any, ...]] = {}
         sent: dict[str, Any] | None = first
         # `why` ends the gap's reason; `error` is the run's failure, when a call failed (a bound
         # reached is not one: the calls that were made succeeded).
@@ -425,8 +428,8 @@ class Filler:
                 break
             record.pages += 1
             passed = False
-            for row in page.rows:
-                trade_id = row["trade_id"]
+            for row in page.rows:  # Trades' Prepared tuples (TRADE_COLUMNS: the id second)
+                trade_id = row[1]
                 if hole.after < trade_id < hole.before:
                     found.setdefault(trade_id, row)
                 passed = passed or trade_id >= hole.before
@@ -436,7 +439,7 @@ class Filler:
         missing = _spans(hole, rows)
         record = replace(record, finished_at=finished, status=status, error=error)
         if rows:
-            record.rows["trades"] = rows
+            record.rows["trades"] = Prepared(TRADE_COLUMNS, rows)
         if missing:
             record.rows["gaps"] = [self._gap(hole, missing, why)]
             logger.warning("%s", record.rows["gaps"][0]["reason"])
@@ -520,14 +523,14 @@ class _Deadline(CollectorError):
         self.reason = message
 
 
-def _spans(hole: Hole, rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+def _spans(hole: Hole, rows: list[tuple[Any, ...]]) -> list[tuple[int, int]]:
     """The ids between the hole's sides that ``rows`` (sorted by id) lack, as inclusive spans:
     never one entry per id, so a hostile id jump costs no memory."""
     spans, expect = [], hole.after + 1
     for row in rows:
-        if row["trade_id"] > expect:
-            spans.append((expect, row["trade_id"] - 1))
-        expect = row["trade_id"] + 1
+        if row[1] > expect:
+            spans.append((expect, row[1] - 1))
+        expect = row[1] + 1
     if expect < hole.before:
         spans.append((expect, hole.before - 1))
     return spans
