@@ -156,15 +156,12 @@ def has_table(database: Any, name: str, *, views: bool = False) -> bool:
     if database.dialect.name == "sqlite":
         kinds = "('table', 'view')" if views else "('table')"
         sql = f"SELECT count(*) FROM sqlite_master WHERE type IN {kinds} AND name = ?"
-    elif views:  # information_schema.tables lists the views too
+    else:  # pg_class, as SQLAlchemy's inspector reads it: a table the role may not read too
+        kinds = "('r', 'p', 'v', 'm', 'f')" if views else "('r', 'p')"
         sql = (
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = current_schema() AND table_name = %s"
-        )
-    else:
-        sql = (
-            "SELECT count(*) FROM pg_catalog.pg_tables "
-            "WHERE schemaname = current_schema() AND tablename = %s"
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+            f"AND c.relkind IN {kinds} AND c.relname = %s"
         )
     return bool(rows(database, sql, (name,))[0][0])
 

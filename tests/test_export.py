@@ -390,3 +390,31 @@ def test_a_connection_cut_while_exporting_is_the_commands_one_line(
     assert proc.returncode == 2, line
     assert line.startswith("error: ") and "cannot read database postgresql" in line, line
     assert "terminating connection due to administrator command" in line, line
+
+
+def test_a_table_the_role_may_not_read_is_the_servers_refusal_not_missing(
+    tmp_path, postgres
+) -> None:
+    """A reporting role that may read the revision but not the ledger: the export says the
+    server's ``permission denied``, not that the table is missing (its presence is read from
+    the catalogue, as SQLAlchemy's inspector reads it, not from what the role may see)."""
+    from sqlalchemy import create_engine
+
+    url = postgres.new_database()
+    Store.from_url(url).upgrade()
+    role = "reporter_" + url.rsplit("/", 1)[1]
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+            conn.exec_driver_sql(f"GRANT SELECT ON alembic_version TO {role}")
+    finally:
+        admin.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: {url.replace('postgres@', f'{role}@')}\njobs:\n  t: {{method: Time, every: 1h}}\n"
+    )
+    result = cli("ledger", str(path))
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert "permission denied for table ledger" in line, line
