@@ -85,8 +85,10 @@ class Database:
         path = self._url.database or ""
         if path in ("", ":memory:"):
             conn = sqlite3.connect(":memory:")
-        elif path.startswith("file:"):  # a SQLite URI of its own (?uri=true)
-            conn = sqlite3.connect(path, uri=True)
+        elif path.startswith("file:"):  # a SQLite URI of its own (?uri=true&mode=…): as the
+            # read-only engine, SQLAlchemy's reading of it (imported for this form alone)
+            args, options = _sqlalchemy_arguments(self._url)
+            conn = sqlite3.connect(*args, **options)
         else:
             full = os.path.abspath(path)
             folder = os.path.dirname(full)
@@ -114,13 +116,9 @@ def connect_options(url: DatabaseURL) -> dict[str, Any]:
     own grammar: read by its dialect, imported for them alone."""
     keys = {key for key, _ in url.query}
     if "host" in keys or "port" in keys:
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
-
-        text = url.render(hide_password=False)
-        _, found = create_engine(text).dialect.create_connect_args(make_url(text))
+        _, found = _sqlalchemy_arguments(url)
         found.pop("context", None)  # SQLAlchemy's adapters: the export reads text only
-        return dict(found)
+        return found
     options: dict[str, Any] = {}
     for key, value in (
         ("host", url.host),
@@ -133,6 +131,17 @@ def connect_options(url: DatabaseURL) -> dict[str, Any]:
             options[key] = value
     options.update(url.query)
     return options
+
+
+def _sqlalchemy_arguments(url: DatabaseURL) -> tuple[list[Any], dict[str, Any]]:
+    """The driver's ``connect`` arguments SQLAlchemy's dialect makes of ``url``: for the rare
+    URL forms whose grammar is SQLAlchemy's own, which it alone then imports."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    text = url.render(hide_password=False)
+    args, options = create_engine(text).dialect.create_connect_args(make_url(text))
+    return list(args), dict(options)
 
 
 def rows(database: Any, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:

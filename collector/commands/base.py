@@ -174,6 +174,8 @@ def _exists(database: str) -> bool:
     url = parse_url(database)
     if url.backend() != "sqlite" or url.database in (None, "", ":memory:"):
         return True
+    if (url.database or "").startswith("file:"):  # SQLite's own URI: its rules say (mode=ro…)
+        return True
     return os.path.exists(url.database or "")
 
 
