@@ -12,6 +12,11 @@ CSV is the server's ``COPY … TO STDOUT`` (what ``psql \\copy`` does), a large 
 joined in chunks by two server processes (:func:`_pg_chunks`); the other formats read a cursor
 a batch at a time (server-side on PostgreSQL).
 
+It reads through raw driver connections only, of SQLAlchemy's ``Engine`` or of
+:class:`collector.rawdb.Database` (``collector export``'s: ``sqlite3`` and ``psycopg`` alone), and
+knows every table's columns from :mod:`collector.exportcolumns`: it imports no SQLAlchemy, whose
+import was most of an export's start (docs/benchmarks.md, "## Export").
+
 ``--format kraken`` writes the layouts of the files Kraken's website exports, the ones tax tools
 import (docs/export.md has the sources):
 
@@ -50,17 +55,12 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from select import select as fds_ready
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from sqlalchemy import JSON, Boolean, Engine, Integer, Numeric
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.types import TypeEngine
-
-from . import datasets, defaults
+from . import defaults, rawdb
 from .errors import ConfigError
+from .exportcolumns import COLUMNS, TIME_COLUMNS
 from .sanitize import FORMULA_START, cell
-from .schema import ExactDecimal, UTCDateTime, metadata
-from .valuation import table as portfolio_value
 from .views import VIEWS
 
 logger = logging.getLogger(__name__)
@@ -70,19 +70,6 @@ FORMATS = ("csv", "jsonl", "kraken")
 BATCH = 5_000
 #: Rows a chunk of a SQLite table's CSV, made by SQLite as one text.
 CHUNK = 10_000
-
-#: The column ``--since`` and ``--until`` filter a table on when no dataset declares one
-#: (:attr:`collector.datasets.Dataset.time_column`, read first): the tables that are not a
-#: dataset's, and the reference tables, whose rows' time is when they last changed.
-OTHER_TIME_COLUMNS = {
-    "runs": "started_at",
-    "cursors": "updated_at",
-    "ledger_verification": "updated_at",
-    "account_leases": "since",
-    "portfolio_value": "taken_at",
-    "assets": "updated_at",
-    "pairs": "updated_at",
-}
 
 #: Kraken's layouts: the file's columns, each with what fills it.
 KRAKEN_LEDGER = (
@@ -126,44 +113,36 @@ class Request:
     account: str | None = None
 
 
+class Source(Protocol):
+    """What an export reads through: SQLAlchemy's ``Engine``, or :class:`collector.rawdb.Database`
+    (the driver's own connections, no SQLAlchemy imported: ``collector export``'s). Only its raw
+    connections are used (``driver_connection``, ``cursor()``, ``rollback()``, ``close()``)."""
+
+    @property
+    def dialect(self) -> Any: ...
+
+    def raw_connection(self) -> Any: ...
+
+    def dispose(self, close: bool = True) -> None: ...
+
+
 def tables() -> list[str]:
-    """Every table and view that can be exported (``portfolio_value`` named: its module may
-    not be imported yet, and ``metadata`` has only the tables of imported modules)."""
-    return sorted({*metadata.tables, portfolio_value.name, *VIEWS})
-
-
-def _kind(type_: TypeEngine[Any]) -> str:
-    if isinstance(type_, UTCDateTime):
-        return "time"
-    if isinstance(type_, ExactDecimal | Numeric):
-        return "decimal"
-    if isinstance(type_, Boolean):
-        return "bool"
-    if isinstance(type_, JSON):
-        return "json"
-    if isinstance(type_, Integer):
-        return "int"
-    return "text"
+    """Every table and view that can be exported."""
+    return sorted({*COLUMNS, *VIEWS})
 
 
 def columns(name: str) -> list[tuple[str, str]]:
     """The columns of a table or view, each with its kind (time, decimal, bool, json, int,
-    text)."""
+    text): :data:`collector.exportcolumns.COLUMNS`', a view's added names text."""
     base, added = VIEWS.get(name, (name, ()))
-    table = metadata.tables[base]
-    return [(c.name, _kind(c.type)) for c in table.columns] + [(a, "text") for a in added]
+    return [*COLUMNS[base], *((a, "text") for a in added)]
 
 
 def time_column(name: str) -> str | None:
-    """The column ``--since``/``--until`` filter table or view ``name`` on: its dataset's
-    ``time_column``, else :data:`OTHER_TIME_COLUMNS`', else its ``time`` if it has one."""
-    base = VIEWS.get(name, (name, ()))[0]
-    dataset = datasets.named(base, (*datasets.DEFAULT, *datasets.STREAMS))
-    found = dataset.time_column if dataset is not None else None
-    found = found or OTHER_TIME_COLUMNS.get(base)
-    if found is None and base in metadata.tables and "time" in metadata.tables[base].c:
-        found = "time"
-    return found
+    """The column ``--since``/``--until`` filter table or view ``name`` on (its dataset's
+    ``time_column``, else when its rows last changed, else its ``time``:
+    :data:`collector.exportcolumns.TIME_COLUMNS`)."""
+    return TIME_COLUMNS.get(VIEWS.get(name, (name, ()))[0])
 
 
 def check(request: Request) -> None:
@@ -363,57 +342,72 @@ def _jsonl_lines(request: Request, rows: Iterator[Sequence[Any]]) -> Iterator[st
         yield dumps(dict(zip(names, values, strict=True))) + "\n"
 
 
-def export(engine: Engine, request: Request, out: IO[bytes]) -> int:
+def export(engine: Source, request: Request, out: IO[bytes]) -> int:
     """Write ``request``'s rows to ``out`` (binary, UTF-8); returns how many rows."""
     check(request)
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
         return _export(engine, request, out)
     except dbapi_error as exc:
+        if getattr(engine.dialect, "raw", False):  # collector.rawdb's: the driver's errors
+            raise
         # The raw connection's errors are the driver's own: SQLAlchemy's, as everywhere else.
+        from sqlalchemy.exc import DBAPIError
+
         raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
 
 
-def _export(engine: Engine, request: Request, out: IO[bytes]) -> int:
-    dialect = engine.dialect.name
+def _export(engine: Source, request: Request, out: IO[bytes]) -> int:
     raw = engine.raw_connection()
     try:
-        if dialect == "postgresql" and request.format == "csv":
-            if request.table not in VIEWS:
-                count = _pg_chunks(engine, raw.driver_connection, request, out)
-                if count is not None:
-                    return count
-            return _copy_csv(raw.driver_connection, request, out)
-        if dialect == "sqlite" and request.format == "csv" and request.table not in VIEWS:
-            return _sqlite_csv(engine, raw, request, out)
-        if request.format == "kraken":
-            sql, params = kraken_select(request, dialect)
-        else:
-            sql, params = select(request, dialect)
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
-        rows = _rows(raw, dialect, sql, params)
-        try:
-            count = 0
-            if request.format == "csv":
-                writer = csv.writer(text, lineterminator="\n")
-                writer.writerow([c for c, _ in columns(request.table)])
-                for batch in rows:
-                    writer.writerows(batch)
-                    count += len(batch)
-                return count
-            lines = _kraken_lines if request.format == "kraken" else _jsonl_lines
-            counted = _counting(rows)
-            text.writelines(lines(request, counted.rows()))
-            return counted.count
-        finally:
-            rows.close()  # its cursor, while the connection is open (a reader gone: `| head`)
-            try:
-                text.flush()
-            finally:
-                text.detach()  # ``out`` is the caller's to close
-    finally:
-        raw.rollback()  # read-only: nothing to keep, and a server-side cursor's transaction ends
+        count = _written(engine, raw, request, out)
+    except BaseException:
+        # The first error is the one to tell: a lost connection's rollback fails too.
+        with contextlib.suppress(Exception):
+            raw.rollback()
         raw.close()
+        raise
+    raw.rollback()  # read-only: nothing to keep, and a server-side cursor's transaction ends
+    raw.close()
+    return count
+
+
+def _written(engine: Source, raw: Any, request: Request, out: IO[bytes]) -> int:
+    """``request``'s rows written to ``out`` through ``raw``, a raw connection of ``engine``."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql" and request.format == "csv":
+        if request.table not in VIEWS:
+            count = _pg_chunks(engine, raw.driver_connection, request, out)
+            if count is not None:
+                return count
+        return _copy_csv(raw.driver_connection, request, out)
+    if dialect == "sqlite" and request.format == "csv" and request.table not in VIEWS:
+        return _sqlite_csv(engine, raw, request, out)
+    if request.format == "kraken":
+        sql, params = kraken_select(request, dialect)
+    else:
+        sql, params = select(request, dialect)
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+    rows = _rows(raw, dialect, sql, params)
+    try:
+        count = 0
+        if request.format == "csv":
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow([c for c, _ in columns(request.table)])
+            for batch in rows:
+                writer.writerows(batch)
+                count += len(batch)
+            return count
+        lines = _kraken_lines if request.format == "kraken" else _jsonl_lines
+        counted = _counting(rows)
+        text.writelines(lines(request, counted.rows()))
+        return counted.count
+    finally:
+        rows.close()  # its cursor, while the connection is open (a reader gone: `| head`)
+        try:
+            text.flush()
+        finally:
+            text.detach()  # ``out`` is the caller's to close
 
 
 class _counting:
@@ -452,7 +446,7 @@ def _rows(raw: Any, dialect: str, sql: str, params: dict) -> Generator[list[Any]
 _NEEDS_QUOTES = '*[,"\n\r]*'
 
 
-def _sqlite_csv(engine: Engine, raw: Any, request: Request, out: IO[bytes]) -> int:
+def _sqlite_csv(engine: Source, raw: Any, request: Request, out: IO[bytes]) -> int:
     """A table's CSV on SQLite, made by SQLite itself: ``CHUNK`` rows at a time as one text
     (``printf`` of each row, joined by ``group_concat``), the chunks walked by rowid in one read
     transaction (one snapshot). Python checks each chunk in C-speed scans (as many separators and
@@ -578,7 +572,7 @@ def _two_cores_pay(first: int | None, last: int | None, rows: int) -> bool:
     return threading.active_count() == 1 and cores >= 2
 
 
-def _monitor(engine: Engine, raw: Any) -> Any:
+def _monitor(engine: Source, raw: Any) -> Any:
     """A second connection to the file of ``raw``, which watches ``PRAGMA data_version`` while
     the chunks are read (None for a database in memory: another connection sees another one)."""
     rows = raw.driver_connection.execute("PRAGMA database_list").fetchall()
@@ -592,7 +586,7 @@ def _data_version(monitor: Any) -> int:
 
 
 def _sqlite_halves(
-    engine: Engine,
+    engine: Source,
     monitor: Any,
     version: int | None,
     cursor: Any,
@@ -691,7 +685,7 @@ def _frame(pipe: IO[bytes]) -> tuple[int, int]:
 
 
 def _sqlite_worker(
-    engine: Engine,
+    engine: Source,
     chunks: _Chunks,
     bounds: tuple[int, int, int],
     half: tuple[int, int],
@@ -759,7 +753,7 @@ PG_CHUNK_BLOCKS = 128
 PG_CHUNKS_FROM = 5
 
 
-def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> int | None:
+def _pg_chunks(engine: Source, conn: Any, request: Request, out: IO[bytes]) -> int | None:
     """A large table's CSV on PostgreSQL, the lines made by the server in chunks of
     ``PG_CHUNK_BLOCKS`` blocks of the table (a TID range scan each: its rows in the order a
     sequential scan reads them, as the one COPY of the rows writes them), joined by
@@ -867,17 +861,21 @@ def _pg_chunks(engine: Engine, conn: Any, request: Request, out: IO[bytes]) -> i
                 extra.close()
 
 
-def _second_in_snapshot(engine: Engine, conn: Any) -> tuple[Any, str] | None:
+def _second_in_snapshot(engine: Source, conn: Any) -> tuple[Any, str] | None:
     """A second connection in ``conn``'s snapshot, and the snapshot's name; None when the server
     will not give one (no connection left under ``max_connections``, a snapshot it cannot
     export): the table is then one COPY on ``conn``, as before, not an error."""
     import psycopg
-    from sqlalchemy.exc import DBAPIError
 
+    refused: tuple[type[BaseException], ...] = (psycopg.Error,)
+    if not getattr(engine.dialect, "raw", False):  # SQLAlchemy's pool wraps a refused connect
+        from sqlalchemy.exc import DBAPIError
+
+        refused = (psycopg.Error, DBAPIError)
     try:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         second = engine.raw_connection()
-    except (psycopg.Error, DBAPIError) as exc:
+    except refused as exc:
         logger.debug("no second connection in the export's snapshot (%s): one COPY", exc)
         return None
     try:
@@ -1070,41 +1068,31 @@ def moment(value: str | None, option: str) -> datetime | None:
     return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
 
 
-def has_table(engine: Engine, table: str, *, shown: str, file: str) -> None:
+def has_table(engine: Source, table: str, *, shown: str, file: str) -> None:
     """The database (``shown``, of the job file ``file``) has ``table``, or one line saying how
     to add it (an older collector migrated it), before anything is written."""
-    from sqlalchemy import inspect
-
-    from .store import current_revision
-
-    with engine.connect() as conn:
-        found = inspect(conn)
-        if table in found.get_table_names() or table in found.get_view_names():
-            return
+    if rawdb.has_table(engine, table, views=True):
+        return
     raise ConfigError(
         f"database {shown} has no {table} yet (at revision "
-        f"{current_revision(engine)}, an older collector's): "
+        f"{max(rawdb.revisions(engine), default=None)}, an older collector's): "
         f"`collector db upgrade {os.path.basename(file)}` adds it",
         file=file,
         key="database",
     )
 
 
-def one_account(engine: Engine, request: Request, *, file: str) -> Request:
+def one_account(engine: Source, request: Request, *, file: str) -> Request:
     """Kraken's files are one account's: ``request`` for the account of the table's rows, or an
     error that asks which when there are several."""
     import dataclasses
 
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        found = (
-            conn.execute(
-                text(f"SELECT DISTINCT account FROM {request.table} ORDER BY account LIMIT 2")
-            )
-            .scalars()
-            .all()
+    found = [
+        r[0]
+        for r in rawdb.rows(
+            engine, f"SELECT DISTINCT account FROM {request.table} ORDER BY account LIMIT 2"
         )
+    ]
     if len(found) > 1:
         raise ConfigError(
             f"the {request.table} holds several accounts' rows ({', '.join(found)}, ...); "

@@ -156,10 +156,10 @@ def check_sqlite_folder(config: Config, *, writable: bool = True) -> bool:
     """For SQLite, that the file's folder exists (waiting would not make it) and, with
     ``writable``, that this user can create and write the file there (and its ``-wal``); False
     for a database that is not a SQLite file."""
-    from sqlalchemy.engine import make_url
+    from .dburl import parse  # SQLAlchemy's reading, without importing it (read-only commands)
 
-    url = make_url(config.database)
-    if url.get_backend_name() != "sqlite":
+    url = parse(config.database)
+    if url.backend() != "sqlite":
         return False
     path = url.database or ""
     if not path or path == ":memory:" or path.startswith("file:"):

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -47,6 +46,7 @@ from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
 from .errors import ConfigError
 from .pairs import Names
+from .rawdb import migrations_dir
 from .records import Prepared, RunRecord, time_text
 from .schema import ExactDecimal, UTCDateTime, cursors, runs, state
 
@@ -207,15 +207,6 @@ def error_line(exc: BaseException) -> str:
     statement), bounded: what a one-line error or a log line says of it."""
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
-
-
-def migrations_dir() -> Path:
-    """The Alembic scripts: inside the package when installed from a wheel, else the checkout's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
-        if (candidate / "env.py").exists():
-            return candidate
-    raise FileNotFoundError("collector's migrations are missing from this installation")
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -507,6 +508,52 @@ def test_a_read_only_postgresql_session_refuses_writes(postgres) -> None:
                 conn.execute(text("DELETE FROM runs"))
     finally:
         store.dispose()
+
+
+def test_the_exports_own_connections_refuse_writes(database_url) -> None:
+    """``collector export`` reads through the driver alone (:mod:`collector.rawdb`), opened as
+    ``read_only_engine`` opens it: SQLite ``mode=ro``, PostgreSQL's every transaction read-only,
+    a second transaction included."""
+    from collector.rawdb import Database
+
+    Store.from_url(database_url).upgrade()
+    database = Database(database_url)
+    refusal = "read-only transaction" if database_url.startswith("postgresql") else "readonly"
+    for _ in range(2):
+        raw = database.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT count(*) FROM runs")
+            assert cursor.fetchone()[0] == 0
+            with pytest.raises(database.dialect.loaded_dbapi.Error, match=refusal):
+                cursor.execute("DELETE FROM runs")
+            raw.rollback()
+        finally:
+            raw.close()
+
+
+def test_a_sqlite_uri_is_opened_as_sqlalchemy_opens_it(tmp_path) -> None:
+    """``sqlite:///file:PATH?mode=ro&uri=true``: the export's connection is the URI SQLAlchemy
+    makes of it, its ``mode=ro`` kept (not a plain file named ``file:PATH``)."""
+    from collector.rawdb import Database
+
+    db = tmp_path / "c.db"
+    Store.from_url(f"sqlite:///{db}").upgrade()
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    raw = Database(url).raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SELECT count(*) FROM runs")
+        assert cursor.fetchone()[0] == 0
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            cursor.execute("DELETE FROM runs")
+    finally:
+        raw.close()
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n  t: {method: Time, every: 1h}\n")
+    result = cli("export", "runs", str(jobs), "--db", url)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("id,job,method,params,")
 
 
 @pytest.mark.parametrize("command", ["status", "verify", "export"])

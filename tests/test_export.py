@@ -341,3 +341,80 @@ def test_since_and_until_filter_on_each_datasets_own_time_column(tmp_path, datab
     result = cli("stream_connections", str(path), "--since", "2026-12-07T13:00:00Z")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1:] == []  # the header alone: opened before
+
+
+@pytest.mark.parametrize("table", ["runs", "runs_by_cursor"], ids=["copy", "jsonl"])
+def test_a_connection_cut_while_exporting_is_the_commands_one_line(
+    tmp_path, postgres, table
+) -> None:
+    """``collector export`` reads through psycopg itself (:mod:`collector.rawdb`): its
+    connection ended by the server half-way (the export queued behind another session's lock,
+    then terminated, as an administrator or a failover does) is ``cannot read database …``, one
+    line and exit 2, in the CSV's COPY and in JSON lines' server-side cursor alike."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    from .helpers import wait_for
+
+    url = postgres.new_database()
+    store = Store.from_url(url)
+    store.upgrade()
+    store.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_DATABASE_URL"}
+    cmd = [sys.executable, "-m", "collector.cli", "export", "runs", str(path)]
+    if table == "runs_by_cursor":
+        cmd += ["--format", "jsonl"]
+    holder = create_engine(url).connect()
+    try:
+        holder.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def waiting() -> bool:  # the export's query is queued behind the lock
+            return bool(
+                holder.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar()
+            )
+
+        wait_for(waiting)
+        holder.execute(
+            text("SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE NOT l.granted")
+        )
+        _, err = proc.communicate(timeout=60)
+    finally:
+        holder.rollback()
+        holder.close()
+    (line,) = err.decode().splitlines()
+    assert proc.returncode == 2, line
+    assert line.startswith("error: ") and "cannot read database postgresql" in line, line
+    assert "terminating connection due to administrator command" in line, line
+
+
+def test_a_table_the_role_may_not_read_is_the_servers_refusal_not_missing(
+    tmp_path, postgres
+) -> None:
+    """A reporting role that may read the revision but not the ledger: the export says the
+    server's ``permission denied``, not that the table is missing (its presence is read from
+    the catalogue, as SQLAlchemy's inspector reads it, not from what the role may see)."""
+    from sqlalchemy import create_engine
+
+    url = postgres.new_database()
+    Store.from_url(url).upgrade()
+    role = "reporter_" + url.rsplit("/", 1)[1]
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+            conn.exec_driver_sql(f"GRANT SELECT ON alembic_version TO {role}")
+    finally:
+        admin.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"database: {url.replace('postgres@', f'{role}@')}\njobs:\n  t: {{method: Time, every: 1h}}\n"
+    )
+    result = cli("ledger", str(path))
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert "permission denied for table ledger" in line, line

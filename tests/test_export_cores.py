@@ -18,8 +18,9 @@ from decimal import Decimal
 import pytest
 
 from collector.export import CHUNK, TWO_CORES_FROM, Request, export
+from collector.rawdb import Database
 from collector.records import RunRecord
-from collector.store import Store, read_only_engine
+from collector.store import Store
 
 ROWS = TWO_CORES_FROM + 3 * CHUNK // 2  # the last chunk a part one
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -87,9 +88,9 @@ def trades_db(tmp_path_factory) -> str:
 _EXPORT = """
 import logging, sys
 from collector.export import Request, export
-from collector.store import read_only_engine
+from collector.rawdb import Database
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
-print(export(read_only_engine(sys.argv[1]), Request("trades"), sys.stdout.buffer), file=sys.stderr)
+print(export(Database(sys.argv[1]), Request("trades"), sys.stdout.buffer), file=sys.stderr)
 """
 
 
@@ -188,7 +189,7 @@ def trades_pg(postgres) -> str:
 
 
 def _export_here(url: str, request: Request, caplog) -> bytes:
-    engine = read_only_engine(url)
+    engine = Database(url)  # as `collector export` reads it
     out = io.BytesIO()
     caplog.clear()
     try:

@@ -10,6 +10,8 @@ import ast
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -138,3 +140,149 @@ def test_what_opens_no_database_imports_no_sqlalchemy(args: list[str]) -> None:
     without the datasets' tables: a command that opens no database starts without either."""
     heavy = ("sqlalchemy", "collector.datasets", "collector.schema", *_CALLERS)
     assert _imported(heavy, *args) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["trades"],
+        ["trades_named", "--since", "2026-01-01", "--until", "2026-02-01"],
+        ["runs", "--account", "main"],
+        ["trades", "--format", "jsonl"],
+        ["my_trades", "--format", "kraken"],
+    ],
+    ids=lambda args: "-".join(args[:1] + args[2:3]),
+)
+def test_an_export_imports_no_sqlalchemy(args: list[str], tmp_path, database_url) -> None:
+    """``collector export TABLE JOBFILE`` (CSV, as the other formats) reads through the driver
+    alone (:mod:`collector.rawdb`) and knows its columns from :mod:`collector.exportcolumns`:
+    neither SQLAlchemy nor the tables' modules are imported (0.3 s of every export's start)."""
+    from collector.schema import metadata
+    from collector.store import Store
+
+    store = Store.from_url(database_url)
+    store.upgrade()
+    at = datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)
+    with store.engine.begin() as conn:
+        run = conn.execute(
+            metadata.tables["runs"]
+            .insert()
+            .values(
+                job="t",
+                method="Trades",
+                params={},
+                scheduled_at=at,
+                started_at=at,
+                finished_at=at,
+                status="ok",
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            metadata.tables["trades"]
+            .insert()
+            .values(
+                pair="XXBTZUSD",
+                trade_id=7,
+                time=at,
+                price=Decimal("0.0001000"),
+                volume=Decimal("2"),
+                side="b",
+                order_type="l",
+                misc="=cmd",
+                run_id=run,
+            )
+        )
+    store.dispose()
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"database: {database_url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    out = tmp_path / "out.csv"
+    heavy = ("sqlalchemy", "alembic", "collector.schema", "collector.datasets", "collector.store")
+    table, *options = args
+    assert _imported(heavy, "export", table, str(jobs), *options, "-o", str(out)) == []
+    lines = out.read_text().splitlines()
+    if "jsonl" in options:
+        (line,) = lines
+        assert '"time":"2026-01-02 03:04:05.25+00","price":"0.0001000"' in line
+        assert '"misc":"=cmd"' in line  # JSON lines are as stored
+    elif "kraken" in options:  # no fills: the header alone
+        assert lines == [
+            '"txid","ordertxid","pair","time","type","ordertype","price","cost",'
+            '"fee","vol","margin","misc","ledgers"'
+        ]
+    elif table != "runs":
+        assert lines[1].startswith("XXBTZUSD,7,2026-01-02 03:04:05.25+00,0.0001000,2,b,l,'=cmd,")
+        assert len(lines) == 2
+    else:  # the run is no account's
+        assert lines == [",".join(c for c, _ in _columns("runs"))]
+
+
+def _columns(table: str) -> list[tuple[str, str]]:
+    from collector.export import columns
+
+    return columns(table)
+
+
+def test_the_export_columns_written_out_are_the_schemas() -> None:
+    """:mod:`collector.exportcolumns` (what an export knows without SQLAlchemy) is every table
+    of :data:`collector.schema.metadata`, each column with the kind its type makes (a decimal
+    is never text: a CSV's text cells are the sanitised ones), and the datasets' time columns."""
+    import importlib
+
+    from sqlalchemy import JSON, Boolean, Integer, Numeric
+
+    from collector.datasets import DEFAULT, STREAMS
+    from collector.exportcolumns import COLUMNS, TIME_COLUMNS
+    from collector.schema import ExactDecimal, UTCDateTime, metadata
+
+    for module in ("collector.store", "collector.valuation"):  # every table's: all in metadata
+        importlib.import_module(module)
+
+    def kind(type_: object) -> str:
+        for cls, name in (
+            (UTCDateTime, "time"),
+            (ExactDecimal | Numeric, "decimal"),
+            (Boolean, "bool"),
+            (JSON, "json"),
+            (Integer, "int"),
+        ):
+            if isinstance(type_, cls):  # type: ignore[arg-type]
+                return name
+        return "text"
+
+    assert {
+        name: tuple((c.name, kind(c.type)) for c in table.columns)
+        for name, table in metadata.tables.items()
+    } == COLUMNS
+    for dataset in (*DEFAULT, *STREAMS):
+        if dataset.time_column is not None:
+            assert TIME_COLUMNS[dataset.name] == dataset.time_column, dataset.name
+    for name, column in TIME_COLUMNS.items():
+        assert (column, "time") in COLUMNS[name], name
+    assert set(COLUMNS) - set(TIME_COLUMNS) == {"collector_state"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:5432/db",
+        "postgresql+psycopg://u:p%40ss%2Fw@h/db?sslmode=require&application_name=x",
+        "postgresql+psycopg:///db?host=/var/run/postgresql",
+        "postgresql+psycopg://u@/db?host=a:5432&host=b:5433",
+        "postgresql+psycopg://u@/db?host=a,b&port=5432,5433",
+        "postgresql+psycopg://u@h1,h2/db",
+        "postgresql+psycopg://[::1]:5433/db?connect_timeout=3",
+        "postgresql+psycopg://u@h",
+    ],
+)
+def test_the_exports_postgresql_connection_is_sqlalchemys(url: str) -> None:
+    """:mod:`collector.rawdb` connects with the arguments SQLAlchemy's psycopg dialect gives
+    psycopg for the same URL (its own reading of the multi-host forms)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from collector.dburl import parse
+    from collector.rawdb import connect_options
+
+    _, theirs = create_engine(url).dialect.create_connect_args(make_url(url))
+    theirs.pop("context", None)
+    assert connect_options(parse(url)) == theirs

@@ -18,9 +18,11 @@ from ..defaults import DATABASE_ENV
 from ..errors import CollectorError, ConfigError
 from ..jobfile import Config, load
 from ..preflight import check_sqlite_folder, db_error, missing_driver
+from ..rawdb import known_revisions
 from ..sanitize import text as safe
 
 if TYPE_CHECKING:
+    from ..rawdb import Database
     from ..store import Store
 
 
@@ -92,6 +94,7 @@ class Reading:
         self._database = database
         self._config: Config | None = None
         self._store: Store | None = None
+        self._raw: Database | None = None
 
     def config(self) -> Config:
         """The job file; its SQLite folder must exist (nothing is created)."""
@@ -122,10 +125,37 @@ class Reading:
         self._store = _read_store(config)
         return self._store
 
+    def database(self) -> Database:
+        """The database as :meth:`store` opens it (read-only, its revision checked, the same
+        lines for the same faults), read through the driver alone (:mod:`collector.rawdb`):
+        no SQLAlchemy imported, for what reads only raw connections (``export``)."""
+        from ..rawdb import Database, revisions
+
+        config = self.config()
+        if not _exists(config.database):
+            raise ConfigError(
+                f"cannot read database {config.database_for_display()}: it does not exist yet",
+                file=config.path,
+                key="database",
+            )
+        try:
+            found = Database(config.database)
+        except ModuleNotFoundError as exc:
+            raise missing_driver(config.database_for_display(), exc, config.path) from None
+        self._raw = found
+        try:
+            stored = revisions(found)
+        except found.dialect.loaded_dbapi.Error as exc:
+            raise db_error(config, "read", exc) from None
+        _known(stored, config)
+        return found
+
     def errors(self) -> tuple[type[BaseException], ...]:
         """What reading the database may raise: SQLAlchemy's errors, and the driver's own (an
         export streams through the driver's connection, COPY or a server-side cursor, whose
         errors SQLAlchemy does not wrap)."""
+        if self._raw is not None:  # SQLAlchemy not imported: none of its errors can come
+            return (self._raw.dialect.loaded_dbapi.Error,)
         from sqlalchemy.exc import SQLAlchemyError
 
         if self._store is None:
@@ -143,6 +173,8 @@ def _exists(database: str) -> bool:
     module, with the status report's, a read-only command would import for these lines)."""
     url = parse_url(database)
     if url.backend() != "sqlite" or url.database in (None, "", ":memory:"):
+        return True
+    if (url.database or "").startswith("file:"):  # SQLite's own URI: its rules say (mode=ro…)
         return True
     return os.path.exists(url.database or "")
 
@@ -171,10 +203,19 @@ def _read_store(config: Config) -> Store:
     except SQLAlchemyError as exc:
         store.dispose()
         raise db_error(config, "read", exc) from None
+    try:
+        _known(found, config)
+    except ConfigError:
+        store.dispose()
+        raise
+    return store
+
+
+def _known(found: list[str], config: Config) -> None:
+    """Every revision ``found`` in the database is one this collector knows, or one line."""
     known = known_revisions()
     for revision in found:
         if revision not in known:
-            store.dispose()
             raise ConfigError(
                 f"the database is at revision {revision}, which this collector does not know "
                 f"(it knows up to {max(known)}): a newer collector migrated it; run that "
@@ -182,17 +223,6 @@ def _read_store(config: Config) -> Store:
                 file=config.path,
                 key="database",
             )
-    return store
-
-
-def known_revisions() -> frozenset[str]:
-    """The revisions of this collector's migrations, from their files' names (``0012_streams.py``
-    is revision ``0012``: every migration is named so, and ``tests/test_export_start.py`` holds
-    this to Alembic's own reading of them)."""
-    from ..store import migrations_dir
-
-    names = os.listdir(migrations_dir() / "versions")
-    return frozenset(n.split("_", 1)[0] for n in names if n.endswith(".py") and n[:4].isdigit())
 
 
 def reads_database(command: Callable[..., None]) -> Callable[..., None]:

@@ -61,11 +61,11 @@ def export(
     check(request)
     where = target(output)  # before anything is read: a folder or a link is refused now
     config = reading.config()
-    store = reading.store()
-    has_table(store.engine, table, shown=config.database_for_display(), file=config.path)
+    database = reading.database()  # the driver's own connections: no SQLAlchemy to import
+    has_table(database, table, shown=config.database_for_display(), file=config.path)
     if format_ == "kraken" and account is None:
-        request = one_account(store.engine, request, file=config.path)
+        request = one_account(database, request, file=config.path)
     with destination(where, sys.stdout.buffer) as out:
-        count = write(store.engine, request, out)
+        count = write(database, request, out)
     if where.path is not None:
         say(f"{count:,} rows of {table} written to {where.path}", err=True)
