@@ -8,7 +8,6 @@ same for a pip-installed ``collector run``, before its threads start.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import platform
@@ -26,15 +25,20 @@ def limit_malloc_arenas(arenas: int = defaults.MALLOC_ARENAS) -> bool:
     ``MALLOC_ARENA_MAX`` the image sets, for a pip-installed ``collector run``); returns whether
     it did. Not on another C library (musl, macOS: their allocators have no such arenas), nor when
     ``MALLOC_ARENA_MAX`` is set: the person who set it decided."""
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
+    try:  # an optional tweak: nothing here may stop the service (no libffi, no libc to read, ...)
+        if platform.libc_ver()[0] != "glibc":
+            return False
+        import ctypes  # here: a Python built without libffi still runs the service
+
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt.restype = ctypes.c_int
+        done = mallopt(_M_ARENA_MAX, arenas) == 1
+    except Exception as exc:  # see above: any failure leaves the arenas as they are
+        logger.debug("malloc arenas left as they are (%s)", type(exc).__name__)
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    done = mallopt(_M_ARENA_MAX, arenas) == 1
     if not done:
         logger.debug("mallopt(M_ARENA_MAX, %d) refused", arenas)
     return done

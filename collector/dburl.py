@@ -11,7 +11,7 @@ both renderings equal to SQLAlchemy's over a set of URLs, odd ones included.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
@@ -44,7 +44,7 @@ class DatabaseURL:
 
     drivername: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr (a log, a traceback)
     host: str | None = None
     port: int | None = None
     database: str | None = None

@@ -306,6 +306,20 @@ def _quoted(value: str | None) -> str:
     return '""' if value is None else '"' + value.replace('"', '""') + '"'
 
 
+def _quoting_cr(batch: Sequence[Sequence[Any]]) -> str:
+    """CSV lines of ``batch`` ending in "\n", a cell holding a "\r" quoted as one holding a
+    "\n" is (csv.writer quotes what its line terminator holds: "\r\n" here, then cut)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    lines = []
+    for row in batch:
+        writer.writerow(row)
+        lines.append(buffer.getvalue()[:-2] + "\n")
+        buffer.seek(0)
+        buffer.truncate()
+    return "".join(lines)
+
+
 def _kraken_lines(request: Request, rows: Iterator[Sequence[Any]]) -> Iterator[str]:
     """Kraken's CSV: every header and text field quoted, numbers bare (as its files are)."""
     ledger = request.table == "ledger"
@@ -392,10 +406,19 @@ def _written(engine: Source, raw: Any, request: Request, out: IO[bytes]) -> int:
     try:
         count = 0
         if request.format == "csv":
-            writer = csv.writer(text, lineterminator="\n")
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow([c for c, _ in columns(request.table)])
+            text.write(buffer.getvalue())
             for batch in rows:
+                buffer.seek(0)
+                buffer.truncate()
                 writer.writerows(batch)
+                chunk = buffer.getvalue()
+                # csv quotes a cell with the line terminator's "\n", not one with a bare "\r",
+                # which readers (Python's, spreadsheets) take for a line's end: "x\r=1+2" would
+                # put a formula at a line's start. Rare: that batch is written again, quoted.
+                text.write(chunk if "\r" not in chunk else _quoting_cr(batch))
                 count += len(batch)
             return count
         lines = _kraken_lines if request.format == "kraken" else _jsonl_lines

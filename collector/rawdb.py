@@ -127,9 +127,16 @@ def connect_options(url: DatabaseURL) -> dict[str, Any]:
         ("password", url.password),
         ("port", url.port),
     ):
-        if value is not None:
+        if value:  # an empty part is left out, as SQLAlchemy leaves it (libpq reads PGUSER, ...)
             options[key] = value
-    options.update(url.query)
+    seen: set[str] = set()
+    for key, value in url.query:
+        if key in seen:
+            # SQLAlchemy hands psycopg a tuple, which it refuses; never the last one silently
+            # (`sslmode=require&sslmode=disable` would be a downgrade).
+            raise ValueError(f"the URL's query gives {key} more than once")
+        seen.add(key)
+        options[key] = value
     return options
 
 
@@ -138,9 +145,13 @@ def _sqlalchemy_arguments(url: DatabaseURL) -> tuple[list[Any], dict[str, Any]]:
     URL forms whose grammar is SQLAlchemy's own, which it alone then imports."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     text = url.render(hide_password=False)
-    args, options = create_engine(text).dialect.create_connect_args(make_url(text))
+    try:
+        args, options = create_engine(text).dialect.create_connect_args(make_url(text))
+    except ArgumentError as exc:  # a URL its grammar refuses: the command's one line
+        raise ValueError(str(exc)) from None
     return list(args), dict(options)
 
 

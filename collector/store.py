@@ -575,14 +575,14 @@ class Store:
         if fresh:
             if len(fresh) < len(records):
                 body = _json_encode([rows[i] for i in fresh])
-            conn.exec_driver_sql(insert_sql, (body,))
+            conn.exec_driver_sql(insert_sql, (body.decode(),))  # text: 3.45.0 read a BLOB as JSONB
             by_uid.update(self._sqlite_ids(conn, [records[i].uid for i in fresh]))
         return by_uid, stored
 
     @staticmethod
     def _sqlite_ids(conn: Any, uids: list[str]) -> dict[str, int]:
         """The stored runs' ids by ``uid``, as one row (one step of the driver, not one a run)."""
-        found = conn.exec_driver_sql(_SQLITE_IDS, (_json_encode(uids),)).scalar()
+        found = conn.exec_driver_sql(_SQLITE_IDS, (_json_encode(uids).decode(),)).scalar()
         return dict(json.loads(found)) if found else {}
 
     def _finish_runs(

@@ -128,6 +128,26 @@ def test_no_exported_csv_cell_is_a_formula_and_numbers_stay_numbers(
         assert ",-0.5,0.0001,-1.25" in line or ",-3.5,0.1,0.001,-0.01," in line
 
 
+def test_a_bare_carriage_return_inside_a_cell_is_quoted(tmp_path, database_url) -> None:
+    """A cell with a "\r" inside (not first: no formula prefix is due) is quoted, on every path:
+    else a reader ends the line there and the cell's rest ("=1+2") starts a record of its own."""
+    store = Store.from_url(database_url)
+    store.upgrade()
+    record = RunRecord("t", "Trades", {"pair": "XBTUSD"}, NOW, NOW, NOW)
+    trade = {"pair": "XXBTZUSD", "trade_id": 1, "time": NOW, "price": Decimal("1.5")}
+    trade |= {"volume": Decimal("2"), "side": "buy", "order_type": "limit", "misc": "x\r=1+2"}
+    record.rows = {"trades": [trade]}
+    store.write([record])
+    store.dispose()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"database: {database_url}\njobs:\n  t: {{method: Time, every: 1h}}\n")
+    for table in ("trades", "trades_named"):  # the table's SQL-made CSV; the view's csv.writer
+        result = cli("export", table, str(path))
+        assert result.exit_code == 0, result.output
+        read = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+        assert [row["misc"] for row in read] == ["x\r=1+2"], (table, result.stdout)
+
+
 def test_jsonl_keeps_the_text_as_it_is(tmp_path) -> None:
     path = _hostile_database(tmp_path, f"sqlite:///{tmp_path / 'c.db'}")
     result = cli("export", "ledger", str(path), "--format", "jsonl")

@@ -272,6 +272,10 @@ def test_the_export_columns_written_out_are_the_schemas() -> None:
         "postgresql+psycopg://u@h1,h2/db",
         "postgresql+psycopg://[::1]:5433/db?connect_timeout=3",
         "postgresql+psycopg://u@h",
+        # Empty parts are left out, as SQLAlchemy leaves them (libpq then reads PGPASSWORD, ...).
+        "postgresql+psycopg://user:@127.0.0.1:1/kraken",
+        "postgresql+psycopg://@127.0.0.1/kraken",
+        "postgresql+psycopg://u@h:0/",
     ],
 )
 def test_the_exports_postgresql_connection_is_sqlalchemys(url: str) -> None:
@@ -286,3 +290,27 @@ def test_the_exports_postgresql_connection_is_sqlalchemys(url: str) -> None:
     _, theirs = create_engine(url).dialect.create_connect_args(make_url(url))
     theirs.pop("context", None)
     assert connect_options(parse(url)) == theirs
+
+
+def test_a_repeated_query_key_or_an_odd_multi_host_is_one_line(tmp_path) -> None:
+    """``?sslmode=require&sslmode=disable`` is refused (never the last one silently: a TLS
+    downgrade), and a multi-host URL SQLAlchemy's grammar refuses is the command's one line,
+    exit 2, no traceback, no password."""
+    from collector.dburl import parse
+    from collector.rawdb import connect_options
+
+    with pytest.raises(ValueError, match="sslmode"):
+        connect_options(parse("postgresql+psycopg://u@h/db?sslmode=require&sslmode=disable"))
+    job = tmp_path / "jobs.yaml"
+    job.write_text("jobs:\n  t: {method: Time, every: 1m}\n")
+    url = "postgresql+psycopg://u:s3cret@/db?host=h1:p1&host=h2:5432"
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "export", "runs", str(job), "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read database" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr

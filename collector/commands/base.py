@@ -145,7 +145,7 @@ class Reading:
         self._raw = found
         try:
             stored = revisions(found)
-        except found.dialect.loaded_dbapi.Error as exc:
+        except (found.dialect.loaded_dbapi.Error, ValueError) as exc:  # ValueError: rawdb's URL
             raise db_error(config, "read", exc) from None
         _known(stored, config)
         return found
