@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_datasets import trade_pages  # noqa: E402
 from rounds import ROUNDS, alternate, ratio, spread  # noqa: E402
 
+from collector.records import Prepared  # noqa: E402
 from collector.store import Store  # noqa: E402
 
 
@@ -32,8 +33,11 @@ def collector(url: str, pair: str, pages: int, ready, start, out) -> None:  # ty
     records = trade_pages(pages)
     for record in records:  # each collector its own pair: no key is shared
         record.job = f"t-{pair}"
-        for row in record.rows["trades"]:
-            row["pair"] = pair
+        rows = record.rows["trades"]  # a Trades page: Prepared tuples of stored text
+        at = rows.columns.index("pair")
+        record.rows["trades"] = Prepared(
+            rows.columns, ((*r[:at], pair, *r[at + 1 :]) for r in rows)
+        )
     store = Store.from_url(url)
     store.write([])  # connected before the clock starts
     ready.put(pair)
