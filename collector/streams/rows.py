@@ -47,8 +47,9 @@ from typing import Any, cast
 import msgspec
 
 from .. import defaults
+from ..datasets.market import TRADE_COLUMNS, stored_trade
 from ..numbers import NumberError, bounded, parse_decimal, parse_integer, parse_rfc3339
-from ..records import Prepared, RunRecord, decimal_text, time_text
+from ..records import Prepared, RunRecord
 from .book import Book
 
 __all__ = [
@@ -257,10 +258,6 @@ def trade_rows(data: Any, symbols: Symbols, received_at: datetime | None = None)
     return _each(data, "trade", symbols, row)
 
 
-#: ``trades``' columns, in the order of :func:`trade_values`' tuples
-TRADE_COLUMNS = ("pair", "trade_id", "time", "price", "volume", "side", "order_type", "misc")
-
-
 class TradeEntry(msgspec.Struct, gc=False):
     """One entry of a ``trade`` message as Kraken sends it, typed by :func:`trade_decoder`.
     Untracked by the garbage collector (``gc=False``): text and numbers make no cycle, and a
@@ -343,20 +340,6 @@ def trade_values(
         refused += read.refused
         out += [(stored_trade(row), row["time"]) for row in read.rows]
     return out, refused
-
-
-def stored_trade(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A :func:`trade_rows` row as :func:`trade_values` makes its tuples."""
-    return (
-        row["pair"],
-        row["trade_id"],
-        time_text(row["time"]),
-        decimal_text(row["price"]),
-        decimal_text(row["volume"]),
-        row["side"],
-        row["order_type"],
-        row["misc"],
-    )
 
 
 def ticker_rows(data: Any, symbols: Symbols, received_at: datetime) -> Read:
