@@ -10,6 +10,7 @@ both renderings equal to SQLAlchemy's over a set of URLs, odd ones included.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -101,3 +102,23 @@ def parse(text: str) -> DatabaseURL:
         database=database,
         query=query,
     )
+
+
+def sqlite_file_missing(text: str) -> bool:
+    """Whether ``text`` names a SQLite file that is not there yet (reading must not create it):
+    False for any other database, an in-memory one, or SQLite's own ``file:`` URI (its
+    ``mode`` says what may happen)."""
+    url = parse(text)
+    path = url.database or ""
+    if url.backend() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return False
+    return not os.path.exists(path)
+
+
+def read_only_uri(url: DatabaseURL) -> DatabaseURL:
+    """A SQLite ``file:`` URI (``sqlite:///file:PATH?uri=true``) as a read-only command opens
+    it: ``mode=ro`` whatever mode it asked for (``rw``, ``rwc``, none: read-write), unless it is
+    ``immutable=1``, read-only already."""
+    if any(key == "immutable" for key, _ in url.query):
+        return url
+    return url.set(query=(*((k, v) for k, v in url.query if k != "mode"), ("mode", "ro")))

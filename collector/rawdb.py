@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import defaults
-from .dburl import DatabaseURL, parse
+from .dburl import DatabaseURL, parse, read_only_uri
 
 
 class Dialect:
@@ -87,7 +87,7 @@ class Database:
             conn = sqlite3.connect(":memory:")
         elif path.startswith("file:"):  # a SQLite URI of its own (?uri=true&mode=…): as the
             # read-only engine, SQLAlchemy's reading of it (imported for this form alone)
-            args, options = _sqlalchemy_arguments(self._url)
+            args, options = _sqlalchemy_arguments(read_only_uri(self._url))
             conn = sqlite3.connect(*args, **options)
         else:
             full = os.path.abspath(path)

@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import BigInteger, String, func, inspect, literal, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
 from .datasets import by_method
+from .dburl import sqlite_file_missing
 from .health import Paging, interval, stale_after, verdict
 from .jobfile import Config, Job, format_duration
 from .keystate import KeyBudget
@@ -46,10 +46,7 @@ RUNS_A_STATEMENT = 5_000
 
 def exists(config: Config) -> bool:
     """False for a SQLite file that is not there yet (reading must not create it)."""
-    url = make_url(config.database)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return True
-    return os.path.exists(url.database or "")
+    return not sqlite_file_missing(config.database)
 
 
 def collect(

@@ -44,6 +44,8 @@ from . import bulk, defaults, statefile, valuation
 from .backoff import Backoff
 from .datasets import DEFAULT, Dataset
 from .datasets.reference import pairs
+from .dburl import parse as parse_url
+from .dburl import read_only_uri
 from .errors import ConfigError
 from .pairs import Names
 from .rawdb import migrations_dir
@@ -140,6 +142,9 @@ def read_only_engine(url: str, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIMEO
 
     parsed = make_url(url)
     path = parsed.database or ""
+    if path.startswith("file:") and parsed.get_backend_name() == "sqlite":
+        # SQLite's own URI: read-only whatever mode it asked for (dburl.read_only_uri).
+        url = read_only_uri(parse_url(url)).render(hide_password=False)
     if (
         parsed.get_backend_name() != "sqlite"
         or path in ("", ":memory:")

@@ -576,6 +576,40 @@ def test_a_sqlite_uri_is_opened_as_sqlalchemy_opens_it(tmp_path) -> None:
     assert result.output.startswith("id,job,method,params,")
 
 
+@pytest.mark.parametrize("mode", ["", "&mode=rw", "&mode=rwc"])
+def test_a_sqlite_uri_read_by_a_read_only_command_is_read_only_whatever_its_mode(
+    tmp_path, mode
+) -> None:
+    """``sqlite:///file:PATH?uri=true`` without ``mode=ro`` (or with ``rw``) would open the file
+    read-write: what only reads opens it ``mode=ro`` all the same (the export's driver
+    connection, ``read_only_engine``), and ``status`` finds the file there."""
+    from sqlalchemy import text
+
+    from collector.rawdb import Database
+    from collector.store import read_only_engine
+
+    db = tmp_path / "c.db"
+    Store.from_url(f"sqlite:///{db}").upgrade()
+    url = f"sqlite:///file:{db}?uri=true{mode}"
+    raw = Database(url).raw_connection()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            raw.cursor().execute("DELETE FROM runs")
+    finally:
+        raw.close()
+    engine = read_only_engine(url)
+    try:
+        with engine.connect() as conn, pytest.raises(Exception, match="readonly"):
+            conn.execute(text("DELETE FROM runs"))
+    finally:
+        engine.dispose()
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n  t: {method: Time, every: 1h}\n")
+    result = cli("status", str(jobs), "--db", url)
+    assert result.exit_code == 0, result.output
+    assert "does not exist" not in result.output
+
+
 @pytest.mark.parametrize("command", ["status", "verify", "export"])
 def test_a_newer_collectors_database_is_the_one_line_run_gives(tmp_path, command) -> None:
     from sqlalchemy import create_engine, text

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..dburl import parse as parse_url
+from ..dburl import sqlite_file_missing
 from ..defaults import DATABASE_ENV
 from ..errors import CollectorError, ConfigError
 from ..jobfile import Config, load
@@ -169,14 +169,9 @@ class Reading:
 
 
 def _exists(database: str) -> bool:
-    """False for a SQLite file that is not there yet (as :func:`collector.status.exists`, whose
-    module, with the status report's, a read-only command would import for these lines)."""
-    url = parse_url(database)
-    if url.backend() != "sqlite" or url.database in (None, "", ":memory:"):
-        return True
-    if (url.database or "").startswith("file:"):  # SQLite's own URI: its rules say (mode=ro…)
-        return True
-    return os.path.exists(url.database or "")
+    """False for a SQLite file that is not there yet (:func:`collector.dburl.sqlite_file_missing`,
+    as :func:`collector.status.exists` asks it)."""
+    return not sqlite_file_missing(database)
 
 
 def _read_store(config: Config) -> Store:
