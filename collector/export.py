@@ -645,7 +645,7 @@ def _sqlite_halves(
         finally:
             os.close(write_fd)
         return _sqlite_first_half(
-            worker, read_fd, part, monitor, version, cursor, chunks, bounds, out
+            worker, read_fd, part, monitor, version, cursor, chunks, (first, middle, last), out
         )
 
 
@@ -657,12 +657,12 @@ def _sqlite_first_half(
     version: int | None,
     cursor: Any,
     chunks: _Chunks,
-    bounds: tuple[int, int, int],
+    cut: tuple[int, int, int],
     out: IO[bytes],
 ) -> int | None:
-    """This process's side of :func:`_sqlite_halves`, the worker started."""
-    first, last, _ = bounds
-    middle = first - 1 + (last - first + 1) // 2
+    """This process's side of :func:`_sqlite_halves`, the worker started: ``cut`` is the rowids'
+    first, the end of this process's half, and the last."""
+    first, middle, last = cut
     done = False
     try:
         with open(read_fd, "rb") as pipe:
